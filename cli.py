@@ -28,7 +28,8 @@ def _run_args() -> argparse.ArgumentParser:
     d = FinetuneConfig()
     p = Parser(add_help=False)
     g = p.add_argument_group("model and task")
-    g.add_argument("--model", default=EMBEDDED, help=f"alias, tiny-*, Hub id or local folder (default {EMBEDDED})")
+    g.add_argument("--model", default=None,
+                   help=f"alias, tiny-*, Hub id or local folder (default {EMBEDDED}, or the tuner's base model)")
     g.add_argument("--task", default=DEFAULT_TASK, help="sst2, copa, boolq, cb, wsc, rte, squad, drop, "
                    f"bigbench:<name> or a .jsonl file (default {DEFAULT_TASK})")
     g.add_argument("--n-train", type=int, default=d.n_train, help="training examples (default %(default)s)")
@@ -54,17 +55,30 @@ def _run_args() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, **overrides):
+    from finetune.models import EMBEDDED
     from finetune.trainer import FinetuneConfig
 
     fields = FinetuneConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields}
     values.update(overrides)
+    if values.get("model") is None:
+        values["model"] = EMBEDDED
     return FinetuneConfig(**values)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from finetune.trainer import finetune, work_dir
 
+    if args.tuner is not None:
+        from checkpoints import Tuner
+        from finetune.errors import ZotuneError
+        from finetune.models import name_for_id
+
+        if args.method not in ("mezo", "tuner"):
+            raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
+        args.method = "tuner"
+        if args.model is None:  # the artifact's base model by default; --model picks a derivative
+            args.model = name_for_id(Tuner.from_pretrained(args.tuner).base_model)
     cfg = _config(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
@@ -105,6 +119,33 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/bench.json, bench.md and bench.png")
 
 
+def cmd_meta_train(args: argparse.Namespace) -> None:
+    from meta.train import MetaConfig, checkpoint_path, log_path, meta_train
+
+    d = MetaConfig()
+    fields = MetaConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    cfg = MetaConfig(**{**{k: getattr(d, k) for k in fields}, **values})
+    out = Path(args.out)
+    try:
+        tuner = meta_train(cfg, out, resume=args.resume, checkpoint_every=args.checkpoint_every)
+    except KeyboardInterrupt:
+        if checkpoint_path(out).exists():
+            print("interrupted; the last checkpoint is kept: rerun the same command with --resume to continue",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+    s = tuner.provenance["summary"]
+    print(f"meta-trained {cfg.steps} steps on {', '.join(cfg.tasks)}; first-order gain over MeZO "
+          f"x{s['first_order_gain']:.3f}; wrote {out} and {log_path(out)}")
+
+
+def cmd_tuners_inspect(args: argparse.Namespace) -> None:
+    from checkpoints.inspect import inspect_text
+
+    print(inspect_text(args.file, all_blocks=args.all))
+
+
 def cmd_fetch(args: argparse.Namespace) -> None:
     from finetune.models import fetch_embedded
     from finetune.tasks import load_task
@@ -124,6 +165,40 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         print(f"  {name}")
 
 
+def _meta_args(p: argparse.ArgumentParser) -> None:
+    from finetune.models import EMBEDDED
+    from meta.train import MetaConfig
+
+    d = MetaConfig()
+    p.add_argument("--model", default=d.model, help=f"base model: alias, tiny-*, Hub id or folder (default {EMBEDDED})")
+    p.add_argument("--tasks", type=lambda s: [t for t in s.split(",") if t], default=d.tasks,
+                   help=f"comma-separated meta-training tasks (default {','.join(d.tasks)})")
+    p.add_argument("--steps", type=int, default=d.steps, help="meta steps (default %(default)s)")
+    p.add_argument("--unroll", type=int, default=d.unroll,
+                   help="virtual ZO steps per meta step, K (default 1: closed form; K>1 uses higher)")
+    p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
+    p.add_argument("--checkpoint-every", type=int, default=25, help="meta steps between checkpoints (default %(default)s)")
+    g = p.add_argument_group("meta-optimisation")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
+    g.add_argument("--eps", type=float, default=d.eps, help="ZO perturbation size (default %(default)g)")
+    g.add_argument("--virtual-lr", type=float, default=d.virtual_lr,
+                   help="lr of the virtual ZO step, i.e. the fine-tuning lr prepared for (default %(default)g)")
+    g.add_argument("--meta-lr", type=float, default=d.meta_lr, help="Adam lr of the tuner (default %(default)g)")
+    g.add_argument("--fo-lr", type=float, default=d.fo_lr, help="first-order trajectory lr (default %(default)g)")
+    g.add_argument("--restart-every", type=int, default=d.restart_every,
+                   help="reset the base model to its pretrained weights every N steps (default %(default)s)")
+    g.add_argument("--hidden", type=int, default=d.hidden, help="PertNN hidden width (default %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
+    g.add_argument("--n-train", type=int, default=d.n_train, help="examples per task (default %(default)s)")
+    g.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
+
+
 def parser() -> argparse.ArgumentParser:
     from finetune.trainer import DEFAULT_TASK, METHODS
 
@@ -141,6 +216,20 @@ def parser() -> argparse.ArgumentParser:
                    help="save a resumable checkpoint every N steps (default %(default)s; 0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
     p.set_defaults(func=cmd_finetune)
+
+    p.add_argument("--tuner", default=None, metavar="FILE",
+                   help="a tuner artifact (.safetensors): fine-tune with it (method 'tuner')")
+
+    p = sub.add_parser("meta-train", help="meta-train a tuner (PertNN bank) for a base model")
+    _meta_args(p)
+    p.set_defaults(func=cmd_meta_train)
+
+    tuners = sub.add_parser("tuners", help="inspect tuner artifacts").add_subparsers(dest="tuners_command",
+                                                                                    required=True)
+    p = tuners.add_parser("inspect", help="print a tuner's metadata and a per-block summary of its scales")
+    p.add_argument("file", help="a tuner .safetensors file")
+    p.add_argument("--all", action="store_true", help="list every block, not a summary by kind")
+    p.set_defaults(func=cmd_tuners_inspect)
 
     p = sub.add_parser("bench", parents=[run], help="compare methods and seeds at an equal forward budget")
     p.add_argument("--methods", type=lambda s: s.split(","), default=["mezo", "nspsa", "zo-adam"],

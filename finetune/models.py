@@ -168,6 +168,12 @@ def model_id(name: str) -> str:
     return ALIASES[EMBEDDED] if kind == "embedded" else value
 
 
+def name_for_id(recorded: str) -> str:
+    """The ``--model`` name that loads a recorded :func:`model_id`: the embedded copy for SmolLM2's Hub id
+    (so that an artifact made on the embedded model works offline), else the id itself."""
+    return EMBEDDED if recorded == ALIASES[EMBEDDED] else recorded
+
+
 # --------------------------------------------------------------------------- loading
 
 

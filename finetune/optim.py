@@ -15,11 +15,14 @@ one buffer per parameter and :class:`ZOAdam` two.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
 import torch
 from torch import nn
+
+from pertnn.features import StepHistory
 
 from .zo import ZOEngine
 
@@ -48,15 +51,18 @@ class ZOOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
         """One ZO step on the batch that ``closure`` evaluates; returns the mean of L(theta +- eps z)."""
         group = self.param_groups[0]
-        seeds, grads, losses = [], [], []
+        seeds, grads, pluses, minuses = [], [], [], []
         for _ in range(group["q"]):
             seed = self.draw_seed()
             g, plus, minus = self.engine.spsa(closure, seed, group["eps"])
             seeds.append(seed)
             grads.append(g)
-            losses += [plus, minus]
-        loss = sum(losses) / len(losses)
-        self.last = {"loss": loss, "projected_grad": sum(grads) / len(grads)}
+            pluses.append(plus)
+            minuses.append(minus)
+        q = len(grads)
+        loss = (sum(pluses) + sum(minuses)) / (2 * q)
+        self.last = {"loss": loss, "projected_grad": sum(grads) / q,
+                     "loss_plus": sum(pluses) / q, "loss_minus": sum(minuses) / q}
         if math.isfinite(loss) and all(math.isfinite(g) for g in grads):
             self._decay(group)
             self._apply(group, seeds, [g / len(grads) for g in grads])
@@ -142,6 +148,48 @@ class ZOAdam(ZOOptimizer):
             bc2 = 1 - beta2 ** state["step"]
             denom = (state["exp_avg_sq"] / bc2).sqrt_().add_(group["adam_eps"])
             p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / bc1)
+
+
+class TunedZO(ZOSGD):
+    """ZO-SGD (optionally with momentum) whose per-block scales a learned tuner sets at every step.
+
+    Before each step the tuner's PertNN bank maps the block features (block statistics, the last
+    step's normalised losses, the last scales; :mod:`pertnn.features`) to one scale per block, which
+    multiplies that block's noise in both the perturbation and the update (the ZO Fine-tuner). The
+    loss history is online state of this run (``state_dict`` keeps it), never part of the tuner.
+    ``tuner`` is anything with a ``bank`` (:class:`pertnn.PertNNBank`) and a ``feature_config``
+    (:class:`pertnn.FeatureConfig`), such as :class:`checkpoints.Tuner`; if it has ``check_model``, the
+    model is checked against the architecture the tuner was trained for. A bank whose scales are all
+    equal gives MeZO's step bit for bit.
+    """
+
+    def __init__(self, model: nn.Module, tuner, lr: float, eps: float = 1e-3, **kw):
+        super().__init__(model, lr, eps, **kw)
+        check = getattr(tuner, "check_model", None)
+        if check is not None:
+            check(model)
+        device = self.engine.params[0].device
+        self.bank = copy.deepcopy(tuner.bank).to(device).requires_grad_(False)
+        if self.bank.n_blocks != len(self.engine.blocks):
+            raise ValueError(f"the tuner has {self.bank.n_blocks} blocks, the model {len(self.engine.blocks)}")
+        self.history = StepHistory(len(self.engine.blocks), tuner.feature_config)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
+        sigma = self.bank.scales(self.history.features(self.engine.params))
+        self.engine.scales = sigma
+        loss = super().step(closure)
+        self.history.update(self.last["loss_plus"], self.last["loss_minus"], sigma)
+        return loss
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["zo"]["history"] = self.history.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history.load_state_dict(state_dict["zo"]["history"])
+        super().load_state_dict(state_dict)
 
 
 OPTIMIZERS = {"sgd": ZOSGD, "momentum": ZOSGD, "adam": ZOAdam}

@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from .tasks import Example, f1_score
 
 
+def _wide(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 (fp16/bf16 are widened; float64 stays float64 for exact checks)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 class TaskScorer:
     """Turns :class:`~finetune.tasks.Example` batches into token batches, losses and metrics."""
 
@@ -61,7 +66,7 @@ class TaskScorer:
         rows, lengths = zip(*(self._pair(p, c) for p, c in pairs))
         k = max(lengths)
         out = model(**self._batch(rows, device), logits_to_keep=k + 1)
-        logits = out.logits[:, :-1].float()                       # positions predicting the last k tokens
+        logits = _wide(out.logits[:, :-1])                        # positions predicting the last k tokens
         targets = torch.tensor([r[-k:] if len(r) >= k else [self.pad_id] * (k - len(r)) + r for r in rows],
                                device=device)
         logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -78,15 +83,15 @@ class TaskScorer:
         if all(len(ids) == 1 for row in opt_ids for ids in row):
             device = next(model.parameters()).device
             rows = [self._ids(e.prompt, True)[-self.max_length:] for e in examples]
-            logits = model(**self._batch(rows, device), logits_to_keep=1).logits[:, -1].float()
+            logits = _wide(model(**self._batch(rows, device), logits_to_keep=1).logits[:, -1])
             logp = torch.log_softmax(logits, dim=-1)
-            scores = scores.to(logp.device)
+            scores = scores.to(logp.device, logp.dtype)
             for i, row in enumerate(opt_ids):
                 scores[i, : len(row)] = logp[i, [ids[0] for ids in row]]
             return scores
         pairs = [(e.prompt, o) for e in examples for o in e.options]
         flat = self.continuation_logprobs(model, pairs)
-        scores = scores.to(flat.device)
+        scores = scores.to(flat.device, flat.dtype)
         at = 0
         for i, e in enumerate(examples):
             scores[i, : len(e.options)] = flat[at: at + len(e.options)]

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .atomic import atomic_file, refuse_existing
 from .errors import ZotuneError
 from .models import EMBEDDED, load_model, model_id, set_threads
-from .optim import SCHEDULES, ZOOptimizer, make_optimizer, make_schedule
+from .optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
 from .scoring import TaskScorer
 from .tasks import Example, Task, load_task
 
@@ -28,6 +28,7 @@ METHODS: dict[str, tuple[str | None, int]] = {
     "mezo": (None, 1),      # two-point SPSA, one direction (MeZO); --optimizer picks sgd/momentum/adam
     "nspsa": (None, 4),     # n-SPSA: the average of q two-point estimates per step
     "zo-adam": ("adam", 1),  # MeZO's estimate fed to Adam
+    "tuner": (None, 1),     # a meta-trained tuner (--tuner) sets per-block scales every step (ZO Fine-tuner)
 }
 
 
@@ -56,10 +57,15 @@ class FinetuneConfig:
     device: str | None = None
     threads: int | None = None
     noise: str = "auto"
+    tuner: str | None = None           # a tuner artifact (.safetensors), used by method "tuner"
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ZotuneError(f"unknown method '{self.method}'; use one of {', '.join(METHODS)}")
+        if self.method == "tuner" and self.tuner is None:
+            raise ZotuneError("--method tuner needs --tuner FILE (a .safetensors tuner from meta-train)")
+        if self.method == "tuner" and self.optimizer not in ("sgd", "momentum"):
+            raise ZotuneError(f"--method tuner works with --optimizer sgd or momentum, not {self.optimizer}")
         if self.schedule not in SCHEDULES:
             raise ZotuneError(f"unknown schedule '{self.schedule}'; use one of {', '.join(SCHEDULES)}")
         for name in ("steps", "batch_size", "n_train", "n_test", "max_length"):
@@ -145,13 +151,25 @@ class Checkpoint:
         return state["step"], result
 
 
+def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
+    """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by the artifact
+    ``cfg.tuner`` (refused with a one-line error if it was trained for another architecture)."""
+    kw = dict(lr=cfg.lr, eps=cfg.eps, q=cfg.directions, seed=cfg.seed, weight_decay=cfg.weight_decay,
+              noise=cfg.noise)
+    if cfg.method == "tuner":
+        from checkpoints import Tuner
+
+        momentum = 0.9 if cfg.optimizer == "momentum" else 0.0
+        return TunedZO(model, Tuner.from_pretrained(cfg.tuner), momentum=momentum, **kw)
+    return make_optimizer(cfg.optimizer_name, model, **kw)
+
+
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
           checkpoint: Checkpoint | None = None) -> RunResult:
     """Run ``cfg.steps`` ZO steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test``
     before and after (and on ``task.dev`` every ``cfg.eval_every`` steps). With a ``checkpoint``, the
     run is snapshotted as it goes, and continues from an existing snapshot."""
-    opt: ZOOptimizer = make_optimizer(cfg.optimizer_name, model, lr=cfg.lr, eps=cfg.eps, q=cfg.directions,
-                                      seed=cfg.seed, weight_decay=cfg.weight_decay, noise=cfg.noise)
+    opt = make_run_optimizer(cfg, model)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
     if checkpoint is not None and checkpoint.path.exists():
         done, result = checkpoint.restore(cfg, model, opt, sched)

@@ -48,6 +48,12 @@ class GaussianNoise:
         z = torch.randn(tensor.shape, generator=gen, device=tensor.device, dtype=tensor.dtype)
         torch.add(tensor, z, alpha=alpha, out=out)
 
+    def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
+        """``<tensor, z_index(seed)>`` as a 0-d tensor (the noise is drawn in full)."""
+        z = torch.zeros_like(tensor)
+        self.add(z, seed, index, 1.0, out=z)
+        return torch.dot(tensor.reshape(-1), z.reshape(-1))
+
     def rows(self, like: torch.Tensor, seed: int, index: int, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of the 2-D noise ``z_index(seed)`` shaped like ``like`` (drawn in full)."""
         z = torch.zeros_like(like)
@@ -100,6 +106,17 @@ class NoiseTable:
         for start, off, sign in zip(*self.layout(n, seed, index)):
             end = min(start + self.chunk, n)
             torch.add(src[start:end], table[off:off + end - start], alpha=sign * alpha, out=dst[start:end])
+
+    def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
+        """``<tensor, z_index(seed)>`` as a 0-d tensor, from table views (no noise-sized buffer)."""
+        table = self.table(tensor.device, tensor.dtype)
+        flat = tensor.reshape(-1)
+        n = flat.numel()
+        total = torch.zeros((), dtype=tensor.dtype, device=tensor.device)
+        for start, off, sign in zip(*self.layout(n, seed, index)):
+            end = min(start + self.chunk, n)
+            total += sign * torch.dot(flat[start:end], table[off:off + end - start])
+        return total
 
     def rows(self, like: torch.Tensor, seed: int, index: int, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of the 2-D noise ``z_index(seed)`` shaped like ``like``, read straight from the
@@ -208,6 +225,19 @@ class ZOEngine:
         out = torch.zeros_like(p, memory_format=torch.contiguous_format)
         self.add_noise_(out, seed, index, 1.0)
         return out
+
+    @torch.no_grad()
+    def unit_noise(self, seed: int, index: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """Materialise the unscaled noise ``z_index(seed)`` (shaped and typed like ``like`` or the block)."""
+        out = torch.zeros_like(self.blocks[index][1] if like is None else like, memory_format=torch.contiguous_format)
+        self.noise.add(out, seed, index, 1.0, out=out)
+        return out
+
+    @torch.no_grad()
+    def noise_dots(self, tensors: list[torch.Tensor], seed: int) -> torch.Tensor:
+        """``[<tensors[b], z_b(seed)>]`` for every block b, unscaled, as a float64 CPU tensor [B]
+        (``tensors`` in block order, e.g. the gradients; used by the meta-gradient)."""
+        return torch.stack([self.noise.dot(t, seed, i).double().cpu() for i, t in enumerate(tensors)])
 
     @torch.no_grad()
     def update_(self, seed: int, alpha: float) -> None:

@@ -12,7 +12,7 @@ from pertnn.blocks import (
     model_blocks,
     tied_groups,
 )
-from pertnn.features import N_FEATURES, FeatureConfig, block_features, tensor_var_mean
+from pertnn.features import N_FEATURES, FeatureConfig, StepHistory, block_features, tensor_var_mean
 
 __all__ = [
     "N_FEATURES",
@@ -20,6 +20,7 @@ __all__ = [
     "FeatureConfig",
     "PertNNBank",
     "PertNNConfig",
+    "StepHistory",
     "block_features",
     "energy_normalise",
     "fingerprint",

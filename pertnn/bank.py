@@ -86,6 +86,16 @@ class PertNNBank(nn.Module):
         self.W2 = nn.Parameter(torch.zeros(B, 1, H, **kw))
         self.b2 = nn.Parameter(torch.zeros(B, 1, **kw))
 
+    @torch.no_grad()
+    def randomize_output_(self, generator: torch.Generator | None = None) -> "PertNNBank":
+        """Give the last layer PyTorch's default ``nn.Linear`` init, U(±1/√H), instead of zeros: an
+        *untrained* bank whose σ already differs across blocks (the paper's untrained tuner, the ablation
+        that tells learned structure from structure inherited from a random init)."""
+        bound = 1.0 / math.sqrt(self.cfg.hidden)
+        self.W2.uniform_(-bound, bound, generator=generator)
+        self.b2.uniform_(-bound, bound, generator=generator)
+        return self
+
     @property
     def n_blocks(self) -> int:
         return self.W1.shape[0]

@@ -44,11 +44,14 @@ class FeatureConfig:
     chunk:       for reduced-precision tensors (fp16/bf16), the mean and variance are accumulated in
                  float32 over flattened chunks of this many elements, so no float32 copy of a whole
                  big tensor is made. float32/float64 tensors are reduced directly.
+    running_beta: the running loss of :class:`StepHistory` is an exponential moving average of the
+                 steps' mean losses with this decay (the first step's loss starts it).
     """
 
     var_eps: float = 1e-12
     scale_floor: float = 1e-12
     chunk: int = 1 << 22
+    running_beta: float = 0.9
 
 
 def tensor_var_mean(t: Tensor, chunk: int = 1 << 22) -> tuple[Tensor, Tensor]:
@@ -115,3 +118,39 @@ def block_features(params: list[Tensor], losses: tuple[float, float] | None, run
     out[:, 3] = level
     out[:, 4] = torch.log(prev_scale.to(torch.float32).clamp_min(cfg.scale_floor))
     return out
+
+
+class StepHistory:
+    """The online, task-specific state behind the loss and scale features: the last step's losses,
+    the running loss and the last scales. It lives with a fine-tune (or meta-training) run and is never
+    saved in a tuner artifact; a fresh one is what a new task starts from.
+    """
+
+    def __init__(self, n_blocks: int, cfg: FeatureConfig | None = None):
+        self.cfg = cfg or FeatureConfig()
+        self.losses: tuple[float, float] | None = None
+        self.running_loss: float | None = None
+        self.prev_scale = torch.ones(n_blocks, dtype=torch.float32)
+
+    def features(self, params: list[Tensor]) -> Tensor:
+        """The [B, 5] features of ``params`` at this step (see :func:`block_features`), on their device."""
+        prev = self.prev_scale.to(params[0].device) if params else self.prev_scale
+        return block_features(params, self.losses, self.running_loss, prev, self.cfg)
+
+    def update(self, loss_plus: float, loss_minus: float, scale: Tensor) -> None:
+        """Record a finished step: its two losses and the scales it used. Non-finite losses are ignored
+        for the running loss (the features then treat the step as uninformative)."""
+        self.losses = (float(loss_plus), float(loss_minus))
+        mean = 0.5 * (self.losses[0] + self.losses[1])
+        if math.isfinite(mean):
+            b = self.cfg.running_beta
+            self.running_loss = mean if self.running_loss is None else b * self.running_loss + (1 - b) * mean
+        self.prev_scale = scale.detach().to("cpu", torch.float32).reshape(-1).clone()
+
+    def state_dict(self) -> dict:
+        return {"losses": self.losses, "running_loss": self.running_loss, "prev_scale": self.prev_scale.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = tuple(state["losses"]) if state["losses"] is not None else None
+        self.running_loss = state["running_loss"]
+        self.prev_scale = state["prev_scale"].clone()

@@ -1,0 +1,221 @@
+"""The tuner artifact: one ``.safetensors`` file holding a meta-trained tuner, its metadata, and validation.
+
+Tensors (float32):
+
+* ``pertnn.W1`` [B, H, F], ``pertnn.b1`` [B, H], ``pertnn.W2`` [B, 1, H], ``pertnn.b2`` [B, 1]: the
+  PertNN bank (:class:`pertnn.PertNNBank`), one MLP per block;
+* ``base.block_stats`` [B, 2]: mean and log-variance of each block of the base model, so that
+  ``tuners inspect`` can show the learned scales without loading the model.
+
+The safetensors header's metadata holds ``format`` (``"zotune-tuner"``), ``format_version`` and
+``zotune``, a JSON document with: ``base_model``; ``blocks`` (name, shape, numel, kind of every block,
+in order) and ``tied_groups``, which together are the architecture fingerprint, plus its
+``fingerprint_sha256``; ``features`` (:class:`pertnn.FeatureConfig`) and ``pertnn``
+(:class:`pertnn.PertNNConfig`); ``direction_policy`` (a slot, ``null`` until a policy is trained);
+``recommended`` (the ``lr`` and ``eps`` meta-training assumed); and ``provenance`` (meta-training tasks,
+steps, seed, package version, date, and the meta-training config).
+
+What is task-specific (loss history, last scales, optimizer state) is never stored: a fine-tune run
+keeps it online (:class:`pertnn.StepHistory`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from finetune.atomic import atomic_file
+from finetune.errors import ZotuneError
+from pertnn import FeatureConfig, PertNNBank, PertNNConfig, fingerprint, fingerprint_mismatch, model_blocks
+from pertnn.features import tensor_var_mean
+
+FORMAT = "zotune-tuner"
+FORMAT_VERSION = 1
+BANK_TENSORS = ("W1", "b1", "W2", "b2")
+_REQUIRED = ("base_model", "blocks", "tied_groups", "fingerprint_sha256", "features", "pertnn", "provenance")
+
+
+def fingerprint_sha256(fp: dict) -> str:
+    """A short, stable hash of a fingerprint (names, shapes, tied groups) for display and quick checks."""
+    canon = json.dumps({"blocks": [[b["name"], list(b["shape"])] for b in fp["blocks"]],
+                        "tied_groups": sorted(sorted(g) for g in fp["tied_groups"])}, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+@torch.no_grad()
+def block_stats(model: nn.Module) -> torch.Tensor:
+    """[B, 2] float32: mean and log(var + 1e-12) of each block of ``model`` (the first two features)."""
+    rows = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            var, mean = tensor_var_mean(p.detach())
+            rows.append(torch.stack([mean, torch.log(var + 1e-12)]).cpu())
+    return torch.stack(rows)
+
+
+@dataclass
+class Tuner:
+    """A meta-trained ZO tuner for one base-model architecture: the PertNN bank and its metadata.
+
+    ``Tuner.from_pretrained(path)`` loads and validates an artifact, ``save_pretrained(path)`` writes one
+    atomically, ``check_model(model)`` refuses a model of another architecture (a derivative checkpoint
+    with the same architecture and other weights is fine). Pass it to :class:`finetune.optim.TunedZO`
+    to fine-tune with it.
+    """
+
+    bank: PertNNBank
+    feature_config: FeatureConfig
+    base_model: str
+    blocks: list[dict]
+    tied_groups: list[list[str]]
+    stats: torch.Tensor
+    provenance: dict = field(default_factory=dict)
+    recommended: dict = field(default_factory=dict)
+    direction_policy: dict | None = None
+
+    # ------------------------------------------------------------------------------------ creation
+    @classmethod
+    def for_model(cls, model: nn.Module, base_model: str, pertnn_config: PertNNConfig | None = None,
+                  feature_config: FeatureConfig | None = None, seed: int = 0) -> "Tuner":
+        """A fresh (untrained) tuner for ``model``'s architecture: every block gets scale 1 (MeZO)."""
+        blocks = model_blocks(model)
+        gen = torch.Generator().manual_seed(seed)
+        bank = PertNNBank([b.numel for b in blocks], pertnn_config or PertNNConfig(), generator=gen)
+        fp = fingerprint(model)
+        return cls(bank=bank, feature_config=feature_config or FeatureConfig(), base_model=base_model,
+                   blocks=[asdict(b) | {"shape": list(b.shape)} for b in blocks],
+                   tied_groups=fp["tied_groups"], stats=block_stats(model))
+
+    # ------------------------------------------------------------------------------------ metadata
+    @property
+    def fingerprint(self) -> dict:
+        return {"blocks": [{"name": b["name"], "shape": list(b["shape"])} for b in self.blocks],
+                "tied_groups": [list(g) for g in self.tied_groups]}
+
+    def metadata(self) -> dict:
+        return {
+            "base_model": self.base_model,
+            "blocks": self.blocks,
+            "tied_groups": self.tied_groups,
+            "fingerprint_sha256": fingerprint_sha256(self.fingerprint),
+            "features": asdict(self.feature_config),
+            "pertnn": asdict(self.bank.cfg),
+            "direction_policy": self.direction_policy,
+            "recommended": self.recommended,
+            "provenance": self.provenance,
+        }
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a one-line :class:`ZotuneError` naming the first mismatching blocks unless ``model`` has
+        exactly this tuner's architecture (block names, shapes, order and tying; weights may differ)."""
+        problems = fingerprint_mismatch(self.fingerprint, fingerprint(model), limit=3)
+        if problems:
+            raise ZotuneError(f"this tuner was meta-trained for {self.base_model} and does not fit this model: "
+                              f"{'; '.join(problems)}. Use a tuner made for this architecture "
+                              "(python cli.py meta-train --model ...)")
+
+    # ------------------------------------------------------------------------------------ scales
+    @torch.no_grad()
+    def scales_at_rest(self, iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+        """σ per block at the first step (no loss history, last scale 1) and at the fixed point of
+        ``σ ← bank(features with on-trend losses, last scale σ)``, using the base model's block statistics.
+        A summary of what the tuner does without any model at hand; returns ``(first, rest)``."""
+        n = self.bank.n_blocks
+        x = torch.zeros(n, self.bank.cfg.n_features)
+        x[:, :2] = self.stats
+        first = self.bank.scales(x)
+        sigma = first
+        for _ in range(iterations):
+            x[:, 4] = torch.log(sigma.float().clamp_min(self.feature_config.scale_floor))
+            sigma = self.bank.scales(x)
+        return first, sigma
+
+    # ------------------------------------------------------------------------------------ files
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the artifact to ``path`` (a ``.safetensors`` file) atomically; return the path."""
+        path = Path(path)
+        tensors = {f"pertnn.{k}": getattr(self.bank, k).detach().to("cpu", torch.float32).contiguous()
+                   for k in BANK_TENSORS}
+        tensors["base.block_stats"] = self.stats.to(torch.float32).contiguous()
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "zotune": json.dumps(self.metadata(), separators=(",", ":"))}
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "Tuner":
+        """Load and validate a tuner artifact (a local ``.safetensors`` file)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ZotuneError(f"tuner file {path} not found; give the path of a .safetensors tuner "
+                              "(python cli.py tuners list shows the known ones)")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for bad headers and sizes
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ZotuneError(f"{path} is not a readable safetensors file ({first}); it may be truncated or "
+                              "corrupt: download or export it again") from None
+        return cls._from_parts(path, header, tensors)
+
+    @classmethod
+    def _from_parts(cls, path: Path, header: dict, tensors: dict) -> "Tuner":
+        def bad(what: str) -> ZotuneError:
+            return ZotuneError(f"{path} is not a valid zotune tuner: {what}")
+
+        if header.get("format") != FORMAT:
+            raise bad(f"its metadata has format {header.get('format')!r}, expected {FORMAT!r}")
+        try:
+            version = int(header.get("format_version", ""))
+        except ValueError:
+            raise bad(f"bad format_version {header.get('format_version')!r}") from None
+        if version > FORMAT_VERSION:
+            raise ZotuneError(f"{path} has tuner format {version}, newer than this zotune reads "
+                              f"({FORMAT_VERSION}); upgrade zotune")
+        try:
+            meta = json.loads(header["zotune"])
+        except (KeyError, json.JSONDecodeError) as e:
+            raise bad(f"its 'zotune' metadata is missing or not JSON ({type(e).__name__})") from None
+        missing = [k for k in _REQUIRED if k not in meta]
+        if missing:
+            raise bad(f"metadata key {missing[0]!r} is missing")
+        names = [f"pertnn.{k}" for k in BANK_TENSORS] + ["base.block_stats"]
+        absent = [k for k in names if k not in tensors]
+        if absent:
+            raise bad(f"tensor {absent[0]!r} is missing")
+        blocks = meta["blocks"]
+        try:
+            pcfg = PertNNConfig(**meta["pertnn"])
+            fcfg = FeatureConfig(**meta["features"])
+            numels = [int(b["numel"]) for b in blocks]
+            B, H, F = len(blocks), pcfg.hidden, pcfg.n_features
+        except (TypeError, KeyError, ValueError) as e:
+            raise bad(f"malformed config or block list ({e})") from None
+        expected = {"pertnn.W1": (B, H, F), "pertnn.b1": (B, H), "pertnn.W2": (B, 1, H), "pertnn.b2": (B, 1),
+                    "base.block_stats": (B, 2)}
+        for k, shape in expected.items():
+            if tuple(tensors[k].shape) != shape:
+                raise bad(f"tensor {k!r} has shape {list(tensors[k].shape)}, expected {list(shape)} "
+                          f"for {B} blocks")
+            if not bool(torch.isfinite(tensors[k]).all()):
+                raise bad(f"tensor {k!r} holds non-finite values")
+        fp = {"blocks": [{"name": b["name"], "shape": b["shape"]} for b in blocks], "tied_groups": meta["tied_groups"]}
+        if fingerprint_sha256(fp) != meta["fingerprint_sha256"]:
+            raise bad("its block list does not match its fingerprint hash (edited or corrupt metadata)")
+        bank = PertNNBank(numels, pcfg)
+        with torch.no_grad():
+            for k in BANK_TENSORS:
+                getattr(bank, k).copy_(tensors[f"pertnn.{k}"])
+        return cls(bank=bank, feature_config=fcfg, base_model=meta["base_model"], blocks=blocks,
+                   tied_groups=meta["tied_groups"], stats=tensors["base.block_stats"],
+                   provenance=meta["provenance"], recommended=meta.get("recommended", {}),
+                   direction_policy=meta.get("direction_policy"))
+

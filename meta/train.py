@@ -1,0 +1,283 @@
+"""The meta-training stage: learn a tuner (the PertNN bank) for one base model on several tasks.
+
+The base model follows a first-order trajectory, SGD with momentum and gradient clipping, whose learning
+rate decays linearly to 0 over each period of ``restart_every`` steps, after which the weights are reset
+to the pretrained ones (ZO Fine-tuner's "restarts"). At every point of it, on a minibatch of a task drawn
+at random, the bank takes one Adam step on the loss after ``unroll`` virtual ZO steps
+(:mod:`meta.metagrad`). With ``unroll = 1`` the first-order step reuses ∇L(θ') from the meta backward
+(θ' − θ is one tiny ZO step), so a meta step costs two forward passes and one forward-backward.
+
+Each task keeps its own loss history (the features are per run, as at deployment). Steps are
+deterministic given ``seed``: the task, the batch and the noise seed of step t are functions of
+(seed, t), so a run resumed from a checkpoint ends with the same artifact as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from checkpoints import Tuner
+from finetune.atomic import atomic_file
+from finetune.errors import ZotuneError
+from finetune.models import EMBEDDED, load_model, model_id, set_threads
+from finetune.scoring import TaskScorer
+from finetune.tasks import Task, load_task
+from finetune.trainer import batches
+from finetune.zo import ZOEngine
+from pertnn import FeatureConfig, PertNNConfig, StepHistory
+
+from .metagrad import MetaStep, closed_form, unrolled
+
+DEFAULT_TASKS = ("bigbench:winowhy", "bigbench:social_iqa", "bigbench:presuppositions_as_nli")
+
+
+@dataclass
+class MetaConfig:
+    """Everything that defines a meta-training run (recorded in the artifact's provenance)."""
+
+    model: str = EMBEDDED
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    steps: int = 200
+    unroll: int = 1                # K: virtual ZO steps differentiated per meta step (1 = closed form)
+    batch_size: int = 8
+    eps: float = 1e-3              # ZO perturbation size
+    virtual_lr: float = 1e-4       # η of the virtual ZO step: the fine-tuning lr the tuner prepares for
+    meta_lr: float = 1e-3          # Adam on the bank
+    fo_lr: float = 1e-3            # first-order SGD trajectory of the base model
+    fo_momentum: float = 0.8
+    restart_every: int = 50        # reset the base model to its pretrained weights every N steps
+    hidden: int = 32               # PertNN hidden width
+    energy_norm: bool = True
+    seed: int = 0
+    n_train: int = 1000
+    max_length: int = 256
+    dtype: str = "fp32"
+    device: str | None = None
+    threads: int | None = None
+    noise: str = "auto"
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ZotuneError("give at least one meta-training task with --tasks")
+        for name in ("steps", "unroll", "batch_size", "restart_every", "hidden", "n_train", "max_length"):
+            if getattr(self, name) < 1:
+                raise ZotuneError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("eps", "virtual_lr", "meta_lr"):
+            if not getattr(self, name) > 0:
+                raise ZotuneError(f"--{name.replace('_', '-')} must be positive")
+        if self.fo_lr < 0 or not 0 <= self.fo_momentum < 1:
+            raise ZotuneError("need --fo-lr >= 0 and 0 <= --fo-momentum < 1")
+
+
+def step_plan(seed: int, step: int, n_tasks: int) -> tuple[int, int]:
+    """The task index and the noise seeds' base of meta step ``step`` (a pure function of its arguments)."""
+    rng = random.Random(seed * 1_000_003 + step)
+    return rng.randrange(n_tasks), rng.randrange(2**62)
+
+
+def _package_version() -> str:
+    try:
+        return version("zotune")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class MetaTrainer:
+    """Holds a run's state (model, bank, optimizers, histories, log) and advances it step by step."""
+
+    def __init__(self, cfg: MetaConfig):
+        cfg.validate()
+        self.cfg = cfg
+        set_threads(cfg.threads)
+        self.tasks: list[Task] = [load_task(t, seed=cfg.seed, n_train=cfg.n_train, n_dev=0, n_test=0)
+                                  for t in cfg.tasks]
+        for t in self.tasks:
+            if len(t.train) < cfg.batch_size:
+                raise ZotuneError(f"task {t.name} has {len(t.train)} training examples, fewer than "
+                                  f"--batch-size {cfg.batch_size}")
+        self.model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+        self.scorer = TaskScorer(tokenizer, max_length=cfg.max_length)
+        self.engine = ZOEngine(self.model, noise=cfg.noise)
+        params = self.engine.params
+        self.theta0 = [p.detach().to("cpu", copy=True) for p in params]
+        pcfg = PertNNConfig(hidden=cfg.hidden, energy_norm=cfg.energy_norm)
+        self.tuner = Tuner.for_model(self.model, model_id(cfg.model), pcfg, FeatureConfig(), seed=cfg.seed)
+        self.bank = self.tuner.bank.to(params[0].device)
+        self.meta_opt = torch.optim.Adam(self.bank.parameters(), lr=cfg.meta_lr)
+        self.fo_opt = torch.optim.SGD(params, lr=cfg.fo_lr, momentum=cfg.fo_momentum)
+        self.histories = [StepHistory(len(params), self.tuner.feature_config) for _ in self.tasks]
+        self.streams = [batches(t.train, cfg.batch_size, cfg.seed + i) for i, t in enumerate(self.tasks)]
+        self.step = 0
+        self.log: list[dict] = []
+        self.gain_ema = [0.0, 0.0]   # running means of <∇L, σu>² and <∇L, u>² (first-order gain vs MeZO)
+
+    # ------------------------------------------------------------------------------------ one step
+    def _restart_if_due(self, step: int) -> None:
+        if step > 1 and (step - 1) % self.cfg.restart_every == 0:
+            with torch.no_grad():
+                for p, p0 in zip(self.engine.params, self.theta0):
+                    p.copy_(p0)
+            self.fo_opt.state.clear()
+
+    def advance(self) -> dict:
+        """Run meta step ``self.step + 1``; return its log row."""
+        cfg, step = self.cfg, self.step + 1
+        self._restart_if_due(step)
+        task_index, seed_base = step_plan(cfg.seed, step, len(self.tasks))
+        batch = next(self.streams[task_index])
+        history = self.histories[task_index]
+
+        def loss_fn(m):
+            return self.scorer.loss(m, batch)
+
+        self.meta_opt.zero_grad(set_to_none=True)
+        if cfg.unroll == 1:
+            result: MetaStep = closed_form(self.engine, self.bank, history, loss_fn, seed_base, cfg.eps, cfg.virtual_lr)
+        else:
+            seeds = [(seed_base + k * 0x9E3779B9) % 2**62 for k in range(cfg.unroll)]
+            result = unrolled(self.engine, self.bank, history, loss_fn, seeds, cfg.eps, cfg.virtual_lr)
+            self.model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                loss_fn(self.model).backward()
+        if not all(math.isfinite(x) for x in (result.meta_loss, result.loss_plus, result.loss_minus)):
+            raise ZotuneError(f"the loss became non-finite at meta step {step}; lower --fo-lr (now {cfg.fo_lr}) "
+                              f"or --virtual-lr (now {cfg.virtual_lr})")
+        self.meta_opt.step()
+        # first-order trajectory: SGD with momentum, clipped, lr decaying to 0 over each restart period
+        phase = (step - 1) % cfg.restart_every
+        for group in self.fo_opt.param_groups:
+            group["lr"] = cfg.fo_lr * (1 - phase / cfg.restart_every)
+        torch.nn.utils.clip_grad_norm_(self.engine.params, 1.0)
+        self.fo_opt.step()
+        self.model.zero_grad(set_to_none=True)
+
+        if math.isfinite(result.tuned_sq):
+            b = 0.95
+            self.gain_ema = [b * self.gain_ema[0] + (1 - b) * result.tuned_sq,
+                             b * self.gain_ema[1] + (1 - b) * result.mezo_sq]
+        sigma = result.sigma.double()
+        row = {"step": step, "task": self.tasks[task_index].name, "meta_loss": result.meta_loss,
+               "loss": 0.5 * (result.loss_plus + result.loss_minus),
+               "virtual_gain": 0.5 * (result.loss_plus + result.loss_minus) - result.meta_loss,
+               "first_order_gain": self.gain(),
+               "sigma_min": float(sigma.min()), "sigma_max": float(sigma.max())}
+        self.log.append(row)
+        self.step = step
+        return row
+
+    def gain(self) -> float:
+        """Running first-order gain of the tuned perturbation over MeZO's (1.0 = no gain; NaN before data)."""
+        return self.gain_ema[0] / self.gain_ema[1] if self.gain_ema[1] > 0 else float("nan")
+
+    # ------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"step": self.step, "config": asdict(self.cfg),
+                "model": [p.detach().cpu() for p in self.engine.params],
+                "bank": self.bank.state_dict(), "meta_opt": self.meta_opt.state_dict(),
+                "fo_opt": self.fo_opt.state_dict(), "histories": [h.state_dict() for h in self.histories],
+                "log": self.log, "gain_ema": self.gain_ema, "forwards": self.engine.forwards}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved, now = state["config"], asdict(self.cfg)
+        changed = [k for k in now if k not in ("steps", "threads") and saved.get(k) != now[k]]
+        if changed:
+            k = changed[0]
+            raise ZotuneError(f"cannot resume: the interrupted run used {k}={saved.get(k)!r}, not {now[k]!r}; "
+                              "rerun with its options, or delete its checkpoint to start over")
+        with torch.no_grad():
+            for p, v in zip(self.engine.params, state["model"]):
+                p.copy_(v)
+        self.bank.load_state_dict(state["bank"])
+        self.meta_opt.load_state_dict(state["meta_opt"])
+        self.fo_opt.load_state_dict(state["fo_opt"])
+        for h, s in zip(self.histories, state["histories"]):
+            h.load_state_dict(s)
+        self.log, self.gain_ema, self.engine.forwards = state["log"], state["gain_ema"], state["forwards"]
+        self.step = state["step"]
+        for step in range(1, self.step + 1):  # the batches the interrupted run already drew
+            next(self.streams[step_plan(self.cfg.seed, step, len(self.tasks))[0]])
+
+    def artifact(self) -> Tuner:
+        """The tuner as trained so far, with its provenance."""
+        cfg = self.cfg
+        self.tuner.bank = self.bank.to("cpu")
+        self.tuner.recommended = {"lr": cfg.virtual_lr, "eps": cfg.eps}
+        last = self.log[-20:]
+        self.tuner.provenance = {
+            "meta_tasks": [t.name for t in self.tasks], "steps": self.step, "seed": cfg.seed,
+            "zotune_version": _package_version(), "torch_version": torch.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "config": asdict(cfg),
+            "summary": {"first_order_gain": self.gain(),
+                        "virtual_gain_last20": sum(r["virtual_gain"] for r in last) / max(1, len(last))},
+        }
+        return self.tuner
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    return Progress(TextColumn("[bold]meta-train"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("meta loss {task.fields[meta]}"), TextColumn("gain vs MeZO {task.fields[gain]}"),
+                    TextColumn("{task.fields[speed]} s/step"), TimeRemainingColumn(), disable=not enabled)
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where a meta-training run to ``out`` keeps its resumable checkpoint."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.partial.pt")
+
+
+def log_path(out: Path) -> Path:
+    """The per-step log written next to the artifact (JSON lines of :meth:`MetaTrainer.advance`)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.metalog.json")
+
+
+def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, checkpoint_every: int = 25,
+               progress: bool = True) -> Tuner:
+    """Meta-train a tuner and write it to ``out`` (a ``.safetensors`` file) and its log beside it.
+
+    Every ``checkpoint_every`` steps the whole state goes to :func:`checkpoint_path`; after a kill, the same
+    call with ``resume=True`` continues from it. The artifact is written atomically at the end, and the
+    checkpoint is removed.
+    """
+    cfg.validate()
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ZotuneError(f"--out must name a .safetensors file, got {out}")
+    if out.exists():
+        raise ZotuneError(f"output {out} already exists; choose another --out or delete it")
+    ckpt = checkpoint_path(out)
+    if resume and not ckpt.exists():
+        raise ZotuneError(f"nothing to resume: no checkpoint {ckpt}; run without --resume")
+    if not resume and ckpt.exists():
+        raise ZotuneError(f"an interrupted run to {out} left {ckpt}; add --resume to continue it, or delete it")
+    trainer = MetaTrainer(cfg)
+    if resume:
+        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    start, done = time.perf_counter(), trainer.step
+    with progress_bar(progress) as bar:
+        task = bar.add_task("meta", total=cfg.steps, completed=done, meta="-", gain="-", speed="-")
+        while trainer.step < cfg.steps:
+            row = trainer.advance()
+            if checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < cfg.steps:
+                with atomic_file(ckpt) as tmp:
+                    torch.save(trainer.state_dict(), tmp)
+            bar.update(task, advance=1, meta=f"{row['meta_loss']:.4f}", gain=f"×{row['first_order_gain']:.3f}",
+                       speed=f"{(time.perf_counter() - start) / (trainer.step - done):.1f}")
+    tuner = trainer.artifact()
+    tuner.save_pretrained(out)
+    with atomic_file(log_path(out)) as tmp:
+        tmp.write_text(json.dumps(trainer.log, indent=0))
+    if ckpt.exists():
+        os.remove(ckpt)
+    return tuner
