@@ -20,9 +20,16 @@ $(VENV)/.installed: pyproject.toml
 fetch: setup
 	$(PY) cli.py fetch
 
+# The main job: meta-train a tuner for the embedded SmolLM2-135M on three BIG-bench tasks, then fine-tune on a
+# held-out task (strategyqa) with MeZO and with the tuner, at the same lr, seed and forward-pass budget.
+META_TASKS := bigbench:hyperbaton,bigbench:implicatures,bigbench:winowhy
 demo: fetch
 	rm -rf runs/demo
-	$(PY) cli.py finetune --method mezo --lr 1e-4 --steps 100 --out runs/demo --no-save-model
+	$(PY) cli.py meta-train --tasks $(META_TASKS) --steps 40 --out runs/demo/tuner.safetensors
+	$(PY) cli.py tuners inspect runs/demo/tuner.safetensors
+	$(PY) cli.py finetune --method mezo --lr 1e-4 --batch-size 8 --steps 60 --out runs/demo/mezo --no-save-model
+	$(PY) cli.py finetune --tuner runs/demo/tuner.safetensors --lr 1e-4 --batch-size 8 --steps 60 \
+	    --out runs/demo/tuner --no-save-model
 
 test: fetch
 	$(PY) -m pytest -q

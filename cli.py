@@ -38,7 +38,8 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--max-length", type=int, default=d.max_length, help="tokens per sequence (default %(default)s)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "momentum", "adam"])
-    g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)g)")
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default {d.lr:g}; with --tuner, the lr it was meta-trained for)")
     g.add_argument("--eps", type=float, default=d.eps, help="perturbation size (default %(default)g)")
     g.add_argument("--q", type=int, default=None, help="SPSA directions per step (default: the method's)")
     g.add_argument("--schedule", default=d.schedule, choices=["constant", "linear", "cosine"])
@@ -63,22 +64,36 @@ def _config(args: argparse.Namespace, **overrides):
     values.update(overrides)
     if values.get("model") is None:
         values["model"] = EMBEDDED
+    if values.get("lr") is None:
+        values.pop("lr", None)
     return FinetuneConfig(**values)
+
+
+def _tuner_defaults(args: argparse.Namespace) -> None:
+    """With ``--tuner``: the artifact's base model unless ``--model`` names one (a derivative), and the lr it
+    was meta-trained for unless ``--lr`` is given."""
+    if args.tuner is None:
+        return
+    from checkpoints import Tuner
+    from finetune.models import name_for_id
+
+    tuner = Tuner.from_pretrained(args.tuner)
+    if args.model is None:
+        args.model = name_for_id(tuner.base_model)
+    if args.lr is None:
+        args.lr = tuner.recommended.get("lr")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from finetune.trainer import finetune, work_dir
 
     if args.tuner is not None:
-        from checkpoints import Tuner
         from finetune.errors import ZotuneError
-        from finetune.models import name_for_id
 
         if args.method not in ("mezo", "tuner"):
             raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
         args.method = "tuner"
-        if args.model is None:  # the artifact's base model by default; --model picks a derivative
-            args.model = name_for_id(Tuner.from_pretrained(args.tuner).base_model)
+    _tuner_defaults(args)
     cfg = _config(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
@@ -109,6 +124,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             lrs[method] = [float(x) for x in values.split(",") if x.strip()]
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
+    _tuner_defaults(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
                       seeds=args.seeds, forwards=args.forwards)
     rows = bench(cfg, Path(args.out))
@@ -237,6 +253,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-grid", nargs="*", metavar="METHOD=LR,LR",
                    help="learning rates per method, e.g. mezo=1e-6,1e-5 zo-adam=1e-4 (default: --lr)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--tuner", default=None, metavar="FILE", help="the tuner artifact that method 'tuner' uses")
     p.add_argument("--forwards", type=int, default=400, help="forward passes per run (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder (bench.json, bench.md, bench.png)")
     p.set_defaults(func=cmd_bench)

@@ -125,3 +125,108 @@ def test_unrolled_two_steps_differs_from_one_and_reaches_the_bank():
     unrolled(engine, bank, StepHistory(len(engine.params)), loss_fn, [1], 1e-3, 0.5)
     assert torch.isfinite(g2).all() and g2.abs().max() > 0
     assert not torch.allclose(g2, bank.b2.grad)
+
+
+# ----------------------------------------------------------------------------------------- the loop
+
+import json  # noqa: E402
+
+import cli  # noqa: E402
+from checkpoints import Tuner  # noqa: E402
+from meta.train import MetaConfig, MetaTrainer, checkpoint_path, log_path, meta_train  # noqa: E402
+
+
+@pytest.fixture
+def tasks(tmp_path):
+    paths = []
+    for k in range(2):
+        path = tmp_path / f"task{k}.jsonl"
+        with path.open("w") as f:
+            for i in range(40):
+                f.write(json.dumps({"input": f"{k}: item {i} is", "options": [" odd", " even"], "label": i % 2}) + "\n")
+        paths.append(str(path))
+    return paths
+
+
+def _cfg(tasks, **kw):
+    base = dict(model="tiny-llama", tasks=tasks, steps=6, batch_size=4, restart_every=4, virtual_lr=1e-2,
+                meta_lr=1e-2, fo_lr=1e-2, hidden=8, max_length=32)
+    base.update(kw)
+    return MetaConfig(**base)
+
+
+def _same_tuner(a: Tuner, b: Tuner) -> None:
+    for k in ("W1", "b1", "W2", "b2"):
+        assert torch.equal(getattr(a.bank, k), getattr(b.bank, k)), k
+    pa, pb = dict(a.provenance), dict(b.provenance)
+    pa.pop("date"), pb.pop("date")
+    assert pa == pb
+
+
+def test_meta_training_learns_and_resume_reaches_the_same_artifact(tmp_path, tasks, monkeypatch):
+    full = meta_train(_cfg(tasks), tmp_path / "full.safetensors", progress=False)
+    assert full.provenance["steps"] == 6 and full.provenance["meta_tasks"] == tasks
+    assert float(full.bank.W2.detach().abs().max()) > 0  # the bank moved away from its MeZO init
+    log = json.loads(log_path(tmp_path / "full.safetensors").read_text())
+    assert [r["step"] for r in log] == list(range(1, 7))
+
+    out = tmp_path / "killed.safetensors"
+    advance = MetaTrainer.advance
+
+    def killed_at_5(self):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return advance(self)
+
+    monkeypatch.setattr(MetaTrainer, "advance", killed_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(_cfg(tasks), out, checkpoint_every=2, progress=False)
+    assert checkpoint_path(out).exists() and not out.exists()
+    monkeypatch.setattr(MetaTrainer, "advance", advance)
+    with pytest.raises(Exception, match="add --resume"):
+        meta_train(_cfg(tasks), out, checkpoint_every=2, progress=False)
+    with pytest.raises(Exception, match="cannot resume: the interrupted run used seed=0"):
+        meta_train(_cfg(tasks, seed=1), out, resume=True, checkpoint_every=2, progress=False)
+    resumed = meta_train(_cfg(tasks), out, resume=True, checkpoint_every=2, progress=False)
+    assert not checkpoint_path(out).exists()
+    _same_tuner(full, resumed)
+    _same_tuner(full, Tuner.from_pretrained(out))
+
+
+def test_restarts_reset_the_base_model_to_its_pretrained_weights(tasks):
+    trainer = MetaTrainer(_cfg(tasks, restart_every=3))
+    start = [p.detach().clone() for p in trainer.engine.params]
+    for _ in range(3):
+        trainer.advance()
+    assert not all(torch.equal(a, p) for a, p in zip(start, trainer.engine.params))
+    trainer._restart_if_due(4)
+    assert all(torch.equal(a, p) for a, p in zip(start, trainer.engine.params))
+
+
+def test_unroll_two_runs_through_the_loop(tmp_path, tasks):
+    tuner = meta_train(_cfg(tasks, unroll=2, steps=2), tmp_path / "k2.safetensors", progress=False)
+    assert tuner.provenance["config"]["unroll"] == 2
+
+
+def test_cli_meta_train_then_finetune_and_inspect(tmp_path, tasks, capsys):
+    out = tmp_path / "tuner.safetensors"
+    assert cli.main(["meta-train", "--model", "tiny-llama", "--tasks", ",".join(tasks), "--steps", "3",
+                     "--batch-size", "4", "--hidden", "8", "--out", str(out)]) == 0
+    assert out.exists()
+    # the artifact's base model is the default; a derivative is given with --model
+    run = tmp_path / "ft"
+    assert cli.main(["finetune", "--tuner", str(out), "--task", tasks[0], "--steps", "3", "--batch-size", "4",
+                     "--lr", "1e-3", "--n-test", "8", "--no-save-model", "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "tuner" and metrics["model"] == "tiny-llama" and metrics["forwards"] == 6
+    assert cli.main(["finetune", "--tuner", str(out), "--model", "tiny-qwen2", "--task", tasks[0], "--steps", "1",
+                     "--n-test", "4", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this model" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+    assert cli.main(["tuners", "inspect", str(out)]) == 0
+    assert "base model tiny-llama" in capsys.readouterr().out
+    assert cli.main(["meta-train", "--model", "tiny-llama", "--tasks", tasks[0], "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main(["meta-train", "--model", "tiny-llama", "--tasks", "nope:task", "--out",
+                     str(tmp_path / "x.safetensors")]) == 2
+    assert "unknown task" in capsys.readouterr().err
