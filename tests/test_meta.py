@@ -219,6 +219,11 @@ def test_cli_meta_train_then_finetune_and_inspect(tmp_path, tasks, capsys):
                      "--lr", "1e-3", "--n-test", "8", "--no-save-model", "--out", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == "tuner" and metrics["model"] == "tiny-llama" and metrics["forwards"] == 6
+    assert metrics["config"]["lr"] == 1e-3
+    run2 = tmp_path / "ft-default-lr"  # without --lr: the lr the tuner was meta-trained for (--virtual-lr)
+    assert cli.main(["finetune", "--tuner", str(out), "--task", tasks[0], "--steps", "1", "--n-test", "4",
+                     "--no-save-model", "--out", str(run2)]) == 0
+    assert json.loads((run2 / "metrics.json").read_text())["config"]["lr"] == MetaConfig().virtual_lr
     assert cli.main(["finetune", "--tuner", str(out), "--model", "tiny-qwen2", "--task", tasks[0], "--steps", "1",
                      "--n-test", "4", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
