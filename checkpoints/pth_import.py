@@ -15,8 +15,8 @@ so would execute whatever the pickle asks for. Instead this module reads the zip
   device tag (``cuda:3``) is ignored, everything lands on the CPU;
 * ``collections.OrderedDict`` and ``set`` are the real (harmless) containers.
 
-The stand-ins are made afresh for every file (classes, storage types; the rebuild functions are bound
-methods), so even a crafted pickle that sets attributes on them cannot change a later import.
+The stand-ins are made afresh for every file (classes, storage types, the rebuild functions), so even a
+crafted pickle that sets attributes on them cannot change a later import.
 Any other global -- ``os.system``, ``builtins.exec``, ``subprocess.Popen``, even a real torch class -- is
 refused with a one-line :class:`ZotuneError` before it is looked up, so a malicious ``__reduce__`` never
 runs. The legacy (pre-zip, torch < 1.6) format is refused too.
@@ -109,7 +109,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             elif module == "torch" and name in _STORAGES:
                 self.stand_ins[key] = _StorageType(_STORAGES[name])
             elif module == "torch._utils" and name in _REBUILD:
-                self.stand_ins[key] = getattr(self, _REBUILD[name])
+                rebuild = getattr(self, _REBUILD[name])
+                self.stand_ins[key] = lambda *args, **kwargs: rebuild(*args, **kwargs)  # a fresh function
             else:
                 raise ZotuneError(f"{self.source} asks to load {module}.{name}, which a ZO Fine-tuner tuner "
                                   "never needs; refused without running it (the file is not a plain tuner "

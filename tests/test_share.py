@@ -244,7 +244,8 @@ class _Exec:
         return exec, (f"open({str(self.marker)!r}, 'w').close()",)
 
 
-@pytest.mark.parametrize("payload,refused", [(_System, r"(posix|os|nt)\.system"), (_Exec, r"(__builtin__|builtins)\.exec")])
+@pytest.mark.parametrize("payload,refused", [(_System, r"(posix|os|nt)\.system"),
+                                             (_Exec, r"(__builtin__|builtins)\.exec")])
 def test_malicious_pickle_is_refused_and_its_payload_never_runs(tmp_path, llama, capsys, payload, refused):
     marker = tmp_path / "pwned"
     mods = paper_modules(llama)
@@ -376,8 +377,10 @@ def test_pull_stores_in_the_cache_and_hf_specs_load(tmp_path, llama, capsys, mon
     assert calls[-1] == ("me/smol-tuner", "tuner.safetensors", cached.parent)
     tuner = Tuner.from_pretrained("hf://me/smol-tuner/v2/other.safetensors")
     assert calls[-1][:2] == ("me/smol-tuner", "v2/other.safetensors") and tuner.base_model == HUB_ID
-    assert "is not a readable safetensors file" in one_line_error(capsys, ["tuners", "pull", "hf://me/smol-tuner/junk.safetensors"])
-    assert "has no such file" in one_line_error(capsys, ["tuners", "pull", "me/smol-tuner", "--file", "nope.safetensors"])
+    err = one_line_error(capsys, ["tuners", "pull", "hf://me/smol-tuner/junk.safetensors"])
+    assert "is not a readable safetensors file" in err
+    err = one_line_error(capsys, ["tuners", "pull", "me/smol-tuner", "--file", "nope.safetensors"])
+    assert "has no such file" in err
 
 
 def test_list_shows_shipped_and_cached_tuners(tmp_path, llama, capsys, monkeypatch):
