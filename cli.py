@@ -75,8 +75,10 @@ def _tuner_defaults(args: argparse.Namespace) -> None:
     if args.tuner is None:
         return
     from checkpoints import Tuner
+    from checkpoints.hub import resolve
     from finetune.models import name_for_id
 
+    args.tuner = str(resolve(args.tuner))  # an hf:// spec is downloaded once, here
     tuner = Tuner.from_pretrained(args.tuner)
     if args.model is None:
         args.model = name_for_id(tuner.base_model)
@@ -162,6 +164,49 @@ def cmd_tuners_inspect(args: argparse.Namespace) -> None:
     print(inspect_text(args.file, all_blocks=args.all))
 
 
+def cmd_tuners_list(args: argparse.Namespace) -> None:
+    from checkpoints.hub import list_text
+
+    print(list_text())
+
+
+def cmd_tuners_export(args: argparse.Namespace) -> None:
+    from checkpoints.hub import export
+
+    out = export(args.file, args.dir, repo=args.repo)
+    print(f"wrote {out}/tuner.safetensors and {out}/README.md (upload with: python cli.py tuners push "
+          f"{args.file} --repo {args.repo or 'owner/name'})")
+
+
+def cmd_tuners_push(args: argparse.Namespace) -> None:
+    from checkpoints.hub import push
+
+    print(f"pushed {args.file} to {push(args.file, args.repo, private=args.private)}")
+
+
+def cmd_tuners_pull(args: argparse.Namespace) -> None:
+    from checkpoints.hub import TUNER_FILE, parse_hf, pull
+
+    repo, filename = parse_hf(args.repo) if args.repo.startswith("hf://") else (args.repo, args.file or TUNER_FILE)
+    path, tuner = pull(repo, filename)
+    print(f"{path}: tuner for {tuner.base_model} ({len(tuner.blocks)} blocks); use it with --tuner {path}")
+
+
+def cmd_tuners_import_pth(args: argparse.Namespace) -> None:
+    from checkpoints.pth_import import convert
+    from finetune.atomic import refuse_existing
+    from finetune.models import load_model, model_id, set_threads
+
+    out = Path(args.out)
+    refuse_existing(out)
+    set_threads(args.threads)
+    model, _ = load_model(args.model, device="cpu")
+    tuner = convert(args.file, model, model_id(args.model), paper_batch=args.paper_batch)
+    tuner.save_pretrained(out)
+    print(f"converted {len(tuner.blocks)} blocks of {args.file} for {tuner.base_model}; wrote {out} "
+          "(the paper's mode: raw features, sigma = |MLP|)")
+
+
 def cmd_fetch(args: argparse.Namespace) -> None:
     from finetune.models import fetch_embedded
     from finetune.tasks import load_task
@@ -233,19 +278,46 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
     p.set_defaults(func=cmd_finetune)
 
-    p.add_argument("--tuner", default=None, metavar="FILE",
-                   help="a tuner artifact (.safetensors): fine-tune with it (method 'tuner')")
+    p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
+                   help="a tuner artifact (.safetensors path, or hf://owner/name[/file] on the Hugging Face Hub): "
+                        "fine-tune with it (method 'tuner')")
 
     p = sub.add_parser("meta-train", help="meta-train a tuner (PertNN bank) for a base model")
     _meta_args(p)
     p.set_defaults(func=cmd_meta_train)
 
-    tuners = sub.add_parser("tuners", help="inspect tuner artifacts").add_subparsers(dest="tuners_command",
-                                                                                    required=True)
+    tuners = sub.add_parser("tuners", help="inspect, share and import tuner artifacts").add_subparsers(
+        dest="tuners_command", required=True)
     p = tuners.add_parser("inspect", help="print a tuner's metadata and a per-block summary of its scales")
-    p.add_argument("file", help="a tuner .safetensors file")
+    p.add_argument("file", help="a tuner .safetensors file (or hf://owner/name[/file])")
     p.add_argument("--all", action="store_true", help="list every block, not a summary by kind")
     p.set_defaults(func=cmd_tuners_inspect)
+    p = tuners.add_parser("list", help="the tuners shipped in checkpoints/pretrained/ and those in the cache")
+    p.set_defaults(func=cmd_tuners_list)
+    p = tuners.add_parser("export", help="write a Hub-ready folder: tuner.safetensors and a model card README.md")
+    p.add_argument("file", help="a tuner .safetensors file")
+    p.add_argument("dir", help="the folder to write (must not exist or be empty)")
+    p.add_argument("--repo", default=None, help="owner/name to show in the card's usage examples")
+    p.set_defaults(func=cmd_tuners_export)
+    p = tuners.add_parser("push", help="publish a tuner with a generated model card on the Hugging Face Hub")
+    p.add_argument("file", help="a tuner .safetensors file")
+    p.add_argument("--repo", required=True, help="the Hub repository, owner/name (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.set_defaults(func=cmd_tuners_push)
+    p = tuners.add_parser("pull", help="download a tuner from the Hugging Face Hub into the local cache")
+    p.add_argument("repo", help="owner/name or hf://owner/name[/file]")
+    p.add_argument("--file", default=None, help="the file in the repository (default tuner.safetensors)")
+    p.set_defaults(func=cmd_tuners_pull)
+    p = tuners.add_parser("import-pth", help="convert a published ZO Fine-tuner .pth tuner (never runs pickled code)")
+    p.add_argument("file", help="the .pth file (a dict of Sequential(Linear(5,64), Tanh, Linear(64,1)))")
+    p.add_argument("--model", required=True, help="the base model it was trained for: alias (llama-3.2-1b), "
+                   "Hub id or folder; loaded once to map parameter names to blocks")
+    p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
+    p.add_argument("--paper-batch", type=int, default=None, metavar="N",
+                   help="count embedding blocks as the paper does in the energy normalisation, 15*N*hidden with "
+                        "N = per-device batch x GPUs of the run (16 in its recipe); default: plain numels")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=cmd_tuners_import_pth)
 
     p = sub.add_parser("bench", parents=[run], help="compare methods and seeds at an equal forward budget")
     p.add_argument("--methods", type=lambda s: s.split(","), default=["mezo", "nspsa", "zo-adam"],

@@ -9,9 +9,11 @@ Tensors (float32):
 
 The safetensors header's metadata holds ``format`` (``"zotune-tuner"``), ``format_version`` and
 ``zotune``, a JSON document with: ``base_model``; ``blocks`` (name, shape, numel, kind of every block,
-in order) and ``tied_groups``, which together are the architecture fingerprint, plus its
-``fingerprint_sha256``; ``features`` (:class:`pertnn.FeatureConfig`) and ``pertnn``
-(:class:`pertnn.PertNNConfig`); ``direction_policy`` (a slot, ``null`` until a policy is trained);
+in order; optionally ``energy_numel``, the size the energy normalisation counts for the block when it
+is not its numel, as in the paper's effective sizes) and ``tied_groups``, which together are the
+architecture fingerprint, plus its ``fingerprint_sha256``; ``features`` (:class:`pertnn.FeatureConfig`)
+and ``pertnn`` (:class:`pertnn.PertNNConfig`; files written before their ``kind``/``output`` fields
+existed load with the defaults); ``direction_policy`` (a slot, ``null`` until a policy is trained);
 ``recommended`` (the ``lr`` and ``eps`` meta-training assumed); and ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config).
 
@@ -63,7 +65,8 @@ def block_stats(model: nn.Module) -> torch.Tensor:
 class Tuner:
     """A meta-trained ZO tuner for one base-model architecture: the PertNN bank and its metadata.
 
-    ``Tuner.from_pretrained(path)`` loads and validates an artifact, ``save_pretrained(path)`` writes one
+    ``Tuner.from_pretrained(path)`` loads and validates an artifact (a local file, or ``hf://owner/name[/file]``
+    on the Hugging Face Hub, downloaded into the cache), ``save_pretrained(path)`` writes one
     atomically, ``check_model(model)`` refuses a model of another architecture (a derivative checkpoint
     with the same architecture and other weights is fine). Pass it to :class:`finetune.optim.TunedZO`
     to fine-tune with it.
@@ -122,18 +125,33 @@ class Tuner:
 
     # ------------------------------------------------------------------------------------ scales
     @torch.no_grad()
-    def scales_at_rest(self, iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    def scales_at_rest(self, iterations: int = 20, loss: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
         """σ per block at the first step (no loss history, last scale 1) and at the fixed point of
         ``σ ← bank(features with on-trend losses, last scale σ)``, using the base model's block statistics.
-        A summary of what the tuner does without any model at hand; returns ``(first, rest)``."""
+        A summary of what the tuner does without any model at hand; returns ``(first, rest)``.
+
+        Raw (paper) features take the losses absolutely: "on trend" then means L+ = L− = ``loss``
+        (0.7 by default, the level of spec §4.3); normalised features do not depend on it."""
         n = self.bank.n_blocks
         x = torch.zeros(n, self.bank.cfg.n_features)
-        x[:, :2] = self.stats
-        first = self.bank.scales(x)
+        raw = self.feature_config.kind == "raw"
+        x[:, 0] = self.stats[:, 0]
+        if raw:
+            numel = torch.tensor([b["numel"] for b in self.blocks], dtype=torch.float32)
+            x[:, 1] = (torch.exp(self.stats[:, 1]) - 1e-12).clamp_min(0) * numel / (numel - 1).clamp_min(1)
+            x[:, 4] = 1.0
+        else:
+            x[:, 1] = self.stats[:, 1]
+        first, out = self.bank.scales_and_output(x)
         sigma = first
+        if raw:
+            x[:, 2:4] = loss
         for _ in range(iterations):
-            x[:, 4] = torch.log(sigma.float().clamp_min(self.feature_config.scale_floor))
-            sigma = self.bank.scales(x)
+            if raw:
+                x[:, 4] = out.float()
+            else:
+                x[:, 4] = torch.log(sigma.float().clamp_min(self.feature_config.scale_floor))
+            sigma, out = self.bank.scales_and_output(x)
         return first, sigma
 
     # ------------------------------------------------------------------------------------ files
@@ -151,7 +169,12 @@ class Tuner:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "Tuner":
-        """Load and validate a tuner artifact (a local ``.safetensors`` file)."""
+        """Load and validate a tuner artifact: a local ``.safetensors`` file, or ``hf://owner/name[/file]``
+        (``tuner.safetensors`` of a Hugging Face Hub repository, downloaded into the cache first)."""
+        if str(path).startswith("hf://"):
+            from checkpoints.hub import resolve  # the Hub client is only needed here
+
+            path = resolve(str(path))
         path = Path(path)
         if not path.is_file():
             raise ZotuneError(f"tuner file {path} not found; give the path of a .safetensors tuner "
@@ -195,7 +218,7 @@ class Tuner:
         try:
             pcfg = PertNNConfig(**meta["pertnn"])
             fcfg = FeatureConfig(**meta["features"])
-            numels = [int(b["numel"]) for b in blocks]
+            numels = [int(b.get("energy_numel", b["numel"])) for b in blocks]
             B, H, F = len(blocks), pcfg.hidden, pcfg.n_features
         except (TypeError, KeyError, ValueError) as e:
             raise bad(f"malformed config or block list ({e})") from None
@@ -210,7 +233,10 @@ class Tuner:
         fp = {"blocks": [{"name": b["name"], "shape": b["shape"]} for b in blocks], "tied_groups": meta["tied_groups"]}
         if fingerprint_sha256(fp) != meta["fingerprint_sha256"]:
             raise bad("its block list does not match its fingerprint hash (edited or corrupt metadata)")
-        bank = PertNNBank(numels, pcfg)
+        try:
+            bank = PertNNBank(numels, pcfg)
+        except ValueError as e:
+            raise bad(f"malformed block sizes ({e})") from None
         with torch.no_grad():
             for k in BANK_TENSORS:
                 getattr(bank, k).copy_(tensors[f"pertnn.{k}"])

@@ -15,6 +15,19 @@ def block_role(name: str) -> str:
     return re.sub(r"\.\d+\.", ".*.", name)
 
 
+def provenance_text(tuner: Tuner) -> str:
+    """One line saying where a tuner comes from (meta-training run or imported file)."""
+    prov = tuner.provenance or {}
+    if "imported_from" in prov:
+        src = prov["imported_from"]
+        return (f"imported from the ZO Fine-tuner file {src.get('file', '?')} (run tag {src.get('run_tag', '?')}), "
+                f"{prov.get('date', '?')}")
+    if not prov:
+        return "no provenance recorded"
+    return (f"meta-trained on {', '.join(prov.get('meta_tasks', [])) or '?'}: {prov.get('steps', '?')} steps, "
+            f"seed {prov.get('seed', '?')}, zotune {prov.get('zotune_version', '?')}, {prov.get('date', '?')}")
+
+
 def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
     """The report printed by ``python cli.py tuners inspect FILE``."""
     tuner = Tuner.from_pretrained(path)
@@ -32,13 +45,15 @@ def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
         f"recommended fine-tuning {tuner.recommended or 'not recorded'}",
     ]
     if prov:
-        lines.append(f"meta-trained on {', '.join(prov.get('meta_tasks', [])) or '?'}: {prov.get('steps', '?')} steps, "
-                     f"seed {prov.get('seed', '?')}, zotune {prov.get('zotune_version', '?')}, {prov.get('date', '?')}")
+        lines.append(provenance_text(tuner))
+        if "energy_numels" in prov:
+            lines.append(f"energy normalisation counts {prov['energy_numels']}")
         if "summary" in prov:
             lines.append(f"meta-training summary {prov['summary']}")
     lines.append("")
+    rest_losses = "L+ = L− = 0.7, raw features" if tuner.feature_config.kind == "raw" else "on-trend losses"
     lines.append("scales σ (1 = MeZO; energy-normalised so that Σ numel·σ² = Σ numel): "
-                 "at the first step, and at rest (fixed point with on-trend losses)")
+                 f"at the first step, and at rest (fixed point with {rest_losses})")
     if all_blocks:
         lines.append(f"{'block':<60} {'kind':<9} {'numel':>12} {'first':>8} {'rest':>8}")
         for b, f, r in zip(tuner.blocks, first.tolist(), rest.tolist()):

@@ -160,7 +160,8 @@ class TunedZO(ZOSGD):
     ``tuner`` is anything with a ``bank`` (:class:`pertnn.PertNNBank`) and a ``feature_config``
     (:class:`pertnn.FeatureConfig`), such as :class:`checkpoints.Tuner`; if it has ``check_model``, the
     model is checked against the architecture the tuner was trained for. A bank whose scales are all
-    equal gives MeZO's step bit for bit.
+    equal gives MeZO's step bit for bit. With the paper's raw features (an imported ZO Fine-tuner
+    tuner), the bank's output before energy normalisation is what is fed back as the last scale.
     """
 
     def __init__(self, model: nn.Module, tuner, lr: float, eps: float = 1e-3, **kw):
@@ -176,10 +177,10 @@ class TunedZO(ZOSGD):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
-        sigma = self.bank.scales(self.history.features(self.engine.params))
+        sigma, output = self.bank.scales_and_output(self.history.features(self.engine.params))
         self.engine.scales = sigma
         loss = super().step(closure)
-        self.history.update(self.last["loss_plus"], self.last["loss_minus"], sigma)
+        self.history.update(self.last["loss_plus"], self.last["loss_minus"], sigma, output)
         return loss
 
     def state_dict(self) -> dict:

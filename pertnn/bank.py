@@ -9,6 +9,9 @@ and evaluated with two ``torch.baddbmm`` calls, never a Python loop over blocks.
 
 Output. ``σ_b = softplus(out_b + bias0)`` with ``bias0 = log(expm1(init_scale))`` (the inverse softplus),
 so σ is positive and smooth (the public code's ``|out|`` can reach 0 and switch a block off; §7.4).
+``output="abs"`` is the paper's mode, kept for the imported published tuners
+(``checkpoints.pth_import``): ``σ_b = |out_b|``, no offset, and the last layer gets PyTorch's default
+``nn.Linear`` init as in the paper (a zero one would give σ = 0).
 The last layer (W2, b2) is initialised to **zero**, so a freshly initialised bank outputs exactly the
 same σ = softplus(bias0) ≈ init_scale for every block whatever its features: an untrained bank is
 MeZO (and exactly MeZO with energy normalisation). The first layer gets PyTorch's default
@@ -34,6 +37,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
+OUTPUTS = ("softplus", "abs")
+
+
 @dataclass
 class PertNNConfig:
     """Shape and output options of :class:`PertNNBank`.
@@ -42,12 +48,20 @@ class PertNNConfig:
     n_features:  F, input features per block (``pertnn.features.N_FEATURES`` = 5).
     energy_norm: rescale σ so that Σ_b n_b σ_b² = Σ_b n_b (see the module docstring).
     init_scale:  σ of a freshly initialised bank before energy normalisation (must be > 0).
+    output:      ``"softplus"`` (σ = softplus(out + bias0), ours) or ``"abs"`` (σ = |out|, the paper's).
     """
 
     hidden: int = 32
     n_features: int = 5
     energy_norm: bool = True
     init_scale: float = 1.0
+    output: str = "softplus"
+
+    def __post_init__(self):
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unknown PertNN output {self.output!r}; use one of {', '.join(OUTPUTS)}")
+        if not self.init_scale > 0:
+            raise ValueError("init_scale must be positive")
 
 
 def energy_normalise(sigma: Tensor, numels: Tensor) -> Tensor:
@@ -70,8 +84,6 @@ class PertNNBank(nn.Module):
                  device: torch.device | str | None = None):
         super().__init__()
         self.cfg = cfg = cfg or PertNNConfig()
-        if not cfg.init_scale > 0:
-            raise ValueError("init_scale must be positive")
         numels = torch.as_tensor(numels, dtype=torch.float64).reshape(-1)
         if numels.numel() == 0 or bool((numels <= 0).any()):
             raise ValueError("need at least one block, each with a positive numel")
@@ -85,6 +97,8 @@ class PertNNBank(nn.Module):
         self.b1 = nn.Parameter(torch.empty(B, H, **kw).uniform_(-bound, bound, generator=generator))
         self.W2 = nn.Parameter(torch.zeros(B, 1, H, **kw))
         self.b2 = nn.Parameter(torch.zeros(B, 1, **kw))
+        if cfg.output == "abs":
+            self.randomize_output_(generator)
 
     @torch.no_grad()
     def randomize_output_(self, generator: torch.Generator | None = None) -> "PertNNBank":
@@ -108,14 +122,28 @@ class PertNNBank(nn.Module):
         h = torch.tanh(torch.baddbmm(self.b1.unsqueeze(-1), self.W1, x))   # [B, H, 1]
         return torch.baddbmm(self.b2.unsqueeze(-1), self.W2, h).reshape(-1)  # [B]
 
+    def output(self, features: Tensor) -> Tensor:
+        """σ [B] float64 *before* energy normalisation: ``softplus(out + bias0)`` or ``|out|``."""
+        out = self.mlp_out(features)
+        sigma = out.abs() if self.cfg.output == "abs" else F.softplus(out + self.bias0)
+        return sigma.to(torch.float64)
+
+    def normalise(self, sigma: Tensor) -> Tensor:
+        """Energy normalisation of an :meth:`output` when the config asks for it, else ``sigma``."""
+        return energy_normalise(sigma, self.numels) if self.cfg.energy_norm else sigma
+
     def forward(self, features: Tensor) -> Tensor:
         """σ [B] float64, differentiable w.r.t. the bank's parameters."""
-        sigma = F.softplus(self.mlp_out(features) + self.bias0)
-        if self.cfg.energy_norm:
-            return energy_normalise(sigma, self.numels)
-        return sigma.to(torch.float64)
+        return self.normalise(self.output(features))
 
     @torch.no_grad()
     def scales(self, features: Tensor) -> Tensor:
         """σ [B] as a float64 CPU tensor, ready for ``ZOEngine.scales``."""
         return self.forward(features).detach().to("cpu", torch.float64)
+
+    @torch.no_grad()
+    def scales_and_output(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(σ, output)`` as float64 CPU tensors: the scales and the same step's σ before energy
+        normalisation (what the paper's features feed back as σ_prev)."""
+        out = self.output(features)
+        return self.normalise(out).to("cpu", torch.float64), out.to("cpu", torch.float64)

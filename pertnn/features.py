@@ -21,6 +21,13 @@ The loss features are the same for every block (the bank's per-block MLPs differ
 respond differently).
 
 Everything runs under ``no_grad``; no gradient flows into the features (as in the paper).
+
+``FeatureConfig(kind="raw")`` gives the paper's features instead (spec §1.3), for the imported published
+tuners (``checkpoints.pth_import``): ``[mean(θ_b), var(θ_b), L+, L−, σ_b^(t−1)]`` with the *unbiased*
+variance (N−1; a one-element block gets its population variance, 0, where torch would give NaN), the
+raw losses of the last step ((0, 0) before the first step) and the raw last scale, taken *before*
+energy normalisation (1 before the first step). No log, no ratio. Statistics are computed in float32
+(the paper computes them in the model's dtype).
 """
 from __future__ import annotations
 
@@ -32,6 +39,8 @@ from torch import Tensor
 
 N_FEATURES = 5
 FEATURE_NAMES = ("mean", "log_var", "loss_diff", "loss_level", "log_prev")
+RAW_FEATURE_NAMES = ("mean", "var", "loss_plus", "loss_minus", "prev")
+KINDS = ("normalised", "raw")
 
 
 @dataclass
@@ -46,12 +55,19 @@ class FeatureConfig:
                  big tensor is made. float32/float64 tensors are reduced directly.
     running_beta: the running loss of :class:`StepHistory` is an exponential moving average of the
                  steps' mean losses with this decay (the first step's loss starts it).
+    kind:        ``"normalised"`` (the features above, ours) or ``"raw"`` (the paper's; see the module
+                 docstring). ``var_eps``, ``scale_floor`` and ``running_beta`` do not enter raw features.
     """
 
     var_eps: float = 1e-12
     scale_floor: float = 1e-12
     chunk: int = 1 << 22
     running_beta: float = 0.9
+    kind: str = "normalised"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown feature kind {self.kind!r}; use one of {', '.join(KINDS)}")
 
 
 def tensor_var_mean(t: Tensor, chunk: int = 1 << 22) -> tuple[Tensor, Tensor]:
@@ -100,7 +116,8 @@ def block_features(params: list[Tensor], losses: tuple[float, float] | None, run
 
     params:       the B block tensors, in block order (e.g. ``[p for _, p in param_blocks(model)]``).
     losses:       the last step's ``(L+, L−)``, or None before the first step.
-    running_loss: a running average of the training loss (the normaliser), or None before the first step.
+    running_loss: a running average of the training loss (the normaliser), or None before the first step;
+                  raw features ignore it.
     prev_scale:   [B] the scales the bank produced at the last step (ones before the first step).
     """
     cfg = cfg or FeatureConfig()
@@ -110,8 +127,15 @@ def block_features(params: list[Tensor], losses: tuple[float, float] | None, run
     device = prev_scale.device
     stats = [torch.stack(tensor_var_mean(p.detach(), cfg.chunk)).to(device) for p in params]
     var_mean = torch.stack(stats) if stats else torch.zeros(0, 2, device=device)
-    diff, level = _loss_features(losses, running_loss)
     out = torch.empty(len(params), N_FEATURES, dtype=torch.float32, device=device)
+    if cfg.kind == "raw":
+        n = torch.tensor([p.numel() for p in params], dtype=torch.float32, device=device)
+        out[:, 0] = var_mean[:, 1]
+        out[:, 1] = var_mean[:, 0] * n / (n - 1).clamp_min(1)
+        out[:, 2], out[:, 3] = (0.0, 0.0) if losses is None else (float(losses[0]), float(losses[1]))
+        out[:, 4] = prev_scale.to(torch.float32)
+        return out
+    diff, level = _loss_features(losses, running_loss)
     out[:, 0] = var_mean[:, 1]
     out[:, 1] = torch.log(var_mean[:, 0] + cfg.var_eps)
     out[:, 2] = diff
@@ -137,9 +161,12 @@ class StepHistory:
         prev = self.prev_scale.to(params[0].device) if params else self.prev_scale
         return block_features(params, self.losses, self.running_loss, prev, self.cfg)
 
-    def update(self, loss_plus: float, loss_minus: float, scale: Tensor) -> None:
+    def update(self, loss_plus: float, loss_minus: float, scale: Tensor, output: Tensor | None = None) -> None:
         """Record a finished step: its two losses and the scales it used. Non-finite losses are ignored
-        for the running loss (the features then treat the step as uninformative)."""
+        for the running loss (the features then treat the step as uninformative). Raw features feed back
+        ``output``, the bank's σ before energy normalisation (the paper's σ_prev), when it is given."""
+        if self.cfg.kind == "raw" and output is not None:
+            scale = output
         self.losses = (float(loss_plus), float(loss_minus))
         mean = 0.5 * (self.losses[0] + self.losses[1])
         if math.isfinite(mean):

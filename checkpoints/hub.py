@@ -1,0 +1,273 @@
+"""Sharing tuners: a Hub-ready folder with a model card, push to and pull from the Hugging Face Hub,
+``hf://`` specs, and the list of tuners at hand (shipped in ``checkpoints/pretrained/`` and cached).
+
+A shared tuner is a Hub model repository holding ``tuner.safetensors`` (the artifact, unchanged) and a
+generated ``README.md`` model card whose front matter says ``library_name: zotune`` and the base model.
+``hf://owner/name`` means that repository's ``tuner.safetensors``; ``hf://owner/name/path/file.safetensors``
+another file in it. Pulled files live in ``<cache>/tuners/<owner>--<name>/`` (see
+:func:`finetune.cache.cache_dir`). Every Hub failure (offline, missing repository or file, refused
+upload) becomes a one-line :class:`ZotuneError`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from checkpoints.artifact import Tuner
+from checkpoints.inspect import provenance_text
+from finetune.atomic import atomic_dir
+from finetune.cache import cache_dir
+from finetune.errors import ZotuneError
+
+TUNER_FILE = "tuner.safetensors"
+CARD_FILE = "README.md"
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
+TAGS = ("zotune", "zeroth-order", "learned-optimizer")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_REPO = re.compile(rf"{_NAME}/{_NAME}")
+
+
+# --------------------------------------------------------------------------------------- names
+def check_repo(repo: str) -> str:
+    """``repo`` if it is a Hub repository id ``owner/name``, else a one-line error."""
+    if not _REPO.fullmatch(repo) or ".." in repo or "--" in repo or repo.endswith(".git"):
+        raise ZotuneError(f"{repo!r} is not a Hugging Face Hub repository id; use owner/name")
+    return repo
+
+
+def parse_hf(spec: str) -> tuple[str, str]:
+    """``hf://owner/name[/path/in/repo]`` -> ``(owner/name, path in repo)`` (``tuner.safetensors`` by default)."""
+    if not spec.startswith("hf://"):
+        raise ZotuneError(f"{spec!r} is not an hf:// spec; use hf://owner/name or hf://owner/name/file.safetensors")
+    parts = spec[len("hf://"):].strip("/").split("/")
+    if len(parts) < 2:
+        raise ZotuneError(f"{spec!r} names no repository; use hf://owner/name or hf://owner/name/file.safetensors")
+    repo = check_repo("/".join(parts[:2]))
+    filename = "/".join(parts[2:]) or TUNER_FILE
+    if any(p in ("", ".", "..") for p in parts[2:]):
+        raise ZotuneError(f"{spec!r} has an invalid file path in the repository")
+    return repo, filename
+
+
+def _is_hub_id(name: str) -> bool:
+    return bool(_REPO.fullmatch(name)) and not Path(name).expanduser().exists()
+
+
+# --------------------------------------------------------------------------------------- card
+def model_card(tuner: Tuner, repo: str | None = None) -> str:
+    """The ``README.md`` of a shared tuner: Hub front matter, what it is, its provenance and results,
+    and how to use it."""
+    meta = tuner.metadata()
+    prov = tuner.provenance or {}
+    repo_ref = repo or "OWNER/NAME"
+    front = ["---", "library_name: zotune"]
+    if _is_hub_id(tuner.base_model):
+        front.append(f"base_model: {json.dumps(tuner.base_model)}")
+    front += ["tags:", *[f"- {t}" for t in TAGS], "---", ""]
+    n_params = sum(b["numel"] for b in tuner.blocks)
+    mode = ("the ZO Fine-tuner paper's compatibility mode (raw features, σ = abs(MLP))"
+            if meta["features"].get("kind") == "raw" else "zotune's PertNN (normalised features, softplus output)")
+    lines = [
+        f"# zotune tuner for {tuner.base_model}", "",
+        "A learned zeroth-order (ZO) fine-tuner: one small MLP per trainable tensor of the base model (a PertNN "
+        "bank) that sets the scale of that tensor's random perturbation at every step of MeZO-style "
+        "fine-tuning. It is meta-trained once per base model and reused for any task on that architecture "
+        "(derivative checkpoints with the same parameter names and shapes included).", "",
+        "| | |", "|---|---|",
+        f"| base model | `{tuner.base_model}` |",
+        f"| blocks | {len(tuner.blocks)} tensors, {n_params:,} parameters |",
+        f"| architecture fingerprint | `{meta['fingerprint_sha256'][:16]}` |",
+        f"| PertNN | hidden {meta['pertnn']['hidden']}, {mode}, energy normalisation "
+        f"{'on' if meta['pertnn']['energy_norm'] else 'off'} |",
+        f"| provenance | {provenance_text(tuner)} |",
+    ]
+    if prov.get("meta_tasks"):
+        lines.append(f"| meta-training tasks | {', '.join(prov['meta_tasks'])} |")
+    for key in ("steps", "seed", "date"):
+        if key in prov and "imported_from" not in prov:
+            lines.append(f"| meta-training {key} | {prov[key]} |")
+    if tuner.recommended:
+        lines.append(f"| recommended fine-tuning | {', '.join(f'{k} = {v}' for k, v in tuner.recommended.items())} |")
+    lines.append("")
+    results = {k: prov[k] for k in ("results", "summary") if isinstance(prov.get(k), dict) and prov[k]}
+    lines += ["## Results", ""]
+    if results:
+        for key, table in results.items():
+            lines += [f"{'Meta-training summary' if key == 'summary' else 'Fine-tuning results'}:", ""]
+            lines += [f"- {k}: {v}" for k, v in table.items()] + [""]
+    else:
+        lines += ["No results recorded with this tuner.", ""]
+    lr = tuner.recommended.get("lr", 1e-4)
+    eps = tuner.recommended.get("eps", 1e-3)
+    lines += [
+        "## How to use", "",
+        "With zotune installed (`pip install -e .` in its repository), from the command line:", "",
+        "```bash",
+        f"python cli.py tuners pull {repo_ref}",
+        f"python cli.py finetune --tuner hf://{repo_ref} --task sst2 --lr {lr:g} --eps {eps:g} --out runs/sst2",
+        "```", "",
+        "or in Python, in your own loop:", "",
+        "```python",
+        "from checkpoints import Tuner",
+        "from finetune.optim import TunedZO",
+        "",
+        f'tuner = Tuner.from_pretrained("hf://{repo_ref}")',
+        f"opt = TunedZO(model, tuner, lr={lr:g}, eps={eps:g})  # refuses a model of another architecture",
+        "for batch in batches:",
+        "    loss = opt.step(lambda: loss_fn(model, batch))  # two forward passes, no backward",
+        "```", "",
+        f"`{TUNER_FILE}` is a safetensors file (no pickled code); `python cli.py tuners inspect {TUNER_FILE}` "
+        "prints its metadata and per-block scales.", "",
+    ]
+    return "\n".join(front + lines)
+
+
+def export(tuner_path: str | Path, out: str | Path, repo: str | None = None) -> Path:
+    """Write a Hub-ready folder ``out`` (``tuner.safetensors`` and ``README.md``) atomically; an existing
+    non-empty ``out`` is refused. ``repo`` only fills in the usage examples of the card."""
+    tuner_path = resolve(tuner_path)
+    tuner = Tuner.from_pretrained(tuner_path)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        shutil.copyfile(tuner_path, tmp / TUNER_FILE)
+        (tmp / CARD_FILE).write_text(model_card(tuner, repo))
+    return out
+
+
+# --------------------------------------------------------------------------------------- Hub
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
+
+
+def _hub_error(what: str, repo: str, exc: Exception, hint: str) -> ZotuneError:
+    """A one-line error for a failed Hub call; ``hint`` says what to do when the Hub is unreachable."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+        why = " (HF_HUB_OFFLINE is set)" if constants.is_offline_mode() else ""
+        return ZotuneError(f"cannot {what}: the Hugging Face Hub is unreachable{why}; {hint}")
+    if isinstance(exc, GatedRepoError):
+        return ZotuneError(f"cannot {what}: {repo} is gated; accept its terms on the Hub and log in (hf auth login)")
+    if isinstance(exc, RepositoryNotFoundError):
+        return ZotuneError(f"cannot {what}: no repository {repo} on the Hugging Face Hub (if it is private, "
+                           "log in with `hf auth login`)")
+    if isinstance(exc, EntryNotFoundError):
+        return ZotuneError(f"cannot {what}: {repo} has no such file ({_first_line(exc)})")
+    if isinstance(exc, HfHubHTTPError):
+        return ZotuneError(f"cannot {what}: the Hub answered {_first_line(exc)} (log in with `hf auth login` "
+                           "for write access)")
+    return ZotuneError(f"cannot {what}: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def push(tuner_path: str | Path, repo: str, private: bool = False) -> str:
+    """Publish a tuner to the Hub repository ``repo`` (created if needed) as ``tuner.safetensors`` plus a
+    generated model card; return the repository's URL. Needs a Hub token (``hf auth login``)."""
+    import huggingface_hub
+
+    check_repo(repo)
+    with tempfile.TemporaryDirectory(prefix="zotune-push-") as tmp:
+        folder = export(tuner_path, Path(tmp) / "upload", repo=repo)
+        try:
+            api = huggingface_hub.HfApi()
+            api.create_repo(repo, repo_type="model", exist_ok=True, private=private)
+            api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
+                              commit_message="Upload zotune tuner")
+        except Exception as e:  # noqa: BLE001 - every Hub failure is reported on one line
+            raise _hub_error(f"push to {repo}", repo, e, "check the network and try again") from None
+    return f"https://huggingface.co/{repo}"
+
+
+def tuner_cache(repo: str) -> Path:
+    """The local folder of the tuners pulled from ``repo``."""
+    return cache_dir() / "tuners" / check_repo(repo).replace("/", "--")
+
+
+def download(repo: str, filename: str = TUNER_FILE) -> Path:
+    """Fetch ``filename`` of Hub repository ``repo`` into :func:`tuner_cache` (unvalidated); return its path."""
+    import huggingface_hub
+
+    try:
+        path = huggingface_hub.hf_hub_download(repo_id=check_repo(repo), filename=filename,
+                                               local_dir=tuner_cache(repo))
+    except Exception as e:  # noqa: BLE001 - every Hub failure is reported on one line
+        raise _hub_error(f"pull {filename} from {repo}", repo, e,
+                         "check the network, or copy the .safetensors file over and pass its path") from None
+    return Path(path)
+
+
+def pull(repo: str, filename: str = TUNER_FILE) -> tuple[Path, Tuner]:
+    """Download a tuner from the Hub into the cache and validate it; return its path and the tuner."""
+    path = download(repo, filename)
+    return path, Tuner.from_pretrained(path)
+
+
+def resolve(spec: str | Path) -> Path:
+    """A tuner's local path: ``spec`` itself, or for ``hf://owner/name[/file]`` the downloaded file."""
+    if str(spec).startswith("hf://"):
+        return download(*parse_hf(str(spec)))
+    return Path(spec)
+
+
+# --------------------------------------------------------------------------------------- list
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def list_tuners() -> list[dict]:
+    """The shipped tuners (``checkpoints/pretrained/*.safetensors``) and the cached ones, each as a dict
+    with ``source`` (``shipped`` or ``hf://owner/name[/file]``), ``path``, ``size`` (bytes), and
+    ``base_model`` and ``provenance`` (a line) or ``error`` when the file does not load."""
+    found: list[tuple[str, Path]] = []
+    if SHIPPED_DIR.is_dir():
+        found += [("shipped", p) for p in sorted(SHIPPED_DIR.glob("*.safetensors"))]
+    cached = cache_dir() / "tuners"
+    if cached.is_dir():
+        for folder in sorted(p for p in cached.iterdir() if p.is_dir() and "--" in p.name):
+            repo = folder.name.replace("--", "/", 1)
+            for p in sorted(folder.rglob("*.safetensors")):
+                rel = p.relative_to(folder)
+                if any(part.startswith(".") for part in rel.parts):
+                    continue  # the Hub client's own metadata
+                found.append((f"hf://{repo}" + ("" if rel.as_posix() == TUNER_FILE else f"/{rel.as_posix()}"), p))
+    rows = []
+    for source, path in found:
+        row = {"source": source, "path": str(path), "size": path.stat().st_size}
+        try:
+            tuner = Tuner.from_pretrained(path)
+            row |= {"base_model": tuner.base_model, "provenance": provenance_text(tuner)}
+        except ZotuneError as e:
+            row["error"] = str(e)
+        rows.append(row)
+    return rows
+
+
+def list_text() -> str:
+    """The report printed by ``python cli.py tuners list``."""
+    rows = list_tuners()
+    if not rows:
+        return (f"no tuners shipped ({SHIPPED_DIR}) or cached ({cache_dir() / 'tuners'}); "
+                "get one with: python cli.py tuners pull owner/name")
+    lines = []
+    for r in rows:
+        lines.append(f"{r['source']:<8} {r['path']}  ({_size(r['size'])})")
+        if "error" in r:
+            lines.append(f"         unreadable: {r['error']}")
+        else:
+            lines.append(f"         base model {r['base_model']}; {r['provenance']}")
+    return "\n".join(lines)
