@@ -417,9 +417,9 @@ def test_finetune_accepts_an_hf_tuner(tmp_path, llama, monkeypatch, capsys):
 
 # ------------------------------------------------------------------------- the README section's Python example
 def test_readme_section_python_example_runs(tmp_path, llama):
-    """The example of SHARING_README_SECTION.md on tiny-llama, a JSONL task and 3 steps."""
-    text = (ROOT / "SHARING_README_SECTION.md").read_text()
-    code = text.split("### Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    """The README's tuner example on tiny-llama, a JSONL task and 3 steps."""
+    text = (ROOT / "README.md").read_text()
+    code = text.split("### With a meta-trained tuner", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     tuner_file = trained_tuner(llama, "tiny-llama").save_pretrained(tmp_path / "shipped.safetensors")
     task = tmp_path / "task.jsonl"
     task.write_text("".join(json.dumps({"input": f"word {i}. Answer:", "options": [" yes", " no"], "label": i % 2})
@@ -431,7 +431,7 @@ def test_readme_section_python_example_runs(tmp_path, llama):
         code = code.replace(old, new)
     assert len([line for line in code.splitlines() if line.strip() and not line.startswith(("from ", "import "))]) <= 10
     scope: dict = {}
-    exec(compile(code, "SHARING_README_SECTION.md", "exec"), scope)
+    exec(compile(code, "README.md", "exec"), scope)
     opt = scope["opt"]
     assert opt.engine.forwards == 6 and opt.history.losses is not None
     assert float(opt.engine.scales.std()) > 0.01  # the tuner, not MeZO, set the scales
