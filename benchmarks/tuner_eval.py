@@ -12,12 +12,13 @@ Methods (same learning-rate grid, same seeds, same task split, same number of fo
   beats ``mezo`` but not ``untrained``, the gain comes from the init, not from learning.
 
 Writes ``DIR/runs.json`` after every run (a rerun skips the runs already there, so an interrupted
-evaluation continues), then ``DIR/summary.md`` (the best lr per method chosen by final training loss,
+evaluation continues; processes with different ``--seeds`` may share ``DIR``), then ``DIR/summary.md`` (the best lr per method chosen by final training loss,
 never by the test metric) and ``DIR/loss.png``.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import statistics
 import sys
@@ -42,6 +43,20 @@ def untrained_tuner(tuner: Tuner, seed: int = 0) -> Tuner:
                   tied_groups=tuner.tied_groups, stats=tuner.stats, provenance={"untrained": True, "seed": seed})
     fresh.bank.randomize_output_(torch.Generator().manual_seed(seed + 1))
     return fresh
+
+
+def read_runs(log: Path) -> list[dict]:
+    return json.loads(log.read_text()) if log.exists() else []
+
+
+def append_run(log: Path, run: dict) -> None:
+    """Add one run to ``log`` under a file lock, so that processes sharing an output folder (each with its
+    own seeds) never lose each other's runs."""
+    with open(log.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = read_runs(log) + [run]
+        with atomic_file(log) as tmp:
+            tmp.write_text(json.dumps(runs))
 
 
 def test_loss_table(runs: list[dict], rows: list[dict]) -> str:
@@ -92,27 +107,24 @@ def main(argv: list[str] | None = None) -> None:
 
     loss_before = test_loss()
     log = out / "runs.json"
-    runs = json.loads(log.read_text()) if log.exists() else []
-    done = {(r["method"], r["lr"], r["seed"]) for r in runs}
     for method in args.methods.split(","):
         for lr in [float(x) for x in args.lrs.split(",")]:
             for seed in [int(x) for x in args.seeds.split(",")]:
-                if (method, lr, seed) in done:
+                if any((r["method"], r["lr"], r["seed"]) == (method, lr, seed) for r in read_runs(log)):
                     continue
                 cfg = replace(base, lr=lr, seed=seed, method="mezo" if method == "mezo" else "tuner",
                               tuner=tuner_files.get(method))
                 model.load_state_dict(pristine)
                 result = train(cfg, model, scorer, task, progress=False)
-                runs.append({"method": method, "lr": lr, "seed": seed, "steps": cfg.steps,
-                             "forwards": result.forwards, "train_loss": result.train_loss,
-                             "eval": {"before": result.eval_before, "after": result.eval_after},
-                             "test_loss": {"before": loss_before, "after": test_loss()},
-                             "seconds": result.seconds})
-                with atomic_file(log) as tmp:
-                    tmp.write_text(json.dumps(runs))
-                print(f"{method:>9} lr {lr:g} seed {seed}: test loss {loss_before:.4f} -> {runs[-1]['test_loss']['after']:.4f}, "
+                run = {"method": method, "lr": lr, "seed": seed, "steps": cfg.steps,
+                       "forwards": result.forwards, "train_loss": result.train_loss,
+                       "eval": {"before": result.eval_before, "after": result.eval_after},
+                       "test_loss": {"before": loss_before, "after": test_loss()}, "seconds": result.seconds}
+                append_run(log, run)
+                print(f"{method:>9} lr {lr:g} seed {seed}: test loss {loss_before:.4f} -> {run['test_loss']['after']:.4f}, "
                       f"{task.metric} {result.eval_before:.3f} -> {result.eval_after:.3f}, {result.seconds:.0f} s",
                       flush=True)
+    runs = read_runs(log)
     rows = summarise(runs)
     title = (f"{model_id(model_name)} on {task.name}\n{2 * args.steps} forward passes per run, "
              f"batch {args.batch_size}")

@@ -10,6 +10,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -328,3 +329,35 @@ def test_embedded_prefers_natural_text(smollm2):
         natural = model(input_ids=ids, labels=ids).loss.item()
         scrambled = model(input_ids=shuffled, labels=shuffled).loss.item()
     assert natural < 5 < scrambled
+
+
+def test_shipped_tuner_fits_the_embedded_model_and_steps(smollm2):
+    """The tuner we ship for smollm2-135m loads, fits the real model, gives heterogeneous finite scales, and
+    drives a ZO step that moves every block."""
+    from checkpoints import Tuner
+    from checkpoints.hub import list_tuners
+    from finetune.optim import TunedZO
+    from finetune.scoring import TaskScorer
+    from finetune.tasks import Example
+
+    model, tokenizer = smollm2
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained" / "smollm2-135m.safetensors"
+    tuner = Tuner.from_pretrained(path)
+    assert tuner.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and tuner.provenance["steps"] >= 100
+    assert any(row["source"] == "shipped" and Path(row["path"]) == path and row["base_model"] == tuner.base_model
+               for row in list_tuners())
+    tuner.check_model(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = TunedZO(model, tuner, lr=1e-4, eps=1e-3)
+    batch = [Example(prompt="Is the sky blue? Answer:", options=(" Yes", " No"), label=0),
+             Example(prompt="Is fire cold? Answer:", options=(" Yes", " No"), label=1)]
+    scorer = TaskScorer(tokenizer, max_length=32)
+    try:
+        loss = opt.step(lambda: scorer.loss(model, batch))
+        sigma = opt.engine.scales
+        assert 0 < loss < 5 and torch.isfinite(sigma).all() and float(sigma.std()) > 0.01
+        assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # every block moved
+    finally:
+        with torch.no_grad():
+            for p, b in zip(model.parameters(), before):
+                p.copy_(b)
