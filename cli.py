@@ -41,13 +41,24 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=None,
                    help=f"learning rate (default {d.lr:g}; with --tuner, the lr it was meta-trained for)")
     g.add_argument("--eps", type=float, default=d.eps, help="perturbation size (default %(default)g)")
-    g.add_argument("--q", type=int, default=None, help="SPSA directions per step (default: the method's)")
+    g.add_argument("--q", type=int, default=None, help="SPSA directions averaged per step: mezo, nspsa, zo-adam, tuner (default: the method's)")
     g.add_argument("--schedule", default=d.schedule, choices=["constant", "linear", "cosine"])
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],
                    help="noise source: table (fast on CPU), gaussian (MeZO's), auto (table on CPU)")
+    g = p.add_argument_group("direction methods (gv, greedy, ldsd)")
+    g.add_argument("--candidates", type=int, default=None, metavar="M",
+                   help=f"gv, greedy: candidate directions ranked per step (default {d.candidates}; "
+                   "gv costs M+2 forward passes a step, greedy M+1)")
+    g.add_argument("--ldsd-k", type=int, default=None, metavar="K",
+                   help=f"ldsd: candidate directions per step (default {d.ldsd_k}; K+1 forward passes a step)")
+    g.add_argument("--ldsd-lr", type=float, default=None, help=f"ldsd: lr of the policy mean (default {d.ldsd_lr:g})")
+    g.add_argument("--ldsd-decay", type=float, default=None,
+                   help=f"ldsd: decay of the policy mean per step, 1 = none (default {d.ldsd_decay:g})")
+    g.add_argument("--ldsd-cap", type=float, default=None,
+                   help=f"ldsd: cap on each block's RMS of the policy mean, inf = none (default {d.ldsd_cap:g})")
     g = p.add_argument_group("hardware")
     g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -55,12 +66,27 @@ def _run_args() -> argparse.ArgumentParser:
     return p
 
 
+# flags that only some methods take -> those methods
+_METHOD_FLAGS = {"candidates": ("gv", "greedy"), "ldsd_k": ("ldsd",), "ldsd_lr": ("ldsd",),
+                 "ldsd_decay": ("ldsd",), "ldsd_cap": ("ldsd",)}
+
+
+def _check_method_flags(args: argparse.Namespace, methods: list[str]) -> None:
+    """A method-specific flag given without any of its methods is a mistake, not something to ignore."""
+    from finetune.errors import ZotuneError
+
+    for name, takers in _METHOD_FLAGS.items():
+        if getattr(args, name, None) is not None and not set(takers) & set(methods):
+            flag = "--" + name.replace("_", "-")
+            raise ZotuneError(f"{flag} applies to --method {' or '.join(takers)}, not {','.join(methods)}")
+
+
 def _config(args: argparse.Namespace, **overrides):
     from finetune.models import EMBEDDED
     from finetune.trainer import FinetuneConfig
 
     fields = FinetuneConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields}
+    values = {k: v for k, v in vars(args).items() if k in fields and not (k in _METHOD_FLAGS and v is None)}
     values.update(overrides)
     if values.get("model") is None:
         values["model"] = EMBEDDED
@@ -95,6 +121,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         if args.method not in ("mezo", "tuner"):
             raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
         args.method = "tuner"
+    _check_method_flags(args, [args.method])
     _tuner_defaults(args)
     cfg = _config(args)
     try:
@@ -126,6 +153,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             lrs[method] = [float(x) for x in values.split(",") if x.strip()]
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
+    _check_method_flags(args, args.methods)
     _tuner_defaults(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
                       seeds=args.seeds, forwards=args.forwards)
@@ -321,7 +349,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[run], help="compare methods and seeds at an equal forward budget")
     p.add_argument("--methods", type=lambda s: s.split(","), default=["mezo", "nspsa", "zo-adam"],
-                   help="comma-separated methods (default mezo,nspsa,zo-adam)")
+                   help="comma-separated methods among mezo, nspsa, zo-adam, tuner, gv, greedy, ldsd "
+                   "(default mezo,nspsa,zo-adam)")
     p.add_argument("--lr-grid", nargs="*", metavar="METHOD=LR,LR",
                    help="learning rates per method, e.g. mezo=1e-6,1e-5 zo-adam=1e-4 (default: --lr)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .atomic import atomic_dir
 from .errors import ZotuneError
 from .models import model_id
-from .trainer import FinetuneConfig, prepare, train
+from .trainer import POOL_METHODS, FinetuneConfig, prepare, train
 
 
 @dataclass
@@ -30,6 +30,8 @@ class BenchConfig:
             for lr in self.lrs.get(method) or [self.base.lr]:
                 for seed in self.seeds:
                     cfg = replace(self.base, method=method, lr=lr, seed=seed)
+                    if method in POOL_METHODS:  # --q is for the methods that average directions
+                        cfg.q = None
                     cfg.validate()
                     cfg.steps = self.forwards // cfg.forwards_per_step
                     if cfg.steps < 1:

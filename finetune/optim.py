@@ -26,6 +26,8 @@ from pertnn.features import StepHistory
 
 from .zo import ZOEngine
 
+Mean = tuple[list[torch.Tensor], float]  # (one tensor per block, coefficient): a stored term of a direction
+
 
 class ZOOptimizer(torch.optim.Optimizer):
     """Base class: SPSA estimation with seed replay; subclasses say how the estimate moves parameters.
@@ -76,17 +78,32 @@ class ZOOptimizer(torch.optim.Optimizer):
                 if p.ndim >= 2:
                     p.mul_(factor)
 
-    def _apply(self, group: dict, seeds: list[int], coeffs: list[float]) -> None:
-        """Plain ZO-SGD, ``theta -= lr * ghat``, one in-place pass per direction and no stored state."""
+    def _apply(self, group: dict, seeds: list[int], coeffs: list[float], mean: Mean | None = None) -> None:
+        """Plain ZO-SGD, ``theta -= lr * ghat``, one in-place pass per direction and no stored state.
+
+        ``ghat = sum_i coeffs_i * s * z(seeds_i)``, plus ``c * s * tensors`` when ``mean = (tensors, c)``
+        (one tensor per block; LDSD's direction includes its policy mean)."""
         for seed, c in zip(seeds, coeffs):
             self.engine.update_(seed, -group["lr"] * c)
+        if mean is not None:
+            for i, (_, p) in enumerate(self.engine.blocks):
+                self._add_mean(p.data, i, mean, -group["lr"])
 
-    def _estimate(self, index: int, seeds: list[int], coeffs: list[float]) -> torch.Tensor:
-        """Materialise block ``index``'s gradient estimate ``sum_i coeff_i * s * z_i``."""
+    def _add_mean(self, out: torch.Tensor, index: int, mean: Mean, alpha: float) -> None:
+        """``out += alpha * c * s_index * tensors[index]`` for ``mean = (tensors, c)``."""
+        tensors, c = mean
+        a = alpha * c * float(self.engine.scales[index])
+        if a != 0.0:
+            out.add_(tensors[index], alpha=a)
+
+    def _estimate(self, index: int, seeds: list[int], coeffs: list[float], mean: Mean | None = None) -> torch.Tensor:
+        """Materialise block ``index``'s gradient estimate ``sum_i coeff_i * s * z_i`` (+ the mean term)."""
         p = self.engine.blocks[index][1]
         out = torch.zeros_like(p)
         for seed, c in zip(seeds, coeffs):
             self.engine.add_noise_(out, seed, index, c)
+        if mean is not None:
+            self._add_mean(out, index, mean, 1.0)
         return out
 
     def state_dict(self) -> dict:
@@ -111,10 +128,10 @@ class ZOSGD(ZOOptimizer):
             raise ValueError("momentum must be in [0, 1)")
         super().__init__(model, lr, eps, momentum=momentum, **kw)
 
-    def _apply(self, group: dict, seeds: list[int], coeffs: list[float]) -> None:
+    def _apply(self, group: dict, seeds: list[int], coeffs: list[float], mean: Mean | None = None) -> None:
         lr, mu = group["lr"], group["momentum"]
         if mu == 0:
-            return super()._apply(group, seeds, coeffs)
+            return super()._apply(group, seeds, coeffs, mean)
         for i, p in enumerate(group["params"]):
             state = self.state[p]
             if "momentum_buffer" not in state:
@@ -122,6 +139,8 @@ class ZOSGD(ZOOptimizer):
             buf = state["momentum_buffer"].mul_(mu)
             for seed, c in zip(seeds, coeffs):
                 self.engine.add_noise_(buf, seed, i, c)
+            if mean is not None:
+                self._add_mean(buf, i, mean, 1.0)
             p.add_(buf, alpha=-lr)
 
 
@@ -132,16 +151,16 @@ class ZOAdam(ZOOptimizer):
                  adam_eps: float = 1e-8, **kw):
         super().__init__(model, lr, eps, betas=betas, adam_eps=adam_eps, **kw)
 
-    def _apply(self, group: dict, seeds: list[int], coeffs: list[float]) -> None:
+    def _apply(self, group: dict, seeds: list[int], coeffs: list[float], mean: Mean | None = None) -> None:
         beta1, beta2 = group["betas"]
         for i, p in enumerate(group["params"]):
             state = self.state[p]
-            if not state:
+            if "step" not in state:  # (the state may already hold a direction method's buffers)
                 state["step"] = 0
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            g = self._estimate(i, seeds, coeffs)
+            g = self._estimate(i, seeds, coeffs, mean)
             state["exp_avg"].mul_(beta1).add_(g, alpha=1 - beta1)
             state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
             bc1 = 1 - beta1 ** state["step"]

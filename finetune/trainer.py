@@ -29,7 +29,12 @@ METHODS: dict[str, tuple[str | None, int]] = {
     "nspsa": (None, 4),     # n-SPSA: the average of q two-point estimates per step
     "zo-adam": ("adam", 1),  # MeZO's estimate fed to Adam
     "tuner": (None, 1),     # a meta-trained tuner (--tuner) sets per-block scales every step (ZO Fine-tuner)
+    "gv": (None, 1),        # MeZO-GV: SPSA along best-half-minus-rest of --candidates ranked directions
+    "greedy": (None, 1),    # MeZO-Greedy: SPSA along the best of --candidates directions
+    "ldsd": (None, 1),      # learnable direction sampling: the best of --ldsd-k draws from N(mu, I), mu learned
 }
+CANDIDATE_METHODS = ("gv", "greedy")  # take --candidates
+POOL_METHODS = (*CANDIDATE_METHODS, "ldsd")  # choose among a pool of directions: --q does not apply
 
 
 @dataclass
@@ -58,6 +63,11 @@ class FinetuneConfig:
     threads: int | None = None
     noise: str = "auto"
     tuner: str | None = None           # a tuner artifact (.safetensors), used by method "tuner"
+    candidates: int = 4                # candidate directions per step (methods gv, greedy)
+    ldsd_k: int = 4                    # candidate directions per step (method ldsd)
+    ldsd_lr: float = 0.1               # learning rate of the LDSD policy mean
+    ldsd_decay: float = 0.9            # decay of the LDSD policy mean per step (1 = none)
+    ldsd_cap: float = 1.0              # cap on each block's RMS of the LDSD policy mean (in units of sigma = 1)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -73,6 +83,20 @@ class FinetuneConfig:
                 raise ZotuneError(f"--{name.replace('_', '-')} must be at least 1")
         if self.lr < 0 or self.eps <= 0 or (self.q is not None and self.q < 1) or self.eval_every < 0:
             raise ZotuneError("need --lr >= 0, --eps > 0, --q >= 1 and --eval-every >= 0")
+        if self.method in POOL_METHODS and self.q is not None:
+            flag = "--ldsd-k" if self.method == "ldsd" else "--candidates"
+            raise ZotuneError(f"--q does not apply to --method {self.method} (one SPSA direction per step); "
+                              f"set {flag} instead")
+        if self.candidates < 2:
+            raise ZotuneError(f"--candidates must be at least 2 (got {self.candidates})")
+        if self.ldsd_k < 2:
+            raise ZotuneError(f"--ldsd-k must be at least 2 (got {self.ldsd_k}): one candidate has no baseline")
+        if not self.ldsd_lr >= 0:
+            raise ZotuneError(f"--ldsd-lr must be >= 0 (got {self.ldsd_lr})")
+        if not 0 <= self.ldsd_decay <= 1:
+            raise ZotuneError(f"--ldsd-decay must be in [0, 1] (got {self.ldsd_decay})")
+        if not self.ldsd_cap > 0:
+            raise ZotuneError(f"--ldsd-cap must be > 0 (got {self.ldsd_cap}; inf for no cap)")
 
     @property
     def directions(self) -> int:
@@ -84,6 +108,13 @@ class FinetuneConfig:
 
     @property
     def forwards_per_step(self) -> int:
+        """Forward passes one step of the method makes (what ``engine.forwards`` advances by)."""
+        if self.method == "gv":
+            return self.candidates + 2  # one-sided candidates, then +- along the guiding vector
+        if self.method == "greedy":
+            return self.candidates + 1  # the best candidate's loss is the plus side
+        if self.method == "ldsd":
+            return self.ldsd_k + 1
         return 2 * self.directions
 
 
@@ -137,8 +168,9 @@ class Checkpoint:
     def restore(self, cfg: FinetuneConfig, model, opt, sched) -> tuple[int, RunResult]:
         """Load the snapshot into ``model``, ``opt`` and ``sched``; return its step and results."""
         state = torch.load(self.path, map_location="cpu", weights_only=True)
-        saved, now = dict(state["config"]), asdict(cfg)
-        changed = [k for k in now if k not in ("steps", "eval_every") and saved.get(k) != now[k]]
+        saved, now, default = dict(state["config"]), asdict(cfg), asdict(FinetuneConfig())
+        # (a field newer than the snapshot counts as its default)
+        changed = [k for k in now if k not in ("steps", "eval_every") and saved.get(k, default[k]) != now[k]]
         if changed:
             k = changed[0]
             raise ZotuneError(f"cannot resume: the interrupted run used {k}={saved.get(k)!r}, not {now[k]!r}; "
@@ -154,6 +186,13 @@ class Checkpoint:
 def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
     """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by the artifact
     ``cfg.tuner`` (refused with a one-line error if it was trained for another architecture)."""
+    if cfg.method in POOL_METHODS:
+        from .directions import make_direction_optimizer
+
+        return make_direction_optimizer(cfg.method, cfg.optimizer_name, model, lr=cfg.lr, eps=cfg.eps, seed=cfg.seed,
+                                        weight_decay=cfg.weight_decay, noise=cfg.noise, candidates=cfg.candidates,
+                                        ldsd_k=cfg.ldsd_k, ldsd_lr=cfg.ldsd_lr, ldsd_decay=cfg.ldsd_decay,
+                                        ldsd_cap=cfg.ldsd_cap)
     kw = dict(lr=cfg.lr, eps=cfg.eps, q=cfg.directions, seed=cfg.seed, weight_decay=cfg.weight_decay,
               noise=cfg.noise)
     if cfg.method == "tuner":

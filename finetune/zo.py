@@ -5,6 +5,13 @@ z = (z_1, ..., z_B) is never stored: block b's noise z_b is a pure function of `
 regenerated whenever it is needed. Each block carries a scale s_b (all ones by default, which is MeZO);
 the perturbation and the update both use s_b * z_b, which is where a learned tuner plugs in.
 
+A direction may also be a *combination* of seeded noises, ``v_b = sum_j c_j z_b(seed_j)``, given as a
+list of ``(seed, coefficient)`` pairs, plus optionally a stored per-block tensor ``mean_b`` (LDSD's
+policy mean): :meth:`ZOEngine.perturbed`, :meth:`ZOEngine.spsa` and :meth:`ZOEngine.update_` accept
+both. The combination is never materialised: each block's noises are added one after the other into
+the scratch buffer (or the parameter, for the update). A plain integer seed is the combination
+``[(seed, 1.0)]`` and runs exactly the operations it always did.
+
 Perturbation works one module at a time, with forward hooks: just before a module runs, the perturbed
 values of its own parameters are written into a scratch buffer that is swapped in; just after, the
 original tensors are swapped back. Only one module's worth of perturbed weights exists at a time, so
@@ -16,12 +23,26 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, block) pairs over generator seeds
+
+
+Seeds = Union[int, Sequence[tuple[int, float]]]  # one seed, or a combination of (seed, coefficient) pairs
+
+
+def as_terms(seed: Seeds) -> list[tuple[int, float]]:
+    """A direction's ``(seed, coefficient)`` pairs: an integer seed is ``[(seed, 1.0)]``."""
+    if not isinstance(seed, (list, tuple)):
+        return [(int(seed), 1.0)]
+    terms = [(int(s), float(c)) for s, c in seed]
+    if not terms:
+        raise ValueError("a combination of seeded noises needs at least one (seed, coefficient) pair")
+    return terms
 
 
 def param_blocks(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -240,10 +261,18 @@ class ZOEngine:
         return torch.stack([self.noise.dot(t, seed, i).double().cpu() for i, t in enumerate(tensors)])
 
     @torch.no_grad()
-    def update_(self, seed: int, alpha: float) -> None:
-        """Move every block along its noise, in place: ``theta_b += alpha * scale_b * z_b(seed)``."""
+    def update_(self, seed: Seeds, alpha: float, mean: Sequence[torch.Tensor] | None = None) -> None:
+        """Move every block along its noise, in place: ``theta_b += alpha * scale_b * z_b(seed)``.
+
+        ``seed`` may be a combination ``[(seed_j, c_j), ...]``, in which case the blocks move along
+        ``sum_j c_j z_b(seed_j)`` (one noise pass per pair, nothing materialised); ``mean`` (one tensor
+        per block) adds ``alpha * scale_b * mean_b``."""
+        terms = as_terms(seed)
         for i, ((_, p), scale) in enumerate(zip(self.blocks, self.scales.tolist())):
-            self.add_noise_(p.data, seed, i, alpha, scale)
+            for s, c in terms:
+                self.add_noise_(p.data, s, i, alpha * c, scale)
+            if mean is not None and alpha * scale != 0.0:
+                p.data.add_(mean[i], alpha=alpha * scale)
 
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
         free = self._pool.get((like.shape, like.dtype, like.device))
@@ -253,9 +282,21 @@ class ZOEngine:
         if buf.numel() * buf.element_size() <= self._pool_limit:
             self._pool.setdefault((buf.shape, buf.dtype, buf.device), []).append(buf)
 
+    def _write(self, src: torch.Tensor, terms: list[tuple[int, float]], mean: Sequence[torch.Tensor] | None,
+               index: int, alpha: float, out: torch.Tensor) -> None:
+        """``out = src + alpha * (sum_j c_j z_index(seed_j) + mean_index)``, adding one term at a time."""
+        for s, c in terms:
+            self.noise.add(src, s, index, alpha * c, out=out)
+            src = out
+        if mean is not None:
+            torch.add(src, mean[index], alpha=alpha, out=out)
+
     @contextmanager
-    def perturbed(self, seed: int, alpha: float) -> Iterator[None]:
+    def perturbed(self, seed: Seeds, alpha: float, mean: Sequence[torch.Tensor] | None = None) -> Iterator[None]:
         """Inside the context, each module computes with ``theta_b + alpha * scale_b * z_b(seed)``.
+
+        ``seed`` may be a combination ``[(seed_j, c_j), ...]``: the direction is then
+        ``sum_j c_j z_b(seed_j)``, plus ``mean_b`` when ``mean`` (one tensor per block) is given.
 
         Just before a module runs, the perturbed values of its own parameters are written into scratch
         buffers that are swapped in as the parameters' data; just after, the original tensors are
@@ -268,6 +309,7 @@ class ZOEngine:
         """
         swapped: dict[int, tuple[torch.Tensor, int]] = {}  # block -> (original data, nesting depth)
         scales = self.scales.tolist()
+        terms = as_terms(seed)
 
         def pre(blocks: list[int]) -> Callable:
             def hook(module, args):
@@ -282,7 +324,7 @@ class ZOEngine:
                         p = self.blocks[i][1]
                         original = p.data
                         buf = self._scratch(original)
-                        self.noise.add(original, seed, i, alpha * scale, out=buf)
+                        self._write(original, terms, mean, i, alpha * scale, buf)
                         swapped[i] = (original, 1)
                         p.data = buf
             return hook
@@ -310,7 +352,11 @@ class ZOEngine:
                 if i in swapped or alpha * scale == 0.0:  # already perturbed by an enclosing module, or not at all
                     return output
                 ids = args[0] if args else kwargs["input"]
-                return output.add(self.noise.rows(module.weight, seed, i, ids), alpha=alpha * scale)
+                for s, c in terms:
+                    output = output.add(self.noise.rows(module.weight, s, i, ids), alpha=alpha * scale * c)
+                if mean is not None:
+                    output = output.add(F.embedding(ids, mean[i]), alpha=alpha * scale)
+                return output
             return hook
 
         def linear(i: int) -> Callable:
@@ -319,7 +365,11 @@ class ZOEngine:
                 if i in swapped or alpha * scale == 0.0:
                     return output
                 x = args[0] if args else kwargs["input"]
-                return output.add(self.noise.linear(x, module.weight, seed, i), alpha=alpha * scale)
+                for s, c in terms:
+                    output = output.add(self.noise.linear(x, module.weight, s, i), alpha=alpha * scale * c)
+                if mean is not None:
+                    output = output.add(F.linear(x, mean[i]), alpha=alpha * scale)
+                return output
             return hook
 
         handles = []
@@ -345,12 +395,14 @@ class ZOEngine:
         self.forwards += 1
         return value
 
-    def spsa(self, closure: Callable[[], torch.Tensor], seed: int, eps: float) -> tuple[float, float, float]:
+    def spsa(self, closure: Callable[[], torch.Tensor], seed: Seeds, eps: float,
+             mean: Sequence[torch.Tensor] | None = None) -> tuple[float, float, float]:
         """Two-point SPSA along ``scale * z(seed)``: returns ``(g, loss_plus, loss_minus)`` with
-        ``g = (L(theta + eps*s*z) - L(theta - eps*s*z)) / (2 eps)`` (MeZO's projected gradient)."""
-        with self.perturbed(seed, eps):
+        ``g = (L(theta + eps*s*z) - L(theta - eps*s*z)) / (2 eps)`` (MeZO's projected gradient).
+        ``seed`` and ``mean`` may describe a combination, as in :meth:`perturbed`."""
+        with self.perturbed(seed, eps, mean):
             plus = self.loss(closure)
-        with self.perturbed(seed, -eps):
+        with self.perturbed(seed, -eps, mean):
             minus = self.loss(closure)
         return (plus - minus) / (2 * eps), plus, minus
 
