@@ -199,3 +199,14 @@ def test_inspect_summarises_scales(tmp_path, llama):
     assert "model.layers.*.mlp.up_proj.weight" in text
     full = inspect_text(path, all_blocks=True)
     assert "model.layers.1.mlp.up_proj.weight" in full
+
+
+def test_saved_artifact_has_a_normal_file_mode(tmp_path, llama):
+    import os
+    import stat
+
+    model, _ = llama
+    path = _trained_like(model).save_pretrained(tmp_path / "t.safetensors")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
