@@ -27,6 +27,7 @@ def atomic_dir(out: Path | str) -> Iterator[Path]:
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield partial
+        os.chmod(partial, 0o777 & ~_umask())  # mkdtemp makes the folder private (0700)
         if out.exists():
             out.rmdir()  # an empty folder made beforehand
         os.replace(partial, out)
