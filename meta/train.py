@@ -128,6 +128,8 @@ class MetaTrainer:
                 for p, p0 in zip(self.engine.params, self.theta0):
                     p.copy_(p0)
             self.fo_opt.state.clear()
+            for h in self.histories:
+                h.refresh_stats()
 
     def advance(self) -> dict:
         """Run meta step ``self.step + 1``; return its log row."""

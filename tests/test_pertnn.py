@@ -291,3 +291,39 @@ def test_fresh_bank_gradient_only_in_last_layer():
     (torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) * bank(x)).sum().backward()
     assert (bank.W1.grad == 0).all() and (bank.b1.grad == 0).all()
     assert bank.W2.grad.abs().sum() > 0 and bank.b2.grad.abs().sum() > 0
+
+
+def test_step_history_refreshes_block_statistics_every_n_steps(monkeypatch):
+    """StepHistory recomputes the block statistics on steps 1, 1 + n, 1 + 2n, ... and after refresh_stats();
+    in between, its features equal block_features at the cached statistics; its state carries the cache."""
+    from pertnn import features as feats
+    from pertnn import StepHistory
+
+    model = tiny("tiny-llama")
+    params = [p for _, p in param_blocks(model)]
+    reference = block_features(params, None, None, torch.ones(len(params)))
+    calls = []
+    real = feats.param_stats
+    monkeypatch.setattr(feats, "param_stats", lambda ps, cfg=None: calls.append(1) or real(ps, cfg))
+    hist = StepHistory(len(params), FeatureConfig(stats_every=3))
+    first = hist.features(params)
+    assert torch.equal(first, reference)
+    with torch.no_grad():
+        params[1].add_(1.0)  # a big move: visible in the mean of block 1 once the statistics are refreshed
+    try:
+        seen = [hist.features(params)[1, 0].item() for _ in range(3)]  # steps 2, 3 (cached), 4 (refreshed)
+        assert len(calls) == 2 and seen[0] == seen[1] == first[1, 0].item() != seen[2]
+        state = hist.state_dict()
+        hist.refresh_stats()
+        hist.features(params)
+        assert len(calls) == 3
+        other = StepHistory(len(params), FeatureConfig(stats_every=3))
+        other.load_state_dict(state)
+        got = other.features(params)
+        assert len(calls) == 3  # the loaded cache was used, not recomputed
+        assert torch.equal(got, block_features(params, None, None, torch.ones(len(params)), var_mean=state["var_mean"]))
+    finally:
+        with torch.no_grad():
+            params[1].sub_(1.0)
+    with pytest.raises(ValueError, match="stats_every"):
+        FeatureConfig(stats_every=0)

@@ -31,6 +31,7 @@ from finetune.errors import ZotuneError
 from finetune.models import load_model
 from finetune.optim import TunedZO
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, StepHistory, block_features, model_blocks
+from pertnn.features import param_stats
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,10 +200,11 @@ def test_imported_tuner_drives_tuned_zo_with_the_papers_feedback(tmp_path, llama
     closure = lambda: model(input_ids=ids).logits.float().pow(2).mean()  # noqa: E731
     first = tuner.bank.scales_and_output(block_features(params_of(model), None, None, torch.ones(len(tuner.blocks)),
                                                         tuner.feature_config))
+    stats = param_stats(params_of(model), tuner.feature_config)  # reused until stats_every steps have passed
     opt.step(closure)
     assert torch.equal(opt.engine.scales, first[0])
     lp, lm = opt.last["loss_plus"], opt.last["loss_minus"]
-    expected = block_features(params_of(model), (lp, lm), None, first[1].float(), tuner.feature_config)
+    expected = block_features(params_of(model), (lp, lm), None, first[1].float(), tuner.feature_config, stats)
     opt.step(closure)
     assert torch.equal(opt.engine.scales, tuner.bank.scales(expected))
     assert not torch.allclose(opt.engine.scales, first[0])
