@@ -1,6 +1,7 @@
 """Speed and memory of a MeZO step relative to plain inference, measured in one run.
 
     python benchmarks/speed_memory.py [--model smollm2-135m] [--task bigbench:strategyqa] [--batch-size 16]
+                                      [--tuner checkpoints/pretrained/smollm2-135m.safetensors]
 
 Prints two ratios (targets from the foundation issue):
   * step time / time of the step's two forward passes (target <= 1.2 on CPU), medians over interleaved
@@ -8,6 +9,9 @@ Prints two ratios (targets from the foundation issue):
   * peak memory of fine-tuning / peak memory of inference on the same batch (target <= 1.1), each the
     peak resident set size (Linux VmHWM, reset after loading and one warm-up call) of a fresh process
     running three forward passes or three MeZO steps.
+With ``--tuner``, also the time of a tuned step (the tuner's features and bank, then the step) relative to a
+MeZO step, means over the repeats (the block statistics are refreshed every ``stats_every`` steps, so the
+mean is the amortised cost; use ``--repeats`` of at least 10).
 """
 from __future__ import annotations
 
@@ -81,6 +85,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--noise", default="auto", choices=["auto", "table", "gaussian"])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--tuner", default=None, help="also time a step driven by this tuner artifact")
     p.add_argument("--child", choices=["inference", "finetune"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -94,8 +99,18 @@ def main() -> None:
     engine = opt.engine
     engine.loss(closure)
     opt.step(closure)  # warm-up: tables, caches, allocator
-    fwd2, step, upd = [], [], []
+    tuned = None
+    if args.tuner:
+        from checkpoints import Tuner
+        from finetune.optim import TunedZO
+        tuned = TunedZO(model, Tuner.from_pretrained(args.tuner), lr=1e-12, eps=1e-3, noise=args.noise)
+        tuned.step(closure)  # warm-up
+    fwd2, step, upd, tstep = [], [], [], []
     for _ in range(args.repeats):
+        if tuned is not None:
+            t0 = time.perf_counter()
+            tuned.step(closure)
+            tstep.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         engine.loss(closure)
         engine.loss(closure)
@@ -114,6 +129,10 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, noise {engine.noise.name}, {args.repeats} repeats")
     print(f"two forward passes: {f:.3f} s   MeZO step: {s:.3f} s   one noise pass over all parameters: {u:.3f} s")
     print(f"SPEED RATIO step / two forwards = {s / f:.3f}   (target <= 1.2)")
+    if tuned is not None:
+        ts, ms = statistics.fmean(tstep), statistics.fmean(step)
+        print(f"tuned step (mean of {len(tstep)}): {ts:.3f} s   MeZO step (mean): {ms:.3f} s   "
+              f"TUNER RATIO tuned / MeZO step = {ts / ms:.3f}")
 
     argv = [a for a in sys.argv[1:]]
     inf = child_peak("inference", argv)
