@@ -27,8 +27,8 @@ demo: fetch
 	rm -rf runs/demo
 	$(PY) cli.py meta-train --tasks $(META_TASKS) --steps 40 --out runs/demo/tuner.safetensors
 	$(PY) cli.py tuners inspect runs/demo/tuner.safetensors
-	$(PY) cli.py finetune --method mezo --lr 1e-4 --batch-size 8 --steps 60 --out runs/demo/mezo --no-save-model
-	$(PY) cli.py finetune --tuner runs/demo/tuner.safetensors --lr 1e-4 --batch-size 8 --steps 60 \
+	$(PY) cli.py finetune --method mezo --lr 3e-5 --batch-size 8 --steps 60 --out runs/demo/mezo --no-save-model
+	$(PY) cli.py finetune --tuner runs/demo/tuner.safetensors --lr 3e-5 --batch-size 8 --steps 60 \
 	    --out runs/demo/tuner --no-save-model
 
 test: fetch
