@@ -39,7 +39,7 @@ def _run_args() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "momentum", "adam"])
     g.add_argument("--lr", type=float, default=None,
-                   help=f"learning rate (default {d.lr:g}; with --tuner, the lr it was meta-trained for)")
+                   help=f"learning rate (default {d.lr:g}; with --tuner, the lr the tuner recommends)")
     g.add_argument("--eps", type=float, default=d.eps, help="perturbation size (default %(default)g)")
     g.add_argument("--q", type=int, default=None, help="SPSA directions averaged per step: mezo, nspsa, zo-adam, tuner (default: the method's)")
     g.add_argument("--schedule", default=d.schedule, choices=["constant", "linear", "cosine"])
@@ -97,7 +97,7 @@ def _config(args: argparse.Namespace, **overrides):
 
 def _tuner_defaults(args: argparse.Namespace) -> None:
     """With ``--tuner``: the artifact's base model unless ``--model`` names one (a derivative), and the lr it
-    was meta-trained for unless ``--lr`` is given."""
+    recommends (by default the lr it was meta-trained for) unless ``--lr`` is given."""
     if args.tuner is None:
         return
     from checkpoints import Tuner
@@ -304,11 +304,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="save a resumable checkpoint every N steps (default %(default)s; 0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
-    p.set_defaults(func=cmd_finetune)
-
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
                    help="a tuner artifact (.safetensors path, or hf://owner/name[/file] on the Hugging Face Hub): "
                         "fine-tune with it (method 'tuner')")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("meta-train", help="meta-train a tuner (PertNN bank) for a base model")
     _meta_args(p)
