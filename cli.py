@@ -59,6 +59,9 @@ def _run_args() -> argparse.ArgumentParser:
                    help=f"ldsd: decay of the policy mean per step, 1 = none (default {d.ldsd_decay:g})")
     g.add_argument("--ldsd-cap", type=float, default=None,
                    help=f"ldsd: cap on each block's RMS of the policy mean, inf = none (default {d.ldsd_cap:g})")
+    g.add_argument("--ldsd-rule", default=None, choices=["corrected", "released"],
+                   help="ldsd: 'released' reproduces the public code's noise/loss mis-pairing, for ablations "
+                   "(default corrected)")
     g = p.add_argument_group("hardware")
     g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -68,7 +71,7 @@ def _run_args() -> argparse.ArgumentParser:
 
 # flags that only some methods take -> those methods
 _METHOD_FLAGS = {"candidates": ("gv", "greedy"), "ldsd_k": ("ldsd",), "ldsd_lr": ("ldsd",),
-                 "ldsd_decay": ("ldsd",), "ldsd_cap": ("ldsd",)}
+                 "ldsd_decay": ("ldsd",), "ldsd_cap": ("ldsd",), "ldsd_rule": ("ldsd",)}
 
 
 def _check_method_flags(args: argparse.Namespace, methods: list[str]) -> None:
@@ -279,6 +282,14 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
                    help="reset the base model to its pretrained weights every N steps (default %(default)s)")
     g.add_argument("--hidden", type=int, default=d.hidden, help="PertNN hidden width (default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
+    g = p.add_argument_group("direction policy (trained jointly with PertNN when --direction-policy is given)")
+    g.add_argument("--direction-policy", action="store_true", default=None,
+                   help="also meta-train per-block gates that mix an online mean direction into the perturbation")
+    g.add_argument("--policy-hidden", type=int, default=d.policy_hidden, help="gate MLP hidden width (default %(default)s)")
+    g.add_argument("--max-gate", type=float, default=d.max_gate,
+                   help="bound on |gate|: at most max_gate² of a block's perturbation energy on the mean (default %(default)g)")
+    g.add_argument("--mean-decay", type=float, default=d.mean_decay,
+                   help="decay of the online mean direction, a constant of the policy (default %(default)g)")
     g.add_argument("--n-train", type=int, default=d.n_train, help="examples per task (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
     g = p.add_argument_group("hardware")

@@ -5,7 +5,9 @@ Tensors (float32):
 * ``pertnn.W1`` [B, H, F], ``pertnn.b1`` [B, H], ``pertnn.W2`` [B, 1, H], ``pertnn.b2`` [B, 1]: the
   PertNN bank (:class:`pertnn.PertNNBank`), one MLP per block;
 * ``base.block_stats`` [B, 2]: mean and log-variance of each block of the base model, so that
-  ``tuners inspect`` can show the learned scales without loading the model.
+  ``tuners inspect`` can show the learned scales without loading the model;
+* only when the tuner has a direction policy: ``policy.W1`` [B, H', 5], ``policy.b1`` [B, H'],
+  ``policy.W2`` [B, 1, H'], ``policy.b2`` [B, 1], its gate network (:class:`pertnn.DirectionPolicy`).
 
 The safetensors header's metadata holds ``format`` (``"zotune-tuner"``), ``format_version`` and
 ``zotune``, a JSON document with: ``base_model``; ``blocks`` (name, shape, numel, kind of every block,
@@ -13,18 +15,21 @@ in order; optionally ``energy_numel``, the size the energy normalisation counts 
 is not its numel, as in the paper's effective sizes) and ``tied_groups``, which together are the
 architecture fingerprint, plus its ``fingerprint_sha256``; ``features`` (:class:`pertnn.FeatureConfig`)
 and ``pertnn`` (:class:`pertnn.PertNNConfig`; files written before their ``kind``/``output`` fields
-existed load with the defaults); ``direction_policy`` (a slot, ``null`` until a policy is trained);
+existed load with the defaults); ``direction_policy`` (``null``, or the policy's config and feature names:
+``{"config": {"hidden", "max_gate", "decay"}, "features": [...]}``);
 ``recommended`` (the ``lr`` and ``eps`` meta-training assumed); and ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config).
 
-What is task-specific (loss history, last scales, optimizer state) is never stored: a fine-tune run
-keeps it online (:class:`pertnn.StepHistory`).
+What is task-specific (loss history, last scales, the policy's online mean directions, optimizer state)
+is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
+:class:`finetune.online.OnlineMean`). A file with a direction policy has ``format_version`` 2 (older
+readers refuse it rather than silently dropping the policy); one without stays at 1.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,9 +41,10 @@ from finetune.atomic import atomic_file
 from finetune.errors import ZotuneError
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, fingerprint, fingerprint_mismatch, model_blocks
 from pertnn.features import tensor_var_mean
+from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
 FORMAT = "zotune-tuner"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this reads (2: with a direction policy; 1: PertNN only)
 BANK_TENSORS = ("W1", "b1", "W2", "b2")
 _REQUIRED = ("base_model", "blocks", "tied_groups", "fingerprint_sha256", "features", "pertnn", "provenance")
 
@@ -80,26 +86,40 @@ class Tuner:
     stats: torch.Tensor
     provenance: dict = field(default_factory=dict)
     recommended: dict = field(default_factory=dict)
-    direction_policy: dict | None = None
+    policy: DirectionPolicy | None = None
 
     # ------------------------------------------------------------------------------------ creation
     @classmethod
     def for_model(cls, model: nn.Module, base_model: str, pertnn_config: PertNNConfig | None = None,
-                  feature_config: FeatureConfig | None = None, seed: int = 0) -> "Tuner":
-        """A fresh (untrained) tuner for ``model``'s architecture: every block gets scale 1 (MeZO)."""
+                  feature_config: FeatureConfig | None = None, seed: int = 0,
+                  policy_config: PolicyConfig | None = None) -> "Tuner":
+        """A fresh (untrained) tuner for ``model``'s architecture: every block gets scale 1 (MeZO); with
+        ``policy_config``, also a fresh direction policy (every gate 0: still MeZO)."""
         blocks = model_blocks(model)
         gen = torch.Generator().manual_seed(seed)
         bank = PertNNBank([b.numel for b in blocks], pertnn_config or PertNNConfig(), generator=gen)
+        policy = None if policy_config is None else DirectionPolicy(len(blocks), policy_config, generator=gen)
         fp = fingerprint(model)
         return cls(bank=bank, feature_config=feature_config or FeatureConfig(), base_model=base_model,
                    blocks=[asdict(b) | {"shape": list(b.shape)} for b in blocks],
-                   tied_groups=fp["tied_groups"], stats=block_stats(model))
+                   tied_groups=fp["tied_groups"], stats=block_stats(model), policy=policy)
 
     # ------------------------------------------------------------------------------------ metadata
     @property
     def fingerprint(self) -> dict:
         return {"blocks": [{"name": b["name"], "shape": list(b["shape"])} for b in self.blocks],
                 "tied_groups": [list(g) for g in self.tied_groups]}
+
+    @property
+    def direction_policy(self) -> dict | None:
+        """The ``direction_policy`` metadata: None, or the policy's config and feature names."""
+        if self.policy is None:
+            return None
+        return {"config": asdict(self.policy.cfg), "features": list(POLICY_FEATURE_NAMES)}
+
+    def without_policy(self) -> "Tuner":
+        """The same tuner with no direction policy (PertNN scales only)."""
+        return replace(self, policy=None)
 
     def metadata(self) -> dict:
         return {
@@ -154,6 +174,21 @@ class Tuner:
             sigma, out = self.bank.scales_and_output(x)
         return first, sigma
 
+    @torch.no_grad()
+    def gates_at_rest(self, kappa: float, iterations: int = 20) -> torch.Tensor:
+        """|gate| per block with on-trend losses, the scales at rest, a mean of coherence ``kappa`` in every
+        block (1: the recent estimates are independent noise; (1 + β)/(1 − β): they all agree), at the fixed
+        point of the previous-gate feature. A summary of what the direction policy does, without a model."""
+        if self.policy is None:
+            raise ValueError("this tuner has no direction policy")
+        _, sigma = self.scales_at_rest()
+        n = self.bank.n_blocks
+        pertnn = torch.zeros(n, self.bank.cfg.n_features)
+        gate = torch.zeros(n, dtype=torch.float64)
+        for _ in range(iterations):
+            gate = self.policy(policy_features(torch.full((n,), float(kappa)), sigma, pertnn, gate))
+        return gate.abs()
+
     # ------------------------------------------------------------------------------------ files
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the artifact to ``path`` (a ``.safetensors`` file) atomically; return the path."""
@@ -161,7 +196,10 @@ class Tuner:
         tensors = {f"pertnn.{k}": getattr(self.bank, k).detach().to("cpu", torch.float32).contiguous()
                    for k in BANK_TENSORS}
         tensors["base.block_stats"] = self.stats.to(torch.float32).contiguous()
-        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+        if self.policy is not None:
+            tensors.update({f"policy.{k}": getattr(self.policy, k).detach().to("cpu", torch.float32).contiguous()
+                            for k in BANK_TENSORS})
+        meta = {"format": FORMAT, "format_version": str(1 if self.policy is None else 2),
                 "zotune": json.dumps(self.metadata(), separators=(",", ":"))}
         with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -230,6 +268,7 @@ class Tuner:
                           f"for {B} blocks")
             if not bool(torch.isfinite(tensors[k]).all()):
                 raise bad(f"tensor {k!r} holds non-finite values")
+        policy = cls._policy_from_parts(meta.get("direction_policy"), tensors, B, bad)
         fp = {"blocks": [{"name": b["name"], "shape": b["shape"]} for b in blocks], "tied_groups": meta["tied_groups"]}
         if fingerprint_sha256(fp) != meta["fingerprint_sha256"]:
             raise bad("its block list does not match its fingerprint hash (edited or corrupt metadata)")
@@ -242,6 +281,34 @@ class Tuner:
                 getattr(bank, k).copy_(tensors[f"pertnn.{k}"])
         return cls(bank=bank, feature_config=fcfg, base_model=meta["base_model"], blocks=blocks,
                    tied_groups=meta["tied_groups"], stats=tensors["base.block_stats"],
-                   provenance=meta["provenance"], recommended=meta.get("recommended", {}),
-                   direction_policy=meta.get("direction_policy"))
+                   provenance=meta["provenance"], recommended=meta.get("recommended", {}), policy=policy)
+
+    @staticmethod
+    def _policy_from_parts(doc, tensors: dict, n_blocks: int, bad) -> DirectionPolicy | None:
+        """The direction policy described by the ``direction_policy`` metadata and the ``policy.*``
+        tensors, validated like the bank (shapes, finite values); None when the metadata says none."""
+        if doc is None:
+            return None
+        try:
+            cfg = PolicyConfig(**doc["config"])
+        except (TypeError, KeyError, ValueError) as e:
+            raise bad(f"malformed direction_policy metadata ({e})") from None
+        if list(doc.get("features", [])) != list(POLICY_FEATURE_NAMES):
+            raise bad(f"its direction policy uses features {doc.get('features')}, this zotune knows "
+                      f"{list(POLICY_FEATURE_NAMES)}; upgrade zotune")
+        H = cfg.hidden
+        expected = {"policy.W1": (n_blocks, H, N_POLICY_FEATURES), "policy.b1": (n_blocks, H),
+                    "policy.W2": (n_blocks, 1, H), "policy.b2": (n_blocks, 1)}
+        for k, shape in expected.items():
+            if k not in tensors:
+                raise bad(f"tensor {k!r} is missing")
+            if tuple(tensors[k].shape) != shape:
+                raise bad(f"tensor {k!r} has shape {list(tensors[k].shape)}, expected {list(shape)}")
+            if not bool(torch.isfinite(tensors[k]).all()):
+                raise bad(f"tensor {k!r} holds non-finite values")
+        policy = DirectionPolicy(n_blocks, cfg)
+        with torch.no_grad():
+            for k in BANK_TENSORS:
+                getattr(policy, k).copy_(tensors[f"policy.{k}"])
+        return policy
 

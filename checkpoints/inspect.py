@@ -28,6 +28,19 @@ def provenance_text(tuner: Tuner) -> str:
             f"seed {prov.get('seed', '?')}, zotune {prov.get('zotune_version', '?')}, {prov.get('date', '?')}")
 
 
+def policy_text(tuner: Tuner) -> str:
+    """One line on the direction policy: its constants and how far its gates open at rest."""
+    if tuner.policy is None:
+        return "none (PertNN scales only)"
+    cfg = tuner.policy.cfg
+    parts = []
+    for label, kappa in (("noise-like mean, κ=1", 1.0), ("coherent mean", (1 + cfg.decay) / (1 - cfg.decay))):
+        g = tuner.gates_at_rest(kappa)
+        parts.append(f"{label}: median {float(g.median()):.3f}, max {float(g.max()):.3f}")
+    return (f"policy (gate MLP hidden {cfg.hidden}, max gate {cfg.max_gate:g}, mean decay {cfg.decay:g}); "
+            f"|gate| at rest with a {'; with a '.join(parts)}")
+
+
 def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
     """The report printed by ``python cli.py tuners inspect FILE``."""
     tuner = Tuner.from_pretrained(path)
@@ -41,7 +54,7 @@ def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
         f"fingerprint {meta['fingerprint_sha256'][:16]}",
         f"pertnn     {meta['pertnn']}",
         f"features   {meta['features']}",
-        f"direction  {meta['direction_policy'] or 'none (PertNN scales only)'}",
+        f"direction  {policy_text(tuner)}",
         f"recommended fine-tuning {tuner.recommended or 'not recorded'}",
     ]
     if prov:

@@ -29,6 +29,15 @@ from torch import nn
 from .optim import ZOAdam, ZOOptimizer, ZOSGD
 
 
+LDSD_RULES = ("corrected", "released")
+
+
+def released_score_seed(best_seed: int, i: int) -> int:
+    """The seed whose noise the ``released`` LDSD rule pairs with advantage i: the best seed itself for
+    i = 0, and noise derived from the best seed's stream (which produced no loss) for the others."""
+    return best_seed if i == 0 else (best_seed * 0x2545F4914F6CDD1D + i * 0x9E3779B97F4A7C15) % 2**62
+
+
 def _rank(losses: list[float]) -> list[int]:
     """Candidate indices from the lowest loss to the highest (ties: the earlier candidate first)."""
     return sorted(range(len(losses)), key=lambda i: (losses[i], i))
@@ -159,6 +168,12 @@ class LDSDStep(_CandidatePool):
        undecayed running sum of ZO gradient estimates and grows without bound on a locally linear loss.
        mean_lr stays constant (the lr schedule moves theta only).
 
+    ``rule="released"`` reproduces the public code's noise/loss mis-pairing, **for ablations only**: the
+    scores are regenerated from the best seed's stream instead of each candidate's own seed, so advantage
+    A_0 is paired with the best candidate's noise and every other A_i with noise that produced no loss
+    (:func:`released_score_seed`; our per-block noise cannot replay the public code's single stream
+    draw for draw, but the defect is the same: μ takes a zero-mean random walk instead of learning).
+
     Cost: k + 1 forward passes per step (the released code spends k + 2). Memory: mu is one
     parameter-sized buffer per block (``+1x`` the trainable parameters, like a momentum buffer); it is
     online optimizer state, kept in ``state_dict`` with the advantage scale. Returns the mean of the
@@ -168,14 +183,17 @@ class LDSDStep(_CandidatePool):
     ADV_EMA = 0.9  # smoothing of the advantage scale
 
     def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3, k: int = 4, mean_lr: float = 0.1,
-                 decay: float = 0.9, cap: float = 1.0, sigma: float = 1.0, normalise: bool = True, **kw):
+                 decay: float = 0.9, cap: float = 1.0, sigma: float = 1.0, normalise: bool = True,
+                 rule: str = "corrected", **kw):
+        if rule not in LDSD_RULES:
+            raise ValueError(f"unknown LDSD rule {rule!r}; use one of {', '.join(LDSD_RULES)}")
         if k < 2:
             raise ValueError("LDSD needs k >= 2 candidates (k = 1 has no baseline: mu would never move)")
         if mean_lr < 0 or not 0 <= decay <= 1 or not cap > 0 or not sigma > 0:
             raise ValueError("LDSD needs mean_lr >= 0, 0 <= decay <= 1, cap > 0 and sigma > 0")
         self._check_q(kw)
         super().__init__(model, lr, eps, ldsd_k=k, ldsd_lr=mean_lr, ldsd_decay=decay, ldsd_cap=cap,
-                         ldsd_sigma=sigma, ldsd_normalise=normalise, **kw)
+                         ldsd_sigma=sigma, ldsd_normalise=normalise, ldsd_rule=rule, **kw)
         self.adv_scale: float | None = None
 
     def means(self) -> list[torch.Tensor]:
@@ -207,6 +225,8 @@ class LDSDStep(_CandidatePool):
         if math.isfinite(loss) and math.isfinite(g):
             self._decay(group)
             self._apply(group, [seeds[best]], [g * sigma], mean=(mu, g))  # ghat = g * (sigma z* + mu)
+        if group["ldsd_rule"] == "released":  # the public code's mis-pairing (ablation only)
+            seeds = [released_score_seed(seeds[best], i) for i in range(len(seeds))]
         self._update_mean(group, mu, seeds, losses)
         return loss
 
@@ -277,7 +297,7 @@ DIRECTION_METHODS = {"gv": (ZOGV, ZOGVAdam), "greedy": (ZOGreedy, ZOGreedyAdam),
 def make_direction_optimizer(method: str, update: str, model: nn.Module, lr: float, eps: float, seed: int = 0,
                              weight_decay: float = 0.0, noise: str = "auto", momentum: float = 0.9,
                              candidates: int = 4, ldsd_k: int = 4, ldsd_lr: float = 0.1, ldsd_decay: float = 0.9,
-                             ldsd_cap: float = 1.0) -> ZOOptimizer:
+                             ldsd_cap: float = 1.0, ldsd_rule: str = "corrected") -> ZOOptimizer:
     """``method`` (gv, greedy or ldsd) with the update rule ``update`` (sgd, momentum or adam)."""
     if method not in DIRECTION_METHODS:
         raise ValueError(f"unknown direction method {method!r}; use one of {', '.join(DIRECTION_METHODS)}")
@@ -286,7 +306,7 @@ def make_direction_optimizer(method: str, update: str, model: nn.Module, lr: flo
     sgd_cls, adam_cls = DIRECTION_METHODS[method]
     kw: dict = dict(seed=seed, weight_decay=weight_decay, noise=noise)
     if method == "ldsd":
-        kw.update(k=ldsd_k, mean_lr=ldsd_lr, decay=ldsd_decay, cap=ldsd_cap)
+        kw.update(k=ldsd_k, mean_lr=ldsd_lr, decay=ldsd_decay, cap=ldsd_cap, rule=ldsd_rule)
     else:
         kw["candidates"] = candidates
     if update == "adam":

@@ -23,10 +23,13 @@ import torch
 from torch import nn
 
 from pertnn.features import StepHistory
+from pertnn.policy import policy_features, split_scales
 
+from .online import OnlineMean
 from .zo import ZOEngine
 
-Mean = tuple[list[torch.Tensor], float]  # (one tensor per block, coefficient): a stored term of a direction
+# (one tensor per block, coefficient or one coefficient per block): a stored term of a direction
+Mean = tuple[list[torch.Tensor], "float | list[float]"]
 
 
 class ZOOptimizer(torch.optim.Optimizer):
@@ -90,8 +93,11 @@ class ZOOptimizer(torch.optim.Optimizer):
                 self._add_mean(p.data, i, mean, -group["lr"])
 
     def _add_mean(self, out: torch.Tensor, index: int, mean: Mean, alpha: float) -> None:
-        """``out += alpha * c * s_index * tensors[index]`` for ``mean = (tensors, c)``."""
+        """``out += alpha * c * s_index * tensors[index]`` for ``mean = (tensors, c)`` (``c[index]`` when
+        ``c`` is a per-block list)."""
         tensors, c = mean
+        if isinstance(c, (list, tuple)):
+            c = c[index]
         a = alpha * c * float(self.engine.scales[index])
         if a != 0.0:
             out.add_(tensors[index], alpha=a)
@@ -181,6 +187,12 @@ class TunedZO(ZOSGD):
     model is checked against the architecture the tuner was trained for. A bank whose scales are all
     equal gives MeZO's step bit for bit. With the paper's raw features (an imported ZO Fine-tuner
     tuner), the bank's output before energy normalisation is what is fed back as the last scale.
+
+    If the tuner also has a direction ``policy`` (:class:`pertnn.policy.DirectionPolicy`), each block's
+    direction is ``σ_b (√(1 − w_b²) ξ_b + w_b m̂_b)``: the policy's gates w_b mix in the run's online mean
+    direction m̂_b (:class:`finetune.online.OnlineMean`, updated after every step from the step's own
+    seed). Still two forward passes per step; the means cost one parameter-sized buffer. With every gate
+    at zero the steps are exactly the PertNN-only tuner's.
     """
 
     def __init__(self, model: nn.Module, tuner, lr: float, eps: float = 1e-3, **kw):
@@ -193,22 +205,57 @@ class TunedZO(ZOSGD):
         if self.bank.n_blocks != len(self.engine.blocks):
             raise ValueError(f"the tuner has {self.bank.n_blocks} blocks, the model {len(self.engine.blocks)}")
         self.history = StepHistory(len(self.engine.blocks), tuner.feature_config)
+        policy = getattr(tuner, "policy", None)
+        self.policy = self.online = None
+        if policy is not None:
+            if self.param_groups[0]["q"] != 1:
+                raise ValueError("a tuner with a direction policy takes one SPSA direction per step (q = 1)")
+            if policy.n_blocks != len(self.engine.blocks):
+                raise ValueError(f"the direction policy has {policy.n_blocks} blocks, the model {len(self.engine.blocks)}")
+            self.policy = copy.deepcopy(policy).to(device).requires_grad_(False)
+            self.online = OnlineMean(self.engine, policy.cfg)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
-        sigma, output = self.bank.scales_and_output(self.history.features(self.engine.params))
-        self.engine.scales = sigma
-        loss = super().step(closure)
+        features = self.history.features(self.engine.params)
+        sigma, output = self.bank.scales_and_output(features)
+        if self.policy is None:
+            self.engine.scales = sigma
+            loss = super().step(closure)
+        else:
+            loss = self._directed_step(closure, features, sigma)
         self.history.update(self.last["loss_plus"], self.last["loss_minus"], sigma, output)
+        return loss
+
+    def _directed_step(self, closure: Callable[[], torch.Tensor], features: torch.Tensor, sigma: torch.Tensor) -> float:
+        """One step along ``σ (√(1 − w²) ξ + w m̂)``; the same operations as the plain step when w = 0."""
+        group, online = self.param_groups[0], self.online
+        x = policy_features(online.kappa(), sigma, features, online.prev_gate)
+        gate = self.policy(x).detach().to("cpu", torch.float64)
+        iso, mean_scale = split_scales(sigma, gate)
+        self.engine.scales = iso
+        coeffs = online.coefficients(iso, mean_scale)
+        seed = self.draw_seed()
+        g, plus, minus = self.engine.spsa(closure, seed, group["eps"], online.means, coeffs)
+        loss = (plus + minus) / 2
+        self.last = {"loss": loss, "projected_grad": g, "loss_plus": plus, "loss_minus": minus, "gates": gate}
+        if math.isfinite(loss) and math.isfinite(g):
+            self._decay(group)
+            self._apply(group, [seed], [g], mean=(online.means, [g * k for k in coeffs]))
+        online.update(seed, g, gate)
         return loss
 
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["zo"]["history"] = self.history.state_dict()
+        if self.online is not None:
+            state["zo"]["online_mean"] = self.online.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history.load_state_dict(state_dict["zo"]["history"])
+        if self.online is not None:
+            self.online.load_state_dict(state_dict["zo"]["online_mean"])
         super().load_state_dict(state_dict)
 
 

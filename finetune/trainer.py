@@ -68,6 +68,7 @@ class FinetuneConfig:
     ldsd_lr: float = 0.1               # learning rate of the LDSD policy mean
     ldsd_decay: float = 0.9            # decay of the LDSD policy mean per step (1 = none)
     ldsd_cap: float = 1.0              # cap on each block's RMS of the LDSD policy mean (in units of sigma = 1)
+    ldsd_rule: str = "corrected"       # "released": the public code's noise/loss mis-pairing, for ablations only
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -95,6 +96,8 @@ class FinetuneConfig:
             raise ZotuneError(f"--ldsd-lr must be >= 0 (got {self.ldsd_lr})")
         if not 0 <= self.ldsd_decay <= 1:
             raise ZotuneError(f"--ldsd-decay must be in [0, 1] (got {self.ldsd_decay})")
+        if self.ldsd_rule not in ("corrected", "released"):
+            raise ZotuneError(f"--ldsd-rule must be corrected or released (got {self.ldsd_rule})")
         if not self.ldsd_cap > 0:
             raise ZotuneError(f"--ldsd-cap must be > 0 (got {self.ldsd_cap}; inf for no cap)")
 
@@ -192,7 +195,7 @@ def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
         return make_direction_optimizer(cfg.method, cfg.optimizer_name, model, lr=cfg.lr, eps=cfg.eps, seed=cfg.seed,
                                         weight_decay=cfg.weight_decay, noise=cfg.noise, candidates=cfg.candidates,
                                         ldsd_k=cfg.ldsd_k, ldsd_lr=cfg.ldsd_lr, ldsd_decay=cfg.ldsd_decay,
-                                        ldsd_cap=cfg.ldsd_cap)
+                                        ldsd_cap=cfg.ldsd_cap, ldsd_rule=cfg.ldsd_rule)
     kw = dict(lr=cfg.lr, eps=cfg.eps, q=cfg.directions, seed=cfg.seed, weight_decay=cfg.weight_decay,
               noise=cfg.noise)
     if cfg.method == "tuner":

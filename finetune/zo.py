@@ -45,6 +45,16 @@ def as_terms(seed: Seeds) -> list[tuple[int, float]]:
     return terms
 
 
+def _mean_coeffs(coeffs, n: int) -> list[float]:
+    """The per-block multipliers of a stored mean term: ``coeffs`` as floats, or ones."""
+    if coeffs is None:
+        return [1.0] * n
+    out = [float(c) for c in coeffs]
+    if len(out) != n:
+        raise ValueError(f"mean_coeffs has {len(out)} entries for {n} blocks")
+    return out
+
+
 def param_blocks(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The trainable parameter tensors of ``model`` in a fixed order, tied weights once."""
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -261,18 +271,20 @@ class ZOEngine:
         return torch.stack([self.noise.dot(t, seed, i).double().cpu() for i, t in enumerate(tensors)])
 
     @torch.no_grad()
-    def update_(self, seed: Seeds, alpha: float, mean: Sequence[torch.Tensor] | None = None) -> None:
+    def update_(self, seed: Seeds, alpha: float, mean: Sequence[torch.Tensor] | None = None,
+                mean_coeffs: Sequence[float] | None = None) -> None:
         """Move every block along its noise, in place: ``theta_b += alpha * scale_b * z_b(seed)``.
 
         ``seed`` may be a combination ``[(seed_j, c_j), ...]``, in which case the blocks move along
         ``sum_j c_j z_b(seed_j)`` (one noise pass per pair, nothing materialised); ``mean`` (one tensor
-        per block) adds ``alpha * scale_b * mean_b``."""
+        per block) adds ``alpha * scale_b * k_b * mean_b``, with ``k_b = mean_coeffs[b]`` (1 by default)."""
         terms = as_terms(seed)
+        coeffs = _mean_coeffs(mean_coeffs, len(self.blocks))
         for i, ((_, p), scale) in enumerate(zip(self.blocks, self.scales.tolist())):
             for s, c in terms:
                 self.add_noise_(p.data, s, i, alpha * c, scale)
-            if mean is not None and alpha * scale != 0.0:
-                p.data.add_(mean[i], alpha=alpha * scale)
+            if mean is not None and alpha * scale * coeffs[i] != 0.0:
+                p.data.add_(mean[i], alpha=alpha * scale * coeffs[i])
 
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
         free = self._pool.get((like.shape, like.dtype, like.device))
@@ -283,20 +295,22 @@ class ZOEngine:
             self._pool.setdefault((buf.shape, buf.dtype, buf.device), []).append(buf)
 
     def _write(self, src: torch.Tensor, terms: list[tuple[int, float]], mean: Sequence[torch.Tensor] | None,
-               index: int, alpha: float, out: torch.Tensor) -> None:
-        """``out = src + alpha * (sum_j c_j z_index(seed_j) + mean_index)``, adding one term at a time."""
+               index: int, alpha: float, out: torch.Tensor, mean_coeff: float = 1.0) -> None:
+        """``out = src + alpha * (sum_j c_j z_index(seed_j) + k * mean_index)``, adding one term at a time."""
         for s, c in terms:
             self.noise.add(src, s, index, alpha * c, out=out)
             src = out
-        if mean is not None:
-            torch.add(src, mean[index], alpha=alpha, out=out)
+        if mean is not None and mean_coeff != 0.0:
+            torch.add(src, mean[index], alpha=alpha * mean_coeff, out=out)
 
     @contextmanager
-    def perturbed(self, seed: Seeds, alpha: float, mean: Sequence[torch.Tensor] | None = None) -> Iterator[None]:
+    def perturbed(self, seed: Seeds, alpha: float, mean: Sequence[torch.Tensor] | None = None,
+                  mean_coeffs: Sequence[float] | None = None) -> Iterator[None]:
         """Inside the context, each module computes with ``theta_b + alpha * scale_b * z_b(seed)``.
 
         ``seed`` may be a combination ``[(seed_j, c_j), ...]``: the direction is then
-        ``sum_j c_j z_b(seed_j)``, plus ``mean_b`` when ``mean`` (one tensor per block) is given.
+        ``sum_j c_j z_b(seed_j)``, plus ``k_b * mean_b`` when ``mean`` (one tensor per block) is given,
+        with ``k_b = mean_coeffs[b]`` (1 by default; a block whose ``k_b`` is 0 never reads its mean).
 
         Just before a module runs, the perturbed values of its own parameters are written into scratch
         buffers that are swapped in as the parameters' data; just after, the original tensors are
@@ -310,6 +324,7 @@ class ZOEngine:
         swapped: dict[int, tuple[torch.Tensor, int]] = {}  # block -> (original data, nesting depth)
         scales = self.scales.tolist()
         terms = as_terms(seed)
+        coeffs = _mean_coeffs(mean_coeffs, len(self.blocks))
 
         def pre(blocks: list[int]) -> Callable:
             def hook(module, args):
@@ -324,7 +339,7 @@ class ZOEngine:
                         p = self.blocks[i][1]
                         original = p.data
                         buf = self._scratch(original)
-                        self._write(original, terms, mean, i, alpha * scale, buf)
+                        self._write(original, terms, mean, i, alpha * scale, buf, coeffs[i])
                         swapped[i] = (original, 1)
                         p.data = buf
             return hook
@@ -354,8 +369,8 @@ class ZOEngine:
                 ids = args[0] if args else kwargs["input"]
                 for s, c in terms:
                     output = output.add(self.noise.rows(module.weight, s, i, ids), alpha=alpha * scale * c)
-                if mean is not None:
-                    output = output.add(F.embedding(ids, mean[i]), alpha=alpha * scale)
+                if mean is not None and coeffs[i] != 0.0:
+                    output = output.add(F.embedding(ids, mean[i]), alpha=alpha * scale * coeffs[i])
                 return output
             return hook
 
@@ -367,8 +382,8 @@ class ZOEngine:
                 x = args[0] if args else kwargs["input"]
                 for s, c in terms:
                     output = output.add(self.noise.linear(x, module.weight, s, i), alpha=alpha * scale * c)
-                if mean is not None:
-                    output = output.add(F.linear(x, mean[i]), alpha=alpha * scale)
+                if mean is not None and coeffs[i] != 0.0:
+                    output = output.add(F.linear(x, mean[i]), alpha=alpha * scale * coeffs[i])
                 return output
             return hook
 
@@ -396,13 +411,14 @@ class ZOEngine:
         return value
 
     def spsa(self, closure: Callable[[], torch.Tensor], seed: Seeds, eps: float,
-             mean: Sequence[torch.Tensor] | None = None) -> tuple[float, float, float]:
+             mean: Sequence[torch.Tensor] | None = None,
+             mean_coeffs: Sequence[float] | None = None) -> tuple[float, float, float]:
         """Two-point SPSA along ``scale * z(seed)``: returns ``(g, loss_plus, loss_minus)`` with
         ``g = (L(theta + eps*s*z) - L(theta - eps*s*z)) / (2 eps)`` (MeZO's projected gradient).
-        ``seed`` and ``mean`` may describe a combination, as in :meth:`perturbed`."""
-        with self.perturbed(seed, eps, mean):
+        ``seed``, ``mean`` and ``mean_coeffs`` may describe a combination, as in :meth:`perturbed`."""
+        with self.perturbed(seed, eps, mean, mean_coeffs):
             plus = self.loss(closure)
-        with self.perturbed(seed, -eps, mean):
+        with self.perturbed(seed, -eps, mean, mean_coeffs):
             minus = self.loss(closure)
         return (plus - minus) / (2 * eps), plus, minus
 

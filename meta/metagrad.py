@@ -18,7 +18,9 @@ Two implementations:
   the model whose parameters are the non-leaf θ'_k), as the design card names it. Used for K > 1, and as
   the reference that the closed form is tested against.
 
-Both return :class:`MetaStep`; both count their forward passes on the engine.
+Both return :class:`MetaStep`; both count their forward passes on the engine. :func:`closed_form` also
+trains a direction policy (:mod:`pertnn.policy`) jointly with the bank: its gates enter θ' linearly
+through the direction, exactly like σ.
 """
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from finetune.online import OnlineMean
 from finetune.zo import ZOEngine
 from pertnn import PertNNBank, StepHistory
+from pertnn.policy import DirectionPolicy, policy_features, split_scales
 
 LossFn = Callable[[nn.Module], torch.Tensor]
 
@@ -46,6 +50,7 @@ class MetaStep:
     sigma: torch.Tensor
     tuned_sq: float = float("nan")
     mezo_sq: float = float("nan")
+    gate: torch.Tensor | None = None
 
 
 def gains(sigma: torch.Tensor, dots: torch.Tensor) -> tuple[float, float]:
@@ -60,28 +65,56 @@ def gains(sigma: torch.Tensor, dots: torch.Tensor) -> tuple[float, float]:
 
 
 def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: LossFn,
-                seed: int, eps: float, lr: float) -> MetaStep:
+                seed: int, eps: float, lr: float, policy: DirectionPolicy | None = None,
+                online: OnlineMean | None = None) -> MetaStep:
     """One K = 1 meta step by the closed-form chain rule (module docstring). Accumulates into the bank's
     ``.grad``; leaves ∇L(θ') in the model's ``.grad`` (zeroed first) and θ back where it was (up to the
-    rounding of ``θ − a·u + a·u``). Updates ``history`` with the step's losses and scales."""
+    rounding of ``θ − a·u + a·u``). Updates ``history`` with the step's losses and scales.
+
+    With a direction ``policy`` (and the task's ``online`` mean), the direction is
+    ``σ_b (√(1 − w_b²) u_b + w_b m̂_b)`` (:mod:`pertnn.policy`), so with ``a_b = σ_b √(1 − w_b²)`` and
+    ``c_b = σ_b w_b``: ∂L(θ')/∂a_b = −η·g·⟨∇_b L(θ'), u_b⟩ and ∂L(θ')/∂c_b = −η·g·⟨∇_b L(θ'), m̂_b⟩, which
+    reach both the bank and the policy; the online mean is then updated with the step, as at fine-tuning."""
     model, params = engine.model, engine.params
-    sigma = bank(history.features(params))
-    engine.scales = sigma.detach().cpu()
-    g, plus, minus = engine.spsa(lambda: loss_fn(model), seed, eps)
+    features = history.features(params)
+    sigma = bank(features)
+    mean, coeffs, gate = None, None, None
+    iso, mean_scale = sigma, None
+    if policy is not None:
+        if online is None:
+            raise ValueError("a direction policy needs the task's online mean")
+        x = policy_features(online.kappa(), sigma.detach().cpu(), features, online.prev_gate)
+        gate = policy(x).to(sigma.device)
+        iso, mean_scale = split_scales(sigma, gate)
+        mean, coeffs = online.means, online.coefficients(iso.detach().cpu(), mean_scale.detach().cpu())
+    engine.scales = iso.detach().cpu()
+    g, plus, minus = engine.spsa(lambda: loss_fn(model), seed, eps, mean, coeffs)
     for p in params:
         p.grad = None
-    engine.update_(seed, -lr * g)
+    engine.update_(seed, -lr * g, mean, coeffs)
     try:
         with torch.enable_grad():
             meta_loss = loss_fn(model)
             meta_loss.backward()
         engine.forwards += 1
-        dots = engine.noise_dots([p.grad if p.grad is not None else torch.zeros_like(p) for p in params], seed)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        dots = engine.noise_dots(grads, seed)
+        if policy is not None:
+            rms = online.rms()
+            mean_dots = torch.stack([torch.dot(gr.reshape(-1).double(), m.reshape(-1).double()).cpu() / r
+                                     if r > 0 else torch.zeros((), dtype=torch.float64)
+                                     for gr, m, r in zip(grads, online.means, rms.tolist())])
     finally:
-        engine.update_(seed, lr * g)
-    sigma.backward(-lr * g * dots.to(sigma.device))
+        engine.update_(seed, lr * g, mean, coeffs)
+    if policy is None:
+        sigma.backward(-lr * g * dots.to(sigma.device))
+    else:
+        surrogate = (iso * dots.to(iso.device)).sum() + (mean_scale * mean_dots.to(iso.device)).sum()
+        (-lr * g * surrogate).backward()
+        online.update(seed, g, gate.detach())
     history.update(plus, minus, sigma)
-    return MetaStep(float(meta_loss.detach()), plus, minus, g, sigma.detach().cpu(), *gains(sigma, dots))
+    return MetaStep(float(meta_loss.detach()), plus, minus, g, sigma.detach().cpu(), *gains(iso, dots),
+                    gate=None if gate is None else gate.detach().cpu())
 
 
 # ----------------------------------------------------------------------------------------- higher

@@ -30,11 +30,13 @@ from checkpoints import Tuner
 from finetune.atomic import atomic_file
 from finetune.errors import ZotuneError
 from finetune.models import EMBEDDED, load_model, model_id, set_threads
+from finetune.online import OnlineMean
 from finetune.scoring import TaskScorer
 from finetune.tasks import Task, load_task
 from finetune.trainer import batches
 from finetune.zo import ZOEngine
 from pertnn import FeatureConfig, PertNNConfig, StepHistory
+from pertnn.policy import PolicyConfig
 
 from .metagrad import MetaStep, closed_form, unrolled
 
@@ -58,6 +60,10 @@ class MetaConfig:
     restart_every: int = 50        # reset the base model to its pretrained weights every N steps
     hidden: int = 32               # PertNN hidden width
     energy_norm: bool = True
+    direction_policy: bool = False  # also meta-train a direction policy (gates on an online mean direction)
+    policy_hidden: int = 16
+    max_gate: float = 0.8          # |gate| bound: at most max_gate² of a block's perturbation energy on the mean
+    mean_decay: float = 0.9        # decay of the online mean direction (a constant of the policy)
     seed: int = 0
     n_train: int = 1000
     max_length: int = 256
@@ -77,6 +83,11 @@ class MetaConfig:
                 raise ZotuneError(f"--{name.replace('_', '-')} must be positive")
         if self.fo_lr < 0 or not 0 <= self.fo_momentum < 1:
             raise ZotuneError("need --fo-lr >= 0 and 0 <= --fo-momentum < 1")
+        if self.direction_policy:
+            if self.unroll != 1:
+                raise ZotuneError("--direction-policy is meta-trained with the closed form: use --unroll 1")
+            if self.policy_hidden < 1 or not 0 < self.max_gate < 1 or not 0 <= self.mean_decay < 1:
+                raise ZotuneError("need --policy-hidden >= 1, 0 < --max-gate < 1 and 0 <= --mean-decay < 1")
 
 
 def step_plan(seed: int, step: int, n_tasks: int) -> tuple[int, int]:
@@ -111,9 +122,16 @@ class MetaTrainer:
         params = self.engine.params
         self.theta0 = [p.detach().to("cpu", copy=True) for p in params]
         pcfg = PertNNConfig(hidden=cfg.hidden, energy_norm=cfg.energy_norm)
-        self.tuner = Tuner.for_model(self.model, model_id(cfg.model), pcfg, FeatureConfig(), seed=cfg.seed)
+        policy_cfg = (PolicyConfig(hidden=cfg.policy_hidden, max_gate=cfg.max_gate, decay=cfg.mean_decay)
+                      if cfg.direction_policy else None)
+        self.tuner = Tuner.for_model(self.model, model_id(cfg.model), pcfg, FeatureConfig(), seed=cfg.seed,
+                                     policy_config=policy_cfg)
         self.bank = self.tuner.bank.to(params[0].device)
-        self.meta_opt = torch.optim.Adam(self.bank.parameters(), lr=cfg.meta_lr)
+        self.policy = None if policy_cfg is None else self.tuner.policy.to(params[0].device)
+        meta_params = list(self.bank.parameters()) + ([] if self.policy is None else list(self.policy.parameters()))
+        self.meta_opt = torch.optim.Adam(meta_params, lr=cfg.meta_lr)
+        # each task's online mean direction (task-specific state, like its loss history; never saved)
+        self.onlines = [] if policy_cfg is None else [OnlineMean(self.engine, policy_cfg) for _ in self.tasks]
         self.fo_opt = torch.optim.SGD(params, lr=cfg.fo_lr, momentum=cfg.fo_momentum)
         self.histories = [StepHistory(len(params), self.tuner.feature_config) for _ in self.tasks]
         self.streams = [batches(t.train, cfg.batch_size, cfg.seed + i) for i, t in enumerate(self.tasks)]
@@ -130,6 +148,8 @@ class MetaTrainer:
             self.fo_opt.state.clear()
             for h in self.histories:
                 h.refresh_stats()
+            for o in self.onlines:
+                o.reset()
 
     def advance(self) -> dict:
         """Run meta step ``self.step + 1``; return its log row."""
@@ -144,7 +164,9 @@ class MetaTrainer:
 
         self.meta_opt.zero_grad(set_to_none=True)
         if cfg.unroll == 1:
-            result: MetaStep = closed_form(self.engine, self.bank, history, loss_fn, seed_base, cfg.eps, cfg.virtual_lr)
+            online = self.onlines[task_index] if self.onlines else None
+            result: MetaStep = closed_form(self.engine, self.bank, history, loss_fn, seed_base, cfg.eps, cfg.virtual_lr,
+                                           self.policy, online)
         else:
             seeds = [(seed_base + k * 0x9E3779B9) % 2**62 for k in range(cfg.unroll)]
             result = unrolled(self.engine, self.bank, history, loss_fn, seeds, cfg.eps, cfg.virtual_lr)
@@ -173,6 +195,9 @@ class MetaTrainer:
                "virtual_gain": 0.5 * (result.loss_plus + result.loss_minus) - result.meta_loss,
                "first_order_gain": self.gain(),
                "sigma_min": float(sigma.min()), "sigma_max": float(sigma.max())}
+        if result.gate is not None:
+            gate = result.gate.abs().double()
+            row |= {"gate_mean": float(gate.mean()), "gate_max": float(gate.max())}
         self.log.append(row)
         self.step = step
         return row
@@ -186,6 +211,8 @@ class MetaTrainer:
         return {"step": self.step, "config": asdict(self.cfg),
                 "model": [p.detach().cpu() for p in self.engine.params],
                 "bank": self.bank.state_dict(), "meta_opt": self.meta_opt.state_dict(),
+                "policy": None if self.policy is None else self.policy.state_dict(),
+                "onlines": [o.state_dict() for o in self.onlines],
                 "fo_opt": self.fo_opt.state_dict(), "histories": [h.state_dict() for h in self.histories],
                 "log": self.log, "gain_ema": self.gain_ema, "forwards": self.engine.forwards}
 
@@ -200,6 +227,10 @@ class MetaTrainer:
             for p, v in zip(self.engine.params, state["model"]):
                 p.copy_(v)
         self.bank.load_state_dict(state["bank"])
+        if self.policy is not None:
+            self.policy.load_state_dict(state["policy"])
+            for o, s in zip(self.onlines, state["onlines"]):
+                o.load_state_dict(s)
         self.meta_opt.load_state_dict(state["meta_opt"])
         self.fo_opt.load_state_dict(state["fo_opt"])
         for h, s in zip(self.histories, state["histories"]):
@@ -213,6 +244,8 @@ class MetaTrainer:
         """The tuner as trained so far, with its provenance."""
         cfg = self.cfg
         self.tuner.bank = self.bank.to("cpu")
+        if self.policy is not None:
+            self.tuner.policy = self.policy.to("cpu")
         self.tuner.recommended = {"lr": cfg.virtual_lr, "eps": cfg.eps}
         last = self.log[-20:]
         self.tuner.provenance = {

@@ -72,7 +72,40 @@ def energy_normalise(sigma: Tensor, numels: Tensor) -> Tensor:
     return s * torch.sqrt(n.sum() / (n * s * s).sum())
 
 
-class PertNNBank(nn.Module):
+class BlockMLPs(nn.Module):
+    """B independent MLPs ``Linear(F→H) → Tanh → Linear(H→1)``, one per block, as stacked parameters
+    evaluated with two ``torch.baddbmm`` calls. The first layer gets PyTorch's default ``nn.Linear``
+    init, U(±1/√F); the last layer is zero, so every output starts at exactly 0. The shared core of
+    :class:`PertNNBank` and of the direction policy's gate network (:mod:`pertnn.policy`)."""
+
+    def __init__(self, n_blocks: int, n_features: int, hidden: int, *, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        super().__init__()
+        if n_blocks < 1 or n_features < 1 or hidden < 1:
+            raise ValueError("need at least one block, one feature and one hidden unit")
+        self.n_features, self.hidden = n_features, hidden
+        B, H, Fn = n_blocks, hidden, n_features
+        bound = 1.0 / math.sqrt(Fn)  # nn.Linear's default init for the first layer
+        kw = {"dtype": dtype, "device": device}
+        self.W1 = nn.Parameter(torch.empty(B, H, Fn, **kw).uniform_(-bound, bound, generator=generator))
+        self.b1 = nn.Parameter(torch.empty(B, H, **kw).uniform_(-bound, bound, generator=generator))
+        self.W2 = nn.Parameter(torch.zeros(B, 1, H, **kw))
+        self.b2 = nn.Parameter(torch.zeros(B, 1, **kw))
+
+    @property
+    def n_blocks(self) -> int:
+        return self.W1.shape[0]
+
+    def mlp_out(self, features: Tensor) -> Tensor:
+        """The raw last-layer outputs [B] of the B MLPs."""
+        if features.shape != (self.n_blocks, self.n_features):
+            raise ValueError(f"features must be [{self.n_blocks}, {self.n_features}], got {list(features.shape)}")
+        x = features.to(self.W1.dtype).unsqueeze(-1)                       # [B, F, 1]
+        h = torch.tanh(torch.baddbmm(self.b1.unsqueeze(-1), self.W1, x))   # [B, H, 1]
+        return torch.baddbmm(self.b2.unsqueeze(-1), self.W2, h).reshape(-1)  # [B]
+
+
+class PertNNBank(BlockMLPs):
     """B per-block MLPs mapping features [B, F] to positive scales σ [B] (see the module docstring).
 
     numels: the B block sizes n_b (e.g. ``[b.numel for b in model_blocks(model)]``), used by the
@@ -82,21 +115,15 @@ class PertNNBank(nn.Module):
     def __init__(self, numels: Sequence[int] | Tensor, cfg: PertNNConfig | None = None, *,
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or PertNNConfig()
+        cfg = cfg or PertNNConfig()
         numels = torch.as_tensor(numels, dtype=torch.float64).reshape(-1)
         if numels.numel() == 0 or bool((numels <= 0).any()):
             raise ValueError("need at least one block, each with a positive numel")
-        B, H, Fn = numels.numel(), cfg.hidden, cfg.n_features
+        super().__init__(numels.numel(), cfg.n_features, cfg.hidden, generator=generator, dtype=dtype, device=device)
+        self.cfg = cfg
         self.register_buffer("numels", numels.to(device))
         # inverse softplus of init_scale: softplus(bias0) == init_scale (up to rounding)
         self.bias0 = float(cfg.init_scale + math.log(-math.expm1(-cfg.init_scale)))
-        bound = 1.0 / math.sqrt(Fn)  # nn.Linear's default init for the first layer
-        kw = {"dtype": dtype, "device": device}
-        self.W1 = nn.Parameter(torch.empty(B, H, Fn, **kw).uniform_(-bound, bound, generator=generator))
-        self.b1 = nn.Parameter(torch.empty(B, H, **kw).uniform_(-bound, bound, generator=generator))
-        self.W2 = nn.Parameter(torch.zeros(B, 1, H, **kw))
-        self.b2 = nn.Parameter(torch.zeros(B, 1, **kw))
         if cfg.output == "abs":
             self.randomize_output_(generator)
 
@@ -109,18 +136,6 @@ class PertNNBank(nn.Module):
         self.W2.uniform_(-bound, bound, generator=generator)
         self.b2.uniform_(-bound, bound, generator=generator)
         return self
-
-    @property
-    def n_blocks(self) -> int:
-        return self.W1.shape[0]
-
-    def mlp_out(self, features: Tensor) -> Tensor:
-        """The raw last-layer outputs [B] of the B MLPs (before bias0 and softplus)."""
-        if features.shape != (self.n_blocks, self.cfg.n_features):
-            raise ValueError(f"features must be [{self.n_blocks}, {self.cfg.n_features}], got {list(features.shape)}")
-        x = features.to(self.W1.dtype).unsqueeze(-1)                       # [B, F, 1]
-        h = torch.tanh(torch.baddbmm(self.b1.unsqueeze(-1), self.W1, x))   # [B, H, 1]
-        return torch.baddbmm(self.b2.unsqueeze(-1), self.W2, h).reshape(-1)  # [B]
 
     def output(self, features: Tensor) -> Tensor:
         """σ [B] float64 *before* energy normalisation: ``softplus(out + bias0)`` or ``|out|``."""

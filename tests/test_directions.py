@@ -18,53 +18,9 @@ from finetune.scoring import TaskScorer
 from finetune.tasks import Example, Task
 from finetune.trainer import FinetuneConfig, train
 from finetune.zo import ZOEngine
+from reference import Reference, axpy, combine, ids, seed_stream
 
 METHODS = ("gv", "greedy", "ldsd")
-
-
-def seed_stream(seed):
-    """The step seeds a ZO optimizer built with ``seed`` draws, generated independently."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        yield int(torch.randint(0, 2**62, (1,), generator=gen))
-
-
-def ids(seed=1, vocab=250):
-    return torch.randint(0, vocab, (4, 12), generator=torch.Generator().manual_seed(seed))
-
-
-class Reference:
-    """A model's loss at explicitly given parameters (``functional_call``), and its noise materialised."""
-
-    def __init__(self, model, engine, x):
-        self.model, self.engine, self.x = model, engine, x
-        self.names = [n for n, _ in engine.blocks]
-
-    def theta(self):
-        return {n: p.detach().clone() for n, p in self.engine.blocks}
-
-    def z(self, seed):
-        return {n: self.engine.unit_noise(seed, i) for i, n in enumerate(self.names)}
-
-    def loss(self, params):
-        with torch.no_grad():
-            return functional_call(self.model, params, (), {"input_ids": self.x, "labels": self.x}).loss.item()
-
-    def closure(self):
-        return lambda: self.model(input_ids=self.x, labels=self.x).loss
-
-
-def axpy(a, x, y):
-    """y + a * x over dicts of tensors."""
-    return {n: y[n] + a * x[n] for n in y}
-
-
-def combine(terms):
-    """sum_j c_j * d_j over (coefficient, dict) pairs."""
-    out = None
-    for c, d in terms:
-        out = {n: c * t for n, t in d.items()} if out is None else axpy(c, d, out)
-    return out
 
 
 # --- the engine: perturbing and updating along combinations -------------------------------------------
@@ -284,6 +240,35 @@ def test_ldsd_mean_follows_the_paper_rule_with_the_right_pairing():
         for wrong in (rolled, from_best):
             assert (got - wrong).norm() > 1e3 * (got - right).norm() + 1e-6 * right.norm()
         mu = right
+
+
+def test_ldsd_released_rule_reproduces_the_mis_pairing_for_ablations():
+    """rule="released" (an ablation, never the default) pairs advantage A_0 with the best candidate's noise
+    and the others with noise that produced no loss; the model step is the corrected rule's."""
+    from finetune.directions import released_score_seed
+
+    eta, sigma, eps, k = 0.3, 0.7, 1e-2, 4
+    models = {rule: Quadratic() for rule in ("corrected", "released")}
+    opts = {rule: LDSD(m, lr=0.02, eps=eps, k=k, mean_lr=eta, sigma=sigma, normalise=False, decay=1.0, cap=math.inf,
+                       seed=9, noise="gaussian", rule=rule) for rule, m in models.items()}
+    stream = seed_stream(9)
+    seeds = [next(stream) for _ in range(k)]
+    model = models["released"]
+    xi = [flat_noise(opts["released"].engine, s) for s in seeds]
+    f = [model.value(model.flat() + eps * sigma * x) for x in xi]
+    best = min(range(k), key=lambda i: f[i])
+    a = rloo(f)
+    scores = [flat_noise(opts["released"].engine, released_score_seed(seeds[best], i)) for i in range(k)]
+    want = -eta / (k * sigma) * sum(a[i] * scores[i] for i in range(k))
+    for rule, opt in opts.items():
+        opt.step(models[rule])
+    got = torch.cat([m.flatten() for m in opts["released"].means()])
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert torch.equal(models["released"].flat(), models["corrected"].flat())
+    right = torch.cat([m.flatten() for m in opts["corrected"].means()])
+    assert (got - right).norm() > 0.1 * right.norm()
+    with pytest.raises(ValueError, match="unknown LDSD rule"):
+        LDSD(Quadratic(), lr=0.1, rule="other")
 
 
 @pytest.mark.parametrize("noise", ["table", "gaussian"])

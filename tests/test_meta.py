@@ -136,18 +136,6 @@ from checkpoints import Tuner  # noqa: E402
 from meta.train import MetaConfig, MetaTrainer, checkpoint_path, log_path, meta_train  # noqa: E402
 
 
-@pytest.fixture
-def tasks(tmp_path):
-    paths = []
-    for k in range(2):
-        path = tmp_path / f"task{k}.jsonl"
-        with path.open("w") as f:
-            for i in range(40):
-                f.write(json.dumps({"input": f"{k}: item {i} is", "options": [" odd", " even"], "label": i % 2}) + "\n")
-        paths.append(str(path))
-    return paths
-
-
 def _cfg(tasks, **kw):
     base = dict(model="tiny-llama", tasks=tasks, steps=6, batch_size=4, restart_every=4, virtual_lr=1e-2,
                 meta_lr=1e-2, fo_lr=1e-2, hidden=8, max_length=32)

@@ -1,0 +1,86 @@
+"""The online state of a direction policy during one run: the mean directions m_b and their statistics.
+
+Task- and iterate-specific, so it lives with a fine-tune (or meta-training) run and its checkpoints and
+never in a tuner artifact (see :mod:`pertnn.policy` for the policy it serves). After each step along seed
+s with projected gradient g, every block's mean follows
+
+    m_b ← β m_b + (1 − β) ĉ ξ_b(s),     ĉ = g / RMS_running(g)
+
+with ξ_b(s) regenerated from the step's own seed (one more noise pass over the parameters, no buffer).
+Memory: one parameter-sized buffer per block, like a momentum buffer.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pertnn.policy import PolicyConfig, coherence
+
+from .zo import ZOEngine
+
+C_EMA = 0.9  # smoothing of the running RMS of the projected gradient
+
+
+class OnlineMean:
+    """m_b for every block of ``engine``'s model, their squared norms, and the last gates."""
+
+    def __init__(self, engine: ZOEngine, cfg: PolicyConfig):
+        self.engine, self.decay = engine, cfg.decay
+        self.means = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in engine.params]
+        self.numels = torch.tensor([p.numel() for p in engine.params], dtype=torch.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (a new task, or the parameters jumped)."""
+        for m in self.means:
+            m.zero_()
+        self.mean_sq = torch.zeros(len(self.means), dtype=torch.float64)
+        self.c_rms: float | None = None
+        self.c_sq = 0.0
+        self.prev_gate = torch.zeros(len(self.means), dtype=torch.float64)
+
+    def kappa(self) -> torch.Tensor:
+        """The coherence κ_b of every block's mean (:func:`pertnn.policy.coherence`)."""
+        return coherence(self.mean_sq, self.numels, self.c_sq, self.decay)
+
+    def rms(self) -> torch.Tensor:
+        return torch.sqrt(self.mean_sq / self.numels)
+
+    def coefficients(self, iso: torch.Tensor, mean_scale: torch.Tensor) -> list[float]:
+        """The engine's ``mean_coeffs`` k_b for the direction ``iso_b ξ_b + mean_scale_b m̂_b``: the engine
+        moves along ``scale_b (ξ_b + k_b m_b)`` with ``scale_b = iso_b``, so ``k_b = mean_scale_b / (iso_b RMS(m_b))``
+        (0 where the gate or the mean is zero)."""
+        rms = self.rms()
+        out = []
+        for a, b, r in zip(iso.tolist(), mean_scale.tolist(), rms.tolist()):
+            out.append(b / (a * r) if b != 0.0 and a != 0.0 and r > 0.0 else 0.0)
+        return out
+
+    @torch.no_grad()
+    def update(self, seed: int, g: float, gate: torch.Tensor) -> None:
+        """Fold the step along ``seed`` with projected gradient ``g`` into the means; record ``gate``."""
+        self.prev_gate = gate.detach().to("cpu", torch.float64).reshape(-1).clone()
+        if not math.isfinite(g):
+            return
+        self.c_rms = abs(g) if self.c_rms is None else math.sqrt(C_EMA * self.c_rms**2 + (1 - C_EMA) * g * g)
+        c = g / self.c_rms if self.c_rms > 0 else 0.0
+        b = self.decay
+        for i, m in enumerate(self.means):
+            m.mul_(b)
+            if c != 0.0:
+                self.engine.noise.add(m, seed, i, (1 - b) * c, out=m)
+            self.mean_sq[i] = torch.linalg.vector_norm(m, dtype=torch.float64).item() ** 2
+        self.c_sq = b * self.c_sq + (1 - b) * c * c
+
+    def state_dict(self) -> dict:
+        return {"means": [m.detach().cpu().clone() for m in self.means], "mean_sq": self.mean_sq.clone(),
+                "c_rms": self.c_rms, "c_sq": self.c_sq, "prev_gate": self.prev_gate.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for m, v in zip(self.means, state["means"]):
+                m.copy_(v)
+        self.mean_sq = state["mean_sq"].clone()
+        self.c_rms, self.c_sq = state["c_rms"], state["c_sq"]
+        self.prev_gate = state["prev_gate"].clone()

@@ -1,0 +1,49 @@
+"""Independent references shared by the tests: a model's loss at explicit parameters, materialised noise,
+and the step seeds an optimizer draws."""
+import torch
+from torch.func import functional_call
+
+
+def seed_stream(seed):
+    """The step seeds a ZO optimizer built with ``seed`` draws, generated independently."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield int(torch.randint(0, 2**62, (1,), generator=gen))
+
+
+def ids(seed=1, vocab=250):
+    return torch.randint(0, vocab, (4, 12), generator=torch.Generator().manual_seed(seed))
+
+
+class Reference:
+    """A model's loss at explicitly given parameters (``functional_call``), and its noise materialised."""
+
+    def __init__(self, model, engine, x):
+        self.model, self.engine, self.x = model, engine, x
+        self.names = [n for n, _ in engine.blocks]
+
+    def theta(self):
+        return {n: p.detach().clone() for n, p in self.engine.blocks}
+
+    def z(self, seed):
+        return {n: self.engine.unit_noise(seed, i) for i, n in enumerate(self.names)}
+
+    def loss(self, params):
+        with torch.no_grad():
+            return functional_call(self.model, params, (), {"input_ids": self.x, "labels": self.x}).loss.item()
+
+    def closure(self):
+        return lambda: self.model(input_ids=self.x, labels=self.x).loss
+
+
+def axpy(a, x, y):
+    """y + a * x over dicts of tensors."""
+    return {n: y[n] + a * x[n] for n in y}
+
+
+def combine(terms):
+    """sum_j c_j * d_j over (coefficient, dict) pairs."""
+    out = None
+    for c, d in terms:
+        out = {n: c * t for n, t in d.items()} if out is None else axpy(c, d, out)
+    return out
