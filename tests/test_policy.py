@@ -351,3 +351,28 @@ def test_cli_meta_train_with_policy_then_finetune_and_inspect(tmp_path, tasks, c
                      "--out", str(tmp_path / "k2.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "--unroll 1" in err and err.count("\n") == 1
+
+
+def test_direction_ablation_benchmark_gives_every_arm_the_same_forward_budget(tmp_path, tasks, llama):
+    """benchmarks/direction_eval.py on a tiny model: every arm runs, on exactly the same number of forward
+    passes, and a rerun skips the runs already recorded."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import direction_eval
+
+    model, _ = llama
+    tuner = _tuner(model, "tiny-llama").save_pretrained(tmp_path / "t.safetensors")
+    args = ["--tuner", str(tuner), "--task", tasks[0], "--out", str(tmp_path / "out"), "--forwards", "20",
+            "--seeds", "0", "--n-test", "4", "--batch-size", "4", "--lr", "1e-3"]
+    direction_eval.main(args)
+    runs = json.loads((tmp_path / "out" / "runs.json").read_text())
+    assert sorted(r["arm"] for r in runs) == sorted(direction_eval.ARMS)
+    assert {r["forwards"] for r in runs} == {20}
+    by_arm = {r["arm"]: r for r in runs}
+    assert by_arm["greedy"]["steps"] == 4 and by_arm["gv2"]["steps"] == 5 and by_arm["mezo"]["steps"] == 10
+    assert by_arm["mezo-2x"]["lr"] == 2e-3 and by_arm["mezo-2x"]["eps"] == pytest.approx(math.sqrt(2) * 1e-3)
+    direction_eval.main(args)  # nothing left to run
+    assert len(json.loads((tmp_path / "out" / "runs.json").read_text())) == len(runs)
+    assert "| pertnn+policy |" in (tmp_path / "out" / "summary.md").read_text()
