@@ -32,12 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
 from checkpoints import Tuner  # noqa: E402
+from finetune.bench import smooth  # noqa: E402
 from finetune.models import name_for_id  # noqa: E402
 from finetune.trainer import FinetuneConfig, prepare, train  # noqa: E402
-from tuner_eval import append_run, read_runs  # noqa: E402
+from tuner_eval import append_run, mean_test_loss, read_runs  # noqa: E402
 
 # arm -> (FinetuneConfig overrides, lr multiplier, eps multiplier, parameter-sized state buffers)
 ARMS: dict[str, tuple[dict, float, float, int]] = {
@@ -53,21 +52,10 @@ ARMS: dict[str, tuple[dict, float, float, int]] = {
 }
 
 
-def smoothed(xs: list[float], window: int) -> list[float]:
-    """Trailing moving average (the first entries average what there is)."""
-    out, total = [], 0.0
-    for i, x in enumerate(xs):
-        total += x
-        if i >= window:
-            total -= xs[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
 def forwards_to(run: dict, target: float) -> float:
     """Forward passes until the smoothed training loss (over ~20 forwards' worth of steps) first reaches ``target``."""
     per_step = run["forwards"] / run["steps"]
-    curve = smoothed(run["train_loss"], max(1, round(20 / per_step)))
+    curve = smooth(run["train_loss"], max(1, round(20 / per_step)))
     for i, v in enumerate(curve):
         if v <= target:
             return (i + 1) * per_step
@@ -76,7 +64,7 @@ def forwards_to(run: dict, target: float) -> float:
 
 def summary(runs: list[dict], arms: list[str], param_bytes: int) -> str:
     mezo = [r for r in runs if r["arm"] == "mezo"]
-    target = statistics.fmean(smoothed(r["train_loss"], 10)[-1] for r in mezo) if mezo else math.nan
+    target = statistics.fmean(smooth(r["train_loss"], 10)[-1] for r in mezo) if mezo else math.nan
     lines = [f"Target for 'forwards to target': MeZO's final training loss (10-step moving average, mean over "
              f"seeds) = {target:.4f}.", "",
              "| arm | steps | forwards | test loss after (mean ± std) | accuracy after (mean ± std) | "
@@ -143,9 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
     def test_loss() -> float:
-        with torch.inference_mode():
-            chunks = [task.test[i:i + 25] for i in range(0, len(task.test), 25)]
-            return sum(float(scorer.loss(model, c)) * len(c) for c in chunks) / len(task.test)
+        return mean_test_loss(scorer, model, task.test)
 
     loss_before = test_loss()
     log = out / "runs.json"

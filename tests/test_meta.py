@@ -146,13 +146,19 @@ def _cfg(tasks, **kw):
 def _same_tuner(a: Tuner, b: Tuner) -> None:
     for k in ("W1", "b1", "W2", "b2"):
         assert torch.equal(getattr(a.bank, k), getattr(b.bank, k)), k
+        if a.policy is not None or b.policy is not None:
+            assert torch.equal(getattr(a.policy, k), getattr(b.policy, k)), k
     pa, pb = dict(a.provenance), dict(b.provenance)
     pa.pop("date"), pb.pop("date")
     assert pa == pb
 
 
-def test_meta_training_learns_and_resume_reaches_the_same_artifact(tmp_path, tasks, monkeypatch):
-    full = meta_train(_cfg(tasks), tmp_path / "full.safetensors", progress=False)
+@pytest.mark.parametrize("policy", [False, True])
+def test_meta_training_learns_and_resume_reaches_the_same_artifact(tmp_path, tasks, monkeypatch, policy):
+    """Also with a direction policy: its online means are part of the checkpoint, so the resumed run ends
+    with the same bank and the same policy."""
+    kw = dict(direction_policy=True, policy_hidden=4) if policy else {}
+    full = meta_train(_cfg(tasks, **kw), tmp_path / "full.safetensors", progress=False)
     assert full.provenance["steps"] == 6 and full.provenance["meta_tasks"] == tasks
     assert float(full.bank.W2.detach().abs().max()) > 0  # the bank moved away from its MeZO init
     log = json.loads(log_path(tmp_path / "full.safetensors").read_text())
@@ -168,14 +174,14 @@ def test_meta_training_learns_and_resume_reaches_the_same_artifact(tmp_path, tas
 
     monkeypatch.setattr(MetaTrainer, "advance", killed_at_5)
     with pytest.raises(KeyboardInterrupt):
-        meta_train(_cfg(tasks), out, checkpoint_every=2, progress=False)
+        meta_train(_cfg(tasks, **kw), out, checkpoint_every=2, progress=False)
     assert checkpoint_path(out).exists() and not out.exists()
     monkeypatch.setattr(MetaTrainer, "advance", advance)
     with pytest.raises(Exception, match="add --resume"):
-        meta_train(_cfg(tasks), out, checkpoint_every=2, progress=False)
+        meta_train(_cfg(tasks, **kw), out, checkpoint_every=2, progress=False)
     with pytest.raises(Exception, match="cannot resume: the interrupted run used seed=0"):
-        meta_train(_cfg(tasks, seed=1), out, resume=True, checkpoint_every=2, progress=False)
-    resumed = meta_train(_cfg(tasks), out, resume=True, checkpoint_every=2, progress=False)
+        meta_train(_cfg(tasks, seed=1, **kw), out, resume=True, checkpoint_every=2, progress=False)
+    resumed = meta_train(_cfg(tasks, **kw), out, resume=True, checkpoint_every=2, progress=False)
     assert not checkpoint_path(out).exists()
     _same_tuner(full, resumed)
     _same_tuner(full, Tuner.from_pretrained(out))

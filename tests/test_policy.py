@@ -18,7 +18,7 @@ from finetune.scoring import TaskScorer
 from finetune.tasks import Example
 from finetune.zo import ZOEngine
 from meta.metagrad import closed_form
-from meta.train import MetaConfig, MetaTrainer, checkpoint_path, meta_train
+from meta.train import MetaConfig, meta_train
 from pertnn import PertNNConfig, StepHistory
 from pertnn.policy import DirectionPolicy, PolicyConfig, policy_features
 from reference import Reference, ids, seed_stream
@@ -309,30 +309,15 @@ def _cfg(tasks, **kw):
     return MetaConfig(**base)
 
 
-def test_meta_training_trains_the_policy_jointly_and_resumes_exactly(tmp_path, tasks, monkeypatch):
+def test_meta_training_trains_the_policy_jointly(tmp_path, tasks):
+    """(Resuming a run with a policy is tested with the plain one in test_meta.py.)"""
     full = meta_train(_cfg(tasks), tmp_path / "full.safetensors", progress=False)
     assert full.policy is not None and float(full.policy.W2.detach().abs().max()) > 0  # the gates moved
     assert float(full.bank.W2.detach().abs().max()) > 0
     loaded = Tuner.from_pretrained(tmp_path / "full.safetensors")
     assert loaded.policy.cfg == PolicyConfig(hidden=4)
-
-    out = tmp_path / "killed.safetensors"
-    advance = MetaTrainer.advance
-
-    def killed_at_5(self):
-        if self.step == 4:
-            raise KeyboardInterrupt
-        return advance(self)
-
-    monkeypatch.setattr(MetaTrainer, "advance", killed_at_5)
-    with pytest.raises(KeyboardInterrupt):
-        meta_train(_cfg(tasks), out, checkpoint_every=2, progress=False)
-    assert checkpoint_path(out).exists()
-    monkeypatch.setattr(MetaTrainer, "advance", advance)
-    resumed = meta_train(_cfg(tasks), out, resume=True, checkpoint_every=2, progress=False)
-    for k in ("W1", "b1", "W2", "b2"):
-        assert torch.equal(getattr(full.policy, k), getattr(resumed.policy, k)), k
-        assert torch.equal(getattr(full.bank, k), getattr(resumed.bank, k)), k
+    log = json.loads((tmp_path / "full.metalog.json").read_text())
+    assert all("gate_mean" in row for row in log)
 
 
 def test_cli_meta_train_with_policy_then_finetune_and_inspect(tmp_path, tasks, capsys):
