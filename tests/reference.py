@@ -47,3 +47,16 @@ def combine(terms):
     for c, d in terms:
         out = {n: c * t for n, t in d.items()} if out is None else axpy(c, d, out)
     return out
+
+
+def central_difference(f, param, idx, h=1e-6) -> float:
+    """(f() at param[idx] + h − f() at param[idx] − h) / 2h, leaving ``param`` as it was."""
+    with torch.no_grad():
+        param[idx] += h
+    up = f()
+    with torch.no_grad():
+        param[idx] -= 2 * h
+    down = f()
+    with torch.no_grad():
+        param[idx] += h
+    return (up - down) / (2 * h)

@@ -12,6 +12,7 @@ from finetune.tasks import Example
 from finetune.zo import ZOEngine
 from meta.metagrad import closed_form, unrolled
 from pertnn import PertNNBank, PertNNConfig, StepHistory, model_blocks
+from reference import central_difference
 
 BATCH = [Example(prompt=f"q{i}: is {i} even?", options=(" yes", " no"), label=i % 2) for i in range(4)]
 
@@ -80,18 +81,8 @@ def test_closed_form_equals_higher_and_finite_difference(name, noise, fd):
                 p.copy_(t)
         return value
 
-    h = 1e-6
     for name, idx in [("b2", (0, 0)), ("b2", (3, 0)), ("b2", (len(engine.params) - 1, 0)), ("W1", (2, 1, 3))]:
-        param = getattr(bank, name)
-        with torch.no_grad():
-            param[idx] += h
-        up = meta_loss()
-        with torch.no_grad():
-            param[idx] -= 2 * h
-        down = meta_loss()
-        with torch.no_grad():
-            param[idx] += h
-        diff = (up - down) / (2 * h)
+        diff = central_difference(meta_loss, getattr(bank, name), idx)
         assert diff == pytest.approx(float(grads_a[name][idx]), rel=1e-4, abs=1e-9), (name, idx)
 
 

@@ -21,7 +21,7 @@ from meta.metagrad import closed_form
 from meta.train import MetaConfig, meta_train
 from pertnn import PertNNConfig, StepHistory
 from pertnn.policy import DirectionPolicy, PolicyConfig, policy_features
-from reference import Reference, ids, seed_stream
+from reference import Reference, central_difference, ids, seed_stream
 
 BATCHES = [[Example(prompt=f"item {i + 4 * k} is", options=(" odd", " even"), label=(i + k) % 2) for i in range(4)]
            for k in range(4)]
@@ -202,20 +202,10 @@ def test_closed_form_policy_gradient_matches_finite_differences():
                 p.copy_(t)
         return value
 
-    h = 1e-6
     last = len(engine.params) - 1
     for owner, name, idx in [("policy", "b2", (0, 0)), ("policy", "b2", (last, 0)), ("policy", "W2", (2, 0, 1)),
                              ("policy", "W1", (1, 1, 0)), ("bank", "b2", (3, 0)), ("bank", "W2", (last, 0, 2))]:
-        param = getattr(policy if owner == "policy" else bank, name)
-        with torch.no_grad():
-            param[idx] += h
-        up = meta_loss()
-        with torch.no_grad():
-            param[idx] -= 2 * h
-        down = meta_loss()
-        with torch.no_grad():
-            param[idx] += h
-        want = (up - down) / (2 * h)
+        want = central_difference(meta_loss, getattr(policy if owner == "policy" else bank, name), idx)
         assert abs(want) > 1e-9, (owner, name, idx)
         assert want == pytest.approx(float(got[(owner, name)][idx]), rel=1e-4, abs=1e-10), (owner, name, idx)
 
