@@ -16,13 +16,13 @@ mkdir -p checkpoints/pretrained && cp runs/meta/smollm2-135m.safetensors $TUNER
 $PY benchmarks/make_derivative.py --out runs/derivative-smollm2 --steps 40 --threads 2
 # 3. MeZO vs the tuner vs an untrained tuner, 160 forward passes per run (80 steps, batch 8), seeds 0-2, two
 #    single-threaded processes side by side. strategyqa (base and derivative): lr grid {3e-5, 1e-4} for every
-#    method; navigate: MeZO and the tuner at their best lr on base strategyqa, 3e-5 (cut to save CPU time).
+#    method; navigate: the three methods at their best lr on base strategyqa, 3e-5 (cut to save CPU time).
 EVAL="$PY benchmarks/tuner_eval.py --tuner $TUNER --steps 80 --batch-size 8 --n-test 200 --threads 1"
 $EVAL --lrs 3e-5,1e-4 --task bigbench:strategyqa --seeds 0,1,2 --out $R/strategyqa &
 $EVAL --lrs 3e-5,1e-4 --task bigbench:strategyqa --seeds 0,1,2 --model runs/derivative-smollm2 \
     --out $R/derivative-strategyqa &
 wait
-NAV="$EVAL --lrs 3e-5 --methods mezo,tuner --task bigbench:navigate --out $R/navigate"
+NAV="$EVAL --lrs 3e-5 --methods mezo,tuner,untrained --task bigbench:navigate --out $R/navigate"
 $NAV --seeds 0,1 &
 $NAV --seeds 2 &
 wait
