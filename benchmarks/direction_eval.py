@@ -19,7 +19,8 @@ the number of steps is ``forwards // passes-per-step``):
 
 Writes ``DIR/runs.json`` after every run (a rerun skips what is there; processes with different ``--seeds``
 may share DIR) and ``DIR/summary.md``: test loss and accuracy after fine-tuning (mean ± std over seeds),
-forwards to reach MeZO's final training loss, and the extra optimizer memory of each arm.
+forwards to reach MeZO's final training loss, and the extra optimizer memory of each arm; ``DIR/loss.png``, the
+training-loss curves against forward passes.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoints import Tuner  # noqa: E402
-from finetune.bench import smooth  # noqa: E402
+from finetune.bench import final_loss, plot, smooth, summarise  # noqa: E402
 from finetune.models import name_for_id  # noqa: E402
 from finetune.trainer import FinetuneConfig, prepare, train  # noqa: E402
 from tuner_eval import append_run, mean_test_loss, read_runs  # noqa: E402
@@ -67,8 +68,8 @@ def summary(runs: list[dict], arms: list[str], param_bytes: int) -> str:
     target = statistics.fmean(smooth(r["train_loss"], 10)[-1] for r in mezo) if mezo else math.nan
     lines = [f"Target for 'forwards to target': MeZO's final training loss (10-step moving average, mean over "
              f"seeds) = {target:.4f}.", "",
-             "| arm | steps | forwards | test loss after (mean ± std) | accuracy after (mean ± std) | "
-             "forwards to target (per seed) | extra memory |", "|---|---|---|---|---|---|---|"]
+             "| arm | steps | forwards | final train loss | test loss after (mean ± std) | accuracy after (mean ± std) | "
+             "forwards to target (per seed) | extra memory |", "|---|---|---|---|---|---|---|---|"]
     before = runs[0]["test_loss"]["before"] if runs else math.nan
     acc_before = runs[0]["eval"]["before"] if runs else math.nan
     for arm in arms:
@@ -79,12 +80,14 @@ def summary(runs: list[dict], arms: list[str], param_bytes: int) -> str:
         acc = [r["eval"]["after"] for r in rs]
         reach = ", ".join("never" if math.isinf(f := forwards_to(r, target)) else f"{f:.0f}" for r in rs)
         extra = ARMS[arm][3] * param_bytes
-        lines.append(f"| {arm} | {rs[0]['steps']} | {rs[0]['forwards']} | {statistics.fmean(loss):.4f} ± "
+        train = [final_loss(r) for r in rs]
+        lines.append(f"| {arm} | {rs[0]['steps']} | {rs[0]['forwards']} | {statistics.fmean(train):.4f} ± "
+                     f"{statistics.pstdev(train):.4f} | {statistics.fmean(loss):.4f} ± "
                      f"{statistics.pstdev(loss):.4f} | {statistics.fmean(acc):.3f} ± {statistics.pstdev(acc):.3f} | "
                      f"{reach} | {extra / 2**20:.0f} MiB |")
     lines.append("")
     lines.append(f"Before fine-tuning: test loss {before:.4f}, accuracy {acc_before:.3f}. Seeds: "
-                 f"{sorted({r['seed'] for r in runs})}. Extra memory: parameter-sized optimizer state "
+                 f"{sorted({r['seed'] for r in runs})}. Final train loss: mean over the last 10% of steps. Extra memory: parameter-sized optimizer state "
                  "(LDSD's μ, the policy's online mean), not measured peaks.")
     return "\n".join(lines) + "\n"
 
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     text = (f"# Direction ablation: {tuner.base_model} on {task.name}, {args.forwards} forward passes per run, "
             f"batch {args.batch_size}, lr {args.lr:g}\n\n" + summary(runs, [a for a in ARMS if a in {r['arm'] for r in runs}], param_bytes))
     (out / "summary.md").write_text(text)
+    by_arm = [r | {"method": r["arm"]} for r in runs]
+    plot(by_arm, summarise(by_arm), out / "loss.png", f"{tuner.base_model} on {task.name}, {args.forwards} forward passes")
     print(text)
 
 
