@@ -238,7 +238,8 @@ class TunedZO(ZOSGD):
         seed = self.draw_seed()
         g, plus, minus = self.engine.spsa(closure, seed, group["eps"], online.means, coeffs)
         loss = (plus + minus) / 2
-        self.last = {"loss": loss, "projected_grad": g, "loss_plus": plus, "loss_minus": minus, "gates": gate}
+        self.last = {"loss": loss, "projected_grad": g, "loss_plus": plus, "loss_minus": minus, "gates": gate,
+                     "seed": seed}
         if math.isfinite(loss) and math.isfinite(g):
             self._decay(group)
             self._apply(group, [seed], [g], mean=(online.means, [g * k for k in coeffs]))
