@@ -33,7 +33,8 @@ Features, row b (``N_POLICY_FEATURES`` = 5, float32):
 
 0. ``log_coherence`` -- ``log(κ_b + 1e-3)`` with ``κ_b = ‖m_b‖² / (n_b · s · (1 − β)/(1 + β))`` and s the
    running mean of ĉ²: ≈ 1 when the recent estimates are independent noise, up to (1 + β)/(1 − β) when they
-   all agree; 0 (log 1e-3) before the first step.
+   all agree; log 1e-3 before the first step. (Early in a run independent noise gives κ ≈ 1 + β^t, since
+   both running means start at 0.)
 1. ``log_sigma``  -- ``log σ_b``, this step's PertNN scale.
 2. ``loss_diff``  -- as PertNN's feature 2 (:mod:`pertnn.features`).
 3. ``loss_level`` -- as PertNN's feature 3.

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Reproduces reports/directions-smollm2 on a 2-core CPU machine (run from the repository root after `make fetch`).
+# Wall time here: about 35 min of meta-training (one thread, beside another job) and about 1 h of fine-tuning
+# runs (two single-threaded processes side by side).
+set -euo pipefail
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PY=.venv/bin/python
+R=reports/directions-smollm2
+
+# 1. Meta-train PertNN and the direction policy jointly: the same tasks, steps and settings as the shipped
+#    PertNN-only tuner (reports/tuner-smollm2), plus --direction-policy. The result is committed as $R/tuner-policy.safetensors.
+$PY cli.py meta-train --tasks bigbench:hyperbaton,bigbench:implicatures,bigbench:winowhy --steps 150 \
+    --direction-policy --out runs/meta-policy/smollm2-135m-policy.safetensors --threads 1
+cp runs/meta-policy/smollm2-135m-policy.safetensors $R/tuner-policy.safetensors
+cp runs/meta-policy/smollm2-135m-policy.metalog.json $R/tuner-policy.metalog.json
+$PY cli.py tuners inspect $R/tuner-policy.safetensors > $R/inspect.txt
+
+# 2. The ablation grid of ldsd_spec.md §6.7 and the GV-M2 check of zo_landscape.md §2.6 on held-out strategyqa:
+#    9 arms x seeds 0-2, 160 forward passes per run, lr 3e-5, batch 8, 200 test examples.
+EVAL="$PY benchmarks/direction_eval.py --tuner $R/tuner-policy.safetensors --task bigbench:strategyqa \
+    --out $R/strategyqa --threads 1"
+$EVAL --arms mezo,greedy,ldsd-released,ldsd,gv2 &
+$EVAL --arms pertnn,pertnn+mean,pertnn+policy,mezo-2x &
+wait
+$EVAL   # nothing left to run: writes summary.md over all arms
+rm -f $R/strategyqa/runs.lock
