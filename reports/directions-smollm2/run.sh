@@ -24,3 +24,10 @@ $EVAL --arms pertnn,pertnn+mean,pertnn+policy,mezo-2x &
 wait
 $EVAL   # nothing left to run: writes summary.md over all arms
 rm -f $R/strategyqa/runs.lock
+
+# 3. Is the online mean aligned with the gradient? Along a MeZO run, against backpropagated gradients (~10 min).
+$PY benchmarks/mean_alignment.py --model smollm2-135m --task bigbench:strategyqa --steps 80 --lr 3e-5 --batch-size 8 \
+    --decays 0.9,0.99 --check-every 20 --grad-examples 64 --threads 1 --out $R/mean_alignment.json
+
+# 4. Wall-clock cost of a tuned step with the policy, relative to a MeZO step, on a quiet machine.
+$PY benchmarks/speed_memory.py --tuner $R/tuner-policy.safetensors --repeats 10 --threads 2
