@@ -7,7 +7,9 @@ at random, the bank takes one Adam step on the loss after ``unroll`` virtual ZO 
 (:mod:`meta.metagrad`). With ``unroll = 1`` the first-order step reuses ∇L(θ') from the meta backward
 (θ' − θ is one tiny ZO step), so a meta step costs two forward passes and one forward-backward.
 
-Each task keeps its own loss history (the features are per run, as at deployment). Steps are
+Each task keeps its own loss history (the features are per run, as at deployment). With
+``direction_policy``, a direction policy (:mod:`pertnn.policy`) is trained jointly with the bank by the
+same Adam step, and each task also keeps its own online mean direction, reset at every restart. Steps are
 deterministic given ``seed``: the task, the batch and the noise seed of step t are functions of
 (seed, t), so a run resumed from a checkpoint ends with the same artifact as an uninterrupted one.
 """
@@ -217,8 +219,9 @@ class MetaTrainer:
                 "log": self.log, "gain_ema": self.gain_ema, "forwards": self.engine.forwards}
 
     def load_state_dict(self, state: dict) -> None:
-        saved, now = state["config"], asdict(self.cfg)
-        changed = [k for k in now if k not in ("steps", "threads") and saved.get(k) != now[k]]
+        saved, now, default = state["config"], asdict(self.cfg), asdict(MetaConfig())
+        # (a field newer than the checkpoint counts as its default)
+        changed = [k for k in now if k not in ("steps", "threads") and saved.get(k, default[k]) != now[k]]
         if changed:
             k = changed[0]
             raise ZotuneError(f"cannot resume: the interrupted run used {k}={saved.get(k)!r}, not {now[k]!r}; "
