@@ -31,3 +31,12 @@ $PY benchmarks/mean_alignment.py --model smollm2-135m --task bigbench:strategyqa
 
 # 4. Wall-clock cost of a tuned step with the policy, relative to a MeZO step, on a quiet machine.
 $PY benchmarks/speed_memory.py --tuner $R/tuner-policy.safetensors --repeats 10 --threads 2
+
+# 5. A second held-out task, navigate: PertNN alone against PertNN + the learned policy (MeZO's runs with the
+#    same configuration are in reports/tuner-smollm2/navigate).
+NAV="$PY benchmarks/direction_eval.py --tuner $R/tuner-policy.safetensors --task bigbench:navigate --out $R/navigate --threads 1"
+$NAV --arms pertnn &
+$NAV --arms pertnn+policy &
+wait
+$NAV --arms pertnn,pertnn+policy   # writes the summary
+rm -f $R/navigate/runs.lock
