@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from pertnn.policy import PolicyConfig, coherence
+from pertnn.policy import DirectionPolicy, PolicyConfig, coherence, policy_features, split_scales
 
 from .zo import ZOEngine
 
@@ -56,6 +56,15 @@ class OnlineMean:
         for a, b, r in zip(iso.tolist(), mean_scale.tolist(), rms.tolist()):
             out.append(b / (a * r) if b != 0.0 and a != 0.0 and r > 0.0 else 0.0)
         return out
+
+    def direction(self, policy: DirectionPolicy, sigma: torch.Tensor, features: torch.Tensor):
+        """This step's gates and direction for the PertNN scales ``sigma`` and features ``features``:
+        ``(gate, iso, mean_scale, coeffs)``, the direction being ``iso_b ξ_b + mean_scale_b m̂_b`` and ``coeffs``
+        the engine's ``mean_coeffs`` for it. ``gate``, ``iso`` and ``mean_scale`` are differentiable in the
+        policy and in ``sigma`` (for the meta-gradient); they live on ``sigma``'s device."""
+        gate = policy(policy_features(self.kappa(), sigma, features, self.prev_gate)).to(sigma.device)
+        iso, mean_scale = split_scales(sigma, gate)
+        return gate, iso, mean_scale, self.coefficients(iso.detach().cpu(), mean_scale.detach().cpu())
 
     @torch.no_grad()
     def update(self, seed: int, g: float, gate: torch.Tensor) -> None:

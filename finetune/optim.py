@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from pertnn.features import StepHistory
-from pertnn.policy import policy_features, split_scales
 
 from .online import OnlineMean
 from .zo import ZOEngine
@@ -230,11 +229,8 @@ class TunedZO(ZOSGD):
     def _directed_step(self, closure: Callable[[], torch.Tensor], features: torch.Tensor, sigma: torch.Tensor) -> float:
         """One step along ``σ (√(1 − w²) ξ + w m̂)``; the same operations as the plain step when w = 0."""
         group, online = self.param_groups[0], self.online
-        x = policy_features(online.kappa(), sigma, features, online.prev_gate)
-        gate = self.policy(x).detach().to("cpu", torch.float64)
-        iso, mean_scale = split_scales(sigma, gate)
+        gate, iso, _, coeffs = online.direction(self.policy, sigma, features)
         self.engine.scales = iso
-        coeffs = online.coefficients(iso, mean_scale)
         seed = self.draw_seed()
         g, plus, minus = self.engine.spsa(closure, seed, group["eps"], online.means, coeffs)
         loss = (plus + minus) / 2

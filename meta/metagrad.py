@@ -33,7 +33,7 @@ from torch import nn
 from finetune.online import OnlineMean
 from finetune.zo import ZOEngine
 from pertnn import PertNNBank, StepHistory
-from pertnn.policy import DirectionPolicy, policy_features, split_scales
+from pertnn.policy import DirectionPolicy
 
 LossFn = Callable[[nn.Module], torch.Tensor]
 
@@ -83,10 +83,8 @@ def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_f
     if policy is not None:
         if online is None:
             raise ValueError("a direction policy needs the task's online mean")
-        x = policy_features(online.kappa(), sigma.detach().cpu(), features, online.prev_gate)
-        gate = policy(x).to(sigma.device)
-        iso, mean_scale = split_scales(sigma, gate)
-        mean, coeffs = online.means, online.coefficients(iso.detach().cpu(), mean_scale.detach().cpu())
+        gate, iso, mean_scale, coeffs = online.direction(policy, sigma, features)
+        mean = online.means
     engine.scales = iso.detach().cpu()
     g, plus, minus = engine.spsa(lambda: loss_fn(model), seed, eps, mean, coeffs)
     for p in params:
