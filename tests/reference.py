@@ -60,3 +60,25 @@ def central_difference(f, param, idx, h=1e-6) -> float:
     with torch.no_grad():
         param[idx] += h
     return (up - down) / (2 * h)
+
+
+def assert_resumes_identically(model, tuner, scorer, batches):
+    """A ``TunedZO`` run stepped over ``batches[:-1]``, saved, and reloaded into a fresh optimizer (another
+    seed, so the state must carry the seed stream) takes the same last step on ``batches[-1]`` as the
+    uninterrupted run, bit for bit."""
+    import copy
+
+    from finetune.optim import TunedZO
+
+    a = copy.deepcopy(model)
+    opt = TunedZO(a, tuner, lr=1e-2, eps=1e-3, seed=2)
+    for batch in batches[:-1]:
+        opt.step(lambda: scorer.loss(a, batch))
+    state = copy.deepcopy(opt.state_dict())
+    b = copy.deepcopy(a)
+    opt.step(lambda: scorer.loss(a, batches[-1]))
+    opt2 = TunedZO(b, tuner, lr=1e-2, eps=1e-3, seed=123)
+    opt2.load_state_dict(state)
+    opt2.step(lambda: scorer.loss(b, batches[-1]))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)

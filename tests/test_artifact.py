@@ -17,6 +17,7 @@ from finetune.optim import TunedZO, ZOSGD
 from finetune.scoring import TaskScorer
 from finetune.tasks import Example
 from pertnn import PertNNConfig
+from reference import assert_resumes_identically
 
 BATCHES = [[Example(prompt=f"item {i + 4 * k} is", options=(" odd", " even"), label=(i + k) % 2) for i in range(4)]
            for k in range(3)]
@@ -176,19 +177,7 @@ def test_tuned_step_uses_the_banks_scales(llama):
 
 def test_tuned_optimizer_state_round_trip_continues_identically(llama):
     model, tok = llama
-    scorer = TaskScorer(tok, max_length=32)
-    tuner = _trained_like(model)
-    a = copy.deepcopy(model)
-    opt = TunedZO(a, tuner, lr=1e-2, eps=1e-3, seed=2)
-    opt.step(lambda: scorer.loss(a, BATCHES[0]))
-    state = copy.deepcopy(opt.state_dict())
-    b = copy.deepcopy(a)
-    opt.step(lambda: scorer.loss(a, BATCHES[1]))
-    opt2 = TunedZO(b, tuner, lr=1e-2, eps=1e-3, seed=123)
-    opt2.load_state_dict(state)
-    opt2.step(lambda: scorer.loss(b, BATCHES[1]))
-    for pa, pb in zip(a.parameters(), b.parameters()):
-        assert torch.equal(pa, pb)
+    assert_resumes_identically(model, _trained_like(model), TaskScorer(tok, max_length=32), BATCHES[:2])
 
 
 def test_inspect_summarises_scales(tmp_path, llama):

@@ -21,7 +21,7 @@ from meta.metagrad import closed_form
 from meta.train import MetaConfig, meta_train
 from pertnn import PertNNConfig, StepHistory
 from pertnn.policy import DirectionPolicy, PolicyConfig, policy_features
-from reference import Reference, central_difference, ids, seed_stream
+from reference import Reference, assert_resumes_identically, central_difference, ids, seed_stream
 
 BATCHES = [[Example(prompt=f"item {i + 4 * k} is", options=(" odd", " even"), label=(i + k) % 2) for i in range(4)]
            for k in range(4)]
@@ -145,21 +145,9 @@ def test_gated_steps_match_explicit_reference(noise):
 
 
 def test_gated_optimizer_state_round_trip_continues_identically(llama):
+    """Two steps first, so the saved online mean is non-zero."""
     model, tok = llama
-    scorer = TaskScorer(tok, max_length=32)
-    tuner = _tuner(model, "tiny-llama")
-    a = copy.deepcopy(model)
-    opt = TunedZO(a, tuner, lr=1e-2, eps=1e-3, seed=2)
-    for batch in BATCHES[:2]:
-        opt.step(lambda: scorer.loss(a, batch))
-    state = copy.deepcopy(opt.state_dict())
-    b = copy.deepcopy(a)
-    opt.step(lambda: scorer.loss(a, BATCHES[2]))
-    opt2 = TunedZO(b, tuner, lr=1e-2, eps=1e-3, seed=123)
-    opt2.load_state_dict(state)
-    opt2.step(lambda: scorer.loss(b, BATCHES[2]))
-    for pa, pb in zip(a.parameters(), b.parameters()):
-        assert torch.equal(pa, pb)
+    assert_resumes_identically(model, _tuner(model, "tiny-llama"), TaskScorer(tok, max_length=32), BATCHES[:3])
 
 
 # --- the meta-gradient ----------------------------------------------------------------------------------
