@@ -12,12 +12,13 @@ both. The combination is never materialised: each block's noises are added one a
 the scratch buffer (or the parameter, for the update). A plain integer seed is the combination
 ``[(seed, 1.0)]`` and runs exactly the operations it always did.
 
-Perturbation works one module at a time, with forward hooks: just before a module runs, the perturbed
-values of its own parameters are written into a scratch buffer that is swapped in; just after, the
-original tensors are swapped back. Only one module's worth of perturbed weights exists at a time, so
-memory stays at inference level, and the parameters come back bit for bit (MeZO's in-place
-``theta + eps*z - 2*eps*z + eps*z`` does not, in floating point). Embedding lookups and large output
-heads need no copy at all: their outputs are corrected by the noise instead. The update is in place.
+Perturbation works one unit (a transformer layer, typically) at a time, with forward hooks: just before
+a unit runs, the perturbed values of its parameters are written into scratch buffers that are swapped
+in; just after, the original tensors are swapped back. Only one unit's worth of perturbed weights exists
+at a time, so memory stays at inference level, and the parameters come back bit for bit (MeZO's in-place
+``theta + eps*z - 2*eps*z + eps*z`` does not, in floating point). Embedding lookups need no copy (their
+outputs are corrected by the noise rows), nor do large output heads (their perturbed weight is written
+and used a few rows at a time). The update is in place.
 """
 from __future__ import annotations
 
@@ -73,10 +74,16 @@ class GaussianNoise:
 
     name = "gaussian"
 
-    def add(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, out: torch.Tensor) -> None:
-        """``out = tensor + alpha * z_index(seed)`` (``out`` may be ``tensor`` itself)."""
+    def add(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, out: torch.Tensor,
+            at: int = 0, numel: int | None = None) -> None:
+        """``out = tensor + alpha * z_index(seed)`` (``out`` may be ``tensor`` itself). With ``numel``, z is the
+        flat noise of a block of ``numel`` elements and ``tensor`` its segment starting at ``at``."""
         gen = torch.Generator(device=tensor.device).manual_seed(_block_seed(seed, index))
-        z = torch.randn(tensor.shape, generator=gen, device=tensor.device, dtype=tensor.dtype)
+        if numel is None or (at == 0 and numel == tensor.numel()):
+            z = torch.randn(tensor.shape, generator=gen, device=tensor.device, dtype=tensor.dtype)
+        else:  # a segment: draw the whole block's noise (this class is for accelerators) and slice it
+            z = torch.randn(numel, generator=gen, device=tensor.device, dtype=tensor.dtype)
+            z = z[at: at + tensor.numel()].view(tensor.shape)
         torch.add(tensor, z, alpha=alpha, out=out)
 
     def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
@@ -129,14 +136,18 @@ class NoiseTable:
         signs = torch.randint(0, 2, (len(starts),), generator=gen) * 2 - 1
         return starts, offsets.tolist(), signs.tolist()
 
-    def add(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, out: torch.Tensor) -> None:
-        """``out = tensor + alpha * z_index(seed)`` (``out`` may be ``tensor`` itself)."""
+    def add(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, out: torch.Tensor,
+            at: int = 0, numel: int | None = None) -> None:
+        """``out = tensor + alpha * z_index(seed)`` (``out`` may be ``tensor`` itself). With ``numel``, z is the
+        flat noise of a block of ``numel`` elements and ``tensor`` its segment starting at ``at``."""
         table = self.table(tensor.device, tensor.dtype)
         src, dst = tensor.view(-1), out.view(-1)
         n = src.numel()
-        for start, off, sign in zip(*self.layout(n, seed, index)):
-            end = min(start + self.chunk, n)
-            torch.add(src[start:end], table[off:off + end - start], alpha=sign * alpha, out=dst[start:end])
+        starts, offsets, signs = self.layout(n if numel is None else numel, seed, index)
+        for k in range(at // self.chunk, (at + n - 1) // self.chunk + 1):  # the chunks the segment touches
+            lo, hi = max(at, starts[k]), min(at + n, starts[k] + self.chunk)
+            off = offsets[k] + lo - starts[k]
+            torch.add(src[lo - at:hi - at], table[off:off + hi - lo], alpha=signs[k] * alpha, out=dst[lo - at:hi - at])
 
     def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
         """``<tensor, z_index(seed)>`` as a 0-d tensor, from table views (no noise-sized buffer)."""
@@ -160,30 +171,6 @@ class NoiseTable:
         offsets_t = torch.tensor(offsets, device=like.device)
         signs_t = torch.tensor(signs, device=like.device, dtype=like.dtype)
         return signs_t[chunk] * table[offsets_t[chunk] + flat % self.chunk]
-
-
-    def linear(self, x: torch.Tensor, like: torch.Tensor, seed: int, index: int) -> torch.Tensor:
-        """``x @ z.T`` for the 2-D noise ``z_index(seed)`` shaped like ``like`` ([out, in]), computed from
-        views of the table: z is never materialised, so a huge weight costs no buffer of its size."""
-        out_features, width = like.shape
-        table = self.table(x.device, x.dtype)
-        flat_x = x.reshape(-1, width)
-        y = flat_x.new_zeros(flat_x.shape[0], out_features)
-        n = like.numel()
-        for start, off, sign in zip(*self.layout(n, seed, index)):
-            end = min(start + self.chunk, n)
-            seg, pos = table[off:off + end - start], start
-            while pos < end:  # a partial row, then whole rows, then a partial row
-                row, col = divmod(pos, width)
-                if col == 0 and end - pos >= width:
-                    rows = (end - pos) // width
-                    y[:, row:row + rows].add_(flat_x @ seg[:rows * width].view(rows, width).T, alpha=sign)
-                    used = rows * width
-                else:
-                    used = min(width - col, end - pos)
-                    y[:, row].add_(flat_x[:, col:col + used] @ seg[:used], alpha=sign)
-                seg, pos = seg[used:], pos + used
-        return y.view(*x.shape[:-1], out_features)
 
 
 def make_noise(kind: str, device: torch.device) -> GaussianNoise | NoiseTable:
@@ -220,12 +207,11 @@ class ZOEngine:
         total = sum(p.numel() * p.element_size() for _, p in self.blocks)
         self._pool_limit = total // 16
         self._pool: dict[tuple, list[torch.Tensor]] = {}
-        # How each module's own parameters are perturbed: a plain embedding lookup through the rows it
-        # returns; a large linear weight with table noise through its output (y += alpha x z^T, no copy);
-        # everything else by swapping in a perturbed copy.
-        self._owners: list[tuple[nn.Module, list[int]]] = []
+        # How parameters are perturbed: a plain embedding lookup through the rows it returns; a linear layer
+        # too large for the pool (an output head), with table noise, by a forward that perturbs a few rows at
+        # a time (_head); everything else by swapping in perturbed copies, one unit at a time (_units).
         self._lookups: list[tuple[nn.Embedding, int]] = []
-        self._linears: list[tuple[nn.Linear, int]] = []
+        self._heads: list[tuple[nn.Linear, int]] = []
         for module in model.modules():
             own = [index[id(p)] for p in module.parameters(recurse=False) if id(p) in index]
             if type(module) is nn.Embedding and module.max_norm is None and own:
@@ -233,11 +219,43 @@ class ZOEngine:
                 continue
             weight = getattr(module, "weight", None)
             if (type(module) is nn.Linear and isinstance(self.noise, NoiseTable) and id(weight) in index
+                    and "forward" not in module.__dict__
                     and weight.numel() * weight.element_size() > self._pool_limit):
-                self._linears.append((module, index[id(weight)]))
-                own.remove(index[id(weight)])
+                self._heads.append((module, index[id(weight)]))
+        self._owners: list[tuple[nn.Module, list[int]]] = self._units(model, index)
+
+    def _units(self, model: nn.Module, index: dict[int, int]) -> list[tuple[nn.Module, list[int]]]:
+        """The modules whose forward hooks swap in perturbed copies, each with the blocks it swaps.
+
+        A unit is the outermost module (a transformer layer, typically) that runs a forward of its own, whose
+        parameters are all copied blocks used by no other module, and whose blocks fit in the buffer pool's
+        limit: its copies are written back to back just before it runs, which is measurably faster than one
+        module at a time. Any other module swaps its own direct parameters. A tied weight (several owners)
+        is swapped by whichever owner runs first (see :meth:`perturbed`)."""
+        refs: dict[int, int] = {}
+        for _, p in model.named_parameters(remove_duplicate=False):
+            refs[id(p)] = refs.get(id(p), 0) + 1
+        handled = {id(m): i for m, i in self._lookups + self._heads}  # block perturbed through the output
+        units: list[tuple[nn.Module, list[int]]] = []
+
+        def visit(module: nn.Module, root: bool) -> None:
+            params = list(module.parameters())
+            blocks = [index[id(p)] for p in params if id(p) in index]
+            if (not root and blocks and type(module).forward is not nn.Module.forward
+                    and all(refs[id(p)] == 1 for p in params) and not any(id(m) in handled for m in module.modules())
+                    and sum(self.blocks[i][1].numel() * self.blocks[i][1].element_size() for i in blocks)
+                    <= self._pool_limit):
+                units.append((module, blocks))
+                return
+            own = [index[id(p)] for p in module.parameters(recurse=False)
+                   if id(p) in index and index[id(p)] != handled.get(id(module))]
             if own:
-                self._owners.append((module, own))
+                units.append((module, own))
+            for child in module.children():
+                visit(child, False)
+
+        visit(model, True)
+        return units
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -295,13 +313,42 @@ class ZOEngine:
             self._pool.setdefault((buf.shape, buf.dtype, buf.device), []).append(buf)
 
     def _write(self, src: torch.Tensor, terms: list[tuple[int, float]], mean: Sequence[torch.Tensor] | None,
-               index: int, alpha: float, out: torch.Tensor, mean_coeff: float = 1.0) -> None:
-        """``out = src + alpha * (sum_j c_j z_index(seed_j) + k * mean_index)``, adding one term at a time."""
+               index: int, alpha: float, out: torch.Tensor, mean_coeff: float = 1.0, at: int = 0) -> None:
+        """``out = src + alpha * (sum_j c_j z_index(seed_j) + k * mean_index)``, adding one term at a time.
+        With ``at``, ``src`` and ``out`` are flat segments of block ``index`` starting at element ``at``."""
+        numel = self.blocks[index][1].numel()
         for s, c in terms:
-            self.noise.add(src, s, index, alpha * c, out=out)
+            self.noise.add(src, s, index, alpha * c, out=out, at=at, numel=numel)
             src = out
         if mean is not None and mean_coeff != 0.0:
-            torch.add(src, mean[index], alpha=alpha * mean_coeff, out=out)
+            m = mean[index] if at == 0 and src.numel() == numel else mean[index].reshape(-1)[at: at + src.numel()]
+            torch.add(src, m.view(src.shape), alpha=alpha * mean_coeff, out=out)
+
+    def _head(self, x: torch.Tensor, module: nn.Linear, index: int, terms: list[tuple[int, float]],
+              mean: Sequence[torch.Tensor] | None, alpha: float, mean_coeff: float) -> torch.Tensor:
+        """``module``'s output at the perturbed weight, without a weight-sized copy: the perturbed weight is
+        written a few rows at a time (about one table chunk, so the rows stay in cache) into a small buffer
+        and multiplied at once. This costs about what the unperturbed layer costs."""
+        weight = module.weight.detach()
+        out_features, width = weight.shape
+        if torch.is_grad_enabled():  # autograd through a perturbed forward (ZO never does this): a full copy
+            with torch.no_grad():
+                perturbed = torch.empty_like(weight)
+                self._write(weight, terms, mean, index, alpha, perturbed, mean_coeff)
+            return F.linear(x, perturbed, module.bias)
+        rows = max(1, self.noise.chunk // width)
+        flat_x = x.reshape(-1, width)
+        y = flat_x.new_empty(flat_x.shape[0], out_features)
+        buf = flat_x.new_empty(rows * width)
+        flat_w = weight.reshape(-1)
+        for r0 in range(0, out_features, rows):
+            r1 = min(r0 + rows, out_features)
+            seg = buf[: (r1 - r0) * width]
+            self._write(flat_w[r0 * width: r1 * width], terms, mean, index, alpha, seg, mean_coeff, at=r0 * width)
+            torch.matmul(flat_x, seg.view(r1 - r0, width).T, out=y[:, r0:r1])
+        if module.bias is not None:
+            y += module.bias
+        return y.view(*x.shape[:-1], out_features)
 
     @contextmanager
     def perturbed(self, seed: Seeds, alpha: float, mean: Sequence[torch.Tensor] | None = None,
@@ -312,14 +359,15 @@ class ZOEngine:
         ``sum_j c_j z_b(seed_j)``, plus ``k_b * mean_b`` when ``mean`` (one tensor per block) is given,
         with ``k_b = mean_coeffs[b]`` (1 by default; a block whose ``k_b`` is 0 never reads its mean).
 
-        Just before a module runs, the perturbed values of its own parameters are written into scratch
-        buffers that are swapped in as the parameters' data; just after, the original tensors are
-        swapped back. The parameters' storage is never written, so they come back bit for bit (also when
-        the forward pass raises), and the extra memory is one module's parameters: no perturbation
+        Just before a unit (see :meth:`_units`) runs, the perturbed values of its parameters are written
+        into scratch buffers that are swapped in as the parameters' data; just after, the original tensors
+        are swapped back. The parameters' storage is never written, so they come back bit for bit (also
+        when the forward pass raises), and the extra memory is one unit's parameters: no perturbation
         vector and no copy of the model is ever held. Two cases avoid even that copy: a plain
         ``nn.Embedding`` lookup adds the noise rows of the looked-up tokens to its output, and a linear
-        layer too large for the buffer pool (an output head) adds ``alpha * x z^T`` computed from views
-        of the noise table. Both equal the module's output at the perturbed weight.
+        layer too large for the buffer pool (an output head), with table noise, computes its output from
+        its perturbed weight written a few rows at a time into a small buffer (:meth:`_head`; the module's
+        ``forward`` is shadowed inside the context). Both equal the module's output at the perturbed weight.
         """
         swapped: dict[int, tuple[torch.Tensor, int]] = {}  # block -> (original data, nesting depth)
         scales = self.scales.tolist()
@@ -374,18 +422,13 @@ class ZOEngine:
                 return output
             return hook
 
-        def linear(i: int) -> Callable:
-            def hook(module, args, kwargs, output):
+        def head(module: nn.Linear, i: int) -> Callable:
+            def forward(x: torch.Tensor) -> torch.Tensor:
                 scale = scales[i]
-                if i in swapped or alpha * scale == 0.0:
-                    return output
-                x = args[0] if args else kwargs["input"]
-                for s, c in terms:
-                    output = output.add(self.noise.linear(x, module.weight, s, i), alpha=alpha * scale * c)
-                if mean is not None and coeffs[i] != 0.0:
-                    output = output.add(F.linear(x, mean[i]), alpha=alpha * scale * coeffs[i])
-                return output
-            return hook
+                if i in swapped or alpha * scale == 0.0:  # perturbed by an enclosing module, or not at all
+                    return F.linear(x, module.weight, module.bias)
+                return self._head(x, module, i, terms, mean, alpha * scale, coeffs[i])
+            return forward
 
         handles = []
         try:
@@ -394,12 +437,14 @@ class ZOEngine:
                 handles.append(module.register_forward_hook(post(blocks)))
             for module, i in self._lookups:
                 handles.append(module.register_forward_hook(lookup(i), with_kwargs=True))
-            for module, i in self._linears:
-                handles.append(module.register_forward_hook(linear(i), with_kwargs=True))
+            for module, i in self._heads:
+                module.forward = head(module, i)  # an instance attribute shadows nn.Linear.forward
             yield
         finally:
             for h in handles:
                 h.remove()
+            for module, _ in self._heads:
+                module.__dict__.pop("forward", None)
             for i in list(swapped):
                 restore(i)
 

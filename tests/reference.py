@@ -11,6 +11,24 @@ def seed_stream(seed):
         yield int(torch.randint(0, 2**62, (1,), generator=gen))
 
 
+def deep_tiny(name, layers=24, seed=0):
+    """A tiny model of family ``name`` with ``layers`` layers, so that each layer is a small part of the model
+    (the engine then perturbs whole layers at a time)."""
+    from finetune.models import load_model
+
+    small = load_model(name)[0]
+    settings = small.config.to_dict()
+    settings["n_layer" if name == "tiny-gpt2" else "num_hidden_layers"] = layers
+    settings.pop("layer_types", None)  # per-layer lists are rebuilt for the new depth
+    config = type(small.config)(**settings)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return type(small)(config).eval()
+    finally:
+        torch.random.set_rng_state(state)
+
+
 def ids(seed=1, vocab=250):
     return torch.randint(0, vocab, (4, 12), generator=torch.Generator().manual_seed(seed))
 

@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from finetune.models import TINY, load_model
 from finetune.optim import ZOAdam, ZOSGD, make_optimizer, make_schedule
 from finetune.zo import GaussianNoise, NoiseTable, ZOEngine
+from reference import Reference, axpy, deep_tiny, ids
 
 
 class Quadratic(nn.Module):
@@ -250,23 +251,93 @@ def test_noise_rows_are_rows_of_the_full_noise(noise_cls):
     torch.testing.assert_close(noise.rows(like, seed=9, index=2, ids=ids), full[ids], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("shape", [(40, 7), (9, 100), (3, 700)])
-def test_table_linear_equals_matmul_with_the_full_noise(shape):
-    """Rows longer and shorter than a chunk, chunks starting mid-row: x z^T from table views is exact."""
-    noise = NoiseTable(size=1 << 12, chunk=1 << 8)
-    like = torch.empty(*shape, dtype=torch.float64)
-    full = torch.zeros_like(like)
+@pytest.mark.parametrize("noise_cls", [NoiseTable, GaussianNoise])
+def test_noise_segments_are_slices_of_the_full_noise(noise_cls):
+    """``add(..., at, numel)`` on a segment equals the same slice of the block's full noise, for segments
+    inside one table chunk, across chunk boundaries, and the whole block."""
+    noise = noise_cls() if noise_cls is GaussianNoise else NoiseTable(size=1 << 12, chunk=1 << 8)
+    numel = 1000
+    full = torch.zeros(numel, dtype=torch.float64)
     noise.add(full, seed=4, index=1, alpha=1.0, out=full)
-    x = torch.randn(2, 5, shape[1], dtype=torch.float64)
-    torch.testing.assert_close(noise.linear(x, like, seed=4, index=1), x @ full.T, rtol=1e-12, atol=1e-12)
+    base = torch.randn(numel, dtype=torch.float64)
+    for at, end in [(0, 1000), (3, 200), (250, 260), (100, 900), (999, 1000)]:
+        out = torch.empty(end - at, dtype=torch.float64)
+        noise.add(base[at:end], seed=4, index=1, alpha=-0.5, out=out, at=at, numel=numel)
+        torch.testing.assert_close(out, base[at:end] - 0.5 * full[at:end], rtol=0, atol=0)
+
+
+class Head(nn.Module):
+    """A small body and an output head much larger than the rest (so the engine treats it as a head)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.body = nn.Linear(7, 7).double()
+        self.head = nn.Linear(7, 300).double()
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
 
 
 def test_large_output_heads_are_perturbed_without_a_copy():
     model, _ = load_model("tiny-llama")
     engine = ZOEngine(model, noise="table")
     head = engine._pool_limit // 4  # float32 elements
-    assert {id(m) for m, _ in engine._linears} == {
+    assert {id(m) for m, _ in engine._heads} == {
         id(m) for m in model.modules() if type(m) is torch.nn.Linear and m.weight.numel() > head}
-    assert model.lm_head in [m for m, _ in engine._linears]
+    assert model.lm_head in [m for m, _ in engine._heads]
     assert all(model.lm_head is not m for m, _ in engine._owners)
     assert [m for m, _ in engine._lookups] == [model.model.embed_tokens]
+
+
+def test_head_output_equals_the_perturbed_linear():
+    """The head's perturbed forward, written a few rows at a time (here 36-row pieces with table chunks
+    starting mid-row), equals F.linear at the explicitly perturbed weight and bias, for a combination of
+    seeds plus a mean; outside the context the module's own forward is back."""
+    model = Head()
+    engine = ZOEngine(model, noise="table")
+    engine.noise = NoiseTable(size=1 << 12, chunk=1 << 8)
+    assert [m for m, _ in engine._heads] == [model.head]
+    engine.scales = torch.tensor([0.5, 1.5, 2.0, 0.7], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    mean = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in engine.params]
+    x = torch.randn(5, 3, 7, generator=gen, dtype=torch.float64)
+    alpha, terms = 1e-2, [(11, 0.7), (12, -1.3)]
+    with engine.perturbed(terms, alpha, mean):
+        with torch.inference_mode():
+            got = model(x)  # a ZO forward pass: the head is written a few rows at a time
+        graph = model(x)  # with autograd: the head is perturbed through a full copy
+    params = {}
+    for i, (n, p) in enumerate(engine.blocks):
+        direction = sum(c * engine.unit_noise(s, i) for s, c in terms) + mean[i]
+        params[n] = p.detach() + alpha * float(engine.scales[i]) * direction
+    want = functional_call(model, params, (x,))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(graph, want, rtol=1e-12, atol=1e-12)
+    assert graph.requires_grad
+    assert "forward" not in model.head.__dict__
+    torch.testing.assert_close(model(x), functional_call(model, dict(model.named_parameters()), (x,)))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_whole_layers_are_perturbed_at_once_when_they_fit(name):
+    """With many layers, each transformer layer is one unit; every block is swapped by at most one unit and
+    perturbed by a unit, a lookup or a head; and the perturbed loss matches the explicit reference."""
+    model = deep_tiny(name)
+    engine = ZOEngine(model, noise="table")
+    layers = [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "Block"))]
+    assert len(layers) == 24
+    units = [m for m, _ in engine._owners]
+    assert all(layer in units for layer in layers)
+    owned = [i for _, blocks in engine._owners for i in blocks]
+    special = [i for _, i in engine._lookups + engine._heads]
+    assert sorted(owned) == sorted(set(owned))
+    assert set(owned) | set(special) == set(range(len(engine.blocks)))
+    x = ids()
+    ref = Reference(model, engine, x)
+    theta, z = ref.theta(), ref.z(3)
+    with engine.perturbed(3, 1e-2):
+        got = engine.loss(ref.closure())
+    assert math.isclose(got, ref.loss(axpy(1e-2, z, theta)), rel_tol=1e-5)
