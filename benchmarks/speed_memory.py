@@ -8,7 +8,7 @@ Prints two ratios (targets from the foundation issue):
     repeats on the same batch;
   * peak memory of fine-tuning / peak memory of inference on the same batch (target <= 1.1), each the
     peak resident set size (Linux VmHWM, reset after loading and one warm-up call) of a fresh process
-    running three forward passes or three MeZO steps.
+    running three forward passes or three MeZO steps; medians over ``--memory-runs`` processes per mode.
 With ``--tuner``, also the time of a tuned step (the tuner's features and bank, then the step) relative to a
 MeZO step, means over the repeats (the block statistics are refreshed every ``stats_every`` steps, so the
 mean is the amortised cost; use ``--repeats`` of at least 10).
@@ -85,6 +85,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--noise", default="auto", choices=["auto", "table", "gaussian"])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--memory-runs", type=int, default=3, help="fresh processes per mode for the memory ratio")
     p.add_argument("--tuner", default=None, help="also time a step driven by this tuner artifact")
     p.add_argument("--child", choices=["inference", "finetune"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -134,10 +135,17 @@ def main() -> None:
         print(f"tuned step (mean of {len(tstep)}): {ts:.3f} s   MeZO step (mean): {ms:.3f} s   "
               f"TUNER RATIO tuned / MeZO step = {ts / ms:.3f}")
 
+    # One process's peak RSS varies by tens of MB from run to run (the allocator's heap state), so each
+    # mode runs in several fresh processes, interleaved, and the medians are compared.
     argv = [a for a in sys.argv[1:]]
-    inf = child_peak("inference", argv)
-    ft = child_peak("finetune", argv)
-    print(f"peak RSS: inference {inf:.0f} MB, MeZO fine-tuning {ft:.0f} MB (+{ft - inf:.0f} MB)")
+    infs, fts = [], []
+    for _ in range(args.memory_runs):
+        infs.append(child_peak("inference", argv))
+        fts.append(child_peak("finetune", argv))
+    inf, ft = statistics.median(infs), statistics.median(fts)
+    print(f"peak RSS (median of {args.memory_runs} processes each): inference {inf:.0f} MB "
+          f"[{' '.join(f'{v:.0f}' for v in infs)}], MeZO fine-tuning {ft:.0f} MB "
+          f"[{' '.join(f'{v:.0f}' for v in fts)}] (+{ft - inf:.0f} MB)")
     print(f"MEMORY RATIO fine-tuning / inference = {ft / inf:.3f}   (target <= 1.1)")
 
 
