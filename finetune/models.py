@@ -25,6 +25,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -206,11 +207,28 @@ def _auto_load(source: str, dtype: torch.dtype,
     return model, tokenizer
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence transformers' "Loading weights" bar while local files load (they take seconds, and our own
+    progress bars follow); Hub downloads keep their bars. Restores the setting it found."""
+    from transformers.utils import logging as hf_logging
+
+    if not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def _from_folder(folder: str, dtype: torch.dtype,
                  device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a ``save_pretrained`` folder; a broken folder is the user's to fix."""
     try:
-        return _auto_load(folder, dtype, device)
+        with _quiet_loading():
+            return _auto_load(folder, dtype, device)
     except (OSError, ValueError) as exc:
         raise ZotuneError(f"cannot load the model folder {folder}: {_first_line(exc)}; "
                           "check that it holds a complete save_pretrained output (config, weights, tokenizer)") from exc

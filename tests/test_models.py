@@ -247,11 +247,16 @@ def test_tiny_left_padding(name):
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
 
 
-def test_saved_folder_loads(tmp_path):
+def test_saved_folder_loads(tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
     model, tokenizer = load_model("tiny-llama", seed=3)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
+    capfd.readouterr()
     loaded, loaded_tokenizer = load_model(str(tmp_path))
+    assert "Loading weights" not in capfd.readouterr().err  # quiet, and the setting is restored:
+    assert hf_logging.is_progress_bar_enabled()
     assert type(loaded) is type(model)
     assert loaded.get_input_embeddings().weight is loaded.get_output_embeddings().weight
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
