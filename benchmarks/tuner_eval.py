@@ -68,12 +68,16 @@ def append_run(log: Path, run: dict) -> None:
 
 def test_loss_table(runs: list[dict], rows: list[dict]) -> str:
     """Markdown: the test-split loss after fine-tuning, per method at its best lr (mean ± std over seeds)."""
-    lines = ["| method | lr | test loss before | test loss after (mean ± std) | per seed |", "|---|---|---|---|---|"]
+    lines = ["| method | lr | test loss before | test loss after (mean ± std) | per seed (seed: loss) |",
+             "|---|---|---|---|---|"]
     for row in sorted((r for r in rows if r.get("best")), key=lambda r: r["method"]):
-        after = [r["test_loss"]["after"] for r in runs if r["method"] == row["method"] and r["lr"] == row["lr"]]
+        mine = sorted((r for r in runs if r["method"] == row["method"] and r["lr"] == row["lr"]),
+                      key=lambda r: r["seed"])  # runs are logged in the order they finished
+        after = [r["test_loss"]["after"] for r in mine]
+        per_seed = ", ".join(f"{r['seed']}: {a:.4f}" for r, a in zip(mine, after))
         before = runs[0]["test_loss"]["before"]
         lines.append(f"| {row['method']} | {row['lr']:g} | {before:.4f} | {statistics.fmean(after):.4f} ± "
-                     f"{statistics.pstdev(after):.4f} | {', '.join(f'{a:.4f}' for a in after)} |")
+                     f"{statistics.pstdev(after):.4f} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
