@@ -178,6 +178,10 @@ class Checkpoint:
             k = changed[0]
             raise ZotuneError(f"cannot resume: the interrupted run used {k}={saved.get(k)!r}, not {now[k]!r}; "
                               f"rerun with its options or delete {self.path.parent}")
+        if saved["steps"] != now["steps"] and now["schedule"] != "constant":
+            raise ZotuneError(f"cannot resume with steps={now['steps']}: the interrupted run's {now['schedule']} "
+                              f"schedule decays over {saved['steps']} steps; rerun with --steps {saved['steps']} "
+                              f"(only a constant schedule can be extended) or delete {self.path.parent}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])

@@ -198,6 +198,32 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, jsonl, monkeypatch, cap
     assert not (tmp_path / ".resumed.partial").exists() and not (out / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("schedule,extend_ok", [("linear", False), ("constant", True)])
+def test_resuming_with_more_steps_needs_a_constant_schedule(tmp_path, jsonl, monkeypatch, capsys, schedule, extend_ok):
+    argv = ["finetune", "--model", "tiny-llama", "--task", str(jsonl), "--lr", "1e-3", "--batch-size", "4",
+            "--n-test", "8", "--checkpoint-every", "2", "--schedule", schedule, "--no-save-model",
+            "--out", str(tmp_path / "run")]
+    real_loss, calls = TaskScorer.loss, {"n": 0}
+
+    def dying_loss(self, model, examples):
+        calls["n"] += 1
+        if calls["n"] == 7:  # killed in step 3: the checkpoint of step 2 survives
+            raise KeyboardInterrupt
+        return real_loss(self, model, examples)
+
+    monkeypatch.setattr(TaskScorer, "loss", dying_loss)
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--steps", "4"])
+    monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    capsys.readouterr()
+    if extend_ok:
+        assert cli.main([*argv, "--steps", "6", "--resume"]) == 0
+        assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 6
+    else:
+        assert "--steps 4" in bad(tmp_path, capsys, [*argv, "--steps", "6", "--resume"])
+        assert cli.main([*argv, "--steps", "4", "--resume"]) == 0
+
+
 def test_nothing_to_resume(tmp_path, jsonl, capsys):
     err = bad(tmp_path, capsys, ["finetune", "--model", "tiny-llama", "--task", str(jsonl), "--resume",
                                  "--out", str(tmp_path / "run")])
