@@ -213,13 +213,12 @@ class ZOEngine:
         self._lookups: list[tuple[nn.Embedding, int]] = []
         self._heads: list[tuple[nn.Linear, int]] = []
         for module in model.modules():
-            own = [index[id(p)] for p in module.parameters(recurse=False) if id(p) in index]
-            if type(module) is nn.Embedding and module.max_norm is None and own:
-                self._lookups.append((module, own[0]))
-                continue
             weight = getattr(module, "weight", None)
-            if (type(module) is nn.Linear and isinstance(self.noise, NoiseTable) and id(weight) in index
-                    and "forward" not in module.__dict__
+            if id(weight) not in index:
+                continue
+            if type(module) is nn.Embedding and module.max_norm is None:
+                self._lookups.append((module, index[id(weight)]))
+            elif (type(module) is nn.Linear and isinstance(self.noise, NoiseTable) and "forward" not in module.__dict__
                     and weight.numel() * weight.element_size() > self._pool_limit):
                 self._heads.append((module, index[id(weight)]))
         self._owners: list[tuple[nn.Module, list[int]]] = self._units(model, index)
