@@ -221,21 +221,31 @@ class ZOEngine:
             elif (type(module) is nn.Linear and isinstance(self.noise, NoiseTable) and "forward" not in module.__dict__
                     and weight.numel() * weight.element_size() > self._pool_limit):
                 self._heads.append((module, index[id(weight)]))
-        self._owners: list[tuple[nn.Module, list[int]]] = self._units(model, index)
+        self._owners, self._inner = self._units(model, index)
+        self._watch_inner = True  # hook the modules inside units until a pass shows the units' hooks suffice
 
-    def _units(self, model: nn.Module, index: dict[int, int]) -> list[tuple[nn.Module, list[int]]]:
-        """The modules whose forward hooks swap in perturbed copies, each with the blocks it swaps.
+    def _units(self, model: nn.Module, index: dict[int, int]) -> tuple[list, list]:
+        """The modules whose forward hooks swap in perturbed copies, each with the blocks it swaps: the units,
+        and the modules inside units with their own parameters.
 
         A unit is the outermost module (a transformer layer, typically) that runs a forward of its own, whose
         parameters are all copied blocks used by no other module, and whose blocks fit in the buffer pool's
         limit: its copies are written back to back just before it runs, which is measurably faster than one
-        module at a time. Any other module swaps its own direct parameters. A tied weight (several owners)
+        module at a time. Any other module swaps its own direct parameters. The modules inside a unit get the
+        same hooks during the first perturbed forward pass, where they find their blocks already swapped when
+        their unit runs; if one of them runs without its unit (a model calling it directly), they are kept
+        for good, otherwise dropped (they cost ~3% of a small forward pass). A tied weight (several owners)
         is swapped by whichever owner runs first (see :meth:`perturbed`)."""
         refs: dict[int, int] = {}
         for _, p in model.named_parameters(remove_duplicate=False):
             refs[id(p)] = refs.get(id(p), 0) + 1
         handled = {id(m): i for m, i in self._lookups + self._heads}  # block perturbed through the output
         units: list[tuple[nn.Module, list[int]]] = []
+        inner: list[tuple[nn.Module, list[int]]] = []
+
+        def own(module: nn.Module) -> list[int]:
+            return [index[id(p)] for p in module.parameters(recurse=False)
+                    if id(p) in index and index[id(p)] != handled.get(id(module))]
 
         def visit(module: nn.Module, root: bool) -> None:
             params = list(module.parameters())
@@ -245,16 +255,15 @@ class ZOEngine:
                     and sum(self.blocks[i][1].numel() * self.blocks[i][1].element_size() for i in blocks)
                     <= self._pool_limit):
                 units.append((module, blocks))
+                inner.extend((m, own(m)) for m in module.modules() if m is not module and own(m))
                 return
-            own = [index[id(p)] for p in module.parameters(recurse=False)
-                   if id(p) in index and index[id(p)] != handled.get(id(module))]
-            if own:
-                units.append((module, own))
+            if own(module):
+                units.append((module, own(module)))
             for child in module.children():
                 visit(child, False)
 
         visit(model, True)
-        return units
+        return units, inner
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -373,16 +382,21 @@ class ZOEngine:
         terms = as_terms(seed)
         coeffs = _mean_coeffs(mean_coeffs, len(self.blocks))
 
-        def pre(blocks: list[int]) -> Callable:
+        watch = self._inner if self._watch_inner else []
+        seen = {"ran": False, "bypass": False}  # a unit or module ran; a module ran outside its unit
+
+        def pre(blocks: list[int], inner: bool = False) -> Callable:
             def hook(module, args):
+                seen["ran"] = True
                 with torch.inference_mode(False), torch.no_grad():
                     for i in blocks:
-                        if i in swapped:  # a tied weight already swapped by an enclosing module
+                        if i in swapped:  # swapped by an enclosing unit, or a tied weight by another owner
                             swapped[i] = (swapped[i][0], swapped[i][1] + 1)
                             continue
                         scale = scales[i]
                         if alpha * scale == 0.0:
                             continue
+                        seen["bypass"] |= inner
                         p = self.blocks[i][1]
                         original = p.data
                         buf = self._scratch(original)
@@ -434,11 +448,16 @@ class ZOEngine:
             for module, blocks in self._owners:
                 handles.append(module.register_forward_pre_hook(pre(blocks)))
                 handles.append(module.register_forward_hook(post(blocks)))
+            for module, blocks in watch:
+                handles.append(module.register_forward_pre_hook(pre(blocks, inner=True)))
+                handles.append(module.register_forward_hook(post(blocks)))
             for module, i in self._lookups:
                 handles.append(module.register_forward_hook(lookup(i), with_kwargs=True))
             for module, i in self._heads:
                 module.forward = head(module, i)  # an instance attribute shadows nn.Linear.forward
             yield
+            if watch and seen["ran"] and not seen["bypass"]:
+                self._watch_inner = False  # every module ran inside its unit: the units' hooks suffice
         finally:
             for h in handles:
                 h.remove()

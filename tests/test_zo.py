@@ -338,6 +338,40 @@ def test_whole_layers_are_perturbed_at_once_when_they_fit(name):
     x = ids()
     ref = Reference(model, engine, x)
     theta, z = ref.theta(), ref.z(3)
-    with engine.perturbed(3, 1e-2):
-        got = engine.loss(ref.closure())
-    assert math.isclose(got, ref.loss(axpy(1e-2, z, theta)), rel_tol=1e-5)
+    want = ref.loss(axpy(1e-2, z, theta))
+    for watching in (True, False):  # modules inside units are hooked in the first pass only
+        assert engine._watch_inner is watching
+        with engine.perturbed(3, 1e-2):
+            got = engine.loss(ref.closure())
+        assert math.isclose(got, want, rel_tol=1e-5)
+
+
+class Bypass(nn.Module):
+    """Twenty small layers; the forward calls the last layer's first linear directly, never that layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6)) for _ in range(20))
+        self.double()
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = layer(x)
+        return self.layers[-1][0](x).square().sum()
+
+
+def test_a_module_called_without_its_unit_is_still_perturbed():
+    torch.manual_seed(0)
+    model = Bypass()
+    engine = ZOEngine(model, noise="table")
+    assert [m for m, _ in engine._owners] == list(model.layers)  # each layer is a unit
+    x = torch.randn(3, 6, dtype=torch.float64)
+    theta = {n: p.detach().clone() for n, p in engine.blocks}
+    z = {n: engine.unit_noise(5, i) for i, (n, _) in enumerate(engine.blocks)}
+    want = functional_call(model, axpy(1e-2, z, theta), (x,)).item()
+    for _ in range(2):  # the first pass finds the bypass; the inner modules stay hooked
+        with engine.perturbed(5, 1e-2):
+            got = engine.loss(lambda: model(x))
+        assert math.isclose(got, want, rel_tol=1e-12)
+    assert engine._watch_inner
+
