@@ -255,10 +255,14 @@ class ZOEngine:
                     and sum(self.blocks[i][1].numel() * self.blocks[i][1].element_size() for i in blocks)
                     <= self._pool_limit):
                 units.append((module, blocks))
-                inner.extend((m, own(m)) for m in module.modules() if m is not module and own(m))
+                for m in list(module.modules())[1:]:  # the unit itself comes first
+                    direct = own(m)
+                    if direct:
+                        inner.append((m, direct))
                 return
-            if own(module):
-                units.append((module, own(module)))
+            direct = own(module)
+            if direct:
+                units.append((module, direct))
             for child in module.children():
                 visit(child, False)
 
@@ -329,8 +333,8 @@ class ZOEngine:
             self.noise.add(src, s, index, alpha * c, out=out, at=at, numel=numel)
             src = out
         if mean is not None and mean_coeff != 0.0:
-            m = mean[index] if at == 0 and src.numel() == numel else mean[index].reshape(-1)[at: at + src.numel()]
-            torch.add(src, m.view(src.shape), alpha=alpha * mean_coeff, out=out)
+            m = mean[index].reshape(-1)[at: at + src.numel()].view(src.shape)
+            torch.add(src, m, alpha=alpha * mean_coeff, out=out)
 
     def _head(self, x: torch.Tensor, module: nn.Linear, index: int, terms: list[tuple[int, float]],
               mean: Sequence[torch.Tensor] | None, alpha: float, mean_coeff: float) -> torch.Tensor:
