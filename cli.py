@@ -22,7 +22,7 @@ def _ints(text: str) -> list[int]:
 
 def _run_args() -> argparse.ArgumentParser:
     """Arguments shared by every command that fine-tunes a model on a task."""
-    from finetune.models import EMBEDDED
+    from finetune.data.models import EMBEDDED
     from finetune.trainer import DEFAULT_TASK, FinetuneConfig
 
     d = FinetuneConfig()
@@ -76,7 +76,7 @@ _METHOD_FLAGS = {"candidates": ("gv", "greedy"), "ldsd_k": ("ldsd",), "ldsd_lr":
 
 def _check_method_flags(args: argparse.Namespace, methods: list[str]) -> None:
     """A method-specific flag given without any of its methods is a mistake, not something to ignore."""
-    from finetune.errors import ZotuneError
+    from finetune.common.errors import ZotuneError
 
     for name, takers in _METHOD_FLAGS.items():
         if getattr(args, name, None) is not None and not set(takers) & set(methods):
@@ -85,7 +85,7 @@ def _check_method_flags(args: argparse.Namespace, methods: list[str]) -> None:
 
 
 def _config(args: argparse.Namespace, **overrides):
-    from finetune.models import EMBEDDED
+    from finetune.data.models import EMBEDDED
     from finetune.trainer import FinetuneConfig
 
     fields = FinetuneConfig.__dataclass_fields__
@@ -104,8 +104,8 @@ def _tuner_defaults(args: argparse.Namespace) -> None:
     if args.tuner is None:
         return
     from checkpoints import Tuner
-    from checkpoints.hub import resolve
-    from finetune.models import name_for_id
+    from checkpoints.remote import resolve
+    from finetune.data.models import name_for_id
 
     args.tuner = str(resolve(args.tuner))  # an hf:// spec is downloaded once, here
     tuner = Tuner.from_pretrained(args.tuner)
@@ -119,7 +119,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from finetune.trainer import finetune, work_dir
 
     if args.tuner is not None:
-        from finetune.errors import ZotuneError
+        from finetune.common.errors import ZotuneError
 
         if args.method not in ("mezo", "tuner"):
             raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
@@ -143,7 +143,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from finetune.bench import BenchConfig, bench
-    from finetune.errors import ZotuneError
+    from finetune.common.errors import ZotuneError
 
     lrs: dict[str, list[float]] = {}
     for spec in args.lr_grid or []:
@@ -216,7 +216,8 @@ def cmd_tuners_push(args: argparse.Namespace) -> None:
 
 
 def cmd_tuners_pull(args: argparse.Namespace) -> None:
-    from checkpoints.hub import TUNER_FILE, parse_hf, pull
+    from checkpoints.hub import pull
+    from checkpoints.remote import TUNER_FILE, parse_hf
 
     repo, filename = parse_hf(args.repo) if args.repo.startswith("hf://") else (args.repo, args.file or TUNER_FILE)
     path, tuner = pull(repo, filename)
@@ -225,8 +226,8 @@ def cmd_tuners_pull(args: argparse.Namespace) -> None:
 
 def cmd_tuners_import_pth(args: argparse.Namespace) -> None:
     from checkpoints.pth_import import convert
-    from finetune.atomic import refuse_existing
-    from finetune.models import load_model, model_id, set_threads
+    from finetune.common.atomic import refuse_existing
+    from finetune.data.models import load_model, model_id, set_threads
 
     out = Path(args.out)
     refuse_existing(out)
@@ -239,8 +240,8 @@ def cmd_tuners_import_pth(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
-    from finetune.models import fetch_embedded
-    from finetune.tasks import load_task
+    from finetune.data.models import fetch_embedded
+    from finetune.data.tasks import load_task
 
     print(f"model: {fetch_embedded()}")
     for task in args.tasks:
@@ -249,7 +250,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    from finetune.tasks import TASK_NAMES, list_bigbench_tasks
+    from finetune.data.tasks import TASK_NAMES, list_bigbench_tasks
 
     print("Hub tasks: " + ", ".join(TASK_NAMES))
     print("BIG-bench tasks (use bigbench:<name>):")
@@ -258,7 +259,7 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def _meta_args(p: argparse.ArgumentParser) -> None:
-    from finetune.models import EMBEDDED
+    from finetune.data.models import EMBEDDED
     from meta.train import MetaConfig
 
     d = MetaConfig()
@@ -379,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from finetune.errors import ZotuneError
+    from finetune.common.errors import ZotuneError
 
     args = parser().parse_args(argv)
     try:

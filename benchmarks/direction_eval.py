@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoints import Tuner  # noqa: E402
 from finetune.bench import final_loss, plot, summarise  # noqa: E402
-from finetune.models import name_for_id  # noqa: E402
+from finetune.data.models import name_for_id  # noqa: E402
 from finetune.trainer import FinetuneConfig, prepare, train  # noqa: E402
 from tuner_eval import append_run, mean_test_loss, read_runs  # noqa: E402
 

@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from finetune.atomic import atomic_dir  # noqa: E402
-from finetune.models import EMBEDDED, load_model, set_threads  # noqa: E402
-from finetune.tasks import load_task  # noqa: E402
+from finetune.common.atomic import atomic_dir  # noqa: E402
+from finetune.data.models import EMBEDDED, load_model, set_threads  # noqa: E402
+from finetune.data.tasks import load_task  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@
         [--lr 3e-5] [--batch-size 8] [--decays 0.9,0.99] [--check-every 20] [--grad-examples 64] [--out FILE]
 
 Runs MeZO (a tuner with an untrained bank and a fresh direction policy: every gate is 0, so the steps are
-MeZO's bit for bit) and keeps the online mean m_b of ``finetune.online`` for each decay. Every
+MeZO's bit for bit) and keeps the online mean m_b of ``finetune.zo.online`` for each decay. Every
 ``--check-every`` steps it computes, by backpropagation (a diagnostic only), the gradient G of the mean loss
 over ``--grad-examples`` training examples and reports, per block b,
 
@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from checkpoints import Tuner  # noqa: E402
-from finetune.models import model_id  # noqa: E402
-from finetune.online import OnlineMean  # noqa: E402
-from finetune.optim import TunedZO  # noqa: E402
-from finetune.trainer import FinetuneConfig, batches, prepare  # noqa: E402
+from finetune.data.models import model_id  # noqa: E402
+from finetune.zo.online import OnlineMean  # noqa: E402
+from finetune.zo.optim import TunedZO  # noqa: E402
+from finetune.data.batches import batches  # noqa: E402
+from finetune.trainer import FinetuneConfig, prepare  # noqa: E402
 from pertnn.policy import PolicyConfig  # noqa: E402
 
 

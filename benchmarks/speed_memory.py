@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.models import load_model, set_threads  # noqa: E402
-from finetune.optim import ZOSGD  # noqa: E402
-from finetune.scoring import TaskScorer  # noqa: E402
-from finetune.tasks import load_task  # noqa: E402
+from finetune.data.models import load_model, set_threads  # noqa: E402
+from finetune.zo.optim import ZOSGD  # noqa: E402
+from finetune.data.scoring import TaskScorer  # noqa: E402
+from finetune.data.tasks import load_task  # noqa: E402
 
 
 def setup(args):
@@ -57,7 +57,7 @@ def memory_child(args) -> None:
     model, scorer, batch = setup(args)
     closure = lambda: scorer.loss(model, batch)  # noqa: E731
     if args.child == "inference":
-        from finetune.zo import ZOEngine
+        from finetune.zo.engine import ZOEngine
         engine = ZOEngine(model)
         run = lambda: engine.loss(closure)  # noqa: E731
     else:
@@ -103,7 +103,7 @@ def main() -> None:
     tuned = None
     if args.tuner:
         from checkpoints import Tuner
-        from finetune.optim import TunedZO
+        from finetune.zo.optim import TunedZO
         tuned = TunedZO(model, Tuner.from_pretrained(args.tuner), lr=1e-12, eps=1e-3, noise=args.noise)
         tuned.step(closure)  # warm-up
     fwd2, step, upd, tstep = [], [], [], []

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from checkpoints import Tuner  # noqa: E402
-from finetune.atomic import atomic_file  # noqa: E402
+from finetune.common.atomic import atomic_file  # noqa: E402
 from finetune.bench import markdown, plot, summarise  # noqa: E402
-from finetune.models import model_id, name_for_id  # noqa: E402
+from finetune.data.models import model_id, name_for_id  # noqa: E402
 from finetune.trainer import FinetuneConfig, prepare, train  # noqa: E402
 
 

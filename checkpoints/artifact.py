@@ -22,7 +22,7 @@ steps, seed, package version, date, and the meta-training config).
 
 What is task-specific (loss history, last scales, the policy's online mean directions, optimizer state)
 is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
-:class:`finetune.online.OnlineMean`). A file with a direction policy has ``format_version`` 2 (older
+:class:`finetune.zo.online.OnlineMean`). A file with a direction policy has ``format_version`` 2 (older
 readers refuse it rather than silently dropping the policy); one without stays at 1.
 """
 from __future__ import annotations
@@ -37,8 +37,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from finetune.atomic import atomic_file
-from finetune.errors import ZotuneError
+from checkpoints.remote import resolve
+from finetune.common.atomic import atomic_file
+from finetune.common.errors import ZotuneError
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, fingerprint, fingerprint_mismatch, model_blocks
 from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
@@ -74,7 +75,7 @@ class Tuner:
     ``Tuner.from_pretrained(path)`` loads and validates an artifact (a local file, or ``hf://owner/name[/file]``
     on the Hugging Face Hub, downloaded into the cache), ``save_pretrained(path)`` writes one
     atomically, ``check_model(model)`` refuses a model of another architecture (a derivative checkpoint
-    with the same architecture and other weights is fine). Pass it to :class:`finetune.optim.TunedZO`
+    with the same architecture and other weights is fine). Pass it to :class:`finetune.zo.optim.TunedZO`
     to fine-tune with it.
     """
 
@@ -210,8 +211,6 @@ class Tuner:
         """Load and validate a tuner artifact: a local ``.safetensors`` file, or ``hf://owner/name[/file]``
         (``tuner.safetensors`` of a Hugging Face Hub repository, downloaded into the cache first)."""
         if str(path).startswith("hf://"):
-            from checkpoints.hub import resolve  # the Hub client is only needed here
-
             path = resolve(str(path))
         path = Path(path)
         if not path.is_file():

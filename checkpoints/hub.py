@@ -5,51 +5,26 @@ A shared tuner is a Hub model repository holding ``tuner.safetensors`` (the arti
 generated ``README.md`` model card whose front matter says ``library_name: zotune`` and the base model.
 ``hf://owner/name`` means that repository's ``tuner.safetensors``; ``hf://owner/name/path/file.safetensors``
 another file in it. Pulled files live in ``<cache>/tuners/<owner>--<name>/`` (see
-:func:`finetune.cache.cache_dir`). Every Hub failure (offline, missing repository or file, refused
+:func:`finetune.common.cache.cache_dir`). Every Hub failure (offline, missing repository or file, refused
 upload) becomes a one-line :class:`ZotuneError`.
 """
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from checkpoints.artifact import Tuner
 from checkpoints.inspect import provenance_text
-from finetune.atomic import atomic_dir
-from finetune.cache import cache_dir
-from finetune.errors import ZotuneError
+from checkpoints.remote import _REPO, TUNER_FILE, check_repo, download, hub_error, resolve
+from finetune.common.atomic import atomic_dir
+from finetune.common.cache import cache_dir
+from finetune.common.errors import ZotuneError
 
-TUNER_FILE = "tuner.safetensors"
 CARD_FILE = "README.md"
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
 TAGS = ("zotune", "zeroth-order", "learned-optimizer")
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-_REPO = re.compile(rf"{_NAME}/{_NAME}")
-
-
-# --------------------------------------------------------------------------------------- names
-def check_repo(repo: str) -> str:
-    """``repo`` if it is a Hub repository id ``owner/name``, else a one-line error."""
-    if not _REPO.fullmatch(repo) or ".." in repo or "--" in repo or repo.endswith(".git"):
-        raise ZotuneError(f"{repo!r} is not a Hugging Face Hub repository id; use owner/name")
-    return repo
-
-
-def parse_hf(spec: str) -> tuple[str, str]:
-    """``hf://owner/name[/path/in/repo]`` -> ``(owner/name, path in repo)`` (``tuner.safetensors`` by default)."""
-    if not spec.startswith("hf://"):
-        raise ZotuneError(f"{spec!r} is not an hf:// spec; use hf://owner/name or hf://owner/name/file.safetensors")
-    parts = spec[len("hf://"):].strip("/").split("/")
-    if len(parts) < 2:
-        raise ZotuneError(f"{spec!r} names no repository; use hf://owner/name or hf://owner/name/file.safetensors")
-    repo = check_repo("/".join(parts[:2]))
-    filename = "/".join(parts[2:]) or TUNER_FILE
-    if any(p in ("", ".", "..") for p in parts[2:]):
-        raise ZotuneError(f"{spec!r} has an invalid file path in the repository")
-    return repo, filename
 
 
 def _is_hub_id(name: str) -> bool:
@@ -112,7 +87,7 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
         "or in Python, in your own loop:", "",
         "```python",
         "from checkpoints import Tuner",
-        "from finetune.optim import TunedZO",
+        "from finetune.zo.optim import TunedZO",
         "",
         f'tuner = Tuner.from_pretrained("hf://{repo_ref}")',
         f"opt = TunedZO(model, tuner, lr={lr:g}, eps={eps:g})  # refuses a model of another architecture",
@@ -138,39 +113,6 @@ def export(tuner_path: str | Path, out: str | Path, repo: str | None = None) -> 
 
 
 # --------------------------------------------------------------------------------------- Hub
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__
-
-
-def _hub_error(what: str, repo: str, exc: Exception, hint: str) -> ZotuneError:
-    """A one-line error for a failed Hub call; ``hint`` says what to do when the Hub is unreachable."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-
-    if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
-        why = " (HF_HUB_OFFLINE is set)" if constants.is_offline_mode() else ""
-        return ZotuneError(f"cannot {what}: the Hugging Face Hub is unreachable{why}; {hint}")
-    if isinstance(exc, GatedRepoError):
-        return ZotuneError(f"cannot {what}: {repo} is gated; accept its terms on the Hub and log in (hf auth login)")
-    if isinstance(exc, RepositoryNotFoundError):
-        return ZotuneError(f"cannot {what}: no repository {repo} on the Hugging Face Hub (if it is private, "
-                           "log in with `hf auth login`)")
-    if isinstance(exc, EntryNotFoundError):
-        return ZotuneError(f"cannot {what}: {repo} has no such file ({_first_line(exc)})")
-    if isinstance(exc, HfHubHTTPError):
-        return ZotuneError(f"cannot {what}: the Hub answered {_first_line(exc)} (log in with `hf auth login` "
-                           "for write access)")
-    return ZotuneError(f"cannot {what}: {type(exc).__name__}: {_first_line(exc)}")
-
-
 def push(tuner_path: str | Path, repo: str, private: bool = False) -> str:
     """Publish a tuner to the Hub repository ``repo`` (created if needed) as ``tuner.safetensors`` plus a
     generated model card; return the repository's URL. Needs a Hub token (``hf auth login``)."""
@@ -185,39 +127,14 @@ def push(tuner_path: str | Path, repo: str, private: bool = False) -> str:
             api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
                               commit_message="Upload zotune tuner")
         except Exception as e:  # noqa: BLE001 - every Hub failure is reported on one line
-            raise _hub_error(f"push to {repo}", repo, e, "check the network and try again") from None
+            raise hub_error(f"push to {repo}", repo, e, "check the network and try again") from None
     return f"https://huggingface.co/{repo}"
-
-
-def tuner_cache(repo: str) -> Path:
-    """The local folder of the tuners pulled from ``repo``."""
-    return cache_dir() / "tuners" / check_repo(repo).replace("/", "--")
-
-
-def download(repo: str, filename: str = TUNER_FILE) -> Path:
-    """Fetch ``filename`` of Hub repository ``repo`` into :func:`tuner_cache` (unvalidated); return its path."""
-    import huggingface_hub
-
-    try:
-        path = huggingface_hub.hf_hub_download(repo_id=check_repo(repo), filename=filename,
-                                               local_dir=tuner_cache(repo))
-    except Exception as e:  # noqa: BLE001 - every Hub failure is reported on one line
-        raise _hub_error(f"pull {filename} from {repo}", repo, e,
-                         "check the network, or copy the .safetensors file over and pass its path") from None
-    return Path(path)
 
 
 def pull(repo: str, filename: str = TUNER_FILE) -> tuple[Path, Tuner]:
     """Download a tuner from the Hub into the cache and validate it; return its path and the tuner."""
     path = download(repo, filename)
     return path, Tuner.from_pretrained(path)
-
-
-def resolve(spec: str | Path) -> Path:
-    """A tuner's local path: ``spec`` itself, or for ``hf://owner/name[/file]`` the downloaded file."""
-    if str(spec).startswith("hf://"):
-        return download(*parse_hf(str(spec)))
-    return Path(spec)
 
 
 # --------------------------------------------------------------------------------------- list

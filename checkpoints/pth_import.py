@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from checkpoints.artifact import BANK_TENSORS, Tuner
-from finetune.errors import ZotuneError
+from finetune.common.errors import ZotuneError
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, model_blocks
 
 N_FEATURES = 5

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .atomic import atomic_dir
-from .errors import ZotuneError
-from .models import model_id
-from .trainer import POOL_METHODS, FinetuneConfig, prepare, train
+from finetune.common.atomic import atomic_dir
+from finetune.common.errors import ZotuneError
+from finetune.data.models import model_id
+from finetune.trainer import POOL_METHODS, FinetuneConfig, prepare, train
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,12 +13,13 @@ from typing import Iterator, Sequence
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .atomic import atomic_file, refuse_existing
-from .errors import ZotuneError
-from .models import EMBEDDED, load_model, model_id, set_threads
-from .optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
-from .scoring import TaskScorer
-from .tasks import Example, Task, load_task
+from finetune.common.atomic import atomic_file, refuse_existing
+from finetune.common.errors import ZotuneError
+from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
+from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
+from finetune.data.scoring import TaskScorer
+from finetune.data.batches import batches
+from finetune.data.tasks import Example, Task, load_task
 
 DEFAULT_TASK = "bigbench:strategyqa"
 
@@ -133,19 +133,6 @@ class RunResult:
     seconds: float = 0.0
 
 
-def batches(examples: Sequence[Example], batch_size: int, seed: int) -> Iterator[list[Example]]:
-    """Endless minibatches: the examples reshuffled (with ``seed``) every epoch, cut into batches."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        if len(order) < batch_size:
-            fresh = list(range(len(examples)))
-            rng.shuffle(fresh)
-            order += fresh
-        yield [examples[i] for i in order[:batch_size]]
-        del order[:batch_size]
-
-
 def progress_bar(enabled: bool = True) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} steps/s"),
@@ -194,7 +181,7 @@ def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
     """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by the artifact
     ``cfg.tuner`` (refused with a one-line error if it was trained for another architecture)."""
     if cfg.method in POOL_METHODS:
-        from .directions import make_direction_optimizer
+        from finetune.zo.directions import make_direction_optimizer
 
         return make_direction_optimizer(cfg.method, cfg.optimizer_name, model, lr=cfg.lr, eps=cfg.eps, seed=cfg.seed,
                                         weight_decay=cfg.weight_decay, noise=cfg.noise, candidates=cfg.candidates,

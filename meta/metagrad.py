@@ -30,8 +30,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from finetune.online import OnlineMean
-from finetune.zo import ZOEngine
+from finetune.zo.online import OnlineMean
+from finetune.zo.engine import ZOEngine
 from pertnn import PertNNBank, StepHistory
 from pertnn.policy import DirectionPolicy
 

@@ -29,14 +29,14 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from checkpoints import Tuner
-from finetune.atomic import atomic_file
-from finetune.errors import ZotuneError
-from finetune.models import EMBEDDED, load_model, model_id, set_threads
-from finetune.online import OnlineMean
-from finetune.scoring import TaskScorer
-from finetune.tasks import Task, load_task
-from finetune.trainer import batches
-from finetune.zo import ZOEngine
+from finetune.common.atomic import atomic_file
+from finetune.common.errors import ZotuneError
+from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
+from finetune.zo.online import OnlineMean
+from finetune.data.scoring import TaskScorer
+from finetune.data.tasks import Task, load_task
+from finetune.data.batches import batches
+from finetune.zo.engine import ZOEngine
 from pertnn import FeatureConfig, PertNNConfig, StepHistory
 from pertnn.policy import PolicyConfig
 

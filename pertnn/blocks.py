@@ -1,7 +1,7 @@
 """Blocks: the trainable tensors of a model in a fixed order, their kind, their tying, and a fingerprint.
 
 A *block* is one ``named_parameters()`` tensor with ``requires_grad`` (tied tensors once), in exactly
-the order of ``finetune.zo.param_blocks``; the learned tuner gives one σ to each. Blocks are classified
+the order of ``finetune.zo.engine.param_blocks``; the learned tuner gives one σ to each. Blocks are classified
 by tensor identity and ``ndim`` only, never by name substrings (the public code's ``'bias'``/``'norm'``/
 ``'embed'`` checks break on GPT-2's ``ln_*`` and on any tensor with three or more dims; spec §7.2):
 

@@ -23,7 +23,7 @@ cos²(m_b, ∇f_b) > 1/n_b: the online mean must be better aligned with the grad
 The online mean m_b is the momentum-alias form of the LDSD mean (``ldsd_spec.md`` §6.2): an exponential
 moving average, with decay ``decay``, of the isotropic part of the step's SPSA estimates,
 ``m_b ← β m_b + (1 − β) ĉ ξ_b`` with ĉ the projected gradient over its running RMS. It is task- and
-iterate-specific online state: it lives in the fine-tune run (``finetune.online``), never in an artifact.
+iterate-specific online state: it lives in the fine-tune run (``finetune.zo.online``), never in an artifact.
 
 Gate network. One small MLP per block (:class:`pertnn.bank.BlockMLPs`) on the features below; ``decay``
 and ``max_gate`` are constants of the policy saved with it (the spec allows constants for the decay, which

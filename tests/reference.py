@@ -14,7 +14,7 @@ def seed_stream(seed):
 def deep_tiny(name, layers=24, seed=0):
     """A tiny model of family ``name`` with ``layers`` layers, so that each layer is a small part of the model
     (the engine then perturbs whole layers at a time)."""
-    from finetune.models import load_model
+    from finetune.data.models import load_model
 
     small = load_model(name)[0]
     settings = small.config.to_dict()
@@ -86,7 +86,7 @@ def assert_resumes_identically(model, tuner, scorer, batches):
     uninterrupted run, bit for bit."""
     import copy
 
-    from finetune.optim import TunedZO
+    from finetune.zo.optim import TunedZO
 
     a = copy.deepcopy(model)
     opt = TunedZO(a, tuner, lr=1e-2, eps=1e-3, seed=2)

@@ -11,11 +11,11 @@ from safetensors.torch import load_file, save_file
 
 from checkpoints import Tuner
 from checkpoints.inspect import inspect_text
-from finetune.errors import ZotuneError
-from finetune.models import load_model
-from finetune.optim import TunedZO, ZOSGD
-from finetune.scoring import TaskScorer
-from finetune.tasks import Example
+from finetune.common.errors import ZotuneError
+from finetune.data.models import load_model
+from finetune.zo.optim import TunedZO, ZOSGD
+from finetune.data.scoring import TaskScorer
+from finetune.data.tasks import Example
 from pertnn import PertNNConfig
 from reference import assert_resumes_identically
 

@@ -12,12 +12,12 @@ from torch import nn
 from torch.func import functional_call
 
 import cli
-from finetune.directions import LDSD, ZOGV, ZOGreedy, make_direction_optimizer
-from finetune.models import TINY, load_model
-from finetune.scoring import TaskScorer
-from finetune.tasks import Example, Task
+from finetune.zo.directions import LDSD, ZOGV, ZOGreedy, make_direction_optimizer
+from finetune.data.models import TINY, load_model
+from finetune.data.scoring import TaskScorer
+from finetune.data.tasks import Example, Task
 from finetune.trainer import FinetuneConfig, train
-from finetune.zo import ZOEngine
+from finetune.zo.engine import ZOEngine
 from reference import Reference, axpy, combine, ids, seed_stream
 
 METHODS = ("gv", "greedy", "ldsd")
@@ -245,7 +245,7 @@ def test_ldsd_mean_follows_the_paper_rule_with_the_right_pairing():
 def test_ldsd_released_rule_reproduces_the_mis_pairing_for_ablations():
     """rule="released" (an ablation, never the default) pairs advantage A_0 with the best candidate's noise
     and the others with noise that produced no loss; the model step is the corrected rule's."""
-    from finetune.directions import released_score_seed
+    from finetune.zo.directions import released_score_seed
 
     eta, sigma, eps, k = 0.3, 0.7, 1e-2, 4
     models = {rule: Quadratic() for rule in ("corrected", "released")}

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import cli
-from finetune.models import load_model
-from finetune.scoring import TaskScorer
-from finetune.tasks import Example, Task
+from finetune.data.models import load_model
+from finetune.data.scoring import TaskScorer
+from finetune.data.tasks import Example, Task
 from finetune.trainer import FinetuneConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

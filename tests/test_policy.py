@@ -10,13 +10,13 @@ from safetensors.torch import load_file, save_file
 
 import cli
 from checkpoints import Tuner
-from finetune.errors import ZotuneError
-from finetune.models import load_model
-from finetune.online import OnlineMean
-from finetune.optim import TunedZO
-from finetune.scoring import TaskScorer
-from finetune.tasks import Example
-from finetune.zo import ZOEngine
+from finetune.common.errors import ZotuneError
+from finetune.data.models import load_model
+from finetune.zo.online import OnlineMean
+from finetune.zo.optim import TunedZO
+from finetune.data.scoring import TaskScorer
+from finetune.data.tasks import Example
+from finetune.zo.engine import ZOEngine
 from meta.metagrad import closed_form
 from meta.train import MetaConfig, meta_train
 from pertnn import PertNNConfig, StepHistory

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from finetune.models import TINY, load_model
-from finetune.scoring import TaskScorer
-from finetune.tasks import Example
+from finetune.data.models import TINY, load_model
+from finetune.data.scoring import TaskScorer
+from finetune.data.tasks import Example
 
 MC = [
     Example("The sky is", (" blue", " green and wet", " red"), 0),

@@ -25,11 +25,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 import cli
-from checkpoints import Tuner, hub
+from checkpoints import Tuner, hub, remote
 from checkpoints.pth_import import convert, read_pth
-from finetune.errors import ZotuneError
-from finetune.models import load_model
-from finetune.optim import TunedZO
+from finetune.common.errors import ZotuneError
+from finetune.data.models import load_model
+from finetune.zo.optim import TunedZO
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, StepHistory, block_features, model_blocks
 from pertnn.features import param_stats
 
@@ -281,13 +281,13 @@ def test_cli_import_pth(tmp_path, llama, capsys):
 
 # ------------------------------------------------------------------------- hf:// specs, export, push, pull, list
 def test_parse_hf_specs():
-    assert hub.parse_hf("hf://user/name") == ("user/name", "tuner.safetensors")
-    assert hub.parse_hf("hf://user/name/") == ("user/name", "tuner.safetensors")
-    assert hub.parse_hf("hf://user/my.tuner-2/sub/v2.safetensors") == ("user/my.tuner-2", "sub/v2.safetensors")
+    assert remote.parse_hf("hf://user/name") == ("user/name", "tuner.safetensors")
+    assert remote.parse_hf("hf://user/name/") == ("user/name", "tuner.safetensors")
+    assert remote.parse_hf("hf://user/my.tuner-2/sub/v2.safetensors") == ("user/my.tuner-2", "sub/v2.safetensors")
     for bad in ("hf://user", "hf://", "hf://us er/name", "hf://user/../x", "hf://a/b/../c.safetensors", "user/name"):
         with pytest.raises(ZotuneError):
-            hub.parse_hf(bad)
-    assert hub.resolve("some/local.safetensors") == Path("some/local.safetensors")
+            remote.parse_hf(bad)
+    assert remote.resolve("some/local.safetensors") == Path("some/local.safetensors")
 
 
 def test_export_writes_the_tuner_and_a_model_card(tmp_path, llama, capsys):

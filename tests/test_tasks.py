@@ -1,4 +1,4 @@
-"""Tests for finetune.tasks: real BIG-bench rows (read independently from the cached sdist), splitting,
+"""Tests for finetune.data.tasks: real BIG-bench rows (read independently from the cached sdist), splitting,
 JSONL validation, the Hub row converters, and the SQuAD F1."""
 import json
 import os
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune import tasks
-from finetune.cache import cache_dir, pip_download
-from finetune.errors import ZotuneError
-from finetune.tasks import Example, f1_score, list_bigbench_tasks, load_task
+from finetune.data import tasks
+from finetune.common.cache import cache_dir, pip_download
+from finetune.common.errors import ZotuneError
+from finetune.data.tasks import Example, f1_score, list_bigbench_tasks, load_task
 
 ARCHIVE_TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 MEMBERS = {  # task name -> data file under benchmark_tasks/
@@ -383,8 +383,8 @@ def test_hub_script_repository_falls_back_to_parquet_export(monkeypatch):
 
 def test_hub_offline_is_a_zotune_error(tmp_path):
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    script = ("from finetune.tasks import load_task\n"
-              "from finetune.errors import ZotuneError\n"
+    script = ("from finetune.data.tasks import load_task\n"
+              "from finetune.common.errors import ZotuneError\n"
               "try:\n    load_task('sst2')\nexcept ZotuneError as error:\n    print(error)\n")
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=Path(__file__).parents[1],
                           capture_output=True, text=True, timeout=60)

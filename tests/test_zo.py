@@ -9,9 +9,9 @@ from torch import nn
 from torch.func import functional_call
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from finetune.models import TINY, load_model
-from finetune.optim import ZOAdam, ZOSGD, make_optimizer, make_schedule
-from finetune.zo import GaussianNoise, NoiseTable, ZOEngine
+from finetune.data.models import TINY, load_model
+from finetune.zo.optim import ZOAdam, ZOSGD, make_optimizer, make_schedule
+from finetune.zo.engine import GaussianNoise, NoiseTable, ZOEngine
 from reference import Reference, axpy, deep_tiny, ids
 
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Iterable, Sequence
 
-from .atomic import atomic_file
-from .cache import cache_dir, pip_download
-from .errors import ZotuneError
+from finetune.common.atomic import atomic_file
+from finetune.common.cache import cache_dir, pip_download
+from finetune.common.errors import ZotuneError, first_line
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,6 @@ _HUB_TASKS = {
 TASK_NAMES: tuple[str, ...] = tuple(_HUB_TASKS)
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
 
 def _download_hub(name: str, source: _HubSource):
     """The train and validation splits of a Hub task (anything indexable by split name)."""
@@ -212,11 +209,11 @@ def _download_hub(name: str, source: _HubSource):
             return datasets.load_dataset(
                 "parquet", data_files={split: f"{root}/{split}/*.parquet" for split in ("train", "validation")})
     except ConnectionError as err:
-        raise ZotuneError(f"cannot load {name!r} from the Hugging Face Hub (offline?): {_first_line(err)}; "
+        raise ZotuneError(f"cannot load {name!r} from the Hugging Face Hub (offline?): {first_line(err)}; "
                           f"use bigbench:<name> or a JSONL file offline") from err
     except Exception as err:  # the boundary with the Hub: report any failure as one line
         raise ZotuneError(f"cannot load {name!r} from the Hugging Face Hub ({source.repo}): "
-                          f"{type(err).__name__}: {_first_line(err)}; use bigbench:<name> or a JSONL file "
+                          f"{type(err).__name__}: {first_line(err)}; use bigbench:<name> or a JSONL file "
                           f"instead") from err
 
 
@@ -314,7 +311,7 @@ def _scan_archive(members: Collection[str]) -> None:
                     if not missing and not need_names:
                         return
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise ZotuneError(f"the cached BIG-bench archive {archive} is damaged ({_first_line(err)}); "
+        raise ZotuneError(f"the cached BIG-bench archive {archive} is damaged ({first_line(err)}); "
                           f"delete it and run again to download it anew") from err
     if need_names:
         _write_atomic(_names_file(), "".join(f"{name}\n" for name in _task_names(seen)).encode())
@@ -447,17 +444,17 @@ def _read_jsonl(path: Path) -> list[Example]:
     except UnicodeDecodeError:
         raise ZotuneError(f"task file {path} is not UTF-8 text; save it as UTF-8") from None
     examples: list[Example] = []
-    first_line = 0
+    first_number = 0
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         example = _jsonl_example(line, f"{path}, line {number}")
         if not examples:
-            first_line = number
+            first_number = number
         elif example.is_generation != examples[0].is_generation:
             kinds = ("a generation", "a multiple-choice") if example.is_generation else \
                 ("a multiple-choice", "a generation")
-            raise ZotuneError(f"{path}, line {number}: {kinds[0]} row, but line {first_line} is {kinds[1]} "
+            raise ZotuneError(f"{path}, line {number}: {kinds[0]} row, but line {first_number} is {kinds[1]} "
                               f"row; all rows of a file must be of one kind")
         examples.append(example)
     if not examples:

@@ -1,6 +1,6 @@
 """ZO optimizers with the ``torch.optim`` interface, and their learning-rate schedules.
 
-Each optimizer owns a :class:`~finetune.zo.ZOEngine` over the model. ``step(closure)`` evaluates the
+Each optimizer owns a :class:`~finetune.zo.engine.ZOEngine` over the model. ``step(closure)`` evaluates the
 closure (which returns the loss of the current batch) at perturbed parameters, estimates the gradient
 with SPSA along ``q`` seeded directions, and updates the parameters in place::
 
@@ -24,8 +24,8 @@ from torch import nn
 
 from pertnn.features import StepHistory
 
-from .online import OnlineMean
-from .zo import ZOEngine
+from finetune.zo.online import OnlineMean
+from finetune.zo.engine import ZOEngine
 
 # (one tensor per block, coefficient or one coefficient per block): a stored term of a direction
 Mean = tuple[list[torch.Tensor], "float | list[float]"]
@@ -189,7 +189,7 @@ class TunedZO(ZOSGD):
 
     If the tuner also has a direction ``policy`` (:class:`pertnn.policy.DirectionPolicy`), each block's
     direction is ``σ_b (√(1 − w_b²) ξ_b + w_b m̂_b)``: the policy's gates w_b mix in the run's online mean
-    direction m̂_b (:class:`finetune.online.OnlineMean`, updated after every step from the step's own
+    direction m̂_b (:class:`finetune.zo.online.OnlineMean`, updated after every step from the step's own
     seed). Still two forward passes per step; the means cost one parameter-sized buffer. With every gate
     at zero the steps are exactly the PertNN-only tuner's.
     """

@@ -17,7 +17,7 @@ import torch
 
 from pertnn.policy import DirectionPolicy, PolicyConfig, coherence, policy_features, split_scales
 
-from .zo import ZOEngine
+from finetune.zo.engine import ZOEngine
 
 C_EMA = 0.9  # smoothing of the running RMS of the projected gradient
 

@@ -4,7 +4,7 @@ LDSD, learnable direction sampling (Parfenov, ..., Beznosikov, arXiv 2602.13659)
 All three evaluate a pool of seeded candidate directions on the step's minibatch, one-sided
 (``L(theta + eps * s * d_i)``, one forward pass each, as in the papers), and then take a two-point SPSA
 step along a direction built from the pool. Nothing direction-sized is stored per candidate: a
-direction is a list of ``(seed, coefficient)`` pairs that :class:`~finetune.zo.ZOEngine` replays in the
+direction is a list of ``(seed, coefficient)`` pairs that :class:`~finetune.zo.engine.ZOEngine` replays in the
 candidate evaluation, in the ``+-eps`` passes and in the update, always with the same seeds and
 coefficients. Each method comes with the ZO-SGD update (``momentum=0`` is plain SGD, ``momentum>0``
 heavy-ball) and with the ZO-Adam update (``*Adam`` classes); :func:`make_direction_optimizer` builds them.
@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .optim import ZOAdam, ZOOptimizer, ZOSGD
+from finetune.zo.optim import ZOAdam, ZOOptimizer, ZOSGD
 
 
 LDSD_RULES = ("corrected", "released")

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .tasks import Example, f1_score
+from finetune.data.tasks import Example, f1_score
 
 
 def _wide(logits: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def _wide(logits: torch.Tensor) -> torch.Tensor:
 
 
 class TaskScorer:
-    """Turns :class:`~finetune.tasks.Example` batches into token batches, losses and metrics."""
+    """Turns :class:`~finetune.data.tasks.Example` batches into token batches, losses and metrics."""
 
     def __init__(self, tokenizer, max_length: int = 256, max_new_tokens: int = 32):
         self.tok = tokenizer

@@ -50,8 +50,8 @@ from transformers import (
     Qwen2Config,
 )
 
-from .cache import cache_dir, pip_download
-from .errors import ZotuneError
+from finetune.common.cache import cache_dir, pip_download
+from finetune.common.errors import ZotuneError, first_line
 
 ALIASES: dict[str, str] = {
     "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
@@ -230,7 +230,7 @@ def _from_folder(folder: str, dtype: torch.dtype,
         with _quiet_loading():
             return _auto_load(folder, dtype, device)
     except (OSError, ValueError) as exc:
-        raise ZotuneError(f"cannot load the model folder {folder}: {_first_line(exc)}; "
+        raise ZotuneError(f"cannot load the model folder {folder}: {first_line(exc)}; "
                           "check that it holds a complete save_pretrained output (config, weights, tokenizer)") from exc
 
 
@@ -265,7 +265,7 @@ def _explain_hub_failure(repo: str, exc: BaseException) -> ZotuneError | None:
         return ZotuneError(f"cannot load {repo!r}: not in the local Hugging Face cache and the Hub is "
                            f"unreachable{why}; download it on a machine with access, or pass a local folder")
     if seen(OSError, ValueError):
-        return ZotuneError(f"cannot load {repo!r}: {_first_line(exc)}")
+        return ZotuneError(f"cannot load {repo!r}: {first_line(exc)}")
     return None
 
 
@@ -277,10 +277,6 @@ def _exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
         yield exc
         exc = exc.__cause__ or exc.__context__
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__
 
 
 def _finish(model: PreTrainedModel,

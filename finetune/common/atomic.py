@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ZotuneError
+from finetune.common.errors import ZotuneError
 
 
 def refuse_existing(out: Path) -> None:

@@ -10,7 +10,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from .errors import ZotuneError
+from finetune.common.errors import ZotuneError
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,1 @@
+"""Errors, atomic outputs and the download cache: utilities every layer may use."""
