@@ -41,6 +41,7 @@ from checkpoints.remote import resolve
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, fingerprint, fingerprint_mismatch, model_blocks
+from pertnn.blocks import trainable_tensors
 from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
@@ -61,10 +62,9 @@ def fingerprint_sha256(fp: dict) -> str:
 def block_stats(model: nn.Module) -> torch.Tensor:
     """[B, 2] float32: mean and log(var + 1e-12) of each block of ``model`` (the first two features)."""
     rows = []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            var, mean = tensor_var_mean(p.detach())
-            rows.append(torch.stack([mean, torch.log(var + 1e-12)]).cpu())
+    for _, p in trainable_tensors(model):
+        var, mean = tensor_var_mean(p.detach())
+        rows.append(torch.stack([mean, torch.log(var + 1e-12)]).cpu())
     return torch.stack(rows)
 
 

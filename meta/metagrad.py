@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from finetune.zo.online import OnlineMean
-from finetune.zo.engine import ZOEngine
+from finetune.zo.engine import Direction, ZOEngine
 from pertnn import PertNNBank, StepHistory
 from pertnn.policy import DirectionPolicy
 
@@ -78,18 +78,17 @@ def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_f
     model, params = engine.model, engine.params
     features = history.features(params)
     sigma = bank(features)
-    mean, coeffs, gate = None, None, None
-    iso, mean_scale = sigma, None
+    gate, iso, mean_scale = None, sigma, None
+    direction = Direction(seed, sigma.detach().cpu())
     if policy is not None:
         if online is None:
             raise ValueError("a direction policy needs the task's online mean")
-        gate, iso, mean_scale, coeffs = online.direction(policy, sigma, features)
-        mean = online.means
-    engine.scales = iso.detach().cpu()
-    g, plus, minus = engine.spsa(lambda: loss_fn(model), seed, eps, mean, coeffs)
+        gate, iso, mean_scale = online.direction(policy, sigma, features)
+        direction = Direction(seed, iso.detach().cpu(), online.means, online.mean_coefficients(mean_scale))
+    g, plus, minus = engine.spsa(lambda: loss_fn(model), direction, eps)
     for p in params:
         p.grad = None
-    engine.update_(seed, -lr * g, mean, coeffs)
+    engine.update_(direction, -lr * g)
     try:
         with torch.enable_grad():
             meta_loss = loss_fn(model)
@@ -103,7 +102,7 @@ def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_f
                                      if r > 0 else torch.zeros((), dtype=torch.float64)
                                      for gr, m, r in zip(grads, online.means, rms.tolist())])
     finally:
-        engine.update_(seed, lr * g, mean, coeffs)
+        engine.update_(direction, lr * g)
     if policy is None:
         sigma.backward(-lr * g * dots.to(sigma.device))
     else:
@@ -124,7 +123,6 @@ def _shim_module_list_slicing(fmodel: nn.Module) -> None:
     builds a new instance of the list's class, and ``higher``'s monkey-patched class cannot be built that
     way (``__init__() missing 1 required positional argument: 'root'``); higher 0.2.1 is unmaintained
     since 2020. A slice is only iterated, so returning the plain list of its modules is enough.
-    See ../shared/research/env_probe.md §2.
     """
     for m in fmodel.modules():
         if isinstance(m, nn.ModuleList):
@@ -171,8 +169,7 @@ def unrolled(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: 
     for k, seed in enumerate(seeds):
         sigma = bank(hist.features([t.detach() for t in theta]))
         if k == 0:
-            engine.scales = sigma.detach().cpu()
-            g, plus, minus = engine.spsa(lambda: loss_fn(model), seed, eps)
+            g, plus, minus = engine.spsa(lambda: loss_fn(model), Direction(seed, sigma.detach().cpu()), eps)
             first = (plus, minus, g, sigma)
             history.update(plus, minus, sigma)
             hist = StepHistory(len(params), history.cfg)

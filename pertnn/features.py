@@ -125,7 +125,7 @@ def block_features(params: list[Tensor], losses: tuple[float, float] | None, run
                    prev_scale: Tensor, cfg: FeatureConfig | None = None, var_mean: Tensor | None = None) -> Tensor:
     """The [B, 5] float32 feature matrix (see the module docstring), on ``prev_scale``'s device.
 
-    params:       the B block tensors, in block order (e.g. ``[p for _, p in param_blocks(model)]``).
+    params:       the B block tensors, in block order (e.g. ``[p for _, p in trainable_tensors(model)]``).
     losses:       the last step's ``(L+, L−)``, or None before the first step.
     running_loss: a running average of the training loss (the normaliser), or None before the first step;
                   raw features ignore it.

@@ -17,7 +17,7 @@ from finetune.data.models import TINY, load_model
 from finetune.data.scoring import TaskScorer
 from finetune.data.tasks import Example, Task
 from finetune.trainer import FinetuneConfig, train
-from finetune.zo.engine import ZOEngine
+from finetune.zo.engine import Direction, ZOEngine
 from reference import Reference, axpy, combine, ids, seed_stream
 
 METHODS = ("gv", "greedy", "ldsd")
@@ -34,18 +34,18 @@ def test_perturbing_along_a_combination_equals_the_explicit_model(noise, name):
     back bit for bit."""
     model, _ = load_model(name)
     engine = ZOEngine(model, noise=noise)
-    engine.scales = torch.linspace(0.5, 1.5, len(engine.blocks), dtype=torch.float64)
+    scales = torch.linspace(0.5, 1.5, len(engine.blocks), dtype=torch.float64)
     x = ids()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(3)
     mean = [torch.randn(p.shape, generator=gen) for _, p in engine.blocks]
     alpha = 1e-2
-    with torch.inference_mode(), engine.perturbed([(11, 0.7), (12, -1.3)], alpha, mean):
+    with torch.inference_mode(), engine.perturbed(Direction([(11, 0.7), (12, -1.3)], scales, mean, scales), alpha):
         got = model(input_ids=x).logits
     params = {}
     for i, (n, p) in enumerate(engine.blocks):
         direction = 0.7 * engine.unit_noise(11, i) - 1.3 * engine.unit_noise(12, i) + mean[i]
-        params[n] = p.detach() + alpha * float(engine.scales[i]) * direction
+        params[n] = p.detach() + alpha * float(scales[i]) * direction
     with torch.no_grad():
         want = functional_call(model, params, (), {"input_ids": x}).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -66,7 +66,7 @@ def test_a_single_seed_is_the_combination_of_one_and_updates_combine(noise):
     assert torch.equal(a, b)
     theta = {n: p.detach().clone() for n, p in engine.blocks}
     mean = [torch.full_like(p, 0.25) for _, p in engine.blocks]
-    engine.update_([(5, 2.0), (6, -0.5)], -1e-3, mean=mean)
+    engine.update_(Direction([(5, 2.0), (6, -0.5)], mean=mean), -1e-3)
     for i, (n, p) in enumerate(engine.blocks):
         want = theta[n] - 1e-3 * (2.0 * engine.unit_noise(5, i) - 0.5 * engine.unit_noise(6, i) + 0.25)
         torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-6)

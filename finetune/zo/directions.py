@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from finetune.zo.engine import Direction
 from finetune.zo.optim import ZOAdam, ZOOptimizer, ZOSGD
 
 
@@ -52,18 +53,18 @@ class _CandidatePool:
 
     def _pool(self, closure: Callable[[], torch.Tensor], size: int, eps: float, coeff: float = 1.0,
               mean: list[torch.Tensor] | None = None) -> tuple[list[int], list[float]]:
-        """``size`` fresh seeds and ``L(theta + eps * s * (coeff * z(seed) + mean))`` for each."""
+        """``size`` fresh seeds and ``L(theta + eps * (coeff * z(seed) + mean))`` for each."""
         seeds = [self.draw_seed() for _ in range(size)]
         losses = []
         for seed in seeds:
-            with self.engine.perturbed([(seed, coeff)], eps, mean):
+            with self.engine.perturbed(Direction([(seed, coeff)], mean=mean), eps):
                 losses.append(self.engine.loss(closure))
         return seeds, losses
 
-    def _give_up(self, losses: list[float]) -> float:
-        """A candidate loss is not finite: no step (the trainer stops on the NaN it returns)."""
-        self.last = {"loss": math.nan, "candidate_losses": losses}
-        return math.nan
+    @staticmethod
+    def _give_up(losses: list[float]) -> dict:
+        """A candidate loss is not finite: no step (the trainer stops on the NaN loss)."""
+        return {"loss": math.nan, "candidate_losses": losses}
 
 
 class GVStep(_CandidatePool):
@@ -88,7 +89,7 @@ class GVStep(_CandidatePool):
         super().__init__(model, lr, eps, candidates=candidates, **kw)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
+    def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
         group = self.param_groups[0]
         eps, m = group["eps"], group["candidates"]
         seeds, losses = self._pool(closure, m, eps)
@@ -99,13 +100,9 @@ class GVStep(_CandidatePool):
         for rank, i in enumerate(_rank(losses)):
             coeffs[i] = 1.0 / top if rank < top else -1.0 / (m - top)
         g, plus, minus = self.engine.spsa(closure, list(zip(seeds, coeffs)), eps)
-        loss = (plus + minus) / 2
-        self.last = {"loss": loss, "projected_grad": g, "loss_plus": plus, "loss_minus": minus,
-                     "candidate_losses": losses, "coefficients": coeffs}
-        if math.isfinite(loss) and math.isfinite(g):
-            self._decay(group)
-            self._apply(group, seeds, [g * c for c in coeffs])
-        return loss
+        estimate = Direction([(s, g * c) for s, c in zip(seeds, coeffs)])
+        return self._finish(group, (plus + minus) / 2, g, plus, minus, estimate,
+                            candidate_losses=losses, coefficients=coeffs)
 
 
 class GreedyStep(_CandidatePool):
@@ -125,7 +122,7 @@ class GreedyStep(_CandidatePool):
         super().__init__(model, lr, eps, candidates=candidates, **kw)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
+    def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
         group = self.param_groups[0]
         eps = group["eps"]
         seeds, losses = self._pool(closure, group["candidates"], eps)
@@ -136,13 +133,8 @@ class GreedyStep(_CandidatePool):
         with self.engine.perturbed(seeds[best], -eps):
             minus = self.engine.loss(closure)
         g = (plus - minus) / (2 * eps)
-        loss = (plus + minus) / 2
-        self.last = {"loss": loss, "projected_grad": g, "loss_plus": plus, "loss_minus": minus,
-                     "candidate_losses": losses, "best": best}
-        if math.isfinite(loss) and math.isfinite(g):
-            self._decay(group)
-            self._apply(group, [seeds[best]], [g])
-        return loss
+        return self._finish(group, (plus + minus) / 2, g, plus, minus, Direction([(seeds[best], g)]),
+                            candidate_losses=losses, best=best)
 
 
 class LDSDStep(_CandidatePool):
@@ -207,7 +199,7 @@ class LDSDStep(_CandidatePool):
         return out
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
+    def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
         group = self.param_groups[0]
         eps, sigma = group["eps"], group["ldsd_sigma"]
         mu = self.means()
@@ -216,19 +208,16 @@ class LDSDStep(_CandidatePool):
             return self._give_up(losses)
         best = _rank(losses)[0]
         plus = losses[best]
-        with self.engine.perturbed([(seeds[best], sigma)], -eps, mu):
+        with self.engine.perturbed(Direction([(seeds[best], sigma)], mean=mu), -eps):
             minus = self.engine.loss(closure)
         g = (plus - minus) / (2 * eps)
-        loss = (plus + minus) / 2
-        self.last = {"loss": loss, "projected_grad": g, "loss_plus": plus, "loss_minus": minus,
-                     "candidate_losses": losses, "best": best}
-        if math.isfinite(loss) and math.isfinite(g):
-            self._decay(group)
-            self._apply(group, [seeds[best]], [g * sigma], mean=(mu, g))  # ghat = g * (sigma z* + mu)
+        estimate = Direction([(seeds[best], g * sigma)], mean=mu, mean_scales=g)  # ghat = g * (sigma z* + mu)
+        record = self._finish(group, (plus + minus) / 2, g, plus, minus, estimate,
+                              candidate_losses=losses, best=best)
         if group["ldsd_rule"] == "released":  # the public code's mis-pairing (ablation only)
             seeds = [released_score_seed(seeds[best], i) for i in range(len(seeds))]
         self._update_mean(group, mu, seeds, losses)
-        return loss
+        return record
 
     def advantages(self, losses: list[float], normalise: bool) -> list[float]:
         """Leave-one-out advantages ``f_i - mean_{j != i} f_j``, divided by the running std of the
