@@ -98,11 +98,11 @@ def _config(args: argparse.Namespace, **overrides):
     return FinetuneConfig(**values)
 
 
-def _tuner_defaults(args: argparse.Namespace) -> None:
-    """With ``--tuner``: the artifact's base model unless ``--model`` names one (a derivative), and the lr it
-    recommends (by default the lr it was meta-trained for) unless ``--lr`` is given."""
+def _load_tuner(args: argparse.Namespace):
+    """With ``--tuner``: load and validate the artifact once for the run, and take from it the base model
+    unless ``--model`` names one (a derivative) and the lr it recommends unless ``--lr`` is given."""
     if args.tuner is None:
-        return
+        return None
     from checkpoints import Tuner
     from checkpoints.remote import resolve
     from finetune.data.models import name_for_id
@@ -113,6 +113,7 @@ def _tuner_defaults(args: argparse.Namespace) -> None:
         args.model = name_for_id(tuner.base_model)
     if args.lr is None:
         args.lr = tuner.recommended.get("lr")
+    return tuner
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -125,11 +126,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
         args.method = "tuner"
     _check_method_flags(args, [args.method])
-    _tuner_defaults(args)
+    tuner = _load_tuner(args)
     cfg = _config(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
-                           checkpoint_every=args.checkpoint_every)
+                           checkpoint_every=args.checkpoint_every, tuner=tuner)
     except KeyboardInterrupt:
         if (work_dir(Path(args.out)) / "checkpoint.pt").exists():
             print("interrupted; the last checkpoint is kept: rerun the same command with --resume to continue",
@@ -157,10 +158,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
     _check_method_flags(args, args.methods)
-    _tuner_defaults(args)
+    tuner = _load_tuner(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
                       seeds=args.seeds, forwards=args.forwards)
-    rows = bench(cfg, Path(args.out))
+    rows = bench(cfg, Path(args.out), tuner=tuner)
     for r in sorted(rows, key=lambda r: r["method"]):
         if r.get("best"):
             print(f"{r['method']:>8}  lr {r['lr']:<8g} final loss {r['final_loss']:.4f}  "

@@ -152,7 +152,7 @@ class Tuner:
         A summary of what the tuner does without any model at hand; returns ``(first, rest)``.
 
         Raw (paper) features take the losses absolutely: "on trend" then means L+ = L− = ``loss``
-        (0.7 by default, the level of spec §4.3); normalised features do not depend on it."""
+        (0.7 by default, the loss level the published tuners were trained around); normalised features do not depend on it."""
         n = self.bank.n_blocks
         x = torch.zeros(n, self.bank.cfg.n_features)
         raw = self.feature_config.kind == "raw"

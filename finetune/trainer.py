@@ -177,9 +177,10 @@ class Checkpoint:
         return state["step"], result
 
 
-def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
-    """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by the artifact
-    ``cfg.tuner`` (refused with a one-line error if it was trained for another architecture)."""
+def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
+    """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by ``tuner`` (the
+    loaded artifact; read from ``cfg.tuner`` if not given), refused with a one-line error if it was trained
+    for another architecture."""
     if cfg.method in POOL_METHODS:
         from finetune.zo.directions import make_direction_optimizer
 
@@ -193,16 +194,17 @@ def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
         from checkpoints import Tuner
 
         momentum = 0.9 if cfg.optimizer == "momentum" else 0.0
-        return TunedZO(model, Tuner.from_pretrained(cfg.tuner), momentum=momentum, **kw)
+        return TunedZO(model, tuner or Tuner.from_pretrained(cfg.tuner), momentum=momentum, **kw)
     return make_optimizer(cfg.optimizer_name, model, **kw)
 
 
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
-          checkpoint: Checkpoint | None = None) -> RunResult:
+          checkpoint: Checkpoint | None = None, tuner=None) -> RunResult:
     """Run ``cfg.steps`` ZO steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test``
     before and after (and on ``task.dev`` every ``cfg.eval_every`` steps). With a ``checkpoint``, the
-    run is snapshotted as it goes, and continues from an existing snapshot."""
-    opt = make_run_optimizer(cfg, model)
+    run is snapshotted as it goes, and continues from an existing snapshot. ``tuner`` is the loaded
+    artifact of method ``tuner`` (else read from ``cfg.tuner``)."""
+    opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
     if checkpoint is not None and checkpoint.path.exists():
         done, result = checkpoint.restore(cfg, model, opt, sched)
@@ -266,7 +268,7 @@ def work_dir(out: Path) -> Path:
 
 
 def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
-             resume: bool = False, checkpoint_every: int = 100) -> dict:
+             resume: bool = False, checkpoint_every: int = 100, tuner=None) -> dict:
     """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``) atomically.
 
     The run works in :func:`work_dir` and renames it to ``out`` when done. Every ``checkpoint_every``
@@ -286,7 +288,7 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     work.mkdir(parents=True, exist_ok=True)
     try:
         task, model, tokenizer, scorer = prepare(cfg)
-        result = train(cfg, model, scorer, task, progress=progress, checkpoint=ckpt)
+        result = train(cfg, model, scorer, task, progress=progress, checkpoint=ckpt, tuner=tuner)
         metrics = metrics_dict(cfg, task, result)
         (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
         if save_model:

@@ -15,7 +15,7 @@ Two implementations:
   bank, through the energy normalisation too. The model's ``.grad`` is left holding ∇L(θ'), which the
   first-order trajectory step may reuse.
 * :func:`unrolled` (any K): the K virtual steps are differentiated with ``higher`` (a functional copy of
-  the model whose parameters are the non-leaf θ'_k), as the design card names it. Used for K > 1, and as
+  the model whose parameters are the non-leaf θ'_k). Used for K > 1, and as
   the reference that the closed form is tested against.
 
 Both return :class:`MetaStep`; both count their forward passes on the engine. :func:`closed_form` also
@@ -158,7 +158,7 @@ def unrolled(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: 
     scales go into ``history`` (the later steps are virtual and see a copy). The model's ``.grad`` is not
     touched: a first-order trajectory step needs its own backward.
     """
-    import higher  # the design card's unrolling library; only this path needs it
+    import higher  # only this path needs it
 
     model, params = engine.model, engine.params
     fmodel = higher.monkeypatch(model, copy_initial_weights=True, track_higher_grads=True)

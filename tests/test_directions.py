@@ -66,7 +66,7 @@ def test_a_single_seed_is_the_combination_of_one_and_updates_combine(noise):
     assert torch.equal(a, b)
     theta = {n: p.detach().clone() for n, p in engine.blocks}
     mean = [torch.full_like(p, 0.25) for _, p in engine.blocks]
-    engine.update_(Direction([(5, 2.0), (6, -0.5)], mean=mean), -1e-3)
+    engine.update_(Direction([(5, 2.0), (6, -0.5)], offset=mean), -1e-3)
     for i, (n, p) in enumerate(engine.blocks):
         want = theta[n] - 1e-3 * (2.0 * engine.unit_noise(5, i) - 0.5 * engine.unit_noise(6, i) + 0.25)
         torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-6)

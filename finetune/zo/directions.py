@@ -57,7 +57,7 @@ class _CandidatePool:
         seeds = [self.draw_seed() for _ in range(size)]
         losses = []
         for seed in seeds:
-            with self.engine.perturbed(Direction([(seed, coeff)], mean=mean), eps):
+            with self.engine.perturbed(Direction([(seed, coeff)], offset=mean), eps):
                 losses.append(self.engine.loss(closure))
         return seeds, losses
 
@@ -208,10 +208,10 @@ class LDSDStep(_CandidatePool):
             return self._give_up(losses)
         best = _rank(losses)[0]
         plus = losses[best]
-        with self.engine.perturbed(Direction([(seeds[best], sigma)], mean=mu), -eps):
+        with self.engine.perturbed(Direction([(seeds[best], sigma)], offset=mu), -eps):
             minus = self.engine.loss(closure)
         g = (plus - minus) / (2 * eps)
-        estimate = Direction([(seeds[best], g * sigma)], mean=mu, mean_scales=g)  # ghat = g * (sigma z* + mu)
+        estimate = Direction([(seeds[best], g * sigma)], offset=mu, offset_scales=g)  # ghat = g * (sigma z* + mu)
         record = self._finish(group, (plus + minus) / 2, g, plus, minus, estimate,
                               candidate_losses=losses, best=best)
         if group["ldsd_rule"] == "released":  # the public code's mis-pairing (ablation only)

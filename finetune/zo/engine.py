@@ -2,9 +2,9 @@
 
 A *block* is one trainable parameter tensor (:func:`pertnn.blocks.trainable_tensors`). A step moves along a
 :class:`Direction`, given to every call as an argument: block b moves along
-``v_b = s_b * sum_j c_j z_b(seed_j) + k_b * mean_b``, with z_b(seed) the seeded noise (:mod:`finetune.zo.noise`,
+``v_b = s_b * sum_j c_j z_b(seed_j) + k_b * offset_b``, with z_b(seed) the seeded noise (:mod:`finetune.zo.noise`,
 regenerated whenever needed, never stored), s_b a per-block noise scale (1 is MeZO; a tuner sets it) and an
-optional stored per-block ``mean`` tensor with scales k_b (LDSD's policy mean, a tuner's online mean).
+optional stored per-block ``offset`` tensor with scales k_b (LDSD's policy mean, a tuner's online mean).
 
 Perturbation works one unit (a transformer layer, typically) at a time, with forward hooks: the perturbed
 values of a unit's parameters are written into scratch buffers that are swapped in just before it runs and
@@ -53,23 +53,23 @@ def _per_block(values, n: int, what: str) -> list[float]:
 
 @dataclass(frozen=True)
 class Direction:
-    """``v_b = scales_b * sum_j c_j z_b(seed_j) + mean_scales_b * mean_b`` for every block b.
+    """``v_b = scales_b * sum_j c_j z_b(seed_j) + offset_scales_b * offset_b`` for every block b.
 
     ``seeds`` is one seed or ``(seed, coefficient)`` pairs; ``scales`` (one per block, or None for ones) is
-    the noise scale; ``mean`` (one tensor per block) is an optional stored term with ``mean_scales`` (one per
+    the noise scale; ``offset`` (one tensor per block) is an optional stored term with ``offset_scales`` (one per
     block, one number for all, or None for ones)."""
 
     seeds: Seeds
     scales: Sequence[float] | torch.Tensor | None = None
-    mean: Sequence[torch.Tensor] | None = None
-    mean_scales: Sequence[float] | torch.Tensor | float | None = None
+    offset: Sequence[torch.Tensor] | None = None
+    offset_scales: Sequence[float] | torch.Tensor | float | None = None
 
 
 class _Resolved(NamedTuple):
     terms: list[tuple[int, float]]
     scales: list[float]
-    mean: Sequence[torch.Tensor] | None
-    mean_scales: list[float]
+    offset: Sequence[torch.Tensor] | None
+    offset_scales: list[float]
 
 
 class SPSA(NamedTuple):
@@ -171,8 +171,8 @@ class ZOEngine:
         """A direction (or a bare seed / combination, meaning unit scales) as per-block lists."""
         d = direction if isinstance(direction, Direction) else Direction(direction)
         n = len(self.blocks)
-        return _Resolved(as_terms(d.seeds), _per_block(d.scales, n, "scales"), d.mean,
-                         _per_block(d.mean_scales, n, "mean_scales"))
+        return _Resolved(as_terms(d.seeds), _per_block(d.scales, n, "scales"), d.offset,
+                         _per_block(d.offset_scales, n, "offset_scales"))
 
     def add_noise_(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, scale: float = 1.0) -> None:
         """``tensor += alpha * scale * z_index(seed)`` (the tensor has block ``index``'s shape)."""
@@ -204,11 +204,11 @@ class ZOEngine:
                        alpha: float) -> None:
         """``tensor += alpha * v_index`` for block ``index`` of ``direction`` (a momentum buffer, an estimate)."""
         d = direction if isinstance(direction, _Resolved) else self.resolve(direction)
-        scale, k = d.scales[index], d.mean_scales[index]
+        scale, k = d.scales[index], d.offset_scales[index]
         for s, c in d.terms:
             self.add_noise_(tensor, s, index, alpha * c, scale)
-        if d.mean is not None and alpha * k != 0.0:
-            tensor.add_(d.mean[index], alpha=alpha * k)
+        if d.offset is not None and alpha * k != 0.0:
+            tensor.add_(d.offset[index], alpha=alpha * k)
 
     @torch.no_grad()
     def direction_like(self, direction: Direction | Seeds | _Resolved, index: int) -> torch.Tensor:
@@ -238,13 +238,13 @@ class ZOEngine:
         """``out = src + alpha * v_index`` for the resolved direction ``d``, adding one term at a time. With
         ``at``, ``src`` and ``out`` are flat segments of block ``index`` starting at element ``at``."""
         numel = self.blocks[index][1].numel()
-        a, k = alpha * d.scales[index], alpha * d.mean_scales[index]
+        a, k = alpha * d.scales[index], alpha * d.offset_scales[index]
         if a != 0.0:
             for s, c in d.terms:
                 self.noise.add(src, s, index, a * c, out=out, at=at, numel=numel)
                 src = out
-        if d.mean is not None and k != 0.0:
-            m = d.mean[index].reshape(-1)[at: at + src.numel()].view(src.shape)
+        if d.offset is not None and k != 0.0:
+            m = d.offset[index].reshape(-1)[at: at + src.numel()].view(src.shape)
             torch.add(src, m, alpha=k, out=out)
             src = out
         if src is not out:
@@ -252,7 +252,7 @@ class ZOEngine:
 
     def _moves(self, d: _Resolved, index: int, alpha: float) -> bool:
         """Whether block ``index`` moves at all along ``alpha * d``."""
-        return alpha * d.scales[index] != 0.0 or (d.mean is not None and alpha * d.mean_scales[index] != 0.0)
+        return alpha * d.scales[index] != 0.0 or (d.offset is not None and alpha * d.offset_scales[index] != 0.0)
 
     def _head(self, x: torch.Tensor, module: nn.Linear, index: int, d: _Resolved, alpha: float) -> torch.Tensor:
         """``module``'s output at the perturbed weight, without a weight-sized copy: the perturbed weight is
@@ -339,12 +339,12 @@ class ZOEngine:
                 if i in swapped or not self._moves(d, i, alpha):  # perturbed by an enclosing module, or not at all
                     return output
                 ids = args[0] if args else kwargs["input"]
-                a, k = alpha * d.scales[i], alpha * d.mean_scales[i]
+                a, k = alpha * d.scales[i], alpha * d.offset_scales[i]
                 if a != 0.0:
                     for s, c in d.terms:
                         output = output.add(self.noise.rows(module.weight, s, i, ids), alpha=a * c)
-                if d.mean is not None and k != 0.0:
-                    output = output.add(F.embedding(ids, d.mean[i]), alpha=k)
+                if d.offset is not None and k != 0.0:
+                    output = output.add(F.embedding(ids, d.offset[i]), alpha=k)
                 return output
             return hook
 

@@ -48,7 +48,7 @@ class OnlineMean:
         return torch.sqrt(self.mean_sq / self.numels)
 
     def mean_coefficients(self, mean_scale: torch.Tensor) -> list[float]:
-        """The engine's per-block ``mean_scales`` for ``mean_scale_b m̂_b``: the stored mean m_b has RMS(m_b), so
+        """The engine's per-block ``offset_scales`` for ``mean_scale_b m̂_b``: the stored mean m_b has RMS(m_b), so
         m̂_b = m_b / RMS(m_b) and the coefficient of m_b is ``mean_scale_b / RMS(m_b)`` (0 where either is 0)."""
         return [b / r if b != 0.0 and r > 0.0 else 0.0
                 for b, r in zip(mean_scale.detach().cpu().tolist(), self.rms().tolist())]
