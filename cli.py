@@ -20,6 +20,26 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _peft_args(p: argparse.ArgumentParser) -> None:
+    """--peft and its options (finetune/data/adapters.py; docs/peft.md)."""
+    g = p.add_argument_group("parameter-efficient fine-tuning (docs/peft.md)")
+    g.add_argument("--peft", default=None, choices=["lora", "prefix", "norms"],
+                   help="train only an adapter: LoRA or prefix tuning (built with peft), or the norm weights and "
+                   "biases (default: the full model)")
+    g.add_argument("--lora-r", type=int, default=None, help="lora: rank (default 8)")
+    g.add_argument("--lora-alpha", type=float, default=None, help="lora: alpha; the scale is alpha/r (default 2r)")
+    g.add_argument("--lora-dropout", type=float, default=None, help="lora: must be 0 for ZO (default 0)")
+    g.add_argument("--lora-targets", default=None, help="lora: comma-separated module names (default: the attention "
+                   "query and value projections, q_proj,v_proj; c_attn for GPT-2)")
+    g.add_argument("--prefix-tokens", type=int, default=None, help="prefix: virtual tokens (default 10)")
+
+
+def _check_peft_flags(args: argparse.Namespace) -> None:
+    from finetune.data.adapters import PEFT_FLAGS, check_flags
+
+    check_flags(getattr(args, "peft", None), {k: getattr(args, k, None) for k in PEFT_FLAGS})
+
+
 def _run_args() -> argparse.ArgumentParser:
     """Arguments shared by every command that fine-tunes a model on a task."""
     from finetune.data.models import EMBEDDED
@@ -62,6 +82,7 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--ldsd-rule", default=None, choices=["corrected", "released"],
                    help="ldsd: 'released' reproduces the public code's noise/loss mis-pairing, for ablations "
                    "(default corrected)")
+    _peft_args(p)
     g = p.add_argument_group("hardware")
     g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -89,7 +110,10 @@ def _config(args: argparse.Namespace, **overrides):
     from finetune.trainer import FinetuneConfig
 
     fields = FinetuneConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields and not (k in _METHOD_FLAGS and v is None)}
+    from finetune.data.adapters import PEFT_FLAGS
+
+    values = {k: v for k, v in vars(args).items() if k in fields
+              and not ((k in _METHOD_FLAGS or k in PEFT_FLAGS) and v is None)}
     values.update(overrides)
     if values.get("model") is None:
         values["model"] = EMBEDDED
@@ -126,11 +150,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
         args.method = "tuner"
     _check_method_flags(args, [args.method])
+    _check_peft_flags(args)
     tuner = _load_tuner(args)
     cfg = _config(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
-                           checkpoint_every=args.checkpoint_every, tuner=tuner)
+                           checkpoint_every=args.checkpoint_every, tuner=tuner, merge=args.merge)
     except KeyboardInterrupt:
         if (work_dir(Path(args.out)) / "checkpoint.pt").exists():
             print("interrupted; the last checkpoint is kept: rerun the same command with --resume to continue",
@@ -158,6 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
     _check_method_flags(args, args.methods)
+    _check_peft_flags(args)
     tuner = _load_tuner(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
                       seeds=args.seeds, forwards=args.forwards)
@@ -172,6 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_meta_train(args: argparse.Namespace) -> None:
     from meta.train import MetaConfig, checkpoint_path, log_path, meta_train
 
+    _check_peft_flags(args)
     d = MetaConfig()
     fields = MetaConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -294,6 +321,7 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
                    help="decay of the online mean direction, a constant of the policy (default %(default)g)")
     g.add_argument("--n-train", type=int, default=d.n_train, help="examples per task (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
+    _peft_args(p)
     g = p.add_argument_group("hardware")
     g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -314,6 +342,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="evaluate on the dev split every N steps")
     p.add_argument("--out", required=True, help="output folder (metrics.json, model/)")
     p.add_argument("--no-save-model", action="store_true", help="write metrics only")
+    p.add_argument("--merge", action="store_true",
+                   help="with --peft lora or norms: write the merged full model to out/model instead of the adapter")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="save a resumable checkpoint every N steps (default %(default)s; 0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")

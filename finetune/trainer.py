@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finetune.common.atomic import atomic_file, refuse_existing
 from finetune.common.errors import ZotuneError
+from finetune.data.adapters import AdapterSpec, apply_peft, save_trained
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
 from finetune.data.scoring import TaskScorer
@@ -69,6 +70,12 @@ class FinetuneConfig:
     ldsd_decay: float = 0.9            # decay of the LDSD policy mean per step (1 = none)
     ldsd_cap: float = 1.0              # cap on each block's RMS of the LDSD policy mean (in units of sigma = 1)
     ldsd_rule: str = "corrected"       # "released": the public code's noise/loss mis-pairing, for ablations only
+    peft: str | None = None            # train an adapter only: lora, prefix, norms (finetune/data/adapters.py)
+    lora_r: int = 8
+    lora_alpha: float | None = None    # None: 2 * lora_r
+    lora_dropout: float = 0.0          # must be 0 for ZO
+    lora_targets: str | None = None    # None: the architecture's attention query and value projections
+    prefix_tokens: int = 10
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -100,6 +107,7 @@ class FinetuneConfig:
             raise ZotuneError(f"--ldsd-rule must be corrected or released (got {self.ldsd_rule})")
         if not self.ldsd_cap > 0:
             raise ZotuneError(f"--ldsd-cap must be > 0 (got {self.ldsd_cap}; inf for no cap)")
+        AdapterSpec.of(self).validate()
 
     @property
     def directions(self) -> int:
@@ -258,6 +266,7 @@ def prepare(cfg: FinetuneConfig) -> tuple[Task, object, object, TaskScorer]:
     set_threads(cfg.threads)
     task = load_task(cfg.task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+    model = apply_peft(model, AdapterSpec.of(cfg), seed=cfg.seed)  # with --peft, only the adapter is trainable
     return task, model, tokenizer, TaskScorer(tokenizer, max_length=cfg.max_length)
 
 
@@ -268,8 +277,9 @@ def work_dir(out: Path) -> Path:
 
 
 def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
-             resume: bool = False, checkpoint_every: int = 100, tuner=None) -> dict:
-    """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``) atomically.
+             resume: bool = False, checkpoint_every: int = 100, tuner=None, merge: bool = False) -> dict:
+    """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``, or with
+    ``cfg.peft`` the adapter in ``out/adapter``; ``merge``: the merged model in ``out/model``) atomically.
 
     The run works in :func:`work_dir` and renames it to ``out`` when done. Every ``checkpoint_every``
     steps it leaves a checkpoint there; if the run is killed, the same call with ``resume=True`` continues
@@ -277,6 +287,9 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     checkpoint leaves nothing behind.
     """
     cfg.validate()
+    if merge and cfg.peft not in ("lora", "norms"):
+        raise ZotuneError(f"--merge applies to --peft lora or norms, not {cfg.peft or 'the full model'} "
+                          "(prefix tuning cannot be merged into the weights)")
     out, work = Path(out), work_dir(out)
     refuse_existing(out)
     ckpt = Checkpoint(work / "checkpoint.pt", checkpoint_every)
@@ -292,8 +305,7 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
         metrics = metrics_dict(cfg, task, result)
         (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
         if save_model:
-            model.save_pretrained(work / "model")
-            tokenizer.save_pretrained(work / "model")
+            save_trained(model, tokenizer, work, merge=merge)
         ckpt.path.unlink(missing_ok=True)
         if out.exists():
             out.rmdir()  # an empty folder made beforehand

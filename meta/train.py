@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from checkpoints import Tuner
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
+from finetune.data.adapters import AdapterSpec, apply_peft
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.online import OnlineMean
 from finetune.data.scoring import TaskScorer
@@ -73,6 +74,12 @@ class MetaConfig:
     device: str | None = None
     threads: int | None = None
     noise: str = "auto"
+    peft: str | None = None        # meta-train for an adapter's blocks: lora, prefix, norms (finetune/data/adapters.py)
+    lora_r: int = 8
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_targets: str | None = None
+    prefix_tokens: int = 10
 
     def validate(self) -> None:
         if not self.tasks:
@@ -90,6 +97,9 @@ class MetaConfig:
                 raise ZotuneError("--direction-policy is meta-trained with the closed form: use --unroll 1")
             if self.policy_hidden < 1 or not 0 < self.max_gate < 1 or not 0 <= self.mean_decay < 1:
                 raise ZotuneError("need --policy-hidden >= 1, 0 < --max-gate < 1 and 0 <= --mean-decay < 1")
+        AdapterSpec.of(self).validate()
+        if self.peft is not None and self.unroll != 1:
+            raise ZotuneError("--peft is meta-trained with the closed form (higher cannot wrap a peft model): use --unroll 1")
 
 
 def step_plan(seed: int, step: int, n_tasks: int) -> tuple[int, int]:
@@ -119,6 +129,7 @@ class MetaTrainer:
                 raise ZotuneError(f"task {t.name} has {len(t.train)} training examples, fewer than "
                                   f"--batch-size {cfg.batch_size}")
         self.model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+        self.model = apply_peft(self.model, AdapterSpec.of(cfg), seed=cfg.seed)  # the tuner's blocks: the adapter's
         self.scorer = TaskScorer(tokenizer, max_length=cfg.max_length)
         self.engine = ZOEngine(self.model, noise=cfg.noise)
         params = self.engine.params
