@@ -377,3 +377,14 @@ def test_docs_python_example_runs(tmp_path, monkeypatch):
     assert all(".lora_" in n for n in trainable_names(model))
     x = ids()
     torch.testing.assert_close(logits(tuned, x), logits(model, x), rtol=0, atol=0)
+
+
+def test_model_card_shows_the_adapter_and_its_flags():
+    from checkpoints.hub import model_card
+
+    lora = apply_peft(load_model("tiny-qwen2")[0], AdapterSpec(peft="lora", lora_targets="q_proj,k_proj"))
+    card = model_card(Tuner.for_model(lora, "tiny-qwen2"), repo="me/t")
+    assert "| adapter | LoRA r=8 alpha=16 dropout=0 targets k_proj,q_proj |" in card
+    assert "--peft lora --lora-r 8 --lora-alpha 16 --lora-targets k_proj,q_proj --out" in card
+    full = model_card(Tuner.for_model(load_model("tiny-qwen2")[0], "tiny-qwen2"), repo="me/t")
+    assert "| adapter | the full model (no adapter) |" in full and "--peft" not in full
