@@ -93,6 +93,10 @@ def test_zo_step_on_an_adapter_matches_explicit_reference(name, kind, layers):
     for n, p in model.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p, frozen[n]), n
+    # memory: the perturbed copies are adapter tensors, together at most the adapter's size
+    pooled = [b for bufs in engine._pool.values() for b in bufs]
+    assert {tuple(b.shape) for b in pooled} <= {tuple(p.shape) for _, p in engine.blocks}
+    assert sum(b.numel() for b in pooled) <= sum(p.numel() for _, p in engine.blocks)
 
 
 def guard_frozen(model):
