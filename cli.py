@@ -106,12 +106,11 @@ def _check_method_flags(args: argparse.Namespace, methods: list[str]) -> None:
 
 
 def _config(args: argparse.Namespace, **overrides):
+    from finetune.data.adapters import PEFT_FLAGS
     from finetune.data.models import EMBEDDED
     from finetune.trainer import FinetuneConfig
 
     fields = FinetuneConfig.__dataclass_fields__
-    from finetune.data.adapters import PEFT_FLAGS
-
     values = {k: v for k, v in vars(args).items() if k in fields
               and not ((k in _METHOD_FLAGS or k in PEFT_FLAGS) and v is None)}
     values.update(overrides)

@@ -288,8 +288,9 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     """
     cfg.validate()
     if merge and cfg.peft not in ("lora", "norms"):
-        raise ZotuneError(f"--merge applies to --peft lora or norms, not {cfg.peft or 'the full model'} "
-                          "(prefix tuning cannot be merged into the weights)")
+        raise ZotuneError("--merge applies to --peft lora or norms: " + (
+            "prefix tuning cannot be merged into the weights; drop --merge" if cfg.peft else
+            "a full-model run always writes the full model; drop --merge"))
     out, work = Path(out), work_dir(out)
     refuse_existing(out)
     ckpt = Checkpoint(work / "checkpoint.pt", checkpoint_every)

@@ -19,6 +19,7 @@ is :func:`pertnn.blocks.adapter_config`.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def apply_peft(model: nn.Module, spec: AdapterSpec, seed: int = 0) -> nn.Module:
     else:
         config = PrefixTuningConfig(num_virtual_tokens=spec.prefix_tokens, task_type=TaskType.CAUSAL_LM)
     devices = [model.device] if getattr(model, "device", torch.device("cpu")).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecations that peft still calls
         torch.manual_seed(seed)
         try:
             peft_model = get_peft_model(model, config)
