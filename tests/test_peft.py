@@ -392,3 +392,32 @@ def test_model_card_shows_the_adapter_and_its_flags():
     assert "--peft lora --lora-r 8 --lora-alpha 16 --lora-targets k_proj,q_proj --out" in card
     full = model_card(Tuner.for_model(load_model("tiny-qwen2")[0], "tiny-qwen2"), repo="me/t")
     assert "| adapter | the full model (no adapter) |" in full and "--peft" not in full
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", TINY)
+def test_generation_tasks_see_the_adapter(name, kind):
+    """Evaluation of generation tasks (batched, left-padded model.generate) gives each prompt's greedy
+    continuation computed token by token on the adapted model, one unpadded prompt at a time. (transformers'
+    cached generate drops peft's prefix, so the scorer generates without the cache for prefix tuning.)"""
+    from finetune.data.tasks import Example
+
+    model, tokenizer = load_model(name)
+    model = apply_peft(model, AdapterSpec(peft=kind), seed=0)
+    x = ids()
+    opt = ZOSGD(model, lr=5e-2, eps=1e-2, seed=1)
+    for _ in range(2):
+        opt.step(lambda: model(input_ids=x, labels=x).loss)
+    assert not torch.allclose(logits(load_model(name)[0], x), logits(model, x))  # the adapter matters
+    n = 3
+    scorer = TaskScorer(tokenizer, max_new_tokens=n)
+    prompts = ["Q: what? A:", "Q: a longer one? A:"]
+    want = []
+    with torch.no_grad():
+        for prompt in prompts:
+            cur = torch.tensor([tokenizer(prompt)["input_ids"]])
+            start = cur.shape[1]
+            for _ in range(n):
+                cur = torch.cat([cur, model(input_ids=cur).logits[:, -1].argmax(-1, keepdim=True)], 1)
+            want.append(tokenizer.decode(cur[0, start:], skip_special_tokens=True).split("\n")[0].strip())
+    assert scorer.generate(model, [Example(p, (), 0, answers=("x",)) for p in prompts]) == want
