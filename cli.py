@@ -20,26 +20,6 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _peft_args(p: argparse.ArgumentParser) -> None:
-    """--peft and its options (finetune/data/adapters.py; docs/peft.md)."""
-    g = p.add_argument_group("parameter-efficient fine-tuning (docs/peft.md)")
-    g.add_argument("--peft", default=None, choices=["lora", "prefix", "norms"],
-                   help="train only an adapter: LoRA or prefix tuning (built with peft), or the norm weights and "
-                   "biases (default: the full model)")
-    g.add_argument("--lora-r", type=int, default=None, help="lora: rank (default 8)")
-    g.add_argument("--lora-alpha", type=float, default=None, help="lora: alpha; the scale is alpha/r (default 2r)")
-    g.add_argument("--lora-dropout", type=float, default=None, help="lora: must be 0 for ZO (default 0)")
-    g.add_argument("--lora-targets", default=None, help="lora: comma-separated module names (default: the attention "
-                   "query and value projections, q_proj,v_proj; c_attn for GPT-2)")
-    g.add_argument("--prefix-tokens", type=int, default=None, help="prefix: virtual tokens (default 10)")
-
-
-def _check_peft_flags(args: argparse.Namespace) -> None:
-    from finetune.data.adapters import PEFT_FLAGS, check_flags
-
-    check_flags(getattr(args, "peft", None), {k: getattr(args, k, None) for k in PEFT_FLAGS})
-
-
 def _run_args() -> argparse.ArgumentParser:
     """Arguments shared by every command that fine-tunes a model on a task."""
     from finetune.data.models import EMBEDDED
@@ -82,7 +62,6 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--ldsd-rule", default=None, choices=["corrected", "released"],
                    help="ldsd: 'released' reproduces the public code's noise/loss mis-pairing, for ablations "
                    "(default corrected)")
-    _peft_args(p)
     g = p.add_argument_group("hardware")
     g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -103,6 +82,26 @@ def _check_method_flags(args: argparse.Namespace, methods: list[str]) -> None:
         if getattr(args, name, None) is not None and not set(takers) & set(methods):
             flag = "--" + name.replace("_", "-")
             raise ZotuneError(f"{flag} applies to --method {' or '.join(takers)}, not {','.join(methods)}")
+
+
+def _peft_args(p: argparse.ArgumentParser) -> None:
+    """--peft and its options (finetune/data/adapters.py; docs/peft.md)."""
+    g = p.add_argument_group("parameter-efficient fine-tuning (docs/peft.md)")
+    g.add_argument("--peft", default=None, choices=["lora", "prefix", "norms"],
+                   help="train only an adapter: LoRA or prefix tuning (built with peft), or the norm weights and "
+                   "biases (default: the full model)")
+    g.add_argument("--lora-r", type=int, default=None, help="lora: rank (default 8)")
+    g.add_argument("--lora-alpha", type=float, default=None, help="lora: alpha; the scale is alpha/r (default 2r)")
+    g.add_argument("--lora-dropout", type=float, default=None, help="lora: must be 0 for ZO (default 0)")
+    g.add_argument("--lora-targets", default=None, help="lora: comma-separated module names (default: the attention "
+                   "query and value projections, q_proj,v_proj; c_attn for GPT-2)")
+    g.add_argument("--prefix-tokens", type=int, default=None, help="prefix: virtual tokens (default 10)")
+
+
+def _check_peft_flags(args: argparse.Namespace) -> None:
+    from finetune.data.adapters import PEFT_FLAGS, check_flags
+
+    check_flags(getattr(args, "peft", None), {k: getattr(args, k, None) for k in PEFT_FLAGS})
 
 
 def _config(args: argparse.Namespace, **overrides):
@@ -154,7 +153,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     cfg = _config(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
-                           checkpoint_every=args.checkpoint_every, tuner=tuner, merge=args.merge)
+                           checkpoint_every=args.checkpoint_every, tuner=tuner)
     except KeyboardInterrupt:
         if (work_dir(Path(args.out)) / "checkpoint.pt").exists():
             print("interrupted; the last checkpoint is kept: rerun the same command with --resume to continue",
@@ -320,7 +319,6 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
                    help="decay of the online mean direction, a constant of the policy (default %(default)g)")
     g.add_argument("--n-train", type=int, default=d.n_train, help="examples per task (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
-    _peft_args(p)
     g = p.add_argument_group("hardware")
     g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -334,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
     top = Parser(prog="cli.py", description="zotune: learned zeroth-order fine-tuning of LLMs.")
     sub = top.add_subparsers(dest="command", required=True)
     run = _run_args()
+    _peft_args(run)
 
     p = sub.add_parser("finetune", parents=[run], help="fine-tune a model on a task with a ZO method")
     p.add_argument("--method", default="mezo", choices=list(METHODS))
@@ -341,18 +340,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="evaluate on the dev split every N steps")
     p.add_argument("--out", required=True, help="output folder (metrics.json, model/)")
     p.add_argument("--no-save-model", action="store_true", help="write metrics only")
-    p.add_argument("--merge", action="store_true",
-                   help="with --peft lora or norms: write the merged full model to out/model instead of the adapter")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="save a resumable checkpoint every N steps (default %(default)s; 0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
                    help="a tuner artifact (.safetensors path, or hf://owner/name[/file] on the Hugging Face Hub): "
                         "fine-tune with it (method 'tuner')")
+    p.add_argument("--merge", action="store_true",
+                   help="with --peft lora or norms: write the merged full model to out/model instead of the adapter")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("meta-train", help="meta-train a tuner (PertNN bank) for a base model")
     _meta_args(p)
+    _peft_args(p)
     p.set_defaults(func=cmd_meta_train)
 
     tuners = sub.add_parser("tuners", help="inspect, share and import tuner artifacts").add_subparsers(

@@ -76,6 +76,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.0          # must be 0 for ZO
     lora_targets: str | None = None    # None: the architecture's attention query and value projections
     prefix_tokens: int = 10
+    merge: bool = False                # with peft lora or norms: save the merged full model, not the adapter
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -108,6 +109,10 @@ class FinetuneConfig:
         if not self.ldsd_cap > 0:
             raise ZotuneError(f"--ldsd-cap must be > 0 (got {self.ldsd_cap}; inf for no cap)")
         AdapterSpec.of(self).validate()
+        if self.merge and self.peft not in ("lora", "norms"):
+            raise ZotuneError("--merge applies to --peft lora or norms: " + (
+                "prefix tuning cannot be merged into the weights; drop --merge" if self.peft else
+                "a full-model run always writes the full model; drop --merge"))
 
     @property
     def directions(self) -> int:
@@ -277,9 +282,9 @@ def work_dir(out: Path) -> Path:
 
 
 def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
-             resume: bool = False, checkpoint_every: int = 100, tuner=None, merge: bool = False) -> dict:
+             resume: bool = False, checkpoint_every: int = 100, tuner=None) -> dict:
     """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``, or with
-    ``cfg.peft`` the adapter in ``out/adapter``; ``merge``: the merged model in ``out/model``) atomically.
+    ``cfg.peft`` the adapter in ``out/adapter``; ``cfg.merge``: the merged model in ``out/model``) atomically.
 
     The run works in :func:`work_dir` and renames it to ``out`` when done. Every ``checkpoint_every``
     steps it leaves a checkpoint there; if the run is killed, the same call with ``resume=True`` continues
@@ -287,10 +292,6 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     checkpoint leaves nothing behind.
     """
     cfg.validate()
-    if merge and cfg.peft not in ("lora", "norms"):
-        raise ZotuneError("--merge applies to --peft lora or norms: " + (
-            "prefix tuning cannot be merged into the weights; drop --merge" if cfg.peft else
-            "a full-model run always writes the full model; drop --merge"))
     out, work = Path(out), work_dir(out)
     refuse_existing(out)
     ckpt = Checkpoint(work / "checkpoint.pt", checkpoint_every)
@@ -306,7 +307,7 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
         metrics = metrics_dict(cfg, task, result)
         (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
         if save_model:
-            save_trained(model, tokenizer, work, merge=merge)
+            save_trained(model, tokenizer, work, merge=cfg.merge)
         ckpt.path.unlink(missing_ok=True)
         if out.exists():
             out.rmdir()  # an empty folder made beforehand
