@@ -283,13 +283,13 @@ def work_dir(out: Path) -> Path:
 
 def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
              resume: bool = False, checkpoint_every: int = 100, tuner=None) -> dict:
-    """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``, or with
-    ``cfg.peft`` the adapter in ``out/adapter``; ``cfg.merge``: the merged model in ``out/model``) atomically.
+    """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``) atomically.
 
     The run works in :func:`work_dir` and renames it to ``out`` when done. Every ``checkpoint_every``
     steps it leaves a checkpoint there; if the run is killed, the same call with ``resume=True`` continues
     from it and ends with the same result as an uninterrupted run. A run that fails before its first
-    checkpoint leaves nothing behind.
+    checkpoint leaves nothing behind. With ``cfg.peft`` the adapter is written to ``out/adapter`` instead of
+    ``out/model`` (with ``cfg.merge``, the merged model to ``out/model``; :func:`save_trained`).
     """
     cfg.validate()
     out, work = Path(out), work_dir(out)
