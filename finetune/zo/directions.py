@@ -67,7 +67,19 @@ class _CandidatePool:
         return {"loss": math.nan, "candidate_losses": losses}
 
 
-class GVStep(_CandidatePool):
+class _Candidates(_CandidatePool):
+    """Mixin: a method that evaluates ``candidates`` seeded directions per step (at least 2)."""
+
+    NAME = "this method"
+
+    def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3, candidates: int = 4, **kw):
+        if candidates < 2:
+            raise ValueError(f"{self.NAME} needs at least 2 candidates")
+        self._check_q(kw)
+        super().__init__(model, lr, eps, candidates=candidates, **kw)
+
+
+class GVStep(_Candidates):
     """MeZO-GV: ZO-SGD along a guiding vector built from M ranked candidates.
 
     Per step, on one minibatch: draw M seeds and evaluate ``l_i = L(theta + eps z_i)`` (one-sided, M
@@ -82,11 +94,7 @@ class GVStep(_CandidatePool):
     Returns the mean of ``L(theta +- eps v)``.
     """
 
-    def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3, candidates: int = 4, **kw):
-        if candidates < 2:
-            raise ValueError("MeZO-GV needs at least 2 candidates")
-        self._check_q(kw)
-        super().__init__(model, lr, eps, candidates=candidates, **kw)
+    NAME = "MeZO-GV"
 
     @torch.no_grad()
     def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
@@ -105,7 +113,7 @@ class GVStep(_CandidatePool):
                             candidate_losses=losses, coefficients=coeffs)
 
 
-class GreedyStep(_CandidatePool):
+class GreedyStep(_Candidates):
     """MeZO-Greedy: ZO-SGD along the best of M candidate directions.
 
     Per step: evaluate ``l_i = L(theta + eps z_i)`` for M seeds (one-sided, M passes), keep
@@ -115,11 +123,7 @@ class GreedyStep(_CandidatePool):
     the underlying update rule. Returns the mean of the two sides.
     """
 
-    def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3, candidates: int = 4, **kw):
-        if candidates < 2:
-            raise ValueError("MeZO-Greedy needs at least 2 candidates")
-        self._check_q(kw)
-        super().__init__(model, lr, eps, candidates=candidates, **kw)
+    NAME = "MeZO-Greedy"
 
     @torch.no_grad()
     def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
