@@ -1,4 +1,4 @@
-"""zotune's command line: parses arguments and calls the stages. Run ``python cli.py -h``."""
+"""zotune's command line: parses arguments and calls the stages. Run ``python cli.py -h`` (or ``zotune -h`` once installed)."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +6,17 @@ import sys
 from pathlib import Path
 
 
+def _prog() -> str:
+    """The command as the user typed it: ``zotune`` for the installed console script, else ``cli.py``."""
+    return "zotune" if Path(sys.argv[0]).name == "zotune" else "cli.py"
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line that points to ``-h``."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {message} (see: python {self.prog} -h)\n")
+        command = self.prog if self.prog.startswith("zotune") else f"python {self.prog}"
+        self.exit(2, f"error: {message} (see: {command} -h)\n")
 
 
 def _ints(text: str) -> list[int]:
@@ -303,7 +309,7 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     from finetune.trainer import DEFAULT_TASK, METHODS
 
-    top = Parser(prog="cli.py", description="zotune: learned zeroth-order fine-tuning of LLMs.")
+    top = Parser(prog=_prog(), description="zotune: learned zeroth-order fine-tuning of LLMs.")
     sub = top.add_subparsers(dest="command", required=True)
     run = _run_args()
 
