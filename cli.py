@@ -37,7 +37,17 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None,
                    help=f"alias, tiny-*, Hub id or local folder (default {EMBEDDED}, or the tuner's base model)")
     g.add_argument("--task", default=DEFAULT_TASK, help="sst2, copa, boolq, cb, wsc, rte, squad, drop, "
-                   f"bigbench:<name> or a .jsonl file (default {DEFAULT_TASK})")
+                   "bigbench:<name>, a .jsonl file, or your own .csv/.json/.jsonl/.parquet file or "
+                   f"Dataset.save_to_disk folder with the column options below (default {DEFAULT_TASK})")
+    g.add_argument("--input-column", default=None, metavar="COL",
+                   help="your table: the column holding the prompt (default input)")
+    g.add_argument("--options-column", default=None, metavar="COL",
+                   help="your table, multiple choice: a column holding each row's list of options")
+    g.add_argument("--label-words", default=None, metavar="W1,W2",
+                   help="your table, multiple choice: the options of every row, e.g. no,yes (each scored after a space)")
+    g.add_argument("--label-column", default=None, metavar="COL",
+                   help="your table, multiple choice: the gold option, as an index or as the option's text")
+    g.add_argument("--target-column", default=None, metavar="COL", help="your table, generation: the gold answer")
     g.add_argument("--n-train", type=int, default=d.n_train, help="training examples (default %(default)s)")
     g.add_argument("--n-dev", type=int, default=d.n_dev, help="dev examples for --eval-every (default %(default)s)")
     g.add_argument("--n-test", type=int, default=d.n_test, help="held-out test examples (default %(default)s)")
