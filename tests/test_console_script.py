@@ -4,6 +4,7 @@ The project is installed (without dependencies, from a copy of its sources) into
 installed script is run in a fresh process next to `python cli.py` from the checkout.
 """
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -27,8 +28,10 @@ def installed(tmp_path_factory):
         copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                           if (ROOT / name).is_dir() else {}))
     prefix = tmp / "prefix"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--prefix", str(prefix), str(src)], check=True, capture_output=True, text=True)
+    # offline with the setuptools at hand; a venv without setuptools (Python >= 3.12) fetches it from PyPI
+    offline = ["--no-build-isolation", "--no-index"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *offline, "--prefix", str(prefix),
+                    str(src)], check=True, capture_output=True, text=True)
     (site,) = prefix.glob("lib/python*/site-packages")
     return prefix / "bin" / "zotune", site
 
