@@ -13,7 +13,8 @@ from checkpoints import Tuner
 from finetune.common.errors import ZotuneError
 from finetune.data.models import load_model
 from finetune.hf_trainer import ZOArguments, ZOTrainer
-from finetune.zo.optim import ZOSGD, make_schedule
+from finetune.zo.directions import make_direction_optimizer
+from finetune.zo.optim import ZOSGD, TunedZO, make_schedule
 
 torch.set_num_threads(1)
 WORDS = ["apple", "stone", "river", "cloud", "green", "seven", "table", "light"]
@@ -160,16 +161,41 @@ def test_unsupported_settings_are_one_line_errors(tiny, tmp_path, overrides, zo_
     assert "\n" not in str(err.value)
 
 
-def test_a_ready_zo_optimizer_can_be_passed(tiny, tmp_path):
+@pytest.mark.parametrize("make", [
+    lambda model: ZOSGD(model, lr=5e-3, eps=1e-3, momentum=0.5, seed=11),
+    lambda model: make_direction_optimizer("greedy", "sgd", model, lr=5e-3, eps=1e-3, seed=11, candidates=3),
+], ids=["momentum", "greedy"])
+def test_a_ready_zo_optimizer_can_be_passed(tiny, tmp_path, make):
     model, tok = copy.deepcopy(tiny[0]), tiny[1]
     reference = copy.deepcopy(model)
-    opt = ZOSGD(model, lr=5e-3, eps=1e-3, momentum=0.5, seed=11)
+    opt = make(model)
     trainer = Recording(model=model, args=training_args(tmp_path, max_steps=2, lr_scheduler_type="constant"),
                         train_dataset=lm_dataset(tok, 4), data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
                         optimizers=(opt, None))
     trainer.train()
     assert trainer.zo_optimizer is opt
-    ref = ZOSGD(reference, lr=5e-3, eps=1e-3, momentum=0.5, seed=11)
+    ref = make(reference)
     for batch in trainer.seen:
         ref.step(lambda: reference(**batch).loss)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert opt.engine.forwards == ref.engine.forwards > 0
+
+
+def test_a_tuner_file_drives_the_steps(tiny, tmp_path):
+    model, tok = tiny
+    tuner = tiny_tuner(model)
+    tuner.save_pretrained(tmp_path / "tuner.safetensors")
+    finals = []
+    for spec in (tuner, str(tmp_path / "tuner.safetensors")):
+        m = copy.deepcopy(model)
+        trainer = ZOTrainer(model=m, args=training_args(tmp_path, max_steps=2), train_dataset=lm_dataset(tok, 4),
+                            data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+                            zo_args=ZOArguments(tuner=spec))
+        trainer.train()
+        assert isinstance(trainer.zo_optimizer, TunedZO)
+        finals.append(weights(m))
+    assert all(torch.equal(a, b) for a, b in zip(*finals))
+    sgd = copy.deepcopy(model)
+    ZOTrainer(model=sgd, args=training_args(tmp_path, max_steps=2), train_dataset=lm_dataset(tok, 4),
+              data_collator=DataCollatorForLanguageModeling(tok, mlm=False)).train()
+    assert not all(torch.equal(a, b) for a, b in zip(finals[0], sgd.parameters()))   # the tuner's scales matter
