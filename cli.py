@@ -1,4 +1,4 @@
-"""zotune's command line: parses arguments and calls the stages. Run ``python cli.py -h``."""
+"""zotune's command line: parses arguments and calls the stages. Run ``python cli.py -h`` (or ``zotune -h`` once installed)."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +6,17 @@ import sys
 from pathlib import Path
 
 
+def _prog() -> str:
+    """The command as the user typed it: ``zotune`` for the installed console script, else ``cli.py``."""
+    return "zotune" if Path(sys.argv[0]).name == "zotune" else "cli.py"
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line that points to ``-h``."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {message} (see: python {self.prog} -h)\n")
+        command = self.prog if self.prog.startswith("zotune") else f"python {self.prog}"
+        self.exit(2, f"error: {message} (see: {command} -h)\n")
 
 
 def _ints(text: str) -> list[int]:
@@ -31,7 +37,17 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None,
                    help=f"alias, tiny-*, Hub id or local folder (default {EMBEDDED}, or the tuner's base model)")
     g.add_argument("--task", default=DEFAULT_TASK, help="sst2, copa, boolq, cb, wsc, rte, squad, drop, "
-                   f"bigbench:<name> or a .jsonl file (default {DEFAULT_TASK})")
+                   "bigbench:<name>, a .jsonl file, or your own .csv/.json/.jsonl/.parquet file or "
+                   f"Dataset.save_to_disk folder with the column options below (default {DEFAULT_TASK})")
+    g.add_argument("--input-column", default=None, metavar="COL",
+                   help="your table: the column holding the prompt (default input)")
+    g.add_argument("--options-column", default=None, metavar="COL",
+                   help="your table, multiple choice: a column holding each row's list of options")
+    g.add_argument("--label-words", default=None, metavar="W1,W2",
+                   help="your table, multiple choice: the options of every row, e.g. no,yes (each scored after a space)")
+    g.add_argument("--label-column", default=None, metavar="COL",
+                   help="your table, multiple choice: the gold option, as an index or as the option's text")
+    g.add_argument("--target-column", default=None, metavar="COL", help="your table, generation: the gold answer")
     g.add_argument("--n-train", type=int, default=d.n_train, help="training examples (default %(default)s)")
     g.add_argument("--n-dev", type=int, default=d.n_dev, help="dev examples for --eval-every (default %(default)s)")
     g.add_argument("--n-test", type=int, default=d.n_test, help="held-out test examples (default %(default)s)")
@@ -304,7 +320,7 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     from finetune.trainer import DEFAULT_TASK, METHODS
 
-    top = Parser(prog="cli.py", description="zotune: learned zeroth-order fine-tuning of LLMs.")
+    top = Parser(prog=_prog(), description="zotune: learned zeroth-order fine-tuning of LLMs.")
     sub = top.add_subparsers(dest="command", required=True)
     run = _run_args()
 

@@ -19,7 +19,7 @@ from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
 from finetune.data.scoring import TaskScorer
 from finetune.data.batches import batches
-from finetune.data.tasks import Example, Task, load_task
+from finetune.data.tasks import Example, Task, TaskColumns, load_task
 
 DEFAULT_TASK = "bigbench:strategyqa"
 
@@ -69,6 +69,20 @@ class FinetuneConfig:
     ldsd_decay: float = 0.9            # decay of the LDSD policy mean per step (1 = none)
     ldsd_cap: float = 1.0              # cap on each block's RMS of the LDSD policy mean (in units of sigma = 1)
     ldsd_rule: str = "corrected"       # "released": the public code's noise/loss mis-pairing, for ablations only
+    # the user's own table (CSV, JSON/JSONL, parquet, save_to_disk folder): which columns make the examples
+    input_column: str | None = None    # the prompt (default "input" once any column option is given)
+    options_column: str | None = None  # multiple choice: a list of options per row
+    label_words: str | None = None     # multiple choice: the same options for every row, comma-separated ("no,yes")
+    label_column: str | None = None    # multiple choice: the gold option (index or text)
+    target_column: str | None = None   # generation: the gold answer
+
+    def task_columns(self) -> TaskColumns | None:
+        """The column mapping the ``*_column`` / ``label_words`` options give, or None when none is given."""
+        given = dict(options=self.options_column, label_words=self.label_words, label=self.label_column,
+                     target=self.target_column)
+        if self.input_column is None and all(v is None for v in given.values()):
+            return None
+        return TaskColumns(input=self.input_column or "input", **given)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -100,6 +114,7 @@ class FinetuneConfig:
             raise ZotuneError(f"--ldsd-rule must be corrected or released (got {self.ldsd_rule})")
         if not self.ldsd_cap > 0:
             raise ZotuneError(f"--ldsd-cap must be > 0 (got {self.ldsd_cap}; inf for no cap)")
+        self.task_columns()  # a contradictory column mapping fails here, before anything is loaded
 
     @property
     def directions(self) -> int:
@@ -256,7 +271,8 @@ def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
 def prepare(cfg: FinetuneConfig) -> tuple[Task, object, object, TaskScorer]:
     """Everything a run needs, loaded as ``cfg`` says: the task splits, the model, its tokenizer, the scorer."""
     set_threads(cfg.threads)
-    task = load_task(cfg.task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
+    task = load_task(cfg.task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test,
+                     columns=cfg.task_columns())
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
     return task, model, tokenizer, TaskScorer(tokenizer, max_length=cfg.max_length)
 
