@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finetune.common.atomic import atomic_dir
 from finetune.common.errors import ZotuneError
+from finetune.common.runs import strict_json
 from finetune.data.models import model_id
 from finetune.trainer import POOL_METHODS, FinetuneConfig, prepare, train
 
@@ -145,7 +146,7 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True) -> list[dict]:
         report = {"model": model_id(base.model), "task": task.name, "metric": task.metric,
                   "forwards": cfg.forwards, "config": {**asdict(cfg), "base": asdict(base)},
                   "summary": rows, "runs": runs}
-        (partial / "bench.json").write_text(json.dumps(report, indent=1))
+        (partial / "bench.json").write_text(strict_json(report, indent=1))
         (partial / "bench.md").write_text(markdown(rows, task.metric, title))
         plot(runs, rows, partial / "bench.png", title)
     return rows
