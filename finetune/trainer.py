@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from finetune.common.errors import ZotuneError
@@ -334,6 +333,7 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     out = check_output(Path(out))
     work = work_dir(out)
     with RunLock(out):
+        check_output(out)  # again, now that no other run can write it
         if start_over and work.exists():
             shutil.rmtree(work)
         snapshot = Snapshot(snapshot_path(out), snapshot_every,

@@ -16,9 +16,7 @@ deterministic given ``seed``: the task, the batch and the noise seed of step t a
 from __future__ import annotations
 
 import datetime
-import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field

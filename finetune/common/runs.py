@@ -71,7 +71,7 @@ class RunConfig:
         """Check the shared fields; one-line errors name the flag."""
         for name in ("steps", "batch_size", "n_train", "max_length"):
             check_number(flag(name), getattr(self, name), low=1, integer=True)
-        check_number("--seed", self.seed, low=0, integer=True)
+        check_number("--seed", self.seed, integer=True)
         check_number("--eps", self.eps, low=0, low_open=True)
         if self.threads is not None:
             check_number("--threads", self.threads, low=1, integer=True)
