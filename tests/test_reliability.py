@@ -446,8 +446,11 @@ def test_overwritten_tensor_bytes_are_detected(tmp_path, llama):
 
 
 def test_files_without_a_checksum_still_load(tmp_path, llama):
-    shipped = ROOT / "checkpoints" / "pretrained" / "smollm2-135m.safetensors"
-    assert "tensors_sha256" not in json.loads(header_of(shipped)[1]["__metadata__"]["zotune"])
+    older = ROOT / "reports" / "tuner-smollm2" / "strategyqa" / "untrained.safetensors"  # written before it
+    assert "tensors_sha256" not in json.loads(header_of(older)[1]["__metadata__"]["zotune"])
+    assert Tuner.from_pretrained(older).base_model
+    shipped = ROOT / "checkpoints" / "pretrained" / "smollm2-135m.safetensors"  # checksum added, tensors as before
+    assert "tensors_sha256" in json.loads(header_of(shipped)[1]["__metadata__"]["zotune"])
     assert Tuner.from_pretrained(shipped).base_model
     path = Tuner.for_model(llama, "tiny-llama").save_pretrained(tmp_path / "t.safetensors")
     meta = header_of(path)[1]["__metadata__"]
