@@ -88,7 +88,8 @@ def _run_args() -> argparse.ArgumentParser:
                    "gv costs M+2 forward passes a step, greedy M+1)")
     g.add_argument("--ldsd-k", type=int, default=None, metavar="K",
                    help=f"ldsd: candidate directions per step (default {d.ldsd_k}; K+1 forward passes a step)")
-    g.add_argument("--ldsd-lr", action=_Finite, default=None, help=f"ldsd: lr of the policy mean (default {d.ldsd_lr:g})")
+    g.add_argument("--ldsd-lr", action=_Finite, default=None,
+                   help=f"ldsd: lr of the policy mean (default {d.ldsd_lr:g})")
     g.add_argument("--ldsd-decay", action=_Finite, default=None,
                    help=f"ldsd: decay of the policy mean per step, 1 = none (default {d.ldsd_decay:g})")
     g.add_argument("--ldsd-cap", action=_NotNaN, default=None,
@@ -173,7 +174,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
                            snapshot_every=args.snapshot_every, start_over=args.start_over)
     except KeyboardInterrupt:
-        if snapshot_path(Path(args.out)).exists():
+        if Path(args.out).name and snapshot_path(Path(args.out)).exists():
             print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
                   file=sys.stderr)
             raise SystemExit(130) from None

@@ -14,9 +14,9 @@ from typing import Iterator, Sequence
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import (FP16_MAX, DivergenceGuard, RunConfig, RunLock, Snapshot, changed_fields,
-                                  check_number, check_output, sha256_file, sha256_json, sha256_tensors,
-                                  strict_json, write_failed)
+from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig, RunLock, Snapshot,
+                                  changed_fields, check_number, check_output, sha256_file, sha256_json,
+                                  sha256_tensors, strict_json, write_failed)
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
 from finetune.data.scoring import TaskScorer
@@ -186,10 +186,6 @@ def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
     return make_optimizer(cfg.optimizer_name, model, **kw)
 
 
-class Diverged(ZotuneError):
-    """The run stopped because its loss or weights stopped being finite or ran away."""
-
-
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
           snapshot: Snapshot | None = None, inputs: dict | None = None) -> RunResult:
     """Run ``cfg.steps`` ZO steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test``
@@ -207,7 +203,8 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
     data = batches(task.train, cfg.batch_size, cfg.seed)
     for _ in range(done):  # the batches the interrupted run already used
         next(data)
-    hint = f"lower --lr (now {cfg.lr}) or --eps (now {cfg.eps})" + (", or use --dtype fp32" if cfg.dtype != "fp32" else "")
+    hint = f"lower --lr (now {cfg.lr}) or --eps (now {cfg.eps})"
+    hint += ", or use --dtype fp32" if cfg.dtype != "fp32" else ""
     start, elapsed = time.perf_counter(), result.seconds
     with progress_bar(progress) as bar:
         bar_task = bar.add_task(cfg.method, total=cfg.steps, completed=done, loss="-", speed="-")

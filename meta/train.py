@@ -29,8 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from checkpoints import Tuner
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import (RunConfig, RunLock, Snapshot, changed_fields, check_number, check_output,
-                                  sha256_json, sha256_tensors, strict_json, write_failed)
+from finetune.common.runs import (Diverged, RunConfig, RunLock, Snapshot, changed_fields, check_number,
+                                  check_output, sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.online import OnlineMean
 from finetune.data.scoring import TaskScorer
@@ -172,8 +172,8 @@ class MetaTrainer:
             with torch.enable_grad():
                 loss_fn(self.model).backward()
         if not all(math.isfinite(x) for x in (result.meta_loss, result.loss_plus, result.loss_minus)):
-            raise ZotuneError(f"the loss became non-finite at meta step {step}; lower --fo-lr (now {cfg.fo_lr}) "
-                              f"or --virtual-lr (now {cfg.virtual_lr})")
+            raise Diverged(f"the loss became non-finite at meta step {step}; lower --fo-lr (now {cfg.fo_lr}) "
+                           f"or --virtual-lr (now {cfg.virtual_lr})")
         self.meta_opt.step()
         # first-order trajectory: SGD with momentum, clipped, lr decaying to 0 over each restart period
         phase = (step - 1) % cfg.restart_every
@@ -243,8 +243,8 @@ class MetaTrainer:
         cfg = self.cfg
         meta_params = list(self.bank.parameters()) + ([] if self.policy is None else list(self.policy.parameters()))
         if not all(bool(torch.isfinite(p).all()) for p in meta_params):
-            raise ZotuneError(f"the tuner's weights became non-finite by meta step {self.step}; lower --meta-lr "
-                              f"(now {cfg.meta_lr})")
+            raise Diverged(f"the tuner's weights became non-finite by meta step {self.step}; lower --meta-lr "
+                           f"(now {cfg.meta_lr})")
         self.tuner.bank = self.bank.to("cpu")
         if self.policy is not None:
             self.tuner.policy = self.policy.to("cpu")
@@ -329,9 +329,9 @@ def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, snapshot_every:
                                gain=f"×{row['first_order_gain']:.3f}",
                                speed=f"{(time.perf_counter() - start) / (trainer.step - done):.1f}")
             tuner = trainer.artifact()
-        except ZotuneError as e:
-            if snap.exists() and "non-finite" in str(e):  # resuming would diverge again from the same snapshot
-                raise ZotuneError(f"{e}; its snapshot {snap.path} is kept: rerun with the lower value and "
+        except Diverged as e:
+            if snap.exists():  # resuming would diverge again from the same snapshot
+                raise Diverged(f"{e}; its snapshot {snap.path} is kept: rerun with the lower value and "
                                   "--start-over (which discards it)") from None
             raise
         hint = "free some space and rerun the same command" + (" with --resume" if snap.exists() else "")

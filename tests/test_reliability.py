@@ -253,6 +253,25 @@ def test_divergence_stops_the_run_and_writes_nothing(tmp_path, mc, capsys):
     assert not out.exists() and not list(tmp_path.glob(".o.partial*"))
 
 
+def test_divergence_after_a_snapshot_says_how_to_start_over(tmp_path, mc, capsys, monkeypatch):
+    real_loss, calls = TaskScorer.loss, {"n": 0}
+
+    def runaway_loss(self, model, examples):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in step 3, after the snapshot of step 2: large but finite weights
+            with torch.no_grad():
+                next(model.parameters()).mul_(1e6)
+        return real_loss(self, model, examples)
+
+    monkeypatch.setattr(TaskScorer, "loss", runaway_loss)
+    argv = C(mc, "--steps", "6", "--checkpoint-every", "2", "--no-save-model", "--out", str(tmp_path / "o"))
+    err = one_line(capsys, argv)
+    assert "diverged" in err and "by step 4" in err and "--start-over" in err
+    assert [p.name for p in (tmp_path / ".o.partial").iterdir()] == ["snapshot.pt"] and not (tmp_path / "o").exists()
+    monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    assert cli.main(argv + ["--start-over"]) == 0
+
+
 def test_fp16_overflow_is_one_line(tmp_path, mc, capsys):
     err = one_line(capsys, C(mc, "--steps", "1", "--dtype", "fp16", "--lr", "1e8", "--out", str(tmp_path / "o")))
     assert "fp16" in err and "--lr" in err and not (tmp_path / "o").exists()
@@ -298,7 +317,8 @@ def test_a_second_meta_train_to_the_same_out_is_refused_with_the_holders_pid(tmp
     out = tmp_path / "M.safetensors"
     base = ["meta-train", "--model", "tiny-llama", "--tasks", tasks[0], "--batch-size", "4", "--hidden", "4",
             "--max-length", "32", "--out", str(out)]
-    first = start_and_wait(base + ["--steps", "100000", "--checkpoint-every", "1"], tmp_path / ".M.safetensors.partial.pt")
+    first = start_and_wait(base + ["--steps", "100000", "--checkpoint-every", "1"],
+                           tmp_path / ".M.safetensors.partial.pt")
     try:
         cfg = MetaConfig(model="tiny-llama", tasks=[tasks[0]], steps=2, batch_size=4, hidden=4, max_length=32)
         with pytest.raises(ZotuneError, match=rf"another run \(pid {first.pid}\) holds the lock"):

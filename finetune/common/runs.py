@@ -94,7 +94,7 @@ def check_output(out: Path, kind: str = "folder") -> Path:
     a symbolic link, an existing file or non-empty folder, a parent that is a file or cannot be written.
     Creates the missing parent folders; returns ``out``."""
     out = Path(out)
-    if out.name in ("", ".", "..") or str(out).endswith("/."):
+    if out.name in ("", ".", ".."):
         raise ZotuneError(f"--out {str(out)!r} names no new {kind}; give a path such as runs/my-run")
     if out.is_symlink():
         raise ZotuneError(f"--out {out} is a symbolic link (to {os.readlink(out)}); give the path of the "
@@ -208,28 +208,32 @@ def sha256_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
 # ------------------------------------------------------------------------------------------- guard
 @torch.no_grad()
 def param_norm(params: Iterable[torch.Tensor]) -> float:
-    total = 0.0
-    for p in params:
-        total += float(p.detach().double().pow(2).sum())
-    return math.sqrt(total)
+    """The L2 norm of all ``params`` together (each reduced in float32, no copy of the weights)."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(p.detach(), dtype=torch.float32)) ** 2 for p in params))
+
+
+class Diverged(ZotuneError):
+    """The run stopped because its loss or weights stopped being finite or ran away."""
 
 
 class DivergenceGuard:
-    """Stops a run whose weights stopped being finite or ran away: their norm beyond ``ratio`` times
-    the starting norm. Checked every ``every`` steps and whenever :meth:`check` is forced."""
+    """Stops a run whose weights stopped being finite or ran away: their norm beyond ``ratio`` times the
+    starting norm (at least an RMS of 0.01, so zero-initialised weights may move). Checked at step 1, every
+    ``every`` steps, and whenever :meth:`check` is forced."""
 
     def __init__(self, params: list[torch.Tensor], ratio: float = 100.0, every: int = 10):
-        self.params, self.ratio, self.every = params, ratio, every
+        self.params, self.every = params, every
         self.start = param_norm(params)
+        self.limit = ratio * max(self.start, 0.01 * math.sqrt(sum(p.numel() for p in params)))
 
     def check(self, step: int, hint: str, force: bool = False) -> None:
         if not force and step % self.every and step != 1:
             return
         norm = param_norm(self.params)
-        if not math.isfinite(norm):
-            raise ZotuneError(f"the weights became non-finite by step {step}; {hint}")
-        if norm > self.ratio * max(self.start, 1e-12):
-            raise ZotuneError(f"the run diverged: the weights' norm grew from {self.start:.3g} to {norm:.3g} "
+        if not math.isfinite(norm) and not all(bool(torch.isfinite(p).all()) for p in self.params):
+            raise Diverged(f"the weights became non-finite by step {step}; {hint}")
+        if not norm <= self.limit:
+            raise Diverged(f"the run diverged: the weights' norm grew from {self.start:.3g} to {norm:.3g} "
                               f"by step {step}; {hint}")
 
 
