@@ -300,7 +300,7 @@ def _save_outputs(work: Path, metrics: dict, model, tokenizer, save_model: bool)
                 os.chmod(f, 0o666 & ~mask)
 
 
-def _move_into_place(work: Path, out: Path, snapshot: Path) -> None:
+def _move_into_place(work: Path, out: Path) -> None:
     """Rename the finished working folder to ``out``; on failure keep it whole and say how to finish."""
     try:
         if out.is_symlink() or out.is_file() or (out.is_dir() and any(out.iterdir())):
@@ -346,7 +346,7 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
             if changed:
                 raise ZotuneError(f"cannot resume: the finished run in {work} used {changed[0]}="
                                   f"{saved.get(changed[0])!r}; rerun with its options, or {snapshot.restart_hint}")
-            _move_into_place(work, out, snapshot.path)
+            _move_into_place(work, out)
             return json.loads((out / "metrics.json").read_text())
         if resume and not snapshot.exists():
             raise ZotuneError(f"nothing to resume: no snapshot in {work}; run without --resume")
@@ -363,7 +363,7 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
                 _save_outputs(work, metrics, model, tokenizer, save_model)
                 finished.write_text(strict_json({"config": asdict(cfg), "inputs": inputs}))
             except OSError as e:
-                raise write_failed(f"the outputs in {work}", e, "free some space and rerun the same command"
+                raise write_failed(f"the outputs in {work}", e, "rerun the same command"
                                    + (" with --resume" if snapshot.exists() else "")) from None
         except BaseException as e:
             if not snapshot.exists():
@@ -376,5 +376,5 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
                     raise Diverged(f"{e}; its snapshot is kept in {work}: rerun with the lower value and "
                                    "--start-over (which discards it)") from None
             raise
-        _move_into_place(work, out, snapshot.path)
+        _move_into_place(work, out)
         return metrics

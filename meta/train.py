@@ -334,19 +334,19 @@ def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, snapshot_every:
                 raise Diverged(f"{e}; its snapshot {snap.path} is kept: rerun with the lower value and "
                                   "--start-over (which discards it)") from None
             raise
-        hint = "free some space and rerun the same command" + (" with --resume" if snap.exists() else "")
+        then = "rerun the same command" + (" with --resume" if snap.exists() else "")
         if out.exists() or out.is_symlink():
             raise ZotuneError(f"{out} appeared during the run and is not overwritten; move it away and "
                               + ("rerun with --resume" if snap.exists() else "rerun"))
         try:
             tuner.save_pretrained(out)
         except OSError as e:
-            raise write_failed(out, e, hint) from None
+            raise write_failed(out, e, then) from None
         try:
             with atomic_file(log) as tmp:
                 tmp.write_text(strict_json(trainer.log, indent=0))
         except OSError as e:
             out.unlink(missing_ok=True)
-            raise write_failed(log, e, hint) from None
+            raise write_failed(log, e, then) from None
         snap.path.unlink(missing_ok=True)
     return tuner

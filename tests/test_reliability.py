@@ -561,6 +561,25 @@ def test_disk_full_while_snapshotting_is_one_line_and_resumable(tmp_path, mc, ca
     assert cli.main(argv + ["--resume"]) == 0
 
 
+def test_meta_train_with_a_full_disk_at_the_end_keeps_its_snapshot(tmp_path, tasks, monkeypatch):
+    import checkpoints.artifact as artifact
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real = artifact.save_file
+    monkeypatch.setattr(artifact, "save_file", full)
+    cfg = MetaConfig(model="tiny-llama", tasks=[tasks[0]], steps=4, batch_size=4, hidden=4, max_length=32)
+    out = tmp_path / "t.safetensors"
+    with pytest.raises(ZotuneError, match="disk is full; free some space and rerun the same command with --resume"):
+        meta_train(cfg, out, snapshot_every=2, progress=False)
+    assert (tmp_path / ".t.safetensors.partial.pt").exists() and not out.exists()
+    assert not (tmp_path / "t.metalog.json").exists()
+    monkeypatch.setattr(artifact, "save_file", real)
+    assert meta_train(cfg, out, resume=True, snapshot_every=2, progress=False).provenance["steps"] == 4
+    assert not (tmp_path / ".t.safetensors.partial.pt").exists()
+
+
 def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
     def interrupted():
         raise KeyboardInterrupt

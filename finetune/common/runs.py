@@ -120,10 +120,14 @@ def check_output(out: Path, kind: str = "folder") -> Path:
     return out
 
 
-def write_failed(what: Path | str, e: OSError, hint: str) -> ZotuneError:
-    """A one-line error for a failed write (disk full, permissions) with what to do next."""
-    why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or first_line(e))
-    return ZotuneError(f"could not write {what}: {why}; {hint}")
+def write_failed(what: Path | str, e: OSError, then: str) -> ZotuneError:
+    """A one-line error for a failed write (disk full, permissions): what failed, why, and ``then``, what
+    to do once the cause is fixed ("rerun the same command")."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why, fix = "the disk is full", "free some space"
+    else:
+        why, fix = e.strerror or first_line(e), "fix that"
+    return ZotuneError(f"could not write {what}: {why}; {fix} and {then}")
 
 
 def strict_json(obj, **kw) -> str:
@@ -257,8 +261,8 @@ class Snapshot:
             with atomic_file(self.path) as tmp:
                 torch.save(state, tmp)
         except OSError as e:
-            raise write_failed(f"the snapshot {self.path}", e, "free some space and rerun the same command "
-                               "with --resume (the previous snapshot, if any, is kept)") from None
+            raise write_failed(f"the snapshot {self.path}", e, "rerun the same command with --resume (the "
+                               "previous snapshot, if any, is kept)") from None
 
     def load(self) -> dict:
         """The snapshot's state; a one-line error if it is unreadable."""
