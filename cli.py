@@ -54,6 +54,17 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _hardware_args(p: argparse.ArgumentParser):
+    """The hardware options every training command takes (fields of ``finetune.common.runs.RunConfig``)."""
+    from finetune.common.runs import DTYPES
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    return g
+
+
 def _run_args() -> argparse.ArgumentParser:
     """Arguments shared by every command that fine-tunes a model on a task."""
     from finetune.data.models import EMBEDDED
@@ -97,10 +108,7 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--ldsd-rule", default=None, choices=["corrected", "released"],
                    help="ldsd: 'released' reproduces the public code's noise/loss mis-pairing, for ablations "
                    "(default corrected)")
-    g = p.add_argument_group("hardware")
-    g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    _hardware_args(p)
     return p
 
 
@@ -352,10 +360,7 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
                    help="decay of the online mean direction, a constant of the policy (default %(default)g)")
     g.add_argument("--n-train", type=int, default=d.n_train, help="examples per task (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
-    g = p.add_argument_group("hardware")
-    g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g = _hardware_args(p)
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
 
 

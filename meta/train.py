@@ -29,8 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from checkpoints import Tuner
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import (Diverged, RunConfig, RunLock, Snapshot, changed_fields, check_number,
-                                  check_output, sha256_json, sha256_tensors, strict_json, write_failed)
+from finetune.common.runs import (Diverged, RunConfig, RunLock, Snapshot, check_number, check_output,
+                                  sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.online import OnlineMean
 from finetune.data.scoring import TaskScorer
@@ -215,12 +215,8 @@ class MetaTrainer:
                 "log": self.log, "gain_ema": self.gain_ema, "forwards": self.engine.forwards}
 
     def load_state_dict(self, state: dict) -> None:
-        saved, now = state["config"], asdict(self.cfg)
-        changed = changed_fields(saved, now, asdict(MetaConfig()), ignore=("steps", "threads"))
-        if changed:
-            k = changed[0]
-            raise ZotuneError(f"cannot resume: the interrupted run used {k}={saved.get(k)!r}, not {now[k]!r}; "
-                              "rerun with its options, or delete its snapshot to start over")
+        """Continue from :meth:`state_dict` (a run with the same config and inputs: see
+        :meth:`finetune.common.runs.Snapshot.check`)."""
         with torch.no_grad():
             for p, v in zip(self.engine.params, state["model"]):
                 p.copy_(v)
