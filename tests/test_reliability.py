@@ -272,9 +272,11 @@ def test_divergence_after_a_snapshot_says_how_to_start_over(tmp_path, mc, capsys
     assert cli.main(argv + ["--start-over"]) == 0
 
 
-def test_fp16_overflow_is_one_line(tmp_path, mc, capsys):
-    err = one_line(capsys, C(mc, "--steps", "1", "--dtype", "fp16", "--lr", "1e8", "--out", str(tmp_path / "o")))
-    assert "fp16" in err and "--lr" in err and not (tmp_path / "o").exists()
+@pytest.mark.parametrize("flags,message", [(["--lr", "1e8"], "does not fit in --dtype fp16"),
+                                           (["--lr", "6e4", "--eps", "1e-7"], "the update overflowed fp16")])
+def test_fp16_overflow_is_one_line(tmp_path, mc, capsys, flags, message):
+    err = one_line(capsys, C(mc, "--steps", "1", "--dtype", "fp16", *flags, "--out", str(tmp_path / "o")))
+    assert message in err and "--lr" in err and not (tmp_path / "o").exists()
 
 
 # ------------------------------------------------------------------------- 4. concurrent runs
