@@ -21,6 +21,7 @@ from checkpoints.remote import _REPO, TUNER_FILE, check_repo, download, hub_erro
 from finetune.common.atomic import atomic_dir
 from finetune.common.cache import cache_dir
 from finetune.common.errors import ZotuneError, first_line
+from finetune.common.runs import check_output
 
 CARD_FILE = "README.md"
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -105,9 +106,9 @@ def export(tuner_path: str | Path, out: str | Path, repo: str | None = None) -> 
     non-empty ``out`` is refused. ``repo`` only fills in the usage examples of the card."""
     if repo is not None:
         check_repo(repo)
+    out = check_output(Path(out), flag="the export folder")
     tuner_path = resolve(tuner_path)
     tuner = Tuner.from_pretrained(tuner_path)
-    out = Path(out)
     with atomic_dir(out) as tmp:
         shutil.copyfile(tuner_path, tmp / TUNER_FILE)
         (tmp / CARD_FILE).write_text(model_card(tuner, repo))

@@ -156,6 +156,35 @@ def test_an_out_that_fills_up_during_the_run_keeps_the_finished_run(tmp_path, mc
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model"] and not work.exists()
 
 
+@pytest.mark.parametrize("command", ["bench", "export"])
+def test_bench_and_export_refuse_a_nameless_out(tmp_path, mc, llama, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    if command == "bench":
+        argv = ["bench", "--model", "tiny-llama", "--task", str(mc), "--methods", "mezo", "--seeds", "0",
+                "--forwards", "4", "--batch-size", "4", "--n-test", "4", "--out", "."]
+    else:
+        src = Tuner.for_model(llama, "tiny-llama").save_pretrained(tmp_path / "t.safetensors")
+        argv = ["tuners", "export", str(src), "."]
+    assert "names no new folder" in one_line(capsys, argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mc.jsonl"] + (["t.safetensors"] if command ==
+                                                                                "export" else []))
+
+
+def test_meta_train_does_not_overwrite_an_output_that_appeared_during_the_run(tmp_path, tasks, monkeypatch):
+    out = tmp_path / "t.safetensors"
+    real = MetaTrainer.artifact
+
+    def someone_else_writes(self):
+        out.write_text("theirs")
+        return real(self)
+
+    monkeypatch.setattr(MetaTrainer, "artifact", someone_else_writes)
+    cfg = MetaConfig(model="tiny-llama", tasks=[tasks[0]], steps=3, batch_size=4, hidden=4, max_length=32)
+    with pytest.raises(ZotuneError, match="appeared during the run"):
+        meta_train(cfg, out, snapshot_every=2, progress=False)
+    assert out.read_text() == "theirs" and (tmp_path / ".t.safetensors.partial.pt").exists()
+
+
 def test_meta_train_into_a_folder_it_cannot_write_is_refused_before_training(tmp_path, tasks, capsys, monkeypatch):
     calls = no_training(monkeypatch)
     # /sys refuses new files even to root, so this holds whoever runs the tests

@@ -89,34 +89,31 @@ def changed_fields(saved: dict, now: dict, default: dict, ignore: Iterable[str] 
 
 
 # ------------------------------------------------------------------------------------------- outputs
-def check_output(out: Path, kind: str = "folder") -> Path:
-    """Refuse, before any work, an ``--out`` that could not receive the finished run: no name (``/``, ``.``),
-    a symbolic link, an existing file or non-empty folder, a parent that is a file or cannot be written.
-    Creates the missing parent folders; returns ``out``."""
+def check_output(out: Path, kind: str = "folder", flag: str = "--out") -> Path:
+    """Refuse, before any work, an output (given as ``flag``) that could not receive the finished run: no
+    name (``/``, ``.``), a symbolic link, an existing file or non-empty folder, a parent that is a file or
+    cannot be written. Creates the missing parent folders; returns ``out``."""
     out = Path(out)
     if out.name in ("", ".", ".."):
-        raise ZotuneError(f"--out {str(out)!r} names no new {kind}; give a path such as runs/my-run")
+        raise ZotuneError(f"{flag} {str(out)!r} names no new {kind}; give a path such as runs/my-run")
     if out.is_symlink():
-        raise ZotuneError(f"--out {out} is a symbolic link (to {os.readlink(out)}); give the path of the "
+        raise ZotuneError(f"{flag} {out} is a symbolic link (to {os.readlink(out)}); give the path of the "
                           f"{kind} itself")
-    if kind == "folder":
-        if out.is_file() or (out.is_dir() and any(out.iterdir())):
-            raise ZotuneError(f"output {out} already exists; choose another --out or delete it")
-    elif out.exists():
-        raise ZotuneError(f"output {out} already exists; choose another --out or delete it")
+    if out.is_file() or (out.is_dir() and (kind != "folder" or any(out.iterdir()))):
+        raise ZotuneError(f"output {out} already exists; choose another {flag} or delete it")
     parent = out.parent
     ancestor = parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ZotuneError(f"--out {out}: {ancestor} is a file, not a folder; choose another --out")
+        raise ZotuneError(f"{flag} {out}: {ancestor} is a file, not a folder; choose another {flag}")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".zotune-probe-", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ZotuneError(f"cannot write to {parent} ({e.strerror or first_line(e)}); choose another --out") from None
+        raise ZotuneError(f"cannot write to {parent} ({e.strerror or first_line(e)}); choose another {flag}") from None
     return out
 
 
