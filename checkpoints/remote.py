@@ -77,6 +77,9 @@ def download(repo: str, filename: str = TUNER_FILE) -> Path:
     """Fetch ``filename`` of Hub repository ``repo`` into :func:`tuner_cache` (unvalidated); return its path."""
     import huggingface_hub
 
+    if filename.startswith("/") or any(part in ("", ".", "..") for part in filename.split("/")):
+        raise ZotuneError(f"{filename!r} is not a file path inside a repository; use a name such as "
+                          f"{TUNER_FILE} or v2/{TUNER_FILE}")
     folder = tuner_cache(repo)
     made = [p for p in (folder.parent, folder) if not p.exists()]
     try:

@@ -149,7 +149,7 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
     state = snapshot.load()
     now = asdict(cfg)
     snapshot.check(state, now, asdict(FinetuneConfig()), inputs, ignore=("steps", "eval_every", "threads"))
-    saved_steps = state["config"]["steps"]
+    saved_steps = state["config"].get("steps", now["steps"])
     if saved_steps != now["steps"] and now["schedule"] != "constant":
         raise ZotuneError(f"cannot resume with steps={now['steps']}: the interrupted run's {now['schedule']} "
                           f"schedule decays over {saved_steps} steps; rerun with --steps {saved_steps} "

@@ -693,6 +693,9 @@ def test_pull_honours_or_refuses_file(tmp_path, llama, capsys, monkeypatch):
     assert calls == ["v2/x.safetensors"]
     err = one_line(capsys, ["tuners", "pull", "hf://me/t/a.safetensors", "--file", "b.safetensors"])
     assert "--file" in err and calls == ["v2/x.safetensors"]
+    err = one_line(capsys, ["tuners", "pull", "me/t", "--file", "../../escape.safetensors"])
+    assert "not a file path inside a repository" in err and calls == ["v2/x.safetensors"]
+    assert not (tmp_path / "cache" / "escape.safetensors").exists()
     assert remote.TUNER_FILE  # (the default name is unchanged)
 
 
