@@ -141,11 +141,11 @@ def _config(args: argparse.Namespace, **overrides):
     return FinetuneConfig(**values)
 
 
-def _tuner_defaults(args: argparse.Namespace) -> None:
-    """With ``--tuner``: the artifact's base model unless ``--model`` names one (a derivative), and the lr it
-    recommends (by default the lr it was meta-trained for) unless ``--lr`` is given."""
+def _load_tuner(args: argparse.Namespace):
+    """With ``--tuner``: load and validate the artifact once for the run, and take from it the base model
+    unless ``--model`` names one (a derivative) and the lr it recommends unless ``--lr`` is given."""
     if args.tuner is None:
-        return
+        return None
     from checkpoints import Tuner
     from checkpoints.remote import resolve
     from finetune.data.models import name_for_id
@@ -164,6 +164,7 @@ def _tuner_defaults(args: argparse.Namespace) -> None:
         except ZotuneError as e:
             raise ZotuneError(f"{e}; pass --lr") from None
         args.lr = lr
+    return tuner
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -176,11 +177,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
         args.method = "tuner"
     _check_method_flags(args, [args.method])
-    _tuner_defaults(args)
+    tuner = _load_tuner(args)
     cfg = _config(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
-                           snapshot_every=args.snapshot_every, start_over=args.start_over)
+                           snapshot_every=args.snapshot_every, start_over=args.start_over, tuner=tuner)
     except KeyboardInterrupt:
         if Path(args.out).name and snapshot_path(Path(args.out)).exists():
             print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
@@ -208,10 +209,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
     _check_method_flags(args, args.methods)
-    _tuner_defaults(args)
+    tuner = _load_tuner(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
                       seeds=args.seeds, forwards=args.forwards)
-    rows = bench(cfg, Path(args.out))
+    rows = bench(cfg, Path(args.out), tuner=tuner)
     for r in sorted(rows, key=lambda r: r["method"]):
         if r.get("best"):
             print(f"{r['method']:>8}  lr {r['lr']:<8g} final loss {r['final_loss']:.4f}  "

@@ -42,6 +42,7 @@ from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
 from finetune.common.runs import sha256_tensors, strict_json
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, fingerprint, fingerprint_mismatch, model_blocks
+from pertnn.blocks import trainable_tensors
 from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
@@ -96,10 +97,9 @@ def _metadata_problem(meta: dict) -> str | None:
 def block_stats(model: nn.Module) -> torch.Tensor:
     """[B, 2] float32: mean and log(var + 1e-12) of each block of ``model`` (the first two features)."""
     rows = []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            var, mean = tensor_var_mean(p.detach())
-            rows.append(torch.stack([mean, torch.log(var + 1e-12)]).cpu())
+    for _, p in trainable_tensors(model):
+        var, mean = tensor_var_mean(p.detach())
+        rows.append(torch.stack([mean, torch.log(var + 1e-12)]).cpu())
     return torch.stack(rows)
 
 
@@ -187,7 +187,7 @@ class Tuner:
         A summary of what the tuner does without any model at hand; returns ``(first, rest)``.
 
         Raw (paper) features take the losses absolutely: "on trend" then means L+ = L− = ``loss``
-        (0.7 by default, the level of spec §4.3); normalised features do not depend on it."""
+        (0.7 by default, the loss level the published tuners were trained around); normalised features do not depend on it."""
         n = self.bank.n_blocks
         x = torch.zeros(n, self.bank.cfg.n_features)
         raw = self.feature_config.kind == "raw"

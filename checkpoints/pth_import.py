@@ -1,7 +1,7 @@
 """Import a published ZO Fine-tuner tuner (a pickled ``.pth`` file) as a zotune artifact, without
 ever running pickled code.
 
-The public repository publishes one file per base model (spec §4): a ``torch.save`` zip archive whose
+The ZO Fine-tuner repository publishes one file per base model (docs/public-code.md): a ``torch.save`` zip archive whose
 pickle is a ``dict`` from parameter name to ``Sequential(Linear(5, H), Tanh(), Linear(H, 1))`` (H = 64),
 with whole module objects and CUDA device tags. ``torch.load`` would need ``weights_only=False`` and
 so would execute whatever the pickle asks for. Instead this module reads the zip itself and unpickles
@@ -25,7 +25,7 @@ The converted tuner uses the paper's compatibility mode: raw features (``Feature
 ``σ = |MLP(x)|`` (``PertNNConfig(output="abs")``), hidden width from the file (64), energy normalisation
 on (every published file has ``need_normalization``). Energy normalisation counts plain block numels by
 default; ``paper_batch=N`` stores the paper's effective sizes instead (blocks whose name contains
-``embed`` count ``15 · N · shape[1]``, spec §1.4), which is what reproduces its σ exactly for a run with
+``embed`` count ``15 · N · shape[1]``), which is what reproduces its σ exactly for a run with
 per-device batch × world size N.
 """
 from __future__ import annotations

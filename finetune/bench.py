@@ -120,8 +120,9 @@ def plot(runs: list[dict], rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def bench(cfg: BenchConfig, out: Path, progress: bool = True) -> list[dict]:
-    """Run the grid and write ``out/bench.json``, ``out/bench.md`` and ``out/bench.png`` atomically."""
+def bench(cfg: BenchConfig, out: Path, progress: bool = True, tuner=None) -> list[dict]:
+    """Run the grid and write ``out/bench.json``, ``out/bench.md`` and ``out/bench.png`` atomically (``tuner``:
+    the loaded artifact of method ``tuner``, else read from the config)."""
     runs_cfg = cfg.runs()
     base = cfg.base
     check_output(Path(out))
@@ -135,7 +136,7 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True) -> list[dict]:
             for run_cfg in runs_cfg:
                 bar.update(job, description=f"{run_cfg.method} lr={run_cfg.lr:g} seed={run_cfg.seed}")
                 model.load_state_dict(pristine)
-                result = train(run_cfg, model, scorer, task, progress=False)
+                result = train(run_cfg, model, scorer, task, progress=False, tuner=tuner)
                 runs.append({"method": run_cfg.method, "lr": run_cfg.lr, "seed": run_cfg.seed,
                              "steps": run_cfg.steps, "forwards": result.forwards, "train_loss": result.train_loss,
                              "eval": {"before": result.eval_before, "after": result.eval_after},

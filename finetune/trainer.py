@@ -166,9 +166,10 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
     return state["step"], result
 
 
-def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
-    """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by the artifact
-    ``cfg.tuner`` (refused with a one-line error if it was trained for another architecture)."""
+def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
+    """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by ``tuner`` (the
+    loaded artifact; read from ``cfg.tuner`` if not given), refused with a one-line error if it was trained
+    for another architecture."""
     if cfg.method in POOL_METHODS:
         from finetune.zo.directions import make_direction_optimizer
 
@@ -182,18 +183,19 @@ def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
         from checkpoints import Tuner
 
         momentum = 0.9 if cfg.optimizer == "momentum" else 0.0
-        return TunedZO(model, Tuner.from_pretrained(cfg.tuner), momentum=momentum, **kw)
+        return TunedZO(model, tuner or Tuner.from_pretrained(cfg.tuner), momentum=momentum, **kw)
     return make_optimizer(cfg.optimizer_name, model, **kw)
 
 
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
-          snapshot: Snapshot | None = None, inputs: dict | None = None) -> RunResult:
+          snapshot: Snapshot | None = None, inputs: dict | None = None, tuner=None) -> RunResult:
     """Run ``cfg.steps`` ZO steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test``
     before and after (and on ``task.dev`` every ``cfg.eval_every`` steps). With a ``snapshot``, the
     run is snapshotted as it goes, and continues from an existing snapshot (made with the same ``inputs``).
-    Raises :class:`Diverged` when the loss or the weights stop being finite or run away."""
+    ``tuner`` is the loaded artifact of method ``tuner`` (else read from ``cfg.tuner``). Raises
+    :class:`Diverged` when the loss or the weights stop being finite or run away."""
     inputs = inputs or {}
-    opt = make_run_optimizer(cfg, model)
+    opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
     guard = DivergenceGuard(opt.engine.params)
     if snapshot is not None and snapshot.exists():
@@ -316,14 +318,15 @@ def _move_into_place(work: Path, out: Path) -> None:
 
 
 def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
-             resume: bool = False, snapshot_every: int = 100, start_over: bool = False) -> dict:
+             resume: bool = False, snapshot_every: int = 100, start_over: bool = False, tuner=None) -> dict:
     """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``) atomically.
 
     ``out`` is checked and locked before any work. The run works in :func:`work_dir` and renames it to
     ``out`` when done. Every ``snapshot_every`` steps it leaves a snapshot there; if the run is killed,
     the same call with ``resume=True`` continues from it (refused if the options or inputs changed) and
     ends with the same result as an uninterrupted run. ``start_over`` discards an interrupted run first.
-    A run that fails before its first snapshot leaves nothing behind.
+    A run that fails before its first snapshot leaves nothing behind. ``tuner``: the loaded artifact of
+    method ``tuner`` (else read from ``cfg.tuner``).
     """
     cfg.validate()
     check_number("--checkpoint-every", snapshot_every, low=0, integer=True)
@@ -357,7 +360,8 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
         try:
             task, model, tokenizer, scorer = prepare(cfg)
             inputs = run_inputs(cfg, task, model)
-            result = train(cfg, model, scorer, task, progress=progress, snapshot=snapshot, inputs=inputs)
+            result = train(cfg, model, scorer, task, progress=progress, snapshot=snapshot, inputs=inputs,
+                           tuner=tuner)
             metrics = metrics_dict(cfg, task, result)
             try:
                 _save_outputs(work, metrics, model, tokenizer, save_model)

@@ -15,7 +15,7 @@ Two implementations:
   bank, through the energy normalisation too. The model's ``.grad`` is left holding ∇L(θ'), which the
   first-order trajectory step may reuse.
 * :func:`unrolled` (any K): the K virtual steps are differentiated with ``higher`` (a functional copy of
-  the model whose parameters are the non-leaf θ'_k), as the design card names it. Used for K > 1, and as
+  the model whose parameters are the non-leaf θ'_k). Used for K > 1, and as
   the reference that the closed form is tested against.
 
 Both return :class:`MetaStep`; both count their forward passes on the engine. :func:`closed_form` also
@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from finetune.zo.online import OnlineMean
+from finetune.zo.online import OnlineMean, tuned_direction
 from finetune.zo.engine import ZOEngine
 from pertnn import PertNNBank, StepHistory
 from pertnn.policy import DirectionPolicy
@@ -78,18 +78,11 @@ def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_f
     model, params = engine.model, engine.params
     features = history.features(params)
     sigma = bank(features)
-    mean, coeffs, gate = None, None, None
-    iso, mean_scale = sigma, None
-    if policy is not None:
-        if online is None:
-            raise ValueError("a direction policy needs the task's online mean")
-        gate, iso, mean_scale, coeffs = online.direction(policy, sigma, features)
-        mean = online.means
-    engine.scales = iso.detach().cpu()
-    g, plus, minus = engine.spsa(lambda: loss_fn(model), seed, eps, mean, coeffs)
+    direction, gate, iso, mean_scale = tuned_direction(seed, sigma, features, policy, online)
+    g, plus, minus = engine.spsa(lambda: loss_fn(model), direction, eps)
     for p in params:
         p.grad = None
-    engine.update_(seed, -lr * g, mean, coeffs)
+    engine.update_(direction, -lr * g)
     try:
         with torch.enable_grad():
             meta_loss = loss_fn(model)
@@ -103,7 +96,7 @@ def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_f
                                      if r > 0 else torch.zeros((), dtype=torch.float64)
                                      for gr, m, r in zip(grads, online.means, rms.tolist())])
     finally:
-        engine.update_(seed, lr * g, mean, coeffs)
+        engine.update_(direction, lr * g)
     if policy is None:
         sigma.backward(-lr * g * dots.to(sigma.device))
     else:
@@ -124,7 +117,6 @@ def _shim_module_list_slicing(fmodel: nn.Module) -> None:
     builds a new instance of the list's class, and ``higher``'s monkey-patched class cannot be built that
     way (``__init__() missing 1 required positional argument: 'root'``); higher 0.2.1 is unmaintained
     since 2020. A slice is only iterated, so returning the plain list of its modules is enough.
-    See ../shared/research/env_probe.md §2.
     """
     for m in fmodel.modules():
         if isinstance(m, nn.ModuleList):
@@ -160,7 +152,7 @@ def unrolled(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: 
     scales go into ``history`` (the later steps are virtual and see a copy). The model's ``.grad`` is not
     touched: a first-order trajectory step needs its own backward.
     """
-    import higher  # the design card's unrolling library; only this path needs it
+    import higher  # only this path needs it
 
     model, params = engine.model, engine.params
     fmodel = higher.monkeypatch(model, copy_initial_weights=True, track_higher_grads=True)
@@ -171,8 +163,7 @@ def unrolled(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: 
     for k, seed in enumerate(seeds):
         sigma = bank(hist.features([t.detach() for t in theta]))
         if k == 0:
-            engine.scales = sigma.detach().cpu()
-            g, plus, minus = engine.spsa(lambda: loss_fn(model), seed, eps)
+            g, plus, minus = engine.spsa(lambda: loss_fn(model), tuned_direction(seed, sigma, None)[0], eps)
             first = (plus, minus, g, sigma)
             history.update(plus, minus, sigma)
             hist = StepHistory(len(params), history.cfg)

@@ -11,6 +11,7 @@ from pertnn.blocks import (
     fingerprint,
     fingerprint_mismatch,
     model_blocks,
+    trainable_tensors,
     tied_groups,
 )
 from pertnn.features import N_FEATURES, FeatureConfig, StepHistory, block_features, tensor_var_mean
@@ -31,6 +32,7 @@ __all__ = [
     "fingerprint",
     "fingerprint_mismatch",
     "model_blocks",
+    "trainable_tensors",
     "tensor_var_mean",
     "tied_groups",
 ]

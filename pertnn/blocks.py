@@ -1,9 +1,10 @@
 """Blocks: the trainable tensors of a model in a fixed order, their kind, their tying, and a fingerprint.
 
-A *block* is one ``named_parameters()`` tensor with ``requires_grad`` (tied tensors once), in exactly
-the order of ``finetune.zo.engine.param_blocks``; the learned tuner gives one σ to each. Blocks are classified
+A *block* is one ``named_parameters()`` tensor with ``requires_grad`` (tied tensors once), in the order of
+:func:`trainable_tensors`, the one enumeration the ZO engine, the features and the artifact all use; the
+learned tuner gives one σ to each. Blocks are classified
 by tensor identity and ``ndim`` only, never by name substrings (the public code's ``'bias'``/``'norm'``/
-``'embed'`` checks break on GPT-2's ``ln_*`` and on any tensor with three or more dims; spec §7.2):
+``'embed'`` checks break on GPT-2's ``ln_*`` and on any tensor with three or more dims; docs/public-code.md):
 
 * ``"embedding"``: a 2-D tensor that is the ``weight`` of an :class:`torch.nn.Embedding` module
   (subclasses included). A tied output head is the same tensor, so it is this block, counted once.
@@ -39,13 +40,17 @@ def _embedding_tensor_ids(model: nn.Module) -> set[int]:
             if isinstance(m, nn.Embedding) and getattr(m, "weight", None) is not None}
 
 
+def trainable_tensors(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The blocks' tensors: ``(name, parameter)`` for every ``requires_grad`` parameter of ``model``, in
+    ``named_parameters()`` order, tied tensors once (under their first name)."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
 def model_blocks(model: nn.Module) -> list[Block]:
-    """The blocks of ``model`` in ``named_parameters()`` order (``requires_grad`` only, tied once)."""
+    """The blocks of ``model``, in the order of :func:`trainable_tensors`."""
     emb = _embedding_tensor_ids(model)
     blocks = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    for name, p in trainable_tensors(model):
         if p.ndim == 2 and id(p) in emb:
             kind = "embedding"
         elif p.ndim >= 2:

@@ -9,7 +9,7 @@ import torch
 from finetune.data.models import load_model
 from finetune.data.scoring import TaskScorer
 from finetune.data.tasks import Example
-from finetune.zo.engine import ZOEngine
+from finetune.zo.engine import Direction, ZOEngine
 from meta.metagrad import closed_form, unrolled
 from pertnn import PertNNBank, PertNNConfig, StepHistory, model_blocks
 from reference import central_difference
@@ -95,8 +95,7 @@ def test_closed_form_leaves_gradient_at_the_virtual_point():
     got = [p.grad.clone() for p in engine.params]
     ref = copy.deepcopy(model)
     ref_engine = ZOEngine(ref, noise="table")
-    ref_engine.scales = step.sigma.double()
-    ref_engine.update_(7, -0.5 * step.g)
+    ref_engine.update_(Direction(7, step.sigma.double()), -0.5 * step.g)
     ref.zero_grad()
     loss_fn(ref).backward()
     for g, p in zip(got, ref_engine.params):

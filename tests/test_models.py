@@ -359,7 +359,7 @@ def test_shipped_tuner_fits_the_embedded_model_and_steps(smollm2):
     scorer = TaskScorer(tokenizer, max_length=32)
     try:
         loss = opt.step(lambda: scorer.loss(model, batch))
-        sigma = opt.engine.scales
+        sigma = opt.last["scales"]
         assert 0 < loss < 5 and torch.isfinite(sigma).all() and float(sigma.std()) > 0.01
         assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # every block moved
     finally:

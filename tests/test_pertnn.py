@@ -9,7 +9,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from finetune.data.models import load_model
-from finetune.zo.engine import param_blocks
+from checkpoints.artifact import block_stats
+from finetune.zo.engine import ZOEngine
+from pertnn.blocks import trainable_tensors as param_blocks
 from pertnn import (
     N_FEATURES,
     FeatureConfig,
@@ -41,6 +43,19 @@ def test_blocks_match_param_blocks(name):
     blocks = model_blocks(model)
     assert len(blocks) == len(list(model.parameters()))
     ref = param_blocks(model)
+    # the engine, the features' block statistics and the artifact use this one enumeration, in this order
+    engine = ZOEngine(model)
+    assert [n for n, _ in engine.blocks] == [n for n, _ in ref] and all(a is b for (_, a), (_, b) in zip(engine.blocks, ref))
+    stats = block_stats(model)
+    assert stats.shape[0] == len(ref)
+    assert torch.allclose(stats[:, 0], torch.stack([p.detach().float().mean() for _, p in ref]), atol=1e-6)
+    # an independent reference: named_parameters with requires_grad, deduplicated by tensor identity
+    seen, names = set(), []
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            names.append(n)
+    assert [n for n, _ in ref] == names
     assert [b.name for b in blocks] == [n for n, _ in ref]
     assert [b.shape for b in blocks] == [tuple(p.shape) for _, p in ref]
     assert [b.numel for b in blocks] == [p.numel() for _, p in ref]

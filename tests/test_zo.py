@@ -11,28 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetune.data.models import TINY, load_model
 from finetune.zo.optim import ZOAdam, ZOSGD, make_optimizer, make_schedule
-from finetune.zo.engine import GaussianNoise, NoiseTable, ZOEngine
-from reference import Reference, axpy, deep_tiny, ids
-
-
-class Quadratic(nn.Module):
-    """L(w) = 1/2 sum_i a_i (w_i - c_i)^2 over a matrix and a vector block; gradient a * (w - c)."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = nn.Parameter(torch.randn(6, 5, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(7, generator=g, dtype=torch.float64))
-        self.register_buffer("a", torch.rand(6 * 5 + 7, generator=g, dtype=torch.float64) + 0.5)
-        self.register_buffer("c", torch.randn(6 * 5 + 7, generator=g, dtype=torch.float64))
-
-    def forward(self):
-        w = torch.cat([self.w.flatten(), self.b])
-        return 0.5 * (self.a * (w - self.c) ** 2).sum()
-
-    def grad(self):
-        w = torch.cat([self.w.detach().flatten(), self.b.detach()])
-        return self.a * (w - self.c)
+from finetune.zo.engine import Direction, ZOEngine
+from finetune.zo.noise import GaussianNoise, NoiseTable
+from reference import Quadratic, Reference, axpy, deep_tiny, ids, seed_stream
 
 
 def tiny_llama(seed=0):
@@ -47,8 +28,9 @@ def lm_closure(model, seed=1):
     return lambda: model(input_ids=x, labels=x).loss
 
 
-def flat_estimate(engine, seed, g):
-    return torch.cat([engine.noise_like(seed, i).flatten() * g for i in range(len(engine.blocks))])
+def flat_estimate(engine, seed, g, scales=None):
+    return torch.cat([engine.noise_like(seed, i, 1.0 if scales is None else scales[i]).flatten() * g
+                      for i in range(len(engine.blocks))])
 
 
 @pytest.mark.parametrize("noise", ["table", "gaussian"])
@@ -56,10 +38,8 @@ def flat_estimate(engine, seed, g):
 def test_mean_of_estimates_approaches_true_gradient(noise, scales):
     model = Quadratic()
     engine = ZOEngine(model, noise=noise)
-    if scales:
-        engine.scales = torch.tensor(scales, dtype=torch.float64)
     n = 6000
-    mean = sum(flat_estimate(engine, s, engine.spsa(model, s, 1e-3)[0]) for s in range(n)) / n
+    mean = sum(flat_estimate(engine, s, engine.spsa(model, Direction(s, scales), 1e-3)[0], scales) for s in range(n)) / n
     # With scales s_b the estimate's mean is s_b^2 * gradient (perturbation and update both scaled).
     s2 = torch.ones(37, dtype=torch.float64) if scales is None else torch.cat(
         [torch.full((30,), scales[0] ** 2), torch.full((7,), scales[1] ** 2)]).double()
@@ -126,7 +106,7 @@ def test_parameters_restored_when_the_forward_pass_raises():
 
 
 def engine_loss_inside(engine, model):
-    with engine.perturbed(seed=1, alpha=1e-2):
+    with engine.perturbed(1, alpha=1e-2):
         return lm_closure(model)()
 
 
@@ -161,18 +141,13 @@ def test_mezo_step_matches_explicit_reference(noise, name):
 def test_block_scales_enter_perturbation_and_update():
     model = Quadratic()
     opt = ZOSGD(model, lr=0.1, eps=1e-3, noise="gaussian")
-    opt.engine.scales = torch.tensor([0.0, 3.0], dtype=torch.float64)
     w0, b0 = model.w.detach().clone(), model.b.detach().clone()
-    opt.step(model)
+    opt.zo_step(model, scales=torch.tensor([0.0, 3.0], dtype=torch.float64))
     assert torch.equal(model.w.detach(), w0)  # scale 0: neither perturbed nor moved
     assert not torch.equal(model.b.detach(), b0)
 
 
-def seed_stream(seed):
-    """The step seeds a ZO optimizer built with ``seed`` will draw, generated independently."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        yield int(torch.randint(0, 2**62, (1,), generator=gen))
+
 
 
 @pytest.mark.parametrize("kind", ["momentum", "adam"])
@@ -300,19 +275,19 @@ def test_head_output_equals_the_perturbed_linear():
     engine = ZOEngine(model, noise="table")
     engine.noise = NoiseTable(size=1 << 12, chunk=1 << 8)
     assert [m for m, _ in engine._heads] == [model.head]
-    engine.scales = torch.tensor([0.5, 1.5, 2.0, 0.7], dtype=torch.float64)
+    scales = torch.tensor([0.5, 1.5, 2.0, 0.7], dtype=torch.float64)
     gen = torch.Generator().manual_seed(1)
     mean = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in engine.params]
     x = torch.randn(5, 3, 7, generator=gen, dtype=torch.float64)
     alpha, terms = 1e-2, [(11, 0.7), (12, -1.3)]
-    with engine.perturbed(terms, alpha, mean):
+    with engine.perturbed(Direction(terms, scales, mean, scales), alpha):
         with torch.inference_mode():
             got = model(x)  # a ZO forward pass: the head is written a few rows at a time
         graph = model(x)  # with autograd: the head is perturbed through a full copy
     params = {}
     for i, (n, p) in enumerate(engine.blocks):
         direction = sum(c * engine.unit_noise(s, i) for s, c in terms) + mean[i]
-        params[n] = p.detach() + alpha * float(engine.scales[i]) * direction
+        params[n] = p.detach() + alpha * float(scales[i]) * direction
     want = functional_call(model, params, (x,))
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(graph, want, rtol=1e-12, atol=1e-12)

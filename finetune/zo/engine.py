@@ -1,37 +1,30 @@
 """The ZO engine: seeded, exactly reversible perturbation of a model's parameter blocks, and the update.
 
-A *block* is one trainable parameter tensor (tied weights count once). A step's perturbation direction
-z = (z_1, ..., z_B) is never stored: block b's noise z_b is a pure function of ``(seed, b)`` and is
-regenerated whenever it is needed. Each block carries a scale s_b (all ones by default, which is MeZO);
-the perturbation and the update both use s_b * z_b, which is where a learned tuner plugs in.
+A *block* is one trainable parameter tensor (:func:`pertnn.blocks.trainable_tensors`). A step moves along a
+:class:`Direction`, given to every call as an argument: block b moves along
+``v_b = s_b * sum_j c_j z_b(seed_j) + k_b * offset_b``, with z_b(seed) the seeded noise (:mod:`finetune.zo.noise`,
+regenerated whenever needed, never stored), s_b a per-block noise scale (1 is MeZO; a tuner sets it) and an
+optional stored per-block ``offset`` tensor with scales k_b (LDSD's policy mean, a tuner's online mean).
 
-A direction may also be a *combination* of seeded noises, ``v_b = sum_j c_j z_b(seed_j)``, given as a
-list of ``(seed, coefficient)`` pairs, plus optionally a stored per-block tensor ``mean_b`` (LDSD's
-policy mean): :meth:`ZOEngine.perturbed`, :meth:`ZOEngine.spsa` and :meth:`ZOEngine.update_` accept
-both. The combination is never materialised: each block's noises are added one after the other into
-the scratch buffer (or the parameter, for the update). A plain integer seed is the combination
-``[(seed, 1.0)]`` and runs exactly the operations it always did.
-
-Perturbation works one unit (a transformer layer, typically) at a time, with forward hooks: just before
-a unit runs, the perturbed values of its parameters are written into scratch buffers that are swapped
-in; just after, the original tensors are swapped back. Only one unit's worth of perturbed weights exists
-at a time, so memory stays at inference level, and the parameters come back bit for bit (MeZO's in-place
-``theta + eps*z - 2*eps*z + eps*z`` does not, in floating point). Embedding lookups need no copy (their
-outputs are corrected by the noise rows), nor do large output heads (their perturbed weight is written
-and used a few rows at a time). The update is in place.
+Perturbation works one unit (a transformer layer, typically) at a time, with forward hooks: the perturbed
+values of a unit's parameters are written into scratch buffers that are swapped in just before it runs and
+swapped out just after, so memory stays at inference level and the parameters come back bit for bit.
+Embedding lookups need no copy (their outputs get the noise rows), nor do large output heads (their
+perturbed weight is written and used a few rows at a time). The update is in place. docs/engine.md
+explains the design.
 """
 from __future__ import annotations
 
-import functools
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, block) pairs over generator seeds
-
+from finetune.zo.noise import GaussianNoise, NoiseTable, make_noise
+from pertnn.blocks import trainable_tensors
 
 Seeds = Union[int, Sequence[tuple[int, float]]]  # one seed, or a combination of (seed, coefficient) pairs
 
@@ -46,160 +39,68 @@ def as_terms(seed: Seeds) -> list[tuple[int, float]]:
     return terms
 
 
-def _mean_coeffs(coeffs, n: int) -> list[float]:
-    """The per-block multipliers of a stored mean term: ``coeffs`` as floats, or ones."""
-    if coeffs is None:
+def _per_block(values, n: int, what: str) -> list[float]:
+    """``values`` as n floats: None is ones, a number is the same for every block."""
+    if values is None:
         return [1.0] * n
-    out = [float(c) for c in coeffs]
+    if isinstance(values, (int, float)):
+        return [float(values)] * n
+    out = values.tolist() if isinstance(values, torch.Tensor) else [float(v) for v in values]
     if len(out) != n:
-        raise ValueError(f"mean_coeffs has {len(out)} entries for {n} blocks")
+        raise ValueError(f"{what} has {len(out)} entries for {n} blocks")
     return out
 
 
-def param_blocks(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The trainable parameter tensors of ``model`` in a fixed order, tied weights once."""
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+@dataclass(frozen=True)
+class Direction:
+    """``v_b = scales_b * sum_j c_j z_b(seed_j) + offset_scales_b * offset_b`` for every block b.
+
+    ``seeds`` is one seed or ``(seed, coefficient)`` pairs; ``scales`` (one per block, or None for ones) is
+    the noise scale; ``offset`` (one tensor per block) is an optional stored term with ``offset_scales`` (one per
+    block, one number for all, or None for ones)."""
+
+    seeds: Seeds
+    scales: Sequence[float] | torch.Tensor | None = None
+    offset: Sequence[torch.Tensor] | None = None
+    offset_scales: Sequence[float] | torch.Tensor | float | None = None
+
+    def times(self, g: float) -> "Direction":
+        """``g * v``: the same direction with every seed coefficient and offset scale multiplied by ``g``."""
+        offset_scales = self.offset_scales
+        if self.offset is not None:
+            offset_scales = [g * k for k in _per_block(offset_scales, len(self.offset), "offset_scales")]
+        return Direction([(s, g * c) for s, c in as_terms(self.seeds)], self.scales, self.offset, offset_scales)
 
 
-def _block_seed(seed: int, index: int) -> int:
-    return (seed * SEED_MIX + index * 0x632BE59BD9B4E019 + 1) % (2**63 - 1)
+class _Resolved(NamedTuple):
+    terms: list[tuple[int, float]]
+    scales: list[float]
+    offset: Sequence[torch.Tensor] | None
+    offset_scales: list[float]
 
 
-class GaussianNoise:
-    """Exact i.i.d. N(0, 1) noise per block from a per-(seed, block) torch generator (MeZO's noise).
+class SPSA(NamedTuple):
+    """A two-point estimate: ``g = (plus - minus) / (2 eps)`` and the two losses."""
 
-    Fast on GPUs; on CPUs drawing normals costs about as much as a forward pass of the model,
-    which is why :class:`NoiseTable` exists.
-    """
-
-    name = "gaussian"
-
-    def add(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, out: torch.Tensor,
-            at: int = 0, numel: int | None = None) -> None:
-        """``out = tensor + alpha * z_index(seed)`` (``out`` may be ``tensor`` itself). With ``numel``, z is the
-        flat noise of a block of ``numel`` elements and ``tensor`` its segment starting at ``at``."""
-        gen = torch.Generator(device=tensor.device).manual_seed(_block_seed(seed, index))
-        if numel is None or (at == 0 and numel == tensor.numel()):
-            z = torch.randn(tensor.shape, generator=gen, device=tensor.device, dtype=tensor.dtype)
-        else:  # a segment: draw the whole block's noise (this class is for accelerators) and slice it
-            z = torch.randn(numel, generator=gen, device=tensor.device, dtype=tensor.dtype)
-            z = z[at: at + tensor.numel()].view(tensor.shape)
-        torch.add(tensor, z, alpha=alpha, out=out)
-
-    def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
-        """``<tensor, z_index(seed)>`` as a 0-d tensor (the noise is drawn in full)."""
-        z = torch.zeros_like(tensor)
-        self.add(z, seed, index, 1.0, out=z)
-        return torch.dot(tensor.reshape(-1), z.reshape(-1))
-
-    def rows(self, like: torch.Tensor, seed: int, index: int, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``ids`` of the 2-D noise ``z_index(seed)`` shaped like ``like`` (drawn in full)."""
-        z = torch.zeros_like(like)
-        self.add(z, seed, index, 1.0, out=z)
-        return z[ids]
-
-
-class NoiseTable:
-    """Gaussian noise read from one shared table (the "shared noise table" of Salimans et al., 2017).
-
-    A table T of ``size`` standard normals is drawn once. Block b's noise at a seed is its flattened
-    tensor cut into chunks of ``chunk`` elements, chunk k being ``sign_k * T[offset_k : offset_k + len_k]``
-    with offsets and signs drawn from ``(seed, b)``. Inside a chunk the entries are distinct table
-    entries; across chunks and blocks the random signs make every cross term vanish in expectation,
-    so E[z z^T] = I as for fresh Gaussians. Adding noise is a plain add of a table slice, about ten
-    times cheaper than drawing normals on a CPU. The table costs ``4 * size`` bytes (16 MiB by default).
-    """
-
-    name = "table"
-
-    def __init__(self, size: int = 1 << 22, chunk: int = 1 << 18, table_seed: int = 20240917):
-        if chunk > size:
-            raise ValueError("chunk must not exceed the table size")
-        self.size, self.chunk, self.table_seed = size, chunk, table_seed
-        self._tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    def table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        key = (torch.device(device), dtype)
-        if key not in self._tables:
-            gen = torch.Generator().manual_seed(self.table_seed)
-            base = torch.randn(self.size, generator=gen, dtype=torch.float32)
-            self._tables[key] = base.to(device=device, dtype=dtype)
-        return self._tables[key]
-
-    @functools.lru_cache(maxsize=1 << 13)  # a step replays each seed 3 times: draw its layout once
-    def layout(self, numel: int, seed: int, index: int) -> tuple[list[int], list[int], list[float]]:
-        """Starts within the tensor, table offsets and signs of the chunks of block ``index``."""
-        starts = list(range(0, numel, self.chunk))
-        longest = min(self.chunk, numel)
-        gen = torch.Generator().manual_seed(_block_seed(seed, index))
-        offsets = torch.randint(0, self.size - longest + 1, (len(starts),), generator=gen)
-        signs = torch.randint(0, 2, (len(starts),), generator=gen) * 2 - 1
-        return starts, offsets.tolist(), signs.tolist()
-
-    def add(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, out: torch.Tensor,
-            at: int = 0, numel: int | None = None) -> None:
-        """``out = tensor + alpha * z_index(seed)`` (``out`` may be ``tensor`` itself). With ``numel``, z is the
-        flat noise of a block of ``numel`` elements and ``tensor`` its segment starting at ``at``."""
-        table = self.table(tensor.device, tensor.dtype)
-        src, dst = tensor.view(-1), out.view(-1)
-        n = src.numel()
-        starts, offsets, signs = self.layout(n if numel is None else numel, seed, index)
-        for k in range(at // self.chunk, (at + n - 1) // self.chunk + 1):  # the chunks the segment touches
-            lo, hi = max(at, starts[k]), min(at + n, starts[k] + self.chunk)
-            off = offsets[k] + lo - starts[k]
-            torch.add(src[lo - at:hi - at], table[off:off + hi - lo], alpha=signs[k] * alpha, out=dst[lo - at:hi - at])
-
-    def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
-        """``<tensor, z_index(seed)>`` as a 0-d tensor, from table views (no noise-sized buffer)."""
-        table = self.table(tensor.device, tensor.dtype)
-        flat = tensor.reshape(-1)
-        n = flat.numel()
-        total = torch.zeros((), dtype=tensor.dtype, device=tensor.device)
-        for start, off, sign in zip(*self.layout(n, seed, index)):
-            end = min(start + self.chunk, n)
-            total += sign * torch.dot(flat[start:end], table[off:off + end - start])
-        return total
-
-    def rows(self, like: torch.Tensor, seed: int, index: int, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``ids`` of the 2-D noise ``z_index(seed)`` shaped like ``like``, read straight from the
-        table: only ``ids.numel() * width`` values are touched, however large the tensor."""
-        width = like.shape[1]
-        table = self.table(like.device, like.dtype)
-        _, offsets, signs = self.layout(like.numel(), seed, index)
-        flat = ids.to(like.device).unsqueeze(-1) * width + torch.arange(width, device=like.device)
-        chunk = flat // self.chunk
-        offsets_t = torch.tensor(offsets, device=like.device)
-        signs_t = torch.tensor(signs, device=like.device, dtype=like.dtype)
-        return signs_t[chunk] * table[offsets_t[chunk] + flat % self.chunk]
-
-
-def make_noise(kind: str, device: torch.device) -> GaussianNoise | NoiseTable:
-    """``"gaussian"``, ``"table"``, or ``"auto"``: the table on CPU, fresh Gaussians on accelerators."""
-    if kind == "auto":
-        kind = "table" if torch.device(device).type == "cpu" else "gaussian"
-    if kind == "gaussian":
-        return GaussianNoise()
-    if kind == "table":
-        return NoiseTable()
-    raise ValueError(f"unknown noise kind {kind!r}; use auto, table or gaussian")
+    g: float
+    plus: float
+    minus: float
 
 
 class ZOEngine:
-    """Seeded perturbations and noise updates over the parameter blocks of one model.
+    """Seeded perturbations and updates along :class:`Direction` s over the parameter blocks of one model.
 
-    ``scales`` holds one multiplier per block (float64, on the CPU); all ones is MeZO.
-    ``forwards`` counts the loss evaluations made through :meth:`loss`, so that methods can be
-    compared at an equal number of forward passes.
+    ``forwards`` counts the loss evaluations made through :meth:`loss`, so that methods can be compared
+    at an equal number of forward passes.
     """
 
     def __init__(self, model: nn.Module, noise: str = "auto"):
         self.model = model
-        self.blocks = param_blocks(model)
+        self.blocks = trainable_tensors(model)
         if not self.blocks:
             raise ValueError("the model has no trainable parameters")
         device = self.blocks[0][1].device
         self.noise = make_noise(noise, device)
-        self.scales = torch.ones(len(self.blocks), dtype=torch.float64)
         self.forwards = 0
         index = {id(p): i for i, (_, p) in enumerate(self.blocks)}
         # Scratch buffers for perturbed weights are pooled and reused across forward passes, up to 1/16
@@ -273,18 +174,23 @@ class ZOEngine:
     def params(self) -> list[nn.Parameter]:
         return [p for _, p in self.blocks]
 
-    def add_noise_(self, tensor: torch.Tensor, seed: int, index: int, alpha: float,
-                   scale: float | None = None) -> None:
-        """``tensor += alpha * scale_index * z_index(seed)`` (the tensor has block ``index``'s shape)."""
-        scale = float(self.scales[index]) if scale is None else scale
+    def resolve(self, direction: Direction | Seeds) -> _Resolved:
+        """A direction (or a bare seed / combination, meaning unit scales) as per-block lists."""
+        d = direction if isinstance(direction, Direction) else Direction(direction)
+        n = len(self.blocks)
+        return _Resolved(as_terms(d.seeds), _per_block(d.scales, n, "scales"), d.offset,
+                         _per_block(d.offset_scales, n, "offset_scales"))
+
+    def add_noise_(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, scale: float = 1.0) -> None:
+        """``tensor += alpha * scale * z_index(seed)`` (the tensor has block ``index``'s shape)."""
         if scale != 0.0 and alpha != 0.0:
             self.noise.add(tensor, seed, index, alpha * scale, out=tensor)
 
-    def noise_like(self, seed: int, index: int) -> torch.Tensor:
-        """Materialise ``scale_index * z_index(seed)`` (for tests and for optimizers that keep moments)."""
+    def noise_like(self, seed: int, index: int, scale: float = 1.0) -> torch.Tensor:
+        """Materialise ``scale * z_index(seed)`` (for tests and references)."""
         p = self.blocks[index][1]
         out = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        self.add_noise_(out, seed, index, 1.0)
+        self.add_noise_(out, seed, index, 1.0, scale)
         return out
 
     @torch.no_grad()
@@ -301,20 +207,30 @@ class ZOEngine:
         return torch.stack([self.noise.dot(t, seed, i).double().cpu() for i, t in enumerate(tensors)])
 
     @torch.no_grad()
-    def update_(self, seed: Seeds, alpha: float, mean: Sequence[torch.Tensor] | None = None,
-                mean_coeffs: Sequence[float] | None = None) -> None:
-        """Move every block along its noise, in place: ``theta_b += alpha * scale_b * z_b(seed)``.
+    def add_direction_(self, tensor: torch.Tensor, direction: Direction | Seeds | _Resolved, index: int,
+                       alpha: float) -> None:
+        """``tensor += alpha * v_index`` for block ``index`` of ``direction`` (a momentum buffer, an estimate)."""
+        d = direction if isinstance(direction, _Resolved) else self.resolve(direction)
+        scale, k = d.scales[index], d.offset_scales[index]
+        for s, c in d.terms:
+            self.add_noise_(tensor, s, index, alpha * c, scale)
+        if d.offset is not None and alpha * k != 0.0:
+            tensor.add_(d.offset[index], alpha=alpha * k)
 
-        ``seed`` may be a combination ``[(seed_j, c_j), ...]``, in which case the blocks move along
-        ``sum_j c_j z_b(seed_j)`` (one noise pass per pair, nothing materialised); ``mean`` (one tensor
-        per block) adds ``alpha * scale_b * k_b * mean_b``, with ``k_b = mean_coeffs[b]`` (1 by default)."""
-        terms = as_terms(seed)
-        coeffs = _mean_coeffs(mean_coeffs, len(self.blocks))
-        for i, ((_, p), scale) in enumerate(zip(self.blocks, self.scales.tolist())):
-            for s, c in terms:
-                self.add_noise_(p.data, s, i, alpha * c, scale)
-            if mean is not None and alpha * scale * coeffs[i] != 0.0:
-                p.data.add_(mean[i], alpha=alpha * scale * coeffs[i])
+    @torch.no_grad()
+    def direction_like(self, direction: Direction | Seeds | _Resolved, index: int) -> torch.Tensor:
+        """Materialise block ``index`` of ``direction`` (for optimizers that keep moments)."""
+        out = torch.zeros_like(self.blocks[index][1])
+        self.add_direction_(out, direction, index, 1.0)
+        return out
+
+    @torch.no_grad()
+    def update_(self, direction: Direction | Seeds, alpha: float) -> None:
+        """Move every block along ``direction``, in place: ``theta_b += alpha * v_b`` (one noise pass per
+        seed of the combination, nothing materialised)."""
+        d = self.resolve(direction)
+        for i, (_, p) in enumerate(self.blocks):
+            self.add_direction_(p.data, d, i, alpha)
 
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
         free = self._pool.get((like.shape, like.dtype, like.device))
@@ -324,20 +240,28 @@ class ZOEngine:
         if buf.numel() * buf.element_size() <= self._pool_limit:
             self._pool.setdefault((buf.shape, buf.dtype, buf.device), []).append(buf)
 
-    def _write(self, src: torch.Tensor, terms: list[tuple[int, float]], mean: Sequence[torch.Tensor] | None,
-               index: int, alpha: float, out: torch.Tensor, mean_coeff: float = 1.0, at: int = 0) -> None:
-        """``out = src + alpha * (sum_j c_j z_index(seed_j) + k * mean_index)``, adding one term at a time.
-        With ``at``, ``src`` and ``out`` are flat segments of block ``index`` starting at element ``at``."""
+    def _write(self, src: torch.Tensor, d: _Resolved, index: int, alpha: float, out: torch.Tensor,
+               at: int = 0) -> None:
+        """``out = src + alpha * v_index`` for the resolved direction ``d``, adding one term at a time. With
+        ``at``, ``src`` and ``out`` are flat segments of block ``index`` starting at element ``at``."""
         numel = self.blocks[index][1].numel()
-        for s, c in terms:
-            self.noise.add(src, s, index, alpha * c, out=out, at=at, numel=numel)
+        a, k = alpha * d.scales[index], alpha * d.offset_scales[index]
+        if a != 0.0:
+            for s, c in d.terms:
+                self.noise.add(src, s, index, a * c, out=out, at=at, numel=numel)
+                src = out
+        if d.offset is not None and k != 0.0:
+            m = d.offset[index].reshape(-1)[at: at + src.numel()].view(src.shape)
+            torch.add(src, m, alpha=k, out=out)
             src = out
-        if mean is not None and mean_coeff != 0.0:
-            m = mean[index].reshape(-1)[at: at + src.numel()].view(src.shape)
-            torch.add(src, m, alpha=alpha * mean_coeff, out=out)
+        if src is not out:
+            out.copy_(src)
 
-    def _head(self, x: torch.Tensor, module: nn.Linear, index: int, terms: list[tuple[int, float]],
-              mean: Sequence[torch.Tensor] | None, alpha: float, mean_coeff: float) -> torch.Tensor:
+    def _moves(self, d: _Resolved, index: int, alpha: float) -> bool:
+        """Whether block ``index`` moves at all along ``alpha * d``."""
+        return alpha * d.scales[index] != 0.0 or (d.offset is not None and alpha * d.offset_scales[index] != 0.0)
+
+    def _head(self, x: torch.Tensor, module: nn.Linear, index: int, d: _Resolved, alpha: float) -> torch.Tensor:
         """``module``'s output at the perturbed weight, without a weight-sized copy: the perturbed weight is
         written a few rows at a time (about one table chunk, so the rows stay in cache) into a small buffer
         and multiplied at once. This costs about what the unperturbed layer costs."""
@@ -346,7 +270,7 @@ class ZOEngine:
         if torch.is_grad_enabled():  # autograd through a perturbed forward (ZO never does this): a full copy
             with torch.no_grad():
                 perturbed = torch.empty_like(weight)
-                self._write(weight, terms, mean, index, alpha, perturbed, mean_coeff)
+                self._write(weight, d, index, alpha, perturbed)
             return F.linear(x, perturbed, module.bias)
         rows = max(1, self.noise.chunk // width)
         flat_x = x.reshape(-1, width)
@@ -356,35 +280,27 @@ class ZOEngine:
         for r0 in range(0, out_features, rows):
             r1 = min(r0 + rows, out_features)
             seg = buf[: (r1 - r0) * width]
-            self._write(flat_w[r0 * width: r1 * width], terms, mean, index, alpha, seg, mean_coeff, at=r0 * width)
+            self._write(flat_w[r0 * width: r1 * width], d, index, alpha, seg, at=r0 * width)
             torch.matmul(flat_x, seg.view(r1 - r0, width).T, out=y[:, r0:r1])
         if module.bias is not None:
             y += module.bias
         return y.view(*x.shape[:-1], out_features)
 
     @contextmanager
-    def perturbed(self, seed: Seeds, alpha: float, mean: Sequence[torch.Tensor] | None = None,
-                  mean_coeffs: Sequence[float] | None = None) -> Iterator[None]:
-        """Inside the context, each module computes with ``theta_b + alpha * scale_b * z_b(seed)``.
-
-        ``seed`` may be a combination ``[(seed_j, c_j), ...]``: the direction is then
-        ``sum_j c_j z_b(seed_j)``, plus ``k_b * mean_b`` when ``mean`` (one tensor per block) is given,
-        with ``k_b = mean_coeffs[b]`` (1 by default; a block whose ``k_b`` is 0 never reads its mean).
+    def perturbed(self, direction: Direction | Seeds, alpha: float) -> Iterator[None]:
+        """Inside the context, each module computes with ``theta_b + alpha * v_b`` (``v`` = ``direction``).
 
         Just before a unit (see :meth:`_units`) runs, the perturbed values of its parameters are written
         into scratch buffers that are swapped in as the parameters' data; just after, the original tensors
         are swapped back. The parameters' storage is never written, so they come back bit for bit (also
-        when the forward pass raises), and the extra memory is one unit's parameters: no perturbation
-        vector and no copy of the model is ever held. Two cases avoid even that copy: a plain
-        ``nn.Embedding`` lookup adds the noise rows of the looked-up tokens to its output, and a linear
-        layer too large for the buffer pool (an output head), with table noise, computes its output from
-        its perturbed weight written a few rows at a time into a small buffer (:meth:`_head`; the module's
-        ``forward`` is shadowed inside the context). Both equal the module's output at the perturbed weight.
+        when the forward pass raises), and the extra memory is one unit's parameters. A plain
+        ``nn.Embedding`` lookup instead adds the noise rows of the looked-up tokens to its output, and a
+        linear layer too large for the buffer pool (an output head), with table noise, computes its output
+        from its perturbed weight written a few rows at a time (:meth:`_head`; its ``forward`` is shadowed
+        inside the context). Both equal the module's output at the perturbed weight.
         """
         swapped: dict[int, tuple[torch.Tensor, int]] = {}  # block -> (original data, nesting depth)
-        scales = self.scales.tolist()
-        terms = as_terms(seed)
-        coeffs = _mean_coeffs(mean_coeffs, len(self.blocks))
+        d = self.resolve(direction)
 
         watch = self._inner if self._watch_inner else []
         seen = {"ran": False, "bypass": False}  # a unit or module ran; a module ran outside its unit
@@ -397,14 +313,13 @@ class ZOEngine:
                         if i in swapped:  # swapped by an enclosing unit, or a tied weight by another owner
                             swapped[i] = (swapped[i][0], swapped[i][1] + 1)
                             continue
-                        scale = scales[i]
-                        if alpha * scale == 0.0:
+                        if not self._moves(d, i, alpha):
                             continue
                         seen["bypass"] |= inner
                         p = self.blocks[i][1]
                         original = p.data
                         buf = self._scratch(original)
-                        self._write(original, terms, mean, i, alpha * scale, buf, coeffs[i])
+                        self._write(original, d, i, alpha, buf)
                         swapped[i] = (original, 1)
                         p.data = buf
             return hook
@@ -417,7 +332,7 @@ class ZOEngine:
         def post(blocks: list[int]) -> Callable:
             def hook(module, args, output):
                 for i in blocks:
-                    if i not in swapped:  # scale 0: never swapped
+                    if i not in swapped:  # not moving: never swapped
                         continue
                     original, depth = swapped[i]
                     if depth > 1:
@@ -428,23 +343,23 @@ class ZOEngine:
 
         def lookup(i: int) -> Callable:
             def hook(module, args, kwargs, output):
-                scale = scales[i]
-                if i in swapped or alpha * scale == 0.0:  # already perturbed by an enclosing module, or not at all
+                if i in swapped or not self._moves(d, i, alpha):  # perturbed by an enclosing module, or not at all
                     return output
                 ids = args[0] if args else kwargs["input"]
-                for s, c in terms:
-                    output = output.add(self.noise.rows(module.weight, s, i, ids), alpha=alpha * scale * c)
-                if mean is not None and coeffs[i] != 0.0:
-                    output = output.add(F.embedding(ids, mean[i]), alpha=alpha * scale * coeffs[i])
+                a, k = alpha * d.scales[i], alpha * d.offset_scales[i]
+                if a != 0.0:
+                    for s, c in d.terms:
+                        output = output.add(self.noise.rows(module.weight, s, i, ids), alpha=a * c)
+                if d.offset is not None and k != 0.0:
+                    output = output.add(F.embedding(ids, d.offset[i]), alpha=k)
                 return output
             return hook
 
         def head(module: nn.Linear, i: int) -> Callable:
             def forward(x: torch.Tensor) -> torch.Tensor:
-                scale = scales[i]
-                if i in swapped or alpha * scale == 0.0:  # perturbed by an enclosing module, or not at all
+                if i in swapped or not self._moves(d, i, alpha):  # perturbed by an enclosing module, or not at all
                     return F.linear(x, module.weight, module.bias)
-                return self._head(x, module, i, terms, mean, alpha * scale, coeffs[i])
+                return self._head(x, module, i, d, alpha)
             return forward
 
         handles = []
@@ -477,15 +392,11 @@ class ZOEngine:
         self.forwards += 1
         return value
 
-    def spsa(self, closure: Callable[[], torch.Tensor], seed: Seeds, eps: float,
-             mean: Sequence[torch.Tensor] | None = None,
-             mean_coeffs: Sequence[float] | None = None) -> tuple[float, float, float]:
-        """Two-point SPSA along ``scale * z(seed)``: returns ``(g, loss_plus, loss_minus)`` with
-        ``g = (L(theta + eps*s*z) - L(theta - eps*s*z)) / (2 eps)`` (MeZO's projected gradient).
-        ``seed``, ``mean`` and ``mean_coeffs`` may describe a combination, as in :meth:`perturbed`."""
-        with self.perturbed(seed, eps, mean, mean_coeffs):
+    def spsa(self, closure: Callable[[], torch.Tensor], direction: Direction | Seeds, eps: float) -> SPSA:
+        """Two-point SPSA along ``direction`` v: ``g = (L(theta + eps v) - L(theta - eps v)) / (2 eps)``
+        (MeZO's projected gradient), with both losses."""
+        with self.perturbed(direction, eps):
             plus = self.loss(closure)
-        with self.perturbed(seed, -eps, mean, mean_coeffs):
+        with self.perturbed(direction, -eps):
             minus = self.loss(closure)
-        return (plus - minus) / (2 * eps), plus, minus
-
+        return SPSA((plus - minus) / (2 * eps), plus, minus)

@@ -17,9 +17,23 @@ import torch
 
 from pertnn.policy import DirectionPolicy, PolicyConfig, coherence, policy_features, split_scales
 
-from finetune.zo.engine import ZOEngine
+from finetune.zo.engine import Direction, ZOEngine
 
 C_EMA = 0.9  # smoothing of the running RMS of the projected gradient
+
+
+def tuned_direction(seed: int, sigma: torch.Tensor, features: torch.Tensor, policy: DirectionPolicy | None = None,
+                    online: "OnlineMean | None" = None):
+    """The direction a tuner picks for one step from its PertNN scales ``sigma`` (and, with a direction
+    ``policy``, the gated online mean of ``online``): ``(direction, gate, iso, mean_scale)``, where the
+    direction is ``iso_b ξ_b + mean_scale_b m̂_b`` (``iso = sigma`` and no mean without a policy). ``gate``,
+    ``iso`` and ``mean_scale`` stay differentiable for the meta-gradient; the direction holds plain numbers."""
+    if policy is None:
+        return Direction(seed, sigma.detach().cpu()), None, sigma, None
+    if online is None:
+        raise ValueError("a direction policy needs the task's online mean")
+    gate, iso, mean_scale = online.direction(policy, sigma, features)
+    return Direction(seed, iso.detach().cpu(), online.means, online.mean_coefficients(mean_scale)), gate, iso, mean_scale
 
 
 class OnlineMean:
@@ -47,24 +61,19 @@ class OnlineMean:
     def rms(self) -> torch.Tensor:
         return torch.sqrt(self.mean_sq / self.numels)
 
-    def coefficients(self, iso: torch.Tensor, mean_scale: torch.Tensor) -> list[float]:
-        """The engine's ``mean_coeffs`` k_b for the direction ``iso_b ξ_b + mean_scale_b m̂_b``: the engine
-        moves along ``scale_b (ξ_b + k_b m_b)`` with ``scale_b = iso_b``, so ``k_b = mean_scale_b / (iso_b RMS(m_b))``
-        (0 where the gate or the mean is zero)."""
-        rms = self.rms()
-        out = []
-        for a, b, r in zip(iso.tolist(), mean_scale.tolist(), rms.tolist()):
-            out.append(b / (a * r) if b != 0.0 and a != 0.0 and r > 0.0 else 0.0)
-        return out
+    def mean_coefficients(self, mean_scale: torch.Tensor) -> list[float]:
+        """The engine's per-block ``offset_scales`` for ``mean_scale_b m̂_b``: the stored mean m_b has RMS(m_b), so
+        m̂_b = m_b / RMS(m_b) and the coefficient of m_b is ``mean_scale_b / RMS(m_b)`` (0 where either is 0)."""
+        return [b / r if b != 0.0 and r > 0.0 else 0.0
+                for b, r in zip(mean_scale.detach().cpu().tolist(), self.rms().tolist())]
 
     def direction(self, policy: DirectionPolicy, sigma: torch.Tensor, features: torch.Tensor):
         """This step's gates and direction for the PertNN scales ``sigma`` and features ``features``:
-        ``(gate, iso, mean_scale, coeffs)``, the direction being ``iso_b ξ_b + mean_scale_b m̂_b`` and ``coeffs``
-        the engine's ``mean_coeffs`` for it. ``gate``, ``iso`` and ``mean_scale`` are differentiable in the
-        policy and in ``sigma`` (for the meta-gradient); they live on ``sigma``'s device."""
+        ``(gate, iso, mean_scale)``, the direction being ``iso_b ξ_b + mean_scale_b m̂_b``. All three are
+        differentiable in the policy and in ``sigma`` (for the meta-gradient) and live on ``sigma``'s device."""
         gate = policy(policy_features(self.kappa(), sigma, features, self.prev_gate)).to(sigma.device)
         iso, mean_scale = split_scales(sigma, gate)
-        return gate, iso, mean_scale, self.coefficients(iso.detach().cpu(), mean_scale.detach().cpu())
+        return gate, iso, mean_scale
 
     @torch.no_grad()
     def update(self, seed: int, g: float, gate: torch.Tensor) -> None:

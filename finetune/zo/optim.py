@@ -24,19 +24,18 @@ from torch import nn
 
 from pertnn.features import StepHistory
 
-from finetune.zo.online import OnlineMean
-from finetune.zo.engine import ZOEngine
-
-# (one tensor per block, coefficient or one coefficient per block): a stored term of a direction
-Mean = tuple[list[torch.Tensor], "float | list[float]"]
-
+from finetune.zo.online import OnlineMean, tuned_direction
+from finetune.zo.engine import Direction, ZOEngine
 
 class ZOOptimizer(torch.optim.Optimizer):
     """Base class: SPSA estimation with seed replay; subclasses say how the estimate moves parameters.
 
     The estimate for one step is ``ghat = (1/q) * sum_i g_i * s * z(seed_i)`` with
-    ``g_i = (L(theta + eps s z_i) - L(theta - eps s z_i)) / (2 eps)`` and ``s`` the per-block scales of
-    ``self.engine`` (ones for MeZO). Step seeds come from a generator seeded with ``seed``.
+    ``g_i = (L(theta + eps s z_i) - L(theta - eps s z_i)) / (2 eps)`` and ``s`` the per-block scales
+    (ones for MeZO; :class:`TunedZO` passes a tuner's). Step seeds come from a generator seeded with
+    ``seed``. :meth:`zo_step` returns a record of what the step computed (losses, projected gradient,
+    and whatever else the method computed); :meth:`step` returns its loss, as ``torch.optim`` does, and
+    keeps the record in ``last`` for inspection.
     """
 
     def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3, q: int = 1,
@@ -46,31 +45,43 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.engine = ZOEngine(model, noise=noise)
         super().__init__(self.engine.params, dict(lr=lr, eps=eps, q=q, weight_decay=weight_decay, **defaults))
         self._seeds = torch.Generator().manual_seed(seed)
-        self.last: dict[str, float] = {}
+        self.last: dict = {}
 
     def draw_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self._seeds))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
-        """One ZO step on the batch that ``closure`` evaluates; returns the mean of L(theta +- eps z)."""
+        """One ZO step on the batch that ``closure`` evaluates; returns the step's loss (the mean of the
+        losses at the perturbed points)."""
+        self.last = self.zo_step(closure)
+        return self.last["loss"]
+
+    @torch.no_grad()
+    def zo_step(self, closure: Callable[[], torch.Tensor], scales=None) -> dict:
+        """One q-direction SPSA step along ``scales * z`` (``scales`` None: MeZO); returns its record."""
         group = self.param_groups[0]
         seeds, grads, pluses, minuses = [], [], [], []
         for _ in range(group["q"]):
             seed = self.draw_seed()
-            g, plus, minus = self.engine.spsa(closure, seed, group["eps"])
+            g, plus, minus = self.engine.spsa(closure, Direction(seed, scales), group["eps"])
             seeds.append(seed)
             grads.append(g)
             pluses.append(plus)
             minuses.append(minus)
         q = len(grads)
         loss = (sum(pluses) + sum(minuses)) / (2 * q)
-        self.last = {"loss": loss, "projected_grad": sum(grads) / q,
-                     "loss_plus": sum(pluses) / q, "loss_minus": sum(minuses) / q}
-        if math.isfinite(loss) and all(math.isfinite(g) for g in grads):
+        estimate = Direction([(s, g / q) for s, g in zip(seeds, grads)], scales)
+        return self._finish(group, loss, sum(grads) / q, sum(pluses) / q, sum(minuses) / q, estimate)
+
+    def _finish(self, group: dict, loss: float, g: float, plus: float, minus: float, estimate: Direction,
+                **record) -> dict:
+        """The end of every step: apply ``estimate`` (weight decay first) if the losses and ``g`` are finite,
+        and return the step's record."""
+        if math.isfinite(loss) and math.isfinite(g):
             self._decay(group)
-            self._apply(group, seeds, [g / len(grads) for g in grads])
-        return loss
+            self._apply(group, estimate)
+        return {"loss": loss, "projected_grad": g, "loss_plus": plus, "loss_minus": minus, **record}
 
     def _decay(self, group: dict) -> None:
         """Decoupled weight decay on matrices only (MeZO exempts biases and norm weights)."""
@@ -80,36 +91,9 @@ class ZOOptimizer(torch.optim.Optimizer):
                 if p.ndim >= 2:
                     p.mul_(factor)
 
-    def _apply(self, group: dict, seeds: list[int], coeffs: list[float], mean: Mean | None = None) -> None:
-        """Plain ZO-SGD, ``theta -= lr * ghat``, one in-place pass per direction and no stored state.
-
-        ``ghat = sum_i coeffs_i * s * z(seeds_i)``, plus ``c * s * tensors`` when ``mean = (tensors, c)``
-        (one tensor per block; LDSD's direction includes its policy mean)."""
-        for seed, c in zip(seeds, coeffs):
-            self.engine.update_(seed, -group["lr"] * c)
-        if mean is not None:
-            for i, (_, p) in enumerate(self.engine.blocks):
-                self._add_mean(p.data, i, mean, -group["lr"])
-
-    def _add_mean(self, out: torch.Tensor, index: int, mean: Mean, alpha: float) -> None:
-        """``out += alpha * c * s_index * tensors[index]`` for ``mean = (tensors, c)`` (``c[index]`` when
-        ``c`` is a per-block list)."""
-        tensors, c = mean
-        if isinstance(c, (list, tuple)):
-            c = c[index]
-        a = alpha * c * float(self.engine.scales[index])
-        if a != 0.0:
-            out.add_(tensors[index], alpha=a)
-
-    def _estimate(self, index: int, seeds: list[int], coeffs: list[float], mean: Mean | None = None) -> torch.Tensor:
-        """Materialise block ``index``'s gradient estimate ``sum_i coeff_i * s * z_i`` (+ the mean term)."""
-        p = self.engine.blocks[index][1]
-        out = torch.zeros_like(p)
-        for seed, c in zip(seeds, coeffs):
-            self.engine.add_noise_(out, seed, index, c)
-        if mean is not None:
-            self._add_mean(out, index, mean, 1.0)
-        return out
+    def _apply(self, group: dict, estimate: Direction) -> None:
+        """Plain ZO-SGD, ``theta -= lr * ghat``, in place (one noise pass per seed) and no stored state."""
+        self.engine.update_(estimate, -group["lr"])
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -133,19 +117,17 @@ class ZOSGD(ZOOptimizer):
             raise ValueError("momentum must be in [0, 1)")
         super().__init__(model, lr, eps, momentum=momentum, **kw)
 
-    def _apply(self, group: dict, seeds: list[int], coeffs: list[float], mean: Mean | None = None) -> None:
+    def _apply(self, group: dict, estimate: Direction) -> None:
         lr, mu = group["lr"], group["momentum"]
         if mu == 0:
-            return super()._apply(group, seeds, coeffs, mean)
+            return super()._apply(group, estimate)
+        d = self.engine.resolve(estimate)
         for i, p in enumerate(group["params"]):
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p)
             buf = state["momentum_buffer"].mul_(mu)
-            for seed, c in zip(seeds, coeffs):
-                self.engine.add_noise_(buf, seed, i, c)
-            if mean is not None:
-                self._add_mean(buf, i, mean, 1.0)
+            self.engine.add_direction_(buf, d, i, 1.0)
             p.add_(buf, alpha=-lr)
 
 
@@ -156,8 +138,9 @@ class ZOAdam(ZOOptimizer):
                  adam_eps: float = 1e-8, **kw):
         super().__init__(model, lr, eps, betas=betas, adam_eps=adam_eps, **kw)
 
-    def _apply(self, group: dict, seeds: list[int], coeffs: list[float], mean: Mean | None = None) -> None:
+    def _apply(self, group: dict, estimate: Direction) -> None:
         beta1, beta2 = group["betas"]
+        d = self.engine.resolve(estimate)
         for i, p in enumerate(group["params"]):
             state = self.state[p]
             if "step" not in state:  # (the state may already hold a direction method's buffers)
@@ -165,7 +148,7 @@ class ZOAdam(ZOOptimizer):
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            g = self._estimate(i, seeds, coeffs, mean)
+            g = self.engine.direction_like(d, i)
             state["exp_avg"].mul_(beta1).add_(g, alpha=1 - beta1)
             state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
             bc1 = 1 - beta1 ** state["step"]
@@ -215,32 +198,26 @@ class TunedZO(ZOSGD):
             self.online = OnlineMean(self.engine, policy.cfg)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
+    def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
+        """The tuner sets this step's scales (and gates), then one ZO step; the record adds ``scales``."""
         features = self.history.features(self.engine.params)
         sigma, output = self.bank.scales_and_output(features)
         if self.policy is None:
-            self.engine.scales = sigma
-            loss = super().step(closure)
+            record = super().zo_step(closure, scales=sigma)
         else:
-            loss = self._directed_step(closure, features, sigma)
-        self.history.update(self.last["loss_plus"], self.last["loss_minus"], sigma, output)
-        return loss
+            record = self._directed_step(closure, features, sigma)
+        self.history.update(record["loss_plus"], record["loss_minus"], sigma, output)
+        return {**record, "scales": sigma}
 
-    def _directed_step(self, closure: Callable[[], torch.Tensor], features: torch.Tensor, sigma: torch.Tensor) -> float:
+    def _directed_step(self, closure: Callable[[], torch.Tensor], features: torch.Tensor, sigma: torch.Tensor) -> dict:
         """One step along ``σ (√(1 − w²) ξ + w m̂)``; the same operations as the plain step when w = 0."""
-        group, online = self.param_groups[0], self.online
-        gate, iso, _, coeffs = online.direction(self.policy, sigma, features)
-        self.engine.scales = iso
+        group = self.param_groups[0]
         seed = self.draw_seed()
-        g, plus, minus = self.engine.spsa(closure, seed, group["eps"], online.means, coeffs)
-        loss = (plus + minus) / 2
-        self.last = {"loss": loss, "projected_grad": g, "loss_plus": plus, "loss_minus": minus, "gates": gate,
-                     "seed": seed}
-        if math.isfinite(loss) and math.isfinite(g):
-            self._decay(group)
-            self._apply(group, [seed], [g], mean=(online.means, [g * k for k in coeffs]))
-        online.update(seed, g, gate)
-        return loss
+        direction, gate, _, _ = tuned_direction(seed, sigma, features, self.policy, self.online)
+        g, plus, minus = self.engine.spsa(closure, direction, group["eps"])
+        record = self._finish(group, (plus + minus) / 2, g, plus, minus, direction.times(g), gates=gate, seed=seed)
+        self.online.update(seed, g, gate)
+        return record
 
     def state_dict(self) -> dict:
         state = super().state_dict()
