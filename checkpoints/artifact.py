@@ -17,8 +17,9 @@ architecture fingerprint, plus its ``fingerprint_sha256``; ``features`` (:class:
 and ``pertnn`` (:class:`pertnn.PertNNConfig`; files written before their ``kind``/``output`` fields
 existed load with the defaults); ``direction_policy`` (``null``, or the policy's config and feature names:
 ``{"config": {"hidden", "max_gate", "decay"}, "features": [...]}``);
-``recommended`` (the ``lr`` and ``eps`` meta-training assumed); and ``provenance`` (meta-training tasks,
-steps, seed, package version, date, and the meta-training config).
+``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
+steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
+the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
 
 What is task-specific (loss history, last scales, the policy's online mean directions, optimizer state)
 is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
