@@ -15,8 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finetune.common.errors import ZotuneError
 from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig, RunLock, Snapshot,
-                                  changed_fields, check_number, check_output, sha256_file, sha256_json,
-                                  sha256_tensors, strict_json, write_failed)
+                                  changed_fields, check_number, check_output, os_error, sha256_file,
+                                  sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
 from finetune.data.scoring import TaskScorer
@@ -366,7 +366,9 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
             try:
                 _save_outputs(work, metrics, model, tokenizer, save_model)
                 finished.write_text(strict_json({"config": asdict(cfg), "inputs": inputs}))
-            except OSError as e:
+            except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
+                if (e := os_error(e)) is None:
+                    raise
                 raise write_failed(f"the outputs in {work}", e, "rerun the same command"
                                    + (" with --resume" if snapshot.exists() else "")) from None
         except BaseException as e:

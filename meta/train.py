@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from checkpoints import Tuner
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import (Diverged, RunConfig, RunLock, Snapshot, check_number, check_output,
+from finetune.common.runs import (Diverged, RunConfig, RunLock, Snapshot, check_number, check_output, os_error,
                                   sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.online import OnlineMean
@@ -336,7 +336,9 @@ def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, snapshot_every:
                               + ("rerun with --resume" if snap.exists() else "rerun"))
         try:
             tuner.save_pretrained(out)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
+            if (e := os_error(e)) is None:
+                raise
             raise write_failed(out, e, then) from None
         try:
             with atomic_file(log) as tmp:

@@ -592,11 +592,36 @@ def test_disk_full_while_snapshotting_is_one_line_and_resumable(tmp_path, mc, ca
     assert cli.main(argv + ["--resume"]) == 0
 
 
-def test_meta_train_with_a_full_disk_at_the_end_keeps_its_snapshot(tmp_path, tasks, monkeypatch):
-    import checkpoints.artifact as artifact
+def disk_full(kind: str):
+    """A writer that fails as a full disk does: Python's OSError, or safetensors' own error type."""
+    from safetensors import SafetensorError
 
     def full(*a, **k):
+        if kind == "safetensors":
+            raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28) at '
+                                  'path "/x/.tmp"')
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return full
+
+
+def test_disk_full_while_saving_the_model_is_one_line_and_resumable(tmp_path, mc, capsys, monkeypatch):
+    import transformers.modeling_utils as modeling_utils
+
+    real = modeling_utils.safe_save_file
+    monkeypatch.setattr(modeling_utils, "safe_save_file", disk_full("safetensors"))
+    argv = C(mc, "--steps", "4", "--checkpoint-every", "2", "--out", str(tmp_path / "run"))
+    err = one_line(capsys, argv)
+    assert "disk is full; free some space and rerun the same command with --resume" in err
+    assert [p.name for p in (tmp_path / ".run.partial").iterdir()] == ["snapshot.pt"]
+    monkeypatch.setattr(modeling_utils, "safe_save_file", real)
+    assert cli.main(argv + ["--resume"]) == 0 and (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["os", "safetensors"])
+def test_meta_train_with_a_full_disk_at_the_end_keeps_its_snapshot(tmp_path, tasks, monkeypatch, kind):
+    import checkpoints.artifact as artifact
+
+    full = disk_full(kind)
 
     real = artifact.save_file
     monkeypatch.setattr(artifact, "save_file", full)

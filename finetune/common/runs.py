@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,17 @@ def check_output(out: Path, kind: str = "folder", flag: str = "--out") -> Path:
     except OSError as e:
         raise ZotuneError(f"cannot write to {parent} ({e.strerror or first_line(e)}); choose another {flag}") from None
     return out
+
+
+def os_error(e: BaseException) -> OSError | None:
+    """``e`` as an :class:`OSError` if it is one, or a safetensors error wrapping one ("os error 28"), else None."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os error (\d+)", str(e))
+    if type(e).__name__ == "SafetensorError" and m:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code))
+    return None
 
 
 def write_failed(what: Path | str, e: OSError, then: str) -> ZotuneError:
@@ -257,7 +269,9 @@ class Snapshot:
         try:
             with atomic_file(self.path) as tmp:
                 torch.save(state, tmp)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
+            if (e := os_error(e)) is None:
+                raise
             raise write_failed(f"the snapshot {self.path}", e, "rerun the same command with --resume (the "
                                "previous snapshot, if any, is kept)") from None
 
