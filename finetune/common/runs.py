@@ -6,7 +6,6 @@ See ``docs/reliability.md`` for the promises these make.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -156,7 +155,7 @@ def strict_json(obj, **kw) -> str:
 class RunLock:
     """An exclusive lock on ``target`` (an output path) for the life of a run: a ``.<name>.lock`` file
     beside it, held with ``fcntl.flock`` and holding the owner's pid. A second run is refused on one line.
-    The lock ends with the process, however it ends."""
+    The lock ends with the process, however it ends. Needs ``fcntl.flock`` (POSIX); elsewhere it does nothing."""
 
     def __init__(self, target: Path):
         self.target = Path(target)
@@ -164,6 +163,10 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform (Windows): runs are not locked
+            return self
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -173,6 +176,10 @@ class RunLock:
                 os.close(fd)
                 raise ZotuneError(f"another run (pid {pid}) holds the lock on {self.target}; wait for it to end "
                                   "or choose another --out") from None
+            except OSError as e:  # a file system without locks (some network ones)
+                os.close(fd)
+                raise ZotuneError(f"cannot lock {self.path} ({e.strerror}); write the output to a local file "
+                                  "system") from None
             try:  # the holder before us may have removed the file after we opened it: lock the current one
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     break
