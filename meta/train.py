@@ -29,8 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from checkpoints import Tuner
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import (Diverged, RunConfig, RunLock, Snapshot, check_number, check_output, os_error,
-                                  sha256_json, sha256_tensors, strict_json, write_failed)
+from finetune.common.runs import (Diverged, RunConfig, RunLock, Snapshot, check_number, check_output, flag_of,
+                                  os_error, sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.online import OnlineMean
 from finetune.data.scoring import TaskScorer
@@ -71,9 +71,9 @@ class MetaConfig(RunConfig):
             raise ZotuneError("give at least one meta-training task with --tasks")
         self.validate_run()
         for name in ("unroll", "restart_every", "hidden"):
-            check_number("--" + name.replace("_", "-"), getattr(self, name), low=1, integer=True)
+            check_number(flag_of(name), getattr(self, name), low=1, integer=True)
         for name in ("virtual_lr", "meta_lr"):
-            check_number("--" + name.replace("_", "-"), getattr(self, name), low=0, low_open=True)
+            check_number(flag_of(name), getattr(self, name), low=0, low_open=True)
         check_number("--fo-lr", self.fo_lr, low=0)
         check_number("--fo-momentum", self.fo_momentum, low=0, high=1, high_open=True)
         if self.direction_policy:

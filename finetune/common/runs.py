@@ -27,7 +27,7 @@ FP16_MAX = 65504.0
 
 
 # ------------------------------------------------------------------------------------------- numbers
-def flag(name: str) -> str:
+def flag_of(name: str) -> str:
     """The command-line flag of a config field: ``weight_decay`` -> ``--weight-decay``."""
     return "--" + name.replace("_", "-")
 
@@ -70,7 +70,7 @@ class RunConfig:
     def validate_run(self) -> None:
         """Check the shared fields; one-line errors name the flag."""
         for name in ("steps", "batch_size", "n_train", "max_length"):
-            check_number(flag(name), getattr(self, name), low=1, integer=True)
+            check_number(flag_of(name), getattr(self, name), low=1, integer=True)
         check_number("--seed", self.seed, integer=True)
         check_number("--eps", self.eps, low=0, low_open=True)
         if self.threads is not None:
