@@ -196,6 +196,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from finetune.bench import BenchConfig, bench
     from finetune.common.errors import ZotuneError
+    from finetune.common.runs import check_number
 
     lrs: dict[str, list[float]] = {}
     for spec in args.lr_grid or []:
@@ -208,6 +209,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
             lrs[method] = [float(x) for x in values.split(",") if x.strip()]
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
+        for lr in lrs[method]:
+            check_number(f"--lr-grid {method}: each lr", lr, low=0)
     _check_method_flags(args, args.methods)
     tuner = _load_tuner(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
@@ -290,13 +293,15 @@ def cmd_tuners_pull(args: argparse.Namespace) -> None:
 def cmd_tuners_import_pth(args: argparse.Namespace) -> None:
     from checkpoints.pth_import import convert
     from finetune.common.errors import ZotuneError
-    from finetune.common.runs import check_output
+    from finetune.common.runs import check_number, check_output
     from finetune.data.models import load_model, model_id, set_threads
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ZotuneError(f"--out must name a .safetensors file, got {out}")
     check_output(out, kind="file")
+    if args.threads is not None:
+        check_number("--threads", args.threads, low=1, integer=True)
     set_threads(args.threads)
     model, _ = load_model(args.model, device="cpu")
     tuner = convert(args.file, model, model_id(args.model), paper_batch=args.paper_batch)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import cli
+import finetune.bench as bench_module
 import finetune.trainer as trainer_module
 from checkpoints import Tuner, hub
 from checkpoints.pth_import import read_pth
@@ -87,6 +88,7 @@ def no_training(monkeypatch):
         real_init(self, cfg)
 
     monkeypatch.setattr(trainer_module, "prepare", prepare)
+    monkeypatch.setattr(bench_module, "prepare", prepare)
     monkeypatch.setattr(MetaTrainer, "__init__", init)
     return calls
 
@@ -210,6 +212,14 @@ def test_bad_meta_numbers_are_refused_naming_the_flag(tmp_path, tasks, capsys, m
     err = one_line(capsys, ["meta-train", "--model", "tiny-llama", "--tasks", tasks[0], "--steps", "2",
                             "--batch-size", "4", "--hidden", "4", flag, value, "--out", str(out)])
     assert flag in err and calls["n"] == 0 and not out.exists()
+
+
+@pytest.mark.parametrize("grid", ["mezo=nan", "mezo=1e-3,inf", "mezo=-1"])
+def test_bench_lr_grid_values_are_checked(tmp_path, mc, capsys, monkeypatch, grid):
+    calls = no_training(monkeypatch)
+    err = one_line(capsys, ["bench", "--model", "tiny-llama", "--task", str(mc), "--methods", "mezo", "--lr-grid",
+                            grid, "--out", str(tmp_path / "b")])
+    assert "--lr-grid mezo" in err and calls["n"] == 0 and not (tmp_path / "b").exists()
 
 
 def test_config_validation_catches_what_the_cli_does_not_see(tmp_path):
