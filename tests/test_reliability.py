@@ -461,6 +461,25 @@ def test_after_a_nan_stop_the_message_says_how_to_restart(tmp_path, mc, capsys, 
     assert cli.main(argv + ["--lr", "1e-7", "--start-over"]) == 0
 
 
+def test_meta_train_nan_stop_says_how_to_restart(tmp_path, tasks, monkeypatch):
+    advance, real_loss = MetaTrainer.advance, TaskScorer.loss
+
+    def nan_from_step_3(self):
+        if self.step == 2:
+            monkeypatch.setattr(TaskScorer, "loss", lambda s, m, e: real_loss(s, m, e) * float("nan"))
+        return advance(self)
+
+    monkeypatch.setattr(MetaTrainer, "advance", nan_from_step_3)
+    cfg = MetaConfig(model="tiny-llama", tasks=[tasks[0]], steps=4, batch_size=4, hidden=4, max_length=32)
+    out = tmp_path / "t.safetensors"
+    with pytest.raises(ZotuneError, match=r"non-finite at meta step 3.*--start-over"):
+        meta_train(cfg, out, snapshot_every=2, progress=False)
+    assert not out.exists()
+    monkeypatch.setattr(MetaTrainer, "advance", advance)
+    monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    assert meta_train(cfg, out, snapshot_every=2, progress=False, start_over=True).provenance["steps"] == 4
+
+
 def test_meta_resume_refuses_changed_task_data(tmp_path, tasks, monkeypatch):
     cfg = MetaConfig(model="tiny-llama", tasks=tasks, steps=4, batch_size=4, hidden=4, max_length=32)
     out = tmp_path / "t.safetensors"
