@@ -138,7 +138,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, jsonl, monkeypatch, cap
 
     def dying_loss(self, model, examples):
         calls["n"] += 1
-        if calls["n"] == 9:  # killed in step 5's first forward pass: the checkpoint of step 3 survives
+        if calls["n"] == 9:  # killed in step 5's first forward pass: the snapshot of step 3 survives
             raise KeyboardInterrupt
         return real_loss(self, model, examples)
 
@@ -147,7 +147,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, jsonl, monkeypatch, cap
     with pytest.raises(SystemExit) as exc:
         cli.main(argv + ["--out", str(out)])
     assert exc.value.code == 130 and "--resume" in capsys.readouterr().err
-    assert not out.exists() and [p.name for p in (tmp_path / ".resumed.partial").iterdir()] == ["checkpoint.pt"]
+    assert not out.exists() and [p.name for p in (tmp_path / ".resumed.partial").iterdir()] == ["snapshot.pt"]
     monkeypatch.setattr(TaskScorer, "loss", real_loss)
     assert "add --resume" in bad(tmp_path, capsys, argv + ["--out", str(out)])
     assert "lr=0.001" in bad(tmp_path, capsys, [*argv, "--out", str(out), "--resume", "--lr", "1e-2"])
@@ -160,7 +160,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, jsonl, monkeypatch, cap
     mb, _ = load_model(str(out / "model"))
     for (k, v), w in zip(ma.state_dict().items(), mb.state_dict().values()):
         assert torch.equal(v, w), k
-    assert not (tmp_path / ".resumed.partial").exists() and not (out / "checkpoint.pt").exists()
+    assert not (tmp_path / ".resumed.partial").exists() and not (out / "snapshot.pt").exists()
 
 
 @pytest.mark.parametrize("schedule,extend_ok", [("linear", False), ("constant", True)])
@@ -172,7 +172,7 @@ def test_resuming_with_more_steps_needs_a_constant_schedule(tmp_path, jsonl, mon
 
     def dying_loss(self, model, examples):
         calls["n"] += 1
-        if calls["n"] == 7:  # killed in step 3: the checkpoint of step 2 survives
+        if calls["n"] == 7:  # killed in step 3: the snapshot of step 2 survives
             raise KeyboardInterrupt
         return real_loss(self, model, examples)
 

@@ -419,8 +419,8 @@ def _jsonl_example(line: str, where: str) -> Example:
                           f"write one JSON object per line") from None
     if not isinstance(row, dict):
         raise ZotuneError(f"{where}: expected a JSON object, {_JSONL_SHAPES}")
-    if not isinstance(row.get("input"), str):
-        raise ZotuneError(f"{where}: 'input' must be a string (the prompt)")
+    if not isinstance(row.get("input"), str) or not row["input"].strip():
+        raise ZotuneError(f"{where}: 'input' must be a string (the prompt), not empty")
     if ("options" in row) == ("target" in row):
         raise ZotuneError(f"{where}: give either 'options' and 'label' or 'target': {_JSONL_SHAPES}")
     if "target" in row:
