@@ -1,7 +1,6 @@
 """Compare ZO methods on one model and task at an equal forward-pass budget: JSON, Markdown, PNG."""
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -10,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finetune.common.atomic import atomic_dir
 from finetune.common.errors import ZotuneError
+from finetune.common.runs import check_output, strict_json
 from finetune.data.models import model_id
 from finetune.trainer import POOL_METHODS, FinetuneConfig, prepare, train
 
@@ -125,6 +125,7 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, tuner=None) -> lis
     the loaded artifact of method ``tuner``, else read from the config)."""
     runs_cfg = cfg.runs()
     base = cfg.base
+    check_output(Path(out))
     with atomic_dir(out) as partial:
         task, model, _, scorer = prepare(base)
         pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -146,7 +147,7 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, tuner=None) -> lis
         report = {"model": model_id(base.model), "task": task.name, "metric": task.metric,
                   "forwards": cfg.forwards, "config": {**asdict(cfg), "base": asdict(base)},
                   "summary": rows, "runs": runs}
-        (partial / "bench.json").write_text(json.dumps(report, indent=1))
+        (partial / "bench.json").write_text(strict_json(report, indent=1))
         (partial / "bench.md").write_text(markdown(rows, task.metric, title))
         plot(runs, rows, partial / "bench.png", title)
     return rows

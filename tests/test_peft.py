@@ -20,7 +20,7 @@ from finetune.data.models import TINY, load_model
 from finetune.data.scoring import TaskScorer
 from finetune.trainer import METHODS, FinetuneConfig, make_run_optimizer
 from finetune.zo.optim import TunedZO, ZOAdam, ZOSGD
-from reference import Reference, axpy, deep_tiny, ids, seed_stream
+from reference import Reference, axpy, deep_tiny, ids, seed_stream, synthetic_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("lora", "prefix", "norms")
@@ -197,17 +197,6 @@ def test_adapter_round_trip(tmp_path, name, kind):
         torch.testing.assert_close(logits(merged, x), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture
-def jsonl(tmp_path):
-    from test_finetune_cli import synthetic_examples
-
-    path = tmp_path / "task.jsonl"
-    with path.open("w") as f:
-        for e in synthetic_examples(80):
-            f.write(json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label}) + "\n")
-    return path
-
-
 def bad(capsys, argv):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -364,8 +353,6 @@ def test_meta_train_with_peft_needs_the_closed_form(tmp_path, tasks, capsys):
 
 def test_docs_python_example_runs(tmp_path, monkeypatch):
     """docs/peft.md's Python example, on a tiny model, a JSONL task and 3 steps instead of SmolLM2 and 100."""
-    from test_finetune_cli import synthetic_examples
-
     task = tmp_path / "task.jsonl"
     task.write_text("".join(json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label}) + "\n"
                             for e in synthetic_examples(40)))
