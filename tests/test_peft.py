@@ -408,3 +408,32 @@ def test_generation_tasks_see_the_adapter(name, kind):
                 cur = torch.cat([cur, model(input_ids=cur).logits[:, -1].argmax(-1, keepdim=True)], 1)
             want.append(tokenizer.decode(cur[0, start:], skip_special_tokens=True).split("\n")[0].strip())
     assert scorer.generate(model, [Example(p, (), 0, answers=("x",)) for p in prompts]) == want
+
+
+def test_zotrainer_trains_a_lora_model_and_saves_peft_checkpoints(tmp_path):
+    """The transformers Trainer integration on a peft model: only the LoRA tensors move, and the Trainer's
+    checkpoint is a peft adapter that PeftModel.from_pretrained loads to the trained model's logits."""
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+
+    from finetune.hf_trainer import ZOTrainer
+
+    model, tokenizer = load_model("tiny-llama", seed=1)
+    model = apply_peft(model, AdapterSpec(peft="lora"), seed=0)
+    frozen = frozen_of(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    words = ["apple", "stone", "river", "cloud", "green", "seven"]
+    data = Dataset.from_dict({"text": [" ".join(words[(i + k) % 6] for k in range(3)) for i in range(8)]}).map(
+        lambda row: tokenizer(row["text"]), remove_columns=["text"])
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, learning_rate=5e-2,
+                             max_steps=3, seed=3, use_cpu=True, report_to="none", disable_tqdm=True,
+                             save_strategy="steps", save_steps=3, dataloader_num_workers=0)
+    ZOTrainer(model=model, args=args, train_dataset=data,
+              data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False)).train()
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    saved = tmp_path / "out" / "checkpoint-3"
+    assert (saved / "adapter_config.json").is_file() and not (saved / "model.safetensors").exists()
+    loaded = PeftModel.from_pretrained(load_model("tiny-llama", seed=1)[0], str(saved))
+    x = ids()
+    torch.testing.assert_close(logits(loaded, x), logits(model, x), rtol=0, atol=0)
