@@ -17,7 +17,7 @@ from finetune.common.errors import ZotuneError
 from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig, RunLock, Snapshot,
                                   changed_fields, check_number, check_output, os_error, sha256_file,
                                   sha256_json, sha256_tensors, strict_json, write_failed)
-from finetune.data.adapters import AdapterSpec, apply_peft, save_trained
+from finetune.data.adapters import AdapterSpec, apply_peft, load_snapshot_weights, save_trained, snapshot_weights
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
 from finetune.data.scoring import TaskScorer
@@ -167,7 +167,7 @@ def progress_bar(enabled: bool = True) -> Progress:
 def snapshot_state(step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult, inputs: dict) -> dict:
     """What a fine-tune snapshot holds: the model weights, the optimizer (with its seed stream), the
     schedule, the results so far, the config and the input fingerprints."""
-    return {"step": step, "config": asdict(cfg), "inputs": inputs, "model": model.state_dict(),
+    return {"step": step, "config": asdict(cfg), "inputs": inputs, "model": snapshot_weights(model),
             "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "result": asdict(result)}
 
 
@@ -183,7 +183,7 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
                           f"schedule decays over {saved_steps} steps; rerun with --steps {saved_steps} "
                           f"(only a constant schedule can be extended), or {snapshot.restart_hint}")
     try:
-        model.load_state_dict(state["model"])
+        load_snapshot_weights(model, state["model"])  # with an adapter, the snapshot holds its tensors only
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
         result = RunResult(**state["result"])

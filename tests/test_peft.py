@@ -241,6 +241,10 @@ def test_killed_lora_run_resumes_to_the_same_adapter(tmp_path, jsonl, monkeypatc
         cli.main(argv + ["--out", str(out)])
     monkeypatch.setattr(TaskScorer, "loss", real_loss)
     capsys.readouterr()
+    # the snapshot is adapter-sized: the LoRA tensors and the optimizer's momentum for them, nothing frozen
+    state = torch.load(tmp_path / ".resumed.partial" / "snapshot.pt", weights_only=True)
+    assert sorted(state["model"]) == sorted(trainable_names(apply_peft(load_model("tiny-llama")[0],
+                                                                       AdapterSpec(peft="lora"))))
     assert "lora_r=8" in bad(capsys, [*argv, "--lora-r", "4", "--out", str(out), "--resume"])
     assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))

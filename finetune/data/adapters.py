@@ -128,6 +128,28 @@ def apply_peft(model: nn.Module, spec: AdapterSpec, seed: int = 0) -> nn.Module:
     return peft_model.eval()
 
 
+def snapshot_weights(model: nn.Module) -> dict:
+    """The weights a resumable snapshot must keep: with frozen parameters (an adapter), the trainable tensors
+    only, so that a snapshot is adapter-sized (the frozen base is loaded again on resume, and the run's input
+    fingerprint checks it is the same); else the whole ``state_dict``."""
+    params = dict(model.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        return model.state_dict()
+    return {n: p.detach() for n, p in params.items() if p.requires_grad}
+
+
+def load_snapshot_weights(model: nn.Module, state: dict) -> None:
+    """Load what :func:`snapshot_weights` kept (or a whole ``state_dict``) into ``model``; a RuntimeError if
+    it does not fit."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) == trainable and set(state) != set(model.state_dict()):
+        missing = model.load_state_dict(state, strict=False).missing_keys
+        if trainable & set(missing):
+            raise RuntimeError(f"the snapshot misses {sorted(trainable & set(missing))[0]}")
+    else:
+        model.load_state_dict(state)
+
+
 def is_peft_model(model: nn.Module) -> bool:
     return isinstance(getattr(model, "peft_config", None), dict)
 
