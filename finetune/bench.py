@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from finetune.common.atomic import atomic_dir
 from finetune.common.errors import ZotuneError
 from finetune.common.runs import check_output, strict_json
+from finetune.data.adapters import load_snapshot_weights, snapshot_weights
 from finetune.data.models import model_id
 from finetune.trainer import POOL_METHODS, FinetuneConfig, prepare, train
 
@@ -128,14 +129,14 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, tuner=None) -> lis
     check_output(Path(out))
     with atomic_dir(out) as partial:
         task, model, _, scorer = prepare(base)
-        pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        pristine = {k: v.detach().clone() for k, v in snapshot_weights(model).items()}  # adapter-sized with --peft
         runs = []
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, disable=not progress) as bar:
             job = bar.add_task("bench", total=len(runs_cfg))
             for run_cfg in runs_cfg:
                 bar.update(job, description=f"{run_cfg.method} lr={run_cfg.lr:g} seed={run_cfg.seed}")
-                model.load_state_dict(pristine)
+                load_snapshot_weights(model, pristine)
                 result = train(run_cfg, model, scorer, task, progress=False, tuner=tuner)
                 runs.append({"method": run_cfg.method, "lr": run_cfg.lr, "seed": run_cfg.seed,
                              "steps": run_cfg.steps, "forwards": result.forwards, "train_loss": result.train_loss,

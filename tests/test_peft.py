@@ -326,13 +326,18 @@ def test_meta_train_for_lora_records_the_adapter_and_fine_tunes_with_it(tmp_path
     assert (tmp_path / "b" / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_bench_accepts_peft(tmp_path, jsonl):
+@pytest.mark.parametrize("kind", ["norms", "lora"])
+def test_bench_accepts_peft(tmp_path, jsonl, kind):
+    """bench --peft: every run starts from the same adapter (the same seed twice gives the same run)."""
     out = tmp_path / "bench"
     assert cli.main(["bench", "--model", "tiny-opt", "--task", str(jsonl), "--methods", "mezo,ldsd",
-                     "--seeds", "0", "--forwards", "10", "--batch-size", "4", "--n-test", "8", "--peft", "norms",
-                     "--out", str(out)]) == 0
+                     "--seeds", "1,1", "--forwards", "10", "--batch-size", "4", "--n-test", "8", "--peft", kind,
+                     "--lr", "5e-2", "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
-    assert report["config"]["base"]["peft"] == "norms" and len(report["runs"]) == 2
+    assert report["config"]["base"]["peft"] == kind and len(report["runs"]) == 4
+    for method in ("mezo", "ldsd"):
+        a, b = [r for r in report["runs"] if r["method"] == method]
+        assert a["train_loss"] == b["train_loss"] and a["eval"] == b["eval"], method
 
 
 @pytest.mark.parametrize("argv,message", [
