@@ -446,3 +446,22 @@ def test_zotrainer_trains_a_lora_model_and_saves_peft_checkpoints(tmp_path):
     loaded = PeftModel.from_pretrained(load_model("tiny-llama", seed=1)[0], str(saved))
     x = ids()
     torch.testing.assert_close(logits(loaded, x), logits(model, x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind,adapter", [("prefix", {"method": "prefix", "tokens": 10, "projection": False}),
+                                          ("norms", {"method": "norms"})])
+def test_meta_train_for_prefix_and_norms(tmp_path, tasks, kind, adapter):
+    """Tuners for the other adapters: the bank has one MLP per adapter tensor, the artifact records the
+    adapter, and a TunedZO step on a model with that adapter moves only the adapter."""
+    from meta.train import MetaConfig, meta_train
+
+    out = tmp_path / "t.safetensors"
+    meta_train(MetaConfig(model="tiny-gpt2", tasks=tasks, steps=2, batch_size=4, peft=kind), out, progress=False)
+    tuner = Tuner.from_pretrained(out)
+    model = apply_peft(load_model("tiny-gpt2")[0], AdapterSpec(peft=kind), seed=0)
+    assert tuner.adapter == adapter and [b["name"] for b in tuner.blocks] == trainable_names(model)
+    frozen = frozen_of(model)
+    opt = TunedZO(model, tuner, lr=1e-2, eps=1e-2)
+    x = ids()
+    opt.step(lambda: model(input_ids=x, labels=x).loss)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
