@@ -98,7 +98,9 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--n-test", type=int, default=d.n_test, help="held-out test examples (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="tokens per sequence (default %(default)s)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "momentum", "adam"])
+    g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "momentum", "adam"],
+                   help="ZO methods: the update rule applied to the estimate (default sgd, i.e. MeZO); --method fo: "
+                   "adam = AdamW (default), sgd, momentum = SGD with momentum 0.9")
     g.add_argument("--lr", action=_Finite, default=None,
                    help=f"learning rate (default {d.lr:g}; with --tuner, the lr the tuner recommends)")
     g.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
@@ -205,8 +207,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             raise SystemExit(130) from None
         raise
     ev = metrics["eval"]
+    passes = f"{metrics['forwards']} forward passes" + (f" and {metrics['backwards']} backward passes"
+                                                         if metrics.get("backwards") else "")
     print(f"{ev['metric']} on {ev['n']} test examples: {ev['before']:.4f} -> {ev['after']:.4f}; "
-          f"{metrics['forwards']} forward passes; wrote {args.out}")
+          f"{passes}; wrote {args.out}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -393,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     run = _run_args()
 
-    p = sub.add_parser("finetune", parents=[run], help="fine-tune a model on a task with a ZO method")
+    p = sub.add_parser("finetune", parents=[run], help="fine-tune a model on a task with a ZO method (or fo: backpropagation)")
     p.add_argument("--method", default="mezo", choices=list(METHODS))
     p.add_argument("--steps", type=int, default=100, help="ZO steps (default %(default)s)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate on the dev split every N steps")

@@ -34,7 +34,9 @@ METHODS: dict[str, tuple[str | None, int]] = {
     "gv": (None, 1),        # MeZO-GV: SPSA along best-half-minus-rest of --candidates ranked directions
     "greedy": (None, 1),    # MeZO-Greedy: SPSA along the best of --candidates directions
     "ldsd": (None, 1),      # learnable direction sampling: the best of --ldsd-k draws from N(mu, I), mu learned
+    "fo": (None, 1),        # first-order reference: backpropagation, --optimizer adam (AdamW, default)/sgd/momentum
 }
+FO = "fo"  # the one method with a backward pass (finetune/fo.py); not inference-level memory
 CANDIDATE_METHODS = ("gv", "greedy")  # take --candidates
 POOL_METHODS = (*CANDIDATE_METHODS, "ldsd")  # choose among a pool of directions: --q does not apply
 
@@ -46,7 +48,7 @@ class FinetuneConfig(RunConfig):
     model: str = EMBEDDED
     task: str = DEFAULT_TASK
     method: str = "mezo"
-    optimizer: str = "sgd"
+    optimizer: str | None = None       # sgd | momentum | adam; None = the method's default (fo: adam, else sgd)
     lr: float = 1e-6
     q: int | None = None               # directions per step; None = the method's default
     schedule: str = "constant"
@@ -81,8 +83,12 @@ class FinetuneConfig(RunConfig):
             raise ZotuneError(f"unknown method '{self.method}'; use one of {', '.join(METHODS)}")
         if self.method == "tuner" and self.tuner is None:
             raise ZotuneError("--method tuner needs --tuner FILE (a .safetensors tuner from meta-train)")
-        if self.method == "tuner" and self.optimizer not in ("sgd", "momentum"):
+        if self.optimizer not in (None, "sgd", "momentum", "adam"):
+            raise ZotuneError(f"unknown optimizer '{self.optimizer}'; use sgd, momentum or adam")
+        if self.method == "tuner" and self.optimizer_name not in ("sgd", "momentum"):
             raise ZotuneError(f"--method tuner works with --optimizer sgd or momentum, not {self.optimizer}")
+        if self.method == FO and self.q is not None:
+            raise ZotuneError("--q does not apply to --method fo (it backpropagates the loss; no directions)")
         if self.schedule not in SCHEDULES:
             raise ZotuneError(f"unknown schedule '{self.schedule}'; use one of {', '.join(SCHEDULES)}")
         self.validate_run()
@@ -119,7 +125,7 @@ class FinetuneConfig(RunConfig):
 
     @property
     def optimizer_name(self) -> str:
-        return METHODS[self.method][0] or self.optimizer
+        return METHODS[self.method][0] or self.optimizer or ("adam" if self.method == FO else "sgd")
 
     @property
     def forwards_per_step(self) -> int:
@@ -130,7 +136,13 @@ class FinetuneConfig(RunConfig):
             return self.candidates + 1  # the best candidate's loss is the plus side
         if self.method == "ldsd":
             return self.ldsd_k + 1
+        if self.method == FO:
+            return 1  # one forward pass with autograd, then one backward pass (backwards_per_step)
         return 2 * self.directions
+
+    @property
+    def backwards_per_step(self) -> int:
+        return 1 if self.method == FO else 0
 
 
 @dataclass
@@ -139,6 +151,7 @@ class RunResult:
 
     train_loss: list[float] = field(default_factory=list)
     forwards: int = 0
+    backwards: int = 0
     eval_before: float = float("nan")
     eval_after: float = float("nan")
     eval_history: list[tuple[int, float]] = field(default_factory=list)
@@ -184,7 +197,12 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
 def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
     """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by ``tuner`` (the
     loaded artifact; read from ``cfg.tuner`` if not given), refused with a one-line error if it was trained
-    for another architecture."""
+    for another architecture; for method ``fo``, a ``torch.optim`` optimizer that backpropagates
+    (:mod:`finetune.fo`)."""
+    if cfg.method == FO:
+        from finetune.fo import make_fo_optimizer
+
+        return make_fo_optimizer(cfg.optimizer_name, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.method in POOL_METHODS:
         from finetune.zo.directions import make_direction_optimizer
 
@@ -202,6 +220,13 @@ def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
     return make_optimizer(cfg.optimizer_name, model, **kw)
 
 
+def pass_counts(opt) -> tuple[int, int]:
+    """(forward passes, backward passes) an optimizer has made so far."""
+    if hasattr(opt, "backwards"):
+        return opt.forwards, opt.backwards
+    return opt.engine.forwards, 0
+
+
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
           snapshot: Snapshot | None = None, inputs: dict | None = None, tuner=None) -> RunResult:
     """Run ``cfg.steps`` ZO steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test``
@@ -212,7 +237,7 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
     inputs = inputs or {}
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
-    guard = DivergenceGuard(opt.engine.params)
+    guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
     if snapshot is not None and snapshot.exists():
         done, result = restore(snapshot, cfg, model, opt, sched, inputs)
     else:
@@ -242,12 +267,12 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
             if cfg.eval_every and step % cfg.eval_every == 0 and task.dev:
                 result.eval_history.append((step, scorer.evaluate(model, task.dev, cfg.batch_size)))
             result.seconds = elapsed + time.perf_counter() - start
-            result.forwards = opt.engine.forwards
+            result.forwards, result.backwards = pass_counts(opt)
             if due:
                 snapshot.save(snapshot_state(step, cfg, model, opt, sched, result, inputs))
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
     guard.check(cfg.steps, hint, force=True)  # never hand back non-finite weights (also after a resume at the end)
-    result.forwards = opt.engine.forwards
+    result.forwards, result.backwards = pass_counts(opt)
     result.eval_after = scorer.evaluate(model, task.test, cfg.batch_size)
     return result
 
@@ -260,6 +285,7 @@ def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
         "task": task.name,
         "steps": cfg.steps,
         "forwards": result.forwards,
+        "backwards": result.backwards,
         "train_loss": result.train_loss,
         "eval": {"metric": task.metric, "split": "test", "n": len(task.test),
                  "before": result.eval_before, "after": result.eval_after},
