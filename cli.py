@@ -213,29 +213,48 @@ def cmd_finetune(args: argparse.Namespace) -> None:
           f"{passes}; wrote {args.out}")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    from finetune.bench import BenchConfig, bench
+def parse_lr_grid(specs: list[str] | None, methods: list[str]) -> dict[str, list[float]]:
+    """``METHOD=LR,LR`` specs, separate arguments or joined by ``;`` (``mezo=1e-5,3e-5;fo=1e-4``)."""
     from finetune.common.errors import ZotuneError
     from finetune.common.runs import check_number
 
     lrs: dict[str, list[float]] = {}
-    for spec in args.lr_grid or []:
+    for spec in (part.strip() for arg in specs or [] for part in arg.split(";")):
+        if not spec:
+            continue
         method, _, values = spec.partition("=")
         if not values:
             raise ZotuneError(f"--lr-grid expects METHOD=LR1,LR2,..., got {spec!r}")
-        if method not in args.methods:
-            raise ZotuneError(f"--lr-grid names {method!r}, which is not in --methods {','.join(args.methods)}")
+        if method not in methods:
+            raise ZotuneError(f"--lr-grid names {method!r}, which is not in --methods {','.join(methods)}")
+        if method in lrs:
+            raise ZotuneError(f"--lr-grid names {method!r} twice; give one list per method")
         try:
             lrs[method] = [float(x) for x in values.split(",") if x.strip()]
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
         for lr in lrs[method]:
             check_number(f"--lr-grid {method}: each lr", lr, low=0)
+    return lrs
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from finetune.bench import BenchConfig, bench
+    from finetune.trainer import work_dir
+
+    lrs = parse_lr_grid(args.lr_grid, args.methods)
     _check_method_flags(args, args.methods)
     tuner = _load_tuner(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
-                      seeds=args.seeds, forwards=args.forwards)
-    rows = bench(cfg, Path(args.out), tuner=tuner)
+                      seeds=args.seeds, forwards=args.forwards, eval_points=args.eval_points, select=args.select_on)
+    try:
+        rows = bench(cfg, Path(args.out), resume=args.resume, snapshot_every=args.snapshot_every, tuner=tuner)
+    except KeyboardInterrupt:
+        if Path(args.out).name and work_dir(Path(args.out)).exists():
+            print("interrupted; the finished runs are kept: rerun the same command with --resume to continue",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
     for r in sorted(rows, key=lambda r: r["method"]):
         if r.get("best"):
             print(f"{r['method']:>8}  lr {r['lr']:<8g} final loss {r['final_loss']:.4f}  "
@@ -451,14 +470,23 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[run], help="compare methods and seeds at an equal forward budget")
     p.add_argument("--methods", type=lambda s: s.split(","), default=["mezo", "nspsa", "zo-adam"],
-                   help="comma-separated methods among mezo, nspsa, zo-adam, tuner, gv, greedy, ldsd "
-                   "(default mezo,nspsa,zo-adam)")
+                   help="comma-separated methods among " + ", ".join(METHODS) + " (default mezo,nspsa,zo-adam)")
     p.add_argument("--lr-grid", nargs="*", metavar="METHOD=LR,LR",
-                   help="learning rates per method, e.g. mezo=1e-6,1e-5 zo-adam=1e-4 (default: --lr)")
+                   help="one lr grid per method, e.g. mezo=1e-6,1e-5 fo=1e-4 or 'mezo=1e-6,1e-5;fo=1e-4' "
+                   "(default: --lr)")
+    p.add_argument("--select-on", default="dev", choices=["dev", "train"],
+                   help="choose each method's lr by its final dev loss (default) or final training loss; "
+                   "never by the test split")
+    p.add_argument("--eval-points", action=_Count, default=10,
+                   help="test and dev evaluations along each run, for the curves and forwards-to-target "
+                   "(default %(default)s)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--tuner", default=None, metavar="FILE", help="the tuner artifact that method 'tuner' uses")
     p.add_argument("--forwards", type=int, default=400, help="forward passes per run (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder (bench.json, bench.md, bench.png)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted bench to the same --out")
+    p.add_argument("--snapshot-every", "--checkpoint-every", dest="snapshot_every", action=_Count, default=100,
+                   help="steps between resumable snapshots of the run in progress (default %(default)s; 0 = never)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("fetch", help="download the embedded model and task data into the cache")
