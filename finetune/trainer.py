@@ -302,6 +302,8 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
     guard.check(cfg.steps, hint, force=True)  # never hand back non-finite weights (also after a resume at the end)
     result.forwards, result.backwards = pass_counts(opt)
+    if cfg.method == FO:
+        opt.zero_grad(set_to_none=True)  # free the gradients (a bench reuses the model for the next run)
     final = evaluation_point(cfg.steps, result.forwards, model, scorer, task, cfg.batch_size, final=True)
     if not result.curve or result.curve[-1]["step"] != cfg.steps:
         result.curve.append(final)
