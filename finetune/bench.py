@@ -398,8 +398,8 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
                 result = train(run_cfg, model, scorer, task, progress=False, snapshot=snapshot, inputs=inputs,
                                tuner=tuner)
                 run = _run_record(run_cfg, result)
+                snapshot.path.unlink(missing_ok=True)  # first: a kill in between reruns this run, never restores it into the next
                 _write_json(path, run)
-                snapshot.path.unlink(missing_ok=True)
                 runs.append(run)
                 bar.advance(job)
         model.load_state_dict(pristine)
