@@ -199,7 +199,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     cfg = _config(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
-                           snapshot_every=args.snapshot_every, start_over=args.start_over, tuner=tuner)
+                           snapshot_every=args.snapshot_every, start_over=args.start_over, tuner=tuner,
+                           calibrate=not args.no_calibration)
     except KeyboardInterrupt:
         if Path(args.out).name and snapshot_path(Path(args.out)).exists():
             print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
@@ -424,6 +425,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-save-model", action="store_true", help="write metrics only")
     p.add_argument("--snapshot-every", "--checkpoint-every", dest="snapshot_every", action=_Count, default=100,
                    help="save a resumable snapshot every N steps (default %(default)s; 0 = never)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="skip the calibration reference (it scores the training examples once with the frozen model)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
     p.add_argument("--start-over", action="store_true", help="discard an interrupted run's snapshot first")
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",

@@ -95,3 +95,11 @@ def test_finetune_reports_calibration_and_gains_in_strict_json(tmp_path, jsonl):
     assert m["gain"]["metric_beyond_calibration"] == pytest.approx(m["eval"]["after"] - cal["test"]["after"]["accuracy"])
     assert m["gain"]["loss"] == pytest.approx(m["eval"]["loss_before"] - m["eval"]["loss_after"])
     assert [p["step"] for p in m["curve"]] == [0, 2] and m["curve"][-1]["forwards"] == 4
+
+
+def test_no_calibration_skips_it(tmp_path, jsonl):
+    out = tmp_path / "run"
+    assert cli.main(["finetune", "--model", "tiny-llama", "--task", str(jsonl), "--steps", "1", "--batch-size", "4",
+                     "--n-test", "8", "--no-save-model", "--no-calibration", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["calibration"] is None and set(m["gain"]) == {"metric", "loss"}
