@@ -270,6 +270,12 @@ def markdown(rows: list[dict], metric: str, title: str, comparison: list[dict] |
                   "bootstrap interval over seeds. Forwards to target: the first logged evaluation at which the "
                   f"test loss is at or below {REFERENCE}'s final test loss on the same seed, averaged over the "
                   "seeds that reach it."]
+        few = min((len(c["seeds"]) for c in comparison or []), default=0)
+        if 0 < few < 5:
+            lines += ["", f"**Few seeds ({few}).** The bootstrap resamples only {few} paired differences"
+                      + (": with two seeds the interval is just the range of the two differences" if few == 2 else "")
+                      + ". Read the intervals as the spread of these seeds, not as a test; use 5 or more seeds "
+                      "for a claim."]
     return "\n".join(lines) + "\n"
 
 

@@ -143,6 +143,7 @@ def test_bench_with_fo_reports_gains_intervals_and_speed(tmp_path, jsonl, capsys
     assert len(cmp["fo"]["loss_diff_ci"]) == 2 and cmp["fo"]["seeds"] == [0, 1]
     md = (out / "bench.md").read_text()
     assert "selected on dev loss" in md and "Calibration reference" in md and "95% CI" in md
+    assert "range of the two differences" in md  # two seeds: said plainly
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".bench.partial*"))
     assert "twice" in bad(capsys, ["bench", "--model", "tiny-gpt2", "--task", str(jsonl), "--methods",
