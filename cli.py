@@ -98,7 +98,9 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--n-test", type=int, default=d.n_test, help="held-out test examples (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="tokens per sequence (default %(default)s)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "momentum", "adam"])
+    g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "momentum", "adam"],
+                   help="ZO methods: the update rule applied to the estimate (default sgd, i.e. MeZO); --method fo: "
+                   "adam = AdamW (default), sgd, momentum = SGD with momentum 0.9")
     g.add_argument("--lr", action=_Finite, default=None,
                    help=f"learning rate (default {d.lr:g}; with --tuner, the lr the tuner recommends)")
     g.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
@@ -220,7 +222,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     cfg = _config(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
-                           snapshot_every=args.snapshot_every, start_over=args.start_over, tuner=tuner)
+                           snapshot_every=args.snapshot_every, start_over=args.start_over, tuner=tuner,
+                           calibrate=not args.no_calibration)
     except KeyboardInterrupt:
         if Path(args.out).name and snapshot_path(Path(args.out)).exists():
             print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
@@ -228,34 +231,55 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             raise SystemExit(130) from None
         raise
     ev = metrics["eval"]
+    passes = f"{metrics['forwards']} forward passes" + (f" and {metrics['backwards']} backward passes"
+                                                         if metrics.get("backwards") else "")
     print(f"{ev['metric']} on {ev['n']} test examples: {ev['before']:.4f} -> {ev['after']:.4f}; "
-          f"{metrics['forwards']} forward passes; wrote {args.out}")
+          f"{passes}; wrote {args.out}")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    from finetune.bench import BenchConfig, bench
+def parse_lr_grid(specs: list[str] | None, methods: list[str]) -> dict[str, list[float]]:
+    """``METHOD=LR,LR`` specs, separate arguments or joined by ``;`` (``mezo=1e-5,3e-5;fo=1e-4``)."""
     from finetune.common.errors import ZotuneError
     from finetune.common.runs import check_number
 
     lrs: dict[str, list[float]] = {}
-    for spec in args.lr_grid or []:
+    for spec in (part.strip() for arg in specs or [] for part in arg.split(";")):
+        if not spec:
+            continue
         method, _, values = spec.partition("=")
         if not values:
             raise ZotuneError(f"--lr-grid expects METHOD=LR1,LR2,..., got {spec!r}")
-        if method not in args.methods:
-            raise ZotuneError(f"--lr-grid names {method!r}, which is not in --methods {','.join(args.methods)}")
+        if method not in methods:
+            raise ZotuneError(f"--lr-grid names {method!r}, which is not in --methods {','.join(methods)}")
+        if method in lrs:
+            raise ZotuneError(f"--lr-grid names {method!r} twice; give one list per method")
         try:
             lrs[method] = [float(x) for x in values.split(",") if x.strip()]
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
         for lr in lrs[method]:
             check_number(f"--lr-grid {method}: each lr", lr, low=0)
+    return lrs
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from finetune.bench import BenchConfig, bench
+    from finetune.trainer import work_dir
+
+    lrs = parse_lr_grid(args.lr_grid, args.methods)
     _check_method_flags(args, args.methods)
     _check_peft_flags(args)
     tuner = _load_tuner(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
-                      seeds=args.seeds, forwards=args.forwards)
-    rows = bench(cfg, Path(args.out), tuner=tuner)
+                      seeds=args.seeds, forwards=args.forwards, eval_points=args.eval_points, select=args.select_on)
+    try:
+        rows = bench(cfg, Path(args.out), resume=args.resume, snapshot_every=args.snapshot_every, tuner=tuner)
+    except KeyboardInterrupt:
+        if Path(args.out).name and work_dir(Path(args.out)).exists():
+            print("interrupted; the finished runs are kept: rerun the same command with --resume to continue",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
     for r in sorted(rows, key=lambda r: r["method"]):
         if r.get("best"):
             print(f"{r['method']:>8}  lr {r['lr']:<8g} final loss {r['final_loss']:.4f}  "
@@ -419,7 +443,7 @@ def parser() -> argparse.ArgumentParser:
     run = _run_args()
     _peft_args(run)
 
-    p = sub.add_parser("finetune", parents=[run], help="fine-tune a model on a task with a ZO method")
+    p = sub.add_parser("finetune", parents=[run], help="fine-tune a model on a task with a ZO method (or fo: backpropagation)")
     p.add_argument("--method", default="mezo", choices=list(METHODS))
     p.add_argument("--steps", type=int, default=100, help="ZO steps (default %(default)s)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate on the dev split every N steps")
@@ -427,6 +451,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-save-model", action="store_true", help="write metrics only")
     p.add_argument("--snapshot-every", "--checkpoint-every", dest="snapshot_every", action=_Count, default=100,
                    help="save a resumable snapshot every N steps (default %(default)s; 0 = never)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="skip the calibration reference (it scores the training examples once with the frozen model)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
     p.add_argument("--start-over", action="store_true", help="discard an interrupted run's snapshot first")
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
@@ -476,14 +502,23 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[run], help="compare methods and seeds at an equal forward budget")
     p.add_argument("--methods", type=lambda s: s.split(","), default=["mezo", "nspsa", "zo-adam"],
-                   help="comma-separated methods among mezo, nspsa, zo-adam, tuner, gv, greedy, ldsd "
-                   "(default mezo,nspsa,zo-adam)")
+                   help="comma-separated methods among " + ", ".join(METHODS) + " (default mezo,nspsa,zo-adam)")
     p.add_argument("--lr-grid", nargs="*", metavar="METHOD=LR,LR",
-                   help="learning rates per method, e.g. mezo=1e-6,1e-5 zo-adam=1e-4 (default: --lr)")
+                   help="one lr grid per method, e.g. mezo=1e-6,1e-5 fo=1e-4 or 'mezo=1e-6,1e-5;fo=1e-4' "
+                   "(default: --lr)")
+    p.add_argument("--select-on", default="dev", choices=["dev", "train"],
+                   help="choose each method's lr by its final dev loss (default) or final training loss; "
+                   "never by the test split")
+    p.add_argument("--eval-points", action=_Count, default=10,
+                   help="test and dev evaluations along each run, for the curves and forwards-to-target "
+                   "(default %(default)s)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--tuner", default=None, metavar="FILE", help="the tuner artifact that method 'tuner' uses")
     p.add_argument("--forwards", type=int, default=400, help="forward passes per run (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder (bench.json, bench.md, bench.png)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted bench to the same --out")
+    p.add_argument("--snapshot-every", "--checkpoint-every", dest="snapshot_every", action=_Count, default=100,
+                   help="steps between resumable snapshots of the run in progress (default %(default)s; 0 = never)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("fetch", help="download the embedded model and task data into the cache")

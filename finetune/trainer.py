@@ -35,7 +35,9 @@ METHODS: dict[str, tuple[str | None, int]] = {
     "gv": (None, 1),        # MeZO-GV: SPSA along best-half-minus-rest of --candidates ranked directions
     "greedy": (None, 1),    # MeZO-Greedy: SPSA along the best of --candidates directions
     "ldsd": (None, 1),      # learnable direction sampling: the best of --ldsd-k draws from N(mu, I), mu learned
+    "fo": (None, 1),        # first-order reference: backpropagation, --optimizer adam (AdamW, default)/sgd/momentum
 }
+FO = "fo"  # the one method with a backward pass (finetune/fo.py); not inference-level memory
 CANDIDATE_METHODS = ("gv", "greedy")  # take --candidates
 POOL_METHODS = (*CANDIDATE_METHODS, "ldsd")  # choose among a pool of directions: --q does not apply
 
@@ -47,7 +49,7 @@ class FinetuneConfig(RunConfig):
     model: str = EMBEDDED
     task: str = DEFAULT_TASK
     method: str = "mezo"
-    optimizer: str = "sgd"
+    optimizer: str | None = None       # sgd | momentum | adam; None = the method's default (fo: adam, else sgd)
     lr: float = 1e-6
     q: int | None = None               # directions per step; None = the method's default
     schedule: str = "constant"
@@ -89,8 +91,12 @@ class FinetuneConfig(RunConfig):
             raise ZotuneError(f"unknown method '{self.method}'; use one of {', '.join(METHODS)}")
         if self.method == "tuner" and self.tuner is None:
             raise ZotuneError("--method tuner needs --tuner FILE (a .safetensors tuner from meta-train)")
-        if self.method == "tuner" and self.optimizer not in ("sgd", "momentum"):
+        if self.optimizer not in (None, "sgd", "momentum", "adam"):
+            raise ZotuneError(f"unknown optimizer '{self.optimizer}'; use sgd, momentum or adam")
+        if self.method == "tuner" and self.optimizer_name not in ("sgd", "momentum"):
             raise ZotuneError(f"--method tuner works with --optimizer sgd or momentum, not {self.optimizer}")
+        if self.method == FO and self.q is not None:
+            raise ZotuneError("--q does not apply to --method fo (it backpropagates the loss; no directions)")
         if self.schedule not in SCHEDULES:
             raise ZotuneError(f"unknown schedule '{self.schedule}'; use one of {', '.join(SCHEDULES)}")
         self.validate_run()
@@ -132,7 +138,7 @@ class FinetuneConfig(RunConfig):
 
     @property
     def optimizer_name(self) -> str:
-        return METHODS[self.method][0] or self.optimizer
+        return METHODS[self.method][0] or self.optimizer or ("adam" if self.method == FO else "sgd")
 
     @property
     def forwards_per_step(self) -> int:
@@ -143,7 +149,13 @@ class FinetuneConfig(RunConfig):
             return self.candidates + 1  # the best candidate's loss is the plus side
         if self.method == "ldsd":
             return self.ldsd_k + 1
+        if self.method == FO:
+            return 1  # one forward pass with autograd, then one backward pass (backwards_per_step)
         return 2 * self.directions
+
+    @property
+    def backwards_per_step(self) -> int:
+        return 1 if self.method == FO else 0
 
 
 @dataclass
@@ -152,10 +164,15 @@ class RunResult:
 
     train_loss: list[float] = field(default_factory=list)
     forwards: int = 0
+    backwards: int = 0
     eval_before: float = float("nan")
     eval_after: float = float("nan")
     eval_history: list[tuple[int, float]] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0               # spent in training steps (evaluations excluded)
+    loss_before: float = float("nan")  # test loss (the training loss's definition, mean over the test split)
+    loss_after: float = float("nan")
+    curve: list[dict] = field(default_factory=list)  # evaluation points: step, forwards, test and dev loss/metric
+    calibration: dict | None = None    # the calibration reference (multiple choice; finetune/calibration.py)
 
 
 def progress_bar(enabled: bool = True) -> Progress:
@@ -197,7 +214,12 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
 def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
     """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by ``tuner`` (the
     loaded artifact; read from ``cfg.tuner`` if not given), refused with a one-line error if it was trained
-    for another architecture."""
+    for another architecture; for method ``fo``, a ``torch.optim`` optimizer that backpropagates
+    (:mod:`finetune.fo`)."""
+    if cfg.method == FO:
+        from finetune.fo import make_fo_optimizer
+
+        return make_fo_optimizer(cfg.optimizer_name, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.method in POOL_METHODS:
         from finetune.zo.directions import make_direction_optimizer
 
@@ -215,31 +237,60 @@ def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
     return make_optimizer(cfg.optimizer_name, model, **kw)
 
 
+def pass_counts(opt) -> tuple[int, int]:
+    """(forward passes, backward passes) an optimizer has made so far."""
+    if hasattr(opt, "backwards"):
+        return opt.forwards, opt.backwards
+    return opt.engine.forwards, 0
+
+
+def evaluation_point(step: int, forwards: int, model, scorer: TaskScorer, task: Task, batch_size: int,
+                     final: bool = False, test: dict | None = None) -> dict:
+    """Test loss and metric, and dev loss and metric, at one point of a run (``test``: already computed).
+    For generation, the test metric (decoding) is computed at the ``final`` point only."""
+    test = test or scorer.assess(model, task.test, batch_size, metric=final)
+    point = {"step": step, "forwards": forwards, "test_loss": test["loss"], "test": test["metric"]}
+    if task.dev:
+        dev = scorer.assess(model, task.dev, batch_size)
+        point.update(dev_loss=dev["loss"], dev=dev["metric"])
+    return point
+
+
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
-          snapshot: Snapshot | None = None, inputs: dict | None = None, tuner=None) -> RunResult:
-    """Run ``cfg.steps`` ZO steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test``
-    before and after (and on ``task.dev`` every ``cfg.eval_every`` steps). With a ``snapshot``, the
-    run is snapshotted as it goes, and continues from an existing snapshot (made with the same ``inputs``).
-    ``tuner`` is the loaded artifact of method ``tuner`` (else read from ``cfg.tuner``). Raises
-    :class:`Diverged` when the loss or the weights stop being finite or run away."""
+          snapshot: Snapshot | None = None, inputs: dict | None = None, tuner=None,
+          calibrate: bool = False) -> RunResult:
+    """Run ``cfg.steps`` steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test`` before and
+    after (loss and metric), and on ``task.test`` and ``task.dev`` every ``cfg.eval_every`` steps
+    (``result.curve``; the dev metric also in ``eval_history``). With ``calibrate``, a multiple-choice run
+    first computes the calibration reference of the frozen model (:mod:`finetune.calibration`). With a
+    ``snapshot``, the run is snapshotted as it goes, and continues from an existing snapshot (made with the
+    same ``inputs``). ``tuner`` is the loaded artifact of method ``tuner`` (else read from ``cfg.tuner``).
+    Raises :class:`Diverged` when the loss or the weights stop being finite or run away."""
     inputs = inputs or {}
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
-    guard = DivergenceGuard(opt.engine.params)
+    guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
     if snapshot is not None and snapshot.exists():
         done, result = restore(snapshot, cfg, model, opt, sched, inputs)
     else:
-        done, result = 0, RunResult(eval_before=scorer.evaluate(model, task.test, cfg.batch_size))
+        before = scorer.assess(model, task.test, cfg.batch_size)
+        done, result = 0, RunResult(eval_before=before["metric"], loss_before=before["loss"])
+        result.curve.append(evaluation_point(0, 0, model, scorer, task, cfg.batch_size, test=before))
+        if calibrate:
+            from finetune.calibration import calibration_reference
+
+            result.calibration = calibration_reference(model, scorer, task, cfg.batch_size, before["scores"])
     data = batches(task.train, cfg.batch_size, cfg.seed)
     for _ in range(done):  # the batches the interrupted run already used
         next(data)
     hint = f"lower --lr (now {cfg.lr}) or --eps (now {cfg.eps})"
     hint += ", or use --dtype fp32" if cfg.dtype != "fp32" else ""
-    start, elapsed = time.perf_counter(), result.seconds
+    start = time.perf_counter()
     with progress_bar(progress) as bar:
         bar_task = bar.add_task(cfg.method, total=cfg.steps, completed=done, loss="-", speed="-")
         for step in range(done + 1, cfg.steps + 1):
             batch = next(data)
+            tick = time.perf_counter()
             try:
                 loss = opt.step(lambda: scorer.loss(model, batch))
             except RuntimeError as e:
@@ -249,20 +300,41 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
             if not math.isfinite(loss):
                 raise Diverged(f"the training loss became {loss} at step {step}; {hint}")
             sched.step()
+            result.seconds += time.perf_counter() - tick
             due = snapshot is not None and snapshot.due(step, cfg.steps)
             guard.check(step, hint, force=due)
             result.train_loss.append(loss)
-            if cfg.eval_every and step % cfg.eval_every == 0 and task.dev:
-                result.eval_history.append((step, scorer.evaluate(model, task.dev, cfg.batch_size)))
-            result.seconds = elapsed + time.perf_counter() - start
-            result.forwards = opt.engine.forwards
+            result.forwards, result.backwards = pass_counts(opt)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                point = evaluation_point(step, result.forwards, model, scorer, task, cfg.batch_size)
+                result.curve.append(point)
+                if task.dev:
+                    result.eval_history.append((step, point["dev"]))
             if due:
                 snapshot.save(snapshot_state(step, cfg, model, opt, sched, result, inputs))
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
     guard.check(cfg.steps, hint, force=True)  # never hand back non-finite weights (also after a resume at the end)
-    result.forwards = opt.engine.forwards
-    result.eval_after = scorer.evaluate(model, task.test, cfg.batch_size)
+    result.forwards, result.backwards = pass_counts(opt)
+    if cfg.method == FO:
+        opt.zero_grad(set_to_none=True)  # free the gradients (a bench reuses the model for the next run)
+    final = evaluation_point(cfg.steps, result.forwards, model, scorer, task, cfg.batch_size, final=True)
+    if not result.curve or result.curve[-1]["step"] != cfg.steps:
+        result.curve.append(final)
+    if cfg.eval_every and cfg.steps % cfg.eval_every == 0 and task.dev:
+        result.eval_history.append((cfg.steps, final["dev"]))
+    result.eval_after, result.loss_after = final["test"], final["test_loss"]
     return result
+
+
+def gains(result: RunResult) -> dict:
+    """The run's raw gain on the test split (metric up, loss down) and, for multiple choice, its gain beyond
+    the calibration reference (the test metric and loss after fitting only per-option offsets)."""
+    out = {"metric": result.eval_after - result.eval_before, "loss": result.loss_before - result.loss_after}
+    if result.calibration is not None:
+        cal = result.calibration["test"]["after"]
+        out.update(metric_beyond_calibration=result.eval_after - cal["accuracy"],
+                   loss_beyond_calibration=cal["loss"] - result.loss_after)
+    return out
 
 
 def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
@@ -273,11 +345,17 @@ def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
         "task": task.name,
         "steps": cfg.steps,
         "forwards": result.forwards,
+        "backwards": result.backwards,
         "train_loss": result.train_loss,
         "eval": {"metric": task.metric, "split": "test", "n": len(task.test),
-                 "before": result.eval_before, "after": result.eval_after},
+                 "before": result.eval_before, "after": result.eval_after,
+                 "loss_before": result.loss_before, "loss_after": result.loss_after},
         "eval_history": [{"step": s, "dev": v} for s, v in result.eval_history],
+        "curve": result.curve,
+        "calibration": result.calibration,
+        "gain": gains(result),
         "seconds": result.seconds,
+        "seconds_per_forward": result.seconds / result.forwards if result.forwards else None,
         "config": asdict(cfg),
     }
 
@@ -347,7 +425,8 @@ def _move_into_place(work: Path, out: Path) -> None:
 
 
 def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
-             resume: bool = False, snapshot_every: int = 100, start_over: bool = False, tuner=None) -> dict:
+             resume: bool = False, snapshot_every: int = 100, start_over: bool = False, tuner=None,
+             calibrate: bool = True) -> dict:
     """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``) atomically.
 
     ``out`` is checked and locked before any work. The run works in :func:`work_dir` and renames it to
@@ -355,8 +434,9 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     the same call with ``resume=True`` continues from it (refused if the options or inputs changed) and
     ends with the same result as an uninterrupted run. ``start_over`` discards an interrupted run first.
     A run that fails before its first snapshot leaves nothing behind. ``tuner``: the loaded artifact of
-    method ``tuner`` (else read from ``cfg.tuner``). With ``cfg.peft`` the adapter is written to
-    ``out/adapter`` instead of ``out/model`` (with ``cfg.merge``, the merged model to ``out/model``).
+    method ``tuner`` (else read from ``cfg.tuner``). ``calibrate``: compute the calibration reference of
+    the frozen model first (multiple choice; :mod:`finetune.calibration`). With ``cfg.peft`` the adapter
+    is written to ``out/adapter`` instead of ``out/model`` (with ``cfg.merge``, the merged model to ``out/model``).
     """
     cfg.validate()
     check_number("--checkpoint-every", snapshot_every, low=0, integer=True)
@@ -391,7 +471,7 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
             task, model, tokenizer, scorer = prepare(cfg)
             inputs = run_inputs(cfg, task, model)
             result = train(cfg, model, scorer, task, progress=progress, snapshot=snapshot, inputs=inputs,
-                           tuner=tuner)
+                           tuner=tuner, calibrate=calibrate)
             metrics = metrics_dict(cfg, task, result)
             try:
                 _save_outputs(work, metrics, model, tokenizer, save_model, cfg.merge)

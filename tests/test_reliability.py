@@ -277,11 +277,18 @@ def test_weights_that_become_non_finite_in_the_last_update_are_not_written(tmp_p
 
 
 def test_metrics_json_is_strict_json(tmp_path, mc, monkeypatch):
-    monkeypatch.setattr(TaskScorer, "evaluate", lambda self, model, examples, batch_size=16: float("nan"))
+    real = TaskScorer.assess  # every evaluation (test and dev loss and metric) goes through assess
+
+    def nan_assess(self, *args, **kw):
+        return {**real(self, *args, **kw), "loss": float("nan"), "metric": float("nan")}
+
+    monkeypatch.setattr(TaskScorer, "assess", nan_assess)
     out = tmp_path / "o"
     assert cli.main(C(mc, "--steps", "1", "--no-save-model", "--out", str(out))) == 0
     metrics = strict_load(out / "metrics.json")
     assert metrics["eval"]["before"] is None and metrics["eval"]["after"] is None
+    assert metrics["eval"]["loss_before"] is None and metrics["curve"][-1]["test_loss"] is None
+    assert metrics["gain"]["metric"] is None
 
 
 # ------------------------------------------------------------------------- 3. divergence is caught
