@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The commands for reports/peft-smollm2 (issue 14's evidence): on SmolLM2-135M, at equal forward passes,
-#   MeZO on LoRA | MeZO on the full model | first-order on LoRA (needs --method fo) | a tuner meta-trained
-#   for LoRA against MeZO on LoRA; 3 seeds, an lr grid per arm chosen on training loss, two tasks.
+#   MeZO on LoRA | MeZO on the full model | first-order on LoRA (--method fo) | a tuner meta-trained
+#   for LoRA against MeZO on LoRA; 3 seeds, an lr grid per arm (bench selects on dev loss), two tasks.
 # Run from the repository root after `make fetch`. NOT RUN YET at full size: only `SMOKE=1` has been run
 # (see README.md); that proves the commands work and is not evidence.
 #
@@ -21,10 +21,11 @@ META_STEPS=${META_STEPS:-150}
 COMMON="--batch-size 16 --n-test 200 --threads ${THREADS:-2}"
 LORA_GRID="1e-4,3e-4,1e-3,3e-3"   # ZO on LoRA takes larger steps than on the full model
 FULL_GRID="1e-5,3e-5,1e-4"
+FO_LRS="1e-4,3e-4,1e-3"            # AdamW on LoRA
 if [ "${SMOKE:-0}" = 1 ]; then
     R=${R}/smoke; TASKS=bigbench:strategyqa; SEEDS=0; FORWARDS=8; META_STEPS=2
-    COMMON="--batch-size 4 --n-test 16 --max-length 128 --threads ${THREADS:-2}"
-    LORA_GRID="1e-3"; FULL_GRID="3e-5"
+    COMMON="--batch-size 4 --n-test 16 --n-dev 16 --max-length 128 --threads ${THREADS:-2}"
+    LORA_GRID="1e-3"; FULL_GRID="3e-5"; FO_LRS="1e-3"
 fi
 mkdir -p "$R"
 
@@ -35,23 +36,19 @@ TUNER=$R/lora-tuner.safetensors
     --out "$TUNER"
 $PY cli.py tuners inspect "$TUNER" > "$R/lora-tuner.txt"
 
+if $PY cli.py finetune -h | grep -q "fo}\|,fo[,}]"; then FO="fo"; FO_GRID="fo=$FO_LRS"; else
+    FO=""; FO_GRID=""; echo "no first-order arm: this zotune has no --method fo" >&2; fi
 for TASK in $TASKS; do
     T=$R/${TASK#bigbench:}
-    # 2. MeZO on LoRA, and the tuner for LoRA, on one grid (same seeds, same data order, same forward passes).
-    [ -d "$T/lora" ] || $PY cli.py bench --peft lora --task "$TASK" --methods mezo,tuner --tuner "$TUNER" \
-        --lr-grid mezo=$LORA_GRID tuner=$LORA_GRID --seeds "$SEEDS" --forwards "$FORWARDS" $COMMON --out "$T/lora"
+    # 2. On LoRA, in one bench (same seeds, data order and forward passes; paired intervals against mezo):
+    #    MeZO, the tuner for LoRA, and first-order (a forward pass with its backward counts as one pass).
+    [ -d "$T/lora" ] || $PY cli.py bench --peft lora --task "$TASK" --methods mezo,tuner${FO:+,$FO} --tuner "$TUNER" \
+        --lr-grid mezo=$LORA_GRID tuner=$LORA_GRID $FO_GRID --seeds "$SEEDS" --forwards "$FORWARDS" $COMMON --out "$T/lora"
     # 3. MeZO on the full model.
     [ -d "$T/full" ] || $PY cli.py bench --task "$TASK" --methods mezo --lr-grid mezo=$FULL_GRID \
         --seeds "$SEEDS" --forwards "$FORWARDS" $COMMON --out "$T/full"
-    # 4. First-order on LoRA, when `--method fo` exists (issue 13); skipped otherwise.
-    if $PY cli.py finetune -h | grep -q "fo}\|,fo[,}]"; then
-        [ -d "$T/fo-lora" ] || $PY cli.py bench --peft lora --task "$TASK" --methods fo --lr-grid fo=1e-4,1e-3 \
-            --seeds "$SEEDS" --forwards "$FORWARDS" $COMMON --out "$T/fo-lora"
-    else
-        echo "skipping first-order on LoRA: this zotune has no --method fo" >&2
-    fi
 done
 
-# 5. One table: accuracy, final training loss, forward passes to MeZO-on-LoRA's final training loss, seconds.
+# 4. One table: test loss, accuracy, forward passes to MeZO-on-LoRA's final test loss, seconds per forward pass.
 $PY benchmarks/peft_summary.py "$R" > "$R/summary.md"
 cat "$R/summary.md"
