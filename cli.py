@@ -128,18 +128,39 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     _check_method_flags(args, [args.method])
     tuner = _load_tuner(args)
     cfg = _config(args)
+    dp = _data_parallel(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
-                           checkpoint_every=args.checkpoint_every, tuner=tuner)
+                           checkpoint_every=args.checkpoint_every, tuner=tuner, dp=dp, save_log=args.save_log)
     except KeyboardInterrupt:
-        if (work_dir(Path(args.out)) / "checkpoint.pt").exists():
+        if (work_dir(Path(args.out)) / "checkpoint.pt").exists() and (dp is None or dp.main):
             print("interrupted; the last checkpoint is kept: rerun the same command with --resume to continue",
                   file=sys.stderr)
             raise SystemExit(130) from None
         raise
+    finally:
+        if dp is not None:
+            dp.close()
+    if dp is not None and not dp.main:
+        return
     ev = metrics["eval"]
     print(f"{ev['metric']} on {ev['n']} test examples: {ev['before']:.4f} -> {ev['after']:.4f}; "
           f"{metrics['forwards']} forward passes; wrote {args.out}")
+
+
+def _data_parallel(args: argparse.Namespace):
+    """Under torchrun, this rank's data-parallel context (the process group is initialised here); else None,
+    and --dp-mode / --check-every do nothing."""
+    from finetune.zo.distributed import from_env
+
+    return from_env(mode=args.dp_mode, check_every=args.check_every, device=getattr(args, "device", None))
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from finetune.replay import replay
+
+    n = replay(Path(args.log), args.model, Path(args.out), device=args.device, threads=args.threads)
+    print(f"replayed {n} steps of {args.log} on {args.model}; wrote {args.out}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -301,6 +322,14 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
 
 
+def _parallel_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data parallelism (under torchrun --nproc-per-node N; docs/distributed.md)")
+    g.add_argument("--dp-mode", default="batch", choices=["batch", "directions"],
+                   help="split each step's batch across ranks, or (nspsa, --q >= 2) its directions (default batch)")
+    g.add_argument("--check-every", type=int, default=100,
+                   help="compare a parameter checksum across ranks every N steps (default %(default)s; 0 = never)")
+
+
 def parser() -> argparse.ArgumentParser:
     from finetune.trainer import DEFAULT_TASK, METHODS
 
@@ -317,6 +346,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="save a resumable checkpoint every N steps (default %(default)s; 0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
+    p.add_argument("--save-log", action="store_true",
+                   help="also write out/log.jsonl: the run as seeds and coefficients, a few KB that "
+                        "'cli.py replay' turns back into the fine-tuned model")
+    _parallel_args(p)
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
                    help="a tuner artifact (.safetensors path, or hf://owner/name[/file] on the Hugging Face Hub): "
                         "fine-tune with it (method 'tuner')")
@@ -370,6 +403,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--forwards", type=int, default=400, help="forward passes per run (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder (bench.json, bench.md, bench.png)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("replay", help="rebuild a fine-tuned model from its base model and a --save-log log")
+    p.add_argument("log", help="the log.jsonl a 'finetune --save-log' run wrote")
+    p.add_argument("--model", required=True, help="the base model the log was written for (alias, tiny-*, Hub id, folder)")
+    p.add_argument("--out", required=True, help="the folder to write the fine-tuned model to")
+    p.add_argument("--device", default=None, help="default: the device type the run used")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("fetch", help="download the embedded model and task data into the cache")
     p.add_argument("--tasks", nargs="*", default=[DEFAULT_TASK], help=f"tasks to fetch (default {DEFAULT_TASK})")

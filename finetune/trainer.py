@@ -198,18 +198,51 @@ def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
     return make_optimizer(cfg.optimizer_name, model, **kw)
 
 
+def step_closure(model, scorer: TaskScorer, batch: list[Example], dp=None):
+    """The loss closure of one step: the batch's loss, or under data parallelism in batch mode, the global
+    batch's loss from every rank's shard (:meth:`finetune.zo.distributed.DataParallel.closure`)."""
+    if dp is None or dp.mode != "batch":
+        return lambda: scorer.loss(model, batch)
+    return dp.closure(lambda shard: scorer.loss_terms(model, shard, like=batch),
+                      lambda terms: scorer.reduce_terms(terms, batch), batch)
+
+
+def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp) -> None:
+    """Refuse, in one line, a data-parallel setting that cannot run; set up directions mode."""
+    if dp.mode == "batch":
+        dp.bounds(cfg.batch_size)
+        return
+    if cfg.method in POOL_METHODS or getattr(opt, "policy", None) is not None:
+        what = "a tuner with a direction policy" if cfg.method == "tuner" else f"--method {cfg.method}"
+        raise ZotuneError(f"--dp-mode directions is not supported for {what}; use --dp-mode batch")
+    if cfg.directions < 2:
+        raise ZotuneError(f"--dp-mode directions needs several directions per step (--q >= 2, now "
+                          f"{cfg.directions}); use --dp-mode batch or --method nspsa")
+    opt.spread = dp.spread
+
+
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
-          checkpoint: Checkpoint | None = None, tuner=None) -> RunResult:
+          checkpoint: Checkpoint | None = None, tuner=None, dp=None, log=None) -> RunResult:
     """Run ``cfg.steps`` ZO steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test``
     before and after (and on ``task.dev`` every ``cfg.eval_every`` steps). With a ``checkpoint``, the
     run is snapshotted as it goes, and continues from an existing snapshot. ``tuner`` is the loaded
-    artifact of method ``tuner`` (else read from ``cfg.tuner``)."""
+    artifact of method ``tuner`` (else read from ``cfg.tuner``). ``dp`` (a
+    :class:`finetune.zo.distributed.DataParallel`) runs the steps data-parallel, comparing parameter
+    checksums across ranks every ``dp.check_every`` steps; ``log`` (a :class:`finetune.replay.StepLog`)
+    records every applied update."""
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
-    if checkpoint is not None and checkpoint.path.exists():
+    if dp is not None:
+        check_parallel(cfg, opt, dp)
+    resuming = checkpoint is not None and checkpoint.path.exists()
+    if log is not None and not resuming:
+        log.header(model, model_id(cfg.model), opt, asdict(cfg))
+    if resuming:
         done, result = checkpoint.restore(cfg, model, opt, sched)
     else:
         done, result = 0, RunResult(eval_before=scorer.evaluate(model, task.test, cfg.batch_size))
+    if dp is not None:
+        dp.check(opt.engine.blocks, f"before step {done + 1}")
     data = batches(task.train, cfg.batch_size, cfg.seed)
     for _ in range(done):  # the batches the interrupted run already used
         next(data)
@@ -218,17 +251,21 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
         bar_task = bar.add_task(cfg.method, total=cfg.steps, completed=done, loss="-", speed="-")
         for step in range(done + 1, cfg.steps + 1):
             batch = next(data)
-            loss = opt.step(lambda: scorer.loss(model, batch))
+            loss = opt.step(step_closure(model, scorer, batch, dp))
             if not math.isfinite(loss):
                 raise ZotuneError(f"the training loss became {loss} at step {step}; lower --lr (now {cfg.lr}) "
                                   f"or --eps (now {cfg.eps}), or use --dtype fp32")
+            if log is not None:
+                log.record(step, opt)
             sched.step()
             result.train_loss.append(loss)
             if cfg.eval_every and step % cfg.eval_every == 0 and task.dev:
                 result.eval_history.append((step, scorer.evaluate(model, task.dev, cfg.batch_size)))
             result.seconds = elapsed + time.perf_counter() - start
             result.forwards = opt.engine.forwards
-            if checkpoint is not None and checkpoint.due(step, cfg.steps):
+            if dp is not None and dp.due(step):
+                dp.check(opt.engine.blocks, f"after step {step}")
+            if checkpoint is not None and checkpoint.due(step, cfg.steps) and (dp is None or dp.main):
                 checkpoint.save(step, cfg, model, opt, sched, result)
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
     result.forwards = opt.engine.forwards
@@ -268,28 +305,48 @@ def work_dir(out: Path) -> Path:
 
 
 def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
-             resume: bool = False, checkpoint_every: int = 100, tuner=None) -> dict:
+             resume: bool = False, checkpoint_every: int = 100, tuner=None, dp=None, save_log: bool = False) -> dict:
     """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``) atomically.
 
     The run works in :func:`work_dir` and renames it to ``out`` when done. Every ``checkpoint_every``
     steps it leaves a checkpoint there; if the run is killed, the same call with ``resume=True`` continues
     from it and ends with the same result as an uninterrupted run. A run that fails before its first
-    checkpoint leaves nothing behind.
+    checkpoint leaves nothing behind. With ``save_log``, ``out/log.jsonl`` holds the run as a replayable
+    log (:mod:`finetune.replay`). Under data parallelism (``dp``) rank 0 alone writes; the other ranks
+    only read the checkpoint they resume from.
     """
     cfg.validate()
     out, work = Path(out), work_dir(out)
-    refuse_existing(out)
     ckpt = Checkpoint(work / "checkpoint.pt", checkpoint_every)
-    if resume and not ckpt.path.exists():
-        raise ZotuneError(f"nothing to resume: no checkpoint in {work}; run without --resume")
-    if not resume and work.exists():
-        raise ZotuneError(f"an interrupted run to {out} is in {work}; add --resume to continue it, "
-                          "or delete that folder")
-    work.mkdir(parents=True, exist_ok=True)
+    writer, error = dp is None or dp.main, None
+    try:
+        if writer:
+            refuse_existing(out)
+            if resume and not ckpt.path.exists():
+                raise ZotuneError(f"nothing to resume: no checkpoint in {work}; run without --resume")
+            if not resume and work.exists():
+                raise ZotuneError(f"an interrupted run to {out} is in {work}; add --resume to continue it, "
+                                  "or delete that folder")
+            work.mkdir(parents=True, exist_ok=True)
+    except ZotuneError as exc:
+        if dp is None:
+            raise
+        error = str(exc)
+    if dp is not None:
+        dp.agree(error)  # rank 0's refusal stops every rank
+        if not writer:
+            return _follow(cfg, ckpt, tuner, dp)
     try:
         task, model, tokenizer, scorer = prepare(cfg)
-        result = train(cfg, model, scorer, task, progress=progress, checkpoint=ckpt, tuner=tuner)
+        log = None
+        if save_log:
+            from finetune.replay import LOG_FILE, StepLog
+
+            log = StepLog(work / LOG_FILE, start=_checkpoint_step(ckpt))
+        result = train(cfg, model, scorer, task, progress=progress, checkpoint=ckpt, tuner=tuner, dp=dp, log=log)
         metrics = metrics_dict(cfg, task, result)
+        if dp is not None:
+            metrics["parallel"] = dp.describe()
         (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
         if save_model:
             model.save_pretrained(work / "model")
@@ -302,8 +359,22 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     except BaseException:
         if not ckpt.path.exists():
             shutil.rmtree(work, ignore_errors=True)
-        else:  # keep only the checkpoint: the run can be resumed, and nothing half-written remains
+        else:  # keep only the checkpoint (and the log so far): the run can be resumed, nothing half-written remains
             for child in work.iterdir():
-                if child != ckpt.path:
+                if child not in (ckpt.path, work / "log.jsonl"):
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         raise
+
+
+def _checkpoint_step(ckpt: Checkpoint) -> int:
+    if not ckpt.path.exists():
+        return 0
+    return int(torch.load(ckpt.path, map_location="cpu", weights_only=True)["step"])
+
+
+def _follow(cfg: FinetuneConfig, ckpt: Checkpoint, tuner, dp) -> dict:
+    """A data-parallel rank other than 0: train in step with rank 0 (resuming from its checkpoint, if any);
+    write nothing."""
+    task, model, _, scorer = prepare(cfg)
+    result = train(cfg, model, scorer, task, progress=False, checkpoint=ckpt, tuner=tuner, dp=dp)
+    return {**metrics_dict(cfg, task, result), "parallel": dp.describe()}

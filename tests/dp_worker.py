@@ -1,0 +1,56 @@
+"""One rank of a data-parallel test run, started by tests/test_distributed.py under torchrun.
+
+    python -m torch.distributed.run --nproc-per-node 2 tests/dp_worker.py SCENARIO OUT_DIR
+
+Scenarios: ``corrupt`` (rank 1 changes one weight after two steps: the checksum must stop every rank),
+``meta`` (meta-training under data parallelism; rank 0 writes the tuner).
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from finetune.common.errors import ZotuneError  # noqa: E402
+from finetune.data.models import load_model  # noqa: E402
+from finetune.data.scoring import TaskScorer  # noqa: E402
+from finetune.data.tasks import Task  # noqa: E402
+from finetune.trainer import FinetuneConfig, train  # noqa: E402
+from finetune.zo.distributed import from_env  # noqa: E402
+
+
+def corrupt(out: Path) -> None:
+    from test_finetune_cli import synthetic_examples
+
+    torch.set_num_threads(1)
+    dp = from_env(mode="batch", check_every=1)
+    examples = synthetic_examples(16)
+    task = Task("synthetic", "mc", examples, examples[:4], examples[:4])
+    model, tok = load_model("tiny-llama")
+    calls = {"n": 0}
+
+    class Corrupting(TaskScorer):
+        def loss_terms(self, model, examples, like=None):
+            calls["n"] += 1
+            if dp.rank == 1 and calls["n"] == 5:  # the first pass of step 3: parameters hold their own values here
+                with torch.no_grad():
+                    next(model.parameters()).data.view(-1)[0] += 1e-3
+            return super().loss_terms(model, examples, like)
+
+    cfg = FinetuneConfig(model="tiny-llama", steps=5, lr=1e-3, batch_size=4)
+    try:
+        train(cfg, model, Corrupting(tok), task, progress=False, dp=dp)
+        outcome = "finished"
+    except ZotuneError as exc:
+        outcome = str(exc)
+    (out / f"rank{dp.rank}.json").write_text(json.dumps({"outcome": outcome}))
+    dp.close()
+
+
+if __name__ == "__main__":
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    {"corrupt": corrupt}[scenario](out)

@@ -1,0 +1,124 @@
+"""Data-parallel ZO fine-tuning (two gloo ranks on CPU, started by torchrun) against one process, replay logs,
+and the parameter checksum. Every multi-process run is bounded by a timeout."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cli
+from finetune.common.errors import ZotuneError
+from finetune.data.models import load_model
+from finetune.data.scoring import TaskScorer
+from finetune.data.tasks import Example
+from test_finetune_cli import synthetic_examples
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 240  # seconds for one torchrun (two ranks importing torch and transformers on a loaded machine)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+           f"--master-port={free_port()}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same metrics (losses, evaluations, forward passes) and bit-identical weights."""
+    ma, mb = json.loads((a / "metrics.json").read_text()), json.loads((b / "metrics.json").read_text())
+    assert ma["train_loss"] == mb["train_loss"]
+    assert ma["eval"] == mb["eval"] and ma["forwards"] == mb["forwards"]
+    wa, wb = weights(a / "model"), weights(b / "model")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    path = tmp_path / "task.jsonl"
+    with path.open("w") as f:
+        for e in synthetic_examples(40):
+            f.write(json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label}) + "\n")
+    return path
+
+
+def base_args(jsonl: Path, out: Path, *extra: str) -> list[str]:
+    return ["finetune", "--model", "tiny-llama", "--task", str(jsonl), "--steps", "4", "--lr", "1e-3",
+            "--batch-size", "5", "--n-test", "6", "--threads", "1", "--out", str(out), *extra]
+
+
+def test_shard_terms_equal_the_global_batch_rows():
+    """The premise of bit-exact batch mode: a shard padded like its global batch gives each example the same
+    loss terms as the global batch does (option scores with single- and multi-token options, and answers)."""
+    torch.set_num_threads(1)
+    single = synthetic_examples(7)
+    multi = [Example(e.prompt, (" yes indeed", " no"), e.label) for e in single]
+    gen = [Example(e.prompt, answers=(" seven " * (i % 3 + 1),)) for i, e in enumerate(single)]
+    model, tok = load_model("tiny-llama")
+    scorer = TaskScorer(tok)
+    with torch.inference_mode():
+        for batch in (single, multi, gen):
+            whole = scorer.loss_terms(model, batch)
+            parts = torch.cat([scorer.loss_terms(model, batch[:4], like=batch),
+                               scorer.loss_terms(model, batch[4:], like=batch)])
+            assert torch.equal(whole, parts)
+            assert torch.equal(scorer.reduce_terms(parts, batch), scorer.loss(model, batch))
+
+
+def test_two_ranks_batch_mode_match_one_process_bit_for_bit(tmp_path, jsonl):
+    """mezo with momentum, batch 5 over 2 ranks (shards of 3 and 2): the same losses, evaluations and weights as
+    one process; rank 0's replay log rebuilds the weights."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(base_args(jsonl, one, "--optimizer", "momentum", "--weight-decay", "0.1")) == 0
+    run = torchrun(["cli.py", *base_args(jsonl, two, "--optimizer", "momentum", "--weight-decay", "0.1",
+                                         "--save-log", "--check-every", "1")])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_run(one, two)
+    assert json.loads((two / "metrics.json").read_text())["parallel"]["world_size"] == 2
+    assert cli.main(["replay", str(two / "log.jsonl"), "--model", "tiny-llama", "--out", str(tmp_path / "re")]) == 0
+    replayed, trained = weights(tmp_path / "re"), weights(two / "model")
+    assert all(torch.equal(replayed[k], trained[k]) for k in trained)
+
+
+def test_two_ranks_directions_mode_match_one_process_bit_for_bit(tmp_path, jsonl):
+    """n-SPSA with q = 3 directions split over 2 ranks (2 and 1), Adam update."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = ("--method", "nspsa", "--q", "3", "--optimizer", "adam")
+    assert cli.main(base_args(jsonl, one, *extra)) == 0
+    run = torchrun(["cli.py", *base_args(jsonl, two, *extra, "--dp-mode", "directions")])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_run(one, two)
+
+
+def test_directions_mode_is_refused_where_unsupported(tmp_path, jsonl):
+    run = torchrun(["cli.py", *base_args(jsonl, tmp_path / "r", "--method", "gv", "--dp-mode", "directions")])
+    assert run.returncode != 0  # torchrun exits 1 when its ranks exit 2
+    assert run.stderr.count("error: --dp-mode directions is not supported for --method gv; use --dp-mode batch") == 2
+    assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
+
+
+def test_a_rank_out_of_step_stops_every_rank(tmp_path):
+    """Rank 1 changes one weight during step 3; with --check-every 1 both ranks stop after step 3."""
+    run = torchrun([str(ROOT / "tests" / "dp_worker.py"), "corrupt", str(tmp_path)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in (0, 1):
+        outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())["outcome"]
+        assert outcome.startswith("the ranks' parameters differ after step 3 (1 blocks, first model.embed_tokens"), outcome
