@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def _run_args() -> argparse.ArgumentParser:
     g = p.add_argument_group("hardware")
     g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    g.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
+                   help="split a model larger than one GPU across the GPUs with accelerate (instead of --device)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     return p
 
@@ -129,6 +132,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     tuner = _load_tuner(args)
     cfg = _config(args)
     dp = _data_parallel(args)
+    if dp is not None and cfg.device_map and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        from finetune.common.errors import ZotuneError
+
+        raise ZotuneError("--device-map with several ranks per machine would give every rank all its GPUs; "
+                          "run one rank per machine (torchrun --nproc-per-node 1) or drop --device-map")
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
                            checkpoint_every=args.checkpoint_every, tuner=tuner, dp=dp, save_log=args.save_log)

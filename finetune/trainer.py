@@ -60,6 +60,7 @@ class FinetuneConfig:
     max_length: int = 256
     dtype: str = "fp32"
     device: str | None = None
+    device_map: str | None = None       # accelerate's device map ("auto", ...): the model split across devices
     threads: int | None = None
     noise: str = "auto"
     tuner: str | None = None           # a tuner artifact (.safetensors), used by method "tuner"
@@ -294,7 +295,8 @@ def prepare(cfg: FinetuneConfig) -> tuple[Task, object, object, TaskScorer]:
     """Everything a run needs, loaded as ``cfg`` says: the task splits, the model, its tokenizer, the scorer."""
     set_threads(cfg.threads)
     task = load_task(cfg.task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed,
+                                  **({"device_map": cfg.device_map} if cfg.device_map else {}))
     return task, model, tokenizer, TaskScorer(tokenizer, max_length=cfg.max_length)
 
 
