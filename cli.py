@@ -206,14 +206,22 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     cfg = MetaConfig(**{**{k: getattr(d, k) for k in fields}, **values})
     out = Path(args.out)
+    from finetune.zo.distributed import from_env
+
+    dp = from_env(mode="batch", check_every=args.check_every, device=args.device)
     try:
-        tuner = meta_train(cfg, out, resume=args.resume, checkpoint_every=args.checkpoint_every)
+        tuner = meta_train(cfg, out, resume=args.resume, checkpoint_every=args.checkpoint_every, dp=dp)
     except KeyboardInterrupt:
-        if checkpoint_path(out).exists():
+        if checkpoint_path(out).exists() and (dp is None or dp.main):
             print("interrupted; the last checkpoint is kept: rerun the same command with --resume to continue",
                   file=sys.stderr)
             raise SystemExit(130) from None
         raise
+    finally:
+        if dp is not None:
+            dp.close()
+    if dp is not None and not dp.main:
+        return
     s = tuner.provenance["summary"]
     print(f"meta-trained {cfg.steps} steps on {', '.join(cfg.tasks)}; first-order gain over MeZO "
           f"x{s['first_order_gain']:.3f}; wrote {out} and {log_path(out)}")
@@ -328,6 +336,9 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
+    g.add_argument("--check-every", type=int, default=25,
+                   help="under torchrun: compare model and tuner checksums across ranks every N meta steps "
+                        "(default %(default)s; 0 = never)")
 
 
 def _parallel_args(p: argparse.ArgumentParser) -> None:

@@ -108,9 +108,16 @@ def _package_version() -> str:
 class MetaTrainer:
     """Holds a run's state (model, bank, optimizers, histories, log) and advances it step by step."""
 
-    def __init__(self, cfg: MetaConfig):
+    def __init__(self, cfg: MetaConfig, dp=None):
         cfg.validate()
         self.cfg = cfg
+        self.dp = dp  # a finetune.zo.distributed.DataParallel under torchrun (meta/parallel.py), else None
+        self.par = None
+        if dp is not None:
+            from .parallel import MetaParallel
+
+            dp.bounds(cfg.batch_size)
+            self.par = MetaParallel(dp)
         set_threads(cfg.threads)
         self.tasks: list[Task] = [load_task(t, seed=cfg.seed, n_train=cfg.n_train, n_dev=0, n_test=0)
                                   for t in cfg.tasks]
@@ -164,17 +171,23 @@ class MetaTrainer:
         def loss_fn(m):
             return self.scorer.loss(m, batch)
 
+        if self.par is not None:
+            loss_fn = self.par.loss_fn(self.scorer, batch)
+        sync = None if self.par is None else self.par.sync
+
         self.meta_opt.zero_grad(set_to_none=True)
         if cfg.unroll == 1:
             online = self.onlines[task_index] if self.onlines else None
             result: MetaStep = closed_form(self.engine, self.bank, history, loss_fn, seed_base, cfg.eps, cfg.virtual_lr,
-                                           self.policy, online)
+                                           self.policy, online, sync=sync)
         else:
             seeds = [(seed_base + k * 0x9E3779B9) % 2**62 for k in range(cfg.unroll)]
-            result = unrolled(self.engine, self.bank, history, loss_fn, seeds, cfg.eps, cfg.virtual_lr)
+            result = unrolled(self.engine, self.bank, history, loss_fn, seeds, cfg.eps, cfg.virtual_lr, sync=sync)
             self.model.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 loss_fn(self.model).backward()
+            if sync is not None:
+                sync([p.grad for p in self.engine.params])
         if not all(math.isfinite(x) for x in (result.meta_loss, result.loss_plus, result.loss_minus)):
             raise ZotuneError(f"the loss became non-finite at meta step {step}; lower --fo-lr (now {cfg.fo_lr}) "
                               f"or --virtual-lr (now {cfg.virtual_lr})")
@@ -186,6 +199,8 @@ class MetaTrainer:
         torch.nn.utils.clip_grad_norm_(self.engine.params, 1.0)
         self.fo_opt.step()
         self.model.zero_grad(set_to_none=True)
+        if self.dp is not None and self.dp.due(step):
+            self.check(f"after meta step {step}")
 
         if math.isfinite(result.tuned_sq):
             b = 0.95
@@ -204,6 +219,13 @@ class MetaTrainer:
         self.step = step
         return row
 
+    def check(self, when: str) -> None:
+        """Compare the model's and the tuner's parameter checksums across ranks (data parallelism)."""
+        named = list(self.engine.blocks) + [(f"bank.{n}", p) for n, p in self.bank.named_parameters()]
+        if self.policy is not None:
+            named += [(f"policy.{n}", p) for n, p in self.policy.named_parameters()]
+        self.dp.check(named, when)
+
     def gain(self) -> float:
         """Running first-order gain of the tuned perturbation over MeZO's (1.0 = no gain; NaN before data)."""
         return self.gain_ema[0] / self.gain_ema[1] if self.gain_ema[1] > 0 else float("nan")
@@ -216,7 +238,8 @@ class MetaTrainer:
                 "policy": None if self.policy is None else self.policy.state_dict(),
                 "onlines": [o.state_dict() for o in self.onlines],
                 "fo_opt": self.fo_opt.state_dict(), "histories": [h.state_dict() for h in self.histories],
-                "log": self.log, "gain_ema": self.gain_ema, "forwards": self.engine.forwards}
+                "log": self.log, "gain_ema": self.gain_ema, "forwards": self.engine.forwards,
+                "world_size": 1 if self.dp is None else self.dp.world}
 
     def load_state_dict(self, state: dict) -> None:
         saved, now, default = state["config"], asdict(self.cfg), asdict(MetaConfig())
@@ -226,6 +249,11 @@ class MetaTrainer:
             k = changed[0]
             raise ZotuneError(f"cannot resume: the interrupted run used {k}={saved.get(k)!r}, not {now[k]!r}; "
                               "rerun with its options, or delete its checkpoint to start over")
+        world, was = 1 if self.dp is None else self.dp.world, state.get("world_size", 1)
+        if world != was:  # gradients summed over another number of shards: another result in the last bits
+            raise ZotuneError(f"cannot resume: the interrupted run had {was} rank(s), this one {world}; the gradient "
+                              f"all-reduce would change the result: rerun with torchrun --nproc-per-node {was} "
+                              f"(or without torchrun for 1), or delete its checkpoint to start over")
         with torch.no_grad():
             for p, v in zip(self.engine.params, state["model"]):
                 p.copy_(v)
@@ -281,12 +309,13 @@ def log_path(out: Path) -> Path:
 
 
 def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, checkpoint_every: int = 25,
-               progress: bool = True) -> Tuner:
+               progress: bool = True, dp=None) -> Tuner:
     """Meta-train a tuner and write it to ``out`` (a ``.safetensors`` file) and its log beside it.
 
     Every ``checkpoint_every`` steps the whole state goes to :func:`checkpoint_path`; after a kill, the same
     call with ``resume=True`` continues from it. The artifact is written atomically at the end, and the
-    checkpoint is removed.
+    checkpoint is removed. Under data parallelism (``dp``, :mod:`meta.parallel`) every rank trains on its
+    shard of each batch, rank 0 alone writes, and a resume needs the same number of ranks.
     """
     cfg.validate()
     out = Path(out)
@@ -299,20 +328,25 @@ def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, checkpoint_ever
         raise ZotuneError(f"nothing to resume: no checkpoint {ckpt}; run without --resume")
     if not resume and ckpt.exists():
         raise ZotuneError(f"an interrupted run to {out} left {ckpt}; add --resume to continue it, or delete it")
-    trainer = MetaTrainer(cfg)
+    writer = dp is None or dp.main
+    trainer = MetaTrainer(cfg, dp)
     if resume:
         trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    if dp is not None:
+        trainer.check(f"before meta step {trainer.step + 1}")
     start, done = time.perf_counter(), trainer.step
-    with progress_bar(progress) as bar:
+    with progress_bar(progress and writer) as bar:
         task = bar.add_task("meta", total=cfg.steps, completed=done, meta="-", gain="-", speed="-")
         while trainer.step < cfg.steps:
             row = trainer.advance()
-            if checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < cfg.steps:
+            if writer and checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < cfg.steps:
                 with atomic_file(ckpt) as tmp:
                     torch.save(trainer.state_dict(), tmp)
             bar.update(task, advance=1, meta=f"{row['meta_loss']:.4f}", gain=f"×{row['first_order_gain']:.3f}",
                        speed=f"{(time.perf_counter() - start) / (trainer.step - done):.1f}")
     tuner = trainer.artifact()
+    if not writer:
+        return tuner
     tuner.save_pretrained(out)
     with atomic_file(log_path(out)) as tmp:
         tmp.write_text(json.dumps(trainer.log, indent=0))

@@ -122,3 +122,57 @@ def test_a_rank_out_of_step_stops_every_rank(tmp_path):
     for rank in (0, 1):
         outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())["outcome"]
         assert outcome.startswith("the ranks' parameters differ after step 3 (1 blocks, first model.embed_tokens"), outcome
+
+
+# --- meta-training ------------------------------------------------------------------------------------
+
+
+def meta_args(tasks: list[str], out: Path, *extra: str) -> list[str]:
+    return ["meta-train", "--model", "tiny-llama", "--tasks", ",".join(tasks), "--steps", "4", "--batch-size", "5",
+            "--hidden", "8", "--restart-every", "3", "--threads", "1", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("unroll", ["1", "2"])
+def test_two_ranks_meta_train_like_one_process(tmp_path, tasks, unroll):
+    """The SPSA losses of the first step are bit-identical (gathered terms); the gradients are summed over two
+    shards, which rounds differently from one backward over the batch, so later steps agree to float32
+    rounding (relative 1e-4 on the losses, 1e-4 absolute on the tuner's weights after 4 Adam steps of lr 1e-3)."""
+    from meta.train import log_path
+    from checkpoints import Tuner
+
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    assert cli.main(meta_args(tasks, one, "--unroll", unroll)) == 0
+    run = torchrun(["cli.py", *meta_args(tasks, two, "--unroll", unroll, "--check-every", "1")])
+    assert run.returncode == 0, run.stderr[-3000:]
+    la, lb = (json.loads(log_path(p).read_text()) for p in (one, two))
+    assert la[0]["loss"] == lb[0]["loss"]
+    for ra, rb in zip(la, lb):
+        assert ra["task"] == rb["task"]
+        for key in ("loss", "meta_loss"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4), (ra, rb)
+    ta, tb = Tuner.from_pretrained(one), Tuner.from_pretrained(two)
+    for (name, a), (_, b) in zip(ta.bank.named_parameters(), tb.bank.named_parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-4), name
+    assert any(not torch.equal(a, b) for a, b in zip(ta.bank.parameters(), Tuner.for_model(
+        load_model("tiny-llama")[0], "tiny-llama").bank.parameters()))  # the bank moved
+
+
+def test_meta_resume_refuses_another_number_of_ranks(tmp_path, tasks, monkeypatch):
+    from meta.train import MetaTrainer, checkpoint_path
+
+    out = tmp_path / "t.safetensors"
+    advance = MetaTrainer.advance
+
+    def killed_at_3(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return advance(self)
+
+    monkeypatch.setattr(MetaTrainer, "advance", killed_at_3)
+    with pytest.raises(SystemExit):
+        cli.main(meta_args(tasks, out, "--checkpoint-every", "2"))
+    assert checkpoint_path(out).exists()
+    run = torchrun(["cli.py", *meta_args(tasks, out, "--checkpoint-every", "2", "--resume")])
+    assert run.returncode != 0
+    assert run.stderr.count("error: cannot resume: the interrupted run had 1 rank(s), this one 2;") == 2
+    assert checkpoint_path(out).exists() and not out.exists()

@@ -123,6 +123,16 @@ class TaskScorer:
             return self.continuation_logprobs(model, [(e.prompt, e.answers[0]) for e in examples], wide)
         return self.option_scores(model, examples, like)
 
+    def shard_loss(self, model, examples: Sequence[Example], like: Sequence[Example]) -> torch.Tensor:
+        """This shard's share of the global batch ``like``'s loss, differentiable: the sum of its examples'
+        losses divided by ``len(like)`` (the shares of all shards add up to the batch loss; data-parallel
+        backward passes all-reduce their gradients)."""
+        terms = self.loss_terms(model, examples, like)
+        if examples[0].is_generation:
+            return -terms.sum() / len(like)
+        labels = torch.tensor([e.label for e in examples], device=terms.device)
+        return F.cross_entropy(terms, labels, reduction="sum") / len(like)
+
     @staticmethod
     def reduce_terms(terms: torch.Tensor, examples: Sequence[Example]) -> torch.Tensor:
         """The batch loss from :meth:`loss_terms` of all of ``examples``: the cross-entropy over the option
