@@ -136,7 +136,8 @@ def meta_args(tasks: list[str], out: Path, *extra: str) -> list[str]:
 def test_two_ranks_meta_train_like_one_process(tmp_path, tasks, unroll):
     """The SPSA losses of the first step are bit-identical (gathered terms); the gradients are summed over two
     shards, which rounds differently from one backward over the batch, so later steps agree to float32
-    rounding (relative 1e-4 on the losses, 1e-4 absolute on the tuner's weights after 4 Adam steps of lr 1e-3)."""
+    rounding: measured 1.2e-7 (K = 1) and 2.9e-7 (K = 2) relative on the losses and 7.5e-8 on the tuner's
+    weights after 4 Adam steps; asserted with margin: relative 1e-5 and absolute 1e-6."""
     from meta.train import log_path
     from checkpoints import Tuner
 
@@ -149,10 +150,10 @@ def test_two_ranks_meta_train_like_one_process(tmp_path, tasks, unroll):
     for ra, rb in zip(la, lb):
         assert ra["task"] == rb["task"]
         for key in ("loss", "meta_loss"):
-            assert ra[key] == pytest.approx(rb[key], rel=1e-4), (ra, rb)
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5), (ra, rb)
     ta, tb = Tuner.from_pretrained(one), Tuner.from_pretrained(two)
     for (name, a), (_, b) in zip(ta.bank.named_parameters(), tb.bank.named_parameters()):
-        assert torch.allclose(a, b, rtol=0, atol=1e-4), name
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), name
     assert any(not torch.equal(a, b) for a, b in zip(ta.bank.parameters(), Tuner.for_model(
         load_model("tiny-llama")[0], "tiny-llama").bank.parameters()))  # the bank moved
 
