@@ -187,6 +187,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
     _check_method_flags(args, args.methods)
+    from finetune.zo.distributed import launched
+
+    if launched():
+        raise ZotuneError("bench does not run data-parallel; run it without torchrun")
     tuner = _load_tuner(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
                       seeds=args.seeds, forwards=args.forwards)

@@ -98,6 +98,22 @@ def test_two_ranks_batch_mode_match_one_process_bit_for_bit(tmp_path, jsonl):
     assert all(torch.equal(replayed[k], trained[k]) for k in trained)
 
 
+def test_two_ranks_tuner_run_matches_one_process_bit_for_bit(tmp_path, jsonl):
+    """A tuner's features see the global losses: its scales, hence the whole run, are the single process's."""
+    from checkpoints import Tuner
+    from pertnn import PertNNConfig
+
+    model, _ = load_model("tiny-llama")
+    tuner = Tuner.for_model(model, "tiny-llama", PertNNConfig(hidden=8), seed=3)
+    tuner.bank.randomize_output_(torch.Generator().manual_seed(3))
+    path = tuner.save_pretrained(tmp_path / "t.safetensors")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(base_args(jsonl, one, "--tuner", str(path))) == 0
+    run = torchrun(["cli.py", *base_args(jsonl, two, "--tuner", str(path))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_run(one, two)
+
+
 def test_two_ranks_directions_mode_match_one_process_bit_for_bit(tmp_path, jsonl):
     """n-SPSA with q = 3 directions split over 2 ranks (2 and 1), Adam update."""
     one, two = tmp_path / "one", tmp_path / "two"
@@ -121,7 +137,7 @@ def test_a_rank_out_of_step_stops_every_rank(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     for rank in (0, 1):
         outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())["outcome"]
-        assert outcome.startswith("the ranks' parameters differ after step 3 (1 blocks, first model.embed_tokens"), outcome
+        assert outcome.startswith("the ranks' parameters differ after step 3 (1 block(s), first model.embed_tokens"), outcome
 
 
 # --- meta-training ------------------------------------------------------------------------------------

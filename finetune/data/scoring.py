@@ -51,7 +51,7 @@ class TaskScorer:
 
     def _batch(self, rows: Sequence[list[int]], device: torch.device, width: int = 0) -> dict[str, torch.Tensor]:
         """Left-padded ids, mask and positions, at least ``width`` wide (a data-parallel shard is padded as
-        wide as its global batch, which keeps every example's result bit-identical to the global batch's)."""
+        wide as its global batch, so that only the row count differs from the global batch's computation)."""
         width = max(width, max(len(r) for r in rows))
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -7,9 +7,11 @@ only needs the losses to agree. Two ways to split a step across ``world`` ranks 
   into contiguous shards, one per rank. Each rank computes its shard's per-example loss terms at
   ``theta +- eps z`` (:meth:`DataParallel.closure`); the terms are all-gathered (a few floats per example)
   and every rank reduces the global batch's terms with the loss's own reduction, so every rank sees the
-  global loss, computes the same projected gradient and applies the same update. A shard is padded as
-  wide as its global batch, which keeps each example's terms bit-identical to the single-process batch's
-  on the CPU kernels we tested; the global loss is then bit-identical too (``tests/test_distributed.py``).
+  global loss, computes the same projected gradient and applies the same update (the ranks agree bit for
+  bit). A shard is padded as wide as its global batch, so each example's terms, and the global loss, are
+  the single process's bit for bit whenever a matrix product's rows do not depend on its row count: true
+  for the tiny test models on our CPU (``tests/test_distributed.py``), not for SmolLM2-135M (9e-7 relative
+  on the loss; docs/distributed.md).
   :meth:`DataParallel.mean` is the plain weighted all-reduce (float64) for a closure that only has a
   shard's mean loss.
 * ``directions``: methods with several SPSA directions per step (n-SPSA, ``q > 1``) give each rank
@@ -148,7 +150,7 @@ class DataParallel:
         dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
         bad = (low != high).nonzero().flatten().tolist()
         if bad:
-            raise ZotuneError(f"the ranks' parameters differ {when} ({len(bad)} blocks, first "
+            raise ZotuneError(f"the ranks' parameters differ {when} ({len(bad)} block(s), first "
                               f"{named_params[bad[0]][0]}): a rank fell out of step; check that every rank runs "
                               "the same code, model and options, then rerun (or --resume)")
 
