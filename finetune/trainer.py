@@ -213,9 +213,12 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp) -> None:
     if dp.mode == "batch":
         dp.bounds(cfg.batch_size)
         return
-    if cfg.method in POOL_METHODS or getattr(opt, "policy", None) is not None:
-        what = "a tuner with a direction policy" if cfg.method == "tuner" else f"--method {cfg.method}"
-        raise ZotuneError(f"--dp-mode directions is not supported for {what}; use --dp-mode batch")
+    if cfg.method in POOL_METHODS:  # the candidates' one-sided losses are shared out
+        opt.spread_losses = dp.spread_losses
+        return
+    if getattr(opt, "policy", None) is not None:
+        raise ZotuneError("--dp-mode directions is not supported for a tuner with a direction policy "
+                          "(one direction per step); use --dp-mode batch")
     if cfg.directions < 2:
         raise ZotuneError(f"--dp-mode directions needs several directions per step (--q >= 2, now "
                           f"{cfg.directions}); use --dp-mode batch or --method nspsa")

@@ -114,10 +114,12 @@ def test_two_ranks_tuner_run_matches_one_process_bit_for_bit(tmp_path, jsonl):
     assert_same_run(one, two)
 
 
-def test_two_ranks_directions_mode_match_one_process_bit_for_bit(tmp_path, jsonl):
-    """n-SPSA with q = 3 directions split over 2 ranks (2 and 1), Adam update."""
+@pytest.mark.parametrize("extra", [("--method", "nspsa", "--q", "3", "--optimizer", "adam"),
+                                   ("--method", "gv", "--candidates", "3"),
+                                   ("--method", "ldsd", "--ldsd-k", "3", "--optimizer", "momentum")])
+def test_two_ranks_directions_mode_match_one_process_bit_for_bit(tmp_path, jsonl, extra):
+    """Directions (n-SPSA, q = 3) or candidates (gv, ldsd: 3) split over 2 ranks (2 + 1), each on the whole batch."""
     one, two = tmp_path / "one", tmp_path / "two"
-    extra = ("--method", "nspsa", "--q", "3", "--optimizer", "adam")
     assert cli.main(base_args(jsonl, one, *extra)) == 0
     run = torchrun(["cli.py", *base_args(jsonl, two, *extra, "--dp-mode", "directions")])
     assert run.returncode == 0, run.stderr[-3000:]
@@ -125,10 +127,17 @@ def test_two_ranks_directions_mode_match_one_process_bit_for_bit(tmp_path, jsonl
 
 
 def test_directions_mode_is_refused_where_unsupported(tmp_path, jsonl):
-    run = torchrun(["cli.py", *base_args(jsonl, tmp_path / "r", "--method", "gv", "--dp-mode", "directions")])
+    run = torchrun(["cli.py", *base_args(jsonl, tmp_path / "r", "--dp-mode", "directions")])  # mezo: q = 1
     assert run.returncode != 0  # torchrun exits 1 when its ranks exit 2
-    assert run.stderr.count("error: --dp-mode directions is not supported for --method gv; use --dp-mode batch") == 2
+    assert run.stderr.count("error: --dp-mode directions needs several directions per step (--q >= 2, now 1); "
+                            "use --dp-mode batch or --method nspsa") == 2
     assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
+
+
+def test_without_torchrun_no_process_group_is_created(tmp_path, jsonl):
+    assert cli.main(base_args(jsonl, tmp_path / "r", "--dp-mode", "directions", "--no-save-model")) == 0
+    assert not torch.distributed.is_initialized()
+    assert "parallel" not in json.loads((tmp_path / "r" / "metrics.json").read_text())
 
 
 def test_a_rank_out_of_step_stops_every_rank(tmp_path):

@@ -16,8 +16,10 @@ only needs the losses to agree. Two ways to split a step across ``world`` ranks 
   shard's mean loss.
 * ``directions``: methods with several SPSA directions per step (n-SPSA, ``q > 1``) give each rank
   every ``world``-th direction, evaluated on the whole batch, and all-gather the ``(g, L+, L-)`` of each
-  direction (:meth:`DataParallel.spread`). Seeds are drawn on every rank from the same stream, so a
-  direction is named by its index; the exchanged numbers are the losses.
+  direction (:meth:`DataParallel.spread`); methods with a candidate pool (gv, greedy, ldsd) share out the
+  candidates' one-sided losses the same way (:meth:`DataParallel.spread_losses`), and every rank then makes
+  the step's last one or two passes on the whole batch. Seeds are drawn on every rank from the same stream,
+  so a direction is named by its index; the exchanged numbers are the losses.
 
 A parameter checksum (integer sums of each block's bits) is compared across ranks every
 ``check_every`` steps: a rank that fell out of step stops the run with a one-line error on every rank.
@@ -138,6 +140,19 @@ class DataParallel:
         dist.all_gather(parts, mine, group=self.group)
         engine.forwards += 2 * (q - len(range(self.rank, q, self.world)))
         return [SPSA(*map(float, parts[i % self.world][i].tolist())) for i in range(q)]
+
+    def spread_losses(self, engine, closure: Callable[[], torch.Tensor], directions: list, eps: float) -> list[float]:
+        """One-sided losses ``L(theta + eps v)`` of a candidate pool (gv, greedy, ldsd): rank r evaluates
+        candidates r, r + world, ... on the whole batch and the losses are all-gathered (float64, exact)."""
+        k = len(directions)
+        mine = torch.zeros(k, dtype=torch.float64, device=self.device)
+        for i in range(self.rank, k, self.world):
+            with engine.perturbed(directions[i], eps):
+                mine[i] = engine.loss(closure)
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(parts, mine, group=self.group)
+        engine.forwards += k - len(range(self.rank, k, self.world))
+        return [float(parts[i % self.world][i]) for i in range(k)]
 
     # ---- consistency ----------------------------------------------------------------------------
     def check(self, named_params: Sequence[tuple[str, torch.Tensor]], when: str) -> None:

@@ -76,7 +76,18 @@ class ZOOptimizer(torch.optim.Optimizer):
             return self.spread(self.engine, closure, directions, eps)
         return [self.engine.spsa(closure, d, eps) for d in directions]
 
-    spread = None  # see estimates()
+    def one_sided(self, closure: Callable[[], torch.Tensor], directions: list[Direction], eps: float) -> list[float]:
+        """``L(theta + eps v)`` along each direction, in order (a candidate pool; ``spread_losses``, when set by a
+        data-parallel run in directions mode, shares them out across ranks)."""
+        if self.spread_losses is not None:
+            return self.spread_losses(self.engine, closure, directions, eps)
+        losses = []
+        for d in directions:
+            with self.engine.perturbed(d, eps):
+                losses.append(self.engine.loss(closure))
+        return losses
+
+    spread = spread_losses = None  # see estimates() and one_sided()
     applied: Direction | None = None  # the last step's update direction, if it was applied (replay logs)
 
     def _finish(self, group: dict, loss: float, g: float, plus: float, minus: float, estimate: Direction,
