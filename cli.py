@@ -348,7 +348,8 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
 def _parallel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data parallelism (under torchrun --nproc-per-node N; docs/distributed.md)")
     g.add_argument("--dp-mode", default="batch", choices=["batch", "directions"],
-                   help="split each step's batch across ranks, or (nspsa, --q >= 2) its directions (default batch)")
+                   help="split each step's batch across ranks, or its directions (nspsa / --q >= 2) or candidates "
+                        "(gv, greedy, ldsd) (default batch)")
     g.add_argument("--check-every", type=int, default=100,
                    help="compare a parameter checksum across ranks every N steps (default %(default)s; 0 = never)")
 

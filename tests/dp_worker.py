@@ -3,7 +3,7 @@
     python -m torch.distributed.run --nproc-per-node 2 tests/dp_worker.py SCENARIO OUT_DIR
 
 Scenarios: ``corrupt`` (rank 1 changes one weight after two steps: the checksum must stop every rank),
-``meta`` (meta-training under data parallelism; rank 0 writes the tuner).
+``meta-killed`` / ``meta-resume`` TASKS (meta-training interrupted after a checkpoint, then resumed).
 """
 import json
 import sys
@@ -51,6 +51,33 @@ def corrupt(out: Path) -> None:
     dp.close()
 
 
+def meta(out: Path, killed: bool) -> None:
+    from meta.train import MetaConfig, MetaTrainer, meta_train
+
+    dp = from_env(check_every=1)
+    cfg = MetaConfig(model="tiny-llama", tasks=sys.argv[3].split(","), steps=4, batch_size=5, hidden=8,
+                     restart_every=3, threads=1)
+    if killed:
+        advance = MetaTrainer.advance
+
+        def killed_at_3(self):
+            if self.step == 2:
+                raise KeyboardInterrupt
+            return advance(self)
+
+        MetaTrainer.advance = killed_at_3
+        try:
+            meta_train(cfg, out / "t.safetensors", checkpoint_every=2, progress=False, dp=dp)
+        except KeyboardInterrupt:
+            pass
+    else:
+        meta_train(cfg, out / "t.safetensors", resume=True, checkpoint_every=2, progress=False, dp=dp)
+    dp.close()
+
+
 if __name__ == "__main__":
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    {"corrupt": corrupt}[scenario](out)
+    if scenario == "corrupt":
+        corrupt(out)
+    else:
+        meta(out, killed=scenario == "meta-killed")

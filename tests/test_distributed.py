@@ -202,3 +202,23 @@ def test_meta_resume_refuses_another_number_of_ranks(tmp_path, tasks, monkeypatc
     assert run.returncode != 0
     assert run.stderr.count("error: cannot resume: the interrupted run had 1 rank(s), this one 2;") == 2
     assert checkpoint_path(out).exists() and not out.exists()
+
+
+def test_two_rank_meta_training_resumes_to_the_same_tuner(tmp_path, tasks):
+    """Killed after meta step 2 (checkpoint at 2) and resumed on 2 ranks: the uninterrupted 2-rank run's tuner,
+    bit for bit (same ranks, same summation order)."""
+    from checkpoints import Tuner
+    from meta.train import checkpoint_path
+
+    full = tmp_path / "full.safetensors"
+    run = torchrun(["cli.py", *meta_args(tasks, full)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    worker = str(ROOT / "tests" / "dp_worker.py")
+    run = torchrun([worker, "meta-killed", str(tmp_path), ",".join(tasks)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert checkpoint_path(tmp_path / "t.safetensors").exists() and not (tmp_path / "t.safetensors").exists()
+    run = torchrun([worker, "meta-resume", str(tmp_path), ",".join(tasks)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = Tuner.from_pretrained(full), Tuner.from_pretrained(tmp_path / "t.safetensors")
+    for (name, x), (_, y) in zip(a.bank.named_parameters(), b.bank.named_parameters()):
+        assert torch.equal(x, y), name
