@@ -150,9 +150,9 @@ class Checkpoint:
     def due(self, step: int, total: int) -> bool:
         return self.every > 0 and step % self.every == 0 and step < total
 
-    def save(self, step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult) -> None:
+    def save(self, step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult, **extra) -> None:
         state = {"step": step, "config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "schedule": sched.state_dict(), "result": asdict(result)}
+                 "schedule": sched.state_dict(), "result": asdict(result), **extra}
         with atomic_file(self.path) as tmp:
             torch.save(state, tmp)
 
@@ -242,6 +242,7 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
     if log is not None and not resuming:
         log.header(model, model_id(cfg.model), opt, asdict(cfg))
     if resuming:
+        _check_shards(checkpoint, dp)
         done, result = checkpoint.restore(cfg, model, opt, sched)
     else:
         done, result = 0, RunResult(eval_before=scorer.evaluate(model, task.test, cfg.batch_size))
@@ -270,7 +271,7 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
             if dp is not None and dp.due(step):
                 dp.check(opt.engine.blocks, f"after step {step}")
             if checkpoint is not None and checkpoint.due(step, cfg.steps) and (dp is None or dp.main):
-                checkpoint.save(step, cfg, model, opt, sched, result)
+                checkpoint.save(step, cfg, model, opt, sched, result, **({"shards": _shards(dp)} if dp else {}))
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
     result.forwards = opt.engine.forwards
     result.eval_after = scorer.evaluate(model, task.test, cfg.batch_size)
@@ -369,6 +370,22 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
                 if child not in (ckpt.path, work / "log.jsonl"):
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         raise
+
+
+def _shards(dp) -> int:
+    """Into how many shards a step's batch is split (1: the whole batch, as one process computes it)."""
+    return 1 if dp is None or dp.mode != "batch" else dp.world
+
+
+def _check_shards(ckpt: Checkpoint, dp) -> None:
+    """Refuse to resume with the batch split into another number of shards: the per-example losses of
+    another shard size can differ in the last bits (docs/distributed.md), so the run would not end as the
+    interrupted one would have."""
+    was, now = torch.load(ckpt.path, map_location="cpu", weights_only=True, mmap=True).get("shards", 1), _shards(dp)
+    if was != now:
+        how = "in one process (or --dp-mode directions)" if was == 1 else f"with torchrun --nproc-per-node {was}"
+        raise ZotuneError(f"cannot resume: the interrupted run split each batch into {was} shard(s), this one into "
+                          f"{now}, which can change the losses in the last bits; resume it {how}")
 
 
 def _checkpoint_step(ckpt: Checkpoint) -> int:

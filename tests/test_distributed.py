@@ -222,3 +222,31 @@ def test_two_rank_meta_training_resumes_to_the_same_tuner(tmp_path, tasks):
     a, b = Tuner.from_pretrained(full), Tuner.from_pretrained(tmp_path / "t.safetensors")
     for (name, x), (_, y) in zip(a.bank.named_parameters(), b.bank.named_parameters()):
         assert torch.equal(x, y), name
+
+
+def test_finetune_resume_refuses_another_sharding_and_resumes_on_two_ranks(tmp_path, jsonl, monkeypatch):
+    """A 1-process run killed after a checkpoint: resuming it on 2 ranks in batch mode is refused (the losses
+    could round differently); in directions mode (whole batches) it resumes and ends as the uninterrupted run."""
+    import finetune.trainer as trainer
+
+    extra = ("--method", "nspsa", "--q", "2", "--checkpoint-every", "2")
+    full, out = tmp_path / "full", tmp_path / "run"
+    assert cli.main(base_args(jsonl, full, *extra)) == 0
+    original, calls = trainer.step_closure, {"n": 0}
+
+    def dying(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(trainer, "step_closure", dying)
+    with pytest.raises(SystemExit):
+        cli.main(base_args(jsonl, out, *extra))
+    run = torchrun(["cli.py", *base_args(jsonl, out, *extra, "--resume")])
+    assert run.returncode != 0
+    assert run.stderr.count("error: cannot resume: the interrupted run split each batch into 1 shard(s), this one "
+                            "into 2, which can change the losses in the last bits; resume it in one process") == 2
+    run = torchrun(["cli.py", *base_args(jsonl, out, *extra, "--resume", "--dp-mode", "directions")])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_run(full, out)
