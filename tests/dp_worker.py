@@ -24,7 +24,7 @@ from finetune.zo.distributed import from_env  # noqa: E402
 
 
 def corrupt(out: Path) -> None:
-    from test_finetune_cli import synthetic_examples
+    from reference import synthetic_examples
 
     torch.set_num_threads(1)
     dp = from_env(mode="batch", check_every=1)
@@ -67,11 +67,11 @@ def meta(out: Path, killed: bool) -> None:
 
         MetaTrainer.advance = killed_at_3
         try:
-            meta_train(cfg, out / "t.safetensors", checkpoint_every=2, progress=False, dp=dp)
+            meta_train(cfg, out / "t.safetensors", snapshot_every=2, progress=False, dp=dp)
         except KeyboardInterrupt:
             pass
     else:
-        meta_train(cfg, out / "t.safetensors", resume=True, checkpoint_every=2, progress=False, dp=dp)
+        meta_train(cfg, out / "t.safetensors", resume=True, snapshot_every=2, progress=False, dp=dp)
     dp.close()
 
 

@@ -12,7 +12,7 @@ import cli
 from finetune.data.models import load_model
 from finetune.data.scoring import TaskScorer
 from finetune.zo.optim import ZOAdam, ZOSGD
-from test_finetune_cli import synthetic_examples
+from reference import synthetic_examples
 
 PER_LAYER = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu", "model.norm": "cpu",
              "model.rotary_emb": "cpu", "lm_head": "cpu"}

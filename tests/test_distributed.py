@@ -16,7 +16,7 @@ from finetune.common.errors import ZotuneError
 from finetune.data.models import load_model
 from finetune.data.scoring import TaskScorer
 from finetune.data.tasks import Example
-from test_finetune_cli import synthetic_examples
+from reference import synthetic_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds for one torchrun (two ranks importing torch and transformers on a loaded machine)
@@ -184,7 +184,7 @@ def test_two_ranks_meta_train_like_one_process(tmp_path, tasks, unroll):
 
 
 def test_meta_resume_refuses_another_number_of_ranks(tmp_path, tasks, monkeypatch):
-    from meta.train import MetaTrainer, checkpoint_path
+    from meta.train import MetaTrainer, snapshot_path
 
     out = tmp_path / "t.safetensors"
     advance = MetaTrainer.advance
@@ -197,18 +197,18 @@ def test_meta_resume_refuses_another_number_of_ranks(tmp_path, tasks, monkeypatc
     monkeypatch.setattr(MetaTrainer, "advance", killed_at_3)
     with pytest.raises(SystemExit):
         cli.main(meta_args(tasks, out, "--checkpoint-every", "2"))
-    assert checkpoint_path(out).exists()
+    assert snapshot_path(out).exists()
     run = torchrun(["cli.py", *meta_args(tasks, out, "--checkpoint-every", "2", "--resume")])
     assert run.returncode != 0
     assert run.stderr.count("error: cannot resume: the interrupted run had 1 rank(s), this one 2;") == 2
-    assert checkpoint_path(out).exists() and not out.exists()
+    assert snapshot_path(out).exists() and not out.exists()
 
 
 def test_two_rank_meta_training_resumes_to_the_same_tuner(tmp_path, tasks):
     """Killed after meta step 2 (checkpoint at 2) and resumed on 2 ranks: the uninterrupted 2-rank run's tuner,
     bit for bit (same ranks, same summation order)."""
     from checkpoints import Tuner
-    from meta.train import checkpoint_path
+    from meta.train import snapshot_path
 
     full = tmp_path / "full.safetensors"
     run = torchrun(["cli.py", *meta_args(tasks, full)])
@@ -216,7 +216,7 @@ def test_two_rank_meta_training_resumes_to_the_same_tuner(tmp_path, tasks):
     worker = str(ROOT / "tests" / "dp_worker.py")
     run = torchrun([worker, "meta-killed", str(tmp_path), ",".join(tasks)])
     assert run.returncode == 0, run.stderr[-3000:]
-    assert checkpoint_path(tmp_path / "t.safetensors").exists() and not (tmp_path / "t.safetensors").exists()
+    assert snapshot_path(tmp_path / "t.safetensors").exists() and not (tmp_path / "t.safetensors").exists()
     run = torchrun([worker, "meta-resume", str(tmp_path), ",".join(tasks)])
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = Tuner.from_pretrained(full), Tuner.from_pretrained(tmp_path / "t.safetensors")

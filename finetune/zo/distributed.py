@@ -173,12 +173,17 @@ class DataParallel:
         return self.check_every > 0 and step % self.check_every == 0
 
     # ---- coordination ---------------------------------------------------------------------------
+    def share(self, value):
+        """Rank 0's ``value`` (a small picklable object) on every rank."""
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
     def agree(self, error: str | None) -> None:
         """Raise ``error`` (a message found on rank 0, or None) on every rank."""
-        box = [error]
-        dist.broadcast_object_list(box, src=0, group=self.group)
-        if box[0] is not None:
-            raise ZotuneError(box[0])
+        error = self.share(error)
+        if error is not None:
+            raise ZotuneError(error)
 
     def barrier(self) -> None:
         dist.barrier(group=self.group)

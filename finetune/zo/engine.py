@@ -64,6 +64,13 @@ class Direction:
     offset: Sequence[torch.Tensor] | None = None
     offset_scales: Sequence[float] | torch.Tensor | float | None = None
 
+    def times(self, g: float) -> "Direction":
+        """``g * v``: the same direction with every seed coefficient and offset scale multiplied by ``g``."""
+        offset_scales = self.offset_scales
+        if self.offset is not None:
+            offset_scales = [g * k for k in _per_block(offset_scales, len(self.offset), "offset_scales")]
+        return Direction([(s, g * c) for s, c in as_terms(self.seeds)], self.scales, self.offset, offset_scales)
+
 
 class _Resolved(NamedTuple):
     terms: list[tuple[int, float]]
