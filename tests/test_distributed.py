@@ -250,3 +250,29 @@ def test_finetune_resume_refuses_another_sharding_and_resumes_on_two_ranks(tmp_p
     run = torchrun(["cli.py", *base_args(jsonl, out, *extra, "--resume", "--dp-mode", "directions")])
     assert run.returncode == 0, run.stderr[-3000:]
     assert_same_run(full, out)
+
+
+def test_fo_under_torchrun_is_refused_in_one_line(tmp_path, jsonl):
+    """--method fo does not all-reduce its gradients: under torchrun every rank refuses it on one line, before
+    any folder is made."""
+    run = torchrun(["cli.py", *base_args(jsonl, tmp_path / "r", "--method", "fo")])
+    assert run.returncode != 0
+    line = ("error: --method fo does not run data-parallel (its gradients are not all-reduced across ranks); "
+            "run it without torchrun")
+    assert run.stderr.count(line + "\n") == 2, run.stderr[-3000:]
+    assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
+
+
+def test_check_parallel_refuses_fo(jsonl):
+    """The same refusal when train() is called with a data-parallel context directly."""
+    from finetune.trainer import FO_NOT_PARALLEL, FinetuneConfig, check_parallel
+
+    class FakeDP:
+        mode, world = "batch", 2
+
+        def bounds(self, n):
+            return [(0, n // 2), (n // 2, n)]
+
+    with pytest.raises(ZotuneError, match="--method fo does not run data-parallel"):
+        check_parallel(FinetuneConfig(model="tiny-llama", method="fo"), None, FakeDP())
+    assert "\n" not in FO_NOT_PARALLEL

@@ -117,3 +117,15 @@ def test_save_log_refuses_ldsd_in_one_line(tmp_path, tasks, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err == "error: --save-log does not support --method ldsd (its learned direction mean is not in the log); drop --save-log\n"
+
+
+def test_save_log_refuses_fo_in_one_line(tmp_path, tasks, capsys):
+    """A first-order run's updates are backpropagated gradients, not seeds and coefficients: refused before
+    any work, on one line."""
+    code = cli.main(["finetune", "--model", "tiny-llama", "--task", tasks[0], "--steps", "2", "--method", "fo",
+                     "--batch-size", "4", "--n-test", "4", "--out", str(tmp_path / "r"), "--save-log"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --save-log does not support --method fo (a backpropagated update is not a list of seeds "
+                   "and coefficients); drop --save-log\n")
+    assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
