@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -62,11 +63,13 @@ def _ints(text: str) -> list[int]:
 
 def _hardware_args(p: argparse.ArgumentParser):
     """The hardware options every training command takes (fields of ``finetune.common.runs.RunConfig``)."""
-    from finetune.common.runs import DTYPES
+    from finetune.common.runs import DEVICE_MAPS, DTYPES
 
     g = p.add_argument_group("hardware")
     g.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    g.add_argument("--device-map", default=None, choices=list(DEVICE_MAPS),
+                   help="split a model larger than one GPU across the GPUs with accelerate (instead of --device)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     return g
 
@@ -220,21 +223,47 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     _check_peft_flags(args)
     tuner = _load_tuner(args)
     cfg = _config(args)
+    dp = _data_parallel(args)
+    if dp is not None and cfg.device_map and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        from finetune.common.errors import ZotuneError
+
+        raise ZotuneError("--device-map with several ranks per machine would give every rank all its GPUs; "
+                          "run one rank per machine (torchrun --nproc-per-node 1) or drop --device-map")
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
                            snapshot_every=args.snapshot_every, start_over=args.start_over, tuner=tuner,
-                           calibrate=not args.no_calibration)
+                           calibrate=not args.no_calibration, dp=dp, save_log=args.save_log)
     except KeyboardInterrupt:
-        if Path(args.out).name and snapshot_path(Path(args.out)).exists():
+        if Path(args.out).name and snapshot_path(Path(args.out)).exists() and (dp is None or dp.main):
             print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
                   file=sys.stderr)
             raise SystemExit(130) from None
         raise
+    finally:
+        if dp is not None:
+            dp.close()
+    if dp is not None and not dp.main:
+        return
     ev = metrics["eval"]
     passes = f"{metrics['forwards']} forward passes" + (f" and {metrics['backwards']} backward passes"
                                                          if metrics.get("backwards") else "")
     print(f"{ev['metric']} on {ev['n']} test examples: {ev['before']:.4f} -> {ev['after']:.4f}; "
           f"{passes}; wrote {args.out}")
+
+
+def _data_parallel(args: argparse.Namespace):
+    """Under torchrun, this rank's data-parallel context (the process group is initialised here); else None,
+    and --dp-mode / --check-every do nothing."""
+    from finetune.zo.distributed import from_env
+
+    return from_env(mode=args.dp_mode, check_every=args.check_every, device=getattr(args, "device", None))
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from finetune.replay import replay
+
+    n = replay(Path(args.log), args.model, Path(args.out), device=args.device, threads=args.threads)
+    print(f"replayed {n} steps of {args.log} on {args.model}; wrote {args.out}")
 
 
 def parse_lr_grid(specs: list[str] | None, methods: list[str]) -> dict[str, list[float]]:
@@ -266,6 +295,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from finetune.bench import BenchConfig, bench
     from finetune.trainer import work_dir
 
+    from finetune.common.errors import ZotuneError
+    from finetune.zo.distributed import launched
+
+    if launched():
+        raise ZotuneError("bench does not run data-parallel; run it without torchrun")
     lrs = parse_lr_grid(args.lr_grid, args.methods)
     _check_method_flags(args, args.methods)
     _check_peft_flags(args)
@@ -296,15 +330,23 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     cfg = MetaConfig(**{**{k: getattr(d, k) for k in fields}, **values})
     out = Path(args.out)
+    from finetune.zo.distributed import from_env
+
+    dp = from_env(mode="batch", check_every=args.check_every, device=args.device)
     try:
         tuner = meta_train(cfg, out, resume=args.resume, snapshot_every=args.snapshot_every,
-                           start_over=args.start_over)
+                           start_over=args.start_over, dp=dp)
     except KeyboardInterrupt:
-        if snapshot_path(out).exists():
+        if snapshot_path(out).exists() and (dp is None or dp.main):
             print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
                   file=sys.stderr)
             raise SystemExit(130) from None
         raise
+    finally:
+        if dp is not None:
+            dp.close()
+    if dp is not None and not dp.main:
+        return
     s = tuner.provenance["summary"]
     print(f"meta-trained {cfg.steps} steps on {', '.join(cfg.tasks)}; first-order gain over MeZO "
           f"x{s['first_order_gain']:.3f}; wrote {out} and {log_path(out)}")
@@ -433,6 +475,18 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
     g = _hardware_args(p)
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
+    g.add_argument("--check-every", action=_Count, default=25,
+                   help="under torchrun: compare model and tuner checksums across ranks every N meta steps "
+                        "(default %(default)s; 0 = never)")
+
+
+def _parallel_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data parallelism (under torchrun --nproc-per-node N; docs/distributed.md)")
+    g.add_argument("--dp-mode", default="batch", choices=["batch", "directions"],
+                   help="split each step's batch across ranks, or its directions (nspsa / --q >= 2) or candidates "
+                        "(gv, greedy, ldsd) (default batch)")
+    g.add_argument("--check-every", action=_Count, default=100,
+                   help="compare a parameter checksum across ranks every N steps (default %(default)s; 0 = never)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -455,6 +509,10 @@ def parser() -> argparse.ArgumentParser:
                    help="skip the calibration reference (it scores the training examples once with the frozen model)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
     p.add_argument("--start-over", action="store_true", help="discard an interrupted run's snapshot first")
+    p.add_argument("--save-log", action="store_true",
+                   help="also write out/log.jsonl: the run as seeds and coefficients, a few KB that "
+                        "'cli.py replay' turns back into the fine-tuned model")
+    _parallel_args(p)
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
                    help="a tuner artifact (.safetensors path, or hf://owner/name[/file] on the Hugging Face Hub): "
                         "fine-tune with it (method 'tuner')")
@@ -520,6 +578,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-every", "--checkpoint-every", dest="snapshot_every", action=_Count, default=100,
                    help="steps between resumable snapshots of the run in progress (default %(default)s; 0 = never)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("replay", help="rebuild a fine-tuned model from its base model and a --save-log log")
+    p.add_argument("log", help="the log.jsonl a 'finetune --save-log' run wrote")
+    p.add_argument("--model", required=True, help="the base model the log was written for (alias, tiny-*, Hub id, folder)")
+    p.add_argument("--out", required=True, help="the folder to write the fine-tuned model to")
+    p.add_argument("--device", default=None, help="default: the device type the run used")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("fetch", help="download the embedded model and task data into the cache")
     p.add_argument("--tasks", nargs="*", default=[DEFAULT_TASK], help=f"tasks to fetch (default {DEFAULT_TASK})")

@@ -7,10 +7,12 @@ import math
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from finetune.common.errors import ZotuneError
@@ -40,6 +42,8 @@ METHODS: dict[str, tuple[str | None, int]] = {
 FO = "fo"  # the one method with a backward pass (finetune/fo.py); not inference-level memory
 CANDIDATE_METHODS = ("gv", "greedy")  # take --candidates
 POOL_METHODS = (*CANDIDATE_METHODS, "ldsd")  # choose among a pool of directions: --q does not apply
+FO_NOT_PARALLEL = ("--method fo does not run data-parallel (its gradients are not all-reduced across ranks); "
+                   "run it without torchrun")
 
 
 @dataclass
@@ -181,11 +185,14 @@ def progress_bar(enabled: bool = True) -> Progress:
                     TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
-def snapshot_state(step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult, inputs: dict) -> dict:
+def snapshot_state(step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult, inputs: dict,
+                   shards: int = 1) -> dict:
     """What a fine-tune snapshot holds: the model weights, the optimizer (with its seed stream), the
-    schedule, the results so far, the config and the input fingerprints."""
+    schedule, the results so far, the config, the input fingerprints and into how many shards each batch
+    was split (data parallelism, :func:`_shards`)."""
     return {"step": step, "config": asdict(cfg), "inputs": inputs, "model": snapshot_weights(model),
-            "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "result": asdict(result)}
+            "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "result": asdict(result),
+            "shards": shards}
 
 
 def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: dict) -> tuple[int, RunResult]:
@@ -256,21 +263,58 @@ def evaluation_point(step: int, forwards: int, model, scorer: TaskScorer, task: 
     return point
 
 
+def step_closure(model, scorer: TaskScorer, batch: list[Example], dp=None):
+    """The loss closure of one step: the batch's loss, or under data parallelism in batch mode, the global
+    batch's loss from every rank's shard (:meth:`finetune.zo.distributed.DataParallel.closure`)."""
+    if dp is None or dp.mode != "batch":
+        return lambda: scorer.loss(model, batch)
+    return dp.closure(lambda shard: scorer.loss_terms(model, shard, like=batch),
+                      lambda terms: scorer.reduce_terms(terms, batch), batch)
+
+
+def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp) -> None:
+    """Refuse, in one line, a data-parallel setting that cannot run; set up directions mode."""
+    if cfg.method == FO:
+        raise ZotuneError(FO_NOT_PARALLEL)
+    if dp.mode == "batch":
+        dp.bounds(cfg.batch_size)
+        return
+    if cfg.method in POOL_METHODS:  # the candidates' one-sided losses are shared out
+        opt.spread_losses = dp.spread_losses
+        return
+    if getattr(opt, "policy", None) is not None:
+        raise ZotuneError("--dp-mode directions is not supported for a tuner with a direction policy "
+                          "(one direction per step); use --dp-mode batch")
+    if cfg.directions < 2:
+        raise ZotuneError(f"--dp-mode directions needs several directions per step (--q >= 2, now "
+                          f"{cfg.directions}); use --dp-mode batch or --method nspsa")
+    opt.spread = dp.spread
+
+
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
           snapshot: Snapshot | None = None, inputs: dict | None = None, tuner=None,
-          calibrate: bool = False) -> RunResult:
+          calibrate: bool = False, dp=None, log=None) -> RunResult:
     """Run ``cfg.steps`` steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test`` before and
     after (loss and metric), and on ``task.test`` and ``task.dev`` every ``cfg.eval_every`` steps
     (``result.curve``; the dev metric also in ``eval_history``). With ``calibrate``, a multiple-choice run
     first computes the calibration reference of the frozen model (:mod:`finetune.calibration`). With a
     ``snapshot``, the run is snapshotted as it goes, and continues from an existing snapshot (made with the
     same ``inputs``). ``tuner`` is the loaded artifact of method ``tuner`` (else read from ``cfg.tuner``).
+    ``dp`` (a :class:`finetune.zo.distributed.DataParallel`) runs the steps data-parallel, comparing
+    parameter checksums across ranks before the first step and every ``dp.check_every`` steps; only its
+    rank 0 saves snapshots. ``log`` (a :class:`finetune.replay.StepLog`) records every applied update.
     Raises :class:`Diverged` when the loss or the weights stop being finite or run away."""
     inputs = inputs or {}
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
+    if dp is not None:
+        check_parallel(cfg, opt, dp)
     guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
-    if snapshot is not None and snapshot.exists():
+    resuming = snapshot is not None and snapshot.exists()
+    if log is not None and not resuming:
+        log.header(model, model_id(cfg.model), opt, asdict(cfg))
+    if resuming:
+        _check_shards(snapshot, dp)
         done, result = restore(snapshot, cfg, model, opt, sched, inputs)
     else:
         before = scorer.assess(model, task.test, cfg.batch_size)
@@ -280,6 +324,8 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
             from finetune.calibration import calibration_reference
 
             result.calibration = calibration_reference(model, scorer, task, cfg.batch_size, before["scores"])
+    if dp is not None:
+        dp.check(opt.engine.blocks, f"before step {done + 1}")
     data = batches(task.train, cfg.batch_size, cfg.seed)
     for _ in range(done):  # the batches the interrupted run already used
         next(data)
@@ -292,13 +338,15 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
             batch = next(data)
             tick = time.perf_counter()
             try:
-                loss = opt.step(lambda: scorer.loss(model, batch))
+                loss = opt.step(step_closure(model, scorer, batch, dp))
             except RuntimeError as e:
                 if "overflow" not in str(e):
                     raise
                 raise Diverged(f"the update overflowed {cfg.dtype} at step {step}; {hint}") from None
             if not math.isfinite(loss):
                 raise Diverged(f"the training loss became {loss} at step {step}; {hint}")
+            if log is not None:
+                log.record(step, opt)
             sched.step()
             result.seconds += time.perf_counter() - tick
             due = snapshot is not None and snapshot.due(step, cfg.steps)
@@ -310,8 +358,10 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
                 result.curve.append(point)
                 if task.dev:
                     result.eval_history.append((step, point["dev"]))
-            if due:
-                snapshot.save(snapshot_state(step, cfg, model, opt, sched, result, inputs))
+            if dp is not None and dp.due(step):
+                dp.check(opt.engine.blocks, f"after step {step}")
+            if due and (dp is None or dp.main):
+                snapshot.save(snapshot_state(step, cfg, model, opt, sched, result, inputs, shards=_shards(dp)))
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
     guard.check(cfg.steps, hint, force=True)  # never hand back non-finite weights (also after a resume at the end)
     result.forwards, result.backwards = pass_counts(opt)
@@ -365,7 +415,8 @@ def prepare(cfg: FinetuneConfig) -> tuple[Task, object, object, TaskScorer]:
     set_threads(cfg.threads)
     task = load_task(cfg.task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test,
                      columns=cfg.task_columns())
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed,
+                                  **({"device_map": cfg.device_map} if cfg.device_map else {}))
     model = apply_peft(model, AdapterSpec.of(cfg), seed=cfg.seed)  # with --peft, only the adapter is trainable
     return task, model, tokenizer, TaskScorer(tokenizer, max_length=cfg.max_length)
 
@@ -426,7 +477,7 @@ def _move_into_place(work: Path, out: Path) -> None:
 
 def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
              resume: bool = False, snapshot_every: int = 100, start_over: bool = False, tuner=None,
-             calibrate: bool = True) -> dict:
+             calibrate: bool = True, dp=None, save_log: bool = False) -> dict:
     """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``) atomically.
 
     ``out`` is checked and locked before any work. The run works in :func:`work_dir` and renames it to
@@ -437,42 +488,60 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     method ``tuner`` (else read from ``cfg.tuner``). ``calibrate``: compute the calibration reference of
     the frozen model first (multiple choice; :mod:`finetune.calibration`). With ``cfg.peft`` the adapter
     is written to ``out/adapter`` instead of ``out/model`` (with ``cfg.merge``, the merged model to ``out/model``).
+    With ``save_log``,
+    ``out/log.jsonl`` holds the run as a replayable log (:mod:`finetune.replay`; kept with the snapshot
+    when the run is interrupted). Under data parallelism (``dp``) rank 0 alone checks, locks and writes
+    the folder, its refusal stops every rank, and the other ranks train in step (:func:`_follow`),
+    reading only the snapshot they resume from.
     """
     cfg.validate()
     check_number("--checkpoint-every", snapshot_every, low=0, integer=True)
-    out = check_output(Path(out))
-    work = work_dir(out)
-    with RunLock(out):
-        check_output(out)  # again, now that no other run can write it
-        if start_over and work.exists():
-            shutil.rmtree(work)
-        snapshot = Snapshot(snapshot_path(out), snapshot_every,
-                            restart_hint=f"rerun with --start-over (or delete {work}) to start over")
+    if save_log and cfg.method == FO:
+        raise ZotuneError("--save-log does not support --method fo (a backpropagated update is not a list of "
+                          "seeds and coefficients); drop --save-log")
+    if dp is not None and cfg.method == FO:
+        raise ZotuneError(FO_NOT_PARALLEL)
+    writer = dp is None or dp.main
+    with ExitStack() as stack:
+        shared: dict = {"error": None, "done": None, "snapshot": None}
+        try:
+            if writer:
+                out = check_output(Path(out))
+                stack.enter_context(RunLock(out))
+                shared["done"] = _prepare_folder(cfg, out, resume, snapshot_every, start_over)
+                shared["snapshot"] = str(snapshot_path(out))
+        except ZotuneError as e:
+            if dp is None:
+                raise
+            shared["error"] = str(e)
+        if dp is not None:
+            shared = dp.share(shared)  # rank 0's refusal stops every rank; the others learn where to resume from
+            if shared["error"] is not None:
+                raise ZotuneError(shared["error"])
+        if shared["done"] is not None:  # a finished run moved into place
+            return shared["done"]
+        if not writer:
+            return _follow(cfg, Snapshot(Path(shared["snapshot"]), snapshot_every, restart_hint=_restart_hint(out)),
+                           tuner, dp)
+        out = Path(out)
+        work = work_dir(out)
+        snapshot = Snapshot(snapshot_path(out), snapshot_every, restart_hint=_restart_hint(out))
         finished = work / FINISHED_FILE
-        if resume and finished.exists():  # a finished run whose final rename failed
-            try:
-                saved = json.loads(finished.read_text())["config"]
-            except (OSError, ValueError, KeyError, TypeError):
-                raise ZotuneError(f"{finished} is unreadable; move the outputs in {work} by hand, or "
-                                  "rerun with --start-over") from None
-            changed = changed_fields(saved, asdict(cfg), asdict(FinetuneConfig()), ignore=("threads",))
-            if changed:
-                raise ZotuneError(f"cannot resume: the finished run in {work} used {changed[0]}="
-                                  f"{saved.get(changed[0])!r}; rerun with its options, or {snapshot.restart_hint}")
-            _move_into_place(work, out)
-            return json.loads((out / "metrics.json").read_text())
-        if resume and not snapshot.exists():
-            raise ZotuneError(f"nothing to resume: no snapshot in {work}; run without --resume")
-        if not resume and work.exists():
-            raise ZotuneError(f"an interrupted run to {out} is in {work}; add --resume to continue it, "
-                              "or --start-over to discard it")
-        work.mkdir(parents=True, exist_ok=True)
+        log_file = work / "log.jsonl"
         try:
             task, model, tokenizer, scorer = prepare(cfg)
             inputs = run_inputs(cfg, task, model)
+            log = None
+            if save_log:
+                from finetune.replay import LOG_FILE, StepLog
+
+                log_file = work / LOG_FILE
+                log = StepLog(log_file, start=_snapshot_step(snapshot))
             result = train(cfg, model, scorer, task, progress=progress, snapshot=snapshot, inputs=inputs,
-                           tuner=tuner, calibrate=calibrate)
+                           tuner=tuner, calibrate=calibrate, dp=dp, log=log)
             metrics = metrics_dict(cfg, task, result)
+            if dp is not None:
+                metrics["parallel"] = dp.describe()
             try:
                 _save_outputs(work, metrics, model, tokenizer, save_model, cfg.merge)
                 finished.write_text(strict_json({"config": asdict(cfg), "inputs": inputs}))
@@ -484,9 +553,9 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
         except BaseException as e:
             if not snapshot.exists():
                 shutil.rmtree(work, ignore_errors=True)
-            else:  # keep only the snapshot: the run can be resumed, and nothing half-written remains
+            else:  # keep only the snapshot (and the log so far): the run can be resumed, nothing half-written remains
                 for child in work.iterdir():
-                    if child != snapshot.path:
+                    if child not in (snapshot.path, log_file):
                         shutil.rmtree(child) if child.is_dir() else child.unlink()
                 if isinstance(e, Diverged):  # resuming would diverge again from the same snapshot
                     raise Diverged(f"{e}; its snapshot is kept in {work}: rerun with the lower value and "
@@ -494,3 +563,76 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
             raise
         _move_into_place(work, out)
         return metrics
+
+
+def _restart_hint(out: Path) -> str:
+    return f"rerun with --start-over (or delete {work_dir(Path(out))}) to start over"
+
+
+def _prepare_folder(cfg: FinetuneConfig, out: Path, resume: bool, snapshot_every: int,
+                    start_over: bool) -> dict | None:
+    """With ``out`` locked: check it again, discard an interrupted run (``start_over``), refuse a resume
+    without a snapshot or a fresh run over an interrupted one, and make the working folder. A finished run
+    whose final rename failed is moved into place on ``resume``: its metrics are returned (else None)."""
+    work = work_dir(out)
+    check_output(out)  # again, now that no other run can write it
+    if start_over and work.exists():
+        shutil.rmtree(work)
+    snapshot = Snapshot(snapshot_path(out), snapshot_every, restart_hint=_restart_hint(out))
+    finished = work / FINISHED_FILE
+    if resume and finished.exists():  # a finished run whose final rename failed
+        try:
+            saved = json.loads(finished.read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ZotuneError(f"{finished} is unreadable; move the outputs in {work} by hand, or "
+                              "rerun with --start-over") from None
+        changed = changed_fields(saved, asdict(cfg), asdict(FinetuneConfig()), ignore=("threads",))
+        if changed:
+            raise ZotuneError(f"cannot resume: the finished run in {work} used {changed[0]}="
+                              f"{saved.get(changed[0])!r}; rerun with its options, or {snapshot.restart_hint}")
+        _move_into_place(work, out)
+        return json.loads((out / "metrics.json").read_text())
+    if resume and not snapshot.exists():
+        raise ZotuneError(f"nothing to resume: no snapshot in {work}; run without --resume")
+    if not resume and work.exists():
+        raise ZotuneError(f"an interrupted run to {out} is in {work}; add --resume to continue it, "
+                          "or --start-over to discard it")
+    work.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _shards(dp) -> int:
+    """Into how many shards a step's batch is split (1: the whole batch, as one process computes it)."""
+    return 1 if dp is None or dp.mode != "batch" else dp.world
+
+
+def _check_shards(snapshot: Snapshot, dp) -> None:
+    """Refuse to resume with the batch split into another number of shards: the per-example losses of
+    another shard size can differ in the last bits (docs/distributed.md), so the run would not end as the
+    interrupted one would have."""
+    try:
+        was = torch.load(snapshot.path, map_location="cpu", weights_only=True, mmap=True).get("shards", 1)
+    except Exception:  # noqa: BLE001 - an unreadable snapshot is refused on one line by restore()
+        return
+    now = _shards(dp)
+    if was != now:
+        how = "in one process (or --dp-mode directions)" if was == 1 else f"with torchrun --nproc-per-node {was}"
+        raise ZotuneError(f"cannot resume: the interrupted run split each batch into {was} shard(s), this one into "
+                          f"{now}, which can change the losses in the last bits; resume it {how}")
+
+
+def _snapshot_step(snapshot: Snapshot) -> int:
+    """The step an existing snapshot was taken after (0 without one)."""
+    if not snapshot.exists():
+        return 0
+    return int(snapshot.load()["step"])
+
+
+def _follow(cfg: FinetuneConfig, snapshot: Snapshot, tuner, dp) -> dict:
+    """A data-parallel rank other than 0: train in step with rank 0 (resuming from its snapshot, if any);
+    write nothing. The calibration reference (which needs no other rank) is rank 0's alone."""
+    task, model, _, scorer = prepare(cfg)
+    inputs = run_inputs(cfg, task, model)
+    result = train(cfg, model, scorer, task, progress=False, snapshot=snapshot, inputs=inputs, tuner=tuner,
+                   calibrate=False, dp=dp)
+    return {**metrics_dict(cfg, task, result), "parallel": dp.describe()}

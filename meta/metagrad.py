@@ -66,7 +66,7 @@ def gains(sigma: torch.Tensor, dots: torch.Tensor) -> tuple[float, float]:
 
 def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: LossFn,
                 seed: int, eps: float, lr: float, policy: DirectionPolicy | None = None,
-                online: OnlineMean | None = None) -> MetaStep:
+                online: OnlineMean | None = None, sync: Callable | None = None) -> MetaStep:
     """One K = 1 meta step by the closed-form chain rule (module docstring). Accumulates into the bank's
     ``.grad``; leaves ∇L(θ') in the model's ``.grad`` (zeroed first) and θ back where it was (up to the
     rounding of ``θ − a·u + a·u``). Updates ``history`` with the step's losses and scales.
@@ -74,7 +74,10 @@ def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_f
     With a direction ``policy`` (and the task's ``online`` mean), the direction is
     ``σ_b (√(1 − w_b²) u_b + w_b m̂_b)`` (:mod:`pertnn.policy`), so with ``a_b = σ_b √(1 − w_b²)`` and
     ``c_b = σ_b w_b``: ∂L(θ')/∂a_b = −η·g·⟨∇_b L(θ'), u_b⟩ and ∂L(θ')/∂c_b = −η·g·⟨∇_b L(θ'), m̂_b⟩, which
-    reach both the bank and the policy; the online mean is then updated with the step, as at fine-tuning."""
+    reach both the bank and the policy; the online mean is then updated with the step, as at fine-tuning.
+
+    ``sync(grads, loss)`` (data parallelism, :class:`meta.parallel.MetaParallel`) sums the model's gradients
+    across ranks right after the backward, and returns the global meta loss."""
     model, params = engine.model, engine.params
     features = history.features(params)
     sigma = bank(features)
@@ -87,6 +90,7 @@ def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_f
         with torch.enable_grad():
             meta_loss = loss_fn(model)
             meta_loss.backward()
+        meta_value = float(meta_loss.detach()) if sync is None else sync([p.grad for p in params], meta_loss)
         engine.forwards += 1
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         dots = engine.noise_dots(grads, seed)
@@ -104,7 +108,7 @@ def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_f
         (-lr * g * surrogate).backward()
         online.update(seed, g, gate.detach())
     history.update(plus, minus, sigma)
-    return MetaStep(float(meta_loss.detach()), plus, minus, g, sigma.detach().cpu(), *gains(iso, dots),
+    return MetaStep(meta_value, plus, minus, g, sigma.detach().cpu(), *gains(iso, dots),
                     gate=None if gate is None else gate.detach().cpu())
 
 
@@ -144,13 +148,14 @@ class _Bound:
 
 
 def unrolled(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: LossFn,
-             seeds: list[int], eps: float, lr: float) -> MetaStep:
+             seeds: list[int], eps: float, lr: float, sync: Callable | None = None) -> MetaStep:
     """A meta step through ``len(seeds)`` virtual ZO steps, differentiated with ``higher``.
 
     The first SPSA estimate runs on the model itself (θ'_0 = θ), exactly as :func:`closed_form` does; the
     later ones at the detached θ'_k ± εσu through the functional copy. Only the first step's losses and
     scales go into ``history`` (the later steps are virtual and see a copy). The model's ``.grad`` is not
-    touched: a first-order trajectory step needs its own backward.
+    touched: a first-order trajectory step needs its own backward. ``sync(grads, loss)`` (data parallelism)
+    sums the bank's gradients across ranks after the backward and returns the global meta loss.
     """
     import higher  # only this path needs it
 
@@ -184,6 +189,7 @@ def unrolled(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: 
     with torch.enable_grad():
         meta_loss = loss_fn(_Bound(fmodel, theta))
         meta_loss.backward()
+    meta_value = float(meta_loss.detach()) if sync is None else sync([p.grad for p in bank.parameters()], meta_loss)
     engine.forwards += 1
     plus, minus, g, sigma = first
-    return MetaStep(float(meta_loss.detach()), plus, minus, g, sigma.detach().cpu())
+    return MetaStep(meta_value, plus, minus, g, sigma.detach().cpu())

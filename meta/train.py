@@ -19,6 +19,7 @@ import datetime
 import math
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -77,6 +78,8 @@ class MetaConfig(RunConfig):
         if not self.tasks:
             raise ZotuneError("give at least one meta-training task with --tasks")
         self.validate_run()
+        if self.device_map is not None:
+            raise ZotuneError("--device-map applies to finetune and bench; meta-train runs on one --device")
         for name in ("unroll", "restart_every", "hidden"):
             check_number(flag_of(name), getattr(self, name), low=1, integer=True)
         for name in ("virtual_lr", "meta_lr"):
@@ -110,9 +113,16 @@ def _package_version() -> str:
 class MetaTrainer:
     """Holds a run's state (model, bank, optimizers, histories, log) and advances it step by step."""
 
-    def __init__(self, cfg: MetaConfig):
+    def __init__(self, cfg: MetaConfig, dp=None):
         cfg.validate()
         self.cfg = cfg
+        self.dp = dp  # a finetune.zo.distributed.DataParallel under torchrun (meta/parallel.py), else None
+        self.par = None
+        if dp is not None:
+            from .parallel import MetaParallel
+
+            dp.bounds(cfg.batch_size)
+            self.par = MetaParallel(dp)
         set_threads(cfg.threads)
         self.tasks: list[Task] = [load_task(t, seed=cfg.seed, n_train=cfg.n_train, n_dev=0, n_test=0)
                                   for t in cfg.tasks]
@@ -171,17 +181,23 @@ class MetaTrainer:
         def loss_fn(m):
             return self.scorer.loss(m, batch)
 
+        if self.par is not None:
+            loss_fn = self.par.loss_fn(self.scorer, batch)
+        sync = None if self.par is None else self.par.sync
+
         self.meta_opt.zero_grad(set_to_none=True)
         if cfg.unroll == 1:
             online = self.onlines[task_index] if self.onlines else None
             result: MetaStep = closed_form(self.engine, self.bank, history, loss_fn, seed_base, cfg.eps, cfg.virtual_lr,
-                                           self.policy, online)
+                                           self.policy, online, sync=sync)
         else:
             seeds = [(seed_base + k * 0x9E3779B9) % 2**62 for k in range(cfg.unroll)]
-            result = unrolled(self.engine, self.bank, history, loss_fn, seeds, cfg.eps, cfg.virtual_lr)
+            result = unrolled(self.engine, self.bank, history, loss_fn, seeds, cfg.eps, cfg.virtual_lr, sync=sync)
             self.model.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 loss_fn(self.model).backward()
+            if sync is not None:
+                sync([p.grad for p in self.engine.params])
         if not all(math.isfinite(x) for x in (result.meta_loss, result.loss_plus, result.loss_minus)):
             raise Diverged(f"the loss became non-finite at meta step {step}; lower --fo-lr (now {cfg.fo_lr}) "
                            f"or --virtual-lr (now {cfg.virtual_lr})")
@@ -193,6 +209,8 @@ class MetaTrainer:
         torch.nn.utils.clip_grad_norm_(self.engine.params, 1.0)
         self.fo_opt.step()
         self.model.zero_grad(set_to_none=True)
+        if self.dp is not None and self.dp.due(step):
+            self.check(f"after meta step {step}")
 
         if math.isfinite(result.tuned_sq):
             b = 0.95
@@ -211,6 +229,13 @@ class MetaTrainer:
         self.step = step
         return row
 
+    def check(self, when: str) -> None:
+        """Compare the model's and the tuner's parameter checksums across ranks (data parallelism)."""
+        named = list(self.engine.blocks) + [(f"bank.{n}", p) for n, p in self.bank.named_parameters()]
+        if self.policy is not None:
+            named += [(f"policy.{n}", p) for n, p in self.policy.named_parameters()]
+        self.dp.check(named, when)
+
     def gain(self) -> float:
         """Running first-order gain of the tuned perturbation over MeZO's (1.0 = no gain; NaN before data)."""
         return self.gain_ema[0] / self.gain_ema[1] if self.gain_ema[1] > 0 else float("nan")
@@ -223,11 +248,12 @@ class MetaTrainer:
                 "policy": None if self.policy is None else self.policy.state_dict(),
                 "onlines": [o.state_dict() for o in self.onlines],
                 "fo_opt": self.fo_opt.state_dict(), "histories": [h.state_dict() for h in self.histories],
-                "log": self.log, "gain_ema": self.gain_ema, "forwards": self.engine.forwards}
+                "log": self.log, "gain_ema": self.gain_ema, "forwards": self.engine.forwards,
+                "world_size": 1 if self.dp is None else self.dp.world}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from :meth:`state_dict` (a run with the same config and inputs: see
-        :meth:`finetune.common.runs.Snapshot.check`)."""
+        """Continue from :meth:`state_dict` (a run with the same config, inputs and number of ranks: see
+        :meth:`finetune.common.runs.Snapshot.check` and :meth:`check_world`)."""
         with torch.no_grad():
             for p, v in zip(self.engine.params, state["model"]):
                 p.copy_(v)
@@ -244,6 +270,15 @@ class MetaTrainer:
         self.step = state["step"]
         for step in range(1, self.step + 1):  # the batches the interrupted run already drew
             next(self.streams[step_plan(self.cfg.seed, step, len(self.tasks))[0]])
+
+    def check_world(self, state: dict, restart_hint: str) -> None:
+        """Refuse to resume a snapshot made on another number of ranks: gradients summed over another number
+        of shards give another result in the last bits."""
+        world, was = 1 if self.dp is None else self.dp.world, state.get("world_size", 1)
+        if world != was:
+            raise ZotuneError(f"cannot resume: the interrupted run had {was} rank(s), this one {world}; the gradient "
+                              f"all-reduce would change the result: rerun with torchrun --nproc-per-node {was} "
+                              f"(or without torchrun for 1), or {restart_hint}")
 
     def artifact(self) -> Tuner:
         """The tuner as trained so far, with its provenance; refused if its weights are not finite."""
@@ -287,50 +322,67 @@ def log_path(out: Path) -> Path:
 
 
 def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, snapshot_every: int = 25,
-               progress: bool = True, start_over: bool = False) -> Tuner:
+               progress: bool = True, start_over: bool = False, dp=None) -> Tuner:
     """Meta-train a tuner and write it to ``out`` (a ``.safetensors`` file) and its log beside it.
 
     ``out`` is checked and locked before any work. Every ``snapshot_every`` steps the whole state goes to
     :func:`snapshot_path`; after a kill, the same call with ``resume=True`` continues from it (refused if
     the options or inputs changed). The artifact is written atomically at the end, then the snapshot is
-    removed. ``start_over`` discards an interrupted run's snapshot first.
+    removed. ``start_over`` discards an interrupted run's snapshot first. Under data parallelism (``dp``,
+    :mod:`meta.parallel`) every rank trains on its shard of each batch, rank 0 alone checks, locks and
+    writes (its refusal stops every rank), and a resume needs the same number of ranks.
     """
     cfg.validate()
     check_number("--checkpoint-every", snapshot_every, low=0, integer=True)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ZotuneError(f"--out must name a .safetensors file, got {out}")
-    check_output(out, kind="file")
+    writer = dp is None or dp.main
     log = log_path(out)
-    with RunLock(out):
-        check_output(out, kind="file")  # again, now that no other run can write it
-        if log.exists() or log.is_symlink():
-            raise ZotuneError(f"{log} already exists and would be overwritten; move it away or choose another --out")
-        snap = Snapshot(snapshot_path(out), snapshot_every,
-                        restart_hint=f"rerun with --start-over (or delete {snapshot_path(out)}) to start over")
-        if start_over:
-            snap.path.unlink(missing_ok=True)
-        if resume and not snap.exists():
-            raise ZotuneError(f"nothing to resume: no snapshot {snap.path}; run without --resume")
-        if not resume and snap.exists():
-            raise ZotuneError(f"an interrupted run to {out} left {snap.path}; add --resume to continue it, "
-                              "or --start-over to discard it")
-        trainer = MetaTrainer(cfg)
-        if resume:
+    snap = Snapshot(snapshot_path(out), snapshot_every,
+                    restart_hint=f"rerun with --start-over (or delete {snapshot_path(out)}) to start over")
+    with ExitStack() as stack:
+        error = None
+        try:
+            if writer:
+                check_output(out, kind="file")
+                stack.enter_context(RunLock(out))
+                check_output(out, kind="file")  # again, now that no other run can write it
+                if log.exists() or log.is_symlink():
+                    raise ZotuneError(f"{log} already exists and would be overwritten; move it away or choose "
+                                      "another --out")
+                if start_over:
+                    snap.path.unlink(missing_ok=True)
+                if resume and not snap.exists():
+                    raise ZotuneError(f"nothing to resume: no snapshot {snap.path}; run without --resume")
+                if not resume and snap.exists():
+                    raise ZotuneError(f"an interrupted run to {out} left {snap.path}; add --resume to continue it, "
+                                      "or --start-over to discard it")
+        except ZotuneError as e:
+            if dp is None:
+                raise
+            error = str(e)
+        if dp is not None:
+            dp.agree(error)  # rank 0's refusal stops every rank
+        trainer = MetaTrainer(cfg, dp)
+        if resume:  # every rank reads the same snapshot and makes the same checks
             state = snap.load()
             snap.check(state, asdict(cfg), asdict(MetaConfig()), trainer.inputs, ignore=("steps", "threads"))
+            trainer.check_world(state, snap.restart_hint)
             try:
                 trainer.load_state_dict(state)
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 raise ZotuneError(f"the snapshot {snap.path} does not fit this run ({type(e).__name__}); "
                                   f"{snap.restart_hint}") from None
+        if dp is not None:
+            trainer.check(f"before meta step {trainer.step + 1}")
         start, done = time.perf_counter(), trainer.step
         try:
-            with progress_bar(progress) as bar:
+            with progress_bar(progress and writer) as bar:
                 task = bar.add_task("meta", total=cfg.steps, completed=done, meta="-", gain="-", speed="-")
                 while trainer.step < cfg.steps:
                     row = trainer.advance()
-                    if snap.due(trainer.step, cfg.steps):
+                    if writer and snap.due(trainer.step, cfg.steps):
                         snap.save(trainer.state_dict() | {"inputs": trainer.inputs})
                     bar.update(task, advance=1, meta=f"{row['meta_loss']:.4f}",
                                gain=f"×{row['first_order_gain']:.3f}",
@@ -341,6 +393,8 @@ def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, snapshot_every:
                 raise Diverged(f"{e}; its snapshot {snap.path} is kept: rerun with the lower value and "
                                   "--start-over (which discards it)") from None
             raise
+        if not writer:
+            return tuner
         then = "rerun the same command" + (" with --resume" if snap.exists() else "")
         if out.exists() or out.is_symlink():
             raise ZotuneError(f"{out} appeared during the run and is not overwritten; move it away and "

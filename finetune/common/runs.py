@@ -23,6 +23,7 @@ from finetune.common.errors import ZotuneError, first_line
 
 DTYPES = ("fp32", "bf16", "fp16")
 NOISES = ("auto", "table", "gaussian")
+DEVICE_MAPS = ("auto", "balanced", "sequential")
 FP16_MAX = 65504.0
 
 
@@ -64,6 +65,7 @@ class RunConfig:
     max_length: int = 256
     dtype: str = "fp32"
     device: str | None = None
+    device_map: str | None = None      # accelerate's device map ("auto", ...): the model split across devices
     threads: int | None = None
     noise: str = "auto"
 
@@ -77,6 +79,10 @@ class RunConfig:
             check_number("--threads", self.threads, low=1, integer=True)
         if self.dtype not in DTYPES:
             raise ZotuneError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
+        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
+            raise ZotuneError(f"--device-map must be one of {', '.join(DEVICE_MAPS)} (got {self.device_map!r})")
+        if self.device_map is not None and self.device is not None:
+            raise ZotuneError("give --device or --device-map, not both")
         if self.noise not in NOISES:
             raise ZotuneError(f"--noise must be one of {', '.join(NOISES)} (got {self.noise!r})")
 

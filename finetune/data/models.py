@@ -179,12 +179,19 @@ def name_for_id(recorded: str) -> str:
 
 
 def load_model(name: str, dtype: str = "fp32", device: str | None = None,
-               seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               seed: int = 0, device_map: str | dict | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``name`` (see the module docstring) as an eval-mode causal LM and its left-padding tokenizer.
 
-    ``seed`` only matters for the tiny models, whose random weights it determines bit for bit.
+    ``seed`` only matters for the tiny models, whose random weights it determines bit for bit. ``device_map``
+    (``"auto"``, ``"balanced"``, ``"sequential"`` or an explicit map) splits the model across devices with
+    accelerate (in place of ``device``); weights offloaded to the CPU or disk are refused, since ZO moves
+    the weights in place.
     """
     torch_dtype = resolve_dtype(dtype)
+    if device_map is not None:
+        if device is not None:
+            raise ZotuneError("give --device or --device-map, not both")
+        return _finish(*_dispatched(name, torch_dtype, device_map, seed))
     dev = resolve_device(device)
     kind, value = _classify(name)
     if kind == "tiny":
@@ -197,6 +204,32 @@ def load_model(name: str, dtype: str = "fp32", device: str | None = None,
     else:
         model, tokenizer = _from_hub(value, torch_dtype, dev)
     return _finish(model, tokenizer)
+
+
+def _dispatched(name: str, dtype: torch.dtype, device_map: str | dict,
+                seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``name`` split across devices by accelerate: from_pretrained's device_map, or for a tiny model
+    accelerate's dispatch (with its hooks even when every entry is one device, so that CPU tests exercise them)."""
+    kind, value = _classify(name)
+    if kind == "tiny":
+        from accelerate import dispatch_model, infer_auto_device_map
+
+        model, tokenizer = _build_tiny(value, seed)
+        model.to(dtype=dtype)
+        if isinstance(device_map, str):
+            device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules or [])
+        model = dispatch_model(model, device_map=device_map, force_hooks=True)
+    else:
+        source = str(fetch_embedded()) if kind == "embedded" else value
+        with _quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map)
+    where = {p.device.type for p in model.parameters()}
+    if "meta" in where or (isinstance(getattr(model, "hf_device_map", None), dict)
+                           and {"disk"} & set(map(str, model.hf_device_map.values()))):
+        raise ZotuneError(f"{name} does not fit on the devices: the device map offloads weights, and ZO moves "
+                          "the weights in place; use more or larger GPUs, or --dtype bf16")
+    return model, tokenizer
 
 
 def _auto_load(source: str, dtype: torch.dtype,

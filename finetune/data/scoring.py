@@ -49,8 +49,10 @@ class TaskScorer:
         head = self._ids(prompt, True)[-(self.max_length - len(cont)):]
         return head + cont, len(cont)
 
-    def _batch(self, rows: Sequence[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
-        width = max(len(r) for r in rows)
+    def _batch(self, rows: Sequence[list[int]], device: torch.device, width: int = 0) -> dict[str, torch.Tensor]:
+        """Left-padded ids, mask and positions, at least ``width`` wide (a data-parallel shard is padded as
+        wide as its global batch, so that only the row count differs from the global batch's computation)."""
+        width = max(width, max(len(r) for r in rows))
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
@@ -60,12 +62,17 @@ class TaskScorer:
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
 
     # ---- scoring ------------------------------------------------------------------------------
-    def continuation_logprobs(self, model, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """Mean log-probability of each continuation's tokens given its prompt, one value per pair."""
+    def continuation_logprobs(self, model, pairs: Sequence[tuple[str, str]],
+                              like: Sequence[tuple[str, str]] | None = None) -> torch.Tensor:
+        """Mean log-probability of each continuation's tokens given its prompt, one value per pair. With
+        ``like`` (the global batch's pairs, of which ``pairs`` is a shard), shaped as ``like`` would be."""
         device = next(model.parameters()).device
         rows, lengths = zip(*(self._pair(p, c) for p, c in pairs))
-        k = max(lengths)
-        out = model(**self._batch(rows, device), logits_to_keep=k + 1)
+        k, width = max(lengths), 0
+        if like is not None:
+            wide, long = zip(*(self._pair(p, c) for p, c in like))
+            k, width = max(k, max(long)), max(len(r) for r in wide)
+        out = model(**self._batch(rows, device, width), logits_to_keep=k + 1)
         logits = _wide(out.logits[:, :-1])                        # positions predicting the last k tokens
         targets = torch.tensor([r[-k:] if len(r) >= k else [self.pad_id] * (k - len(r)) + r for r in rows],
                                device=device)
@@ -74,23 +81,28 @@ class TaskScorer:
         valid = torch.arange(k, device=device).unsqueeze(0) >= (k - lens).unsqueeze(1)
         return (logp * valid).sum(-1) / lens
 
-    def option_scores(self, model, examples: Sequence[Example]) -> torch.Tensor:
+    def option_scores(self, model, examples: Sequence[Example], like: Sequence[Example] | None = None) -> torch.Tensor:
         """``[batch, max_options]`` mean log-probabilities of the options, ``-inf`` where an example has
-        fewer options. When every option is a single token, one forward row per example suffices."""
-        n_opt = max(len(e.options) for e in examples)
+        fewer options. When every option is a single token, one forward row per example suffices. With
+        ``like`` (the global batch, of which ``examples`` is a shard), computed as for ``like``: the same
+        width, padding and path, so each row is what the global batch gives it."""
+        like = examples if like is None else like
+        n_opt = max(len(e.options) for e in like)
         scores = torch.full((len(examples), n_opt), float("-inf"))
         opt_ids = [[self._ids(o, False) for o in e.options] for e in examples]
-        if all(len(ids) == 1 for row in opt_ids for ids in row):
+        if all(len(self._ids(o, False)) == 1 for e in like for o in e.options):
             device = next(model.parameters()).device
             rows = [self._ids(e.prompt, True)[-self.max_length:] for e in examples]
-            logits = _wide(model(**self._batch(rows, device), logits_to_keep=1).logits[:, -1])
+            width = max(len(self._ids(e.prompt, True)[-self.max_length:]) for e in like)
+            logits = _wide(model(**self._batch(rows, device, width), logits_to_keep=1).logits[:, -1])
             logp = torch.log_softmax(logits, dim=-1)
             scores = scores.to(logp.device, logp.dtype)
             for i, row in enumerate(opt_ids):
                 scores[i, : len(row)] = logp[i, [ids[0] for ids in row]]
             return scores
         pairs = [(e.prompt, o) for e in examples for o in e.options]
-        flat = self.continuation_logprobs(model, pairs)
+        wide = None if like is examples else [(e.prompt, o) for e in like for o in e.options]
+        flat = self.continuation_logprobs(model, pairs, wide)
         scores = scores.to(flat.device, flat.dtype)
         at = 0
         for i, e in enumerate(examples):
@@ -100,11 +112,35 @@ class TaskScorer:
 
     def loss(self, model, examples: Sequence[Example]) -> torch.Tensor:
         """The training loss of a batch: option cross-entropy, or the answer-token LM loss."""
+        return self.reduce_terms(self.loss_terms(model, examples), examples)
+
+    def loss_terms(self, model, examples: Sequence[Example], like: Sequence[Example] | None = None) -> torch.Tensor:
+        """The per-example quantities the loss reduces, one row per example: the option scores
+        ``[n, max_options]``, or the answers' mean log-probabilities ``[n]``. With ``like`` (the global batch
+        of which ``examples`` is a shard), each row is computed as the global batch computes it."""
         if examples[0].is_generation:
-            return -self.continuation_logprobs(model, [(e.prompt, e.answers[0]) for e in examples]).mean()
-        scores = self.option_scores(model, examples)
-        labels = torch.tensor([e.label for e in examples], device=scores.device)
-        return F.cross_entropy(scores, labels)
+            wide = None if like is None else [(e.prompt, e.answers[0]) for e in like]
+            return self.continuation_logprobs(model, [(e.prompt, e.answers[0]) for e in examples], wide)
+        return self.option_scores(model, examples, like)
+
+    def shard_loss(self, model, examples: Sequence[Example], like: Sequence[Example]) -> torch.Tensor:
+        """This shard's share of the global batch ``like``'s loss, differentiable: the sum of its examples'
+        losses divided by ``len(like)`` (the shares of all shards add up to the batch loss; data-parallel
+        backward passes all-reduce their gradients)."""
+        terms = self.loss_terms(model, examples, like)
+        if examples[0].is_generation:
+            return -terms.sum() / len(like)
+        labels = torch.tensor([e.label for e in examples], device=terms.device)
+        return F.cross_entropy(terms, labels, reduction="sum") / len(like)
+
+    @staticmethod
+    def reduce_terms(terms: torch.Tensor, examples: Sequence[Example]) -> torch.Tensor:
+        """The batch loss from :meth:`loss_terms` of all of ``examples``: the cross-entropy over the option
+        scores, or minus the mean answer log-probability."""
+        if examples[0].is_generation:
+            return -terms.mean()
+        labels = torch.tensor([e.label for e in examples], device=terms.device)
+        return F.cross_entropy(terms, labels)
 
     # ---- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()

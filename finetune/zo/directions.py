@@ -55,11 +55,7 @@ class _CandidatePool:
               mean: list[torch.Tensor] | None = None) -> tuple[list[int], list[float]]:
         """``size`` fresh seeds and ``L(theta + eps * (coeff * z(seed) + mean))`` for each."""
         seeds = [self.draw_seed() for _ in range(size)]
-        losses = []
-        for seed in seeds:
-            with self.engine.perturbed(Direction([(seed, coeff)], offset=mean), eps):
-                losses.append(self.engine.loss(closure))
-        return seeds, losses
+        return seeds, self.one_sided(closure, [Direction([(seed, coeff)], offset=mean) for seed in seeds], eps)
 
     @staticmethod
     def _give_up(losses: list[float]) -> dict:

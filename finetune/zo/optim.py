@@ -61,26 +61,44 @@ class ZOOptimizer(torch.optim.Optimizer):
     def zo_step(self, closure: Callable[[], torch.Tensor], scales=None) -> dict:
         """One q-direction SPSA step along ``scales * z`` (``scales`` None: MeZO); returns its record."""
         group = self.param_groups[0]
-        seeds, grads, pluses, minuses = [], [], [], []
-        for _ in range(group["q"]):
-            seed = self.draw_seed()
-            g, plus, minus = self.engine.spsa(closure, Direction(seed, scales), group["eps"])
-            seeds.append(seed)
-            grads.append(g)
-            pluses.append(plus)
-            minuses.append(minus)
+        seeds = [self.draw_seed() for _ in range(group["q"])]
+        grads, pluses, minuses = map(list, zip(*self.estimates(closure, [Direction(s, scales) for s in seeds],
+                                                               group["eps"])))
         q = len(grads)
         loss = (sum(pluses) + sum(minuses)) / (2 * q)
         estimate = Direction([(s, g / q) for s, g in zip(seeds, grads)], scales)
         return self._finish(group, loss, sum(grads) / q, sum(pluses) / q, sum(minuses) / q, estimate)
 
+    def estimates(self, closure: Callable[[], torch.Tensor], directions: list[Direction], eps: float) -> list:
+        """Two-point SPSA along each direction, in order (``spread``, when set by a data-parallel run in
+        directions mode, shares them out across ranks: :meth:`finetune.zo.distributed.DataParallel.spread`)."""
+        if self.spread is not None:
+            return self.spread(self.engine, closure, directions, eps)
+        return [self.engine.spsa(closure, d, eps) for d in directions]
+
+    def one_sided(self, closure: Callable[[], torch.Tensor], directions: list[Direction], eps: float) -> list[float]:
+        """``L(theta + eps v)`` along each direction, in order (a candidate pool; ``spread_losses``, when set by a
+        data-parallel run in directions mode, shares them out across ranks)."""
+        if self.spread_losses is not None:
+            return self.spread_losses(self.engine, closure, directions, eps)
+        losses = []
+        for d in directions:
+            with self.engine.perturbed(d, eps):
+                losses.append(self.engine.loss(closure))
+        return losses
+
+    spread = spread_losses = None  # see estimates() and one_sided()
+    applied: Direction | None = None  # the last step's update direction, if it was applied (replay logs)
+
     def _finish(self, group: dict, loss: float, g: float, plus: float, minus: float, estimate: Direction,
                 **record) -> dict:
         """The end of every step: apply ``estimate`` (weight decay first) if the losses and ``g`` are finite,
         and return the step's record."""
+        self.applied = None
         if math.isfinite(loss) and math.isfinite(g):
             self._decay(group)
             self._apply(group, estimate)
+            self.applied = estimate
         return {"loss": loss, "projected_grad": g, "loss_plus": plus, "loss_minus": minus, **record}
 
     def _decay(self, group: dict) -> None:
