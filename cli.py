@@ -62,6 +62,18 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--ldsd-rule", default=None, choices=["corrected", "released"],
                    help="ldsd: 'released' reproduces the public code's noise/loss mis-pairing, for ablations "
                    "(default corrected)")
+    g = p.add_argument_group("baselines (sparse-mezo, lozo, bcd, fzoo, hizoo; docs/methods.md)")
+    g.add_argument("--sparsity", type=float, default=None,
+                   help=f"sparse-mezo: fraction of each matrix NOT trained, its largest |weights| (default {d.sparsity:g})")
+    g.add_argument("--lozo-rank", type=int, default=None, help=f"lozo: rank of the U V^T perturbation (default {d.lozo_rank})")
+    g.add_argument("--lozo-interval", type=int, default=None,
+                   help=f"lozo: steps one V is kept (default {d.lozo_interval})")
+    g.add_argument("--bcd-layers", type=float, default=None, metavar="K",
+                   help=f"bcd: layer groups perturbed per step, a count >= 1 or a fraction < 1 (default {d.bcd_layers:g})")
+    g.add_argument("--fzoo-n", type=int, default=None, metavar="N",
+                   help=f"fzoo: one-sided directions per step (default {d.fzoo_n}; N+1 forward passes a step)")
+    g.add_argument("--hizoo-alpha", type=float, default=None,
+                   help=f"hizoo: smoothing of the diagonal-Hessian EMA, in (0, 1) (default {d.hizoo_alpha:g})")
     g = p.add_argument_group("hardware")
     g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -71,7 +83,9 @@ def _run_args() -> argparse.ArgumentParser:
 
 # flags that only some methods take -> those methods
 _METHOD_FLAGS = {"candidates": ("gv", "greedy"), "ldsd_k": ("ldsd",), "ldsd_lr": ("ldsd",),
-                 "ldsd_decay": ("ldsd",), "ldsd_cap": ("ldsd",), "ldsd_rule": ("ldsd",)}
+                 "ldsd_decay": ("ldsd",), "ldsd_cap": ("ldsd",), "ldsd_rule": ("ldsd",),
+                 "sparsity": ("sparse-mezo",), "lozo_rank": ("lozo",), "lozo_interval": ("lozo",),
+                 "bcd_layers": ("bcd",), "fzoo_n": ("fzoo",), "hizoo_alpha": ("hizoo",)}
 
 
 def _check_method_flags(args: argparse.Namespace, methods: list[str]) -> None:
@@ -360,8 +374,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[run], help="compare methods and seeds at an equal forward budget")
     p.add_argument("--methods", type=lambda s: s.split(","), default=["mezo", "nspsa", "zo-adam"],
-                   help="comma-separated methods among mezo, nspsa, zo-adam, tuner, gv, greedy, ldsd "
-                   "(default mezo,nspsa,zo-adam)")
+                   help="comma-separated methods among mezo, nspsa, zo-adam, tuner, gv, greedy, ldsd, "
+                   "sparse-mezo, lozo, bcd, fzoo, hizoo (default mezo,nspsa,zo-adam)")
     p.add_argument("--lr-grid", nargs="*", metavar="METHOD=LR,LR",
                    help="learning rates per method, e.g. mezo=1e-6,1e-5 zo-adam=1e-4 (default: --lr)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")

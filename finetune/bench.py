@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from finetune.common.atomic import atomic_dir
 from finetune.common.errors import ZotuneError
 from finetune.data.models import model_id
-from finetune.trainer import POOL_METHODS, FinetuneConfig, prepare, train
+from finetune.trainer import NO_Q_METHODS, FinetuneConfig, prepare, train
 
 
 @dataclass
@@ -30,7 +30,7 @@ class BenchConfig:
             for lr in self.lrs.get(method) or [self.base.lr]:
                 for seed in self.seeds:
                     cfg = replace(self.base, method=method, lr=lr, seed=seed)
-                    if method in POOL_METHODS:  # --q is for the methods that average directions
+                    if method in NO_Q_METHODS:  # --q is for the methods that average directions
                         cfg.q = None
                     cfg.validate()
                     cfg.steps = self.forwards // cfg.forwards_per_step
