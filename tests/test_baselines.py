@@ -225,16 +225,18 @@ def test_sparse_mezo_steps_match_explicit_masks(name):
 
 
 def test_sparse_mezo_without_sparsity_is_mezo():
+    """Sparsity 0: every entry is trained (threshold +inf), and the masked write keeps MeZO's arithmetic, so the
+    run is MeZO's bit for bit (over steps that move the largest weights past their initial magnitude)."""
     a, _ = load_model("tiny-llama")
     b = copy.deepcopy(a)
     x = ids()
     sparse, mezo = SparseMeZO(a, lr=LR, eps=EPS, sparsity=0.0, seed=1), ZOSGD(b, lr=LR, eps=EPS, seed=1)
-    for _ in range(2):
+    for _ in range(3):
         sparse.step(lambda: a(input_ids=x, labels=x).loss)
         mezo.step(lambda: b(input_ids=x, labels=x).loss)
-        assert math.isclose(sparse.last["projected_grad"], mezo.last["projected_grad"], rel_tol=1e-4, abs_tol=1e-5)
+        assert sparse.last["projected_grad"] == mezo.last["projected_grad"]
     for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+        assert torch.equal(p, q)
 
 
 def test_sparse_mezo_weight_decay_touches_only_trained_entries():

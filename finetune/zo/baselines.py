@@ -93,7 +93,7 @@ class SparseMeZO(ZOOptimizer):
 
     def masks(self) -> list[torch.Tensor | None]:
         """The current masks (materialised, for inspection and tests)."""
-        return [None if m is None else m.of(p.detach(), _identity).bool()
+        return [None if m is None else m.of(p.detach(), _identity)
                 for m, p in zip(self.multipliers, self.engine.params)]
 
     @torch.no_grad()
@@ -117,7 +117,7 @@ class SparseMeZO(ZOOptimizer):
             keep = None if mult is None else mult.of(p.detach(), _identity)  # before the update moves p
             self.engine.add_direction_(p.data, d, i, -lr)
             if keep is not None:
-                p.mul_(1 - lr * wd * keep)
+                p.mul_(1 - lr * wd * keep.to(p.dtype))
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -369,22 +369,28 @@ class HiZOO(ZOOptimizer):
     @torch.no_grad()
     def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
         group = self.param_groups[0]
-        eps, alpha = group["eps"], group["hizoo_alpha"]
-        hs = self.hessians()
-        mult = [InverseSqrt(h) for h in hs]
+        mult = [InverseSqrt(h) for h in self.hessians()]
         l0 = self.engine.loss(closure)
         seed = self.draw_seed()
-        g, plus, minus = self.engine.spsa(closure, Direction(seed, multipliers=mult), eps)
+        g, plus, minus = self.engine.spsa(closure, Direction(seed, multipliers=mult), group["eps"])
         delta = plus + minus - 2 * l0
-        record = self._finish(group, l0, g, plus, minus, Direction([(seed, g)], multipliers=mult),
-                              seed=seed, hessian_delta=delta)
-        if math.isfinite(l0) and math.isfinite(g) and math.isfinite(delta):
-            c = alpha * abs(delta) / (2 * eps**2)
-            for i, (h, p) in enumerate(zip(hs, group["params"])):
-                z = torch.zeros(p.shape, dtype=p.dtype, device=p.device)  # the z of the passes, then in fp32
-                self.engine.noise.add(z, seed, i, 1.0, out=z)
+        self._pending = (seed, g, delta)
+        return self._finish(group, l0, g, plus, minus, Direction([(seed, g)], multipliers=mult),
+                            seed=seed, hessian_delta=delta)  # (_apply runs only if l_0 and g are finite)
+
+    def _apply(self, group: dict, estimate: Direction) -> None:
+        """``theta -= lr g H^{-1/2} z``, then the EMA of H, block by block with one z per block (the engine's
+        update along ``estimate`` would materialise z a second time)."""
+        seed, g, delta = self._pending
+        lr, alpha, eps = group["lr"], group["hizoo_alpha"], group["eps"]
+        c = alpha * abs(delta) / (2 * eps**2) if math.isfinite(delta) else None
+        for i, (h, p) in enumerate(zip(self.hessians(), group["params"])):
+            z = torch.zeros(p.shape, dtype=p.dtype, device=p.device)  # the z of the two passes
+            self.engine.noise.add(z, seed, i, 1.0, out=z)
+            if lr * g != 0.0:
+                p.addcmul_(z, h.rsqrt().to(p.dtype), value=-lr * g)  # the H of the two passes
+            if c is not None:
                 h.mul_(z.float().square_().sub_(1).abs_().mul_(c).add_(1 - alpha))
-        return record
 
 
 def make_baseline(method: str, model: nn.Module, lr: float, eps: float, seed: int = 0, weight_decay: float = 0.0,

@@ -58,7 +58,11 @@ class Multiplier:
     """An elementwise multiplier ``m_b`` of one block's noise term (see :class:`Direction`), evaluated on
     whatever part of the block is being written: the whole block, a flat segment of an output head, or the
     looked-up rows of an embedding. ``of(theta, take)`` gets the block's *unperturbed* values on that part
-    (``theta``) and ``take``, which cuts the same part out of any block-shaped tensor."""
+    (``theta``) and ``take``, which cuts the same part out of any block-shaped tensor. A ``mask`` multiplier's
+    ``of`` returns booleans: the engine then writes the plain perturbation and keeps the unmasked entries'
+    original values (``torch.where``), so masked entries are exactly MeZO's and the others are untouched."""
+
+    mask = False
 
     def of(self, theta: torch.Tensor, take: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -80,9 +84,10 @@ class BelowMagnitude(Multiplier):
     stored, and the mask is the same in the +eps and -eps passes and in the update of one step."""
 
     threshold: float
+    mask = True
 
     def of(self, theta, take):
-        return (theta.abs() <= self.threshold).to(theta.dtype)
+        return theta.abs() <= self.threshold
 
 
 @dataclass(frozen=True, eq=False)
@@ -268,7 +273,13 @@ class ZOEngine:
                     d.noise.add(tensor, s, index, alpha * c * scale, out=tensor)
         elif alpha * scale != 0.0:  # the multiplier of the block's current (unperturbed) values, before any add
             m = mult.of(self.blocks[index][1].detach(), lambda t: t)
-            tensor.addcmul_(self._noise_sum(d, index, tensor), m, value=alpha * scale)
+            if mult.mask:
+                moved = torch.empty_like(tensor)
+                for j, (s, c) in enumerate(d.terms):
+                    d.noise.add(moved if j else tensor, s, index, alpha * c * scale, out=moved)
+                torch.where(m, moved, tensor, out=tensor)
+            else:
+                tensor.addcmul_(self._noise_sum(d, index, tensor), m, value=alpha * scale)
         if d.mean is not None and alpha * k != 0.0:
             tensor.add_(d.mean[index], alpha=alpha * k)
 
@@ -302,10 +313,14 @@ class ZOEngine:
         numel = self.blocks[index][1].numel()
         a, k = alpha * d.scales[index], alpha * d.mean_scales[index]
         mult = d.multiplier(index)
-        if a != 0.0 and mult is None:
+        if a != 0.0 and (mult is None or mult.mask):
+            original = src
+            keep = None if mult is None else mult.of(src, None)  # of the unperturbed values, before any write
             for s, c in d.terms:
                 d.noise.add(src, s, index, a * c, out=out, at=at, numel=numel)
                 src = out
+            if keep is not None:
+                torch.where(keep, out, original, out=out)
         elif a != 0.0:  # src holds the unperturbed values here: the multiplier is evaluated on them
             n = src.numel()
             m = mult.of(src, lambda t: t.reshape(-1)[at: at + n].view(src.shape))
@@ -423,7 +438,7 @@ class ZOEngine:
                 elif a != 0.0:
                     rows = sum(c * d.noise.rows(module.weight, s, i, ids) for s, c in d.terms)
                     m = mult.of(F.embedding(ids, module.weight), lambda t: F.embedding(ids, t))
-                    output = output.addcmul(rows, m, value=a)
+                    output = output.addcmul(rows, m.to(rows.dtype), value=a)
                 if d.mean is not None and k != 0.0:
                     output = output.add(F.embedding(ids, d.mean[i]), alpha=k)
                 return output
