@@ -132,14 +132,14 @@ def direction_kinds(engine, gen):
     scale = torch.rand(params[0].shape, generator=gen)
     n = len(params)
     out = {
+        "mask": (Direction(11, multipliers=[None if t is None else BelowMagnitude(t) for t in thresholds]),
+                 [engine.unit_noise(11, i) * ((p.detach().abs() <= t).float() if t is not None else 1.0)
+                  for i, (p, t) in enumerate(zip(params, thresholds))]),
         "lowrank": (Direction([(11, 0.7), (12, -1.3)], noise=low),
                     [0.7 * low_rank(low, engine, 11, i) - 1.3 * low_rank(low, engine, 12, i) for i in range(n)]),
         "rademacher": (Direction([(11, 0.7), (12, -1.3)], noise=rad),
                        [0.7 * materialise(rad, engine, 11, i) - 1.3 * materialise(rad, engine, 12, i)
                         for i in range(n)]),
-        "mask": (Direction(11, multipliers=[None if t is None else BelowMagnitude(t) for t in thresholds]),
-                 [engine.unit_noise(11, i) * ((p.detach().abs() <= t).float() if t is not None else 1.0)
-                  for i, (p, t) in enumerate(zip(params, thresholds))]),
         "inverse-sqrt": (Direction([(11, 0.7), (12, -1.3)], multipliers=[InverseSqrt(x) for x in h]),
                          [x.rsqrt() * (0.7 * engine.unit_noise(11, i) - 1.3 * engine.unit_noise(12, i))
                           for i, x in enumerate(h)]),
@@ -173,12 +173,14 @@ def test_directions_with_noise_kinds_and_multipliers_equal_the_explicit_model(no
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=kind)
         for k, v in model.state_dict().items():
             assert torch.equal(v, before[k]), (kind, k)
-    direction, explicit = direction_kinds(engine, torch.Generator().manual_seed(0))["mask"]
-    theta = {n: p.detach().clone() for n, p in engine.blocks}
-    engine.update_(direction, -0.5)
-    for n, v, (_, p) in zip(names, explicit, engine.blocks):
-        torch.testing.assert_close(p.detach(), theta[n] - 0.5 * v, rtol=0, atol=1e-6)
-        assert torch.equal(p.detach()[v == 0], theta[n][v == 0])  # masked entries: not touched at all
+    # the mask first: its explicit form is of the initial weights (the others do not depend on them)
+    for kind, (direction, explicit) in direction_kinds(engine, torch.Generator().manual_seed(0)).items():
+        theta = {n: p.detach().clone() for n, p in engine.blocks}
+        engine.update_(direction, -0.5)
+        for n, v, (_, p) in zip(names, explicit, engine.blocks):
+            torch.testing.assert_close(p.detach(), theta[n] - 0.5 * v, rtol=0, atol=1e-6, msg=f"{kind} {n}")
+            if kind == "mask":
+                assert torch.equal(p.detach()[v == 0], theta[n][v == 0])  # masked entries: not touched at all
 
 
 # --- Sparse-MeZO ----------------------------------------------------------------------------------------

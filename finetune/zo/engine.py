@@ -271,17 +271,31 @@ class ZOEngine:
             for s, c in d.terms:
                 if scale != 0.0 and alpha * c != 0.0:
                     d.noise.add(tensor, s, index, alpha * c * scale, out=tensor)
-        elif alpha * scale != 0.0:  # the multiplier of the block's current (unperturbed) values, before any add
-            m = mult.of(self.blocks[index][1].detach(), lambda t: t)
-            if mult.mask:
-                moved = torch.empty_like(tensor)
-                for j, (s, c) in enumerate(d.terms):
-                    d.noise.add(moved if j else tensor, s, index, alpha * c * scale, out=moved)
-                torch.where(m, moved, tensor, out=tensor)
-            else:
-                tensor.addcmul_(self._noise_sum(d, index, tensor), m, value=alpha * scale)
+        elif alpha * scale != 0.0:
+            self._add_multiplied_(tensor, d, index, alpha * scale, mult)
         if d.mean is not None and alpha * k != 0.0:
             tensor.add_(d.mean[index], alpha=alpha * k)
+
+    def _add_multiplied_(self, tensor: torch.Tensor, d: _Resolved, index: int, a: float, mult: Multiplier) -> None:
+        """``tensor += a * m_index * sum_j c_j z_index(seed_j)``, the multiplier evaluated on the block's current
+        (unperturbed) values before each part is written. Table noise is written one table chunk at a time, so
+        the temporaries stay small (no block-sized copy of an embedding) and in cache."""
+        theta = self.blocks[index][1].detach()
+        numel = tensor.numel()
+        whole = isinstance(d.noise, GaussianNoise) or not tensor.is_contiguous() or not theta.is_contiguous()
+        step = numel if whole else getattr(self.noise, "chunk", numel)
+        flat, flat_theta = tensor.view(-1) if not whole else tensor, theta.reshape(-1) if not whole else theta
+        for at in range(0, numel, step):
+            seg = flat if whole else flat[at: at + step]
+            part = flat_theta if whole else flat_theta[at: at + step]
+            m = mult.of(part, (lambda t: t) if whole else (lambda t, at=at, n=seg.numel(): t.reshape(-1)[at: at + n]))
+            if mult.mask:
+                moved = torch.empty_like(seg)
+                for j, (s, c) in enumerate(d.terms):
+                    d.noise.add(moved if j else seg, s, index, a * c, out=moved, at=at, numel=numel)
+                torch.where(m, moved, seg, out=seg)
+            else:
+                seg.addcmul_(self._noise_sum(d, index, seg, at), m, value=a)
 
     @torch.no_grad()
     def direction_like(self, direction: Direction | Seeds | _Resolved, index: int) -> torch.Tensor:
