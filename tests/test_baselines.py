@@ -422,14 +422,17 @@ def test_fzoo_sums_its_terms_in_fp32_for_half_precision_weights():
 # --- HiZOO --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-opt"])
-def test_hizoo_steps_match_explicit_reference(name):
+@pytest.mark.parametrize("name,chunk", [("tiny-llama", None), ("tiny-llama", 1 << 9), ("tiny-qwen2", None),
+                                        ("tiny-opt", None)])
+def test_hizoo_steps_match_explicit_reference(name, chunk):
     """l_0, l+- = L(theta +- eps H^{-1/2} z); theta -= lr g H^{-1/2} z with the H of the passes; then
     H <- H ((1 - a) + a |l+ + l- - 2 l_0| |z^2 - 1| / (2 eps^2)); two steps, so the second perturbs with
-    H != 1; 3 forward passes per step."""
+    H != 1; 3 forward passes per step; also with small table chunks (the update goes chunk by chunk)."""
     alpha = 0.05
     model, _ = load_model(name)
     opt = HiZOO(model, lr=LR, eps=EPS, alpha=alpha, seed=8)
+    if chunk is not None:  # the update then goes over each block in many table chunks
+        opt.engine.noise = NoiseTable(size=1 << 14, chunk=chunk)
     ref = Reference(model, opt.engine, ids(6))
     stream = seed_stream(8)
     H = {n: torch.ones_like(p, dtype=torch.float32) for n, p in opt.engine.blocks}

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from finetune.zo.engine import BelowMagnitude, Direction, InverseSqrt
-from finetune.zo.noise import LowRankNoise, keyed_seed, rademacher_like
+from finetune.zo.noise import GaussianNoise, LowRankNoise, keyed_seed, rademacher_like
 from finetune.zo.optim import ZOOptimizer
 
 BASELINES = ("sparse-mezo", "lozo", "bcd", "fzoo", "hizoo")
@@ -379,18 +379,25 @@ class HiZOO(ZOOptimizer):
                             seed=seed, hessian_delta=delta)  # (_apply runs only if l_0 and g are finite)
 
     def _apply(self, group: dict, estimate: Direction) -> None:
-        """``theta -= lr g H^{-1/2} z``, then the EMA of H, block by block with one z per block (the engine's
+        """``theta -= lr g H^{-1/2} z``, then the EMA of H, from one materialised z per block part (the engine's
         update along ``estimate`` would materialise z a second time)."""
         seed, g, delta = self._pending
         lr, alpha, eps = group["lr"], group["hizoo_alpha"], group["eps"]
         c = alpha * abs(delta) / (2 * eps**2) if math.isfinite(delta) else None
+        noise = self.engine.noise
         for i, (h, p) in enumerate(zip(self.hessians(), group["params"])):
-            z = torch.zeros(p.shape, dtype=p.dtype, device=p.device)  # the z of the two passes
-            self.engine.noise.add(z, seed, i, 1.0, out=z)
-            if lr * g != 0.0:
-                p.addcmul_(z, h.rsqrt().to(p.dtype), value=-lr * g)  # the H of the two passes
-            if c is not None:
-                h.mul_(z.float().square_().sub_(1).abs_().mul_(c).add_(1 - alpha))
+            numel = p.numel()
+            # table noise: one table chunk at a time, so z and the temporaries stay small and in cache
+            step = numel if isinstance(noise, GaussianNoise) else getattr(noise, "chunk", numel)
+            flat_p, flat_h = p.data.view(-1), h.view(-1)
+            for at in range(0, numel, step):
+                ps, hs = flat_p[at: at + step], flat_h[at: at + step]
+                z = torch.zeros_like(ps)  # the z of the two passes
+                noise.add(z, seed, i, 1.0, out=z, at=at, numel=numel)
+                if lr * g != 0.0:
+                    ps.addcmul_(z, hs.rsqrt().to(p.dtype), value=-lr * g)  # the H of the two passes
+                if c is not None:
+                    hs.mul_(z.float().square_().sub_(1).abs_().mul_(c).add_(1 - alpha))
 
 
 def make_baseline(method: str, model: nn.Module, lr: float, eps: float, seed: int = 0, weight_decay: float = 0.0,
