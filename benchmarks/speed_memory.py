@@ -103,7 +103,7 @@ def method_speed(args) -> None:
     for opt, _ in opts.values():
         opt.step(closure)  # warm-up: tables, caches, allocator
     times = {name: ([], []) for name in names}
-    for _ in range(args.repeats):
+    for r in range(args.repeats):
         for name, (opt, passes) in opts.items():
             t0 = time.perf_counter()
             for _ in range(passes):
@@ -113,6 +113,8 @@ def method_speed(args) -> None:
             t2 = time.perf_counter()
             times[name][0].append(t1 - t0)
             times[name][1].append(t2 - t1)
+            print(f"repeat {r + 1}/{args.repeats} {name}: forwards {t1 - t0:.3f} s, step {t2 - t1:.3f} s, "
+                  f"ratio {(t2 - t1) / (t1 - t0):.3f}", file=sys.stderr, flush=True)
     tokens = sum(len(e.prompt) for e in batch) // len(batch)
     print(f"model {args.model}, task {args.task}, batch {args.batch_size} (mean prompt {tokens} chars), "
           f"{torch.get_num_threads()} threads, noise {next(iter(opts.values()))[0].engine.noise.name}, "
