@@ -1,4 +1,4 @@
-"""zotune's command line: parses arguments and calls the stages. Run ``python cli.py -h``."""
+"""zotune's command line: parses arguments and calls the stages. Run ``python cli.py -h`` (or ``zotune -h`` once installed)."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +6,51 @@ import sys
 from pathlib import Path
 
 
+def _prog() -> str:
+    """The command as the user typed it: ``zotune`` for the installed console script, else ``cli.py``."""
+    return "zotune" if Path(sys.argv[0]).name == "zotune" else "cli.py"
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line that points to ``-h``."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {message} (see: python {self.prog} -h)\n")
+        command = self.prog if self.prog.startswith("zotune") else f"python {self.prog}"
+        self.exit(2, f"error: {message} (see: {command} -h)\n")
+
+
+class _Finite(argparse.Action):
+    """A float option that must be a finite number; the error names the option as the user typed it."""
+
+    allow_inf = False
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import math
+
+        try:
+            value = float(values)
+        except ValueError:
+            parser.error(f"{option_string} expects a number, got {values!r}")
+        if math.isnan(value) or (math.isinf(value) and not self.allow_inf):
+            parser.error(f"{option_string} must be a finite number (got {values})")
+        setattr(namespace, self.dest, value)
+
+
+class _NotNaN(_Finite):
+    allow_inf = True  # where inf means "no limit"
+
+
+class _Count(argparse.Action):
+    """An integer option that must be >= 0; the error names the option as the user typed it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            value = int(values)
+        except ValueError:
+            parser.error(f"{option_string} expects an integer, got {values!r}")
+        if value < 0:
+            parser.error(f"{option_string} must be >= 0 (got {value})")
+        setattr(namespace, self.dest, value)
 
 
 def _ints(text: str) -> list[int]:
@@ -18,6 +58,17 @@ def _ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _hardware_args(p: argparse.ArgumentParser):
+    """The hardware options every training command takes (fields of ``finetune.common.runs.RunConfig``)."""
+    from finetune.common.runs import DTYPES
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    return g
 
 
 def _run_args() -> argparse.ArgumentParser:
@@ -31,19 +82,31 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None,
                    help=f"alias, tiny-*, Hub id or local folder (default {EMBEDDED}, or the tuner's base model)")
     g.add_argument("--task", default=DEFAULT_TASK, help="sst2, copa, boolq, cb, wsc, rte, squad, drop, "
-                   f"bigbench:<name> or a .jsonl file (default {DEFAULT_TASK})")
+                   "bigbench:<name>, a .jsonl file, or your own .csv/.json/.jsonl/.parquet file or "
+                   f"Dataset.save_to_disk folder with the column options below (default {DEFAULT_TASK})")
+    g.add_argument("--input-column", default=None, metavar="COL",
+                   help="your table: the column holding the prompt (default input)")
+    g.add_argument("--options-column", default=None, metavar="COL",
+                   help="your table, multiple choice: a column holding each row's list of options")
+    g.add_argument("--label-words", default=None, metavar="W1,W2",
+                   help="your table, multiple choice: the options of every row, e.g. no,yes (each scored after a space)")
+    g.add_argument("--label-column", default=None, metavar="COL",
+                   help="your table, multiple choice: the gold option, as an index or as the option's text")
+    g.add_argument("--target-column", default=None, metavar="COL", help="your table, generation: the gold answer")
     g.add_argument("--n-train", type=int, default=d.n_train, help="training examples (default %(default)s)")
     g.add_argument("--n-dev", type=int, default=d.n_dev, help="dev examples for --eval-every (default %(default)s)")
     g.add_argument("--n-test", type=int, default=d.n_test, help="held-out test examples (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="tokens per sequence (default %(default)s)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "momentum", "adam"])
-    g.add_argument("--lr", type=float, default=None,
+    g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "momentum", "adam"],
+                   help="ZO methods: the update rule applied to the estimate (default sgd, i.e. MeZO); --method fo: "
+                   "adam = AdamW (default), sgd, momentum = SGD with momentum 0.9")
+    g.add_argument("--lr", action=_Finite, default=None,
                    help=f"learning rate (default {d.lr:g}; with --tuner, the lr the tuner recommends)")
-    g.add_argument("--eps", type=float, default=d.eps, help="perturbation size (default %(default)g)")
+    g.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
     g.add_argument("--q", type=int, default=None, help="SPSA directions averaged per step: mezo, nspsa, zo-adam, tuner (default: the method's)")
     g.add_argument("--schedule", default=d.schedule, choices=["constant", "linear", "cosine"])
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--weight-decay", action=_Finite, default=d.weight_decay)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],
@@ -54,30 +117,28 @@ def _run_args() -> argparse.ArgumentParser:
                    "gv costs M+2 forward passes a step, greedy M+1)")
     g.add_argument("--ldsd-k", type=int, default=None, metavar="K",
                    help=f"ldsd: candidate directions per step (default {d.ldsd_k}; K+1 forward passes a step)")
-    g.add_argument("--ldsd-lr", type=float, default=None, help=f"ldsd: lr of the policy mean (default {d.ldsd_lr:g})")
-    g.add_argument("--ldsd-decay", type=float, default=None,
+    g.add_argument("--ldsd-lr", action=_Finite, default=None,
+                   help=f"ldsd: lr of the policy mean (default {d.ldsd_lr:g})")
+    g.add_argument("--ldsd-decay", action=_Finite, default=None,
                    help=f"ldsd: decay of the policy mean per step, 1 = none (default {d.ldsd_decay:g})")
-    g.add_argument("--ldsd-cap", type=float, default=None,
+    g.add_argument("--ldsd-cap", action=_NotNaN, default=None,
                    help=f"ldsd: cap on each block's RMS of the policy mean, inf = none (default {d.ldsd_cap:g})")
     g.add_argument("--ldsd-rule", default=None, choices=["corrected", "released"],
                    help="ldsd: 'released' reproduces the public code's noise/loss mis-pairing, for ablations "
                    "(default corrected)")
     g = p.add_argument_group("baselines (sparse-mezo, lozo, bcd, fzoo, hizoo; docs/methods.md)")
-    g.add_argument("--sparsity", type=float, default=None,
+    g.add_argument("--sparsity", action=_Finite, default=None,
                    help=f"sparse-mezo: fraction of each matrix NOT trained, its largest |weights| (default {d.sparsity:g})")
     g.add_argument("--lozo-rank", type=int, default=None, help=f"lozo: rank of the U V^T perturbation (default {d.lozo_rank})")
     g.add_argument("--lozo-interval", type=int, default=None,
                    help=f"lozo: steps one V is kept (default {d.lozo_interval})")
-    g.add_argument("--bcd-layers", type=float, default=None, metavar="K",
+    g.add_argument("--bcd-layers", action=_Finite, default=None, metavar="K",
                    help=f"bcd: layer groups perturbed per step, a count >= 1 or a fraction < 1 (default {d.bcd_layers:g})")
     g.add_argument("--fzoo-n", type=int, default=None, metavar="N",
                    help=f"fzoo: one-sided directions per step (default {d.fzoo_n}; N+1 forward passes a step)")
-    g.add_argument("--hizoo-alpha", type=float, default=None,
+    g.add_argument("--hizoo-alpha", action=_Finite, default=None,
                    help=f"hizoo: smoothing of the diagonal-Hessian EMA, in (0, 1) (default {d.hizoo_alpha:g})")
-    g = p.add_argument_group("hardware")
-    g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    _hardware_args(p)
     return p
 
 
@@ -112,11 +173,11 @@ def _config(args: argparse.Namespace, **overrides):
     return FinetuneConfig(**values)
 
 
-def _tuner_defaults(args: argparse.Namespace) -> None:
-    """With ``--tuner``: the artifact's base model unless ``--model`` names one (a derivative), and the lr it
-    recommends (by default the lr it was meta-trained for) unless ``--lr`` is given."""
+def _load_tuner(args: argparse.Namespace):
+    """With ``--tuner``: load and validate the artifact once for the run, and take from it the base model
+    unless ``--model`` names one (a derivative) and the lr it recommends unless ``--lr`` is given."""
     if args.tuner is None:
-        return
+        return None
     from checkpoints import Tuner
     from checkpoints.remote import resolve
     from finetune.data.models import name_for_id
@@ -125,12 +186,21 @@ def _tuner_defaults(args: argparse.Namespace) -> None:
     tuner = Tuner.from_pretrained(args.tuner)
     if args.model is None:
         args.model = name_for_id(tuner.base_model)
-    if args.lr is None:
-        args.lr = tuner.recommended.get("lr")
+    if args.lr is None and tuner.recommended.get("lr") is not None:
+        from finetune.common.errors import ZotuneError
+        from finetune.common.runs import check_number
+
+        lr = tuner.recommended["lr"]
+        try:
+            check_number(f"the lr recommended by the tuner {args.tuner}", lr, low=0, low_open=True)
+        except ZotuneError as e:
+            raise ZotuneError(f"{e}; pass --lr") from None
+        args.lr = lr
+    return tuner
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from finetune.trainer import finetune, work_dir
+    from finetune.trainer import finetune, snapshot_path
 
     if args.tuner is not None:
         from finetune.common.errors import ZotuneError
@@ -139,42 +209,67 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
         args.method = "tuner"
     _check_method_flags(args, [args.method])
-    _tuner_defaults(args)
+    tuner = _load_tuner(args)
     cfg = _config(args)
     try:
         metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
-                           checkpoint_every=args.checkpoint_every)
+                           snapshot_every=args.snapshot_every, start_over=args.start_over, tuner=tuner,
+                           calibrate=not args.no_calibration)
     except KeyboardInterrupt:
-        if (work_dir(Path(args.out)) / "checkpoint.pt").exists():
-            print("interrupted; the last checkpoint is kept: rerun the same command with --resume to continue",
+        if Path(args.out).name and snapshot_path(Path(args.out)).exists():
+            print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
                   file=sys.stderr)
             raise SystemExit(130) from None
         raise
     ev = metrics["eval"]
+    passes = f"{metrics['forwards']} forward passes" + (f" and {metrics['backwards']} backward passes"
+                                                         if metrics.get("backwards") else "")
     print(f"{ev['metric']} on {ev['n']} test examples: {ev['before']:.4f} -> {ev['after']:.4f}; "
-          f"{metrics['forwards']} forward passes; wrote {args.out}")
+          f"{passes}; wrote {args.out}")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    from finetune.bench import BenchConfig, bench
+def parse_lr_grid(specs: list[str] | None, methods: list[str]) -> dict[str, list[float]]:
+    """``METHOD=LR,LR`` specs, separate arguments or joined by ``;`` (``mezo=1e-5,3e-5;fo=1e-4``)."""
     from finetune.common.errors import ZotuneError
+    from finetune.common.runs import check_number
 
     lrs: dict[str, list[float]] = {}
-    for spec in args.lr_grid or []:
+    for spec in (part.strip() for arg in specs or [] for part in arg.split(";")):
+        if not spec:
+            continue
         method, _, values = spec.partition("=")
         if not values:
             raise ZotuneError(f"--lr-grid expects METHOD=LR1,LR2,..., got {spec!r}")
-        if method not in args.methods:
-            raise ZotuneError(f"--lr-grid names {method!r}, which is not in --methods {','.join(args.methods)}")
+        if method not in methods:
+            raise ZotuneError(f"--lr-grid names {method!r}, which is not in --methods {','.join(methods)}")
+        if method in lrs:
+            raise ZotuneError(f"--lr-grid names {method!r} twice; give one list per method")
         try:
             lrs[method] = [float(x) for x in values.split(",") if x.strip()]
         except ValueError:
             raise ZotuneError(f"--lr-grid {method}: expected comma-separated numbers, got {values!r}") from None
+        for lr in lrs[method]:
+            check_number(f"--lr-grid {method}: each lr", lr, low=0)
+    return lrs
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from finetune.bench import BenchConfig, bench
+    from finetune.trainer import work_dir
+
+    lrs = parse_lr_grid(args.lr_grid, args.methods)
     _check_method_flags(args, args.methods)
-    _tuner_defaults(args)
+    tuner = _load_tuner(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
-                      seeds=args.seeds, forwards=args.forwards)
-    rows = bench(cfg, Path(args.out))
+                      seeds=args.seeds, forwards=args.forwards, eval_points=args.eval_points, select=args.select_on)
+    try:
+        rows = bench(cfg, Path(args.out), resume=args.resume, snapshot_every=args.snapshot_every, tuner=tuner)
+    except KeyboardInterrupt:
+        if Path(args.out).name and work_dir(Path(args.out)).exists():
+            print("interrupted; the finished runs are kept: rerun the same command with --resume to continue",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
     for r in sorted(rows, key=lambda r: r["method"]):
         if r.get("best"):
             print(f"{r['method']:>8}  lr {r['lr']:<8g} final loss {r['final_loss']:.4f}  "
@@ -183,7 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_meta_train(args: argparse.Namespace) -> None:
-    from meta.train import MetaConfig, checkpoint_path, log_path, meta_train
+    from meta.train import MetaConfig, log_path, meta_train, snapshot_path
 
     d = MetaConfig()
     fields = MetaConfig.__dataclass_fields__
@@ -191,10 +286,11 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
     cfg = MetaConfig(**{**{k: getattr(d, k) for k in fields}, **values})
     out = Path(args.out)
     try:
-        tuner = meta_train(cfg, out, resume=args.resume, checkpoint_every=args.checkpoint_every)
+        tuner = meta_train(cfg, out, resume=args.resume, snapshot_every=args.snapshot_every,
+                           start_over=args.start_over)
     except KeyboardInterrupt:
-        if checkpoint_path(out).exists():
-            print("interrupted; the last checkpoint is kept: rerun the same command with --resume to continue",
+        if snapshot_path(out).exists():
+            print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
                   file=sys.stderr)
             raise SystemExit(130) from None
         raise
@@ -233,18 +329,33 @@ def cmd_tuners_pull(args: argparse.Namespace) -> None:
     from checkpoints.hub import pull
     from checkpoints.remote import TUNER_FILE, parse_hf
 
-    repo, filename = parse_hf(args.repo) if args.repo.startswith("hf://") else (args.repo, args.file or TUNER_FILE)
+    if args.repo.startswith("hf://"):
+        repo, filename = parse_hf(args.repo)
+        if args.file is not None:
+            named = args.repo[len("hf://"):].strip("/").count("/") > 1
+            if named and args.file != filename:
+                from finetune.common.errors import ZotuneError
+
+                raise ZotuneError(f"{args.repo} already names the file {filename}; drop --file {args.file}")
+            filename = args.file
+    else:
+        repo, filename = args.repo, args.file or TUNER_FILE
     path, tuner = pull(repo, filename)
     print(f"{path}: tuner for {tuner.base_model} ({len(tuner.blocks)} blocks); use it with --tuner {path}")
 
 
 def cmd_tuners_import_pth(args: argparse.Namespace) -> None:
     from checkpoints.pth_import import convert
-    from finetune.common.atomic import refuse_existing
+    from finetune.common.errors import ZotuneError
+    from finetune.common.runs import check_number, check_output
     from finetune.data.models import load_model, model_id, set_threads
 
     out = Path(args.out)
-    refuse_existing(out)
+    if out.suffix != ".safetensors":
+        raise ZotuneError(f"--out must name a .safetensors file, got {out}")
+    check_output(out, kind="file")
+    if args.threads is not None:
+        check_number("--threads", args.threads, low=1, integer=True)
     set_threads(args.threads)
     model, _ = load_model(args.model, device="cpu")
     tuner = convert(args.file, model, model_id(args.model), paper_batch=args.paper_batch)
@@ -285,14 +396,16 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
                    help="virtual ZO steps per meta step, K (default 1: closed form; K>1 uses higher)")
     p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
-    p.add_argument("--checkpoint-every", type=int, default=25, help="meta steps between checkpoints (default %(default)s)")
+    p.add_argument("--start-over", action="store_true", help="discard an interrupted run's snapshot first")
+    p.add_argument("--snapshot-every", "--checkpoint-every", dest="snapshot_every", action=_Count, default=25,
+                   help="meta steps between resumable snapshots (default %(default)s; 0 = never)")
     g = p.add_argument_group("meta-optimisation")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
-    g.add_argument("--eps", type=float, default=d.eps, help="ZO perturbation size (default %(default)g)")
-    g.add_argument("--virtual-lr", type=float, default=d.virtual_lr,
+    g.add_argument("--eps", action=_Finite, default=d.eps, help="ZO perturbation size (default %(default)g)")
+    g.add_argument("--virtual-lr", action=_Finite, default=d.virtual_lr,
                    help="lr of the virtual ZO step, i.e. the fine-tuning lr prepared for (default %(default)g)")
-    g.add_argument("--meta-lr", type=float, default=d.meta_lr, help="Adam lr of the tuner (default %(default)g)")
-    g.add_argument("--fo-lr", type=float, default=d.fo_lr, help="first-order trajectory lr (default %(default)g)")
+    g.add_argument("--meta-lr", action=_Finite, default=d.meta_lr, help="Adam lr of the tuner (default %(default)g)")
+    g.add_argument("--fo-lr", action=_Finite, default=d.fo_lr, help="first-order trajectory lr (default %(default)g)")
     g.add_argument("--restart-every", type=int, default=d.restart_every,
                    help="reset the base model to its pretrained weights every N steps (default %(default)s)")
     g.add_argument("--hidden", type=int, default=d.hidden, help="PertNN hidden width (default %(default)s)")
@@ -301,35 +414,35 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--direction-policy", action="store_true", default=None,
                    help="also meta-train per-block gates that mix an online mean direction into the perturbation")
     g.add_argument("--policy-hidden", type=int, default=d.policy_hidden, help="gate MLP hidden width (default %(default)s)")
-    g.add_argument("--max-gate", type=float, default=d.max_gate,
+    g.add_argument("--max-gate", action=_Finite, default=d.max_gate,
                    help="bound on |gate|: at most max_gate² of a block's perturbation energy on the mean (default %(default)g)")
-    g.add_argument("--mean-decay", type=float, default=d.mean_decay,
+    g.add_argument("--mean-decay", action=_Finite, default=d.mean_decay,
                    help="decay of the online mean direction, a constant of the policy (default %(default)g)")
     g.add_argument("--n-train", type=int, default=d.n_train, help="examples per task (default %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
-    g = p.add_argument_group("hardware")
-    g.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g = _hardware_args(p)
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
 
 
 def parser() -> argparse.ArgumentParser:
     from finetune.trainer import DEFAULT_TASK, METHODS
 
-    top = Parser(prog="cli.py", description="zotune: learned zeroth-order fine-tuning of LLMs.")
+    top = Parser(prog=_prog(), description="zotune: learned zeroth-order fine-tuning of LLMs.")
     sub = top.add_subparsers(dest="command", required=True)
     run = _run_args()
 
-    p = sub.add_parser("finetune", parents=[run], help="fine-tune a model on a task with a ZO method")
+    p = sub.add_parser("finetune", parents=[run], help="fine-tune a model on a task with a ZO method (or fo: backpropagation)")
     p.add_argument("--method", default="mezo", choices=list(METHODS))
     p.add_argument("--steps", type=int, default=100, help="ZO steps (default %(default)s)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate on the dev split every N steps")
     p.add_argument("--out", required=True, help="output folder (metrics.json, model/)")
     p.add_argument("--no-save-model", action="store_true", help="write metrics only")
-    p.add_argument("--checkpoint-every", type=int, default=100,
-                   help="save a resumable checkpoint every N steps (default %(default)s; 0 = never)")
+    p.add_argument("--snapshot-every", "--checkpoint-every", dest="snapshot_every", action=_Count, default=100,
+                   help="save a resumable snapshot every N steps (default %(default)s; 0 = never)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="skip the calibration reference (it scores the training examples once with the frozen model)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
+    p.add_argument("--start-over", action="store_true", help="discard an interrupted run's snapshot first")
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
                    help="a tuner artifact (.safetensors path, or hf://owner/name[/file] on the Hugging Face Hub): "
                         "fine-tune with it (method 'tuner')")
@@ -374,14 +487,23 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[run], help="compare methods and seeds at an equal forward budget")
     p.add_argument("--methods", type=lambda s: s.split(","), default=["mezo", "nspsa", "zo-adam"],
-                   help="comma-separated methods among mezo, nspsa, zo-adam, tuner, gv, greedy, ldsd, "
-                   "sparse-mezo, lozo, bcd, fzoo, hizoo (default mezo,nspsa,zo-adam)")
+                   help="comma-separated methods among " + ", ".join(METHODS) + " (default mezo,nspsa,zo-adam)")
     p.add_argument("--lr-grid", nargs="*", metavar="METHOD=LR,LR",
-                   help="learning rates per method, e.g. mezo=1e-6,1e-5 zo-adam=1e-4 (default: --lr)")
+                   help="one lr grid per method, e.g. mezo=1e-6,1e-5 fo=1e-4 or 'mezo=1e-6,1e-5;fo=1e-4' "
+                   "(default: --lr)")
+    p.add_argument("--select-on", default="dev", choices=["dev", "train"],
+                   help="choose each method's lr by its final dev loss (default) or final training loss; "
+                   "never by the test split")
+    p.add_argument("--eval-points", action=_Count, default=10,
+                   help="test and dev evaluations along each run, for the curves and forwards-to-target "
+                   "(default %(default)s)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--tuner", default=None, metavar="FILE", help="the tuner artifact that method 'tuner' uses")
     p.add_argument("--forwards", type=int, default=400, help="forward passes per run (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder (bench.json, bench.md, bench.png)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted bench to the same --out")
+    p.add_argument("--snapshot-every", "--checkpoint-every", dest="snapshot_every", action=_Count, default=100,
+                   help="steps between resumable snapshots of the run in progress (default %(default)s; 0 = never)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("fetch", help="download the embedded model and task data into the cache")
@@ -396,8 +518,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from finetune.common.errors import ZotuneError
 
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)  # imports torch: Ctrl-C is common here
         args.func(args)
     except ZotuneError as e:
         print(f"error: {e}", file=sys.stderr)

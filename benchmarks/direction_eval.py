@@ -1,4 +1,5 @@
-"""The direction-policy ablation grid (ldsd_spec.md §6.7) and the GV-M2 check (zo_landscape.md §2.6), at an
+"""The direction-policy ablation grid (PertNN alone, with a fixed open gate, with the learned policy; LDSD
+released vs corrected; Greedy) and the GV-M2 check (GV with two candidates against MeZO with a doubled step), at an
 equal number of forward passes per run.
 
     python benchmarks/direction_eval.py --tuner T.safetensors --task bigbench:strategyqa --out DIR \

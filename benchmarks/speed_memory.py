@@ -13,7 +13,7 @@ With ``--tuner``, also the time of a tuned step (the tuner's features and bank, 
 MeZO step, means over the repeats (the block statistics are refreshed every ``stats_every`` steps, so the
 mean is the amortised cost; use ``--repeats`` of at least 10).
 
-With ``--method NAME[,NAME...]`` (any ``finetune --method`` except tuner, or ``all``), it measures instead, for
+With ``--method NAME[,NAME...]`` (any ``finetune --method`` except tuner and fo, or ``all``), it measures instead, for
 each method in one run, a step's time / the time of as many plain forward passes as the step makes (target <=
 1.2 at batch 16 on SmolLM2, issue 13), medians over interleaved repeats on the same batch, and skips the memory
 measurement::
@@ -89,10 +89,11 @@ def method_speed(args) -> None:
 
     from finetune.trainer import METHODS, FinetuneConfig, make_run_optimizer
 
-    names = [m for m in METHODS if m != "tuner"] if args.method == "all" else args.method.split(",")
-    unknown = [m for m in names if m not in METHODS or m == "tuner"]
+    zo = [m for m in METHODS if m not in ("tuner", "fo")]  # fo backpropagates: not a ZO step to time here
+    names = zo if args.method == "all" else args.method.split(",")
+    unknown = [m for m in names if m not in zo]
     if unknown:
-        raise SystemExit(f"error: unknown --method {unknown[0]}; use {', '.join(m for m in METHODS if m != 'tuner')}")
+        raise SystemExit(f"error: --method {unknown[0]} is not timed here; use {', '.join(zo)} or all")
     model, scorer, batch = setup(args)
     closure = lambda: scorer.loss(model, batch)  # noqa: E731
     opts = {}
@@ -138,7 +139,7 @@ def main() -> None:
     p.add_argument("--memory-runs", type=int, default=3, help="fresh processes per mode for the memory ratio")
     p.add_argument("--tuner", default=None, help="also time a step driven by this tuner artifact")
     p.add_argument("--method", default=None, metavar="NAME[,NAME...]",
-                   help="time each method's step against its own forward passes (all: every method but tuner)")
+                   help="time each method's step against its own forward passes (all: every ZO method but tuner)")
     p.add_argument("--child", choices=["inference", "finetune"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

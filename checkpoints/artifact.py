@@ -17,8 +17,9 @@ architecture fingerprint, plus its ``fingerprint_sha256``; ``features`` (:class:
 and ``pertnn`` (:class:`pertnn.PertNNConfig`; files written before their ``kind``/``output`` fields
 existed load with the defaults); ``direction_policy`` (``null``, or the policy's config and feature names:
 ``{"config": {"hidden", "max_gate", "decay"}, "features": [...]}``);
-``recommended`` (the ``lr`` and ``eps`` meta-training assumed); and ``provenance`` (meta-training tasks,
-steps, seed, package version, date, and the meta-training config).
+``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
+steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
+the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
 
 What is task-specific (loss history, last scales, the policy's online mean directions, optimizer state)
 is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
@@ -40,6 +41,7 @@ from torch import nn
 from checkpoints.remote import resolve
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
+from finetune.common.runs import sha256_tensors, strict_json
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, fingerprint, fingerprint_mismatch, model_blocks
 from pertnn.blocks import trainable_tensors
 from pertnn.features import tensor_var_mean
@@ -56,6 +58,40 @@ def fingerprint_sha256(fp: dict) -> str:
     canon = json.dumps({"blocks": [[b["name"], list(b["shape"])] for b in fp["blocks"]],
                         "tied_groups": sorted(sorted(g) for g in fp["tied_groups"])}, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """The checksum of an artifact's tensor data (names, dtypes, shapes and bytes, in name order)."""
+    return sha256_tensors(sorted(tensors.items()))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _metadata_problem(meta: dict) -> str | None:
+    """What is wrong with the types of the ``zotune`` metadata fields, or None."""
+    types = {"base_model": str, "blocks": list, "tied_groups": list, "fingerprint_sha256": str, "features": dict,
+             "pertnn": dict, "provenance": dict, "recommended": dict, "direction_policy": (dict, type(None)),
+             "tensors_sha256": str}
+    for key, kind in types.items():
+        if key in meta and not isinstance(meta[key], kind):
+            names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+            return f"metadata field {key!r} is {type(meta[key]).__name__}, expected {names.replace('NoneType', 'null')}"
+    for i, b in enumerate(meta["blocks"]):
+        if not (isinstance(b, dict) and isinstance(b.get("name"), str) and isinstance(b.get("shape"), list)
+                and all(_is_int(d) and d >= 0 for d in b["shape"]) and _is_int(b.get("numel"))
+                and isinstance(b.get("kind", ""), str) and _is_int(b.get("energy_numel", 0))):
+            return f"block {i} of its metadata is malformed (needs name, shape, numel)"
+    if not all(isinstance(g, list) and all(isinstance(n, str) for n in g) for g in meta["tied_groups"]):
+        return "metadata field 'tied_groups' must be a list of lists of names"
+    for k, v in meta.get("recommended", {}).items():
+        if k in ("lr", "eps") and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            return f"its recommended {k} is {type(v).__name__}, not a number"
+    doc = meta.get("direction_policy")
+    if doc is not None and not (isinstance(doc.get("config"), dict) and isinstance(doc.get("features", []), list)):
+        return "metadata field 'direction_policy' needs a 'config' object and a 'features' list"
+    return None
 
 
 @torch.no_grad()
@@ -152,7 +188,7 @@ class Tuner:
         A summary of what the tuner does without any model at hand; returns ``(first, rest)``.
 
         Raw (paper) features take the losses absolutely: "on trend" then means L+ = L− = ``loss``
-        (0.7 by default, the level of spec §4.3); normalised features do not depend on it."""
+        (0.7 by default, the loss level the published tuners were trained around); normalised features do not depend on it."""
         n = self.bank.n_blocks
         x = torch.zeros(n, self.bank.cfg.n_features)
         raw = self.feature_config.kind == "raw"
@@ -200,8 +236,9 @@ class Tuner:
         if self.policy is not None:
             tensors.update({f"policy.{k}": getattr(self.policy, k).detach().to("cpu", torch.float32).contiguous()
                             for k in BANK_TENSORS})
+        doc = self.metadata() | {"tensors_sha256": tensors_sha256(tensors)}
         meta = {"format": FORMAT, "format_version": str(1 if self.policy is None else 2),
-                "zotune": json.dumps(self.metadata(), separators=(",", ":"))}
+                "zotune": strict_json(doc, separators=(",", ":"))}
         with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return path
@@ -244,9 +281,14 @@ class Tuner:
             meta = json.loads(header["zotune"])
         except (KeyError, json.JSONDecodeError) as e:
             raise bad(f"its 'zotune' metadata is missing or not JSON ({type(e).__name__})") from None
+        if not isinstance(meta, dict):
+            raise bad(f"its 'zotune' metadata is {type(meta).__name__}, not a JSON object")
         missing = [k for k in _REQUIRED if k not in meta]
         if missing:
             raise bad(f"metadata key {missing[0]!r} is missing")
+        problem = _metadata_problem(meta)
+        if problem:
+            raise bad(problem)
         names = [f"pertnn.{k}" for k in BANK_TENSORS] + ["base.block_stats"]
         absent = [k for k in names if k not in tensors]
         if absent:
@@ -275,6 +317,10 @@ class Tuner:
             bank = PertNNBank(numels, pcfg)
         except ValueError as e:
             raise bad(f"malformed block sizes ({e})") from None
+        checksum = meta.get("tensors_sha256")  # files written before it existed have none
+        if checksum is not None and checksum != tensors_sha256(tensors):
+            raise bad("its tensor data does not match the checksum in its metadata (corrupt file); "
+                      "download or export it again")
         with torch.no_grad():
             for k in BANK_TENSORS:
                 getattr(bank, k).copy_(tensors[f"pertnn.{k}"])

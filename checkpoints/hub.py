@@ -20,7 +20,8 @@ from checkpoints.inspect import provenance_text
 from checkpoints.remote import _REPO, TUNER_FILE, check_repo, download, hub_error, resolve
 from finetune.common.atomic import atomic_dir
 from finetune.common.cache import cache_dir
-from finetune.common.errors import ZotuneError
+from finetune.common.errors import ZotuneError, first_line
+from finetune.common.runs import check_output
 
 CARD_FILE = "README.md"
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -103,9 +104,11 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
 def export(tuner_path: str | Path, out: str | Path, repo: str | None = None) -> Path:
     """Write a Hub-ready folder ``out`` (``tuner.safetensors`` and ``README.md``) atomically; an existing
     non-empty ``out`` is refused. ``repo`` only fills in the usage examples of the card."""
+    if repo is not None:
+        check_repo(repo)
+    out = check_output(Path(out), flag="the export folder")
     tuner_path = resolve(tuner_path)
     tuner = Tuner.from_pretrained(tuner_path)
-    out = Path(out)
     with atomic_dir(out) as tmp:
         shutil.copyfile(tuner_path, tmp / TUNER_FILE)
         (tmp / CARD_FILE).write_text(model_card(tuner, repo))
@@ -170,6 +173,8 @@ def list_tuners() -> list[dict]:
             row |= {"base_model": tuner.base_model, "provenance": provenance_text(tuner)}
         except ZotuneError as e:
             row["error"] = str(e)
+        except Exception as e:  # noqa: BLE001 - one bad file never stops the list
+            row["error"] = f"{path} does not load ({type(e).__name__}: {first_line(e)})"
         rows.append(row)
     return rows
 

@@ -1,7 +1,7 @@
 """Import a published ZO Fine-tuner tuner (a pickled ``.pth`` file) as a zotune artifact, without
 ever running pickled code.
 
-The public repository publishes one file per base model (spec §4): a ``torch.save`` zip archive whose
+The ZO Fine-tuner repository publishes one file per base model (docs/public-code.md): a ``torch.save`` zip archive whose
 pickle is a ``dict`` from parameter name to ``Sequential(Linear(5, H), Tanh(), Linear(H, 1))`` (H = 64),
 with whole module objects and CUDA device tags. ``torch.load`` would need ``weights_only=False`` and
 so would execute whatever the pickle asks for. Instead this module reads the zip itself and unpickles
@@ -25,7 +25,7 @@ The converted tuner uses the paper's compatibility mode: raw features (``Feature
 ``σ = |MLP(x)|`` (``PertNNConfig(output="abs")``), hidden width from the file (64), energy normalisation
 on (every published file has ``need_normalization``). Energy normalisation counts plain block numels by
 default; ``paper_batch=N`` stores the paper's effective sizes instead (blocks whose name contains
-``embed`` count ``15 · N · shape[1]``, spec §1.4), which is what reproduces its σ exactly for a run with
+``embed`` count ``15 · N · shape[1]``), which is what reproduces its σ exactly for a run with
 per-device batch × world size N.
 """
 from __future__ import annotations
@@ -45,6 +45,8 @@ from finetune.common.errors import ZotuneError
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, model_blocks
 
 N_FEATURES = 5
+MAX_PICKLE_BYTES = 64 << 20     # the published files' pickles are a few hundred kB
+MAX_ARCHIVE_BYTES = 256 << 20  # all members uncompressed; the published files are a few MB
 PAPER_EMBED_TOKENS = 15  # the paper's "tokens per example" in an embedding block's effective size
 
 
@@ -121,6 +123,18 @@ class RestrictedUnpickler(pickle.Unpickler):
                        metadata=None) -> torch.Tensor:
         if not isinstance(storage, _Storage):
             raise pickle.UnpicklingError("a tensor does not point to a storage of the archive")
+        ints = lambda xs: isinstance(xs, (tuple, list)) and all(type(x) is int and x >= 0 for x in xs)  # noqa: E731
+        if not (ints(size) and ints(stride) and len(size) == len(stride) and type(storage_offset) is int
+                and storage_offset >= 0):
+            raise pickle.UnpicklingError("a tensor has a malformed size, stride or offset")
+        numel, last = 1, storage_offset
+        for n, st in zip(size, stride):
+            numel *= n
+            last += (n - 1) * st if n else 0
+        available = storage.data.numel()
+        if numel and (numel > available or last >= available):  # checked before anything is allocated
+            raise pickle.UnpicklingError(f"a tensor of {numel} elements (size {list(size)}, stride {list(stride)}) "
+                                         f"does not fit its storage of {available}")
         return torch.as_strided(storage.data, tuple(size), tuple(stride), int(storage_offset)).clone()
 
     def rebuild_parameter(self, data, requires_grad=False, backward_hooks=None, state=None) -> torch.Tensor:
@@ -134,8 +148,15 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
         _, kind, key, _location, numel = pid  # the device tag is ignored: everything is read to the CPU
         if key not in self.storages:
-            raw = self.archive.read(f"{self.root}/data/{key}")
+            name = f"{self.root}/data/{key}"
             itemsize = torch.empty((), dtype=kind.dtype).element_size()
+            try:
+                declared = self.archive.getinfo(name).file_size
+            except KeyError:
+                raise pickle.UnpicklingError(f"storage {key} is not in the archive") from None
+            if declared != numel * itemsize:  # checked before reading: the archive's size is bounded
+                raise pickle.UnpicklingError(f"storage {key} has {declared} bytes, expected {numel * itemsize}")
+            raw = self.archive.read(name)
             if len(raw) != numel * itemsize:
                 raise pickle.UnpicklingError(f"storage {key} has {len(raw)} bytes, expected {numel * itemsize}")
             data = torch.frombuffer(bytearray(raw), dtype=kind.dtype) if raw else torch.empty(0, dtype=kind.dtype)
@@ -153,6 +174,11 @@ def read_pth(path: str | Path) -> tuple[dict[str, tuple[torch.Tensor, ...]], str
         raise ZotuneError(f"{path} is not a torch zip archive; only the zip format of torch.save (torch >= 1.6), "
                           "which the published ZO Fine-tuner files use, can be imported")
     with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        total = sum(i.file_size for i in infos)
+        if total > MAX_ARCHIVE_BYTES:
+            raise ZotuneError(f"{path} unpacks to {total} bytes, more than a tuner file ever holds "
+                              f"({MAX_ARCHIVE_BYTES}); refused (it may be a zip bomb)")
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise ZotuneError(f"{path} is a zip file but not a torch.save archive (no single <root>/data.pkl)")
@@ -160,6 +186,9 @@ def read_pth(path: str | Path) -> tuple[dict[str, tuple[torch.Tensor, ...]], str
         byteorder = f"{root}/byteorder"
         if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
             raise ZotuneError(f"{path} was saved on a big-endian machine; this is not supported")
+        if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
+            raise ZotuneError(f"{path} has a pickle of {archive.getinfo(pickles[0]).file_size} bytes, more than a "
+                              f"tuner file ever holds ({MAX_PICKLE_BYTES}); refused")
         with archive.open(pickles[0]) as f:
             unpickler = RestrictedUnpickler(f, archive, root, str(path))
             try:

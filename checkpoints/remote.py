@@ -8,6 +8,7 @@ nothing of the artifact's contents, so the artifact can resolve ``hf://`` specs 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from finetune.common.cache import cache_dir
@@ -76,10 +77,17 @@ def download(repo: str, filename: str = TUNER_FILE) -> Path:
     """Fetch ``filename`` of Hub repository ``repo`` into :func:`tuner_cache` (unvalidated); return its path."""
     import huggingface_hub
 
+    if filename.startswith("/") or any(part in ("", ".", "..") for part in filename.split("/")):
+        raise ZotuneError(f"{filename!r} is not a file path inside a repository; use a name such as "
+                          f"{TUNER_FILE} or v2/{TUNER_FILE}")
+    folder = tuner_cache(repo)
+    made = [p for p in (folder.parent, folder) if not p.exists()]
     try:
-        path = huggingface_hub.hf_hub_download(repo_id=check_repo(repo), filename=filename,
-                                               local_dir=tuner_cache(repo))
+        path = huggingface_hub.hf_hub_download(repo_id=check_repo(repo), filename=filename, local_dir=folder)
     except Exception as e:  # noqa: BLE001 - every Hub failure is reported on one line
+        for p in reversed(made):  # leave no empty folders behind (the Hub client's own metadata aside)
+            if p.is_dir() and not any(f.is_file() and ".cache" not in f.relative_to(p).parts for f in p.rglob("*")):
+                shutil.rmtree(p, ignore_errors=True)
         raise hub_error(f"pull {filename} from {repo}", repo, e,
                          "check the network, or copy the .safetensors file over and pass its path") from None
     return Path(path)

@@ -1,17 +1,39 @@
-"""Compare ZO methods on one model and task at an equal forward-pass budget: JSON, Markdown, PNG."""
+"""Compare fine-tuning methods on one model and task at an equal forward-pass budget: JSON, Markdown, PNG.
+
+Every method x learning rate x seed is one run of :func:`finetune.trainer.train` from the same pristine
+weights, on one train/dev/test split. A seed fixes the minibatch order (``finetune.data.batches.batches``
+with that seed), so under one seed every method sees the same batches in the same order; it also seeds each
+ZO method's noise stream. A run gets ``forwards // forward passes per step`` steps (``fo``: one forward and
+one backward pass per step) and is evaluated on the test and dev splits at ``eval_points`` points.
+
+The summary (``bench.md``, ``bench.json``):
+
+* per (method, lr): mean ± sample std over seeds of the final train loss, final dev loss, test loss and test
+  metric, and wall-clock seconds per forward pass (training steps only);
+* per method, at its selected lr (lowest final **dev** loss, or final train loss with ``select="train"``;
+  never the test split): the raw gain, the gain beyond the calibration reference
+  (:mod:`finetune.calibration`), the paired difference from MeZO with a 95% bootstrap interval over seeds,
+  and the forward passes needed to reach MeZO's final test loss (forwards-to-target).
+"""
 from __future__ import annotations
 
 import json
+import math
+import random
+import shutil
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from finetune.common.atomic import atomic_dir
+from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
+from finetune.common.runs import Snapshot, check_output, strict_json
 from finetune.data.models import model_id
-from finetune.trainer import NO_Q_METHODS, FinetuneConfig, prepare, train
+from finetune.trainer import FO, NO_Q_METHODS, FinetuneConfig, prepare, run_inputs, train, work_dir
+
+REFERENCE = "mezo"  # the method every other one is compared with
 
 
 @dataclass
@@ -23,23 +45,41 @@ class BenchConfig:
     lrs: dict[str, list[float]] = field(default_factory=dict)  # per method; default: [base.lr]
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     forwards: int = 400
+    eval_points: int = 10     # evaluations (test and dev) along each run, besides the one before it
+    select: str = "dev"       # the lr per method is chosen by final "dev" loss or final "train" loss
+    bootstrap: int = 10000    # bootstrap resamples of the seeds
+    bootstrap_seed: int = 0
+
+    def validate(self) -> None:
+        if self.select not in ("dev", "train"):
+            raise ZotuneError(f"--select-on must be dev or train (got {self.select}); the test split never selects")
+        if self.eval_points < 0 or self.bootstrap < 1:
+            raise ZotuneError("need --eval-points >= 0 and at least one bootstrap resample")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ZotuneError(f"--seeds must be distinct and not empty (got {self.seeds})")
+        if self.select == "dev" and self.base.n_dev < 1:
+            raise ZotuneError("--select-on dev needs a dev split: set --n-dev >= 1, or use --select-on train")
 
     def runs(self) -> list[FinetuneConfig]:
+        self.validate()
         out = []
         for method in self.methods:
             for lr in self.lrs.get(method) or [self.base.lr]:
                 for seed in self.seeds:
                     cfg = replace(self.base, method=method, lr=lr, seed=seed)
-                    if method in NO_Q_METHODS:  # --q is for the methods that average directions
+                    if method in NO_Q_METHODS or method == FO:  # --q is for the methods that average directions
                         cfg.q = None
                     cfg.validate()
                     cfg.steps = self.forwards // cfg.forwards_per_step
                     if cfg.steps < 1:
                         raise ZotuneError(f"--forwards {self.forwards} is less than one step of {method} "
                                           f"({cfg.forwards_per_step} forward passes)")
+                    cfg.eval_every = max(1, cfg.steps // self.eval_points) if self.eval_points else 0
                     out.append(cfg)
         return out
 
+
+# ---- statistics ---------------------------------------------------------------------------------
 
 def smooth(values: list[float], window: int) -> list[float]:
     """Trailing moving average (the first points average what is there)."""
@@ -59,93 +99,336 @@ def final_loss(run: dict) -> float:
     return sum(tail) / len(tail)
 
 
-def summarise(runs: list[dict]) -> list[dict]:
-    """One row per (method, lr): means and standard deviations over seeds; ``best`` marks each method's
-    learning rate with the lowest final training loss (the test metric plays no part in the choice)."""
+def std(values: list[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The empirical ``q``-quantile: the smallest value whose empirical CDF is at least ``q``."""
+    n = len(sorted_values)
+    return sorted_values[min(n - 1, max(0, math.ceil(q * n) - 1))]
+
+
+def paired_bootstrap(diffs: list[float], resamples: int = 10000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of paired differences (one per seed): the seeds are
+    resampled with replacement ``resamples`` times with ``random.Random(seed)``. ``None`` below two seeds."""
+    n = len(diffs)
+    if n < 2:
+        return None
+    rng = random.Random(seed)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    tail = (1 - level) / 2
+    return quantile(means, tail), quantile(means, 1 - tail)
+
+
+def forwards_to_target(run: dict, target: float) -> int | None:
+    """The forward passes after which ``run``'s logged test loss first reaches ``target`` (``None``: never)."""
+    for point in run.get("curve", []):
+        if point["test_loss"] is not None and point["test_loss"] <= target:
+            return point["forwards"]
+    return None
+
+
+def _final(run: dict, key: str) -> float | None:
+    curve = run.get("curve") or [{}]
+    return curve[-1].get(key)
+
+
+def summarise(runs: list[dict], select: str = "train", calibration: dict | None = None) -> list[dict]:
+    """One row per (method, lr): means and sample standard deviations over seeds; ``best`` marks each method's
+    selected learning rate, the lowest final dev loss (``select="dev"``) or final training loss
+    (``"train"``; the test split plays no part in the choice)."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["method"], r["lr"]), []).append(r)
     rows = []
     for (method, lr), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.get("seed", 0))
         losses = [final_loss(r) for r in rs]
         after = [r["eval"]["after"] for r in rs]
-        rows.append({"method": method, "lr": lr, "seeds": len(rs), "steps": rs[0]["steps"],
-                     "forwards": rs[0]["forwards"], "final_loss": statistics.fmean(losses),
-                     "final_loss_std": statistics.pstdev(losses), "eval_before": rs[0]["eval"]["before"],
-                     "eval_after": statistics.fmean(after), "eval_after_std": statistics.pstdev(after)})
+        row = {"method": method, "lr": lr, "seeds": len(rs), "steps": rs[0]["steps"],
+               "forwards": rs[0]["forwards"], "backwards": rs[0].get("backwards", 0),
+               "final_loss": statistics.fmean(losses), "final_loss_std": std(losses),
+               "eval_before": rs[0]["eval"]["before"], "eval_after": statistics.fmean(after),
+               "eval_after_std": std(after)}
+        for key, name in (("dev_loss", "dev_loss"), ("test_loss", "test_loss")):
+            values = [_final(r, key) for r in rs]
+            if all(v is not None for v in values) and values:
+                row[name], row[name + "_std"] = statistics.fmean(values), std(values)
+        if all(r.get("seconds") is not None and r.get("forwards") for r in rs):
+            row["seconds_per_forward"] = statistics.fmean(r["seconds"] / r["forwards"] for r in rs)
+        row["gain"] = row["eval_after"] - row["eval_before"]
+        if calibration is not None:
+            cal = calibration["test"]["after"]
+            row["gain_beyond_calibration"] = row["eval_after"] - cal["accuracy"]
+            if "test_loss" in row:
+                row["loss_gain_beyond_calibration"] = cal["loss"] - row["test_loss"]
+        rows.append(row)
+    key = "dev_loss" if select == "dev" else "final_loss"
     for method in {r["method"] for r in rows}:
-        best = min((r for r in rows if r["method"] == method), key=lambda r: r["final_loss"])
+        candidates = [r for r in rows if r["method"] == method]
+        if any(key not in r for r in candidates):
+            raise ZotuneError(f"cannot select on {select}: a {method} run has no final {select} loss")
+        best = min(candidates, key=lambda r: r[key])
         best["best"] = True
+        best["selected_on"] = f"{select} loss"
     return rows
 
 
-def markdown(rows: list[dict], metric: str, title: str) -> str:
+def compare(runs: list[dict], rows: list[dict], resamples: int = 10000, seed: int = 0) -> list[dict]:
+    """Each method at its selected lr against MeZO at its selected lr, paired by seed: the mean difference of
+    the test metric and test loss with 95% bootstrap intervals, and forwards-to-target (MeZO's final test loss
+    at that seed). Empty without a ``mezo`` row."""
+    selected = {r["method"]: r for r in rows if r.get("best")}
+    if REFERENCE not in selected:
+        return []
+    by = {(r["method"], r["lr"], r["seed"]): r for r in runs}
+    ref = {s: r for (m, lr, s), r in by.items() if m == REFERENCE and lr == selected[REFERENCE]["lr"]}
+    out = []
+    for method, row in sorted(selected.items()):
+        mine = {s: r for (m, lr, s), r in by.items() if m == method and lr == row["lr"]}
+        seeds = sorted(set(mine) & set(ref))
+        d_metric = [mine[s]["eval"]["after"] - ref[s]["eval"]["after"] for s in seeds]
+        entry = {"method": method, "lr": row["lr"], "seeds": seeds,
+                 "metric_diff": statistics.fmean(d_metric) if seeds else None,
+                 "metric_diff_ci": paired_bootstrap(d_metric, resamples, seed)}
+        losses = [(_final(mine[s], "test_loss"), _final(ref[s], "test_loss")) for s in seeds]
+        if seeds and all(a is not None and b is not None for a, b in losses):
+            d_loss = [a - b for a, b in losses]
+            entry.update(loss_diff=statistics.fmean(d_loss), loss_diff_ci=paired_bootstrap(d_loss, resamples, seed))
+            reached = [forwards_to_target(mine[s], b) for s, (_, b) in zip(seeds, losses)]
+            hit = [f for f in reached if f is not None]
+            entry.update(forwards_to_target=statistics.fmean(hit) if hit else None, reached=len(hit),
+                         forwards_to_target_per_seed=reached)
+        out.append(entry)
+    return out
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+def _pm(row: dict, key: str, fmt: str) -> str:
+    if row.get(key) is None:
+        return "n/a"
+    return f"{row[key]:{fmt}} ± {row.get(key + '_std', 0.0):{fmt}}"
+
+
+def _signed(x: float | None, ci, fmt: str) -> str:
+    if x is None:
+        return "n/a"
+    text = f"{x:+{fmt}}"
+    return text + (f" [{ci[0]:+{fmt}}, {ci[1]:+{fmt}}]" if ci else " (one seed: no interval)")
+
+
+def markdown(rows: list[dict], metric: str, title: str, comparison: list[dict] | None = None,
+             calibration: dict | None = None) -> str:
     lines = [f"# {title.replace(chr(10), ': ')}", "",
-             f"| method | lr | seeds | steps | forwards | final train loss | {metric} before | {metric} after |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| method | lr | seeds | steps | forwards | backwards | final train loss | final dev loss | test loss | "
+             f"{metric} before | {metric} after | s / forward |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["method"], r["lr"])):
-        mark = " **(best lr)**" if r.get("best") else ""
+        mark = f" **(selected on {r.get('selected_on', 'train loss')})**" if r.get("best") else ""
+        spf = f"{r['seconds_per_forward']:.3f}" if r.get("seconds_per_forward") is not None else "n/a"
         lines.append(f"| {r['method']}{mark} | {r['lr']:g} | {r['seeds']} | {r['steps']} | {r['forwards']} | "
-                     f"{r['final_loss']:.4f} ± {r['final_loss_std']:.4f} | {r['eval_before']:.3f} | "
-                     f"{r['eval_after']:.3f} ± {r['eval_after_std']:.3f} |")
-    lines += ["", "Final train loss: mean over the last 10% of steps, then mean ± std over seeds. "
-              "The best lr per method is chosen by final train loss, never by the test metric."]
+                     f"{r.get('backwards', 0)} | {_pm(r, 'final_loss', '.4f')} | {_pm(r, 'dev_loss', '.4f')} | "
+                     f"{_pm(r, 'test_loss', '.4f')} | {r['eval_before']:.3f} | {_pm(r, 'eval_after', '.3f')} | {spf} |")
+    lines += ["", "Mean ± sample std over seeds. Final train loss: mean over the last 10% of steps. Dev and test "
+              "loss: after the run. s / forward: wall-clock seconds of the training steps (evaluation excluded) "
+              "per forward pass (for fo a pass includes its backward). The lr of each method is selected on "
+              "the loss named, never on the test split."]
+    if calibration is not None:
+        t = calibration["test"]
+        lines += ["", f"**Calibration reference** (per-{calibration['mode']} log-prior offsets fitted on "
+                  f"{calibration['n_train']} training examples, frozen model): test loss "
+                  f"{t['before']['loss']:.4f} -> {t['after']['loss']:.4f}, {metric} "
+                  f"{t['before']['accuracy']:.3f} -> {t['after']['accuracy']:.3f}."]
+    best = sorted((r for r in rows if r.get("best")), key=lambda r: r["method"])
+    cmp = {c["method"]: c for c in comparison or []}
+    if best:
+        lines += ["", f"| method (selected lr) | {metric} after | raw gain | gain beyond calibration | "
+                  f"test loss gain beyond calibration | Δ{metric} vs {REFERENCE} [95% CI] | "
+                  f"Δtest loss vs {REFERENCE} [95% CI] | forwards to {REFERENCE}'s final test loss |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in best:
+            c = cmp.get(r["method"], {})
+            beyond = f"{r['gain_beyond_calibration']:+.3f}" if "gain_beyond_calibration" in r else "n/a"
+            loss_beyond = (f"{r['loss_gain_beyond_calibration']:+.4f}" if "loss_gain_beyond_calibration" in r
+                           else "n/a")
+            if "reached" not in c:
+                ftt = "n/a"
+            elif c["reached"] == 0:
+                ftt = f"not reached (0/{len(c['seeds'])})"
+            else:
+                ftt = f"{c['forwards_to_target']:.0f} ({c['reached']}/{len(c['seeds'])} seeds)"
+            lines.append(f"| {r['method']} ({r['lr']:g}) | {_pm(r, 'eval_after', '.3f')} | {r['gain']:+.3f} | "
+                         f"{beyond} | {loss_beyond} | {_signed(c.get('metric_diff'), c.get('metric_diff_ci'), '.3f')} | "
+                         f"{_signed(c.get('loss_diff'), c.get('loss_diff_ci'), '.4f')} | {ftt} |")
+        lines += ["", f"Gains are on the test split: raw = {metric} after - before; beyond calibration = {metric} "
+                  "(or test loss) after fine-tuning minus the calibration reference's. Differences from "
+                  f"{REFERENCE} are paired by seed (same split, same batch order), with a 95% percentile "
+                  "bootstrap interval over seeds. Forwards to target: the first logged evaluation at which the "
+                  f"test loss is at or below {REFERENCE}'s final test loss on the same seed, averaged over the "
+                  "seeds that reach it."]
+        few = min((len(c["seeds"]) for c in comparison or []), default=0)
+        if 0 < few < 5:
+            lines += ["", f"**Few seeds ({few}).** The bootstrap resamples only {few} paired differences"
+                      + (": with two seeds the interval is just the range of the two differences" if few == 2 else "")
+                      + ". Read the intervals as the spread of these seeds, not as a test; use 5 or more seeds "
+                      "for a claim."]
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[dict], rows: list[dict], path: Path, title: str) -> None:
+def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
+    n = min(len(c) for c in curves)
+    mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
+    spread = [std([c[i] for c in curves]) for i in range(n)]
+    return mean, [m - s for m, s in zip(mean, spread)], [m + s for m, s in zip(mean, spread)]
+
+
+def plot(runs: list[dict], rows: list[dict], path: Path, title: str, calibration: dict | None = None) -> None:
+    """Training loss (moving average) and, where the runs logged it, test loss against forward passes, for
+    each method's selected lr: the mean over seeds with a ± one std band."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in sorted((r for r in rows if r.get("best")), key=lambda r: r["method"]):
-        rs = [r for r in runs if r["method"] == row["method"] and r["lr"] == row["lr"]]
+    best = sorted((r for r in rows if r.get("best")), key=lambda r: r["method"])
+    groups = {row["method"]: [r for r in runs if r["method"] == row["method"] and r["lr"] == row["lr"]] for row in best}
+    with_curves = all(len(r.get("curve") or []) > 1 for rs in groups.values() for r in rs)
+    fig, axes = plt.subplots(1, 2 if with_curves else 1, figsize=(12 if with_curves else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
+    for row in best:
+        rs = groups[row["method"]]
         window = max(1, len(rs[0]["train_loss"]) // 20)
-        curves = [smooth(r["train_loss"], window) for r in rs]
-        n = min(len(c) for c in curves)
-        mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
-        lo = [min(c[i] for c in curves) for i in range(n)]
-        hi = [max(c[i] for c in curves) for i in range(n)]
+        mean, lo, hi = _band([smooth(r["train_loss"], window) for r in rs])
         per_step = rs[0]["forwards"] / max(1, len(rs[0]["train_loss"]))
-        x = [(i + 1) * per_step for i in range(n)]
+        x = [(i + 1) * per_step for i in range(len(mean))]
         line, = ax.plot(x, mean, label=f"{row['method']} (lr {row['lr']:g}, {len(rs)} seeds)")
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("forward passes")
     ax.set_ylabel("training loss (moving average)")
-    ax.set_title(title, fontsize=10)
-    ax.legend()
+    ax.legend(fontsize=8)
+    if with_curves:
+        ax = axes[0][1]
+        for row in best:
+            rs = groups[row["method"]]
+            mean, lo, hi = _band([[p["test_loss"] for p in r["curve"]] for r in rs])
+            x = [p["forwards"] for p in rs[0]["curve"]][: len(mean)]
+            line, = ax.plot(x, mean, marker=".", label=row["method"])
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+        if calibration is not None:
+            ax.axhline(calibration["test"]["after"]["loss"], color="grey", linestyle="--",
+                       label="calibration reference")
+        ax.set_xlabel("forward passes")
+        ax.set_ylabel("test loss")
+        ax.legend(fontsize=8)
+    fig.suptitle(title + "\nmean over seeds, band: ± one std", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def bench(cfg: BenchConfig, out: Path, progress: bool = True) -> list[dict]:
-    """Run the grid and write ``out/bench.json``, ``out/bench.md`` and ``out/bench.png`` atomically."""
+# ---- the command ----------------------------------------------------------------------------------
+
+def _run_record(cfg: FinetuneConfig, result) -> dict:
+    return _plain({"method": cfg.method, "lr": cfg.lr, "seed": cfg.seed, "steps": cfg.steps,
+                        "optimizer": cfg.optimizer_name, "forwards": result.forwards, "backwards": result.backwards,
+                        "train_loss": result.train_loss,
+                        "eval": {"before": result.eval_before, "after": result.eval_after,
+                                 "loss_before": result.loss_before, "loss_after": result.loss_after},
+                        "curve": result.curve, "seconds": result.seconds})
+
+
+def _plain(value):
+    """``value`` as strict JSON would have it: non-finite floats as ``None``, tuples as lists."""
+    return json.loads(strict_json(value))
+
+
+def _write_json(path: Path, value) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(strict_json(value, indent=1))
+
+
+def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = False,
+          snapshot_every: int = 100, tuner=None) -> list[dict]:
+    """Run the grid and write ``out/bench.json``, ``out/bench.md`` and ``out/bench.png``.
+
+    The bench works in :func:`finetune.trainer.work_dir` (``.<out>.partial``): every finished run is saved
+    there, and the run in progress leaves a snapshot every ``snapshot_every`` steps. After a kill the same
+    call with ``resume=True`` skips the finished runs and continues the interrupted one; the folder is renamed
+    to ``out`` when everything is done. ``tuner``: the loaded artifact of method ``tuner``, else read from the
+    config."""
     runs_cfg = cfg.runs()
     base = cfg.base
-    with atomic_dir(out) as partial:
+    out = check_output(Path(out))
+    work = work_dir(out)
+    spec = _plain({**asdict(cfg), "base": asdict(base)})
+    spec_path = work / "bench-config.json"
+    if resume:
+        if not spec_path.exists():
+            raise ZotuneError(f"nothing to resume: no interrupted bench in {work}; run without --resume")
+        if json.loads(spec_path.read_text()) != spec:
+            raise ZotuneError(f"cannot resume: the interrupted bench in {work} had other options; rerun it with "
+                              "the same options or delete that folder")
+    elif work.exists():
+        raise ZotuneError(f"an interrupted bench to {out} is in {work}; add --resume to continue it, or delete "
+                          "that folder")
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _write_json(spec_path, spec)
+    try:
         task, model, _, scorer = prepare(base)
         pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        inputs = run_inputs(base, task, model)  # fingerprints: a resumed run must see the same data and weights
+        cal_path = work / "calibration.json"  # of the frozen model, once for the whole grid (one split)
+        if not cal_path.exists():
+            from finetune.calibration import calibration_reference
+
+            _write_json(cal_path, {"calibration": calibration_reference(model, scorer, task, base.batch_size)})
+        calibration = json.loads(cal_path.read_text())["calibration"]
         runs = []
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, disable=not progress) as bar:
             job = bar.add_task("bench", total=len(runs_cfg))
-            for run_cfg in runs_cfg:
+            for i, run_cfg in enumerate(runs_cfg):
+                path = work / "runs" / f"{i:04d}.json"
+                if path.exists():
+                    runs.append(json.loads(path.read_text()))
+                    bar.advance(job)
+                    continue
                 bar.update(job, description=f"{run_cfg.method} lr={run_cfg.lr:g} seed={run_cfg.seed}")
                 model.load_state_dict(pristine)
-                result = train(run_cfg, model, scorer, task, progress=False)
-                runs.append({"method": run_cfg.method, "lr": run_cfg.lr, "seed": run_cfg.seed,
-                             "steps": run_cfg.steps, "forwards": result.forwards, "train_loss": result.train_loss,
-                             "eval": {"before": result.eval_before, "after": result.eval_after},
-                             "seconds": result.seconds})
+                snapshot = Snapshot(work / "snapshot.pt", snapshot_every,
+                                    restart_hint=f"delete {work} to start the bench over")
+                result = train(run_cfg, model, scorer, task, progress=False, snapshot=snapshot, inputs=inputs,
+                               tuner=tuner)
+                run = _run_record(run_cfg, result)
+                snapshot.path.unlink(missing_ok=True)  # first: a kill in between reruns this run, never restores it into the next
+                _write_json(path, run)
+                runs.append(run)
                 bar.advance(job)
-        rows = summarise(runs)
+        model.load_state_dict(pristine)
+        select = cfg.select if task.dev else "train"
+        rows = summarise(runs, select, calibration)
+        comparison = compare(runs, rows, cfg.bootstrap, cfg.bootstrap_seed)
         title = f"{model_id(base.model)} on {task.name}\n{cfg.forwards} forward passes per run"
         report = {"model": model_id(base.model), "task": task.name, "metric": task.metric,
-                  "forwards": cfg.forwards, "config": {**asdict(cfg), "base": asdict(base)},
-                  "summary": rows, "runs": runs}
-        (partial / "bench.json").write_text(json.dumps(report, indent=1))
-        (partial / "bench.md").write_text(markdown(rows, task.metric, title))
-        plot(runs, rows, partial / "bench.png", title)
-    return rows
+                  "forwards": cfg.forwards, "split": {"train": len(task.train), "dev": len(task.dev),
+                                                      "test": len(task.test)},
+                  "selected_on": f"{select} loss", "config": spec, "calibration": calibration,
+                  "summary": rows, "comparison": comparison, "runs": runs}
+        (work / "bench.json").write_text(strict_json(report, indent=1))
+        (work / "bench.md").write_text(markdown(rows, task.metric, title, comparison, calibration))
+        plot(runs, rows, work / "bench.png", title, calibration)
+        shutil.rmtree(work / "runs")
+        spec_path.unlink()
+        cal_path.unlink()
+        if out.exists():
+            out.rmdir()  # an empty folder made beforehand
+        work.rename(out)
+        return rows
+    except BaseException:
+        if not any((work / "runs").glob("*.json")) and not (work / "snapshot.pt").exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise

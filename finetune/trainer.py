@@ -1,6 +1,7 @@
 """The fine-tune loop: ZO steps on a task with progress display, evaluation, and atomic output."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -10,16 +11,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from finetune.common.atomic import atomic_file, refuse_existing
 from finetune.common.errors import ZotuneError
+from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig, RunLock, Snapshot,
+                                  changed_fields, check_number, check_output, os_error, sha256_file,
+                                  sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
 from finetune.data.scoring import TaskScorer
 from finetune.data.batches import batches
-from finetune.data.tasks import Example, Task, load_task
+from finetune.data.tasks import Example, Task, TaskColumns, load_task
 
 DEFAULT_TASK = "bigbench:strategyqa"
 
@@ -37,7 +39,9 @@ METHODS: dict[str, tuple[str | None, int]] = {
     "bcd": (None, 1),       # block-coordinate: --bcd-layers random layer groups perturbed and updated per step
     "fzoo": (None, 1),      # --fzoo-n one-sided Rademacher directions, step normalised by the losses' spread
     "hizoo": (None, 1),     # perturbation scaled by a diagonal-Hessian EMA (one extra forward pass)
+    "fo": (None, 1),        # first-order reference: backpropagation, --optimizer adam (AdamW, default)/sgd/momentum
 }
+FO = "fo"  # the one method with a backward pass (finetune/fo.py); not inference-level memory
 CANDIDATE_METHODS = ("gv", "greedy")  # take --candidates
 POOL_METHODS = (*CANDIDATE_METHODS, "ldsd")  # choose among a pool of directions: --q does not apply
 BASELINE_METHODS = ("sparse-mezo", "lozo", "bcd", "fzoo", "hizoo")  # finetune.zo.baselines: own step, SGD, no --q
@@ -45,30 +49,20 @@ NO_Q_METHODS = (*POOL_METHODS, *BASELINE_METHODS)
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     """Everything that defines a fine-tune run (recorded in ``metrics.json``)."""
 
     model: str = EMBEDDED
     task: str = DEFAULT_TASK
     method: str = "mezo"
-    optimizer: str = "sgd"
-    steps: int = 100
+    optimizer: str | None = None       # sgd | momentum | adam; None = the method's default (fo: adam, else sgd)
     lr: float = 1e-6
-    eps: float = 1e-3
     q: int | None = None               # directions per step; None = the method's default
-    batch_size: int = 16
     schedule: str = "constant"
     weight_decay: float = 0.0
-    seed: int = 0
     eval_every: int = 0                # evaluate on the dev split every N steps (0 = never)
-    n_train: int = 1000
     n_dev: int = 100
     n_test: int = 200
-    max_length: int = 256
-    dtype: str = "fp32"
-    device: str | None = None
-    threads: int | None = None
-    noise: str = "auto"
     tuner: str | None = None           # a tuner artifact (.safetensors), used by method "tuner"
     candidates: int = 4                # candidate directions per step (methods gv, greedy)
     ldsd_k: int = 4                    # candidate directions per step (method ldsd)
@@ -82,43 +76,67 @@ class FinetuneConfig:
     bcd_layers: float = 1              # bcd: layer groups active per step (>= 1: a count; < 1: a fraction)
     fzoo_n: int = 8                    # fzoo: one-sided directions per step (N + 1 forward passes)
     hizoo_alpha: float = 1e-6          # hizoo: smoothing of the Hessian EMA
+    # the user's own table (CSV, JSON/JSONL, parquet, save_to_disk folder): which columns make the examples
+    input_column: str | None = None    # the prompt (default "input" once any column option is given)
+    options_column: str | None = None  # multiple choice: a list of options per row
+    label_words: str | None = None     # multiple choice: the same options for every row, comma-separated ("no,yes")
+    label_column: str | None = None    # multiple choice: the gold option (index or text)
+    target_column: str | None = None   # generation: the gold answer
+
+    def task_columns(self) -> TaskColumns | None:
+        """The column mapping the ``*_column`` / ``label_words`` options give, or None when none is given."""
+        given = dict(options=self.options_column, label_words=self.label_words, label=self.label_column,
+                     target=self.target_column)
+        if self.input_column is None and all(v is None for v in given.values()):
+            return None
+        return TaskColumns(input=self.input_column or "input", **given)
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ZotuneError(f"unknown method '{self.method}'; use one of {', '.join(METHODS)}")
         if self.method == "tuner" and self.tuner is None:
             raise ZotuneError("--method tuner needs --tuner FILE (a .safetensors tuner from meta-train)")
-        if self.method == "tuner" and self.optimizer not in ("sgd", "momentum"):
+        if self.optimizer not in (None, "sgd", "momentum", "adam"):
+            raise ZotuneError(f"unknown optimizer '{self.optimizer}'; use sgd, momentum or adam")
+        if self.method == "tuner" and self.optimizer_name not in ("sgd", "momentum"):
             raise ZotuneError(f"--method tuner works with --optimizer sgd or momentum, not {self.optimizer}")
+        if self.method == FO and self.q is not None:
+            raise ZotuneError("--q does not apply to --method fo (it backpropagates the loss; no directions)")
         if self.schedule not in SCHEDULES:
             raise ZotuneError(f"unknown schedule '{self.schedule}'; use one of {', '.join(SCHEDULES)}")
-        for name in ("steps", "batch_size", "n_train", "n_test", "max_length"):
-            if getattr(self, name) < 1:
-                raise ZotuneError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr < 0 or self.eps <= 0 or (self.q is not None and self.q < 1) or self.eval_every < 0:
-            raise ZotuneError("need --lr >= 0, --eps > 0, --q >= 1 and --eval-every >= 0")
+        self.validate_run()
+        check_number("--n-test", self.n_test, low=1, integer=True)
+        check_number("--n-dev", self.n_dev, low=0, integer=True)
+        check_number("--eval-every", self.eval_every, low=0, integer=True)
+        check_number("--lr", self.lr, low=0)
+        check_number("--weight-decay", self.weight_decay, low=0)
+        if self.q is not None:
+            check_number("--q", self.q, low=1, integer=True)
+        if self.dtype == "fp16" and self.lr > FP16_MAX:
+            raise ZotuneError(f"--lr {self.lr:g} does not fit in --dtype fp16 (largest value {FP16_MAX:g}); "
+                              "lower --lr or use --dtype fp32")
         if self.method in POOL_METHODS and self.q is not None:
             flag = "--ldsd-k" if self.method == "ldsd" else "--candidates"
             raise ZotuneError(f"--q does not apply to --method {self.method} (one SPSA direction per step); "
                               f"set {flag} instead")
-        if self.candidates < 2:
+        if not isinstance(self.candidates, int) or self.candidates < 2:
             raise ZotuneError(f"--candidates must be at least 2 (got {self.candidates})")
-        if self.ldsd_k < 2:
+        if not isinstance(self.ldsd_k, int) or self.ldsd_k < 2:
             raise ZotuneError(f"--ldsd-k must be at least 2 (got {self.ldsd_k}): one candidate has no baseline")
-        if not self.ldsd_lr >= 0:
-            raise ZotuneError(f"--ldsd-lr must be >= 0 (got {self.ldsd_lr})")
+        check_number("--ldsd-lr", self.ldsd_lr, low=0)
         if not 0 <= self.ldsd_decay <= 1:
             raise ZotuneError(f"--ldsd-decay must be in [0, 1] (got {self.ldsd_decay})")
         if self.ldsd_rule not in ("corrected", "released"):
             raise ZotuneError(f"--ldsd-rule must be corrected or released (got {self.ldsd_rule})")
-        if not self.ldsd_cap > 0:
+        if not self.ldsd_cap > 0:  # inf is allowed: no cap
             raise ZotuneError(f"--ldsd-cap must be > 0 (got {self.ldsd_cap}; inf for no cap)")
+        self.task_columns()  # a contradictory column mapping fails here, before anything is loaded
         self._validate_baselines()
 
     def _validate_baselines(self) -> None:
         if self.method in BASELINE_METHODS and self.q is not None:
             raise ZotuneError(f"--q does not apply to --method {self.method} (its own step); drop --q")
-        if self.method in BASELINE_METHODS and self.optimizer != "sgd":
+        if self.method in BASELINE_METHODS and self.optimizer not in (None, "sgd"):
             raise ZotuneError(f"--method {self.method} uses its own SGD update; drop --optimizer {self.optimizer}")
         if not 0 <= self.sparsity < 1:
             raise ZotuneError(f"--sparsity must be in [0, 1), the fraction of each matrix not trained "
@@ -142,7 +160,7 @@ class FinetuneConfig:
 
     @property
     def optimizer_name(self) -> str:
-        return METHODS[self.method][0] or self.optimizer
+        return METHODS[self.method][0] or self.optimizer or ("adam" if self.method == FO else "sgd")
 
     @property
     def forwards_per_step(self) -> int:
@@ -157,7 +175,13 @@ class FinetuneConfig:
             return self.fzoo_n + 1  # N one-sided directions and the unperturbed loss
         if self.method == "hizoo":
             return 3  # the unperturbed loss and +- along the scaled direction
+        if self.method == FO:
+            return 1  # one forward pass with autograd, then one backward pass (backwards_per_step)
         return 2 * self.directions
+
+    @property
+    def backwards_per_step(self) -> int:
+        return 1 if self.method == FO else 0
 
 
 @dataclass
@@ -166,10 +190,15 @@ class RunResult:
 
     train_loss: list[float] = field(default_factory=list)
     forwards: int = 0
+    backwards: int = 0
     eval_before: float = float("nan")
     eval_after: float = float("nan")
     eval_history: list[tuple[int, float]] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0               # spent in training steps (evaluations excluded)
+    loss_before: float = float("nan")  # test loss (the training loss's definition, mean over the test split)
+    loss_after: float = float("nan")
+    curve: list[dict] = field(default_factory=list)  # evaluation points: step, forwards, test and dev loss/metric
+    calibration: dict | None = None    # the calibration reference (multiple choice; finetune/calibration.py)
 
 
 def progress_bar(enabled: bool = True) -> Progress:
@@ -178,47 +207,45 @@ def progress_bar(enabled: bool = True) -> Progress:
                     TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
-class Checkpoint:
-    """A resumable snapshot of a fine-tune run in one file, written atomically every ``every`` steps:
-    the model weights, the optimizer (with its seed stream), the schedule and the results so far."""
+def snapshot_state(step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult, inputs: dict) -> dict:
+    """What a fine-tune snapshot holds: the model weights, the optimizer (with its seed stream), the
+    schedule, the results so far, the config and the input fingerprints."""
+    return {"step": step, "config": asdict(cfg), "inputs": inputs, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "result": asdict(result)}
 
-    def __init__(self, path: Path, every: int):
-        self.path, self.every = Path(path), every
 
-    def due(self, step: int, total: int) -> bool:
-        return self.every > 0 and step % self.every == 0 and step < total
-
-    def save(self, step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult) -> None:
-        state = {"step": step, "config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "schedule": sched.state_dict(), "result": asdict(result)}
-        with atomic_file(self.path) as tmp:
-            torch.save(state, tmp)
-
-    def restore(self, cfg: FinetuneConfig, model, opt, sched) -> tuple[int, RunResult]:
-        """Load the snapshot into ``model``, ``opt`` and ``sched``; return its step and results."""
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        saved, now, default = dict(state["config"]), asdict(cfg), asdict(FinetuneConfig())
-        # (a field newer than the snapshot counts as its default)
-        changed = [k for k in now if k not in ("steps", "eval_every") and saved.get(k, default[k]) != now[k]]
-        if changed:
-            k = changed[0]
-            raise ZotuneError(f"cannot resume: the interrupted run used {k}={saved.get(k)!r}, not {now[k]!r}; "
-                              f"rerun with its options or delete {self.path.parent}")
-        if saved["steps"] != now["steps"] and now["schedule"] != "constant":
-            raise ZotuneError(f"cannot resume with steps={now['steps']}: the interrupted run's {now['schedule']} "
-                              f"schedule decays over {saved['steps']} steps; rerun with --steps {saved['steps']} "
-                              f"(only a constant schedule can be extended) or delete {self.path.parent}")
+def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: dict) -> tuple[int, RunResult]:
+    """Load ``snapshot`` into ``model``, ``opt`` and ``sched`` after checking it was made by the same run
+    (options and inputs); return its step and results."""
+    state = snapshot.load()
+    now = asdict(cfg)
+    snapshot.check(state, now, asdict(FinetuneConfig()), inputs, ignore=("steps", "eval_every", "threads"))
+    saved_steps = state["config"].get("steps", now["steps"])
+    if saved_steps != now["steps"] and now["schedule"] != "constant":
+        raise ZotuneError(f"cannot resume with steps={now['steps']}: the interrupted run's {now['schedule']} "
+                          f"schedule decays over {saved_steps} steps; rerun with --steps {saved_steps} "
+                          f"(only a constant schedule can be extended), or {snapshot.restart_hint}")
+    try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
         result = RunResult(**state["result"])
-        result.eval_history = [tuple(h) for h in result.eval_history]
-        return state["step"], result
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ZotuneError(f"the snapshot {snapshot.path} does not fit this run ({type(e).__name__}); "
+                          f"{snapshot.restart_hint}") from None
+    result.eval_history = [tuple(h) for h in result.eval_history]
+    return state["step"], result
 
 
-def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
-    """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by the artifact
-    ``cfg.tuner`` (refused with a one-line error if it was trained for another architecture)."""
+def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
+    """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by ``tuner`` (the
+    loaded artifact; read from ``cfg.tuner`` if not given), refused with a one-line error if it was trained
+    for another architecture; for method ``fo``, a ``torch.optim`` optimizer that backpropagates
+    (:mod:`finetune.fo`)."""
+    if cfg.method == FO:
+        from finetune.fo import make_fo_optimizer
+
+        return make_fo_optimizer(cfg.optimizer_name, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.method in POOL_METHODS:
         from finetune.zo.directions import make_direction_optimizer
 
@@ -234,7 +261,7 @@ def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
                                  weight_decay=cfg.weight_decay, noise=cfg.noise, sparsity=cfg.sparsity,
                                  lozo_rank=cfg.lozo_rank, lozo_interval=cfg.lozo_interval,
                                  bcd_layers=cfg.bcd_layers, fzoo_n=cfg.fzoo_n, hizoo_alpha=cfg.hizoo_alpha)
-        except ValueError as e:
+        except ValueError:
             if cfg.method == "bcd":  # the only option checked against the model: more layers than it has
                 groups = len(layer_groups(model, [p for p in model.parameters() if p.requires_grad]))
                 raise ZotuneError(f"--bcd-layers {cfg.bcd_layers:g} is more than the model's {groups} layer "
@@ -246,45 +273,108 @@ def make_run_optimizer(cfg: FinetuneConfig, model) -> ZOOptimizer:
         from checkpoints import Tuner
 
         momentum = 0.9 if cfg.optimizer == "momentum" else 0.0
-        return TunedZO(model, Tuner.from_pretrained(cfg.tuner), momentum=momentum, **kw)
+        return TunedZO(model, tuner or Tuner.from_pretrained(cfg.tuner), momentum=momentum, **kw)
     return make_optimizer(cfg.optimizer_name, model, **kw)
 
 
+def pass_counts(opt) -> tuple[int, int]:
+    """(forward passes, backward passes) an optimizer has made so far."""
+    if hasattr(opt, "backwards"):
+        return opt.forwards, opt.backwards
+    return opt.engine.forwards, 0
+
+
+def evaluation_point(step: int, forwards: int, model, scorer: TaskScorer, task: Task, batch_size: int,
+                     final: bool = False, test: dict | None = None) -> dict:
+    """Test loss and metric, and dev loss and metric, at one point of a run (``test``: already computed).
+    For generation, the test metric (decoding) is computed at the ``final`` point only."""
+    test = test or scorer.assess(model, task.test, batch_size, metric=final)
+    point = {"step": step, "forwards": forwards, "test_loss": test["loss"], "test": test["metric"]}
+    if task.dev:
+        dev = scorer.assess(model, task.dev, batch_size)
+        point.update(dev_loss=dev["loss"], dev=dev["metric"])
+    return point
+
+
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
-          checkpoint: Checkpoint | None = None) -> RunResult:
-    """Run ``cfg.steps`` ZO steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test``
-    before and after (and on ``task.dev`` every ``cfg.eval_every`` steps). With a ``checkpoint``, the
-    run is snapshotted as it goes, and continues from an existing snapshot."""
-    opt = make_run_optimizer(cfg, model)
+          snapshot: Snapshot | None = None, inputs: dict | None = None, tuner=None,
+          calibrate: bool = False) -> RunResult:
+    """Run ``cfg.steps`` steps of ``cfg.method`` on ``task.train``; evaluate on ``task.test`` before and
+    after (loss and metric), and on ``task.test`` and ``task.dev`` every ``cfg.eval_every`` steps
+    (``result.curve``; the dev metric also in ``eval_history``). With ``calibrate``, a multiple-choice run
+    first computes the calibration reference of the frozen model (:mod:`finetune.calibration`). With a
+    ``snapshot``, the run is snapshotted as it goes, and continues from an existing snapshot (made with the
+    same ``inputs``). ``tuner`` is the loaded artifact of method ``tuner`` (else read from ``cfg.tuner``).
+    Raises :class:`Diverged` when the loss or the weights stop being finite or run away."""
+    inputs = inputs or {}
+    opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
-    if checkpoint is not None and checkpoint.path.exists():
-        done, result = checkpoint.restore(cfg, model, opt, sched)
+    guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
+    if snapshot is not None and snapshot.exists():
+        done, result = restore(snapshot, cfg, model, opt, sched, inputs)
     else:
-        done, result = 0, RunResult(eval_before=scorer.evaluate(model, task.test, cfg.batch_size))
+        before = scorer.assess(model, task.test, cfg.batch_size)
+        done, result = 0, RunResult(eval_before=before["metric"], loss_before=before["loss"])
+        result.curve.append(evaluation_point(0, 0, model, scorer, task, cfg.batch_size, test=before))
+        if calibrate:
+            from finetune.calibration import calibration_reference
+
+            result.calibration = calibration_reference(model, scorer, task, cfg.batch_size, before["scores"])
     data = batches(task.train, cfg.batch_size, cfg.seed)
     for _ in range(done):  # the batches the interrupted run already used
         next(data)
-    start, elapsed = time.perf_counter(), result.seconds
+    hint = f"lower --lr (now {cfg.lr}) or --eps (now {cfg.eps})"
+    hint += ", or use --dtype fp32" if cfg.dtype != "fp32" else ""
+    start = time.perf_counter()
     with progress_bar(progress) as bar:
         bar_task = bar.add_task(cfg.method, total=cfg.steps, completed=done, loss="-", speed="-")
         for step in range(done + 1, cfg.steps + 1):
             batch = next(data)
-            loss = opt.step(lambda: scorer.loss(model, batch))
+            tick = time.perf_counter()
+            try:
+                loss = opt.step(lambda: scorer.loss(model, batch))
+            except RuntimeError as e:
+                if "overflow" not in str(e):
+                    raise
+                raise Diverged(f"the update overflowed {cfg.dtype} at step {step}; {hint}") from None
             if not math.isfinite(loss):
-                raise ZotuneError(f"the training loss became {loss} at step {step}; lower --lr (now {cfg.lr}) "
-                                  f"or --eps (now {cfg.eps}), or use --dtype fp32")
+                raise Diverged(f"the training loss became {loss} at step {step}; {hint}")
             sched.step()
+            result.seconds += time.perf_counter() - tick
+            due = snapshot is not None and snapshot.due(step, cfg.steps)
+            guard.check(step, hint, force=due)
             result.train_loss.append(loss)
-            if cfg.eval_every and step % cfg.eval_every == 0 and task.dev:
-                result.eval_history.append((step, scorer.evaluate(model, task.dev, cfg.batch_size)))
-            result.seconds = elapsed + time.perf_counter() - start
-            result.forwards = opt.engine.forwards
-            if checkpoint is not None and checkpoint.due(step, cfg.steps):
-                checkpoint.save(step, cfg, model, opt, sched, result)
+            result.forwards, result.backwards = pass_counts(opt)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                point = evaluation_point(step, result.forwards, model, scorer, task, cfg.batch_size)
+                result.curve.append(point)
+                if task.dev:
+                    result.eval_history.append((step, point["dev"]))
+            if due:
+                snapshot.save(snapshot_state(step, cfg, model, opt, sched, result, inputs))
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
-    result.forwards = opt.engine.forwards
-    result.eval_after = scorer.evaluate(model, task.test, cfg.batch_size)
+    guard.check(cfg.steps, hint, force=True)  # never hand back non-finite weights (also after a resume at the end)
+    result.forwards, result.backwards = pass_counts(opt)
+    if cfg.method == FO:
+        opt.zero_grad(set_to_none=True)  # free the gradients (a bench reuses the model for the next run)
+    final = evaluation_point(cfg.steps, result.forwards, model, scorer, task, cfg.batch_size, final=True)
+    if not result.curve or result.curve[-1]["step"] != cfg.steps:
+        result.curve.append(final)
+    if cfg.eval_every and cfg.steps % cfg.eval_every == 0 and task.dev:
+        result.eval_history.append((cfg.steps, final["dev"]))
+    result.eval_after, result.loss_after = final["test"], final["test_loss"]
     return result
+
+
+def gains(result: RunResult) -> dict:
+    """The run's raw gain on the test split (metric up, loss down) and, for multiple choice, its gain beyond
+    the calibration reference (the test metric and loss after fitting only per-option offsets)."""
+    out = {"metric": result.eval_after - result.eval_before, "loss": result.loss_before - result.loss_after}
+    if result.calibration is not None:
+        cal = result.calibration["test"]["after"]
+        out.update(metric_beyond_calibration=result.eval_after - cal["accuracy"],
+                   loss_beyond_calibration=cal["loss"] - result.loss_after)
+    return out
 
 
 def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
@@ -295,11 +385,17 @@ def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
         "task": task.name,
         "steps": cfg.steps,
         "forwards": result.forwards,
+        "backwards": result.backwards,
         "train_loss": result.train_loss,
         "eval": {"metric": task.metric, "split": "test", "n": len(task.test),
-                 "before": result.eval_before, "after": result.eval_after},
+                 "before": result.eval_before, "after": result.eval_after,
+                 "loss_before": result.loss_before, "loss_after": result.loss_after},
         "eval_history": [{"step": s, "dev": v} for s, v in result.eval_history],
+        "curve": result.curve,
+        "calibration": result.calibration,
+        "gain": gains(result),
         "seconds": result.seconds,
+        "seconds_per_forward": result.seconds / result.forwards if result.forwards else None,
         "config": asdict(cfg),
     }
 
@@ -307,54 +403,133 @@ def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
 def prepare(cfg: FinetuneConfig) -> tuple[Task, object, object, TaskScorer]:
     """Everything a run needs, loaded as ``cfg`` says: the task splits, the model, its tokenizer, the scorer."""
     set_threads(cfg.threads)
-    task = load_task(cfg.task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
+    task = load_task(cfg.task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test,
+                     columns=cfg.task_columns())
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
     return task, model, tokenizer, TaskScorer(tokenizer, max_length=cfg.max_length)
 
 
 def work_dir(out: Path) -> Path:
-    """Where a run to ``out`` writes until it finishes (and keeps its checkpoint if interrupted)."""
+    """Where a run to ``out`` writes until it finishes (and keeps its snapshot if interrupted)."""
     out = Path(out)
     return out.with_name(f".{out.name}.partial")
 
 
-def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
-             resume: bool = False, checkpoint_every: int = 100) -> dict:
-    """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``) atomically.
+SNAPSHOT_FILE = "snapshot.pt"
+FINISHED_FILE = "finished.json"  # in the working folder: the outputs are complete, only the rename is left
+_LEGACY_SNAPSHOT = "checkpoint.pt"
 
-    The run works in :func:`work_dir` and renames it to ``out`` when done. Every ``checkpoint_every``
-    steps it leaves a checkpoint there; if the run is killed, the same call with ``resume=True`` continues
-    from it and ends with the same result as an uninterrupted run. A run that fails before its first
-    checkpoint leaves nothing behind.
-    """
-    cfg.validate()
-    out, work = Path(out), work_dir(out)
-    refuse_existing(out)
-    ckpt = Checkpoint(work / "checkpoint.pt", checkpoint_every)
-    if resume and not ckpt.path.exists():
-        raise ZotuneError(f"nothing to resume: no checkpoint in {work}; run without --resume")
-    if not resume and work.exists():
-        raise ZotuneError(f"an interrupted run to {out} is in {work}; add --resume to continue it, "
-                          "or delete that folder")
-    work.mkdir(parents=True, exist_ok=True)
+
+def snapshot_path(out: Path) -> Path:
+    """The resumable snapshot of a run to ``out`` (inside :func:`work_dir`)."""
+    work = work_dir(out)
+    legacy = work / _LEGACY_SNAPSHOT  # written before snapshots had their own name
+    return legacy if legacy.exists() and not (work / SNAPSHOT_FILE).exists() else work / SNAPSHOT_FILE
+
+
+def run_inputs(cfg: FinetuneConfig, task: Task, model) -> dict:
+    """Fingerprints of what a run reads: the task data, the model's weights, the tuner file."""
+    examples = [[e.prompt, list(e.options), e.label, list(e.answers)] for e in (*task.train, *task.dev, *task.test)]
+    inputs = {"task data": sha256_json([task.name, task.kind, examples]),
+              "model": sha256_tensors(model.state_dict().items())}
+    if cfg.tuner is not None:
+        inputs["tuner"] = sha256_file(cfg.tuner)
+    return inputs
+
+
+def _save_outputs(work: Path, metrics: dict, model, tokenizer, save_model: bool) -> None:
+    (work / "metrics.json").write_text(strict_json(metrics, indent=1))
+    if save_model:
+        model.save_pretrained(work / "model")
+        tokenizer.save_pretrained(work / "model")
+        mask = os.umask(0)
+        os.umask(mask)
+        for f in (work / "model").iterdir():  # some writers make private (0600) files; follow the umask
+            if f.is_file():
+                os.chmod(f, 0o666 & ~mask)
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    """Rename the finished working folder to ``out``; on failure keep it whole and say how to finish."""
     try:
-        task, model, tokenizer, scorer = prepare(cfg)
-        result = train(cfg, model, scorer, task, progress=progress, checkpoint=ckpt)
-        metrics = metrics_dict(cfg, task, result)
-        (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        if save_model:
-            model.save_pretrained(work / "model")
-            tokenizer.save_pretrained(work / "model")
-        ckpt.path.unlink(missing_ok=True)
+        if out.is_symlink() or out.is_file() or (out.is_dir() and any(out.iterdir())):
+            raise FileExistsError(errno.EEXIST, "it exists now")
         if out.exists():
             out.rmdir()  # an empty folder made beforehand
         os.replace(work, out)
+    except OSError as e:
+        raise ZotuneError(f"the run finished but could not be moved to {out} ({e.strerror or e}); it is kept "
+                          f"in {work}: free {out} and rerun the same command with --resume") from None
+    for name in (SNAPSHOT_FILE, _LEGACY_SNAPSHOT, FINISHED_FILE):
+        (out / name).unlink(missing_ok=True)
+
+
+def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: bool = True,
+             resume: bool = False, snapshot_every: int = 100, start_over: bool = False, tuner=None,
+             calibrate: bool = True) -> dict:
+    """Load the model and task, train, and write ``out/metrics.json`` (and ``out/model``) atomically.
+
+    ``out`` is checked and locked before any work. The run works in :func:`work_dir` and renames it to
+    ``out`` when done. Every ``snapshot_every`` steps it leaves a snapshot there; if the run is killed,
+    the same call with ``resume=True`` continues from it (refused if the options or inputs changed) and
+    ends with the same result as an uninterrupted run. ``start_over`` discards an interrupted run first.
+    A run that fails before its first snapshot leaves nothing behind. ``tuner``: the loaded artifact of
+    method ``tuner`` (else read from ``cfg.tuner``). ``calibrate``: compute the calibration reference of
+    the frozen model first (multiple choice; :mod:`finetune.calibration`).
+    """
+    cfg.validate()
+    check_number("--checkpoint-every", snapshot_every, low=0, integer=True)
+    out = check_output(Path(out))
+    work = work_dir(out)
+    with RunLock(out):
+        check_output(out)  # again, now that no other run can write it
+        if start_over and work.exists():
+            shutil.rmtree(work)
+        snapshot = Snapshot(snapshot_path(out), snapshot_every,
+                            restart_hint=f"rerun with --start-over (or delete {work}) to start over")
+        finished = work / FINISHED_FILE
+        if resume and finished.exists():  # a finished run whose final rename failed
+            try:
+                saved = json.loads(finished.read_text())["config"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise ZotuneError(f"{finished} is unreadable; move the outputs in {work} by hand, or "
+                                  "rerun with --start-over") from None
+            changed = changed_fields(saved, asdict(cfg), asdict(FinetuneConfig()), ignore=("threads",))
+            if changed:
+                raise ZotuneError(f"cannot resume: the finished run in {work} used {changed[0]}="
+                                  f"{saved.get(changed[0])!r}; rerun with its options, or {snapshot.restart_hint}")
+            _move_into_place(work, out)
+            return json.loads((out / "metrics.json").read_text())
+        if resume and not snapshot.exists():
+            raise ZotuneError(f"nothing to resume: no snapshot in {work}; run without --resume")
+        if not resume and work.exists():
+            raise ZotuneError(f"an interrupted run to {out} is in {work}; add --resume to continue it, "
+                              "or --start-over to discard it")
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            task, model, tokenizer, scorer = prepare(cfg)
+            inputs = run_inputs(cfg, task, model)
+            result = train(cfg, model, scorer, task, progress=progress, snapshot=snapshot, inputs=inputs,
+                           tuner=tuner, calibrate=calibrate)
+            metrics = metrics_dict(cfg, task, result)
+            try:
+                _save_outputs(work, metrics, model, tokenizer, save_model)
+                finished.write_text(strict_json({"config": asdict(cfg), "inputs": inputs}))
+            except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
+                if (e := os_error(e)) is None:
+                    raise
+                raise write_failed(f"the outputs in {work}", e, "rerun the same command"
+                                   + (" with --resume" if snapshot.exists() else "")) from None
+        except BaseException as e:
+            if not snapshot.exists():
+                shutil.rmtree(work, ignore_errors=True)
+            else:  # keep only the snapshot: the run can be resumed, and nothing half-written remains
+                for child in work.iterdir():
+                    if child != snapshot.path:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+                if isinstance(e, Diverged):  # resuming would diverge again from the same snapshot
+                    raise Diverged(f"{e}; its snapshot is kept in {work}: rerun with the lower value and "
+                                   "--start-over (which discards it)") from None
+            raise
+        _move_into_place(work, out)
         return metrics
-    except BaseException:
-        if not ckpt.path.exists():
-            shutil.rmtree(work, ignore_errors=True)
-        else:  # keep only the checkpoint: the run can be resumed, and nothing half-written remains
-            for child in work.iterdir():
-                if child != ckpt.path:
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        raise

@@ -15,7 +15,7 @@ Two implementations:
   bank, through the energy normalisation too. The model's ``.grad`` is left holding ∇L(θ'), which the
   first-order trajectory step may reuse.
 * :func:`unrolled` (any K): the K virtual steps are differentiated with ``higher`` (a functional copy of
-  the model whose parameters are the non-leaf θ'_k), as the design card names it. Used for K > 1, and as
+  the model whose parameters are the non-leaf θ'_k). Used for K > 1, and as
   the reference that the closed form is tested against.
 
 Both return :class:`MetaStep`; both count their forward passes on the engine. :func:`closed_form` also
@@ -30,8 +30,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from finetune.zo.online import OnlineMean
-from finetune.zo.engine import Direction, ZOEngine
+from finetune.zo.online import OnlineMean, tuned_direction
+from finetune.zo.engine import ZOEngine
 from pertnn import PertNNBank, StepHistory
 from pertnn.policy import DirectionPolicy
 
@@ -78,13 +78,7 @@ def closed_form(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_f
     model, params = engine.model, engine.params
     features = history.features(params)
     sigma = bank(features)
-    gate, iso, mean_scale = None, sigma, None
-    direction = Direction(seed, sigma.detach().cpu())
-    if policy is not None:
-        if online is None:
-            raise ValueError("a direction policy needs the task's online mean")
-        gate, iso, mean_scale = online.direction(policy, sigma, features)
-        direction = Direction(seed, iso.detach().cpu(), online.means, online.mean_coefficients(mean_scale))
+    direction, gate, iso, mean_scale = tuned_direction(seed, sigma, features, policy, online)
     g, plus, minus = engine.spsa(lambda: loss_fn(model), direction, eps)
     for p in params:
         p.grad = None
@@ -158,7 +152,7 @@ def unrolled(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: 
     scales go into ``history`` (the later steps are virtual and see a copy). The model's ``.grad`` is not
     touched: a first-order trajectory step needs its own backward.
     """
-    import higher  # the design card's unrolling library; only this path needs it
+    import higher  # only this path needs it
 
     model, params = engine.model, engine.params
     fmodel = higher.monkeypatch(model, copy_initial_weights=True, track_higher_grads=True)
@@ -169,7 +163,7 @@ def unrolled(engine: ZOEngine, bank: PertNNBank, history: StepHistory, loss_fn: 
     for k, seed in enumerate(seeds):
         sigma = bank(hist.features([t.detach() for t in theta]))
         if k == 0:
-            g, plus, minus = engine.spsa(lambda: loss_fn(model), Direction(seed, sigma.detach().cpu()), eps)
+            g, plus, minus = engine.spsa(lambda: loss_fn(model), tuned_direction(seed, sigma, None)[0], eps)
             first = (plus, minus, g, sigma)
             history.update(plus, minus, sigma)
             hist = StepHistory(len(params), history.cfg)

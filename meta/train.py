@@ -11,14 +11,12 @@ Each task keeps its own loss history (the features are per run, as at deployment
 ``direction_policy``, a direction policy (:mod:`pertnn.policy`) is trained jointly with the bank by the
 same Adam step, and each task also keeps its own online mean direction, reset at every restart. Steps are
 deterministic given ``seed``: the task, the batch and the noise seed of step t are functions of
-(seed, t), so a run resumed from a checkpoint ends with the same artifact as an uninterrupted one.
+(seed, t), so a run resumed from a snapshot ends with the same artifact as an uninterrupted one.
 """
 from __future__ import annotations
 
 import datetime
-import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from checkpoints import Tuner
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
+from finetune.common.runs import (Diverged, RunConfig, RunLock, Snapshot, check_number, check_output, flag_of,
+                                  os_error, sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.online import OnlineMean
 from finetune.data.scoring import TaskScorer
@@ -46,7 +46,7 @@ DEFAULT_TASKS = ("bigbench:winowhy", "bigbench:social_iqa", "bigbench:presupposi
 
 
 @dataclass
-class MetaConfig:
+class MetaConfig(RunConfig):
     """Everything that defines a meta-training run (recorded in the artifact's provenance)."""
 
     model: str = EMBEDDED
@@ -54,7 +54,6 @@ class MetaConfig:
     steps: int = 200
     unroll: int = 1                # K: virtual ZO steps differentiated per meta step (1 = closed form)
     batch_size: int = 8
-    eps: float = 1e-3              # ZO perturbation size
     virtual_lr: float = 1e-4       # η of the virtual ZO step: the fine-tuning lr the tuner prepares for
     meta_lr: float = 1e-3          # Adam on the bank
     fo_lr: float = 1e-3            # first-order SGD trajectory of the base model
@@ -66,30 +65,23 @@ class MetaConfig:
     policy_hidden: int = 16
     max_gate: float = 0.8          # |gate| bound: at most max_gate² of a block's perturbation energy on the mean
     mean_decay: float = 0.9        # decay of the online mean direction (a constant of the policy)
-    seed: int = 0
-    n_train: int = 1000
-    max_length: int = 256
-    dtype: str = "fp32"
-    device: str | None = None
-    threads: int | None = None
-    noise: str = "auto"
 
     def validate(self) -> None:
         if not self.tasks:
             raise ZotuneError("give at least one meta-training task with --tasks")
-        for name in ("steps", "unroll", "batch_size", "restart_every", "hidden", "n_train", "max_length"):
-            if getattr(self, name) < 1:
-                raise ZotuneError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("eps", "virtual_lr", "meta_lr"):
-            if not getattr(self, name) > 0:
-                raise ZotuneError(f"--{name.replace('_', '-')} must be positive")
-        if self.fo_lr < 0 or not 0 <= self.fo_momentum < 1:
-            raise ZotuneError("need --fo-lr >= 0 and 0 <= --fo-momentum < 1")
+        self.validate_run()
+        for name in ("unroll", "restart_every", "hidden"):
+            check_number(flag_of(name), getattr(self, name), low=1, integer=True)
+        for name in ("virtual_lr", "meta_lr"):
+            check_number(flag_of(name), getattr(self, name), low=0, low_open=True)
+        check_number("--fo-lr", self.fo_lr, low=0)
+        check_number("--fo-momentum", self.fo_momentum, low=0, high=1, high_open=True)
         if self.direction_policy:
             if self.unroll != 1:
                 raise ZotuneError("--direction-policy is meta-trained with the closed form: use --unroll 1")
-            if self.policy_hidden < 1 or not 0 < self.max_gate < 1 or not 0 <= self.mean_decay < 1:
-                raise ZotuneError("need --policy-hidden >= 1, 0 < --max-gate < 1 and 0 <= --mean-decay < 1")
+            check_number("--policy-hidden", self.policy_hidden, low=1, integer=True)
+            check_number("--max-gate", self.max_gate, low=0, high=1, low_open=True, high_open=True)
+            check_number("--mean-decay", self.mean_decay, low=0, high=1, high_open=True)
 
 
 def step_plan(seed: int, step: int, n_tasks: int) -> tuple[int, int]:
@@ -119,6 +111,10 @@ class MetaTrainer:
                 raise ZotuneError(f"task {t.name} has {len(t.train)} training examples, fewer than "
                                   f"--batch-size {cfg.batch_size}")
         self.model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+        # fingerprints of what the run reads, stored in its snapshots and checked on resume
+        self.inputs = {"task data": sha256_json([[t.name, [[e.prompt, list(e.options), e.label, list(e.answers)]
+                                                            for e in t.train]] for t in self.tasks]),
+                       "model": sha256_tensors(self.model.state_dict().items())}
         self.scorer = TaskScorer(tokenizer, max_length=cfg.max_length)
         self.engine = ZOEngine(self.model, noise=cfg.noise)
         params = self.engine.params
@@ -176,8 +172,8 @@ class MetaTrainer:
             with torch.enable_grad():
                 loss_fn(self.model).backward()
         if not all(math.isfinite(x) for x in (result.meta_loss, result.loss_plus, result.loss_minus)):
-            raise ZotuneError(f"the loss became non-finite at meta step {step}; lower --fo-lr (now {cfg.fo_lr}) "
-                              f"or --virtual-lr (now {cfg.virtual_lr})")
+            raise Diverged(f"the loss became non-finite at meta step {step}; lower --fo-lr (now {cfg.fo_lr}) "
+                           f"or --virtual-lr (now {cfg.virtual_lr})")
         self.meta_opt.step()
         # first-order trajectory: SGD with momentum, clipped, lr decaying to 0 over each restart period
         phase = (step - 1) % cfg.restart_every
@@ -219,13 +215,8 @@ class MetaTrainer:
                 "log": self.log, "gain_ema": self.gain_ema, "forwards": self.engine.forwards}
 
     def load_state_dict(self, state: dict) -> None:
-        saved, now, default = state["config"], asdict(self.cfg), asdict(MetaConfig())
-        # (a field newer than the checkpoint counts as its default)
-        changed = [k for k in now if k not in ("steps", "threads") and saved.get(k, default[k]) != now[k]]
-        if changed:
-            k = changed[0]
-            raise ZotuneError(f"cannot resume: the interrupted run used {k}={saved.get(k)!r}, not {now[k]!r}; "
-                              "rerun with its options, or delete its checkpoint to start over")
+        """Continue from :meth:`state_dict` (a run with the same config and inputs: see
+        :meth:`finetune.common.runs.Snapshot.check`)."""
         with torch.no_grad():
             for p, v in zip(self.engine.params, state["model"]):
                 p.copy_(v)
@@ -244,8 +235,12 @@ class MetaTrainer:
             next(self.streams[step_plan(self.cfg.seed, step, len(self.tasks))[0]])
 
     def artifact(self) -> Tuner:
-        """The tuner as trained so far, with its provenance."""
+        """The tuner as trained so far, with its provenance; refused if its weights are not finite."""
         cfg = self.cfg
+        meta_params = list(self.bank.parameters()) + ([] if self.policy is None else list(self.policy.parameters()))
+        if not all(bool(torch.isfinite(p).all()) for p in meta_params):
+            raise Diverged(f"the tuner's weights became non-finite by meta step {self.step}; lower --meta-lr "
+                           f"(now {cfg.meta_lr})")
         self.tuner.bank = self.bank.to("cpu")
         if self.policy is not None:
             self.tuner.policy = self.policy.to("cpu")
@@ -268,8 +263,8 @@ def progress_bar(enabled: bool = True) -> Progress:
                     TextColumn("{task.fields[speed]} s/step"), TimeRemainingColumn(), disable=not enabled)
 
 
-def checkpoint_path(out: Path) -> Path:
-    """Where a meta-training run to ``out`` keeps its resumable checkpoint."""
+def snapshot_path(out: Path) -> Path:
+    """Where a meta-training run to ``out`` keeps its resumable snapshot."""
     out = Path(out)
     return out.with_name(f".{out.name}.partial.pt")
 
@@ -280,42 +275,76 @@ def log_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.metalog.json")
 
 
-def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, checkpoint_every: int = 25,
-               progress: bool = True) -> Tuner:
+def meta_train(cfg: MetaConfig, out: Path, resume: bool = False, snapshot_every: int = 25,
+               progress: bool = True, start_over: bool = False) -> Tuner:
     """Meta-train a tuner and write it to ``out`` (a ``.safetensors`` file) and its log beside it.
 
-    Every ``checkpoint_every`` steps the whole state goes to :func:`checkpoint_path`; after a kill, the same
-    call with ``resume=True`` continues from it. The artifact is written atomically at the end, and the
-    checkpoint is removed.
+    ``out`` is checked and locked before any work. Every ``snapshot_every`` steps the whole state goes to
+    :func:`snapshot_path`; after a kill, the same call with ``resume=True`` continues from it (refused if
+    the options or inputs changed). The artifact is written atomically at the end, then the snapshot is
+    removed. ``start_over`` discards an interrupted run's snapshot first.
     """
     cfg.validate()
+    check_number("--checkpoint-every", snapshot_every, low=0, integer=True)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ZotuneError(f"--out must name a .safetensors file, got {out}")
-    if out.exists():
-        raise ZotuneError(f"output {out} already exists; choose another --out or delete it")
-    ckpt = checkpoint_path(out)
-    if resume and not ckpt.exists():
-        raise ZotuneError(f"nothing to resume: no checkpoint {ckpt}; run without --resume")
-    if not resume and ckpt.exists():
-        raise ZotuneError(f"an interrupted run to {out} left {ckpt}; add --resume to continue it, or delete it")
-    trainer = MetaTrainer(cfg)
-    if resume:
-        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    start, done = time.perf_counter(), trainer.step
-    with progress_bar(progress) as bar:
-        task = bar.add_task("meta", total=cfg.steps, completed=done, meta="-", gain="-", speed="-")
-        while trainer.step < cfg.steps:
-            row = trainer.advance()
-            if checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < cfg.steps:
-                with atomic_file(ckpt) as tmp:
-                    torch.save(trainer.state_dict(), tmp)
-            bar.update(task, advance=1, meta=f"{row['meta_loss']:.4f}", gain=f"×{row['first_order_gain']:.3f}",
-                       speed=f"{(time.perf_counter() - start) / (trainer.step - done):.1f}")
-    tuner = trainer.artifact()
-    tuner.save_pretrained(out)
-    with atomic_file(log_path(out)) as tmp:
-        tmp.write_text(json.dumps(trainer.log, indent=0))
-    if ckpt.exists():
-        os.remove(ckpt)
+    check_output(out, kind="file")
+    log = log_path(out)
+    with RunLock(out):
+        check_output(out, kind="file")  # again, now that no other run can write it
+        if log.exists() or log.is_symlink():
+            raise ZotuneError(f"{log} already exists and would be overwritten; move it away or choose another --out")
+        snap = Snapshot(snapshot_path(out), snapshot_every,
+                        restart_hint=f"rerun with --start-over (or delete {snapshot_path(out)}) to start over")
+        if start_over:
+            snap.path.unlink(missing_ok=True)
+        if resume and not snap.exists():
+            raise ZotuneError(f"nothing to resume: no snapshot {snap.path}; run without --resume")
+        if not resume and snap.exists():
+            raise ZotuneError(f"an interrupted run to {out} left {snap.path}; add --resume to continue it, "
+                              "or --start-over to discard it")
+        trainer = MetaTrainer(cfg)
+        if resume:
+            state = snap.load()
+            snap.check(state, asdict(cfg), asdict(MetaConfig()), trainer.inputs, ignore=("steps", "threads"))
+            try:
+                trainer.load_state_dict(state)
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise ZotuneError(f"the snapshot {snap.path} does not fit this run ({type(e).__name__}); "
+                                  f"{snap.restart_hint}") from None
+        start, done = time.perf_counter(), trainer.step
+        try:
+            with progress_bar(progress) as bar:
+                task = bar.add_task("meta", total=cfg.steps, completed=done, meta="-", gain="-", speed="-")
+                while trainer.step < cfg.steps:
+                    row = trainer.advance()
+                    if snap.due(trainer.step, cfg.steps):
+                        snap.save(trainer.state_dict() | {"inputs": trainer.inputs})
+                    bar.update(task, advance=1, meta=f"{row['meta_loss']:.4f}",
+                               gain=f"×{row['first_order_gain']:.3f}",
+                               speed=f"{(time.perf_counter() - start) / (trainer.step - done):.1f}")
+            tuner = trainer.artifact()
+        except Diverged as e:
+            if snap.exists():  # resuming would diverge again from the same snapshot
+                raise Diverged(f"{e}; its snapshot {snap.path} is kept: rerun with the lower value and "
+                                  "--start-over (which discards it)") from None
+            raise
+        then = "rerun the same command" + (" with --resume" if snap.exists() else "")
+        if out.exists() or out.is_symlink():
+            raise ZotuneError(f"{out} appeared during the run and is not overwritten; move it away and "
+                              + ("rerun with --resume" if snap.exists() else "rerun"))
+        try:
+            tuner.save_pretrained(out)
+        except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
+            if (e := os_error(e)) is None:
+                raise
+            raise write_failed(out, e, then) from None
+        try:
+            with atomic_file(log) as tmp:
+                tmp.write_text(strict_json(trainer.log, indent=0))
+        except OSError as e:
+            out.unlink(missing_ok=True)
+            raise write_failed(log, e, then) from None
+        snap.path.unlink(missing_ok=True)
     return tuner

@@ -1,6 +1,6 @@
 """The PertNN bank: one small MLP per block, all evaluated in one batched call, giving one σ per block.
 
-Block b's MLP is ``Linear(F→H) → Tanh → Linear(H→1)`` (the paper's architecture, §1.2), with its own
+Block b's MLP is ``Linear(F→H) → Tanh → Linear(H→1)`` (the paper's architecture), with its own
 weights (no sharing across blocks). The B MLPs are stored as stacked parameters
 
     W1 [B, H, F], b1 [B, H], W2 [B, 1, H], b2 [B, 1]
@@ -8,7 +8,7 @@ weights (no sharing across blocks). The B MLPs are stored as stacked parameters
 and evaluated with two ``torch.baddbmm`` calls, never a Python loop over blocks.
 
 Output. ``σ_b = softplus(out_b + bias0)`` with ``bias0 = log(expm1(init_scale))`` (the inverse softplus),
-so σ is positive and smooth (the public code's ``|out|`` can reach 0 and switch a block off; §7.4).
+so σ is positive and smooth (see docs/public-code.md for why not ``|out|``).
 ``output="abs"`` is the paper's mode, kept for the imported published tuners
 (``checkpoints.pth_import``): ``σ_b = |out_b|``, no offset, and the last layer gets PyTorch's default
 ``nn.Linear`` init as in the paper (a zero one would give σ = 0).
@@ -24,7 +24,7 @@ squared norm of the whole perturbation equals MeZO's and σ only decides the *re
 perturbation energy. With all σ equal this gives σ_b = 1 exactly (σ is divided by its detached max
 first, which changes neither the value nor the gradient of the scale-invariant result but makes the
 equal case exact), and the sums run in float64, exact for integer numels up to 2**53. The factor is
-part of the autograd graph (the public code detaches it, §7.6).
+part of the autograd graph.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A *block* is one ``named_parameters()`` tensor with ``requires_grad`` (tied tens
 :func:`trainable_tensors`, the one enumeration the ZO engine, the features and the artifact all use; the
 learned tuner gives one σ to each. Blocks are classified
 by tensor identity and ``ndim`` only, never by name substrings (the public code's ``'bias'``/``'norm'``/
-``'embed'`` checks break on GPT-2's ``ln_*`` and on any tensor with three or more dims; spec §7.2):
+``'embed'`` checks break on GPT-2's ``ln_*`` and on any tensor with three or more dims; docs/public-code.md):
 
 * ``"embedding"``: a 2-D tensor that is the ``weight`` of an :class:`torch.nn.Embedding` module
   (subclasses included). A tied output head is the same tensor, so it is this block, counted once.

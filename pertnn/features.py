@@ -3,9 +3,8 @@
 Row b, in this order (``N_FEATURES`` = 5 columns, float32):
 
 0. ``mean``      -- mean of block b's entries, ``mean(θ_b)``.
-1. ``log_var``   -- ``log(var(θ_b) + var_eps)``, population variance (divide by N). The public code feeds
-   the raw variance (≈1e-4 for weight matrices), which then moves σ by ~1e-5 and is effectively unused
-   (spec §1.3, §7.5); the log puts it on an O(1..10) scale.
+1. ``log_var``   -- ``log(var(θ_b) + var_eps)``, population variance (divide by N), on an O(1..10) scale
+   (docs/public-code.md says why not the raw variance).
 2. ``loss_diff`` -- ``(L+ − L−) / running_loss``: the last step's two-point loss difference.
 3. ``loss_level``-- ``((L+ + L−) / 2) / running_loss − 1``: how far the last step's loss sits from its
    running average (0 = on trend, <0 = better, >0 = worse).
@@ -13,16 +12,15 @@ Row b, in this order (``N_FEATURES`` = 5 columns, float32):
    (1 at the first step, i.e. log 1 = 0).
 
 Features 2 and 3 are *ratios of losses*, so they are invariant to the task's loss scale: multiplying
-every loss and the running loss by c changes nothing. The public code feeds raw L± (spec §7.5), which
-makes a tuner trained on one task's loss scale meaningless on another's. Both are 0 before the first
+every loss and the running loss by c changes nothing. Both are 0 before the first
 step (``losses`` or ``running_loss`` is None) or when the running loss is not a positive finite number:
-0 is their "no information / on trend" value, exactly what the public code's h⁰ = (0, 0) means.
+0 is their "no information / on trend" value.
 The loss features are the same for every block (the bank's per-block MLPs differ, so they can still
 respond differently).
 
 Everything runs under ``no_grad``; no gradient flows into the features (as in the paper).
 
-``FeatureConfig(kind="raw")`` gives the paper's features instead (spec §1.3), for the imported published
+``FeatureConfig(kind="raw")`` gives the paper's features instead, for the imported published
 tuners (``checkpoints.pth_import``): ``[mean(θ_b), var(θ_b), L+, L−, σ_b^(t−1)]`` with the *unbiased*
 variance (N−1; a one-element block gets its population variance, 0, where torch would give NaN), the
 raw losses of the last step ((0, 0) before the first step) and the raw last scale, taken *before*

@@ -1,6 +1,6 @@
 """The direction policy: per-block gates that mix an online mean direction into the PertNN perturbation.
 
-This is the meta-trainable part of learned direction sampling (``ldsd_spec.md`` §6). Block b's
+This is the meta-trainable part of learned direction sampling (docs/tuner.md). Block b's
 perturbation direction is
 
     z_b = σ_b · ( √(1 − w_b²) · ξ_b  +  w_b · m̂_b )
@@ -20,7 +20,8 @@ so only |w_b| matters; the gate is ``w_max · tanh(out_b)`` so that it can leave
 To first order, opening block b's gate pays iff (∇f_b·m̂_b)² > ‖∇f_b‖², i.e. iff
 cos²(m_b, ∇f_b) > 1/n_b: the online mean must be better aligned with the gradient than chance.
 
-The online mean m_b is the momentum-alias form of the LDSD mean (``ldsd_spec.md`` §6.2): an exponential
+The online mean m_b is the momentum-alias form of the LDSD mean (LDSD's mean is a running sum of ZO
+gradient estimates): an exponential
 moving average, with decay ``decay``, of the isotropic part of the step's SPSA estimates,
 ``m_b ← β m_b + (1 − β) ĉ ξ_b`` with ĉ the projected gradient over its running RMS. It is task- and
 iterate-specific online state: it lives in the fine-tune run (``finetune.zo.online``), never in an artifact.

@@ -1,7 +1,45 @@
 """Independent references shared by the tests: a model's loss at explicit parameters, materialised noise,
 and the step seeds an optimizer draws."""
+import random
+
 import torch
+from torch import nn
 from torch.func import functional_call
+
+from finetune.data.tasks import Example
+
+WORDS = ["apple", "stone", "river", "cloud", "green", "seven", "table", "light"]
+
+
+def synthetic_examples(n=64, seed=0):
+    """Multiple choice where 80% of the labels are 'yes': a tiny random model can learn the bias."""
+    rng = random.Random(seed)
+    return [Example(" ".join(rng.choice(WORDS) for _ in range(4)) + ". Answer:", (" yes", " no"),
+                    int(rng.random() < 0.2)) for _ in range(n)]
+
+
+class Quadratic(nn.Module):
+    """L(w) = 1/2 sum_i a_i (w_i - c_i)^2 over a matrix and a vector block (float64); gradient a * (w - c)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = nn.Parameter(torch.randn(6, 5, generator=g, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(7, generator=g, dtype=torch.float64))
+        self.register_buffer("a", torch.rand(6 * 5 + 7, generator=g, dtype=torch.float64) + 0.5)
+        self.register_buffer("c", torch.randn(6 * 5 + 7, generator=g, dtype=torch.float64))
+
+    def flat(self):
+        return torch.cat([self.w.detach().flatten(), self.b.detach()])
+
+    def value(self, w):
+        return 0.5 * (self.a * (w - self.c) ** 2).sum().item()
+
+    def forward(self):
+        return 0.5 * (self.a * (torch.cat([self.w.flatten(), self.b]) - self.c) ** 2).sum()
+
+    def grad(self):
+        return self.a * (self.flat() - self.c)
 
 
 def seed_stream(seed):

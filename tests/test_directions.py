@@ -15,10 +15,10 @@ import cli
 from finetune.zo.directions import LDSD, ZOGV, ZOGreedy, make_direction_optimizer
 from finetune.data.models import TINY, load_model
 from finetune.data.scoring import TaskScorer
-from finetune.data.tasks import Example, Task
+from finetune.data.tasks import Task
 from finetune.trainer import FinetuneConfig, train
 from finetune.zo.engine import Direction, ZOEngine
-from reference import Reference, axpy, combine, ids, seed_stream
+from reference import Quadratic, Reference, axpy, combine, ids, seed_stream, synthetic_examples
 
 METHODS = ("gv", "greedy", "ldsd")
 
@@ -66,7 +66,7 @@ def test_a_single_seed_is_the_combination_of_one_and_updates_combine(noise):
     assert torch.equal(a, b)
     theta = {n: p.detach().clone() for n, p in engine.blocks}
     mean = [torch.full_like(p, 0.25) for _, p in engine.blocks]
-    engine.update_(Direction([(5, 2.0), (6, -0.5)], mean=mean), -1e-3)
+    engine.update_(Direction([(5, 2.0), (6, -0.5)], offset=mean), -1e-3)
     for i, (n, p) in enumerate(engine.blocks):
         want = theta[n] - 1e-3 * (2.0 * engine.unit_noise(5, i) - 0.5 * engine.unit_noise(6, i) + 0.25)
         torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-6)
@@ -129,30 +129,6 @@ def test_greedy_step_matches_explicit_reference(noise, name):
 
 
 # --- every method with momentum and Adam, on an exact quadratic --------------------------------------
-
-
-class Quadratic(nn.Module):
-    """L(w) = 1/2 sum_i a_i (w_i - c_i)^2 over a matrix and a vector block (float64)."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = nn.Parameter(torch.randn(6, 5, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(7, generator=g, dtype=torch.float64))
-        self.register_buffer("a", torch.rand(37, generator=g, dtype=torch.float64) + 0.5)
-        self.register_buffer("c", torch.randn(37, generator=g, dtype=torch.float64))
-
-    def flat(self):
-        return torch.cat([self.w.detach().flatten(), self.b.detach()])
-
-    def value(self, w):
-        return 0.5 * (self.a * (w - self.c) ** 2).sum().item()
-
-    def forward(self):
-        return 0.5 * (self.a * (torch.cat([self.w.flatten(), self.b]) - self.c) ** 2).sum()
-
-    def grad(self):
-        return self.a * (self.flat() - self.c)
 
 
 def flat_noise(engine, seed):
@@ -419,19 +395,9 @@ def test_forwards_per_step_is_what_a_step_spends(method, flags, per_step):
         assert opt.engine.forwards == 3 * per_step
 
 
-WORDS = ["apple", "stone", "river", "cloud", "green", "seven", "table", "light"]
-
-
-def synthetic_examples(n=64, seed=0):
-    """Multiple choice where 80% of the labels are 'yes' (as in test_finetune_cli)."""
-    rng = random.Random(seed)
-    return [Example(" ".join(rng.choice(WORDS) for _ in range(4)) + ". Answer:", (" yes", " no"),
-                    int(rng.random() < 0.2)) for _ in range(n)]
-
-
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ["mezo", *METHODS])
 def test_each_method_lowers_the_training_loss_of_a_tiny_model(method):
-    """The same setting as MeZO's test (tiny-llama, lr 1e-3, eps 1e-3) and the same 200 forward passes."""
+    """Every method, MeZO included, lowers the loss of tiny-llama (lr 1e-3, eps 1e-3) in 200 forward passes."""
     examples = synthetic_examples()
     task = Task("synthetic", "mc", examples, examples[:8], examples)
     model, tok = load_model("tiny-llama")
@@ -449,14 +415,6 @@ def test_each_method_lowers_the_training_loss_of_a_tiny_model(method):
 
 # --- the command line --------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def jsonl(tmp_path):
-    path = tmp_path / "task.jsonl"
-    with path.open("w") as f:
-        for e in synthetic_examples(40):
-            f.write(json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label}) + "\n")
-    return path
 
 
 @pytest.mark.parametrize("method,extra,per_step", [("gv", [], 6), ("greedy", ["--candidates", "3"], 4),

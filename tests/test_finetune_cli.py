@@ -1,7 +1,6 @@
 """The fine-tune loop, the bench and the command line, end to end on tiny models and a JSONL task."""
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,42 +11,8 @@ import torch
 import cli
 from finetune.data.models import load_model
 from finetune.data.scoring import TaskScorer
-from finetune.data.tasks import Example, Task
-from finetune.trainer import FinetuneConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ["apple", "stone", "river", "cloud", "green", "seven", "table", "light"]
-
-
-def synthetic_examples(n=64, seed=0):
-    """Multiple choice where 80% of the labels are 'yes': a tiny random model can learn the bias."""
-    rng = random.Random(seed)
-    return [Example(" ".join(rng.choice(WORDS) for _ in range(4)) + ". Answer:", (" yes", " no"),
-                    int(rng.random() < 0.2)) for _ in range(n)]
-
-
-@pytest.fixture
-def jsonl(tmp_path):
-    path = tmp_path / "task.jsonl"
-    with path.open("w") as f:
-        for e in synthetic_examples(80):
-            f.write(json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label}) + "\n")
-    return path
-
-
-def test_mezo_lowers_the_training_loss_of_a_tiny_model():
-    examples = synthetic_examples()
-    task = Task("synthetic", "mc", examples, examples[:8], examples)
-    model, tok = load_model("tiny-llama")
-    scorer = TaskScorer(tok)
-    with torch.no_grad():
-        before = scorer.loss(model, examples).item()
-    result = train(FinetuneConfig(model="tiny-llama", steps=100, lr=1e-3, eps=1e-3), model, scorer, task,
-                   progress=False)
-    with torch.no_grad():
-        after = scorer.loss(model, examples).item()
-    assert after < before - 0.05, (before, after)
-    assert result.forwards == 200 and len(result.train_loss) == 100
 
 
 def test_cli_finetune_writes_metrics_and_a_loadable_model(tmp_path, jsonl):
@@ -173,7 +138,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, jsonl, monkeypatch, cap
 
     def dying_loss(self, model, examples):
         calls["n"] += 1
-        if calls["n"] == 9:  # killed in step 5's first forward pass: the checkpoint of step 3 survives
+        if calls["n"] == 9:  # killed in step 5's first forward pass: the snapshot of step 3 survives
             raise KeyboardInterrupt
         return real_loss(self, model, examples)
 
@@ -182,7 +147,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, jsonl, monkeypatch, cap
     with pytest.raises(SystemExit) as exc:
         cli.main(argv + ["--out", str(out)])
     assert exc.value.code == 130 and "--resume" in capsys.readouterr().err
-    assert not out.exists() and [p.name for p in (tmp_path / ".resumed.partial").iterdir()] == ["checkpoint.pt"]
+    assert not out.exists() and [p.name for p in (tmp_path / ".resumed.partial").iterdir()] == ["snapshot.pt"]
     monkeypatch.setattr(TaskScorer, "loss", real_loss)
     assert "add --resume" in bad(tmp_path, capsys, argv + ["--out", str(out)])
     assert "lr=0.001" in bad(tmp_path, capsys, [*argv, "--out", str(out), "--resume", "--lr", "1e-2"])
@@ -195,7 +160,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, jsonl, monkeypatch, cap
     mb, _ = load_model(str(out / "model"))
     for (k, v), w in zip(ma.state_dict().items(), mb.state_dict().values()):
         assert torch.equal(v, w), k
-    assert not (tmp_path / ".resumed.partial").exists() and not (out / "checkpoint.pt").exists()
+    assert not (tmp_path / ".resumed.partial").exists() and not (out / "snapshot.pt").exists()
 
 
 @pytest.mark.parametrize("schedule,extend_ok", [("linear", False), ("constant", True)])
@@ -207,7 +172,7 @@ def test_resuming_with_more_steps_needs_a_constant_schedule(tmp_path, jsonl, mon
 
     def dying_loss(self, model, examples):
         calls["n"] += 1
-        if calls["n"] == 7:  # killed in step 3: the checkpoint of step 2 survives
+        if calls["n"] == 7:  # killed in step 3: the snapshot of step 2 survives
             raise KeyboardInterrupt
         return real_loss(self, model, examples)
 

@@ -123,7 +123,7 @@ import json  # noqa: E402
 
 import cli  # noqa: E402
 from checkpoints import Tuner  # noqa: E402
-from meta.train import MetaConfig, MetaTrainer, checkpoint_path, log_path, meta_train  # noqa: E402
+from meta.train import MetaConfig, MetaTrainer, snapshot_path, log_path, meta_train  # noqa: E402
 
 
 def _cfg(tasks, **kw):
@@ -145,7 +145,7 @@ def _same_tuner(a: Tuner, b: Tuner) -> None:
 
 @pytest.mark.parametrize("policy", [False, True])
 def test_meta_training_learns_and_resume_reaches_the_same_artifact(tmp_path, tasks, monkeypatch, policy):
-    """Also with a direction policy: its online means are part of the checkpoint, so the resumed run ends
+    """Also with a direction policy: its online means are part of the snapshot, so the resumed run ends
     with the same bank and the same policy."""
     kw = dict(direction_policy=True, policy_hidden=4) if policy else {}
     full = meta_train(_cfg(tasks, **kw), tmp_path / "full.safetensors", progress=False)
@@ -164,15 +164,15 @@ def test_meta_training_learns_and_resume_reaches_the_same_artifact(tmp_path, tas
 
     monkeypatch.setattr(MetaTrainer, "advance", killed_at_5)
     with pytest.raises(KeyboardInterrupt):
-        meta_train(_cfg(tasks, **kw), out, checkpoint_every=2, progress=False)
-    assert checkpoint_path(out).exists() and not out.exists()
+        meta_train(_cfg(tasks, **kw), out, snapshot_every=2, progress=False)
+    assert snapshot_path(out).exists() and not out.exists()
     monkeypatch.setattr(MetaTrainer, "advance", advance)
     with pytest.raises(Exception, match="add --resume"):
-        meta_train(_cfg(tasks, **kw), out, checkpoint_every=2, progress=False)
+        meta_train(_cfg(tasks, **kw), out, snapshot_every=2, progress=False)
     with pytest.raises(Exception, match="cannot resume: the interrupted run used seed=0"):
-        meta_train(_cfg(tasks, seed=1, **kw), out, resume=True, checkpoint_every=2, progress=False)
-    resumed = meta_train(_cfg(tasks, **kw), out, resume=True, checkpoint_every=2, progress=False)
-    assert not checkpoint_path(out).exists()
+        meta_train(_cfg(tasks, seed=1, **kw), out, resume=True, snapshot_every=2, progress=False)
+    resumed = meta_train(_cfg(tasks, **kw), out, resume=True, snapshot_every=2, progress=False)
+    assert not snapshot_path(out).exists()
     _same_tuner(full, resumed)
     _same_tuner(full, Tuner.from_pretrained(out))
 

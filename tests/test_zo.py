@@ -13,27 +13,7 @@ from finetune.data.models import TINY, load_model
 from finetune.zo.optim import ZOAdam, ZOSGD, make_optimizer, make_schedule
 from finetune.zo.engine import Direction, ZOEngine
 from finetune.zo.noise import GaussianNoise, NoiseTable
-from reference import Reference, axpy, deep_tiny, ids
-
-
-class Quadratic(nn.Module):
-    """L(w) = 1/2 sum_i a_i (w_i - c_i)^2 over a matrix and a vector block; gradient a * (w - c)."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = nn.Parameter(torch.randn(6, 5, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(7, generator=g, dtype=torch.float64))
-        self.register_buffer("a", torch.rand(6 * 5 + 7, generator=g, dtype=torch.float64) + 0.5)
-        self.register_buffer("c", torch.randn(6 * 5 + 7, generator=g, dtype=torch.float64))
-
-    def forward(self):
-        w = torch.cat([self.w.flatten(), self.b])
-        return 0.5 * (self.a * (w - self.c) ** 2).sum()
-
-    def grad(self):
-        w = torch.cat([self.w.detach().flatten(), self.b.detach()])
-        return self.a * (w - self.c)
+from reference import Quadratic, Reference, axpy, deep_tiny, ids, seed_stream
 
 
 def tiny_llama(seed=0):
@@ -167,11 +147,7 @@ def test_block_scales_enter_perturbation_and_update():
     assert not torch.equal(model.b.detach(), b0)
 
 
-def seed_stream(seed):
-    """The step seeds a ZO optimizer built with ``seed`` will draw, generated independently."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        yield int(torch.randint(0, 2**62, (1,), generator=gen))
+
 
 
 @pytest.mark.parametrize("kind", ["momentum", "adam"])

@@ -132,3 +132,36 @@ class TaskScorer:
                              pad_token_id=self.pad_id)
         texts = self.tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         return [t.split("\n")[0].strip() for t in texts]
+
+    # ---- losses and metrics over a whole split --------------------------------------------------
+    @torch.inference_mode()
+    def score_matrix(self, model, examples: Sequence[Example], batch_size: int = 16) -> torch.Tensor:
+        """``[n, max_options]`` option scores of multiple-choice ``examples`` (float64 on the CPU, ``-inf``
+        where an example has fewer options), scored ``batch_size`` examples at a time as :meth:`evaluate` does."""
+        n_opt = max(len(e.options) for e in examples)
+        out = torch.full((len(examples), n_opt), float("-inf"), dtype=torch.float64)
+        for at in range(0, len(examples), batch_size):
+            chunk = examples[at: at + batch_size]
+            s = self.option_scores(model, chunk).double().cpu()
+            out[at: at + len(chunk), : s.shape[1]] = s
+        return out
+
+    @torch.inference_mode()
+    def assess(self, model, examples: Sequence[Example], batch_size: int = 16, metric: bool = True) -> dict:
+        """The mean per-example loss over ``examples`` and the metric (accuracy, or token F1 for generation;
+        for generation ``metric=False`` skips the decoding and gives ``None``). Multiple choice also returns
+        the ``scores`` matrix (:meth:`score_matrix`) the loss and accuracy come from, in one pass."""
+        if not examples:
+            raise ValueError("no examples to evaluate")
+        if not examples[0].is_generation:
+            scores = self.score_matrix(model, examples, batch_size)
+            labels = torch.tensor([e.label for e in examples])
+            loss = F.cross_entropy(scores, labels).item()
+            accuracy = (scores.argmax(-1) == labels).double().mean().item()
+            return {"loss": loss, "metric": accuracy, "scores": scores}
+        total = 0.0
+        for at in range(0, len(examples), batch_size):
+            chunk = examples[at: at + batch_size]
+            total -= self.continuation_logprobs(model, [(e.prompt, e.answers[0]) for e in chunk]).double().sum().item()
+        value = self.evaluate(model, examples, batch_size) if metric else None
+        return {"loss": total / len(examples), "metric": value, "scores": None}

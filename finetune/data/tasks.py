@@ -8,7 +8,11 @@ A spec is one of:
 * ``bigbench:<name>`` or ``bigbench:<name>/<subtask>``: any JSON task of the ``bigbench==1.0.0`` sdist
   (works offline once the sdist is in the cache), plus ``bigbench:squad_shifts[/<domain>]``, SQuAD-format
   reading comprehension; the examples are shuffled and cut into test, dev and train;
-* a path to a ``.jsonl`` file of the user's own examples, split the same way.
+* a path to a ``.jsonl`` file of the user's own examples, split the same way;
+* a path to the user's own table, read with ``datasets``: a CSV, JSON/JSONL or parquet file, or a folder
+  written by ``Dataset.save_to_disk``; :class:`TaskColumns` says which columns hold the input, the options
+  (or fixed label words) and the label, or the target (:func:`task_from_dataset` does the same for a
+  ``datasets.Dataset`` in memory).
 
 Multiple-choice examples carry options that are continuations of the prompt (the scorer concatenates
 ``prompt + option``); generation examples carry gold answers, ``answers[0]`` being the training target.
@@ -415,8 +419,8 @@ def _jsonl_example(line: str, where: str) -> Example:
                           f"write one JSON object per line") from None
     if not isinstance(row, dict):
         raise ZotuneError(f"{where}: expected a JSON object, {_JSONL_SHAPES}")
-    if not isinstance(row.get("input"), str):
-        raise ZotuneError(f"{where}: 'input' must be a string (the prompt)")
+    if not isinstance(row.get("input"), str) or not row["input"].strip():
+        raise ZotuneError(f"{where}: 'input' must be a string (the prompt), not empty")
     if ("options" in row) == ("target" in row):
         raise ZotuneError(f"{where}: give either 'options' and 'label' or 'target': {_JSONL_SHAPES}")
     if "target" in row:
@@ -463,27 +467,202 @@ def _read_jsonl(path: Path) -> list[Example]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The user's own tables: CSV, JSON/JSONL, parquet files and save_to_disk folders, read with `datasets`
+
+TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+_TABLE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class TaskColumns:
+    """Which columns of a table make the examples (the CLI's ``--input-column`` etc.).
+
+    Multiple choice: ``input`` (the prompt), the options from ``options`` (a column holding a list of strings
+    per row, each a continuation of the prompt, used as given) or ``label_words`` (the same options for every
+    row; each word is scored after one space, ``" " + word``), and ``label``, the gold option as an index or
+    as the option's text. Generation: ``input`` and ``target`` (a string, or a list of gold answers whose first
+    one is the training target), used as given.
+    """
+
+    input: str = "input"
+    options: str | None = None
+    label_words: tuple[str, ...] | None = None
+    label: str | None = None
+    target: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.label_words, str):  # "no,yes", as on the command line
+            object.__setattr__(self, "label_words", tuple(w for w in self.label_words.split(",")))
+        if self.label_words is not None:
+            words = tuple(str(w).strip() for w in self.label_words)
+            if len(words) < 2 or not all(words) or len(set(words)) < len(words):
+                raise ZotuneError(f"label words {','.join(self.label_words)!r} must be at least 2 distinct "
+                                  f"non-empty words, e.g. --label-words no,yes")
+            object.__setattr__(self, "label_words", words)
+        if self.target is not None:
+            if self.options is not None or self.label_words is not None or self.label is not None:
+                raise ZotuneError("give either a target column (generation) or an options column / label words "
+                                  "and a label column (multiple choice), not both")
+        elif self.label is None or (self.options is None) == (self.label_words is None):
+            raise ZotuneError("map the columns either to multiple choice (--label-column, and --options-column "
+                              "or --label-words) or to generation (--target-column)")
+
+    @property
+    def kind(self) -> str:
+        return "gen" if self.target is not None else "mc"
+
+    def used(self) -> list[tuple[str, str]]:
+        """(role, column name) of every column the mapping reads."""
+        roles = [("input", self.input), ("options", self.options), ("label", self.label), ("target", self.target)]
+        return [(role, name) for role, name in roles if name is not None]
+
+
+def _default_columns(names: Sequence[str], where: str) -> TaskColumns:
+    """The mapping of a table written in zotune's own JSONL shape (input/options/label or input/target)."""
+    if {"input", "target"} <= set(names):
+        return TaskColumns(target="target")
+    if {"input", "options", "label"} <= set(names):
+        return TaskColumns(options="options", label="label")
+    raise ZotuneError(f"{where}: say which columns to use, --input-column and --target-column (generation) or "
+                      f"--input-column, --label-column and --options-column or --label-words (multiple choice); "
+                      f"its columns are {', '.join(names)}")
+
+
+def _row_label(value, options: Sequence[str], where: str, column: str) -> int:
+    """The gold option's index from a label cell: an index, a bool, or the text of one of the options."""
+    if isinstance(value, bool):
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str):
+        stripped = [option.strip() for option in options]
+        if value.strip() not in stripped:
+            raise ZotuneError(f"{where}: label {value!r} in column {column!r} is not one of the options "
+                              f"{', '.join(repr(o) for o in stripped)}; give the option's text or its index")
+        return stripped.index(value.strip())
+    if not isinstance(value, int):
+        raise ZotuneError(f"{where}: label {value!r} in column {column!r} is not an option index; "
+                          f"give an integer from 0 to {len(options) - 1} or the option's text")
+    if not 0 <= value < len(options):
+        raise ZotuneError(f"{where}: label {value} in column {column!r} is out of range; "
+                          f"use 0 to {len(options) - 1}")
+    return value
+
+
+def _table_example(row: dict, columns: TaskColumns, where: str) -> Example:
+    """One row of a table as an Example; ``where`` ("<name>, row <n>") starts every error message."""
+    prompt = row[columns.input]
+    if not isinstance(prompt, str):
+        raise ZotuneError(f"{where}: column {columns.input!r} (the input) must hold text, got {prompt!r}")
+    if columns.target is not None:
+        target = row[columns.target]
+        answers = [target] if isinstance(target, str) else target
+        if not isinstance(answers, (list, tuple)) or not all(isinstance(a, str) for a in answers) \
+                or not any(a.strip() for a in answers):
+            raise ZotuneError(f"{where}: column {columns.target!r} (the target) must hold a non-empty string "
+                              f"or a list of them, got {target!r}")
+        return Example(prompt, answers=tuple(a for a in answers if a.strip()))
+    if columns.label_words is not None:
+        options = tuple(" " + word for word in columns.label_words)
+    else:
+        options = row[columns.options]
+        if not isinstance(options, (list, tuple)) or not all(isinstance(o, str) and o for o in options):
+            raise ZotuneError(f"{where}: column {columns.options!r} (the options) must hold a list of non-empty "
+                              f"strings, got {options!r}; a CSV file cannot hold lists, use --label-words")
+        if len(options) < 2:
+            raise ZotuneError(f"{where}: column {columns.options!r} needs at least 2 options, got {len(options)}")
+        options = tuple(options)
+    label = row[columns.label]
+    if label is None:
+        raise ZotuneError(f"{where}: the label column {columns.label!r} is empty")
+    return Example(prompt, options, _row_label(label, options, where, columns.label))
+
+
+def examples_from_dataset(dataset, columns: TaskColumns | None = None, name: str = "dataset") -> list[Example]:
+    """The examples of a ``datasets.Dataset`` (or ``DatasetDict``, its splits one after the other), mapped by
+    ``columns``; without ``columns`` the table must be in zotune's JSONL shape. Rows are numbered from 1."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = datasets.concatenate_datasets([dataset[split] for split in dataset])
+    if not isinstance(dataset, datasets.Dataset):
+        raise ZotuneError(f"{name}: expected a datasets.Dataset, got {type(dataset).__name__}")
+    names = dataset.column_names
+    columns = columns or _default_columns(names, name)
+    for role, column in columns.used():
+        if column not in names:
+            close = difflib.get_close_matches(column, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ZotuneError(f"{name}: no column {column!r} (the {role} column); {hint}its columns are "
+                              f"{', '.join(names)}; set --{role}-column")
+    if len(dataset) == 0:
+        raise ZotuneError(f"{name} has no rows; give a table with examples")
+    wanted = [column for _, column in columns.used()]
+    return [_table_example(row, columns, f"{name}, row {number}")
+            for number, row in enumerate(dataset.select_columns(wanted), start=1)]
+
+
+def read_table(path: str | Path):
+    """A local CSV, JSON/JSONL or parquet file, or a ``save_to_disk`` folder, as a ``datasets`` object."""
+    import datasets
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ZotuneError(f"task file {path} does not exist; give the path of a {', '.join(TABLE_SUFFIXES)} file "
+                          f"or of a folder written by Dataset.save_to_disk")
+    try:
+        if path.is_dir():
+            return datasets.load_from_disk(str(path))
+        return datasets.load_dataset(_TABLE_BUILDERS[path.suffix.lower()], data_files=str(path), split="train")
+    except ZotuneError:
+        raise
+    except Exception as err:  # the boundary with `datasets`: a file it cannot read is the user's to fix
+        raise ZotuneError(f"cannot read {path} with datasets ({type(err).__name__}: {first_line(err)}); "
+                          f"check its format") from err
+
+
+def task_from_dataset(dataset, columns: TaskColumns | None = None, name: str = "dataset", seed: int = 0,
+                      n_train: int = 1000, n_dev: int = 500, n_test: int = 1000) -> Task:
+    """A :class:`Task` from a ``datasets.Dataset``, mapped by ``columns`` and split like a JSONL file."""
+    return _split_task(name, examples_from_dataset(dataset, columns, name), seed, n_train, n_dev, n_test)
+
+
+def _is_table(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    return spec.lower().endswith(TABLE_SUFFIXES) or (path.is_dir() and (
+        (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Entry points
 
 
-def load_task(spec: str, seed: int = 0, n_train: int = 1000, n_dev: int = 500, n_test: int = 1000) -> Task:
+def load_task(spec: str, seed: int = 0, n_train: int = 1000, n_dev: int = 500, n_test: int = 1000,
+              columns: TaskColumns | None = None) -> Task:
     """The task named by ``spec`` (see the module docstring), split deterministically for ``seed``.
 
     Splits get the requested sizes when the data has enough examples; a smaller task is shared among
-    the splits in proportion to the requested sizes, so that none of them is empty.
+    the splits in proportion to the requested sizes, so that none of them is empty. ``columns`` maps the
+    columns of a table (CSV, JSON/JSONL, parquet, ``save_to_disk`` folder) to examples; a ``.jsonl`` file
+    without ``columns`` is read in zotune's own format.
     """
     if min(n_train, n_dev, n_test) < 0:
         raise ZotuneError(f"split sizes must not be negative "
                           f"(n_train={n_train}, n_dev={n_dev}, n_test={n_test})")
+    if columns is not None and not _is_table(spec):
+        raise ZotuneError(f"column options apply to a CSV, JSON/JSONL or parquet file or a save_to_disk folder, "
+                          f"not to {spec!r}")
     if spec in _HUB_TASKS:
         return _load_hub_task(spec, seed, n_train, n_dev, n_test)
     if spec.startswith("bigbench:"):
         examples = _load_bigbench_examples(spec.removeprefix("bigbench:"))
-    elif spec.lower().endswith(".jsonl"):
+    elif spec.lower().endswith(".jsonl") and columns is None:
         examples = _read_jsonl(Path(spec).expanduser())
+    elif _is_table(spec):
+        examples = examples_from_dataset(read_table(spec), columns, spec)
     else:
         raise ZotuneError(f"unknown task {spec!r}; use one of {', '.join(TASK_NAMES)}, bigbench:<name>, "
-                          f"or a path to a .jsonl file")
+                          f"a .jsonl, .csv, .json or .parquet file, or a folder written by Dataset.save_to_disk")
     return _split_task(spec, examples, seed, n_train, n_dev, n_test)
 
 

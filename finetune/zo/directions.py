@@ -57,7 +57,7 @@ class _CandidatePool:
         seeds = [self.draw_seed() for _ in range(size)]
         losses = []
         for seed in seeds:
-            with self.engine.perturbed(Direction([(seed, coeff)], mean=mean), eps):
+            with self.engine.perturbed(Direction([(seed, coeff)], offset=mean), eps):
                 losses.append(self.engine.loss(closure))
         return seeds, losses
 
@@ -67,7 +67,19 @@ class _CandidatePool:
         return {"loss": math.nan, "candidate_losses": losses}
 
 
-class GVStep(_CandidatePool):
+class _Candidates(_CandidatePool):
+    """Mixin: a method that evaluates ``candidates`` seeded directions per step (at least 2)."""
+
+    NAME = "this method"
+
+    def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3, candidates: int = 4, **kw):
+        if candidates < 2:
+            raise ValueError(f"{self.NAME} needs at least 2 candidates")
+        self._check_q(kw)
+        super().__init__(model, lr, eps, candidates=candidates, **kw)
+
+
+class GVStep(_Candidates):
     """MeZO-GV: ZO-SGD along a guiding vector built from M ranked candidates.
 
     Per step, on one minibatch: draw M seeds and evaluate ``l_i = L(theta + eps z_i)`` (one-sided, M
@@ -82,11 +94,7 @@ class GVStep(_CandidatePool):
     Returns the mean of ``L(theta +- eps v)``.
     """
 
-    def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3, candidates: int = 4, **kw):
-        if candidates < 2:
-            raise ValueError("MeZO-GV needs at least 2 candidates")
-        self._check_q(kw)
-        super().__init__(model, lr, eps, candidates=candidates, **kw)
+    NAME = "MeZO-GV"
 
     @torch.no_grad()
     def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
@@ -105,7 +113,7 @@ class GVStep(_CandidatePool):
                             candidate_losses=losses, coefficients=coeffs)
 
 
-class GreedyStep(_CandidatePool):
+class GreedyStep(_Candidates):
     """MeZO-Greedy: ZO-SGD along the best of M candidate directions.
 
     Per step: evaluate ``l_i = L(theta + eps z_i)`` for M seeds (one-sided, M passes), keep
@@ -115,11 +123,7 @@ class GreedyStep(_CandidatePool):
     the underlying update rule. Returns the mean of the two sides.
     """
 
-    def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3, candidates: int = 4, **kw):
-        if candidates < 2:
-            raise ValueError("MeZO-Greedy needs at least 2 candidates")
-        self._check_q(kw)
-        super().__init__(model, lr, eps, candidates=candidates, **kw)
+    NAME = "MeZO-Greedy"
 
     @torch.no_grad()
     def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
@@ -148,25 +152,20 @@ class LDSDStep(_CandidatePool):
        side); ``ghat = g u* = g sigma z(seed*) + g mu``, fed to the update rule (SGD/momentum/Adam).
     3. The policy mean follows REINFORCE on ``J(mu) = E_u L(theta + eps u)`` with the leave-one-out
        baseline: ``A_i = f_i - mean_{j != i} f_j``, and the score ``(u_i - mu) / sigma^2 = z(seed_i) / sigma``
-       is regenerated **from the seed that produced f_i** (the released code pairs the advantages with
-       noise drawn from the best seed's stream instead, a random walk). Then::
+       is regenerated **from the seed that produced f_i** (docs/public-code.md). Then::
 
            A_i <- A_i / (EMA of std_j f_j)                 (normalise=True; scale-free advantages)
            mu  <- decay * mu - (mean_lr / (k sigma)) * sum_i A_i z(seed_i)
            mu_b <- mu_b * min(1, cap * sigma / RMS(mu_b))  (per block: mu never outweighs the noise by more)
 
-       With ``normalise=False``, ``decay=1`` and ``cap=inf`` this is exactly the paper code's (corrected)
-       rule ``mu <- mu - (mean_lr / (k sigma^2)) sum_i A_i (u_i - mu)``. Without decay or cap, mu is an
-       undecayed running sum of ZO gradient estimates and grows without bound on a locally linear loss.
-       mean_lr stays constant (the lr schedule moves theta only).
+       With ``normalise=False``, ``decay=1`` and ``cap=inf`` this is the paper's rule
+       ``mu <- mu - (mean_lr / (k sigma^2)) sum_i A_i (u_i - mu)``. mean_lr stays constant (the lr schedule
+       moves theta only).
 
-    ``rule="released"`` reproduces the public code's noise/loss mis-pairing, **for ablations only**: the
-    scores are regenerated from the best seed's stream instead of each candidate's own seed, so advantage
-    A_0 is paired with the best candidate's noise and every other A_i with noise that produced no loss
-    (:func:`released_score_seed`; our per-block noise cannot replay the public code's single stream
-    draw for draw, but the defect is the same: μ takes a zero-mean random walk instead of learning).
+    ``rule="released"`` pairs the advantages with noise from the best seed's stream
+    (:func:`released_score_seed`), as the released code does, **for ablations only**.
 
-    Cost: k + 1 forward passes per step (the released code spends k + 2). Memory: mu is one
+    Cost: k + 1 forward passes per step. Memory: mu is one
     parameter-sized buffer per block (``+1x`` the trainable parameters, like a momentum buffer); it is
     online optimizer state, kept in ``state_dict`` with the advantage scale. Returns the mean of the
     two sides.
@@ -208,10 +207,10 @@ class LDSDStep(_CandidatePool):
             return self._give_up(losses)
         best = _rank(losses)[0]
         plus = losses[best]
-        with self.engine.perturbed(Direction([(seeds[best], sigma)], mean=mu), -eps):
+        with self.engine.perturbed(Direction([(seeds[best], sigma)], offset=mu), -eps):
             minus = self.engine.loss(closure)
         g = (plus - minus) / (2 * eps)
-        estimate = Direction([(seeds[best], g * sigma)], mean=mu, mean_scales=g)  # ghat = g * (sigma z* + mu)
+        estimate = Direction([(seeds[best], g * sigma)], offset=mu, offset_scales=g)  # ghat = g * (sigma z* + mu)
         record = self._finish(group, (plus + minus) / 2, g, plus, minus, estimate,
                               candidate_losses=losses, best=best)
         if group["ldsd_rule"] == "released":  # the public code's mis-pairing (ablation only)

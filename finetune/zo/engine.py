@@ -2,9 +2,9 @@
 
 A *block* is one trainable parameter tensor (:func:`pertnn.blocks.trainable_tensors`). A step moves along a
 :class:`Direction`, given to every call as an argument: block b moves along
-``v_b = s_b * sum_j c_j z_b(seed_j) + k_b * mean_b``, with z_b(seed) the seeded noise (:mod:`finetune.zo.noise`,
+``v_b = s_b * sum_j c_j z_b(seed_j) + k_b * offset_b``, with z_b(seed) the seeded noise (:mod:`finetune.zo.noise`,
 regenerated whenever needed, never stored), s_b a per-block noise scale (1 is MeZO; a tuner sets it) and an
-optional stored per-block ``mean`` tensor with scales k_b (LDSD's policy mean, a tuner's online mean).
+optional stored per-block ``offset`` tensor with scales k_b (LDSD's policy mean, a tuner's online mean).
 A direction may also bring its own noise kind (low-rank or Rademacher noise, :mod:`finetune.zo.noise`) and an
 elementwise multiplier per block (:class:`Multiplier`: a magnitude mask, a Hessian scaling), used by the
 baselines in :mod:`finetune.zo.baselines`; without them the engine runs exactly MeZO's operations.
@@ -102,27 +102,35 @@ class InverseSqrt(Multiplier):
 
 @dataclass(frozen=True)
 class Direction:
-    """``v_b = scales_b * m_b * sum_j c_j z_b(seed_j) + mean_scales_b * mean_b`` for every block b.
+    """``v_b = scales_b * m_b * sum_j c_j z_b(seed_j) + offset_scales_b * offset_b`` for every block b.
 
     ``seeds`` is one seed or ``(seed, coefficient)`` pairs; ``scales`` (one per block, or None for ones) is
-    the noise scale; ``mean`` (one tensor per block) is an optional stored term with ``mean_scales`` (one per
+    the noise scale; ``offset`` (one tensor per block) is an optional stored term with ``offset_scales`` (one per
     block, one number for all, or None for ones). ``noise`` (None: the engine's) is the noise z, e.g. a
     :class:`~finetune.zo.noise.LowRankNoise`; ``multipliers`` (None, or one :class:`Multiplier` or None per
     block) multiplies the noise term elementwise (``m_b = 1`` where None)."""
 
     seeds: Seeds
     scales: Sequence[float] | torch.Tensor | None = None
-    mean: Sequence[torch.Tensor] | None = None
-    mean_scales: Sequence[float] | torch.Tensor | float | None = None
+    offset: Sequence[torch.Tensor] | None = None
+    offset_scales: Sequence[float] | torch.Tensor | float | None = None
     noise: object | None = None
     multipliers: Sequence[Multiplier | None] | None = None
+
+    def times(self, g: float) -> "Direction":
+        """``g * v``: the same direction with every seed coefficient and offset scale multiplied by ``g``."""
+        offset_scales = self.offset_scales
+        if self.offset is not None:
+            offset_scales = [g * k for k in _per_block(offset_scales, len(self.offset), "offset_scales")]
+        return Direction([(s, g * c) for s, c in as_terms(self.seeds)], self.scales, self.offset, offset_scales,
+                         self.noise, self.multipliers)
 
 
 class _Resolved(NamedTuple):
     terms: list[tuple[int, float]]
     scales: list[float]
-    mean: Sequence[torch.Tensor] | None
-    mean_scales: list[float]
+    offset: Sequence[torch.Tensor] | None
+    offset_scales: list[float]
     noise: object = None
     multipliers: Sequence[Multiplier | None] | None = None
 
@@ -231,8 +239,8 @@ class ZOEngine:
         n = len(self.blocks)
         if d.multipliers is not None and len(d.multipliers) != n:
             raise ValueError(f"multipliers has {len(d.multipliers)} entries for {n} blocks")
-        return _Resolved(as_terms(d.seeds), _per_block(d.scales, n, "scales"), d.mean,
-                         _per_block(d.mean_scales, n, "mean_scales"),
+        return _Resolved(as_terms(d.seeds), _per_block(d.scales, n, "scales"), d.offset,
+                         _per_block(d.offset_scales, n, "offset_scales"),
                          self.noise if d.noise is None else d.noise, d.multipliers)
 
     def add_noise_(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, scale: float = 1.0) -> None:
@@ -265,7 +273,7 @@ class ZOEngine:
                        alpha: float) -> None:
         """``tensor += alpha * v_index`` for block ``index`` of ``direction`` (a momentum buffer, an estimate)."""
         d = direction if isinstance(direction, _Resolved) else self.resolve(direction)
-        scale, k = d.scales[index], d.mean_scales[index]
+        scale, k = d.scales[index], d.offset_scales[index]
         mult = d.multiplier(index)
         if mult is None:
             for s, c in d.terms:
@@ -273,8 +281,8 @@ class ZOEngine:
                     d.noise.add(tensor, s, index, alpha * c * scale, out=tensor)
         elif alpha * scale != 0.0:
             self._add_multiplied_(tensor, d, index, alpha * scale, mult)
-        if d.mean is not None and alpha * k != 0.0:
-            tensor.add_(d.mean[index], alpha=alpha * k)
+        if d.offset is not None and alpha * k != 0.0:
+            tensor.add_(d.offset[index], alpha=alpha * k)
 
     def _add_multiplied_(self, tensor: torch.Tensor, d: _Resolved, index: int, a: float, mult: Multiplier) -> None:
         """``tensor += a * m_index * sum_j c_j z_index(seed_j)``, the multiplier evaluated on the block's current
@@ -325,7 +333,7 @@ class ZOEngine:
         """``out = src + alpha * v_index`` for the resolved direction ``d``, adding one term at a time. With
         ``at``, ``src`` and ``out`` are flat segments of block ``index`` starting at element ``at``."""
         numel = self.blocks[index][1].numel()
-        a, k = alpha * d.scales[index], alpha * d.mean_scales[index]
+        a, k = alpha * d.scales[index], alpha * d.offset_scales[index]
         mult = d.multiplier(index)
         if a != 0.0 and (mult is None or mult.mask):
             original = src
@@ -340,8 +348,8 @@ class ZOEngine:
             m = mult.of(src, lambda t: t.reshape(-1)[at: at + n].view(src.shape))
             torch.addcmul(src, self._noise_sum(d, index, src, at), m, value=a, out=out)
             src = out
-        if d.mean is not None and k != 0.0:
-            m = d.mean[index].reshape(-1)[at: at + src.numel()].view(src.shape)
+        if d.offset is not None and k != 0.0:
+            m = d.offset[index].reshape(-1)[at: at + src.numel()].view(src.shape)
             torch.add(src, m, alpha=k, out=out)
             src = out
         if src is not out:
@@ -357,7 +365,7 @@ class ZOEngine:
 
     def _moves(self, d: _Resolved, index: int, alpha: float) -> bool:
         """Whether block ``index`` moves at all along ``alpha * d``."""
-        return alpha * d.scales[index] != 0.0 or (d.mean is not None and alpha * d.mean_scales[index] != 0.0)
+        return alpha * d.scales[index] != 0.0 or (d.offset is not None and alpha * d.offset_scales[index] != 0.0)
 
     def _head(self, x: torch.Tensor, module: nn.Linear, index: int, d: _Resolved, alpha: float) -> torch.Tensor:
         """``module``'s output at the perturbed weight, without a weight-sized copy: the perturbed weight is
@@ -444,7 +452,7 @@ class ZOEngine:
                 if i in swapped or not self._moves(d, i, alpha):  # perturbed by an enclosing module, or not at all
                     return output
                 ids = args[0] if args else kwargs["input"]
-                a, k = alpha * d.scales[i], alpha * d.mean_scales[i]
+                a, k = alpha * d.scales[i], alpha * d.offset_scales[i]
                 mult = d.multiplier(i)
                 if a != 0.0 and mult is None:
                     for s, c in d.terms:
@@ -453,8 +461,8 @@ class ZOEngine:
                     rows = sum(c * d.noise.rows(module.weight, s, i, ids) for s, c in d.terms)
                     m = mult.of(F.embedding(ids, module.weight), lambda t: F.embedding(ids, t))
                     output = output.addcmul(rows, m.to(rows.dtype), value=a)
-                if d.mean is not None and k != 0.0:
-                    output = output.add(F.embedding(ids, d.mean[i]), alpha=k)
+                if d.offset is not None and k != 0.0:
+                    output = output.add(F.embedding(ids, d.offset[i]), alpha=k)
                 return output
             return hook
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from pertnn.features import StepHistory
 
-from finetune.zo.online import OnlineMean
+from finetune.zo.online import OnlineMean, tuned_direction
 from finetune.zo.engine import Direction, ZOEngine
 
 class ZOOptimizer(torch.optim.Optimizer):
@@ -211,14 +211,12 @@ class TunedZO(ZOSGD):
 
     def _directed_step(self, closure: Callable[[], torch.Tensor], features: torch.Tensor, sigma: torch.Tensor) -> dict:
         """One step along ``σ (√(1 − w²) ξ + w m̂)``; the same operations as the plain step when w = 0."""
-        group, online = self.param_groups[0], self.online
-        gate, iso, mean_scale = online.direction(self.policy, sigma, features)
-        k = online.mean_coefficients(mean_scale)
+        group = self.param_groups[0]
         seed = self.draw_seed()
-        g, plus, minus = self.engine.spsa(closure, Direction(seed, iso, online.means, k), group["eps"])
-        estimate = Direction([(seed, g)], iso, online.means, [g * c for c in k])
-        record = self._finish(group, (plus + minus) / 2, g, plus, minus, estimate, gates=gate, seed=seed)
-        online.update(seed, g, gate)
+        direction, gate, _, _ = tuned_direction(seed, sigma, features, self.policy, self.online)
+        g, plus, minus = self.engine.spsa(closure, direction, group["eps"])
+        record = self._finish(group, (plus + minus) / 2, g, plus, minus, direction.times(g), gates=gate, seed=seed)
+        self.online.update(seed, g, gate)
         return record
 
     def state_dict(self) -> dict:

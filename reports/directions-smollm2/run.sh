@@ -15,7 +15,7 @@ cp runs/meta-policy/smollm2-135m-policy.safetensors $R/tuner-policy.safetensors
 cp runs/meta-policy/smollm2-135m-policy.metalog.json $R/tuner-policy.metalog.json
 $PY cli.py tuners inspect $R/tuner-policy.safetensors > $R/inspect.txt
 
-# 2. The ablation grid of ldsd_spec.md §6.7 and the GV-M2 check of zo_landscape.md §2.6 on held-out strategyqa:
+# 2. The direction ablation grid and the GV-M2 check on held-out strategyqa:
 #    9 arms x seeds 0-2, 160 forward passes per run, lr 3e-5, batch 8, 200 test examples.
 EVAL="$PY benchmarks/direction_eval.py --tuner $R/tuner-policy.safetensors --task bigbench:strategyqa \
     --out $R/strategyqa --threads 1"

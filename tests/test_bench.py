@@ -1,0 +1,185 @@
+"""The bench: paired bootstrap intervals against exact enumeration, forwards-to-target and lr selection on
+hand-made runs, the same data order for every method under one seed, fo in the grid, and resume after a kill."""
+import itertools
+import json
+from fractions import Fraction
+
+import pytest
+
+import cli
+import finetune.trainer as trainer
+from finetune.bench import compare, forwards_to_target, paired_bootstrap, quantile, summarise
+from finetune.data.scoring import TaskScorer
+
+
+def bad(capsys, argv):
+    """Run the CLI on a user mistake: exit code 2 and a one-line error; the error text."""
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def exact_quantiles(diffs, q_lo=0.025, q_hi=0.975):
+    """The bootstrap distribution of the mean enumerated exactly (all n^n equally likely resamples), its
+    2.5% and 97.5% quantiles (smallest value whose CDF reaches q), and the CDF's distance from those levels."""
+    n = len(diffs)
+    means = sorted(Fraction(sum(c), n) for c in itertools.product([Fraction(d) for d in diffs], repeat=n))
+    total = len(means)
+    cdf = {m: Fraction(sum(1 for x in means if x <= m), total) for m in set(means)}
+    lo = min(m for m in cdf if cdf[m] >= q_lo)
+    hi = min(m for m in cdf if cdf[m] >= q_hi)
+    margin = min(abs(float(c) - q) for c in cdf.values() for q in (q_lo, q_hi))
+    return float(lo), float(hi), margin
+
+
+def test_bootstrap_interval_by_hand():
+    # diffs 0, 0, 3: the resampled mean is k with k ~ Binomial(3, 1/3): P(0) = 8/27 > 2.5%,
+    # P(mean <= 2) = 26/27 < 97.5%, so the interval is [0, 3]
+    assert paired_bootstrap([0.0, 0.0, 3.0], resamples=20000, seed=0) == (0.0, 3.0)
+    # two seeds: means 0, 1, 2 with probabilities 1/4, 1/2, 1/4
+    assert paired_bootstrap([0.0, 2.0], resamples=20000, seed=0) == (0.0, 2.0)
+    assert paired_bootstrap([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert paired_bootstrap([1.0]) is None
+    assert quantile([1, 2, 3, 4], 0.25) == 1 and quantile([1, 2, 3, 4], 0.26) == 2 and quantile([1, 2, 3, 4], 1.0) == 4
+
+
+@pytest.mark.parametrize("diffs", [[0.1, -0.2, 0.4, 0.3], [-1.0, 0.0, 2.0, 5.0], [0.3, -0.1, 0.2]])
+def test_bootstrap_interval_matches_exact_enumeration(diffs):
+    lo, hi, margin = exact_quantiles(diffs)
+    assert margin > 0.003  # the empirical CDF of 20000 resamples is within ~0.002 of the exact one
+    got = paired_bootstrap(diffs, resamples=20000, seed=0)
+    assert got == pytest.approx((lo, hi), abs=1e-12)
+    assert paired_bootstrap(diffs, resamples=20000, seed=0) == got  # fixed seed: the same interval again
+
+
+def _run(method, lr, seed, test_losses, dev=None, forwards_per_point=10, train=0.5, acc=0.5):
+    curve = [{"step": i, "forwards": i * forwards_per_point, "test_loss": t, "test": acc} for i, t in enumerate(test_losses)]
+    if dev is not None:
+        curve[-1]["dev_loss"] = dev
+    return {"method": method, "lr": lr, "seed": seed, "steps": len(test_losses) - 1,
+            "forwards": (len(test_losses) - 1) * forwards_per_point, "train_loss": [train],
+            "eval": {"before": 0.5, "after": acc}, "curve": curve, "seconds": 1.0}
+
+
+def test_forwards_to_target_and_selection_on_dev_not_test():
+    run = _run("x", 1.0, 0, [1.0, 0.9, 0.7, 0.75])
+    assert forwards_to_target(run, 0.8) == 20 and forwards_to_target(run, 0.7) == 20
+    assert forwards_to_target(run, 0.6) is None
+    runs = [  # lr 1: best on test, worst on dev; lr 2: the other way round
+        _run("mezo", 1.0, 0, [1.0, 0.5], dev=0.9, train=0.2), _run("mezo", 2.0, 0, [1.0, 0.8], dev=0.6, train=0.3),
+        _run("fo", 1.0, 0, [1.0, 0.7, 0.6], dev=0.5, acc=0.7, forwards_per_point=5),
+        _run("mezo", 1.0, 1, [1.0, 0.5], dev=0.9, train=0.2), _run("mezo", 2.0, 1, [1.0, 0.9], dev=0.6, train=0.3),
+        _run("fo", 1.0, 1, [1.0, 0.95, 0.92], dev=0.5, acc=0.8, forwards_per_point=5)]
+    rows = summarise(runs, "dev")
+    chosen = {r["method"]: r["lr"] for r in rows if r.get("best")}
+    assert chosen == {"mezo": 2.0, "fo": 1.0}
+    assert {r["lr"] for r in summarise(runs, "train") if r.get("best") and r["method"] == "mezo"} == {1.0}
+    cmp = {c["method"]: c for c in compare(runs, rows, resamples=2000)}
+    # targets: mezo (lr 2) final test loss 0.8 at seed 0 and 0.9 at seed 1; fo reaches 0.8 at 5 forwards on
+    # seed 0 (0.7), and 0.9 never on seed 1 (0.95, 0.92)
+    assert cmp["fo"]["forwards_to_target_per_seed"] == [5, None] and cmp["fo"]["reached"] == 1
+    assert cmp["fo"]["metric_diff"] == pytest.approx(0.25)
+    assert cmp["fo"]["loss_diff"] == pytest.approx(((0.6 - 0.8) + (0.92 - 0.9)) / 2)
+
+
+def test_every_method_sees_the_same_batches_under_one_seed(tmp_path, jsonl, monkeypatch):
+    real, seen = trainer.batches, []
+
+    def recording(examples, batch_size, seed):
+        log = {"seed": seed, "prompts": []}
+        seen.append(log)
+        for batch in real(examples, batch_size, seed):
+            log["prompts"].append([e.prompt for e in batch])
+            yield batch
+
+    monkeypatch.setattr(trainer, "batches", recording)
+    # and what the loss is actually computed on, in order
+    real_loss, losses = TaskScorer.loss, []
+    monkeypatch.setattr(TaskScorer, "loss", lambda self, model, ex: losses.append([e.prompt for e in ex]) or real_loss(self, model, ex))
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--model", "tiny-gpt2", "--task", str(jsonl), "--methods", "mezo,fo,greedy",
+                     "--seeds", "0,1", "--forwards", "12", "--lr", "1e-3", "--batch-size", "4", "--n-test", "4",
+                     "--n-dev", "4", "--eval-points", "0", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert [(r["method"], r["seed"]) for r in report["runs"]] == [(m, s) for m in ("mezo", "fo", "greedy") for s in (0, 1)]
+    steps = [r["steps"] for r in report["runs"]]
+    assert steps == [6, 6, 12, 12, 2, 2]  # mezo 2 passes a step, fo 1 (+1 backward), greedy (M=4) 5
+    # the batches each run used, taken from what the loss saw: mezo 2 calls a step, fo 1, greedy 5
+    at, used = 0, []
+    for r, per_step in zip(report["runs"], [2, 2, 1, 1, 5, 5]):
+        calls = losses[at: at + r["steps"] * per_step]
+        at += r["steps"] * per_step
+        assert all(calls[i] == calls[i - i % per_step] for i in range(len(calls)))
+        used.append(calls[::per_step])
+    assert at == len(losses)
+    for seed in (0, 1):
+        runs = [u for u, r in zip(used, report["runs"]) if r["seed"] == seed]
+        n = min(len(u) for u in runs)
+        assert all(u[:n] == runs[0][:n] for u in runs) and n == 2
+    assert used[0] != used[1]  # and the seeds differ
+    assert [log["seed"] for log in seen] == [0, 1, 0, 1, 0, 1]
+
+
+def test_bench_with_fo_reports_gains_intervals_and_speed(tmp_path, jsonl, capsys):
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--model", "tiny-gpt2", "--task", str(jsonl), "--methods", "mezo,fo",
+                     "--lr-grid", "mezo=1e-3,1e-2;fo=1e-3", "--seeds", "0,1", "--forwards", "8", "--batch-size", "4",
+                     "--n-test", "8", "--n-dev", "8", "--eval-points", "2", "--out", str(out)]) == 0
+    text = (out / "bench.json").read_text()
+    report = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert report["selected_on"] == "dev loss" and report["calibration"]["mode"] == "option"
+    fo = [r for r in report["runs"] if r["method"] == "fo"]
+    assert {(r["steps"], r["forwards"], r["backwards"]) for r in fo} == {(8, 8, 8)}
+    assert [p["forwards"] for p in fo[0]["curve"]] == [0, 4, 8]
+    rows = {(r["method"], r["lr"]): r for r in report["summary"]}
+    assert sum(bool(r.get("best")) for r in rows.values()) == 2 and rows[("fo", 1e-3)]["best"]
+    for r in rows.values():
+        assert r["seconds_per_forward"] > 0 and "gain_beyond_calibration" in r
+    cal = report["calibration"]["test"]["after"]["accuracy"]
+    assert rows[("fo", 1e-3)]["gain_beyond_calibration"] == pytest.approx(rows[("fo", 1e-3)]["eval_after"] - cal)
+    cmp = {c["method"]: c for c in report["comparison"]}
+    assert cmp["mezo"]["metric_diff"] == 0 and cmp["mezo"]["metric_diff_ci"] == [0, 0]
+    assert len(cmp["fo"]["loss_diff_ci"]) == 2 and cmp["fo"]["seeds"] == [0, 1]
+    md = (out / "bench.md").read_text()
+    assert "selected on dev loss" in md and "Calibration reference" in md and "95% CI" in md
+    assert "range of the two differences" in md  # two seeds: said plainly
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".bench.partial*"))
+    assert "twice" in bad(capsys, ["bench", "--model", "tiny-gpt2", "--task", str(jsonl), "--methods",
+                                             "mezo", "--lr-grid", "mezo=1e-3;mezo=1e-2", "--out", str(tmp_path / "b")])
+
+
+def test_killed_bench_resumes_to_the_same_report(tmp_path, jsonl, monkeypatch, capsys):
+    argv = ["bench", "--model", "tiny-llama", "--task", str(jsonl), "--methods", "mezo,fo", "--seeds", "0,1",
+            "--forwards", "6", "--lr", "1e-3", "--batch-size", "4", "--n-test", "4", "--n-dev", "4",
+            "--eval-points", "3", "--snapshot-every", "2"]
+    assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
+
+    real_loss, calls = TaskScorer.loss, {"n": 0}
+
+    def dying_loss(self, model, examples):
+        calls["n"] += 1
+        if calls["n"] == 12 + 4:  # both mezo runs (6 passes each) done; fo seed 0 killed in step 4 (after a snapshot)
+            raise KeyboardInterrupt
+        return real_loss(self, model, examples)
+
+    monkeypatch.setattr(TaskScorer, "loss", dying_loss)
+    out = tmp_path / "resumed"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv + ["--out", str(out)])
+    assert exc.value.code == 130 and "--resume" in capsys.readouterr().err
+    work = tmp_path / ".resumed.partial"
+    assert sorted(p.name for p in (work / "runs").iterdir()) == ["0000.json", "0001.json"]
+    assert (work / "snapshot.pt").exists()
+    monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    assert "add --resume" in bad(capsys, argv + ["--out", str(out)])
+    assert "other options" in bad(capsys, [*argv, "--seeds", "0", "--out", str(out), "--resume"])
+    assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
+    a = json.loads((tmp_path / "straight" / "bench.json").read_text())
+    b = json.loads((out / "bench.json").read_text())
+    for ra, rb in zip(a["runs"], b["runs"], strict=True):
+        for key in ("method", "lr", "seed", "train_loss", "eval", "curve", "forwards", "backwards"):
+            assert ra[key] == rb[key], key
+    assert a["calibration"] == b["calibration"] and not work.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]
