@@ -601,3 +601,11 @@ def test_each_baseline_lowers_the_training_loss_of_a_tiny_model(method, lr, extr
         after = scorer.loss(model, examples).item()
     assert after < before - 0.05, (before, after)
     assert result.forwards == cfg.steps * cfg.forwards_per_step and len(result.train_loss) == cfg.steps
+
+
+def test_direction_times_keeps_the_noise_kind_and_multipliers():
+    """``g * v`` of a baseline's direction is along the same low-rank noise and masks, with coefficients times g."""
+    low = LowRankNoise(NoiseTable(size=1 << 12, chunk=1 << 8), [(4, 3)], rank=1, window_seed=0)
+    mult = [BelowMagnitude(0.5)]
+    d = Direction([(3, 0.5), (4, -1.0)], noise=low, multipliers=mult).times(2.0)
+    assert d.noise is low and d.multipliers is mult and d.seeds == [(3, 1.0), (4, -2.0)]
