@@ -159,12 +159,34 @@ def _check_method_flags(args: argparse.Namespace, methods: list[str]) -> None:
             raise ZotuneError(f"{flag} applies to --method {' or '.join(takers)}, not {','.join(methods)}")
 
 
+def _peft_args(p: argparse.ArgumentParser) -> None:
+    """--peft and its options (finetune/data/adapters.py; docs/peft.md)."""
+    g = p.add_argument_group("parameter-efficient fine-tuning (docs/peft.md)")
+    g.add_argument("--peft", default=None, choices=["lora", "prefix", "norms"],
+                   help="train only an adapter: LoRA or prefix tuning (built with peft), or the norm weights and "
+                   "biases (default: the full model)")
+    g.add_argument("--lora-r", type=int, default=None, help="lora: rank (default 8)")
+    g.add_argument("--lora-alpha", type=float, default=None, help="lora: alpha; the scale is alpha/r (default 2r)")
+    g.add_argument("--lora-dropout", type=float, default=None, help="lora: must be 0 for ZO (default 0)")
+    g.add_argument("--lora-targets", default=None, help="lora: comma-separated module names (default: the attention "
+                   "query and value projections, q_proj,v_proj; c_attn for GPT-2)")
+    g.add_argument("--prefix-tokens", type=int, default=None, help="prefix: virtual tokens (default 10)")
+
+
+def _check_peft_flags(args: argparse.Namespace) -> None:
+    from finetune.data.adapters import PEFT_FLAGS, check_flags
+
+    check_flags(getattr(args, "peft", None), {k: getattr(args, k, None) for k in PEFT_FLAGS})
+
+
 def _config(args: argparse.Namespace, **overrides):
+    from finetune.data.adapters import PEFT_FLAGS
     from finetune.data.models import EMBEDDED
     from finetune.trainer import FinetuneConfig
 
     fields = FinetuneConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields and not (k in _METHOD_FLAGS and v is None)}
+    values = {k: v for k, v in vars(args).items() if k in fields
+              and not ((k in _METHOD_FLAGS or k in PEFT_FLAGS) and v is None)}
     values.update(overrides)
     if values.get("model") is None:
         values["model"] = EMBEDDED
@@ -209,6 +231,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
         args.method = "tuner"
     _check_method_flags(args, [args.method])
+    _check_peft_flags(args)
     tuner = _load_tuner(args)
     cfg = _config(args)
     try:
@@ -259,6 +282,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     lrs = parse_lr_grid(args.lr_grid, args.methods)
     _check_method_flags(args, args.methods)
+    _check_peft_flags(args)
     tuner = _load_tuner(args)
     cfg = BenchConfig(base=_config(args, method=args.methods[0]), methods=args.methods, lrs=lrs,
                       seeds=args.seeds, forwards=args.forwards, eval_points=args.eval_points, select=args.select_on)
@@ -280,6 +304,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_meta_train(args: argparse.Namespace) -> None:
     from meta.train import MetaConfig, log_path, meta_train, snapshot_path
 
+    _check_peft_flags(args)
     d = MetaConfig()
     fields = MetaConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -430,6 +455,7 @@ def parser() -> argparse.ArgumentParser:
     top = Parser(prog=_prog(), description="zotune: learned zeroth-order fine-tuning of LLMs.")
     sub = top.add_subparsers(dest="command", required=True)
     run = _run_args()
+    _peft_args(run)
 
     p = sub.add_parser("finetune", parents=[run], help="fine-tune a model on a task with a ZO method (or fo: backpropagation)")
     p.add_argument("--method", default="mezo", choices=list(METHODS))
@@ -446,10 +472,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
                    help="a tuner artifact (.safetensors path, or hf://owner/name[/file] on the Hugging Face Hub): "
                         "fine-tune with it (method 'tuner')")
+    p.add_argument("--merge", action="store_true",
+                   help="with --peft lora or norms: write the merged full model to out/model instead of the adapter")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("meta-train", help="meta-train a tuner (PertNN bank) for a base model")
     _meta_args(p)
+    _peft_args(p)
     p.set_defaults(func=cmd_meta_train)
 
     tuners = sub.add_parser("tuners", help="inspect, share and import tuner artifacts").add_subparsers(

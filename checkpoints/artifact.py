@@ -17,6 +17,9 @@ architecture fingerprint, plus its ``fingerprint_sha256``; ``features`` (:class:
 and ``pertnn`` (:class:`pertnn.PertNNConfig`; files written before their ``kind``/``output`` fields
 existed load with the defaults); ``direction_policy`` (``null``, or the policy's config and feature names:
 ``{"config": {"hidden", "max_gate", "decay"}, "features": [...]}``);
+``adapter`` (``null`` or absent: the full model; else the adapter the blocks belong to, e.g.
+``{"method": "lora", "r": 8, "alpha": 16.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}``, part of the
+fingerprint and its hash; :func:`pertnn.blocks.adapter_config`);
 ``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
 the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
@@ -43,7 +46,7 @@ from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
 from finetune.common.runs import sha256_tensors, strict_json
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, fingerprint, fingerprint_mismatch, model_blocks
-from pertnn.blocks import trainable_tensors
+from pertnn.blocks import adapter_mismatch, adapter_text, trainable_tensors
 from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
@@ -54,10 +57,28 @@ _REQUIRED = ("base_model", "blocks", "tied_groups", "fingerprint_sha256", "featu
 
 
 def fingerprint_sha256(fp: dict) -> str:
-    """A short, stable hash of a fingerprint (names, shapes, tied groups) for display and quick checks."""
-    canon = json.dumps({"blocks": [[b["name"], list(b["shape"])] for b in fp["blocks"]],
-                        "tied_groups": sorted(sorted(g) for g in fp["tied_groups"])}, separators=(",", ":"))
+    """A short, stable hash of a fingerprint (names, shapes, tied groups, and the adapter when there is one)
+    for display and quick checks. A full-model fingerprint hashes as it did before adapters existed."""
+    doc = {"blocks": [[b["name"], list(b["shape"])] for b in fp["blocks"]],
+           "tied_groups": sorted(sorted(g) for g in fp["tied_groups"])}
+    if fp.get("adapter") is not None:
+        doc["adapter"] = fp["adapter"]
+    canon = json.dumps(doc, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def adapter_flags(adapter: dict | None) -> str:
+    """The command-line options that build the model ``adapter`` describes."""
+    if adapter is None:
+        return "no --peft (the full model)"
+    method = adapter.get("method")
+    if method == "lora":
+        targets = adapter.get("targets")
+        return (f"--peft lora --lora-r {adapter.get('r')} --lora-alpha {adapter.get('alpha'):g} --lora-targets "
+                f"{','.join(targets) if isinstance(targets, list) else targets}")
+    if method == "prefix":
+        return f"--peft prefix --prefix-tokens {adapter.get('tokens')}"
+    return f"--peft {method}"
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -73,7 +94,7 @@ def _metadata_problem(meta: dict) -> str | None:
     """What is wrong with the types of the ``zotune`` metadata fields, or None."""
     types = {"base_model": str, "blocks": list, "tied_groups": list, "fingerprint_sha256": str, "features": dict,
              "pertnn": dict, "provenance": dict, "recommended": dict, "direction_policy": (dict, type(None)),
-             "tensors_sha256": str}
+             "tensors_sha256": str, "adapter": (dict, type(None))}
     for key, kind in types.items():
         if key in meta and not isinstance(meta[key], kind):
             names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
@@ -124,6 +145,7 @@ class Tuner:
     provenance: dict = field(default_factory=dict)
     recommended: dict = field(default_factory=dict)
     policy: DirectionPolicy | None = None
+    adapter: dict | None = None  # the adapter the blocks belong to (pertnn.blocks.adapter_config); None: full model
 
     # ------------------------------------------------------------------------------------ creation
     @classmethod
@@ -139,13 +161,13 @@ class Tuner:
         fp = fingerprint(model)
         return cls(bank=bank, feature_config=feature_config or FeatureConfig(), base_model=base_model,
                    blocks=[asdict(b) | {"shape": list(b.shape)} for b in blocks],
-                   tied_groups=fp["tied_groups"], stats=block_stats(model), policy=policy)
+                   tied_groups=fp["tied_groups"], stats=block_stats(model), policy=policy, adapter=fp["adapter"])
 
     # ------------------------------------------------------------------------------------ metadata
     @property
     def fingerprint(self) -> dict:
         return {"blocks": [{"name": b["name"], "shape": list(b["shape"])} for b in self.blocks],
-                "tied_groups": [list(g) for g in self.tied_groups]}
+                "tied_groups": [list(g) for g in self.tied_groups], "adapter": self.adapter}
 
     @property
     def direction_policy(self) -> dict | None:
@@ -167,13 +189,20 @@ class Tuner:
             "features": asdict(self.feature_config),
             "pertnn": asdict(self.bank.cfg),
             "direction_policy": self.direction_policy,
+            "adapter": self.adapter,
             "recommended": self.recommended,
             "provenance": self.provenance,
         }
 
     def check_model(self, model: nn.Module) -> None:
         """Raise a one-line :class:`ZotuneError` naming the first mismatching blocks unless ``model`` has
-        exactly this tuner's architecture (block names, shapes, order and tying; weights may differ)."""
+        exactly this tuner's architecture (block names, shapes, order and tying; weights may differ) and
+        adapter configuration (LoRA rank, alpha, targets...; None = the full model)."""
+        mismatch = adapter_mismatch(self.adapter, fingerprint(model)["adapter"])
+        if mismatch:
+            raise ZotuneError(f"this tuner was meta-trained for {self.base_model} with {adapter_text(self.adapter)} "
+                              f"and does not fit this model: {mismatch}. Fine-tune with {adapter_flags(self.adapter)}, "
+                              "or meta-train a tuner for this adapter (python cli.py meta-train --peft ...)")
         problems = fingerprint_mismatch(self.fingerprint, fingerprint(model), limit=3)
         if problems:
             raise ZotuneError(f"this tuner was meta-trained for {self.base_model} and does not fit this model: "
@@ -310,7 +339,11 @@ class Tuner:
             if not bool(torch.isfinite(tensors[k]).all()):
                 raise bad(f"tensor {k!r} holds non-finite values")
         policy = cls._policy_from_parts(meta.get("direction_policy"), tensors, B, bad)
-        fp = {"blocks": [{"name": b["name"], "shape": b["shape"]} for b in blocks], "tied_groups": meta["tied_groups"]}
+        adapter = meta.get("adapter")  # absent in older artifacts: the full model
+        if adapter is not None and not (isinstance(adapter, dict) and "method" in adapter):
+            raise bad(f"malformed adapter metadata {adapter!r}")
+        fp = {"blocks": [{"name": b["name"], "shape": b["shape"]} for b in blocks], "tied_groups": meta["tied_groups"],
+              "adapter": adapter}
         if fingerprint_sha256(fp) != meta["fingerprint_sha256"]:
             raise bad("its block list does not match its fingerprint hash (edited or corrupt metadata)")
         try:
@@ -326,7 +359,8 @@ class Tuner:
                 getattr(bank, k).copy_(tensors[f"pertnn.{k}"])
         return cls(bank=bank, feature_config=fcfg, base_model=meta["base_model"], blocks=blocks,
                    tied_groups=meta["tied_groups"], stats=tensors["base.block_stats"],
-                   provenance=meta["provenance"], recommended=meta.get("recommended", {}), policy=policy)
+                   provenance=meta["provenance"], recommended=meta.get("recommended", {}), policy=policy,
+                   adapter=adapter)
 
     @staticmethod
     def _policy_from_parts(doc, tensors: dict, n_blocks: int, bad) -> DirectionPolicy | None:

@@ -15,8 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from checkpoints.artifact import Tuner
+from checkpoints.artifact import Tuner, adapter_flags
 from checkpoints.inspect import provenance_text
+from pertnn.blocks import adapter_text
 from checkpoints.remote import _REPO, TUNER_FILE, check_repo, download, hub_error, resolve
 from finetune.common.atomic import atomic_dir
 from finetune.common.cache import cache_dir
@@ -56,6 +57,7 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
         f"| base model | `{tuner.base_model}` |",
         f"| blocks | {len(tuner.blocks)} tensors, {n_params:,} parameters |",
         f"| architecture fingerprint | `{meta['fingerprint_sha256'][:16]}` |",
+        f"| adapter | {adapter_text(tuner.adapter)} |",
         f"| PertNN | hidden {meta['pertnn']['hidden']}, {mode}, energy normalisation "
         f"{'on' if meta['pertnn']['energy_norm'] else 'off'} |",
         f"| provenance | {provenance_text(tuner)} |",
@@ -83,7 +85,8 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
         "With zotune installed (`pip install -e .` in its repository), from the command line:", "",
         "```bash",
         f"python cli.py tuners pull {repo_ref}",
-        f"python cli.py finetune --tuner hf://{repo_ref} --task sst2 --lr {lr:g} --eps {eps:g} --out runs/sst2",
+        f"python cli.py finetune --tuner hf://{repo_ref} --task sst2 --lr {lr:g} --eps {eps:g}"
+        + ("" if tuner.adapter is None else f" {adapter_flags(tuner.adapter)}") + " --out runs/sst2",
         "```", "",
         "or in Python, in your own loop:", "",
         "```python",

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from checkpoints.artifact import Tuner
+from pertnn.blocks import adapter_text
 
 
 def block_role(name: str) -> str:
@@ -55,6 +56,7 @@ def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
         f"pertnn     {meta['pertnn']}",
         f"features   {meta['features']}",
         f"direction  {policy_text(tuner)}",
+        f"adapter    {adapter_text(tuner.adapter)}",
         f"recommended fine-tuning {tuner.recommended or 'not recorded'}",
     ]
     if prov:

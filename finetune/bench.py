@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
 from finetune.common.runs import Snapshot, check_output, strict_json
+from finetune.data.adapters import load_snapshot_weights, snapshot_weights
 from finetune.data.models import model_id
 from finetune.trainer import FO, NO_Q_METHODS, FinetuneConfig, prepare, run_inputs, train, work_dir
 
@@ -379,7 +380,7 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
         _write_json(spec_path, spec)
     try:
         task, model, _, scorer = prepare(base)
-        pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        pristine = {k: v.detach().clone() for k, v in snapshot_weights(model).items()}  # adapter-sized with --peft
         inputs = run_inputs(base, task, model)  # fingerprints: a resumed run must see the same data and weights
         cal_path = work / "calibration.json"  # of the frozen model, once for the whole grid (one split)
         if not cal_path.exists():
@@ -398,7 +399,7 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
                     bar.advance(job)
                     continue
                 bar.update(job, description=f"{run_cfg.method} lr={run_cfg.lr:g} seed={run_cfg.seed}")
-                model.load_state_dict(pristine)
+                load_snapshot_weights(model, pristine)
                 snapshot = Snapshot(work / "snapshot.pt", snapshot_every,
                                     restart_hint=f"delete {work} to start the bench over")
                 result = train(run_cfg, model, scorer, task, progress=False, snapshot=snapshot, inputs=inputs,
@@ -408,7 +409,7 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
                 _write_json(path, run)
                 runs.append(run)
                 bar.advance(job)
-        model.load_state_dict(pristine)
+        load_snapshot_weights(model, pristine)
         select = cfg.select if task.dev else "train"
         rows = summarise(runs, select, calibration)
         comparison = compare(runs, rows, cfg.bootstrap, cfg.bootstrap_seed)

@@ -17,6 +17,7 @@ from finetune.common.errors import ZotuneError
 from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig, RunLock, Snapshot,
                                   changed_fields, check_number, check_output, os_error, sha256_file,
                                   sha256_json, sha256_tensors, strict_json, write_failed)
+from finetune.data.adapters import AdapterSpec, apply_peft, load_snapshot_weights, save_trained, snapshot_weights
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
 from finetune.data.scoring import TaskScorer
@@ -76,6 +77,13 @@ class FinetuneConfig(RunConfig):
     bcd_layers: float = 1              # bcd: layer groups active per step (>= 1: a count; < 1: a fraction)
     fzoo_n: int = 8                    # fzoo: one-sided directions per step (N + 1 forward passes)
     hizoo_alpha: float = 1e-6          # hizoo: smoothing of the Hessian EMA
+    peft: str | None = None            # train an adapter only: lora, prefix, norms (finetune/data/adapters.py)
+    lora_r: int = 8
+    lora_alpha: float | None = None    # None: 2 * lora_r
+    lora_dropout: float = 0.0          # must be 0 for ZO
+    lora_targets: str | None = None    # None: the architecture's attention query and value projections
+    prefix_tokens: int = 10
+    merge: bool = False                # with peft lora or norms: save the merged full model, not the adapter
     # the user's own table (CSV, JSON/JSONL, parquet, save_to_disk folder): which columns make the examples
     input_column: str | None = None    # the prompt (default "input" once any column option is given)
     options_column: str | None = None  # multiple choice: a list of options per row
@@ -130,6 +138,11 @@ class FinetuneConfig(RunConfig):
             raise ZotuneError(f"--ldsd-rule must be corrected or released (got {self.ldsd_rule})")
         if not self.ldsd_cap > 0:  # inf is allowed: no cap
             raise ZotuneError(f"--ldsd-cap must be > 0 (got {self.ldsd_cap}; inf for no cap)")
+        AdapterSpec.of(self).validate()
+        if self.merge and self.peft not in ("lora", "norms"):
+            raise ZotuneError("--merge applies to --peft lora or norms: " + (
+                "prefix tuning cannot be merged into the weights; drop --merge" if self.peft else
+                "a full-model run always writes the full model; drop --merge"))
         self.task_columns()  # a contradictory column mapping fails here, before anything is loaded
         self._validate_baselines()
 
@@ -150,6 +163,9 @@ class FinetuneConfig(RunConfig):
         if self.fzoo_n < 2:
             raise ZotuneError(f"--fzoo-n must be at least 2 (got {self.fzoo_n}): the step divides by the "
                               "spread of N losses")
+        if self.method == "sparse-mezo" and self.peft == "lora":
+            raise ZotuneError("--method sparse-mezo cannot train --peft lora: LoRA's B matrices start at zero, so "
+                              "their magnitude threshold is 0 and every entry would stop after one step")
         if not 0 < self.hizoo_alpha < 1:
             raise ZotuneError(f"--hizoo-alpha must be in (0, 1) (got {self.hizoo_alpha}); 0 never updates the "
                               "Hessian, which is MeZO with a wasted forward pass")
@@ -210,7 +226,7 @@ def progress_bar(enabled: bool = True) -> Progress:
 def snapshot_state(step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult, inputs: dict) -> dict:
     """What a fine-tune snapshot holds: the model weights, the optimizer (with its seed stream), the
     schedule, the results so far, the config and the input fingerprints."""
-    return {"step": step, "config": asdict(cfg), "inputs": inputs, "model": model.state_dict(),
+    return {"step": step, "config": asdict(cfg), "inputs": inputs, "model": snapshot_weights(model),
             "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "result": asdict(result)}
 
 
@@ -226,7 +242,7 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
                           f"schedule decays over {saved_steps} steps; rerun with --steps {saved_steps} "
                           f"(only a constant schedule can be extended), or {snapshot.restart_hint}")
     try:
-        model.load_state_dict(state["model"])
+        load_snapshot_weights(model, state["model"])  # with an adapter, the snapshot holds its tensors only
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
         result = RunResult(**state["result"])
@@ -406,6 +422,7 @@ def prepare(cfg: FinetuneConfig) -> tuple[Task, object, object, TaskScorer]:
     task = load_task(cfg.task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test,
                      columns=cfg.task_columns())
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+    model = apply_peft(model, AdapterSpec.of(cfg), seed=cfg.seed)  # with --peft, only the adapter is trainable
     return task, model, tokenizer, TaskScorer(tokenizer, max_length=cfg.max_length)
 
 
@@ -437,14 +454,13 @@ def run_inputs(cfg: FinetuneConfig, task: Task, model) -> dict:
     return inputs
 
 
-def _save_outputs(work: Path, metrics: dict, model, tokenizer, save_model: bool) -> None:
+def _save_outputs(work: Path, metrics: dict, model, tokenizer, save_model: bool, merge: bool = False) -> None:
     (work / "metrics.json").write_text(strict_json(metrics, indent=1))
     if save_model:
-        model.save_pretrained(work / "model")
-        tokenizer.save_pretrained(work / "model")
+        folder = save_trained(model, tokenizer, work, merge=merge)  # out/model, or out/adapter with --peft
         mask = os.umask(0)
         os.umask(mask)
-        for f in (work / "model").iterdir():  # some writers make private (0600) files; follow the umask
+        for f in folder.iterdir():  # some writers make private (0600) files; follow the umask
             if f.is_file():
                 os.chmod(f, 0o666 & ~mask)
 
@@ -475,7 +491,8 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     ends with the same result as an uninterrupted run. ``start_over`` discards an interrupted run first.
     A run that fails before its first snapshot leaves nothing behind. ``tuner``: the loaded artifact of
     method ``tuner`` (else read from ``cfg.tuner``). ``calibrate``: compute the calibration reference of
-    the frozen model first (multiple choice; :mod:`finetune.calibration`).
+    the frozen model first (multiple choice; :mod:`finetune.calibration`). With ``cfg.peft`` the adapter
+    is written to ``out/adapter`` instead of ``out/model`` (with ``cfg.merge``, the merged model to ``out/model``).
     """
     cfg.validate()
     check_number("--checkpoint-every", snapshot_every, low=0, integer=True)
@@ -513,7 +530,7 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
                            tuner=tuner, calibrate=calibrate)
             metrics = metrics_dict(cfg, task, result)
             try:
-                _save_outputs(work, metrics, model, tokenizer, save_model)
+                _save_outputs(work, metrics, model, tokenizer, save_model, cfg.merge)
                 finished.write_text(strict_json({"config": asdict(cfg), "inputs": inputs}))
             except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
                 if (e := os_error(e)) is None:

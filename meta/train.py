@@ -31,6 +31,7 @@ from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
 from finetune.common.runs import (Diverged, RunConfig, RunLock, Snapshot, check_number, check_output, flag_of,
                                   os_error, sha256_json, sha256_tensors, strict_json, write_failed)
+from finetune.data.adapters import AdapterSpec, apply_peft
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.zo.online import OnlineMean
 from finetune.data.scoring import TaskScorer
@@ -65,6 +66,12 @@ class MetaConfig(RunConfig):
     policy_hidden: int = 16
     max_gate: float = 0.8          # |gate| bound: at most max_gate² of a block's perturbation energy on the mean
     mean_decay: float = 0.9        # decay of the online mean direction (a constant of the policy)
+    peft: str | None = None        # meta-train for an adapter's blocks: lora, prefix, norms (finetune/data/adapters.py)
+    lora_r: int = 8
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_targets: str | None = None
+    prefix_tokens: int = 10
 
     def validate(self) -> None:
         if not self.tasks:
@@ -82,6 +89,9 @@ class MetaConfig(RunConfig):
             check_number("--policy-hidden", self.policy_hidden, low=1, integer=True)
             check_number("--max-gate", self.max_gate, low=0, high=1, low_open=True, high_open=True)
             check_number("--mean-decay", self.mean_decay, low=0, high=1, high_open=True)
+        AdapterSpec.of(self).validate()
+        if self.peft is not None and self.unroll != 1:
+            raise ZotuneError("--peft is meta-trained with the closed form (higher cannot wrap a peft model): use --unroll 1")
 
 
 def step_plan(seed: int, step: int, n_tasks: int) -> tuple[int, int]:
@@ -111,6 +121,7 @@ class MetaTrainer:
                 raise ZotuneError(f"task {t.name} has {len(t.train)} training examples, fewer than "
                                   f"--batch-size {cfg.batch_size}")
         self.model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+        self.model = apply_peft(self.model, AdapterSpec.of(cfg), seed=cfg.seed)  # the tuner's blocks: the adapter's
         # fingerprints of what the run reads, stored in its snapshots and checked on resume
         self.inputs = {"task data": sha256_json([[t.name, [[e.prompt, list(e.options), e.label, list(e.answers)]
                                                             for e in t.train]] for t in self.tasks]),

@@ -554,6 +554,7 @@ def test_cli_finetune_runs_each_baseline(tmp_path, jsonl, method, extra, per_ste
     (["--method", "lozo", "--q", "2"], "--q does not apply to --method lozo"),
     (["--method", "fzoo", "--optimizer", "adam"], "--method fzoo uses its own SGD update"),
     (["--method", "mezo", "--sparsity", "0.5"], "--sparsity applies to --method sparse-mezo"),
+    (["--method", "sparse-mezo", "--peft", "lora"], "--method sparse-mezo cannot train --peft lora"),
     (["--method", "lozo", "--fzoo-n", "4"], "--fzoo-n applies to --method fzoo"),
 ])
 def test_cli_bad_values_give_one_line_errors(tmp_path, capsys, jsonl, argv, message):

@@ -128,8 +128,11 @@ class TaskScorer:
         rows = [self._ids(e.prompt, True)[-(self.max_length - self.max_new_tokens):] for e in examples]
         batch = self._batch(rows, device)
         batch.pop("position_ids")
-        out = model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False, use_cache=True,
-                             pad_token_id=self.pad_id)
+        # peft's prefix tuning hands its prefix to the model as past_key_values, which transformers' cached
+        # generate drops (it passes its own cache); without the cache the prefix is used (tests/test_peft.py)
+        prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
+        out = model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                             use_cache=not prompt_learning, pad_token_id=self.pad_id)
         texts = self.tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         return [t.split("\n")[0].strip() for t in texts]
 
