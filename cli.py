@@ -129,13 +129,27 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--ldsd-rule", default=None, choices=["corrected", "released"],
                    help="ldsd: 'released' reproduces the public code's noise/loss mis-pairing, for ablations "
                    "(default corrected)")
+    g = p.add_argument_group("baselines (sparse-mezo, lozo, bcd, fzoo, hizoo; docs/methods.md)")
+    g.add_argument("--sparsity", action=_Finite, default=None,
+                   help=f"sparse-mezo: fraction of each matrix NOT trained, its largest |weights| (default {d.sparsity:g})")
+    g.add_argument("--lozo-rank", type=int, default=None, help=f"lozo: rank of the U V^T perturbation (default {d.lozo_rank})")
+    g.add_argument("--lozo-interval", type=int, default=None,
+                   help=f"lozo: steps one V is kept (default {d.lozo_interval})")
+    g.add_argument("--bcd-layers", action=_Finite, default=None, metavar="K",
+                   help=f"bcd: layer groups perturbed per step, a count >= 1 or a fraction < 1 (default {d.bcd_layers:g})")
+    g.add_argument("--fzoo-n", type=int, default=None, metavar="N",
+                   help=f"fzoo: one-sided directions per step (default {d.fzoo_n}; N+1 forward passes a step)")
+    g.add_argument("--hizoo-alpha", action=_Finite, default=None,
+                   help=f"hizoo: smoothing of the diagonal-Hessian EMA, in (0, 1) (default {d.hizoo_alpha:g})")
     _hardware_args(p)
     return p
 
 
 # flags that only some methods take -> those methods
 _METHOD_FLAGS = {"candidates": ("gv", "greedy"), "ldsd_k": ("ldsd",), "ldsd_lr": ("ldsd",),
-                 "ldsd_decay": ("ldsd",), "ldsd_cap": ("ldsd",), "ldsd_rule": ("ldsd",)}
+                 "ldsd_decay": ("ldsd",), "ldsd_cap": ("ldsd",), "ldsd_rule": ("ldsd",),
+                 "sparsity": ("sparse-mezo",), "lozo_rank": ("lozo",), "lozo_interval": ("lozo",),
+                 "bcd_layers": ("bcd",), "fzoo_n": ("fzoo",), "hizoo_alpha": ("hizoo",)}
 
 
 def _check_method_flags(args: argparse.Namespace, methods: list[str]) -> None:

@@ -12,6 +12,13 @@ Prints two ratios (targets from the foundation issue):
 With ``--tuner``, also the time of a tuned step (the tuner's features and bank, then the step) relative to a
 MeZO step, means over the repeats (the block statistics are refreshed every ``stats_every`` steps, so the
 mean is the amortised cost; use ``--repeats`` of at least 10).
+
+With ``--method NAME[,NAME...]`` (any ``finetune --method`` except tuner and fo, or ``all``), it measures instead, for
+each method in one run, a step's time / the time of as many plain forward passes as the step makes (target <=
+1.2 at batch 16 on SmolLM2, issue 13), medians over interleaved repeats on the same batch, and skips the memory
+measurement::
+
+    python benchmarks/speed_memory.py --model tiny-llama --method mezo,sparse-mezo,lozo,bcd,fzoo,hizoo
 """
 from __future__ import annotations
 
@@ -76,6 +83,50 @@ def child_peak(mode: str, argv: list[str]) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
+def method_speed(args) -> None:
+    """Per method: median step time / median time of the step's own number of unperturbed forward passes."""
+    import torch
+
+    from finetune.trainer import METHODS, FinetuneConfig, make_run_optimizer
+
+    zo = [m for m in METHODS if m not in ("tuner", "fo")]  # fo backpropagates: not a ZO step to time here
+    names = zo if args.method == "all" else args.method.split(",")
+    unknown = [m for m in names if m not in zo]
+    if unknown:
+        raise SystemExit(f"error: --method {unknown[0]} is not timed here; use {', '.join(zo)} or all")
+    model, scorer, batch = setup(args)
+    closure = lambda: scorer.loss(model, batch)  # noqa: E731
+    opts = {}
+    for name in names:  # lr 1e-12: a real update pass that moves the weights by ~1e-12
+        cfg = FinetuneConfig(model=args.model, method=name, lr=1e-12, eps=1e-3, noise=args.noise)
+        cfg.validate()
+        opts[name] = (make_run_optimizer(cfg, model), cfg.forwards_per_step)
+    for opt, _ in opts.values():
+        opt.step(closure)  # warm-up: tables, caches, allocator
+    times = {name: ([], []) for name in names}
+    for r in range(args.repeats):
+        for name, (opt, passes) in opts.items():
+            t0 = time.perf_counter()
+            for _ in range(passes):
+                opt.engine.loss(closure)
+            t1 = time.perf_counter()
+            opt.step(closure)
+            t2 = time.perf_counter()
+            times[name][0].append(t1 - t0)
+            times[name][1].append(t2 - t1)
+            print(f"repeat {r + 1}/{args.repeats} {name}: forwards {t1 - t0:.3f} s, step {t2 - t1:.3f} s, "
+                  f"ratio {(t2 - t1) / (t1 - t0):.3f}", file=sys.stderr, flush=True)
+    tokens = sum(len(e.prompt) for e in batch) // len(batch)
+    print(f"model {args.model}, task {args.task}, batch {args.batch_size} (mean prompt {tokens} chars), "
+          f"{torch.get_num_threads()} threads, noise {next(iter(opts.values()))[0].engine.noise.name}, "
+          f"{args.repeats} repeats (medians)")
+    for name, (fwd, step) in times.items():
+        f, s = statistics.median(fwd), statistics.median(step)
+        passes = opts[name][1]
+        print(f"{name:>12}: {passes} forward passes {f:.3f} s   step {s:.3f} s   "
+              f"SPEED RATIO step / own forwards = {s / f:.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
@@ -87,10 +138,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--memory-runs", type=int, default=3, help="fresh processes per mode for the memory ratio")
     p.add_argument("--tuner", default=None, help="also time a step driven by this tuner artifact")
+    p.add_argument("--method", default=None, metavar="NAME[,NAME...]",
+                   help="time each method's step against its own forward passes (all: every ZO method but tuner)")
     p.add_argument("--child", choices=["inference", "finetune"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return memory_child(args)
+    if args.method:
+        return method_speed(args)
 
     import torch
 

@@ -32,7 +32,7 @@ from finetune.common.errors import ZotuneError
 from finetune.common.runs import Snapshot, check_output, strict_json
 from finetune.data.adapters import load_snapshot_weights, snapshot_weights
 from finetune.data.models import model_id
-from finetune.trainer import FO, POOL_METHODS, FinetuneConfig, prepare, run_inputs, train, work_dir
+from finetune.trainer import FO, NO_Q_METHODS, FinetuneConfig, prepare, run_inputs, train, work_dir
 
 REFERENCE = "mezo"  # the method every other one is compared with
 
@@ -68,7 +68,7 @@ class BenchConfig:
             for lr in self.lrs.get(method) or [self.base.lr]:
                 for seed in self.seeds:
                     cfg = replace(self.base, method=method, lr=lr, seed=seed)
-                    if method in POOL_METHODS or method == FO:  # --q is for the methods that average directions
+                    if method in NO_Q_METHODS or method == FO:  # --q is for the methods that average directions
                         cfg.q = None
                     cfg.validate()
                     cfg.steps = self.forwards // cfg.forwards_per_step

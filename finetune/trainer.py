@@ -37,6 +37,11 @@ METHODS: dict[str, tuple[str | None, int]] = {
     "gv": (None, 1),        # MeZO-GV: SPSA along best-half-minus-rest of --candidates ranked directions
     "greedy": (None, 1),    # MeZO-Greedy: SPSA along the best of --candidates directions
     "ldsd": (None, 1),      # learnable direction sampling: the best of --ldsd-k draws from N(mu, I), mu learned
+    "sparse-mezo": (None, 1),  # MeZO on the small-magnitude entries of each matrix (--sparsity not trained)
+    "lozo": (None, 1),      # low-rank U V^T perturbations of each matrix, V kept --lozo-interval steps
+    "bcd": (None, 1),       # block-coordinate: --bcd-layers random layer groups perturbed and updated per step
+    "fzoo": (None, 1),      # --fzoo-n one-sided Rademacher directions, step normalised by the losses' spread
+    "hizoo": (None, 1),     # perturbation scaled by a diagonal-Hessian EMA (one extra forward pass)
     "fo": (None, 1),        # first-order reference: backpropagation, --optimizer adam (AdamW, default)/sgd/momentum
 }
 FO = "fo"  # the one method with a backward pass (finetune/fo.py); not inference-level memory
@@ -44,6 +49,8 @@ CANDIDATE_METHODS = ("gv", "greedy")  # take --candidates
 POOL_METHODS = (*CANDIDATE_METHODS, "ldsd")  # choose among a pool of directions: --q does not apply
 FO_NOT_PARALLEL = ("--method fo does not run data-parallel (its gradients are not all-reduced across ranks); "
                    "run it without torchrun")
+BASELINE_METHODS = ("sparse-mezo", "lozo", "bcd", "fzoo", "hizoo")  # finetune.zo.baselines: own step, SGD, no --q
+NO_Q_METHODS = (*POOL_METHODS, *BASELINE_METHODS)
 
 
 @dataclass
@@ -68,6 +75,12 @@ class FinetuneConfig(RunConfig):
     ldsd_decay: float = 0.9            # decay of the LDSD policy mean per step (1 = none)
     ldsd_cap: float = 1.0              # cap on each block's RMS of the LDSD policy mean (in units of sigma = 1)
     ldsd_rule: str = "corrected"       # "released": the public code's noise/loss mis-pairing, for ablations only
+    sparsity: float = 0.8              # sparse-mezo: fraction of each matrix NOT trained (its largest |theta|)
+    lozo_rank: int = 2                 # lozo: rank of U V^T
+    lozo_interval: int = 50            # lozo: steps that one V is kept
+    bcd_layers: float = 1              # bcd: layer groups active per step (>= 1: a count; < 1: a fraction)
+    fzoo_n: int = 8                    # fzoo: one-sided directions per step (N + 1 forward passes)
+    hizoo_alpha: float = 1e-6          # hizoo: smoothing of the Hessian EMA
     peft: str | None = None            # train an adapter only: lora, prefix, norms (finetune/data/adapters.py)
     lora_r: int = 8
     lora_alpha: float | None = None    # None: 2 * lora_r
@@ -135,6 +148,31 @@ class FinetuneConfig(RunConfig):
                 "prefix tuning cannot be merged into the weights; drop --merge" if self.peft else
                 "a full-model run always writes the full model; drop --merge"))
         self.task_columns()  # a contradictory column mapping fails here, before anything is loaded
+        self._validate_baselines()
+
+    def _validate_baselines(self) -> None:
+        if self.method in BASELINE_METHODS and self.q is not None:
+            raise ZotuneError(f"--q does not apply to --method {self.method} (its own step); drop --q")
+        if self.method in BASELINE_METHODS and self.optimizer not in (None, "sgd"):
+            raise ZotuneError(f"--method {self.method} uses its own SGD update; drop --optimizer {self.optimizer}")
+        if not 0 <= self.sparsity < 1:
+            raise ZotuneError(f"--sparsity must be in [0, 1), the fraction of each matrix not trained "
+                              f"(got {self.sparsity})")
+        if self.lozo_rank < 1:
+            raise ZotuneError(f"--lozo-rank must be at least 1 (got {self.lozo_rank})")
+        if self.lozo_interval < 1:
+            raise ZotuneError(f"--lozo-interval must be at least 1 step (got {self.lozo_interval})")
+        if not (0 < self.bcd_layers < 1 or (self.bcd_layers >= 1 and self.bcd_layers == int(self.bcd_layers))):
+            raise ZotuneError(f"--bcd-layers must be a count >= 1 or a fraction in (0, 1) (got {self.bcd_layers})")
+        if self.fzoo_n < 2:
+            raise ZotuneError(f"--fzoo-n must be at least 2 (got {self.fzoo_n}): the step divides by the "
+                              "spread of N losses")
+        if self.method == "sparse-mezo" and self.peft == "lora":
+            raise ZotuneError("--method sparse-mezo cannot train --peft lora: LoRA's B matrices start at zero, so "
+                              "their magnitude threshold is 0 and every entry would stop after one step")
+        if not 0 < self.hizoo_alpha < 1:
+            raise ZotuneError(f"--hizoo-alpha must be in (0, 1) (got {self.hizoo_alpha}); 0 never updates the "
+                              "Hessian, which is MeZO with a wasted forward pass")
 
     @property
     def directions(self) -> int:
@@ -153,6 +191,10 @@ class FinetuneConfig(RunConfig):
             return self.candidates + 1  # the best candidate's loss is the plus side
         if self.method == "ldsd":
             return self.ldsd_k + 1
+        if self.method == "fzoo":
+            return self.fzoo_n + 1  # N one-sided directions and the unperturbed loss
+        if self.method == "hizoo":
+            return 3  # the unperturbed loss and +- along the scaled direction
         if self.method == FO:
             return 1  # one forward pass with autograd, then one backward pass (backwards_per_step)
         return 2 * self.directions
@@ -234,6 +276,20 @@ def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
                                         weight_decay=cfg.weight_decay, noise=cfg.noise, candidates=cfg.candidates,
                                         ldsd_k=cfg.ldsd_k, ldsd_lr=cfg.ldsd_lr, ldsd_decay=cfg.ldsd_decay,
                                         ldsd_cap=cfg.ldsd_cap, ldsd_rule=cfg.ldsd_rule)
+    if cfg.method in BASELINE_METHODS:
+        from finetune.zo.baselines import layer_groups, make_baseline
+
+        try:
+            return make_baseline(cfg.method, model, lr=cfg.lr, eps=cfg.eps, seed=cfg.seed,
+                                 weight_decay=cfg.weight_decay, noise=cfg.noise, sparsity=cfg.sparsity,
+                                 lozo_rank=cfg.lozo_rank, lozo_interval=cfg.lozo_interval,
+                                 bcd_layers=cfg.bcd_layers, fzoo_n=cfg.fzoo_n, hizoo_alpha=cfg.hizoo_alpha)
+        except ValueError:
+            if cfg.method == "bcd":  # the only option checked against the model: more layers than it has
+                groups = len(layer_groups(model, [p for p in model.parameters() if p.requires_grad]))
+                raise ZotuneError(f"--bcd-layers {cfg.bcd_layers:g} is more than the model's {groups} layer "
+                                  "groups; lower it") from None
+            raise
     kw = dict(lr=cfg.lr, eps=cfg.eps, q=cfg.directions, seed=cfg.seed, weight_decay=cfg.weight_decay,
               noise=cfg.noise)
     if cfg.method == "tuner":
@@ -282,6 +338,9 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp) -> None:
     if cfg.method in POOL_METHODS:  # the candidates' one-sided losses are shared out
         opt.spread_losses = dp.spread_losses
         return
+    if cfg.method in BASELINE_METHODS:
+        raise ZotuneError(f"--dp-mode directions is not supported for --method {cfg.method} (its step is its own); "
+                          "use --dp-mode batch")
     if getattr(opt, "policy", None) is not None:
         raise ZotuneError("--dp-mode directions is not supported for a tuner with a direction policy "
                           "(one direction per step); use --dp-mode batch")

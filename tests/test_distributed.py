@@ -134,6 +134,21 @@ def test_directions_mode_is_refused_where_unsupported(tmp_path, jsonl):
     assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
 
 
+@pytest.mark.parametrize("method", ["sparse-mezo", "lozo", "bcd", "fzoo", "hizoo"])
+def test_directions_mode_is_refused_for_the_baselines(method):
+    """The baselines take their own steps: splitting directions across ranks is refused in one line."""
+    from finetune.data.models import load_model
+    from finetune.trainer import FinetuneConfig, check_parallel, make_run_optimizer
+
+    class Directions:  # what check_parallel reads of a process group in directions mode
+        mode = "directions"
+
+    cfg = FinetuneConfig(model="tiny-llama", method=method, lr=1e-3)
+    opt = make_run_optimizer(cfg, load_model("tiny-llama")[0])
+    with pytest.raises(ZotuneError, match=f"--dp-mode directions is not supported for --method {method}"):
+        check_parallel(cfg, opt, Directions())
+
+
 def test_without_torchrun_no_process_group_is_created(tmp_path, jsonl):
     assert cli.main(base_args(jsonl, tmp_path / "r", "--dp-mode", "directions", "--no-save-model")) == 0
     assert not torch.distributed.is_initialized()

@@ -5,6 +5,9 @@ A *block* is one trainable parameter tensor (:func:`pertnn.blocks.trainable_tens
 ``v_b = s_b * sum_j c_j z_b(seed_j) + k_b * offset_b``, with z_b(seed) the seeded noise (:mod:`finetune.zo.noise`,
 regenerated whenever needed, never stored), s_b a per-block noise scale (1 is MeZO; a tuner sets it) and an
 optional stored per-block ``offset`` tensor with scales k_b (LDSD's policy mean, a tuner's online mean).
+A direction may also bring its own noise kind (low-rank or Rademacher noise, :mod:`finetune.zo.noise`) and an
+elementwise multiplier per block (:class:`Multiplier`: a magnitude mask, a Hessian scaling), used by the
+baselines in :mod:`finetune.zo.baselines`; without them the engine runs exactly MeZO's operations.
 
 Perturbation works one unit (a transformer layer, typically) at a time, with forward hooks: the perturbed
 values of a unit's parameters are written into scratch buffers that are swapped in just before it runs and
@@ -51,25 +54,76 @@ def _per_block(values, n: int, what: str) -> list[float]:
     return out
 
 
+class Multiplier:
+    """An elementwise multiplier ``m_b`` of one block's noise term (see :class:`Direction`), evaluated on
+    whatever part of the block is being written: the whole block, a flat segment of an output head, or the
+    looked-up rows of an embedding. ``of(theta, take)`` gets the block's *unperturbed* values on that part
+    (``theta``) and ``take``, which cuts the same part out of any block-shaped tensor. A ``mask`` multiplier's
+    ``of`` returns booleans: the engine then writes the plain perturbation and keeps the unmasked entries'
+    original values (``torch.where``), so masked entries are exactly MeZO's and the others are untouched."""
+
+    mask = False
+
+    def of(self, theta: torch.Tensor, take: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class Elementwise(Multiplier):
+    """A stored block-shaped multiplier."""
+
+    tensor: torch.Tensor
+
+    def of(self, theta, take):
+        return take(self.tensor).to(theta.dtype)
+
+
+@dataclass(frozen=True)
+class BelowMagnitude(Multiplier):
+    """The mask ``1[|theta_b| <= threshold]`` of the block's unperturbed values (Sparse-MeZO): nothing is
+    stored, and the mask is the same in the +eps and -eps passes and in the update of one step."""
+
+    threshold: float
+    mask = True
+
+    def of(self, theta, take):
+        return theta.abs() <= self.threshold
+
+
+@dataclass(frozen=True, eq=False)
+class InverseSqrt(Multiplier):
+    """``tensor ** -1/2`` of a stored positive block-shaped tensor (HiZOO's ``H_b^{-1/2}``)."""
+
+    tensor: torch.Tensor
+
+    def of(self, theta, take):
+        return take(self.tensor).rsqrt().to(theta.dtype)
+
+
 @dataclass(frozen=True)
 class Direction:
-    """``v_b = scales_b * sum_j c_j z_b(seed_j) + offset_scales_b * offset_b`` for every block b.
+    """``v_b = scales_b * m_b * sum_j c_j z_b(seed_j) + offset_scales_b * offset_b`` for every block b.
 
     ``seeds`` is one seed or ``(seed, coefficient)`` pairs; ``scales`` (one per block, or None for ones) is
     the noise scale; ``offset`` (one tensor per block) is an optional stored term with ``offset_scales`` (one per
-    block, one number for all, or None for ones)."""
+    block, one number for all, or None for ones). ``noise`` (None: the engine's) is the noise z, e.g. a
+    :class:`~finetune.zo.noise.LowRankNoise`; ``multipliers`` (None, or one :class:`Multiplier` or None per
+    block) multiplies the noise term elementwise (``m_b = 1`` where None)."""
 
     seeds: Seeds
     scales: Sequence[float] | torch.Tensor | None = None
     offset: Sequence[torch.Tensor] | None = None
     offset_scales: Sequence[float] | torch.Tensor | float | None = None
+    noise: object | None = None
+    multipliers: Sequence[Multiplier | None] | None = None
 
     def times(self, g: float) -> "Direction":
         """``g * v``: the same direction with every seed coefficient and offset scale multiplied by ``g``."""
         offset_scales = self.offset_scales
         if self.offset is not None:
             offset_scales = [g * k for k in _per_block(offset_scales, len(self.offset), "offset_scales")]
-        return Direction([(s, g * c) for s, c in as_terms(self.seeds)], self.scales, self.offset, offset_scales)
+        return Direction([(s, g * c) for s, c in as_terms(self.seeds)], self.scales, self.offset, offset_scales,
+                         self.noise, self.multipliers)
 
 
 class _Resolved(NamedTuple):
@@ -77,6 +131,11 @@ class _Resolved(NamedTuple):
     scales: list[float]
     offset: Sequence[torch.Tensor] | None
     offset_scales: list[float]
+    noise: object = None
+    multipliers: Sequence[Multiplier | None] | None = None
+
+    def multiplier(self, index: int) -> Multiplier | None:
+        return None if self.multipliers is None else self.multipliers[index]
 
 
 class SPSA(NamedTuple):
@@ -178,8 +237,11 @@ class ZOEngine:
         """A direction (or a bare seed / combination, meaning unit scales) as per-block lists."""
         d = direction if isinstance(direction, Direction) else Direction(direction)
         n = len(self.blocks)
+        if d.multipliers is not None and len(d.multipliers) != n:
+            raise ValueError(f"multipliers has {len(d.multipliers)} entries for {n} blocks")
         return _Resolved(as_terms(d.seeds), _per_block(d.scales, n, "scales"), d.offset,
-                         _per_block(d.offset_scales, n, "offset_scales"))
+                         _per_block(d.offset_scales, n, "offset_scales"),
+                         self.noise if d.noise is None else d.noise, d.multipliers)
 
     def add_noise_(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, scale: float = 1.0) -> None:
         """``tensor += alpha * scale * z_index(seed)`` (the tensor has block ``index``'s shape)."""
@@ -212,10 +274,36 @@ class ZOEngine:
         """``tensor += alpha * v_index`` for block ``index`` of ``direction`` (a momentum buffer, an estimate)."""
         d = direction if isinstance(direction, _Resolved) else self.resolve(direction)
         scale, k = d.scales[index], d.offset_scales[index]
-        for s, c in d.terms:
-            self.add_noise_(tensor, s, index, alpha * c, scale)
+        mult = d.multiplier(index)
+        if mult is None:
+            for s, c in d.terms:
+                if scale != 0.0 and alpha * c != 0.0:
+                    d.noise.add(tensor, s, index, alpha * c * scale, out=tensor)
+        elif alpha * scale != 0.0:
+            self._add_multiplied_(tensor, d, index, alpha * scale, mult)
         if d.offset is not None and alpha * k != 0.0:
             tensor.add_(d.offset[index], alpha=alpha * k)
+
+    def _add_multiplied_(self, tensor: torch.Tensor, d: _Resolved, index: int, a: float, mult: Multiplier) -> None:
+        """``tensor += a * m_index * sum_j c_j z_index(seed_j)``, the multiplier evaluated on the block's current
+        (unperturbed) values before each part is written. Table noise is written one table chunk at a time, so
+        the temporaries stay small (no block-sized copy of an embedding) and in cache."""
+        theta = self.blocks[index][1].detach()
+        numel = tensor.numel()
+        whole = isinstance(d.noise, GaussianNoise) or not tensor.is_contiguous() or not theta.is_contiguous()
+        step = numel if whole else getattr(self.noise, "chunk", numel)
+        flat, flat_theta = tensor.view(-1) if not whole else tensor, theta.reshape(-1) if not whole else theta
+        for at in range(0, numel, step):
+            seg = flat if whole else flat[at: at + step]
+            part = flat_theta if whole else flat_theta[at: at + step]
+            m = mult.of(part, (lambda t: t) if whole else (lambda t, at=at, n=seg.numel(): t.reshape(-1)[at: at + n]))
+            if mult.mask:
+                moved = torch.empty_like(seg)
+                for j, (s, c) in enumerate(d.terms):
+                    d.noise.add(moved if j else seg, s, index, a * c, out=moved, at=at, numel=numel)
+                torch.where(m, moved, seg, out=seg)
+            else:
+                seg.addcmul_(self._noise_sum(d, index, seg, at), m, value=a)
 
     @torch.no_grad()
     def direction_like(self, direction: Direction | Seeds | _Resolved, index: int) -> torch.Tensor:
@@ -246,16 +334,34 @@ class ZOEngine:
         ``at``, ``src`` and ``out`` are flat segments of block ``index`` starting at element ``at``."""
         numel = self.blocks[index][1].numel()
         a, k = alpha * d.scales[index], alpha * d.offset_scales[index]
-        if a != 0.0:
+        mult = d.multiplier(index)
+        if a != 0.0 and (mult is None or mult.mask):
+            original = src
+            keep = None if mult is None else mult.of(src, None)  # of the unperturbed values, before any write
             for s, c in d.terms:
-                self.noise.add(src, s, index, a * c, out=out, at=at, numel=numel)
+                d.noise.add(src, s, index, a * c, out=out, at=at, numel=numel)
                 src = out
+            if keep is not None:
+                torch.where(keep, out, original, out=out)
+        elif a != 0.0:  # src holds the unperturbed values here: the multiplier is evaluated on them
+            n = src.numel()
+            m = mult.of(src, lambda t: t.reshape(-1)[at: at + n].view(src.shape))
+            torch.addcmul(src, self._noise_sum(d, index, src, at), m, value=a, out=out)
+            src = out
         if d.offset is not None and k != 0.0:
             m = d.offset[index].reshape(-1)[at: at + src.numel()].view(src.shape)
             torch.add(src, m, alpha=k, out=out)
             src = out
         if src is not out:
             out.copy_(src)
+
+    def _noise_sum(self, d: _Resolved, index: int, like: torch.Tensor, at: int = 0) -> torch.Tensor:
+        """``sum_j c_j z_index(seed_j)`` materialised on ``like``'s part of block ``index`` (from ``at``)."""
+        acc = torch.zeros_like(like, memory_format=torch.contiguous_format)
+        numel = self.blocks[index][1].numel()
+        for s, c in d.terms:
+            d.noise.add(acc, s, index, c, out=acc, at=at, numel=numel)
+        return acc
 
     def _moves(self, d: _Resolved, index: int, alpha: float) -> bool:
         """Whether block ``index`` moves at all along ``alpha * d``."""
@@ -347,9 +453,14 @@ class ZOEngine:
                     return output
                 ids = args[0] if args else kwargs["input"]
                 a, k = alpha * d.scales[i], alpha * d.offset_scales[i]
-                if a != 0.0:
+                mult = d.multiplier(i)
+                if a != 0.0 and mult is None:
                     for s, c in d.terms:
-                        output = output.add(self.noise.rows(module.weight, s, i, ids), alpha=a * c)
+                        output = output.add(d.noise.rows(module.weight, s, i, ids), alpha=a * c)
+                elif a != 0.0:
+                    rows = sum(c * d.noise.rows(module.weight, s, i, ids) for s, c in d.terms)
+                    m = mult.of(F.embedding(ids, module.weight), lambda t: F.embedding(ids, t))
+                    output = output.addcmul(rows, m.to(rows.dtype), value=a)
                 if d.offset is not None and k != 0.0:
                     output = output.add(F.embedding(ids, d.offset[i]), alpha=k)
                 return output

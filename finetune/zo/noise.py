@@ -3,18 +3,31 @@
 :class:`GaussianNoise` draws fresh normals per block (MeZO's noise; the default on accelerators);
 :class:`NoiseTable` reads them from one shared table (the default on CPUs, where drawing normals costs
 about as much as a forward pass). Both give E[z z^T] = I.
+
+Two more kinds have the same interface (``add``, ``dot``, ``rows``) for the baselines of
+:mod:`finetune.zo.baselines`: Rademacher (+-1) noise (:class:`RademacherTable` on CPUs,
+:class:`RademacherNoise` on accelerators; :func:`rademacher_like`) and low-rank noise ``U V^T`` per matrix
+(:class:`LowRankNoise`).
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
+import torch.nn.functional as F
 
 SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, block) pairs over generator seeds
 
 
 def _block_seed(seed: int, index: int) -> int:
     return (seed * SEED_MIX + index * 0x632BE59BD9B4E019 + 1) % (2**63 - 1)
+
+
+def keyed_seed(seed: int, index: int, purpose: int) -> int:
+    """A generator seed for one purpose (a low-rank factor, an active set...) of ``(seed, index)``: draws for
+    different purposes never share a stream, so no draw shifts another."""
+    return _block_seed(_block_seed(seed, index), 0x51ED27 + purpose)
 
 
 class GaussianNoise:
@@ -32,11 +45,15 @@ class GaussianNoise:
         flat noise of a block of ``numel`` elements and ``tensor`` its segment starting at ``at``."""
         gen = torch.Generator(device=tensor.device).manual_seed(_block_seed(seed, index))
         if numel is None or (at == 0 and numel == tensor.numel()):
-            z = torch.randn(tensor.shape, generator=gen, device=tensor.device, dtype=tensor.dtype)
+            z = self._draw(tensor.shape, gen, tensor)
         else:  # a segment: draw the whole block's noise (this class is for accelerators) and slice it
-            z = torch.randn(numel, generator=gen, device=tensor.device, dtype=tensor.dtype)
+            z = self._draw((numel,), gen, tensor)
             z = z[at: at + tensor.numel()].view(tensor.shape)
         torch.add(tensor, z, alpha=alpha, out=out)
+
+    @staticmethod
+    def _draw(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
 
     def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
         """``<tensor, z_index(seed)>`` as a 0-d tensor (the noise is drawn in full)."""
@@ -123,6 +140,115 @@ class NoiseTable:
         offsets_t = torch.tensor(offsets, device=like.device)
         signs_t = torch.tensor(signs, device=like.device, dtype=like.dtype)
         return signs_t[chunk] * table[offsets_t[chunk] + flat % self.chunk]
+
+
+class RademacherNoise(GaussianNoise):
+    """Exact i.i.d. Rademacher (+-1 with probability 1/2 each) noise per block from a per-(seed, block)
+    generator (FZOO's perturbation; for accelerators). E[u u^T] = I."""
+
+    name = "rademacher"
+
+    @staticmethod
+    def _draw(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+        u = torch.randint(0, 2, shape, generator=gen, device=like.device, dtype=like.dtype)
+        return u.mul_(2).sub_(1)
+
+
+class RademacherTable(NoiseTable):
+    """Rademacher noise read from a shared table of random signs, laid out as :class:`NoiseTable` lays out
+    its normals (chunks at seeded offsets with seeded signs): entries are +-1, E[u u^T] = I, and adding it is
+    a plain add of a table slice (for CPUs)."""
+
+    name = "rademacher-table"
+
+    def table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (torch.device(device), dtype)
+        if key not in self._tables:
+            gen = torch.Generator().manual_seed(self.table_seed + 1)
+            signs = torch.randint(0, 2, (self.size,), generator=gen, dtype=torch.float32) * 2 - 1
+            self._tables[key] = signs.to(device=device, dtype=dtype)
+        return self._tables[key]
+
+
+def rademacher_like(noise) -> RademacherTable | RademacherNoise:
+    """The Rademacher noise of the same kind as ``noise``: a sign table for a table, generators otherwise."""
+    if isinstance(noise, NoiseTable):
+        return RademacherTable(noise.size, noise.chunk, noise.table_seed)
+    return RademacherNoise()
+
+
+class LowRankNoise:
+    """Low-rank noise (LOZO): block b's noise is ``U_b V_b^T`` if the block has two or more dims (viewed as
+    ``shape[0] x rest``), with ``U_b`` (``m x rank``) drawn from ``(seed, b)`` and ``V_b`` (``n x rank``) from
+    ``(window_seed, b)``, both standard normal; other blocks get ``base`` noise at ``seed``. Each entry has
+    variance ``rank`` (the public code's scale: not divided by ``rank``).
+
+    One object serves one window: its V is fixed, and a step's U is drawn once and kept until the next seed
+    (a step replays its seed three times), so nothing of size m x n is ever stored: ``add`` writes
+    ``U V^T`` with one matrix product (or the rows of a segment that it touches).
+    """
+
+    name = "lowrank"
+    U, V = 1, 2  # purposes of keyed_seed
+
+    def __init__(self, base, shapes, rank: int, window_seed: int):
+        if rank < 1:
+            raise ValueError("the rank of low-rank noise must be at least 1")
+        self.base, self.rank, self.window_seed = base, int(rank), int(window_seed)
+        self.shapes = [tuple(int(x) for x in s) for s in shapes]
+        self.chunk = getattr(base, "chunk", 1 << 18)
+        self._u_seed: int | None = None
+        self._u: dict[tuple, torch.Tensor] = {}
+        self._v: dict[tuple, torch.Tensor] = {}
+
+    def matrix(self, index: int) -> tuple[int, int] | None:
+        """``(m, n)`` of block ``index`` seen as a matrix, or None for a vector (plain noise)."""
+        shape = self.shapes[index]
+        return (shape[0], math.prod(shape[1:])) if len(shape) >= 2 else None
+
+    def factors(self, seed: int, index: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U, V)`` of block ``index`` at ``seed`` (this window's V)."""
+        m, n = self.matrix(index)
+        device = torch.device("cpu" if device is None else device)
+        if seed != self._u_seed:
+            self._u_seed, self._u = seed, {}
+        key = (index, device, dtype)
+        if key not in self._u:
+            gen = torch.Generator(device=device).manual_seed(keyed_seed(seed, index, self.U))
+            self._u[key] = torch.randn(m, self.rank, generator=gen, device=device, dtype=dtype)
+        if key not in self._v:
+            gen = torch.Generator(device=device).manual_seed(keyed_seed(self.window_seed, index, self.V))
+            self._v[key] = torch.randn(n, self.rank, generator=gen, device=device, dtype=dtype)
+        return self._u[key], self._v[key]
+
+    def add(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, out: torch.Tensor,
+            at: int = 0, numel: int | None = None) -> None:
+        """``out = tensor + alpha * z_index(seed)``, also on a flat segment (``at``, ``numel``) as the other kinds."""
+        mn = self.matrix(index)
+        if mn is None:
+            return self.base.add(tensor, seed, index, alpha, out=out, at=at, numel=numel)
+        m, n = mn
+        u, v = self.factors(seed, index, tensor.device, tensor.dtype)
+        count = tensor.numel()
+        if at == 0 and count == m * n and out.is_contiguous():
+            if out is not tensor:
+                out.copy_(tensor)
+            out.view(m, n).addmm_(u, v.T, alpha=alpha)
+        else:  # the rows the segment touches
+            r0, r1 = at // n, (at + count - 1) // n + 1
+            part = (u[r0:r1] @ v.T).view(-1)[at - r0 * n: at - r0 * n + count]
+            torch.add(tensor, part.view(tensor.shape), alpha=alpha, out=out)
+
+    def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
+        mn = self.matrix(index)
+        if mn is None:
+            return self.base.dot(tensor, seed, index)
+        u, v = self.factors(seed, index, tensor.device, tensor.dtype)
+        return (u * (tensor.reshape(mn) @ v)).sum()
+
+    def rows(self, like: torch.Tensor, seed: int, index: int, ids: torch.Tensor) -> torch.Tensor:
+        u, v = self.factors(seed, index, like.device, like.dtype)
+        return F.embedding(ids.to(like.device), u) @ v.T
 
 
 def make_noise(kind: str, device: torch.device) -> GaussianNoise | NoiseTable:
