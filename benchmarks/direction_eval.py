@@ -36,10 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoints import Tuner  # noqa: E402
-from finetune.bench import final_loss, plot, summarise  # noqa: E402
+from finetune.bench import append_run, final_loss, mean_test_loss, plot, read_runs, summarise  # noqa: E402
 from finetune.data.models import name_for_id  # noqa: E402
 from finetune.trainer import FinetuneConfig, prepare, train  # noqa: E402
-from tuner_eval import append_run, mean_test_loss, read_runs  # noqa: E402
 
 # arm -> (FinetuneConfig overrides, lr multiplier, eps multiplier, parameter-sized state buffers)
 ARMS: dict[str, tuple[dict, float, float, int]] = {

@@ -18,8 +18,6 @@ never by the test metric) and ``DIR/loss.png``.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
 import statistics
 import sys
 from dataclasses import replace
@@ -30,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from checkpoints import Tuner  # noqa: E402
-from finetune.common.atomic import atomic_file  # noqa: E402
-from finetune.bench import markdown, plot, summarise  # noqa: E402
+from finetune.bench import append_run, markdown, mean_test_loss, plot, read_runs, summarise  # noqa: E402
 from finetune.data.models import model_id, name_for_id  # noqa: E402
 from finetune.trainer import FinetuneConfig, prepare, train  # noqa: E402
 
@@ -43,27 +40,6 @@ def untrained_tuner(tuner: Tuner, seed: int = 0) -> Tuner:
                   tied_groups=tuner.tied_groups, stats=tuner.stats, provenance={"untrained": True, "seed": seed})
     fresh.bank.randomize_output_(torch.Generator().manual_seed(seed + 1))
     return fresh
-
-
-def mean_test_loss(scorer, model, examples) -> float:
-    """Mean training-objective loss over ``examples`` (chunks of 25): far less noisy than accuracy."""
-    with torch.inference_mode():
-        chunks = [examples[i:i + 25] for i in range(0, len(examples), 25)]
-        return sum(float(scorer.loss(model, c)) * len(c) for c in chunks) / len(examples)
-
-
-def read_runs(log: Path) -> list[dict]:
-    return json.loads(log.read_text()) if log.exists() else []
-
-
-def append_run(log: Path, run: dict) -> None:
-    """Add one run to ``log`` under a file lock, so that processes sharing an output folder (each with its
-    own seeds) never lose each other's runs."""
-    with open(log.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        runs = read_runs(log) + [run]
-        with atomic_file(log) as tmp:
-            tmp.write_text(json.dumps(runs))
 
 
 def test_loss_table(runs: list[dict], rows: list[dict]) -> str:

@@ -17,6 +17,7 @@ The summary (``bench.md``, ``bench.json``):
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import random
@@ -25,6 +26,7 @@ import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from finetune.common.atomic import atomic_file
@@ -331,6 +333,29 @@ def plot(runs: list[dict], rows: list[dict], path: Path, title: str, calibration
 
 
 # ---- the command ----------------------------------------------------------------------------------
+
+# ------------------------------------------------ run logs shared by the benchmarks' grids (benchmarks/)
+def mean_test_loss(scorer, model, examples) -> float:
+    """Mean training-objective loss over ``examples`` (chunks of 25): far less noisy than accuracy."""
+    with torch.inference_mode():
+        chunks = [examples[i:i + 25] for i in range(0, len(examples), 25)]
+        return sum(float(scorer.loss(model, c)) * len(c) for c in chunks) / len(examples)
+
+
+def read_runs(log: Path) -> list[dict]:
+    """The runs recorded in ``log`` (a JSON list), or none."""
+    return json.loads(log.read_text()) if log.exists() else []
+
+
+def append_run(log: Path, run: dict) -> None:
+    """Add one run to ``log`` under a file lock, so that processes sharing an output folder (each with its
+    own seeds) never lose each other's runs."""
+    with open(log.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = read_runs(log) + [run]
+        with atomic_file(log) as tmp:
+            tmp.write_text(json.dumps(runs))
+
 
 def _run_record(cfg: FinetuneConfig, result) -> dict:
     return _plain({"method": cfg.method, "lr": cfg.lr, "seed": cfg.seed, "steps": cfg.steps,

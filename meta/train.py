@@ -178,11 +178,11 @@ class MetaTrainer:
         batch = next(self.streams[task_index])
         history = self.histories[task_index]
 
-        def loss_fn(m):
-            return self.scorer.loss(m, batch)
-
         if self.par is not None:
             loss_fn = self.par.loss_fn(self.scorer, batch)
+        else:
+            def loss_fn(m):
+                return self.scorer.loss(m, batch)
         sync = None if self.par is None else self.par.sync
 
         self.meta_opt.zero_grad(set_to_none=True)

@@ -22,7 +22,6 @@ import pytest
 from datasets.packaged_modules.parquet.parquet import Parquet
 
 from finetune.data.models import load_model
-from finetune.data.tasks import Example
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "zotune-test/tiny-llama"
