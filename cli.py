@@ -224,6 +224,21 @@ def _load_tuner(args: argparse.Namespace):
     return tuner
 
 
+def _stage(run, has_snapshot, dp):
+    """Run a stage; after Ctrl-C with a snapshot kept, say how to continue (exit 130); close the process group."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        if has_snapshot() and (dp is None or dp.main):
+            print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+    finally:
+        if dp is not None:
+            dp.close()
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
     from finetune.trainer import finetune, snapshot_path
 
@@ -243,19 +258,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
         raise ZotuneError("--device-map with several ranks per machine would give every rank all its GPUs; "
                           "run one rank per machine (torchrun --nproc-per-node 1) or drop --device-map")
-    try:
-        metrics = finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
-                           snapshot_every=args.snapshot_every, start_over=args.start_over, tuner=tuner,
-                           calibrate=not args.no_calibration, dp=dp, save_log=args.save_log)
-    except KeyboardInterrupt:
-        if Path(args.out).name and snapshot_path(Path(args.out)).exists() and (dp is None or dp.main):
-            print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
-                  file=sys.stderr)
-            raise SystemExit(130) from None
-        raise
-    finally:
-        if dp is not None:
-            dp.close()
+    metrics = _stage(lambda: finetune(cfg, Path(args.out), save_model=not args.no_save_model, resume=args.resume,
+                                      snapshot_every=args.snapshot_every, start_over=args.start_over, tuner=tuner,
+                                      calibrate=not args.no_calibration, dp=dp, save_log=args.save_log),
+                     lambda: bool(Path(args.out).name) and snapshot_path(Path(args.out)).exists(), dp)
     if dp is not None and not dp.main:
         return
     ev = metrics["eval"]
@@ -347,18 +353,9 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
     from finetune.zo.distributed import from_env
 
     dp = from_env(mode="batch", check_every=args.check_every, device=args.device)
-    try:
-        tuner = meta_train(cfg, out, resume=args.resume, snapshot_every=args.snapshot_every,
-                           start_over=args.start_over, dp=dp)
-    except KeyboardInterrupt:
-        if snapshot_path(out).exists() and (dp is None or dp.main):
-            print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
-                  file=sys.stderr)
-            raise SystemExit(130) from None
-        raise
-    finally:
-        if dp is not None:
-            dp.close()
+    tuner = _stage(lambda: meta_train(cfg, out, resume=args.resume, snapshot_every=args.snapshot_every,
+                                      start_over=args.start_over, dp=dp),
+                   lambda: snapshot_path(out).exists(), dp)
     if dp is not None and not dp.main:
         return
     s = tuner.provenance["summary"]

@@ -519,30 +519,6 @@ def test_zero_lr_leaves_every_parameter_bit_identical():
 # --- the command line --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def jsonl(tmp_path):
-    from test_directions import synthetic_examples
-
-    path = tmp_path / "task.jsonl"
-    with path.open("w") as f:
-        for e in synthetic_examples(40):
-            f.write(json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label}) + "\n")
-    return path
-
-
-@pytest.mark.parametrize("method,extra,per_step", [("sparse-mezo", ["--sparsity", "0.5"], 2),
-                                                   ("lozo", ["--lozo-rank", "1", "--lozo-interval", "1"], 2),
-                                                   ("bcd", ["--bcd-layers", "0.5"], 2), ("fzoo", ["--fzoo-n", "3"], 4),
-                                                   ("hizoo", ["--hizoo-alpha", "1e-4"], 3)])
-def test_cli_finetune_runs_each_baseline(tmp_path, jsonl, method, extra, per_step):
-    out = tmp_path / "run"
-    assert cli.main(["finetune", "--model", "tiny-gpt2", "--task", str(jsonl), "--method", method, "--steps", "2",
-                     "--lr", "1e-3", "--batch-size", "4", "--n-test", "4", "--out", str(out), "--no-save-model",
-                     *extra]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["method"] == method and metrics["forwards"] == 2 * per_step and len(metrics["train_loss"]) == 2
-
-
 @pytest.mark.parametrize("argv,message", [
     (["--method", "sparse-mezo", "--sparsity", "1"], "--sparsity must be in [0, 1)"),
     (["--method", "lozo", "--lozo-rank", "0"], "--lozo-rank must be at least 1"),

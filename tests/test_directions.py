@@ -419,7 +419,11 @@ def test_each_method_lowers_the_training_loss_of_a_tiny_model(method):
 
 @pytest.mark.parametrize("method,extra,per_step", [("gv", [], 6), ("greedy", ["--candidates", "3"], 4),
                                                    ("ldsd", ["--ldsd-k", "3", "--ldsd-lr", "0.5"], 4),
-                                                   ("gv", ["--optimizer", "adam"], 6)])
+                                                   ("gv", ["--optimizer", "adam"], 6),
+                                                   ("sparse-mezo", ["--sparsity", "0.5"], 2),
+                                                   ("lozo", ["--lozo-rank", "1", "--lozo-interval", "1"], 2),
+                                                   ("bcd", ["--bcd-layers", "0.5"], 2), ("fzoo", ["--fzoo-n", "3"], 4),
+                                                   ("hizoo", ["--hizoo-alpha", "1e-4"], 3)])
 def test_cli_finetune_runs_each_method(tmp_path, jsonl, method, extra, per_step):
     out = tmp_path / "run"
     assert cli.main(["finetune", "--model", "tiny-gpt2", "--task", str(jsonl), "--method", method, "--steps", "2",

@@ -51,15 +51,6 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
-@pytest.fixture
-def jsonl(tmp_path):
-    path = tmp_path / "task.jsonl"
-    with path.open("w") as f:
-        for e in synthetic_examples(40):
-            f.write(json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label}) + "\n")
-    return path
-
-
 def base_args(jsonl: Path, out: Path, *extra: str) -> list[str]:
     return ["finetune", "--model", "tiny-llama", "--task", str(jsonl), "--steps", "4", "--lr", "1e-3",
             "--batch-size", "5", "--n-test", "6", "--threads", "1", "--out", str(out), *extra]
