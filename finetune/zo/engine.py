@@ -18,6 +18,7 @@ explains the design.
 """
 from __future__ import annotations
 
+import abc
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple, Sequence, Union
@@ -54,7 +55,7 @@ def _per_block(values, n: int, what: str) -> list[float]:
     return out
 
 
-class Multiplier:
+class Multiplier(abc.ABC):
     """An elementwise multiplier ``m_b`` of one block's noise term (see :class:`Direction`), evaluated on
     whatever part of the block is being written: the whole block, a flat segment of an output head, or the
     looked-up rows of an embedding. ``of(theta, take)`` gets the block's *unperturbed* values on that part
@@ -64,8 +65,9 @@ class Multiplier:
 
     mask = False
 
+    @abc.abstractmethod
     def of(self, theta: torch.Tensor, take: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The multiplier on the part of the block that ``take`` cuts out (``theta``: its unperturbed values)."""
 
 
 @dataclass(frozen=True, eq=False)
