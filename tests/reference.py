@@ -138,3 +138,35 @@ def assert_resumes_identically(model, tuner, scorer, batches):
     opt2.step(lambda: scorer.loss(b, batches[-1]))
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+
+
+def kill_at_call(monkeypatch, n):
+    """Make the n-th training loss evaluation raise KeyboardInterrupt (a kill); return the real loss."""
+    from finetune.data.scoring import TaskScorer
+
+    real_loss, calls = TaskScorer.loss, {"n": 0}
+
+    def dying_loss(self, model, examples):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real_loss(self, model, examples)
+
+    monkeypatch.setattr(TaskScorer, "loss", dying_loss)
+    return real_loss
+
+
+def kill_meta_at(monkeypatch, step):
+    """Make meta-training raise KeyboardInterrupt when it would take meta step ``step + 1``; return the real
+    ``MetaTrainer.advance``."""
+    from meta.train import MetaTrainer
+
+    advance = MetaTrainer.advance
+
+    def killed(self):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return advance(self)
+
+    monkeypatch.setattr(MetaTrainer, "advance", killed)
+    return advance

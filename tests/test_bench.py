@@ -7,6 +7,7 @@ from fractions import Fraction
 import pytest
 
 import cli
+from reference import kill_at_call
 import finetune.trainer as trainer
 from finetune.bench import compare, forwards_to_target, paired_bootstrap, quantile, summarise
 from finetune.data.scoring import TaskScorer
@@ -156,15 +157,7 @@ def test_killed_bench_resumes_to_the_same_report(tmp_path, jsonl, monkeypatch, c
             "--eval-points", "3", "--snapshot-every", "2"]
     assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
 
-    real_loss, calls = TaskScorer.loss, {"n": 0}
-
-    def dying_loss(self, model, examples):
-        calls["n"] += 1
-        if calls["n"] == 12 + 4:  # both mezo runs (6 passes each) done; fo seed 0 killed in step 4 (after a snapshot)
-            raise KeyboardInterrupt
-        return real_loss(self, model, examples)
-
-    monkeypatch.setattr(TaskScorer, "loss", dying_loss)
+    real_loss = kill_at_call(monkeypatch, 12 + 4)  # both mezo runs (6 passes each) done; fo seed 0 killed in step 4 (after a snapshot)
     out = tmp_path / "resumed"
     with pytest.raises(SystemExit) as exc:
         cli.main(argv + ["--out", str(out)])

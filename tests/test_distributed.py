@@ -16,7 +16,7 @@ from finetune.common.errors import ZotuneError
 from finetune.data.models import load_model
 from finetune.data.scoring import TaskScorer
 from finetune.data.tasks import Example
-from reference import synthetic_examples
+from reference import kill_meta_at, synthetic_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds for one torchrun (two ranks importing torch and transformers on a loaded machine)
@@ -190,17 +190,10 @@ def test_two_ranks_meta_train_like_one_process(tmp_path, tasks, unroll):
 
 
 def test_meta_resume_refuses_another_number_of_ranks(tmp_path, tasks, monkeypatch):
-    from meta.train import MetaTrainer, snapshot_path
+    from meta.train import snapshot_path
 
     out = tmp_path / "t.safetensors"
-    advance = MetaTrainer.advance
-
-    def killed_at_3(self):
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return advance(self)
-
-    monkeypatch.setattr(MetaTrainer, "advance", killed_at_3)
+    kill_meta_at(monkeypatch, 2)
     with pytest.raises(SystemExit):
         cli.main(meta_args(tasks, out, "--checkpoint-every", "2"))
     assert snapshot_path(out).exists()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cli
+from reference import kill_at_call
 from finetune.data.models import load_model
 from finetune.data.scoring import TaskScorer
 
@@ -134,15 +135,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, jsonl, monkeypatch, cap
             "--optimizer", "momentum"]
     assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
 
-    real_loss, calls = TaskScorer.loss, {"n": 0}
-
-    def dying_loss(self, model, examples):
-        calls["n"] += 1
-        if calls["n"] == 9:  # killed in step 5's first forward pass: the snapshot of step 3 survives
-            raise KeyboardInterrupt
-        return real_loss(self, model, examples)
-
-    monkeypatch.setattr(TaskScorer, "loss", dying_loss)
+    real_loss = kill_at_call(monkeypatch, 9)  # killed in step 5's first forward pass: the snapshot of step 3 survives
     out = tmp_path / "resumed"
     with pytest.raises(SystemExit) as exc:
         cli.main(argv + ["--out", str(out)])
@@ -168,15 +161,7 @@ def test_resuming_with_more_steps_needs_a_constant_schedule(tmp_path, jsonl, mon
     argv = ["finetune", "--model", "tiny-llama", "--task", str(jsonl), "--lr", "1e-3", "--batch-size", "4",
             "--n-test", "8", "--checkpoint-every", "2", "--schedule", schedule, "--no-save-model",
             "--out", str(tmp_path / "run")]
-    real_loss, calls = TaskScorer.loss, {"n": 0}
-
-    def dying_loss(self, model, examples):
-        calls["n"] += 1
-        if calls["n"] == 7:  # killed in step 3: the snapshot of step 2 survives
-            raise KeyboardInterrupt
-        return real_loss(self, model, examples)
-
-    monkeypatch.setattr(TaskScorer, "loss", dying_loss)
+    real_loss = kill_at_call(monkeypatch, 7)  # killed in step 3: the snapshot of step 2 survives
     with pytest.raises(SystemExit):
         cli.main([*argv, "--steps", "4"])
     monkeypatch.setattr(TaskScorer, "loss", real_loss)

@@ -11,7 +11,7 @@ from finetune.data.models import load_model
 from finetune.data.scoring import TaskScorer
 from finetune.data.tasks import Task
 from finetune.trainer import FinetuneConfig, train
-from reference import synthetic_examples
+from reference import kill_at_call, synthetic_examples
 
 
 def bad(capsys, argv):
@@ -105,15 +105,7 @@ def test_fo_resumes_bit_for_bit(tmp_path, jsonl, monkeypatch, capsys):
             "--eval-every", "2", "--snapshot-every", "3"]
     assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
 
-    real_loss, calls = TaskScorer.loss, {"n": 0}
-
-    def dying_loss(self, model, examples):
-        calls["n"] += 1
-        if calls["n"] == 5:  # step 5's forward pass: the snapshot of step 3 survives
-            raise KeyboardInterrupt
-        return real_loss(self, model, examples)
-
-    monkeypatch.setattr(TaskScorer, "loss", dying_loss)
+    real_loss = kill_at_call(monkeypatch, 5)  # step 5's forward pass: the snapshot of step 3 survives
     out = tmp_path / "resumed"
     with pytest.raises(SystemExit):
         cli.main(argv + ["--out", str(out)])

@@ -12,7 +12,7 @@ from finetune.data.tasks import Example
 from finetune.zo.engine import Direction, ZOEngine
 from meta.metagrad import closed_form, unrolled
 from pertnn import PertNNBank, PertNNConfig, StepHistory, model_blocks
-from reference import central_difference
+from reference import central_difference, kill_meta_at
 
 BATCH = [Example(prompt=f"q{i}: is {i} even?", options=(" yes", " no"), label=i % 2) for i in range(4)]
 
@@ -155,14 +155,7 @@ def test_meta_training_learns_and_resume_reaches_the_same_artifact(tmp_path, tas
     assert [r["step"] for r in log] == list(range(1, 7))
 
     out = tmp_path / "killed.safetensors"
-    advance = MetaTrainer.advance
-
-    def killed_at_5(self):
-        if self.step == 4:
-            raise KeyboardInterrupt
-        return advance(self)
-
-    monkeypatch.setattr(MetaTrainer, "advance", killed_at_5)
+    advance = kill_meta_at(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         meta_train(_cfg(tasks, **kw), out, snapshot_every=2, progress=False)
     assert snapshot_path(out).exists() and not out.exists()

@@ -20,7 +20,7 @@ from finetune.data.models import TINY, load_model
 from finetune.data.scoring import TaskScorer
 from finetune.trainer import METHODS, FinetuneConfig, make_run_optimizer
 from finetune.zo.optim import TunedZO, ZOAdam, ZOSGD
-from reference import Reference, axpy, deep_tiny, ids, seed_stream, synthetic_examples
+from reference import Reference, axpy, deep_tiny, ids, kill_at_call, seed_stream, synthetic_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("lora", "prefix", "norms")
@@ -227,15 +227,7 @@ def test_killed_lora_run_resumes_to_the_same_adapter(tmp_path, jsonl, monkeypatc
             "--batch-size", "4", "--n-test", "8", "--checkpoint-every", "3", "--optimizer", "momentum",
             "--peft", "lora"]
     assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
-    real_loss, calls = TaskScorer.loss, {"n": 0}
-
-    def dying_loss(self, model, examples):
-        calls["n"] += 1
-        if calls["n"] == 9:  # killed in step 5's first forward pass: the checkpoint of step 3 survives
-            raise KeyboardInterrupt
-        return real_loss(self, model, examples)
-
-    monkeypatch.setattr(TaskScorer, "loss", dying_loss)
+    real_loss = kill_at_call(monkeypatch, 9)  # killed in step 5's first forward pass: the checkpoint of step 3 survives
     out = tmp_path / "resumed"
     with pytest.raises(SystemExit):
         cli.main(argv + ["--out", str(out)])

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import cli
+from reference import kill_at_call, kill_meta_at
 import finetune.bench as bench_module
 import finetune.trainer as trainer_module
 from checkpoints import Tuner, hub
@@ -91,20 +92,6 @@ def no_training(monkeypatch):
     monkeypatch.setattr(bench_module, "prepare", prepare)
     monkeypatch.setattr(MetaTrainer, "__init__", init)
     return calls
-
-
-def kill_at_call(monkeypatch, n):
-    """Make the n-th training loss evaluation raise KeyboardInterrupt (a kill)."""
-    real_loss, calls = TaskScorer.loss, {"n": 0}
-
-    def dying_loss(self, model, examples):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-        return real_loss(self, model, examples)
-
-    monkeypatch.setattr(TaskScorer, "loss", dying_loss)
-    return real_loss
 
 
 def strict_load(path: Path):
@@ -490,14 +477,7 @@ def test_meta_train_nan_stop_says_how_to_restart(tmp_path, tasks, monkeypatch):
 def test_meta_resume_refuses_changed_task_data(tmp_path, tasks, monkeypatch):
     cfg = MetaConfig(model="tiny-llama", tasks=tasks, steps=4, batch_size=4, hidden=4, max_length=32)
     out = tmp_path / "t.safetensors"
-    advance = MetaTrainer.advance
-
-    def killed_at_3(self):
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return advance(self)
-
-    monkeypatch.setattr(MetaTrainer, "advance", killed_at_3)
+    advance = kill_meta_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         meta_train(cfg, out, snapshot_every=2, progress=False)
     monkeypatch.setattr(MetaTrainer, "advance", advance)
