@@ -68,14 +68,17 @@ def write_summary(out: Path, rows: list[dict], args: argparse.Namespace) -> None
     lines = [f"Model {args.model}, batch {args.batch_size}, seed {args.seed}, {args.n_test} test examples at most; "
              f"fo: AdamW lr {args.fo_lr}, {args.fo_steps} steps; mezo: lr {args.zo_lr}, eps 1e-3, "
              f"{args.zo_forwards} forward passes.", "",
-             "| task | n test | zero-shot | calibrated | fo | fo gain | mezo | mezo gain | mezo beyond calibration |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| task | n test | zero-shot | calibrated | fo | fo gain | fo beyond calibration | mezo | mezo gain | "
+             "mezo beyond calibration |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fo, zo = r.get("fo") or {}, r.get("mezo") or {}
-        beyond = None if not zo or r.get("calibrated") is None else zo["after"] - r["calibrated"]
-        lines.append(f"| {r['task']} | {r.get('n_test', '–')} | {fmt(r.get('before'))} | {fmt(r.get('calibrated'))} | "
-                     f"{fmt(fo.get('after'))} | {fmt(fo.get('gain'))} | {fmt(zo.get('after'))} | {fmt(zo.get('gain'))} | "
-                     f"{fmt(beyond)} |")
+        cal = r.get("calibrated")
+        fo_beyond = None if not fo or cal is None else fo["after"] - cal
+        beyond = None if not zo or cal is None else zo["after"] - cal
+        lines.append(f"| {r['task']} | {r.get('n_test', '–')} | {fmt(r.get('before'))} | {fmt(cal)} | "
+                     f"{fmt(fo.get('after'))} | {fmt(fo.get('gain'))} | {fmt(fo_beyond)} | {fmt(zo.get('after'))} | "
+                     f"{fmt(zo.get('gain'))} | {fmt(beyond)} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(rows, indent=1, allow_nan=False))
 
