@@ -16,7 +16,7 @@ from finetune.zo.directions import LDSD, ZOGV, ZOGreedy, make_direction_optimize
 from finetune.data.models import TINY, load_model
 from finetune.data.scoring import TaskScorer
 from finetune.data.tasks import Task
-from finetune.trainer import FinetuneConfig, train
+from finetune.trainer import BASELINE_METHODS, FinetuneConfig, train
 from finetune.zo.engine import Direction, ZOEngine
 from reference import Quadratic, Reference, axpy, combine, ids, seed_stream, synthetic_examples
 
@@ -379,12 +379,14 @@ def test_zero_lr_leaves_every_parameter_bit_identical():
 
 @pytest.mark.parametrize("method,flags,per_step", [("gv", {}, 6), ("gv", {"candidates": 3}, 5),
                                                     ("greedy", {}, 5), ("ldsd", {}, 5), ("ldsd", {"ldsd_k": 2}, 3),
-                                                    ("mezo", {}, 2), ("nspsa", {}, 8), ("zo-adam", {}, 2)])
+                                                    ("mezo", {}, 2), ("nspsa", {}, 8), ("zo-adam", {}, 2),
+                                                    ("sparse-mezo", {}, 2), ("lozo", {}, 2), ("bcd", {}, 2),
+                                                    ("fzoo", {}, 9), ("fzoo", {"fzoo_n": 3}, 4), ("hizoo", {}, 3)])
 def test_forwards_per_step_is_what_a_step_spends(method, flags, per_step):
     cfg = FinetuneConfig(model="tiny-llama", method=method, **flags)
     cfg.validate()
     assert cfg.forwards_per_step == per_step
-    if method in METHODS:
+    if method in (*METHODS, *BASELINE_METHODS):
         from finetune.trainer import make_run_optimizer
 
         model, _ = load_model("tiny-llama")
