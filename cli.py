@@ -224,14 +224,20 @@ def _load_tuner(args: argparse.Namespace):
     return tuner
 
 
+def _say(line: str) -> None:
+    """Write one line to stderr in a single write, so that ranks sharing a pipe under torchrun cannot interleave it
+    with each other's lines (print() writes the text and the newline separately)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _stage(run, has_snapshot, dp):
     """Run a stage; after Ctrl-C with a snapshot kept, say how to continue (exit 130); close the process group."""
     try:
         return run()
     except KeyboardInterrupt:
         if has_snapshot() and (dp is None or dp.main):
-            print("interrupted; the last snapshot is kept: rerun the same command with --resume to continue",
-                  file=sys.stderr)
+            _say("interrupted; the last snapshot is kept: rerun the same command with --resume to continue")
             raise SystemExit(130) from None
         raise
     finally:
@@ -330,8 +336,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         rows = bench(cfg, Path(args.out), resume=args.resume, snapshot_every=args.snapshot_every, tuner=tuner)
     except KeyboardInterrupt:
         if Path(args.out).name and work_dir(Path(args.out)).exists():
-            print("interrupted; the finished runs are kept: rerun the same command with --resume to continue",
-                  file=sys.stderr)
+            _say("interrupted; the finished runs are kept: rerun the same command with --resume to continue")
             raise SystemExit(130) from None
         raise
     for r in sorted(rows, key=lambda r: r["method"]):
@@ -614,10 +619,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)  # imports torch: Ctrl-C is common here
         args.func(args)
     except ZotuneError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
+        _say("interrupted; nothing was written")
         return 130
     return 0
 

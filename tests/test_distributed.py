@@ -262,6 +262,25 @@ def test_fo_under_torchrun_is_refused_in_one_line(tmp_path, jsonl):
     assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
 
 
+def test_error_line_is_one_write(monkeypatch, capsys):
+    """Ranks under torchrun share one stderr pipe: each error line (with its newline) must reach it in one write, or
+    two ranks' lines interleave. print() writes the text and the newline separately; this fails with it."""
+    import cli
+
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    assert cli.main(["finetune", "--steps", "0", "--out", "unused"]) == 2
+    assert len(writes) == 1 and writes[0].startswith("error: ") and writes[0].endswith("\n"), writes
+
+
 def test_check_parallel_refuses_fo(jsonl):
     """The same refusal when train() is called with a data-parallel context directly."""
     from finetune.trainer import FO_NOT_PARALLEL, FinetuneConfig, check_parallel
