@@ -549,3 +549,66 @@ def test_direction_times_keeps_the_noise_kind_and_multipliers():
     mult = [BelowMagnitude(0.5)]
     d = Direction([(3, 0.5), (4, -1.0)], noise=low, multipliers=mult).times(2.0)
     assert d.noise is low and d.multipliers is mult and d.seeds == [(3, 1.0), (4, -2.0)]
+
+
+# --- the chunked writes of masks and scalings ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["sparse-mezo", "sparse-mezo-wd", "hizoo"])
+@pytest.mark.parametrize("chunk", [None, 1 << 9, 1000])
+def test_chunked_masked_and_scaled_writes_equal_the_general_path_bit_for_bit(method, chunk, monkeypatch):
+    """With table noise, Sparse-MeZO's mask and HiZOO's H^{-1/2} are written one table chunk at a time (the mask
+    as 1/0 floats times z, H's factor from a per-step table): every loss, weight and H of three steps, and the
+    perturbed logits of a two-seed direction, equal bit for bit those of the general path (a bool mask and
+    ``torch.where``, z materialised per block). Chunks of 1000 cut head segments and rows mid-way."""
+    from finetune.zo.engine import ZOEngine as Engine
+
+    def run(sliced):
+        model, _ = load_model("tiny-llama")
+        x = ids()
+        if method.startswith("sparse"):
+            opt = SparseMeZO(model, lr=3e-2, eps=1e-2, sparsity=0.5, seed=3,
+                             weight_decay=0.1 if method.endswith("wd") else 0.0)
+        else:
+            opt = HiZOO(model, lr=1e-2, eps=1e-2, alpha=0.05, seed=3)
+        if chunk is not None:
+            opt.engine.noise = NoiseTable(size=1 << 14, chunk=chunk)
+        records, logits = [], []
+        with monkeypatch.context() as m:
+            if not sliced:
+                m.setattr(Engine, "_write_sliced", lambda *a, **k: False)
+                m.setattr(HiZOO, "_apply_sliced", staticmethod(lambda *a, **k: False))
+            for _ in range(3):
+                opt.step(lambda: model(input_ids=x, labels=x).loss)
+                records.append(dict(opt.last))
+                mult = opt.multipliers if method.startswith("sparse") else [InverseSqrt(h) for h in opt.hessians()]
+                with torch.inference_mode(), opt.engine.perturbed(Direction([(5, 0.7), (6, -1.3)],
+                                                                            multipliers=mult), 0.3):
+                    logits.append(model(input_ids=x).logits.clone())
+        extra = [h.clone() for h in opt.hessians()] if method == "hizoo" else opt.masks()
+        return records, logits, [p.detach().clone() for p in model.parameters()], extra
+
+    fast, general = run(True), run(False)
+    assert fast[0] == general[0]
+    for a, b in zip(fast[1] + fast[2], general[1] + general[2]):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))  # also the sign of zeros
+    for a, b in zip(fast[3], general[3]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    moved = sum((p != q).sum().item() for p, q in zip(fast[2], load_model("tiny-llama")[0].parameters()))
+    assert moved > 0
+
+
+def test_a_mask_that_keeps_no_entry_is_written_the_general_way():
+    """A negative threshold keeps nothing, so entries outside the mask may be 0: the chunked write (which adds
+    0 * z to them) is not used, and a -0.0 weight keeps its sign through an update."""
+    model, _ = load_model("tiny-llama")
+    engine = ZOEngine(model, noise="table")
+    name, p = next((n, p) for n, p in engine.blocks if p.ndim >= 2)
+    with torch.no_grad():
+        p.view(-1)[::2] = -0.0
+    before = p.detach().clone()
+    mult = [BelowMagnitude(-1.0) if q is p else None for _, q in engine.blocks]
+    assert not mult[[q is p for _, q in engine.blocks].index(True)].sliced and BelowMagnitude(0.0).sliced
+    engine.update_(Direction([(3, 1.0), (4, -2.0)], multipliers=mult), 0.5)
+    engine.update_(Direction(5, multipliers=mult), -0.5)
+    assert torch.equal(p.detach().view(torch.int32), before.view(torch.int32)), name

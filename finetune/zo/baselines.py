@@ -385,8 +385,11 @@ class HiZOO(ZOOptimizer):
         lr, alpha, eps = group["lr"], group["hizoo_alpha"], group["eps"]
         c = alpha * abs(delta) / (2 * eps**2) if math.isfinite(delta) else None
         noise = self.engine.noise
+        factors: dict = {}  # per dtype: the H factor of every table entry (the same numbers, computed once)
         for i, (h, p) in enumerate(zip(self.hessians(), group["params"])):
             numel = p.numel()
+            if self._apply_sliced(noise, i, p, h, seed, lr * g, c, alpha, factors):
+                continue
             # table noise: one table chunk at a time, so z and the temporaries stay small and in cache
             step = numel if isinstance(noise, GaussianNoise) else getattr(noise, "chunk", numel)
             flat_p, flat_h = p.data.view(-1), h.view(-1)
@@ -398,6 +401,28 @@ class HiZOO(ZOOptimizer):
                     ps.addcmul_(z, hs.rsqrt().to(p.dtype), value=-lr * g)  # the H of the two passes
                 if c is not None:
                     hs.mul_(z.float().square_().sub_(1).abs_().mul_(c).add_(1 - alpha))
+
+    @staticmethod
+    def _apply_sliced(noise, i: int, p: torch.Tensor, h: torch.Tensor, seed: int, step: float, c: float | None,
+                      alpha: float, factors: dict) -> bool:
+        """:meth:`_apply` on block i with table noise (``z = sign * table[off:]`` per table chunk), bit for bit:
+        the update is the same ``addcmul`` with the table's values; the H factor ``(1 - alpha) + c |z^2 - 1|``
+        depends on z only through the table entry (``sign^2 = 1``), so it is computed once per step for the
+        whole table (a table-sized temporary, 16 MiB by default) with the same operations, and each chunk of H
+        is multiplied by its slice. Returns False, with nothing done, for other noise kinds."""
+        if not hasattr(noise, "slices") or not p.is_contiguous():
+            return False
+        table = noise.table(p.device, p.dtype)
+        if c is not None and p.dtype not in factors:
+            factors[p.dtype] = table.float().square().sub_(1).abs_().mul_(c).add_(1 - alpha)
+        flat_p, flat_h = p.data.view(-1), h.view(-1)
+        for lo, hi, sign, off in noise.slices(seed, i, p.numel()):
+            hs = flat_h[lo:hi]
+            if step != 0.0:  # the H of the two passes
+                flat_p[lo:hi].addcmul_(table[off:off + hi - lo], hs.rsqrt().to(p.dtype), value=sign * -step)
+            if c is not None:
+                hs.mul_(factors[p.dtype][off:off + hi - lo])
+        return True
 
 
 def make_baseline(method: str, model: nn.Module, lr: float, eps: float, seed: int = 0, weight_decay: float = 0.0,

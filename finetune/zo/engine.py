@@ -64,10 +64,15 @@ class Multiplier(abc.ABC):
     original values (``torch.where``), so masked entries are exactly MeZO's and the others are untouched."""
 
     mask = False
+    sliced = True  # whether the engine may write it one table chunk at a time through :meth:`write`
 
     @abc.abstractmethod
     def of(self, theta: torch.Tensor, take: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The multiplier on the part of the block that ``take`` cuts out (``theta``: its unperturbed values)."""
+
+    def write(self, theta: torch.Tensor, take: Callable[[torch.Tensor], torch.Tensor], out: torch.Tensor) -> None:
+        """``out = of(theta, take)`` as values of ``out``'s dtype (a mask: 1 and 0)."""
+        out.copy_(self.of(theta, take))
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,8 +93,15 @@ class BelowMagnitude(Multiplier):
     threshold: float
     mask = True
 
+    @property
+    def sliced(self) -> bool:  # an entry outside the mask is then never 0, so adding 0 * z to it is exact
+        return self.threshold >= 0
+
     def of(self, theta, take):
         return theta.abs() <= self.threshold
+
+    def write(self, theta, take, out):
+        torch.le(torch.abs(theta, out=out), self.threshold, out=out)  # no bool tensor: bool kernels are slow
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,6 +112,12 @@ class InverseSqrt(Multiplier):
 
     def of(self, theta, take):
         return take(self.tensor).rsqrt().to(theta.dtype)
+
+    def write(self, theta, take, out):
+        if out.dtype == self.tensor.dtype:
+            torch.rsqrt(take(self.tensor), out=out)
+        else:
+            out.copy_(self.of(theta, take))
 
 
 @dataclass(frozen=True)
@@ -291,6 +309,8 @@ class ZOEngine:
         (unperturbed) values before each part is written. Table noise is written one table chunk at a time, so
         the temporaries stay small (no block-sized copy of an embedding) and in cache."""
         theta = self.blocks[index][1].detach()
+        if self._write_sliced(tensor, theta, d, index, a, mult, tensor):
+            return
         numel = tensor.numel()
         whole = isinstance(d.noise, GaussianNoise) or not tensor.is_contiguous() or not theta.is_contiguous()
         step = numel if whole else getattr(self.noise, "chunk", numel)
@@ -337,7 +357,9 @@ class ZOEngine:
         numel = self.blocks[index][1].numel()
         a, k = alpha * d.scales[index], alpha * d.offset_scales[index]
         mult = d.multiplier(index)
-        if a != 0.0 and (mult is None or mult.mask):
+        if a != 0.0 and mult is not None and self._write_sliced(src, src, d, index, a, mult, out, at):
+            src = out
+        elif a != 0.0 and (mult is None or mult.mask):
             original = src
             keep = None if mult is None else mult.of(src, None)  # of the unperturbed values, before any write
             for s, c in d.terms:
@@ -356,6 +378,46 @@ class ZOEngine:
             src = out
         if src is not out:
             out.copy_(src)
+
+    def _write_sliced(self, src: torch.Tensor, theta: torch.Tensor, d: _Resolved, index: int, a: float,
+                      mult: Multiplier, out: torch.Tensor, at: int = 0) -> bool:
+        """``out = src + a * m_index * sum_j c_j z_index(seed_j)`` with table noise, one table chunk at a time,
+        so the multiplier and the masked noise are temporaries of one chunk, in cache. ``src`` and ``theta``
+        (the block's unperturbed values, on which the multiplier is evaluated) are the block's flat segment
+        from element ``at`` on; ``out`` may be ``src``. The same numbers as the general path, bit for bit: a
+        mask ``m`` (1 or 0) enters as the noise ``m * z`` added with the plain perturbation's ``add``, only
+        when ``src`` is ``theta`` (``x + 0`` is ``x`` for the entries outside a magnitude mask, which are never
+        0); any other multiplier only for one seed with coefficient 1, as ``addcmul(src, z, m)``, the general
+        path's ``addcmul`` of the materialised ``z``. Returns False, with nothing written, where it does not
+        apply (another noise kind, a multiplier not :attr:`~Multiplier.sliced`, non-contiguous tensors)."""
+        slices = getattr(d.noise, "slices", None)
+        if (slices is None or not mult.sliced
+                or not (src.is_contiguous() and out.is_contiguous() and theta.is_contiguous())
+                or not (src.data_ptr() == theta.data_ptr() if mult.mask
+                        else len(d.terms) == 1 and d.terms[0][1] == 1.0)):
+            return False
+        numel = self.blocks[index][1].numel()
+        flat_src, flat_out, flat_theta = src.view(-1), out.view(-1), theta.view(-1)
+        n = flat_src.numel()
+        table = d.noise.table(src.device, src.dtype)
+        pieces = [slices(s, index, n, at, numel) for s, _ in d.terms]  # the same (lo, hi) for every seed
+        longest = min(n, d.noise.chunk)
+        m_buf = torch.empty(longest, dtype=src.dtype, device=src.device)
+        z_buf = torch.empty_like(m_buf) if mult.mask else None
+        for k, (lo, hi, _, _) in enumerate(pieces[0]):
+            part, dst, m = flat_src[lo:hi], flat_out[lo:hi], m_buf[: hi - lo]
+            take = (lambda t, lo=at + lo, hi=at + hi: t.reshape(-1)[lo:hi])
+            mult.write(flat_theta[lo:hi], take, m)  # before this piece is written
+            if mult.mask:
+                for (_, c), p in zip(d.terms, pieces):
+                    _, _, sign, off = p[k]
+                    z = torch.mul(table[off: off + hi - lo], m, out=z_buf[: hi - lo])
+                    torch.add(part, z, alpha=sign * (a * c), out=dst)
+                    part = dst
+            else:
+                _, _, sign, off = pieces[0][k]
+                torch.addcmul(part, table[off: off + hi - lo], m, value=sign * a, out=dst)
+        return True
 
     def _noise_sum(self, d: _Resolved, index: int, like: torch.Tensor, at: int = 0) -> torch.Tensor:
         """``sum_j c_j z_index(seed_j)`` materialised on ``like``'s part of block ``index`` (from ``at``)."""

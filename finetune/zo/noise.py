@@ -111,12 +111,20 @@ class NoiseTable:
         flat noise of a block of ``numel`` elements and ``tensor`` its segment starting at ``at``."""
         table = self.table(tensor.device, tensor.dtype)
         src, dst = tensor.view(-1), out.view(-1)
-        n = src.numel()
+        for lo, hi, sign, off in self.slices(seed, index, src.numel(), at, numel):
+            torch.add(src[lo:hi], table[off:off + hi - lo], alpha=sign * alpha, out=dst[lo:hi])
+
+    def slices(self, seed: int, index: int, n: int, at: int = 0, numel: int | None = None) -> list:
+        """Where the noise of the flat segment ``[at, at + n)`` of block ``index`` (of ``numel`` elements; ``n``
+        when None) lies in the table, one piece per table chunk the segment touches: ``(lo, hi, sign, off)``
+        with ``z[at + lo: at + hi] = sign * table[off: off + hi - lo]`` (``sign`` +-1). A piece has at most
+        ``chunk`` elements, so a caller's temporaries of one piece stay in cache."""
         starts, offsets, signs = self.layout(n if numel is None else numel, seed, index)
+        out = []
         for k in range(at // self.chunk, (at + n - 1) // self.chunk + 1):  # the chunks the segment touches
             lo, hi = max(at, starts[k]), min(at + n, starts[k] + self.chunk)
-            off = offsets[k] + lo - starts[k]
-            torch.add(src[lo - at:hi - at], table[off:off + hi - lo], alpha=signs[k] * alpha, out=dst[lo - at:hi - at])
+            out.append((lo - at, hi - at, signs[k], offsets[k] + lo - starts[k]))
+        return out
 
     def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
         """``<tensor, z_index(seed)>`` as a 0-d tensor, from table views (no noise-sized buffer)."""
