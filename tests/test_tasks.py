@@ -107,6 +107,28 @@ def test_winowhy_first_row(raw_bigbench, bigbench_cache):
     assert example.label == gold_index(row["target_scores"])
 
 
+def test_renamed_label_words(bigbench_cache):
+    """bigbench:<name>:OLD=NEW renames an option everywhere it occurs, after the same separator, and changes
+    nothing else: the same examples in the same splits, the same labels."""
+    plain = load_task("bigbench:strategyqa", seed=3, n_train=40, n_dev=10, n_test=10)
+    renamed = load_task("bigbench:strategyqa:No=Nope,Yes=Sure", seed=3, n_train=40, n_dev=10, n_test=10)
+    for a, b in zip(everything(plain), everything(renamed)):
+        assert (b.prompt, b.label) == (a.prompt, a.label)
+        assert b.options == tuple({" Yes": " Sure", " No": " Nope"}[o] for o in a.options)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bigbench:strategyqa:Maybe=Perhaps", "no option is 'Maybe'; its options include 'No', 'Yes'"),
+    ("bigbench:strategyqa:Yes", "bad label renaming 'Yes'"),
+    ("bigbench:strategyqa:Yes=", "bad label renaming"),
+    ("bigbench:strategyqa:Yes=No", "the same option twice"),
+    ("bigbench:squad_shifts:a=b", "only a multiple-choice task's label words can be renamed"),
+])
+def test_renaming_mistakes(bigbench_cache, spec, message):
+    with pytest.raises(ZotuneError, match=message):
+        load_task(spec)
+
+
 def squad_questions(raw):
     return [(article, paragraph, qa) for article in raw["data"] for paragraph in article["paragraphs"]
             for qa in paragraph["qas"]]

@@ -7,7 +7,10 @@ A spec is one of:
   dev are sampled from the Hub train split and test from the validation split;
 * ``bigbench:<name>`` or ``bigbench:<name>/<subtask>``: any JSON task of the ``bigbench==1.0.0`` sdist
   (works offline once the sdist is in the cache), plus ``bigbench:squad_shifts[/<domain>]``, SQuAD-format
-  reading comprehension; the examples are shuffled and cut into test, dev and train;
+  reading comprehension; the examples are shuffled and cut into test, dev and train. A multiple-choice
+  task's label words can be renamed with a suffix, ``bigbench:<name>:OLD=NEW[,OLD=NEW...]`` (e.g.
+  ``bigbench:multiemo/hotels_sentence_en:ambivalent=mixed``): a word the model knows, and one token, which
+  lets the scorer read every option from one forward row per example;
 * a path to a ``.jsonl`` file of the user's own examples, split the same way;
 * a path to the user's own table, read with ``datasets``: a CSV, JSON/JSONL or parquet file, or a folder
   written by ``Dataset.save_to_disk``; :class:`TaskColumns` says which columns hold the input, the options
@@ -388,6 +391,38 @@ def _squad_file_examples(squad: dict) -> list[Example]:
     return [ex for ex in map(_squad_example, rows) if ex is not None]
 
 
+def _renames(text: str, spec: str) -> dict[str, str]:
+    """``"old=new,old2=new2"`` as a mapping, or a one-line error."""
+    mapping: dict[str, str] = {}
+    for pair in text.split(","):
+        old, eq, new = (part.strip() for part in pair.partition("="))
+        if not eq or not old or not new or old in mapping:
+            raise ZotuneError(f"bad label renaming {text!r} in {spec!r}; write OLD=NEW pairs separated by commas, "
+                              f"e.g. bigbench:multiemo/hotels_sentence_en:ambivalent=mixed")
+        mapping[old] = new
+    return mapping
+
+
+def rename_options(examples: Sequence[Example], mapping: dict[str, str], spec: str) -> list[Example]:
+    """``examples`` with every option whose text (stripped) is a key of ``mapping`` replaced by its value,
+    after the same separator. A key that is no option of any example, or a renaming that would give one
+    example the same option twice, is a one-line error."""
+    known = {o.strip() for e in examples for o in e.options}
+    missing = [old for old in mapping if old not in known]
+    if missing:
+        raise ZotuneError(f"{spec}: no option is {missing[0]!r}; its options include "
+                          f"{', '.join(repr(o) for o in sorted(known)[:12])}")
+    out = []
+    for e in examples:
+        options = tuple(o[: len(o) - len(o.lstrip())] + mapping[o.strip()] if o.strip() in mapping else o
+                        for o in e.options)
+        if len({o.strip() for o in options}) < len(options):
+            raise ZotuneError(f"{spec}: the renaming gives an example the same option twice "
+                              f"({', '.join(repr(o.strip()) for o in options)}); rename to a word not already used")
+        out.append(Example(e.prompt, options, e.label, e.answers))
+    return out
+
+
 def _load_bigbench_examples(name: str) -> list[Example]:
     """The examples of ``bigbench:<name>``, extracting the task's file from the sdist on first use."""
     if not _NAME_PATTERN.fullmatch(name):
@@ -655,7 +690,12 @@ def load_task(spec: str, seed: int = 0, n_train: int = 1000, n_dev: int = 500, n
     if spec in _HUB_TASKS:
         return _load_hub_task(spec, seed, n_train, n_dev, n_test)
     if spec.startswith("bigbench:"):
-        examples = _load_bigbench_examples(spec.removeprefix("bigbench:"))
+        name, _, renames = spec.removeprefix("bigbench:").partition(":")
+        examples = _load_bigbench_examples(name)
+        if renames:
+            if _kind(examples) != "mc":
+                raise ZotuneError(f"{spec}: only a multiple-choice task's label words can be renamed")
+            examples = rename_options(examples, _renames(renames, spec), spec)
     elif spec.lower().endswith(".jsonl") and columns is None:
         examples = _read_jsonl(Path(spec).expanduser())
     elif _is_table(spec):
