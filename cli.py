@@ -273,7 +273,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     ev = metrics["eval"]
     passes = f"{metrics['forwards']} forward passes" + (f" and {metrics['backwards']} backward passes"
                                                          if metrics.get("backwards") else "")
-    print(f"{ev['metric']} on {ev['n']} test examples: {ev['before']:.4f} -> {ev['after']:.4f}; "
+    cal = ((metrics.get("calibration") or {}).get("test") or {}).get("after", {}).get("accuracy")
+    reference = "" if cal is None else f" (fitting only the label prior gives {cal:.4f})"
+    print(f"{ev['metric']} on {ev['n']} test examples: {ev['before']:.4f} -> {ev['after']:.4f}{reference}; "
           f"{passes}; wrote {args.out}")
 
 
@@ -443,6 +445,12 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         print(f"task {t.name}: {len(t.train)} train, {len(t.dev)} dev, {len(t.test)} test examples")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from finetune.bench import compare_runs
+
+    print(compare_runs([Path(f) for f in args.runs]))
+
+
 def cmd_tasks(args: argparse.Namespace) -> None:
     from finetune.data.tasks import TASK_NAMES, list_bigbench_tasks
 
@@ -607,6 +615,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="*", default=[DEFAULT_TASK], help=f"tasks to fetch (default {DEFAULT_TASK})")
     p.set_defaults(func=cmd_fetch)
 
+    p = sub.add_parser("compare", help="a table of finished finetune runs of one task: accuracy, loss, gains")
+    p.add_argument("runs", nargs="+", help="the --out folders of finished finetune runs")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("tasks", help="list the tasks that --task accepts")
     p.set_defaults(func=cmd_tasks)
     return top

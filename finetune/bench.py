@@ -282,6 +282,38 @@ def markdown(rows: list[dict], metric: str, title: str, comparison: list[dict] |
     return "\n".join(lines) + "\n"
 
 
+def compare_runs(folders: list[Path]) -> str:
+    """A Markdown table of finished ``finetune`` runs of one task (their ``metrics.json``), one row per folder:
+    method, forward passes, test loss and metric before and after, the calibration reference's metric, and
+    the gain, raw and beyond that reference. A folder without metrics, or runs of different tasks or test
+    sets, is a one-line error."""
+    runs = []
+    for folder in folders:
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            raise ZotuneError(f"no metrics.json in {folder}; give the --out folder of a finished finetune run")
+        try:
+            runs.append((Path(folder), json.loads(path.read_text())))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ZotuneError(f"{path} is not a metrics file ({err}); give the --out folder of a finished run") from None
+    tasks = sorted({(m["task"], m["eval"]["n"]) for _, m in runs})
+    if len(tasks) > 1:
+        raise ZotuneError("the runs are on different tasks or test sets (" + "; ".join(
+            f"{t}, {n} test examples" for t, n in tasks) + "); compare runs of one task")
+    metric = runs[0][1]["eval"]["metric"]
+    lines = [f"| run | method | forwards | test loss | {metric} | calibration reference | gain | "
+             "gain beyond calibration |", "|---|---|---|---|---|---|---|---|"]
+    for folder, m in runs:
+        ev, gain = m["eval"], m.get("gain") or {}
+        cal = ((m.get("calibration") or {}).get("test") or {}).get("after", {}).get("accuracy")
+        beyond = gain.get("metric_beyond_calibration")
+        lines.append(f"| {folder.name} | {m['method']} | {m['forwards']} | {ev['loss_before']:.4f} -> "
+                     f"{ev['loss_after']:.4f} | {ev['before']:.3f} -> {ev['after']:.3f} | "
+                     f"{'–' if cal is None else f'{cal:.3f}'} | {ev['after'] - ev['before']:+.3f} | "
+                     f"{'–' if beyond is None else f'{beyond:+.3f}'} |")
+    return "\n".join(lines)
+
+
 def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
     n = min(len(c) for c in curves)
     mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]

@@ -197,3 +197,42 @@ def test_bad_lr_grid(tmp_path, capsys, jsonl, grid, message):
     err = bad(tmp_path, capsys, ["bench", "--model", "tiny-llama", "--task", str(jsonl), "--methods", "mezo",
                                  "--lr-grid", *grid, "--out", str(tmp_path / "b")])
     assert message in err and not (tmp_path / "b").exists()
+
+
+def test_compare_tables_finished_runs_from_their_metrics(tmp_path, jsonl, capsys):
+    """`compare` shows each run's own numbers (read back from metrics.json here), the calibration reference, and the
+    gains raw and beyond it; the finetune line names the reference too."""
+    common = ["--model", "tiny-gpt2", "--task", str(jsonl), "--steps", "3", "--batch-size", "4", "--n-test", "8",
+              "--no-save-model"]
+    for method in ("mezo", "nspsa"):
+        assert cli.main(["finetune", "--method", method, "--lr", "1e-3", *common, "--out", str(tmp_path / method)]) == 0
+    printed = capsys.readouterr().out
+    metrics = {m: json.loads((tmp_path / m / "metrics.json").read_text()) for m in ("mezo", "nspsa")}
+    cal = metrics["mezo"]["calibration"]["test"]["after"]["accuracy"]
+    assert f"(fitting only the label prior gives {cal:.4f})" in printed
+    assert cli.main(["compare", str(tmp_path / "mezo"), str(tmp_path / "nspsa")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mezo") or
+            line.startswith("| nspsa")]
+    assert len(rows) == 2
+    for row, name in zip(rows, ("mezo", "nspsa")):
+        m = metrics[name]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        ev = m["eval"]
+        assert cells[:3] == [name, name, str(m["forwards"])]
+        assert cells[3] == f"{ev['loss_before']:.4f} -> {ev['loss_after']:.4f}"
+        assert cells[4] == f"{ev['before']:.3f} -> {ev['after']:.3f}"
+        assert cells[5] == f"{m['calibration']['test']['after']['accuracy']:.3f}"
+        assert cells[6] == f"{ev['after'] - ev['before']:+.3f}"
+        assert cells[7] == f"{ev['after'] - m['calibration']['test']['after']['accuracy']:+.3f}"
+
+
+def test_compare_refuses_what_it_cannot_compare(tmp_path, jsonl, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["compare", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err == f"error: no metrics.json in {tmp_path / 'empty'}; give the --out folder of a finished finetune run\n"
+    for name, n_test in (("a", "8"), ("b", "6")):
+        assert cli.main(["finetune", "--model", "tiny-gpt2", "--task", str(jsonl), "--steps", "1", "--batch-size", "4",
+                         "--n-test", n_test, "--no-save-model", "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "different tasks or test sets" in capsys.readouterr().err
