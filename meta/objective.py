@@ -14,7 +14,8 @@ so the best step is ``eta* = A / C`` (when A > 0 and C > 0) and its expected cha
 available with backpropagation during meta-training: two gradients, per-block Hessian traces from
 Hutchinson probes (``E[v_b . (Hv)_b] = tr H_b`` for Rademacher v, all blocks from one Hessian-vector product
 per probe) and one more Hessian-vector product for the last term. This is the expectation over the noise,
-not one draw of it.
+not one draw of it. Hessian-vector products differentiate twice: run models with an attention that allows it
+(on CPU, ``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``).
 
 :func:`block_terms` computes the per-block quantities once; :func:`expected_change` evaluates the objective for
 any allocation ``s`` from them (the last term needs the Hessian, so it takes a Hessian-vector product).
@@ -38,12 +39,19 @@ class BlockTerms:
     hvp: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]  # v -> H v for the held-out loss
 
 
+def _grad(value: torch.Tensor, params: Sequence[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
+    """d value / d params, zeros for a parameter the value does not use."""
+    grads = torch.autograd.grad(value, params, create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+
 def _hvp_fn(params: Sequence[torch.Tensor], held_loss: Callable[[], torch.Tensor]):
     def hvp(vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        loss = held_loss()
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((g * v).sum() for g, v in zip(grads, vectors))
-        return [x.detach() for x in torch.autograd.grad(dot, params)]
+        grads = _grad(held_loss(), params, create_graph=True)
+        dot = sum((g * v).sum() for g, v in zip(grads, vectors) if g.requires_grad)
+        if not isinstance(dot, torch.Tensor):  # the loss is linear in every parameter
+            return [torch.zeros_like(p) for p in params]
+        return [x.detach() for x in _grad(dot, params)]
     return hvp
 
 
@@ -53,8 +61,8 @@ def block_terms(params: Sequence[torch.Tensor], train_loss: Callable[[], torch.T
     """The per-block terms at the current ``params`` (tensors with ``requires_grad``): the train and held-out
     gradients' dot products and squared norms, and ``probes`` Rademacher Hutchinson probes of the held-out
     Hessian's per-block traces (one Hessian-vector product each)."""
-    a = [g.detach() for g in torch.autograd.grad(train_loss(), params)]
-    h = [g.detach() for g in torch.autograd.grad(held_loss(), params)]
+    a = [g.detach() for g in _grad(train_loss(), params)]
+    h = [g.detach() for g in _grad(held_loss(), params)]
     hvp = _hvp_fn(params, held_loss)
     trace = torch.zeros(len(params), dtype=torch.float64)
     for _ in range(probes):
