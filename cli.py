@@ -273,7 +273,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     ev = metrics["eval"]
     passes = f"{metrics['forwards']} forward passes" + (f" and {metrics['backwards']} backward passes"
                                                          if metrics.get("backwards") else "")
-    cal = ((metrics.get("calibration") or {}).get("test") or {}).get("after", {}).get("accuracy")
+    from finetune.bench import calibrated_metric
+
+    cal = calibrated_metric(metrics)
     reference = "" if cal is None else f" (fitting only the label prior gives {cal:.4f})"
     print(f"{ev['metric']} on {ev['n']} test examples: {ev['before']:.4f} -> {ev['after']:.4f}{reference}; "
           f"{passes}; wrote {args.out}")

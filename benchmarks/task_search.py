@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from finetune.bench import calibrated_metric  # noqa: E402
 from finetune.trainer import FinetuneConfig  # noqa: E402
 
 
@@ -67,7 +68,7 @@ def load_runs(folder: Path) -> list[dict]:
                      "forwards": m["forwards"], "backwards": m.get("backwards", 0), "seconds": m.get("seconds"),
                      "dev_loss": final.get("dev_loss"), "dev": final.get("dev"),
                      "before": m["eval"]["before"], "after": m["eval"]["after"], "n_test": m["eval"]["n"],
-                     "calibrated": ((m.get("calibration") or {}).get("test", {}).get("after", {}) or {}).get("accuracy"),
+                     "calibrated": calibrated_metric(m),
                      "peft": m["config"].get("peft")})
     return runs
 

@@ -282,6 +282,11 @@ def markdown(rows: list[dict], metric: str, title: str, comparison: list[dict] |
     return "\n".join(lines) + "\n"
 
 
+def calibrated_metric(metrics: dict) -> float | None:
+    """The calibration reference's test accuracy from a run's ``metrics.json`` (None without one)."""
+    return ((metrics.get("calibration") or {}).get("test") or {}).get("after", {}).get("accuracy")
+
+
 def compare_runs(folders: list[Path]) -> str:
     """A Markdown table of finished ``finetune`` runs of one task (their ``metrics.json``), one row per folder:
     method, forward passes, test loss and metric before and after, the calibration reference's metric, and
@@ -305,7 +310,7 @@ def compare_runs(folders: list[Path]) -> str:
              "gain beyond calibration |", "|---|---|---|---|---|---|---|---|"]
     for folder, m in runs:
         ev, gain = m["eval"], m.get("gain") or {}
-        cal = ((m.get("calibration") or {}).get("test") or {}).get("after", {}).get("accuracy")
+        cal = calibrated_metric(m)
         beyond = gain.get("metric_beyond_calibration")
         lines.append(f"| {folder.name} | {m['method']} | {m['forwards']} | {ev['loss_before']:.4f} -> "
                      f"{ev['loss_after']:.4f} | {ev['before']:.3f} -> {ev['after']:.3f} | "
