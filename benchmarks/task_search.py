@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from finetune.bench import calibrated_metric  # noqa: E402
+from finetune.data.tasks import split_task_list  # noqa: E402
 from finetune.trainer import FinetuneConfig  # noqa: E402
 
 
@@ -169,7 +170,7 @@ def main() -> None:
     lrs = [float(x) for x in args.lrs.split(",") if x]
     if not lrs and any(m != "fo" for m in methods):
         p.error("ZO methods need --lrs (a grid; the run with the lowest dev loss is reported)")
-    for task in [t for t in args.tasks.split(",") if t]:
+    for task in split_task_list(args.tasks):
         for method in methods:
             for lr in (lrs or [None]) if method == "fo" else lrs:
                 run(args, task, method, lr)

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,6 +87,7 @@ class FinetuneConfig(RunConfig):
     lora_targets: str | None = None    # None: the architecture's attention query and value projections
     prefix_tokens: int = 10
     merge: bool = False                # with peft lora or norms: save the merged full model, not the adapter
+    autocast: str | None = None        # "bf16": every forward pass under torch.autocast (weights stay fp32)
     # the user's own table (CSV, JSON/JSONL, parquet, save_to_disk folder): which columns make the examples
     input_column: str | None = None    # the prompt (default "input" once any column option is given)
     options_column: str | None = None  # multiple choice: a list of options per row
@@ -123,6 +124,11 @@ class FinetuneConfig(RunConfig):
         check_number("--weight-decay", self.weight_decay, low=0)
         if self.q is not None:
             check_number("--q", self.q, low=1, integer=True)
+        if self.autocast not in (None, "bf16"):
+            raise ZotuneError(f"--autocast must be bf16 (got {self.autocast!r}); leave it out for fp32 compute")
+        if self.autocast is not None and self.dtype != "fp32":
+            raise ZotuneError(f"--autocast {self.autocast} computes in bf16 from fp32 weights; with --dtype "
+                              f"{self.dtype} the weights are low-precision already: drop one of the two")
         if self.dtype == "fp16" and self.lr > FP16_MAX:
             raise ZotuneError(f"--lr {self.lr:g} does not fit in --dtype fp16 (largest value {FP16_MAX:g}); "
                               "lower --lr or use --dtype fp32")
@@ -349,6 +355,15 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp) -> None:
     opt.spread = dp.spread
 
 
+def compute_precision(cfg: FinetuneConfig, model):
+    """The context every forward pass of a run is made in: ``torch.autocast`` to bfloat16 on the model's device
+    type with ``cfg.autocast`` (matrix products in bf16, weights, perturbations and updates in fp32), else
+    nothing."""
+    if cfg.autocast is None:
+        return nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,
           snapshot: Snapshot | None = None, inputs: dict | None = None, tuner=None,
           calibrate: bool = False, dp=None, log=None) -> RunResult:
@@ -361,7 +376,14 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
     ``dp`` (a :class:`finetune.zo.distributed.DataParallel`) runs the steps data-parallel, comparing
     parameter checksums across ranks before the first step and every ``dp.check_every`` steps; only its
     rank 0 saves snapshots. ``log`` (a :class:`finetune.replay.StepLog`) records every applied update.
+    Every forward pass (steps, evaluations, calibration) runs under :func:`compute_precision`.
     Raises :class:`Diverged` when the loss or the weights stop being finite or run away."""
+    with compute_precision(cfg, model):
+        return _train(cfg, model, scorer, task, progress, snapshot, inputs, tuner, calibrate, dp, log)
+
+
+def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool, snapshot: Snapshot | None,
+           inputs: dict | None, tuner, calibrate: bool, dp, log) -> RunResult:
     inputs = inputs or {}
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)

@@ -13,7 +13,7 @@ import pytest
 from finetune.data import tasks
 from finetune.common.cache import cache_dir, pip_download
 from finetune.common.errors import ZotuneError
-from finetune.data.tasks import Example, f1_score, list_bigbench_tasks, load_task
+from finetune.data.tasks import Example, f1_score, list_bigbench_tasks, load_task, split_task_list
 
 ARCHIVE_TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 MEMBERS = {  # task name -> data file under benchmark_tasks/
@@ -115,6 +115,19 @@ def test_renamed_label_words(bigbench_cache):
     for a, b in zip(everything(plain), everything(renamed)):
         assert (b.prompt, b.label) == (a.prompt, a.label)
         assert b.options == tuple({" Yes": " Sure", " No": " Nope"}[o] for o in a.options)
+
+
+def test_a_task_list_keeps_each_specs_renamings_together():
+    """meta-train --tasks (and benchmarks/task_search.py) split a list on commas; an OLD=NEW piece continues
+    the renamings of the spec before it instead of becoming a task of its own."""
+    import cli
+
+    text = "bigbench:strategyqa:No=Nope,Yes=Sure,bigbench:hyperbaton,data/my.jsonl,bigbench:winowhy:correct=right"
+    want = ["bigbench:strategyqa:No=Nope,Yes=Sure", "bigbench:hyperbaton", "data/my.jsonl",
+            "bigbench:winowhy:correct=right"]
+    assert split_task_list(text) == want
+    args = cli.parser().parse_args(["meta-train", "--tasks", text, "--out", "t.safetensors"])
+    assert args.tasks == want
 
 
 @pytest.mark.parametrize("spec, message", [

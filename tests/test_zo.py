@@ -296,6 +296,25 @@ def test_head_output_equals_the_perturbed_linear():
     torch.testing.assert_close(model(x), functional_call(model, dict(model.named_parameters()), (x,)))
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_head_output_under_autocast_equals_the_perturbed_linear_under_autocast(bias):
+    """Under torch.autocast (bf16) the head, written a few rows at a time, multiplies in bf16 as F.linear would
+    there, bias included, bit for bit (it used to multiply in fp32 whatever the autocast)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 7), nn.Tanh(), nn.Linear(7, 300, bias=bias))
+    engine = ZOEngine(model, noise="table")
+    engine.noise = NoiseTable(size=1 << 12, chunk=1 << 8)
+    assert [m for m, _ in engine._heads] == [model[2]]
+    x = torch.randn(5, 3, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with engine.perturbed(11, 1e-2), torch.inference_mode():
+            got = model(x)
+        params = {n: p.detach() + 1e-2 * engine.unit_noise(11, i) for i, (n, p) in enumerate(engine.blocks)}
+        want = functional_call(model, params, (x,))
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_whole_layers_are_perturbed_at_once_when_they_fit(name):
     """With many layers, each transformer layer is one unit; every block is swapped by at most one unit and

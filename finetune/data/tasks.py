@@ -391,6 +391,20 @@ def _squad_file_examples(squad: dict) -> list[Example]:
     return [ex for ex in map(_squad_example, rows) if ex is not None]
 
 
+def split_task_list(text: str) -> list[str]:
+    """A comma-separated list of task specs (``meta-train --tasks``): a piece ``OLD=NEW`` without ``:``
+    continues the label renamings of the spec before it, so ``bigbench:t:a=x,b=y,bigbench:u`` is two tasks."""
+    specs: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if specs and "=" in piece and ":" not in piece and "=" in specs[-1].rpartition(":")[2]:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs
+
+
 def _renames(text: str, spec: str) -> dict[str, str]:
     """``"old=new,old2=new2"`` as a mapping, or a one-line error."""
     mapping: dict[str, str] = {}

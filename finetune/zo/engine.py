@@ -444,15 +444,24 @@ class ZOEngine:
             return F.linear(x, perturbed, module.bias)
         rows = max(1, self.noise.chunk // width)
         flat_x = x.reshape(-1, width)
+        kind = x.device.type  # under torch.autocast, multiply in its dtype as F.linear would
+        low = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        if low is not None:
+            flat_x = flat_x.to(low)
         y = flat_x.new_empty(flat_x.shape[0], out_features)
-        buf = flat_x.new_empty(rows * width)
+        buf = weight.new_empty(rows * width)
+        cast = flat_x.new_empty(rows * width) if low is not None else None
         flat_w = weight.reshape(-1)
         for r0 in range(0, out_features, rows):
             r1 = min(r0 + rows, out_features)
             seg = buf[: (r1 - r0) * width]
             self._write(flat_w[r0 * width: r1 * width], d, index, alpha, seg, at=r0 * width)
-            torch.matmul(flat_x, seg.view(r1 - r0, width).T, out=y[:, r0:r1])
-        if module.bias is not None:
+            if cast is None:
+                torch.matmul(flat_x, seg.view(r1 - r0, width).T, out=y[:, r0:r1])
+            else:  # F.linear adds a bias before rounding to the low dtype: so does this
+                seg = cast[: (r1 - r0) * width].copy_(seg).view(r1 - r0, width)
+                y[:, r0:r1] = F.linear(flat_x, seg, None if module.bias is None else module.bias[r0:r1].to(low))
+        if module.bias is not None and cast is None:
             y += module.bias
         return y.view(*x.shape[:-1], out_features)
 
