@@ -358,10 +358,12 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp) -> None:
 def compute_precision(cfg: FinetuneConfig, model):
     """The context every forward pass of a run is made in: ``torch.autocast`` to bfloat16 on the model's device
     type with ``cfg.autocast`` (matrix products in bf16, weights, perturbations and updates in fp32), else
-    nothing."""
+    nothing. It holds for the whole run, so its cast cache is off."""
     if cfg.autocast is None:
         return nullcontext()
-    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+    # no cast cache: it would keep serving the bf16 copy of a weight after the weight changed (it lives as long
+    # as the context, here the whole run), so each pass casts the weights it reads, as a per-step AMP loop does
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool = True,

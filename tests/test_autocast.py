@@ -37,16 +37,23 @@ def test_autocast_run_equals_the_same_steps_taken_under_torch_autocast_by_hand(m
     assert seen and set(seen) == {torch.bfloat16}  # steps and evaluations alike
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
+    # the reference enters autocast for each forward pass, as a torch AMP loop does
     ref, _ = load_model("tiny-llama")
     opt = make_run_optimizer(cfg, ref)
     data = batches(task.train, 4, 0)
+
+    def amp(f):
+        def wrapped(*args):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return f(*args)
+        return wrapped
+
+    before = amp(scorer.assess)(ref, task.test, 4)
     losses = []
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        before = scorer.assess(ref, task.test, 4)
-        for _ in range(3):
-            batch = next(data)  # the run's optimizer (its steps are checked against references elsewhere)
-            losses.append(opt.step(lambda: scorer.loss(ref, batch)))
-        after = scorer.assess(ref, task.test, 4)
+    for _ in range(3):
+        batch = next(data)
+        losses.append(opt.step(amp(lambda: scorer.loss(ref, batch))))
+    after = amp(scorer.assess)(ref, task.test, 4)
     assert result.train_loss == losses
     assert (result.loss_before, result.loss_after) == (before["loss"], after["loss"])
     for a, b in zip(model.parameters(), ref.parameters()):
