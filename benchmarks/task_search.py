@@ -109,11 +109,11 @@ def verdict(r: dict, fo_min: float, zo_min: float) -> str:
     cal, fo, zo = r["calibrated"], r["fo"], r["zo"]
     if fo is None or cal is None:
         return "not screened"
-    if fo["after"] - cal < fo_min:
-        return f"out: fo < {fo_min:.2f} beyond calibration"
+    if fo["after"] - max(cal, r["before"]) < fo_min - 1e-9:  # the raw rule, and beyond the label prior
+        return f"out: fo < {fo_min:.2f} raw or beyond calibration"
     if zo is None:
         return "fo passes; ZO not run"
-    if zo["after"] - r["before"] < zo_min:
+    if zo["after"] - r["before"] < zo_min - 1e-9:
         return f"out: best ZO < {zo_min:.2f} raw gain"
     return "in" if zo["after"] - cal > 0 else "in (raw gain only)"
 
@@ -162,7 +162,7 @@ def main() -> None:
     p.add_argument("--forwards", type=int, default=1000, help="forward budget of each ZO run")
     p.add_argument("--extra", default="", help="more cli.py finetune options, e.g. '--peft lora'")
     p.add_argument("--tag", default="", help="suffix of the run folders (use it with --extra)")
-    p.add_argument("--fo-min", type=float, default=0.10, help="fo's accuracy gain beyond calibration to pass")
+    p.add_argument("--fo-min", type=float, default=0.10, help="fo's accuracy gain, raw and beyond calibration, to pass")
     p.add_argument("--zo-min", type=float, default=0.05, help="the best ZO run's raw accuracy gain to pass")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
