@@ -296,23 +296,27 @@ def test_head_output_equals_the_perturbed_linear():
     torch.testing.assert_close(model(x), functional_call(model, dict(model.named_parameters()), (x,)))
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_head_output_under_autocast_equals_the_perturbed_linear_under_autocast(bias):
+@pytest.mark.parametrize("bias, dtype", [(False, torch.float32), (True, torch.float32), (True, torch.float64)])
+def test_head_output_under_autocast_equals_the_perturbed_linear_under_autocast(bias, dtype):
     """Under torch.autocast (bf16) the head, written a few rows at a time, multiplies in bf16 as F.linear would
-    there, bias included, bit for bit (it used to multiply in fp32 whatever the autocast)."""
+    there, bias included, bit for bit (it used to multiply in fp32 whatever the autocast); fp64, which autocast
+    leaves alone, stays fp64."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(7, 7), nn.Tanh(), nn.Linear(7, 300, bias=bias))
+    model = nn.Sequential(nn.Linear(7, 7), nn.Tanh(), nn.Linear(7, 300, bias=bias)).to(dtype)
     engine = ZOEngine(model, noise="table")
     engine.noise = NoiseTable(size=1 << 12, chunk=1 << 8)
     assert [m for m, _ in engine._heads] == [model[2]]
-    x = torch.randn(5, 3, 7)
+    x = torch.randn(5, 3, 7, dtype=dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with engine.perturbed(11, 1e-2), torch.inference_mode():
             got = model(x)
         params = {n: p.detach() + 1e-2 * engine.unit_noise(11, i) for i, (n, p) in enumerate(engine.blocks)}
         want = functional_call(model, params, (x,))
-    assert got.dtype == want.dtype == torch.bfloat16
-    assert torch.equal(got, want)
+    assert got.dtype == want.dtype == (torch.bfloat16 if dtype == torch.float32 else dtype)
+    if dtype == torch.float32:
+        assert torch.equal(got, want)
+    else:  # the plain path: the bias added after the product, as in the fp64 test above
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", TINY)

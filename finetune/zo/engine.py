@@ -444,8 +444,9 @@ class ZOEngine:
             return F.linear(x, perturbed, module.bias)
         rows = max(1, self.noise.chunk // width)
         flat_x = x.reshape(-1, width)
-        kind = x.device.type  # under torch.autocast, multiply in its dtype as F.linear would
-        low = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        kind = x.device.type  # under torch.autocast, multiply in its dtype as F.linear would (it leaves fp64 alone)
+        cast_by_autocast = torch.is_autocast_enabled(kind) and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        low = torch.get_autocast_dtype(kind) if cast_by_autocast else None
         if low is not None:
             flat_x = flat_x.to(low)
         y = flat_x.new_empty(flat_x.shape[0], out_features)
