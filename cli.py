@@ -360,6 +360,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/bench.json, bench.md and bench.png")
 
 
+def cmd_bench_merge(args: argparse.Namespace) -> None:
+    from finetune.bench import merge
+
+    rows = merge([Path(f) for f in args.benches], Path(args.out))
+    for r in sorted(rows, key=lambda r: r["method"]):
+        if r.get("best"):
+            print(f"{r['method']:>11}  lr {r['lr']:<8g} seeds {r['seeds']}  eval {r['eval_before']:.3f} -> "
+                  f"{r['eval_after']:.3f}")
+    print(f"wrote {args.out}/bench.json, bench.md and bench.png")
+
+
 def cmd_meta_train(args: argparse.Namespace) -> None:
     from meta.train import MetaConfig, log_path, meta_train, snapshot_path
 
@@ -614,6 +625,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-every", "--checkpoint-every", dest="snapshot_every", action=_Count, default=100,
                    help="steps between resumable snapshots of the run in progress (default %(default)s; 0 = never)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bench-merge", help="join finished benches of one task and budget (an lr grid on one "
+                       "seed, the selected lrs on more) into one report")
+    p.add_argument("benches", nargs="+", help="the --out folders of finished benches")
+    p.add_argument("--out", required=True, help="output folder (bench.json, bench.md, bench.png)")
+    p.set_defaults(func=cmd_bench_merge)
 
     p = sub.add_parser("replay", help="rebuild a fine-tuned model from its base model and a --save-log log")
     p.add_argument("log", help="the log.jsonl a 'finetune --save-log' run wrote")

@@ -169,15 +169,34 @@ def summarise(runs: list[dict], select: str = "train", calibration: dict | None 
             if "test_loss" in row:
                 row["loss_gain_beyond_calibration"] = cal["loss"] - row["test_loss"]
         rows.append(row)
-    key = "dev_loss" if select == "dev" else "final_loss"
     for method in {r["method"] for r in rows}:
         candidates = [r for r in rows if r["method"] == method]
-        if any(key not in r for r in candidates):
-            raise ZotuneError(f"cannot select on {select}: a {method} run has no final {select} loss")
-        best = min(candidates, key=lambda r: r[key])
+        best, seeds = _select(method, [g for (m, _), g in groups.items() if m == method], select)
+        best = next(r for r in candidates if r["lr"] == best)
         best["best"] = True
         best["selected_on"] = f"{select} loss"
+        if any(r["seeds"] > len(seeds) for r in candidates):  # a merged bench: the grid ran on fewer seeds
+            best["selected_on"] += f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
     return rows
+
+
+def _select(method: str, groups: list[list[dict]], select: str) -> tuple[float, list[int]]:
+    """The lr with the lowest mean final dev (or training) loss over the seeds that every lr of ``method``
+    ran, and those seeds: a merged bench (:func:`merge`) whose grid ran on seed 0 and whose selected lr ran
+    more seeds still compares the lrs on the same seeds."""
+    seeds = sorted(set.intersection(*({r.get("seed", 0) for r in g} for g in groups)))
+    if not seeds:
+        raise ZotuneError(f"cannot select {method}'s lr: its learning rates share no seed")
+
+    def score(g: list[dict]) -> float:
+        values = [final_loss(r) if select == "train" else _final(r, "dev_loss") for r in g
+                  if r.get("seed", 0) in seeds]
+        if any(v is None for v in values):
+            raise ZotuneError(f"cannot select on {select}: a {method} run has no final {select} loss")
+        return statistics.fmean(values)
+
+    best = min(groups, key=score)
+    return best[0]["lr"], seeds
 
 
 def compare(runs: list[dict], rows: list[dict], resamples: int = 10000, seed: int = 0) -> list[dict]:
@@ -495,3 +514,77 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
         if not any((work / "runs").glob("*.json")) and not (work / "snapshot.pt").exists():
             shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+# ---- merging benches -----------------------------------------------------------------------------
+
+_PER_RUN = ("method", "lr", "seed", "q")  # what may differ between the runs of benches that merge
+
+
+def _merge_key(report: dict) -> dict:
+    """What benches must share to merge: model, task, split, budget, evaluation and every run option other
+    than the method, lr and seed (which the merged table is about)."""
+    spec = report["config"]
+    base = {k: v for k, v in spec["base"].items() if k not in _PER_RUN}
+    return {"model": report["model"], "task": report["task"], "split": report["split"],
+            "calibration": report["calibration"], "base": base,
+            **{k: spec[k] for k in ("forwards", "eval_points", "select", "bootstrap", "bootstrap_seed")}}
+
+
+def merge(folders: list[Path], out: Path) -> list[dict]:
+    """Join finished benches of one model, task and budget into one report at ``out``: typically an lr grid
+    screened on seed 0 and each method's selected lr run on more seeds. Each method's lr is then chosen on
+    the seeds all its lrs share (:func:`_select`), and the comparison with MeZO pairs every seed the selected
+    lrs share. Runs present in two benches must agree exactly. Writes bench.json, bench.md and bench.png."""
+    if len(folders) < 2:
+        raise ZotuneError("bench-merge needs at least two finished bench folders")
+    reports = []
+    for folder in folders:
+        path = Path(folder) / "bench.json"
+        if not path.is_file():
+            raise ZotuneError(f"{folder} holds no finished bench (no bench.json); finish it with bench --resume first")
+        reports.append(json.loads(path.read_text()))
+    key = _merge_key(reports[0])
+    for folder, report in zip(folders[1:], reports[1:]):
+        other = _merge_key(report)
+        diff = [k for k in key if k != "base" and key[k] != other[k]]
+        diff += [f"--{k.replace('_', '-')}" for k in sorted(set(key["base"]) | set(other["base"]))
+                 if key["base"].get(k) != other["base"].get(k)]
+        if diff:
+            raise ZotuneError(f"cannot merge {folders[0]} and {folder}: they differ in {', '.join(diff)}; only "
+                              "methods, learning rates and seeds may differ")
+    runs: dict[tuple, dict] = {}
+    same = ("train_loss", "eval", "curve", "forwards", "backwards", "steps")
+    for folder, report in zip(folders, reports):
+        for run in report["runs"]:
+            k = (run["method"], run["lr"], run["seed"])
+            if k in runs and any(runs[k][f] != run[f] for f in same):
+                raise ZotuneError(f"cannot merge: {folder} has a different {k[0]} run at lr {k[1]:g}, seed {k[2]}; "
+                                  "were the benches run with different code?")
+            runs.setdefault(k, run)
+    out = check_output(Path(out))
+    merged_runs = list(runs.values())
+    select = key["select"] if key["split"]["dev"] else "train"
+    calibration = key["calibration"]
+    rows = summarise(merged_runs, select, calibration)
+    comparison = compare(merged_runs, rows, key["bootstrap"], key["bootstrap_seed"])
+    title = f"{key['model']} on {key['task']}\n{key['forwards']} forward passes per run"
+    report = {**{k: reports[0][k] for k in ("model", "task", "metric", "forwards", "split")},
+              "selected_on": f"{select} loss", "merged_from": [str(f) for f in folders],
+              "configs": [r["config"] for r in reports], "calibration": calibration,
+              "summary": rows, "comparison": comparison, "runs": merged_runs}
+    work = work_dir(out)
+    if work.exists():
+        raise ZotuneError(f"{work} is in the way (an interrupted merge or run); delete it")
+    work.mkdir(parents=True)
+    try:
+        (work / "bench.json").write_text(strict_json(report, indent=1))
+        (work / "bench.md").write_text(markdown(rows, report["metric"], title, comparison, calibration))
+        plot(merged_runs, rows, work / "bench.png", title, calibration)
+        if out.exists():
+            out.rmdir()
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return rows

@@ -176,3 +176,70 @@ def test_killed_bench_resumes_to_the_same_report(tmp_path, jsonl, monkeypatch, c
             assert ra[key] == rb[key], key
     assert a["calibration"] == b["calibration"] and not work.exists()
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]
+
+
+def test_lr_is_selected_on_the_seeds_every_lr_ran():
+    # lr 1 ran seed 0 only; lr 2 ran seeds 0 and 1. Over its own seeds lr 2 looks best (0.35), but on the
+    # seed both share lr 1 is better (0.5 < 0.6): the grid is compared on equal terms
+    runs = [_run("mezo", 1.0, 0, [1.0, 0.5], dev=0.5), _run("mezo", 2.0, 0, [1.0, 0.5], dev=0.6),
+            _run("mezo", 2.0, 1, [1.0, 0.5], dev=0.1)]
+    rows = summarise(runs, "dev")
+    best = [r for r in rows if r.get("best")]
+    assert [(r["lr"], r["selected_on"]) for r in best] == [(1.0, "dev loss (seed 0)")]
+    assert summarise(runs[1:], "dev")[0]["selected_on"] == "dev loss"  # one lr: nothing to qualify
+
+
+def test_merged_screen_and_seeds_equal_one_bench_of_all_seeds(tmp_path, jsonl, capsys):
+    common = ["--model", "tiny-llama", "--task", str(jsonl), "--forwards", "6", "--batch-size", "4",
+              "--n-test", "6", "--n-dev", "6", "--eval-points", "3"]
+    assert cli.main(["bench", *common, "--methods", "mezo,fo", "--lr-grid", "mezo=1e-3,3e-2;fo=1e-3,1e-2",
+                     "--seeds", "0", "--out", str(tmp_path / "screen")]) == 0
+    screen = json.loads((tmp_path / "screen" / "bench.json").read_text())
+    chosen = {r["method"]: r["lr"] for r in screen["summary"] if r.get("best")}
+    grid = f"mezo={chosen['mezo']};fo={chosen['fo']}"
+    assert cli.main(["bench", *common, "--methods", "mezo,fo", "--lr-grid", grid, "--seeds", "1,2",
+                     "--out", str(tmp_path / "more")]) == 0
+    assert cli.main(["bench", *common, "--methods", "mezo,fo", "--lr-grid", grid, "--seeds", "0,1,2",
+                     "--out", str(tmp_path / "straight")]) == 0
+    capsys.readouterr()
+    assert cli.main(["bench-merge", str(tmp_path / "screen"), str(tmp_path / "more"),
+                     "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "bench.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "bench.json").read_text())
+    assert len(merged["runs"]) == 4 + 2 * 2 and merged["calibration"] == straight["calibration"]
+    best = {r["method"]: r for r in merged["summary"] if r.get("best")}
+    ref = {r["method"]: r for r in straight["summary"]}
+    for method, row in best.items():
+        assert row["lr"] == chosen[method] and row["seeds"] == 3
+        assert row["selected_on"] == "dev loss (seed 0)"
+        for k in ("final_loss", "final_loss_std", "eval_after", "eval_after_std", "dev_loss", "test_loss"):
+            assert row[k] == pytest.approx(ref[method][k], abs=1e-12), (method, k)
+    unselected = [r for r in merged["summary"] if not r.get("best")]
+    assert sorted(r["seeds"] for r in unselected) == [1, 1]
+    for a, b in zip(sorted(merged["comparison"], key=lambda c: c["method"]),
+                    sorted(straight["comparison"], key=lambda c: c["method"]), strict=True):
+        for k in ("seeds", "metric_diff", "metric_diff_ci", "loss_diff", "loss_diff_ci", "forwards_to_target_per_seed"):
+            assert a[k] == pytest.approx(b[k], abs=1e-12), k
+    assert "(seed 0)" in (tmp_path / "merged" / "bench.md").read_text()
+    assert (tmp_path / "merged" / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+    # refusals: one line each, nothing written
+    assert cli.main(["bench", *common[:-4], "--batch-size", "2", "--n-test", "6", "--n-dev", "6", "--eval-points",
+                     "3", "--methods", "mezo", "--lr", "1e-3", "--seeds", "3", "--out", str(tmp_path / "other")]) == 0
+    err = bad(capsys, ["bench-merge", str(tmp_path / "screen"), str(tmp_path / "other"), "--out", str(tmp_path / "x")])
+    assert "--batch-size" in err and not (tmp_path / "x").exists()
+    assert "already exists" in bad(capsys, ["bench-merge", str(tmp_path / "screen"), str(tmp_path / "more"),
+                                            "--out", str(tmp_path / "merged")])
+    assert "no bench.json" in bad(capsys, ["bench-merge", str(tmp_path / "screen"), str(tmp_path),
+                                           "--out", str(tmp_path / "y")])
+    # a run both benches hold (seed 0 at the selected lrs) is taken once when equal, refused when not
+    assert cli.main(["bench-merge", str(tmp_path / "screen"), str(tmp_path / "straight"),
+                     "--out", str(tmp_path / "dup")]) == 0
+    assert len(json.loads((tmp_path / "dup" / "bench.json").read_text())["runs"]) == 4 + 2 * 2
+    straight["runs"][0]["train_loss"][0] += 1e-9
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    (tampered / "bench.json").write_text(json.dumps(straight))
+    assert "different" in bad(capsys, ["bench-merge", str(tmp_path / "screen"), str(tampered), "--out",
+                                       str(tmp_path / "w")])
+    assert "at least two" in bad(capsys, ["bench-merge", str(tmp_path / "screen"), "--out", str(tmp_path / "z")])
