@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import Snapshot, check_output, strict_json
+from finetune.common.runs import Diverged, Snapshot, check_output, strict_json
 from finetune.data.adapters import load_snapshot_weights, snapshot_weights
 from finetune.data.models import model_id
 from finetune.trainer import FO, NO_Q_METHODS, FinetuneConfig, prepare, run_inputs, train, work_dir
@@ -149,6 +149,11 @@ def summarise(runs: list[dict], select: str = "train", calibration: dict | None 
     rows = []
     for (method, lr), rs in groups.items():
         rs = sorted(rs, key=lambda r: r.get("seed", 0))
+        failed = [r.get("seed", 0) for r in rs if r.get("diverged")]
+        if failed:  # no statistics over the seeds that survived: this lr is out of the selection
+            rows.append({"method": method, "lr": lr, "seeds": len(rs), "steps": rs[0]["steps"],
+                         "diverged_seeds": failed, "diverged": next(r["diverged"] for r in rs if r.get("diverged"))})
+            continue
         losses = [final_loss(r) for r in rs]
         after = [r["eval"]["after"] for r in rs]
         row = {"method": method, "lr": lr, "seeds": len(rs), "steps": rs[0]["steps"],
@@ -170,8 +175,11 @@ def summarise(runs: list[dict], select: str = "train", calibration: dict | None 
                 row["loss_gain_beyond_calibration"] = cal["loss"] - row["test_loss"]
         rows.append(row)
     for method in {r["method"] for r in rows}:
-        candidates = [r for r in rows if r["method"] == method]
-        best, seeds = _select(method, [g for (m, _), g in groups.items() if m == method], select)
+        candidates = [r for r in rows if r["method"] == method and not r.get("diverged_seeds")]
+        if not candidates:
+            continue  # every lr diverged: nothing to select (the report says so)
+        ok = {r["lr"] for r in candidates}
+        best, seeds = _select(method, [g for (m, lr), g in groups.items() if m == method and lr in ok], select)
         best = next(r for r in candidates if r["lr"] == best)
         best["best"] = True
         best["selected_on"] = f"{select} loss"
@@ -250,6 +258,11 @@ def markdown(rows: list[dict], metric: str, title: str, comparison: list[dict] |
              f"{metric} before | {metric} after | s / forward |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["method"], r["lr"])):
+        if r.get("diverged_seeds"):
+            seeds = ", ".join(map(str, r["diverged_seeds"]))
+            lines.append(f"| {r['method']} | {r['lr']:g} | {r['seeds']} | {r['steps']} | diverged (seed {seeds} of "
+                         f"{r['seeds']}): not selectable | | | | | | | |")
+            continue
         mark = f" **(selected on {r.get('selected_on', 'train loss')})**" if r.get("best") else ""
         spf = f"{r['seconds_per_forward']:.3f}" if r.get("seconds_per_forward") is not None else "n/a"
         lines.append(f"| {r['method']}{mark} | {r['lr']:g} | {r['seeds']} | {r['steps']} | {r['forwards']} | "
@@ -265,6 +278,11 @@ def markdown(rows: list[dict], metric: str, title: str, comparison: list[dict] |
                   f"{calibration['n_train']} training examples, frozen model): test loss "
                   f"{t['before']['loss']:.4f} -> {t['after']['loss']:.4f}, {metric} "
                   f"{t['before']['accuracy']:.3f} -> {t['after']['accuracy']:.3f}."]
+    gone = sorted({r["method"] for r in rows} - {r["method"] for r in rows if r.get("best")})
+    if gone:
+        lines += ["", f"**Every lr diverged** for {', '.join(gone)}: no lr is selected and no comparison is made. "
+                  "A diverged run is one the divergence guard stopped (weights or loss not finite, or the weights' "
+                  "norm 100x its start); it is recorded, and its lr is never selected."]
     best = sorted((r for r in rows if r.get("best")), key=lambda r: r["method"])
     cmp = {c["method"]: c for c in comparison or []}
     if best:
@@ -483,9 +501,14 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
                 load_snapshot_weights(model, pristine)
                 snapshot = Snapshot(work / "snapshot.pt", snapshot_every,
                                     restart_hint=f"delete {work} to start the bench over")
-                result = train(run_cfg, model, scorer, task, progress=False, snapshot=snapshot, inputs=inputs,
-                               tuner=tuner)
-                run = _run_record(run_cfg, result)
+                try:
+                    result = train(run_cfg, model, scorer, task, progress=False, snapshot=snapshot, inputs=inputs,
+                                   tuner=tuner)
+                    run = _run_record(run_cfg, result)
+                except Diverged as e:  # a grid often holds an lr too large: record it, go on with the grid
+                    run = _plain({"method": run_cfg.method, "lr": run_cfg.lr, "seed": run_cfg.seed,
+                                  "steps": run_cfg.steps, "optimizer": run_cfg.optimizer_name,
+                                  "diverged": str(e).split("; ")[0]})
                 snapshot.path.unlink(missing_ok=True)  # first: a kill in between reruns this run, never restores it into the next
                 _write_json(path, run)
                 runs.append(run)
@@ -554,11 +577,11 @@ def merge(folders: list[Path], out: Path) -> list[dict]:
             raise ZotuneError(f"cannot merge {folders[0]} and {folder}: they differ in {', '.join(diff)}; only "
                               "methods, learning rates and seeds may differ")
     runs: dict[tuple, dict] = {}
-    same = ("train_loss", "eval", "curve", "forwards", "backwards", "steps")
+    same = ("train_loss", "eval", "curve", "forwards", "backwards", "steps", "diverged")
     for folder, report in zip(folders, reports):
         for run in report["runs"]:
             k = (run["method"], run["lr"], run["seed"])
-            if k in runs and any(runs[k][f] != run[f] for f in same):
+            if k in runs and any(runs[k].get(f) != run.get(f) for f in same):
                 raise ZotuneError(f"cannot merge: {folder} has a different {k[0]} run at lr {k[1]:g}, seed {k[2]}; "
                                   "were the benches run with different code?")
             runs.setdefault(k, run)

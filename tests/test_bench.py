@@ -243,3 +243,22 @@ def test_merged_screen_and_seeds_equal_one_bench_of_all_seeds(tmp_path, jsonl, c
     assert "different" in bad(capsys, ["bench-merge", str(tmp_path / "screen"), str(tampered), "--out",
                                        str(tmp_path / "w")])
     assert "at least two" in bad(capsys, ["bench-merge", str(tmp_path / "screen"), "--out", str(tmp_path / "z")])
+
+
+def test_a_diverging_lr_is_recorded_and_never_selected(tmp_path, jsonl, capsys):
+    # mezo: lr 1e4 blows the weights up (the divergence guard stops it), 1e-3 does not; zo-adam: every lr
+    # diverges. The grid goes on, the report says so, and only finite runs are selected and compared
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--model", "tiny-llama", "--task", str(jsonl), "--methods", "mezo,nspsa",
+                     "--lr-grid", "mezo=1e-3,1e4;nspsa=1e4", "--seeds", "0,1", "--forwards", "24", "--batch-size",
+                     "4", "--n-test", "4", "--n-dev", "4", "--eval-points", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    rows = {(r["method"], r["lr"]): r for r in report["summary"]}
+    assert rows[("mezo", 1e4)]["diverged_seeds"] == [0, 1] and "diverged" in rows[("mezo", 1e4)]["diverged"]
+    assert rows[("mezo", 1e-3)]["best"] and not rows[("mezo", 1e4)].get("best")
+    assert rows[("nspsa", 1e4)]["diverged_seeds"] == [0, 1] and not any(r.get("best") for (m, _), r in rows.items()
+                                                                       if m == "nspsa")
+    assert [c["method"] for c in report["comparison"]] == ["mezo"]
+    assert sum(1 for r in report["runs"] if r.get("diverged")) == 4
+    md = (out / "bench.md").read_text()
+    assert "diverged (seed 0, 1 of 2): not selectable" in md and "**Every lr diverged** for nspsa" in md
