@@ -547,7 +547,7 @@ _PER_RUN = ("method", "lr", "seed", "q")  # what may differ between the runs of 
 def _merge_key(report: dict) -> dict:
     """What benches must share to merge: model, task, split, budget, evaluation and every run option other
     than the method, lr and seed (which the merged table is about)."""
-    spec = report["config"]
+    spec = report["config"] if "config" in report else report["configs"][0]  # a bench, or a merged one
     base = {k: v for k, v in spec["base"].items() if k not in _PER_RUN}
     return {"model": report["model"], "task": report["task"], "split": report["split"],
             "calibration": report["calibration"], "base": base,
@@ -567,9 +567,14 @@ def merge(folders: list[Path], out: Path) -> list[dict]:
         if not path.is_file():
             raise ZotuneError(f"{folder} holds no finished bench (no bench.json); finish it with bench --resume first")
         reports.append(json.loads(path.read_text()))
-    key = _merge_key(reports[0])
-    for folder, report in zip(folders[1:], reports[1:]):
-        other = _merge_key(report)
+    keys = []
+    for folder, report in zip(folders, reports):
+        try:
+            keys.append(_merge_key(report))
+        except (KeyError, IndexError, TypeError):
+            raise ZotuneError(f"{folder}/bench.json is not a bench report (written by bench or bench-merge)") from None
+    key = keys[0]
+    for folder, other in zip(folders[1:], keys[1:]):
         diff = [k for k in key if k != "base" and key[k] != other[k]]
         diff += [f"--{k.replace('_', '-')}" for k in sorted(set(key["base"]) | set(other["base"]))
                  if key["base"].get(k) != other["base"].get(k)]
@@ -594,7 +599,7 @@ def merge(folders: list[Path], out: Path) -> list[dict]:
     title = f"{key['model']} on {key['task']}\n{key['forwards']} forward passes per run"
     report = {**{k: reports[0][k] for k in ("model", "task", "metric", "forwards", "split")},
               "selected_on": f"{select} loss", "merged_from": [str(f) for f in folders],
-              "configs": [r["config"] for r in reports], "calibration": calibration,
+              "configs": [c for r in reports for c in (r["configs"] if "configs" in r else [r["config"]])], "calibration": calibration,
               "summary": rows, "comparison": comparison, "runs": merged_runs}
     work = work_dir(out)
     if work.exists():

@@ -242,6 +242,16 @@ def test_merged_screen_and_seeds_equal_one_bench_of_all_seeds(tmp_path, jsonl, c
     (tampered / "bench.json").write_text(json.dumps(straight))
     assert "different" in bad(capsys, ["bench-merge", str(tmp_path / "screen"), str(tampered), "--out",
                                        str(tmp_path / "w")])
+    # a merged report merges again (one more seed of the selected lrs gives the same as a straight bench)
+    assert cli.main(["bench", *common, "--methods", "mezo,fo", "--lr-grid", grid, "--seeds", "3",
+                     "--out", str(tmp_path / "seed3")]) == 0
+    assert cli.main(["bench-merge", str(tmp_path / "merged"), str(tmp_path / "seed3"),
+                     "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "bench.json").read_text())
+    assert {r["method"]: r["seeds"] for r in again["summary"] if r.get("best")} == {"mezo": 4, "fo": 4}
+    (tampered / "bench.json").write_text(json.dumps({"runs": []}))
+    assert "not a bench report" in bad(capsys, ["bench-merge", str(tmp_path / "screen"), str(tampered), "--out",
+                                                str(tmp_path / "v")])
     assert "at least two" in bad(capsys, ["bench-merge", str(tmp_path / "screen"), "--out", str(tmp_path / "z")])
 
 

@@ -36,6 +36,15 @@ if [[ $stage == confirm-c || $stage == all ]]; then
   bench "${COMMON[@]}" --seeds 1,2 --methods fzoo,hizoo \
     --lr-grid 'fzoo=1e-3;hizoo=1e-4' --out $R/vp/confirm-c
 fi
+for seed in 1 2; do  # fo's other seeds, one bench each (they may run side by side)
+  if [[ $stage == fo-$seed || $stage == all ]]; then
+    bench --task "$TASK" --batch-size 8 --forwards 200 --eval-points 5 --autocast bf16 --threads 1 --seeds $seed \
+      --methods fo --lr-grid 'fo=5e-5' --out $R/vp/fo-$seed
+  fi
+done
 if [[ $stage == merge || $stage == all ]]; then
   python cli.py bench-merge $R/vp/screen-a $R/vp/screen-b $R/vp/confirm-b $R/vp/confirm-c --out $R/vp/merged
+fi
+if [[ $stage == merge-fo || $stage == all ]]; then
+  python cli.py bench-merge $R/vp/fo $R/vp/fo-1 $R/vp/fo-2 --out $R/vp/fo-merged
 fi
