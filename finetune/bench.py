@@ -179,8 +179,8 @@ def summarise(runs: list[dict], select: str = "train", calibration: dict | None 
         if not candidates:
             continue  # every lr diverged: nothing to select (the report says so)
         ok = {r["lr"] for r in candidates}
-        best, seeds = _select(method, [g for (m, lr), g in groups.items() if m == method and lr in ok], select)
-        best = next(r for r in candidates if r["lr"] == best)
+        lr, seeds = _select(method, [g for (m, x), g in groups.items() if m == method and x in ok], select)
+        best = next(r for r in candidates if r["lr"] == lr)
         best["best"] = True
         best["selected_on"] = f"{select} loss"
         if any(r["seeds"] > len(seeds) for r in candidates):  # a merged bench: the grid ran on fewer seeds
@@ -406,6 +406,24 @@ def plot(runs: list[dict], rows: list[dict], path: Path, title: str, calibration
     plt.close(fig)
 
 
+def write_report(folder: Path, head: dict, runs: list[dict], select: str, calibration: dict, resamples: int,
+                 seed: int) -> list[dict]:
+    """Summarise and compare ``runs`` and write ``bench.json``, ``bench.md`` and ``bench.png`` into ``folder``
+    (of :func:`bench` and :func:`merge`). ``head``: the model, task, metric, forwards and split sizes, and what
+    else bench.json records of where the runs came from. The lr is selected on ``select`` loss, or on training
+    loss where the split has no dev examples. Returns the summary rows."""
+    select = select if head["split"]["dev"] else "train"
+    rows = summarise(runs, select, calibration)
+    comparison = compare(runs, rows, resamples, seed)
+    title = f"{head['model']} on {head['task']}\n{head['forwards']} forward passes per run"
+    report = {**head, "selected_on": f"{select} loss", "calibration": calibration, "summary": rows,
+              "comparison": comparison, "runs": runs}
+    (folder / "bench.json").write_text(strict_json(report, indent=1))
+    (folder / "bench.md").write_text(markdown(rows, head["metric"], title, comparison, calibration))
+    plot(runs, rows, folder / "bench.png", title, calibration)
+    return rows
+
+
 # ---- the command ----------------------------------------------------------------------------------
 
 # ------------------------------------------------ run logs shared by the benchmarks' grids (benchmarks/)
@@ -514,18 +532,9 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
                 runs.append(run)
                 bar.advance(job)
         load_snapshot_weights(model, pristine)
-        select = cfg.select if task.dev else "train"
-        rows = summarise(runs, select, calibration)
-        comparison = compare(runs, rows, cfg.bootstrap, cfg.bootstrap_seed)
-        title = f"{model_id(base.model)} on {task.name}\n{cfg.forwards} forward passes per run"
-        report = {"model": model_id(base.model), "task": task.name, "metric": task.metric,
-                  "forwards": cfg.forwards, "split": {"train": len(task.train), "dev": len(task.dev),
-                                                      "test": len(task.test)},
-                  "selected_on": f"{select} loss", "config": spec, "calibration": calibration,
-                  "summary": rows, "comparison": comparison, "runs": runs}
-        (work / "bench.json").write_text(strict_json(report, indent=1))
-        (work / "bench.md").write_text(markdown(rows, task.metric, title, comparison, calibration))
-        plot(runs, rows, work / "bench.png", title, calibration)
+        head = {"model": model_id(base.model), "task": task.name, "metric": task.metric, "forwards": cfg.forwards,
+                "split": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)}, "config": spec}
+        rows = write_report(work, head, runs, cfg.select, calibration, cfg.bootstrap, cfg.bootstrap_seed)
         shutil.rmtree(work / "runs")
         spec_path.unlink()
         cal_path.unlink()
@@ -591,24 +600,16 @@ def merge(folders: list[Path], out: Path) -> list[dict]:
                                   "were the benches run with different code?")
             runs.setdefault(k, run)
     out = check_output(Path(out))
-    merged_runs = list(runs.values())
-    select = key["select"] if key["split"]["dev"] else "train"
-    calibration = key["calibration"]
-    rows = summarise(merged_runs, select, calibration)
-    comparison = compare(merged_runs, rows, key["bootstrap"], key["bootstrap_seed"])
-    title = f"{key['model']} on {key['task']}\n{key['forwards']} forward passes per run"
-    report = {**{k: reports[0][k] for k in ("model", "task", "metric", "forwards", "split")},
-              "selected_on": f"{select} loss", "merged_from": [str(f) for f in folders],
-              "configs": [c for r in reports for c in (r["configs"] if "configs" in r else [r["config"]])], "calibration": calibration,
-              "summary": rows, "comparison": comparison, "runs": merged_runs}
+    head = {**{k: reports[0][k] for k in ("model", "task", "metric", "forwards", "split")},
+            "merged_from": [str(f) for f in folders],
+            "configs": [c for r in reports for c in (r["configs"] if "configs" in r else [r["config"]])]}
     work = work_dir(out)
     if work.exists():
         raise ZotuneError(f"{work} is in the way (an interrupted merge or run); delete it")
     work.mkdir(parents=True)
     try:
-        (work / "bench.json").write_text(strict_json(report, indent=1))
-        (work / "bench.md").write_text(markdown(rows, report["metric"], title, comparison, calibration))
-        plot(merged_runs, rows, work / "bench.png", title, calibration)
+        rows = write_report(work, head, list(runs.values()), key["select"], key["calibration"], key["bootstrap"],
+                            key["bootstrap_seed"])
         if out.exists():
             out.rmdir()
         work.rename(out)

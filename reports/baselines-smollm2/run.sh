@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Baselines on SmolLM2-135M-Instruct, held-out task valid_parentheses (labels renamed to one token each).
 # Stage 1 screens each method's lr grid on seed 0 and selects on the final dev loss (never test).
-# Stage 2 runs seeds 1 and 2 at each method's selected lr; merge.py joins seed 0 and gives the 3-seed table.
+# Stage 2 runs seeds 1 and 2 at each method's selected lr; cli.py bench-merge joins them with seed 0 (3 seeds).
 # Run from the repository root. 1 thread per process: two processes share our 2 cores.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
