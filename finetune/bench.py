@@ -555,11 +555,14 @@ _PER_RUN = ("method", "lr", "seed", "q")  # what may differ between the runs of 
 
 def _merge_key(report: dict) -> dict:
     """What benches must share to merge: model, task, split, budget, evaluation and every run option other
-    than the method, lr and seed (which the merged table is about)."""
-    spec = report["config"] if "config" in report else report["configs"][0]  # a bench, or a merged one
-    base = {k: v for k, v in spec["base"].items() if k not in _PER_RUN}
+    than the method, lr and seed (which the merged table is about). ``--tuner`` counts only for benches that
+    ran method ``tuner``: a MeZO bench merges with a tuner bench; two benches of different tuners do not."""
+    configs = [report["config"]] if "config" in report else report["configs"]  # a bench, or a merged one
+    spec = configs[0]
+    base = {k: v for k, v in spec["base"].items() if k not in (*_PER_RUN, "tuner")}
+    tuners = sorted({str(c["base"].get("tuner")) for c in configs if "tuner" in c["methods"]})
     return {"model": report["model"], "task": report["task"], "split": report["split"],
-            "calibration": report["calibration"], "base": base,
+            "calibration": report["calibration"], "base": base, "tuner": tuners,
             **{k: spec[k] for k in ("forwards", "eval_points", "select", "bootstrap", "bootstrap_seed")}}
 
 
@@ -584,12 +587,17 @@ def merge(folders: list[Path], out: Path) -> list[dict]:
             raise ZotuneError(f"{folder}/bench.json is not a bench report (written by bench or bench-merge)") from None
     key = keys[0]
     for folder, other in zip(folders[1:], keys[1:]):
-        diff = [k for k in key if k != "base" and key[k] != other[k]]
+        diff = [k for k in key if k not in ("base", "tuner") and key[k] != other[k]]
         diff += [f"--{k.replace('_', '-')}" for k in sorted(set(key["base"]) | set(other["base"]))
                  if key["base"].get(k) != other["base"].get(k)]
         if diff:
             raise ZotuneError(f"cannot merge {folders[0]} and {folder}: they differ in {', '.join(diff)}; only "
                               "methods, learning rates and seeds may differ")
+    tuners = {t: folder for folder, k in zip(folders, keys) for t in k["tuner"]}
+    if len(tuners) > 1:
+        (a, fa), (b, fb) = list(tuners.items())[:2]
+        raise ZotuneError(f"cannot merge {fa} and {fb}: their method 'tuner' runs used different tuners ({a}, {b}); "
+                          "compare each tuner in its own merged report")
     runs: dict[tuple, dict] = {}
     same = ("train_loss", "eval", "curve", "forwards", "backwards", "steps", "diverged")
     for folder, report in zip(folders, reports):

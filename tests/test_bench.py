@@ -272,3 +272,33 @@ def test_a_diverging_lr_is_recorded_and_never_selected(tmp_path, jsonl, capsys):
     assert sum(1 for r in report["runs"] if r.get("diverged")) == 4
     md = (out / "bench.md").read_text()
     assert "diverged (seed 0, 1 of 2): not selectable" in md and "**Every lr diverged** for nspsa" in md
+
+
+def test_a_tuner_bench_merges_with_a_mezo_bench_but_not_with_another_tuner(tmp_path, jsonl, capsys):
+    # --tuner is an option of method 'tuner' only: a MeZO bench (which records the default, no tuner) merges with
+    # a tuner bench; the tuner runs of two different tuners cannot share one 'tuner' row, so that is refused
+    from checkpoints.artifact import Tuner
+    from finetune.data.models import load_model
+    model, _ = load_model("tiny-llama")
+    for k in (1, 2):
+        tuner = Tuner.for_model(model, "tiny-llama", seed=k)
+        tuner.bank.randomize_output_(__import__("torch").Generator().manual_seed(k))
+        tuner.save_pretrained(tmp_path / f"t{k}.safetensors")
+    common = ["--model", "tiny-llama", "--task", str(jsonl), "--forwards", "4", "--batch-size", "4",
+              "--n-test", "6", "--n-dev", "6", "--eval-points", "2", "--seeds", "0", "--lr", "1e-3"]
+    assert cli.main(["bench", *common, "--methods", "mezo", "--out", str(tmp_path / "mezo")]) == 0
+    for k in (1, 2):
+        assert cli.main(["bench", *common, "--methods", "tuner", "--tuner", str(tmp_path / f"t{k}.safetensors"),
+                         "--out", str(tmp_path / f"tuner{k}")]) == 0
+    capsys.readouterr()
+    assert cli.main(["bench-merge", str(tmp_path / "mezo"), str(tmp_path / "tuner1"),
+                     "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "bench.json").read_text())
+    tuner1 = json.loads((tmp_path / "tuner1" / "bench.json").read_text())
+    assert sorted(r["method"] for r in merged["runs"]) == ["mezo", "tuner"]
+    assert [r for r in merged["runs"] if r["method"] == "tuner"] == tuner1["runs"]
+    err = bad(capsys, ["bench-merge", str(tmp_path / "merged"), str(tmp_path / "tuner2"), "--out", str(tmp_path / "x")])
+    assert "different tuners" in err and "t1.safetensors" in err and not (tmp_path / "x").exists()
+    err = bad(capsys, ["bench-merge", str(tmp_path / "mezo"), str(tmp_path / "tuner1"), str(tmp_path / "tuner2"),
+                       "--out", str(tmp_path / "y")])
+    assert "different tuners" in err and not (tmp_path / "y").exists()
