@@ -281,8 +281,9 @@ def markdown(rows: list[dict], metric: str, title: str, comparison: list[dict] |
     gone = sorted({r["method"] for r in rows} - {r["method"] for r in rows if r.get("best")})
     if gone:
         lines += ["", f"**Every lr diverged** for {', '.join(gone)}: no lr is selected and no comparison is made. "
-                  "A diverged run is one the divergence guard stopped (weights or loss not finite, or the weights' "
-                  "norm 100x its start); it is recorded, and its lr is never selected."]
+                  "A diverged run is one the divergence guard stopped (weights or loss not finite, the weights' "
+                  "norm 100x its start, or the training loss 100x its start); it is recorded, and its lr is never "
+                  "selected."]
     best = sorted((r for r in rows if r.get("best")), key=lambda r: r["method"])
     cmp = {c["method"]: c for c in comparison or []}
     if best:

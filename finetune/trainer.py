@@ -434,6 +434,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
             due = snapshot is not None and snapshot.due(step, cfg.steps)
             guard.check(step, hint, force=due)
             result.train_loss.append(loss)
+            guard.check_loss(result.train_loss, step, hint)
             result.forwards, result.backwards = pass_counts(opt)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 point = evaluation_point(step, result.forwards, model, scorer, task, cfg.batch_size)

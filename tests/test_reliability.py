@@ -305,6 +305,27 @@ def test_divergence_after_a_snapshot_says_how_to_start_over(tmp_path, mc, capsys
     assert cli.main(argv + ["--start-over"]) == 0
 
 
+def test_a_runaway_training_loss_stops_the_run_while_a_large_steady_one_does_not(tmp_path, mc, capsys, monkeypatch):
+    # The loss runs away with the weights finite and bounded (the weight-norm guard sees nothing): from the
+    # 21st scored batch on (step 11 of MeZO's 2 passes a step), 1000x the real loss.
+    real_loss, calls = TaskScorer.loss, {"n": 0}
+
+    def scaled(factor_from):
+        def loss(self, model, examples):
+            calls["n"] += 1
+            return real_loss(self, model, examples) * factor_from(calls["n"])
+        return loss
+
+    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 1000.0 if n > 20 else 1.0))
+    err = one_line(capsys, C(mc, "--steps", "30", "--out", str(tmp_path / "o")))
+    assert "diverged" in err and "training loss grew" in err and "by step 20" in err and "lower --lr" in err
+    assert not (tmp_path / "o").exists()
+    # the same 1000x from the first step is no runaway: the reference is the run's own start
+    calls["n"] = 0
+    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 1000.0))
+    assert cli.main(C(mc, "--steps", "30", "--no-save-model", "--out", str(tmp_path / "steady"))) == 0
+
+
 @pytest.mark.parametrize("flags,message", [(["--lr", "1e8"], "does not fit in --dtype fp16"),
                                            (["--lr", "6e4", "--eps", "1e-7"], "the update overflowed fp16")])
 def test_fp16_overflow_is_one_line(tmp_path, mc, capsys, flags, message):

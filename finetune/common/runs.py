@@ -245,10 +245,13 @@ class Diverged(ZotuneError):
 class DivergenceGuard:
     """Stops a run whose weights stopped being finite or ran away: their norm beyond ``ratio`` times the
     starting norm (at least an RMS of 0.01, so zero-initialised weights may move). Checked at step 1, every
-    ``every`` steps, and whenever :meth:`check` is forced."""
+    ``every`` steps, and whenever :meth:`check` is forced. :meth:`check_loss` stops a run whose training
+    loss ran away."""
+
+    LOSS_WINDOW = 10
 
     def __init__(self, params: list[torch.Tensor], ratio: float = 100.0, every: int = 10):
-        self.params, self.every = params, every
+        self.params, self.every, self.ratio = params, every, ratio
         self.start = param_norm(params)
         self.limit = ratio * max(self.start, 0.01 * math.sqrt(sum(p.numel() for p in params)))
 
@@ -261,6 +264,19 @@ class DivergenceGuard:
         if not norm <= self.limit:
             raise Diverged(f"the run diverged: the weights' norm grew from {self.start:.3g} to {norm:.3g} "
                               f"by step {step}; {hint}")
+
+    def check_loss(self, losses: list[float], step: int, hint: str) -> None:
+        """Stops a run whose training loss ran away while its weights stayed finite and bounded (a few
+        blocks blown up can do that): the mean of the last ``LOSS_WINDOW`` losses beyond ``ratio`` times the
+        mean of the first ``LOSS_WINDOW`` (at least 1, so a loss that starts near 0 may move). ``losses`` is
+        the run's whole list, so the reference survives a resume. Needs two windows of steps."""
+        w = self.LOSS_WINDOW
+        if len(losses) < 2 * w:
+            return
+        start, recent = sum(losses[:w]) / w, sum(losses[-w:]) / w
+        if recent > self.ratio * max(start, 1.0):
+            raise Diverged(f"the run diverged: the training loss grew from {start:.3g} (mean of the first {w} "
+                           f"steps) to {recent:.3g} (the last {w}) by step {step}; {hint}")
 
 
 # ------------------------------------------------------------------------------------------- snapshots
