@@ -2,7 +2,8 @@
 # Baselines on SmolLM2-135M-Instruct, held-out task valid_parentheses (labels renamed to one token each).
 # Stage 1 screens each method's lr grid on seed 0 and selects on the final dev loss (never test).
 # Stage 2 runs seeds 1 and 2 at each method's selected lr; cli.py bench-merge joins them with seed 0 (3 seeds).
-# Run from the repository root. 1 thread per process: two processes share our 2 cores.
+# Run from the repository root with the project's environment active (`source .venv/bin/activate`): it calls
+# `python`. 1 thread per process: two processes share our 2 cores. README.md lists the stages in order.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 R=reports/baselines-smollm2
@@ -20,6 +21,63 @@ if [[ $stage == screen-b || $stage == all ]]; then
   bench "${COMMON[@]}" --seeds 0 --methods sparse-mezo,bcd,fzoo \
     --lr-grid 'sparse-mezo=1e-4,3e-4;bcd=3e-4,1e-3;fzoo=3e-4,1e-3' --out $R/vp/screen-b
 fi
+# The seed methods (nspsa: q = 4, 8 passes a step; zo-adam; gv, greedy: 4 candidates; ldsd: k = 4), seed 0.
+if [[ $stage == screen-c || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 0 --methods nspsa,zo-adam \
+    --lr-grid 'nspsa=3e-5,1e-4;zo-adam=1e-6,1e-5' --out $R/vp/screen-c
+fi
+if [[ $stage == screen-d || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 0 --methods gv,greedy,ldsd \
+    --lr-grid 'gv=1e-5,3e-5;greedy=1e-5,3e-5;ldsd=1e-5,3e-5' --out $R/vp/screen-d
+fi
+# nspsa: 1e-4 selected on seed 0 (the top of its grid; bracket-a goes higher); zo-adam learned nothing at
+# either lr (bracket-a, -d and -g go higher).
+if [[ $stage == confirm-d || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 1,2 --methods nspsa --lr-grid 'nspsa=1e-4' --out $R/vp/confirm-d
+fi
+# Bracketing the seed-0 grids where the selected lr sat at an end of its grid (or the grid's other end diverged).
+if [[ $stage == bracket-a || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 0 --methods mezo,nspsa,zo-adam \
+    --lr-grid 'mezo=1e-5;nspsa=3e-4;zo-adam=1e-4' --out $R/vp/bracket-a
+fi
+if [[ $stage == bracket-b || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 0 --methods hizoo,fzoo --lr-grid 'hizoo=3e-4;fzoo=3e-3' --out $R/vp/bracket-b
+fi
+if [[ $stage == bracket-c || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 0 --methods sparse-mezo,bcd --lr-grid 'sparse-mezo=3e-5;bcd=1e-4' --out $R/vp/bracket-c
+fi
+# screen-d and bracket-a put gv (3e-5) and zo-adam (1e-4) at the top of their grids: one more lr each.
+if [[ $stage == bracket-d || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 0 --methods gv,zo-adam --lr-grid 'gv=1e-4;zo-adam=3e-4' --out $R/vp/bracket-d
+fi
+# greedy and ldsd: 1e-5 selected on seed 0, the bottom of their grids (3e-6 not tried, for CPU time).
+if [[ $stage == confirm-f || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 1,2 --methods greedy,ldsd --lr-grid 'greedy=1e-5;ldsd=1e-5' --out $R/vp/confirm-f
+fi
+# bracket-c moved sparse-mezo's selection to 3e-5 (dev loss 0.564 against 0.594 at 1e-4, seed 0), again the
+# bottom of its grid: one lr lower on seed 0, and seeds 1 and 2 at 3e-5. (hizoo: 3e-4 ran away, 1e-4 stays.)
+if [[ $stage == bracket-e || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 0 --methods sparse-mezo --lr-grid 'sparse-mezo=1e-5' --out $R/vp/bracket-e
+fi
+if [[ $stage == confirm-g || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 1,2 --methods sparse-mezo --lr-grid 'sparse-mezo=3e-5' --out $R/vp/confirm-g
+fi
+# bracket-b moved fzoo's selection to 3e-3 (dev loss 0.460 against 0.584 at 1e-3, seed 0), the top of its grid:
+# seeds 1 and 2 at 3e-3, and one lr higher on seed 0. (hizoo: 3e-4 ran away, 1e-4 stays; bcd: 1e-4 worse, 3e-4 stays.)
+if [[ $stage == confirm-h || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 1,2 --methods fzoo --lr-grid 'fzoo=3e-3' --out $R/vp/confirm-h
+fi
+if [[ $stage == bracket-f || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 0 --methods fzoo --lr-grid 'fzoo=1e-2' --out $R/vp/bracket-f
+fi
+# bracket-d: gv at 1e-4 ran away (the loss guard stopped it at step 139), so gv stays at 3e-5: seeds 1 and 2.
+# zo-adam at 3e-4 beat 1e-4 on dev loss (0.599 against 0.616), the top of its grid again: one lr higher.
+if [[ $stage == confirm-i || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 1,2 --methods gv --lr-grid 'gv=3e-5' --out $R/vp/confirm-i
+fi
+if [[ $stage == bracket-g || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 0 --methods zo-adam --lr-grid 'zo-adam=1e-3' --out $R/vp/bracket-g
+fi
 if [[ $stage == fo || $stage == all ]]; then  # fo: one forward and one backward pass per step; 200 of each
   bench --task "$TASK" --batch-size 8 --forwards 200 --eval-points 5 --autocast bf16 --threads 1 --seeds 0 \
     --methods fo --lr-grid 'fo=5e-5' --out $R/vp/fo
@@ -36,15 +94,32 @@ if [[ $stage == confirm-c || $stage == all ]]; then
   bench "${COMMON[@]}" --seeds 1,2 --methods fzoo,hizoo \
     --lr-grid 'fzoo=1e-3;hizoo=1e-4' --out $R/vp/confirm-c
 fi
+# bracket-a moved MeZO's selection: on seed 0, 1e-5 has the lower dev loss (0.590 against 0.607 at 3e-5).
+# With these seeds both lrs have three, and the merge compares them on all three: 3e-5 is selected again.
+if [[ $stage == confirm-e || $stage == all ]]; then
+  bench "${COMMON[@]}" --seeds 1,2 --methods mezo --lr-grid 'mezo=1e-5' --out $R/vp/confirm-e
+fi
 for seed in 1 2; do  # fo's other seeds, one bench each (they may run side by side)
   if [[ $stage == fo-$seed || $stage == all ]]; then
     bench --task "$TASK" --batch-size 8 --forwards 200 --eval-points 5 --autocast bf16 --threads 1 --seeds $seed \
       --methods fo --lr-grid 'fo=5e-5' --out $R/vp/fo-$seed
   fi
 done
+# fo's lr grid: 5e-5 (the task search's value) was its only lr; one lr either side on seed 0.
+if [[ $stage == fo-grid || $stage == all ]]; then
+  bench --task "$TASK" --batch-size 8 --forwards 200 --eval-points 5 --autocast bf16 --threads 1 --seeds 0 \
+    --methods fo --lr-grid 'fo=1e-5,2e-4' --out $R/vp/fo-grid
+fi
 if [[ $stage == merge || $stage == all ]]; then
-  python cli.py bench-merge $R/vp/screen-a $R/vp/screen-b $R/vp/confirm-b $R/vp/confirm-c --out $R/vp/merged
+  rm -rf $R/vp/merged  # bench-merge never overwrites: the merge is made again from every finished stage
+  parts=(); for s in screen-a screen-b screen-c screen-d bracket-a bracket-b bracket-c bracket-d bracket-e bracket-f bracket-g \
+                     confirm-b confirm-c confirm-d confirm-e confirm-f confirm-g confirm-h confirm-i; do
+    if [[ -f $R/vp/$s/bench.json ]]; then parts+=($R/vp/$s); else echo "merge: $s has not run; left out" >&2; fi
+  done
+  python cli.py bench-merge "${parts[@]}" --out $R/vp/merged
 fi
 if [[ $stage == merge-fo || $stage == all ]]; then
-  python cli.py bench-merge $R/vp/fo $R/vp/fo-1 $R/vp/fo-2 --out $R/vp/fo-merged
+  rm -rf $R/vp/fo-merged
+  python cli.py bench-merge $R/vp/fo $R/vp/fo-1 $R/vp/fo-2 $( [[ -f $R/vp/fo-grid/bench.json ]] && echo $R/vp/fo-grid ) \
+    --out $R/vp/fo-merged
 fi
