@@ -29,6 +29,19 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 mkdir -p "$R"
 
+# SCREEN=vp: a first screen of MeZO on LoRA (r 8, q_proj/v_proj, eps 1e-2 as in the MeZO paper's LoRA runs)
+# on the held-out valid_parentheses, seed 0, at exactly the settings of reports/baselines-smollm2 (batch 8,
+# 1000 forward passes, bf16 autocast, 700/100/200 split, 1 thread): its full-model MeZO runs are the other
+# arm, with the same data order. Run on 2026-12-04 as one process per lr, then merged:
+#   for t in a:3e-4 b:1e-3 c:3e-3; do SCREEN=vp TAG=${t%%:*} LRS=${t#*:} bash reports/peft-smollm2/run.sh & done; wait
+#   R=reports/peft-smollm2; python cli.py bench-merge $R/vp-lora-a $R/vp-lora-b $R/vp-lora-c --out $R/vp-lora
+if [ "${SCREEN:-}" = vp ]; then
+    VP=(--task 'bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid' --batch-size 8 --forwards 1000
+        --eval-points 5 --autocast bf16 --threads 1 --seeds 0 --peft lora --eps 1e-2 --methods mezo)
+    OMP_NUM_THREADS=1 $PY cli.py bench "${VP[@]}" --lr-grid "mezo=${LRS:-3e-4,1e-3}" --out "$R/vp-lora-${TAG:-a}"
+    exit 0
+fi
+
 # 1. A tuner for LoRA (r 8, alpha 16, q_proj,v_proj), meta-trained on tasks disjoint from TASKS, for lr 1e-3.
 TUNER=$R/lora-tuner.safetensors
 [ -f "$TUNER" ] || $PY cli.py meta-train --peft lora --tasks "$META_TASKS" --steps "$META_STEPS" --virtual-lr 1e-3 \
