@@ -37,7 +37,7 @@ mkdir -p "$R"
 #   R=reports/peft-smollm2; python cli.py bench-merge $R/vp-lora-a $R/vp-lora-b $R/vp-lora-c --out $R/vp-lora
 if [ "${SCREEN:-}" = vp ]; then
     VP=(--task 'bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid' --batch-size 8 --forwards 1000
-        --eval-points 5 --autocast bf16 --threads 1 --seeds 0 --peft lora --eps 1e-2 --methods mezo)
+        --eval-points 5 --autocast bf16 --threads 1 --seeds "${VP_SEEDS:-0}" --peft lora --eps 1e-2 --methods mezo)
     OMP_NUM_THREADS=1 $PY cli.py bench "${VP[@]}" --lr-grid "mezo=${LRS:-3e-4,1e-3}" --out "$R/vp-lora-${TAG:-a}"
     exit 0
 fi
