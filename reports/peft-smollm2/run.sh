@@ -29,16 +29,21 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 mkdir -p "$R"
 
-# SCREEN=vp: a first screen of MeZO on LoRA (r 8, q_proj/v_proj, eps 1e-2 as in the MeZO paper's LoRA runs)
-# on the held-out valid_parentheses, seed 0, at exactly the settings of reports/baselines-smollm2 (batch 8,
-# 1000 forward passes, bf16 autocast, 700/100/200 split, 1 thread): its full-model MeZO runs are the other
-# arm, with the same data order. Run on 2026-12-04 as one process per lr, then merged:
+# SCREEN=vp: MeZO on LoRA (r 8, q_proj/v_proj, eps 1e-2 as in the MeZO paper's LoRA runs) on the held-out
+# valid_parentheses at exactly the settings of reports/baselines-smollm2 (batch 8, 1000 forward passes, bf16
+# autocast, 700/100/200 split, 1 thread): its full-model MeZO runs are the other arm, with the same data order.
+# METHOD=fo: first-order (AdamW) on LoRA, 200 steps of one forward and one backward pass, as the baselines' fo.
+# Run on 2026-12-04 as one process per lr or seed (two at a time), then merged:
 #   for t in a:3e-4 b:1e-3 c:3e-3; do SCREEN=vp TAG=${t%%:*} LRS=${t#*:} bash reports/peft-smollm2/run.sh & done; wait
-#   R=reports/peft-smollm2; python cli.py bench-merge $R/vp-lora-a $R/vp-lora-b $R/vp-lora-c --out $R/vp-lora
+#   for s in 1 2; do SCREEN=vp TAG=s$s LRS=1e-3 VP_SEEDS=$s bash reports/peft-smollm2/run.sh & done; wait
+#   R=reports/peft-smollm2; python cli.py bench-merge $R/vp-lora-{a,b,c,s1,s2} --out $R/vp-lora
+#   (fo: the same with METHOD=fo, TAG=fo-..., and --out $R/vp-lora-fo; README.md lists the lrs)
 if [ "${SCREEN:-}" = vp ]; then
-    VP=(--task 'bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid' --batch-size 8 --forwards 1000
-        --eval-points 5 --autocast bf16 --threads 1 --seeds "${VP_SEEDS:-0}" --peft lora --eps 1e-2 --methods mezo)
-    OMP_NUM_THREADS=1 $PY cli.py bench "${VP[@]}" --lr-grid "mezo=${LRS:-3e-4,1e-3}" --out "$R/vp-lora-${TAG:-a}"
+    METHOD=${METHOD:-mezo}
+    if [ "$METHOD" = fo ]; then BUDGET=(--forwards 200); else BUDGET=(--forwards 1000 --eps 1e-2); fi
+    VP=(--task 'bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid' --batch-size 8 "${BUDGET[@]}"
+        --eval-points 5 --autocast bf16 --threads 1 --seeds "${VP_SEEDS:-0}" --peft lora --methods "$METHOD")
+    OMP_NUM_THREADS=1 $PY cli.py bench "${VP[@]}" --lr-grid "$METHOD=${LRS:-3e-4,1e-3}" --out "$R/vp-lora-${TAG:-a}"
     exit 0
 fi
 
