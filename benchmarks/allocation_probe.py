@@ -105,11 +105,11 @@ def candidates(S, F, numels):
 
 def write_tuner(model, s2, path: Path, base_model: str, note: dict) -> None:
     from checkpoints.artifact import Tuner
+    from pertnn.bank import inverse_softplus
     tuner = Tuner.for_model(model, base_model)
-    sigma = s2.clamp_min(1e-12).sqrt()  # softplus(b2 + bias0) = sigma  =>  b2 = log(expm1(sigma)) - bias0
+    sigma = s2.clamp_min(1e-12).sqrt()  # softplus(b2 + bias0) = sigma
     with torch.no_grad():
-        inv = torch.where(sigma > 20, sigma, torch.log(torch.expm1(sigma)))
-        tuner.bank.b2.copy_((inv - tuner.bank.bias0).reshape(-1, 1).to(tuner.bank.b2.dtype))
+        tuner.bank.b2.copy_((inverse_softplus(sigma) - tuner.bank.bias0).reshape(-1, 1).to(tuner.bank.b2.dtype))
     tuner.provenance = {"kind": "static allocation (benchmarks/allocation_probe.py)", **note}
     tuner.save_pretrained(path)
 

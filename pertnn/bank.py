@@ -105,6 +105,14 @@ class BlockMLPs(nn.Module):
         return torch.baddbmm(self.b2.unsqueeze(-1), self.W2, h).reshape(-1)  # [B]
 
 
+def inverse_softplus(x: float | Tensor) -> float | Tensor:
+    """``y`` with ``softplus(y) == x`` for ``x > 0``, as ``x + log(-expm1(-x))``: no overflow for large ``x``,
+    no cancellation for small ``x``. A float is computed with :mod:`math`, a tensor elementwise."""
+    if isinstance(x, Tensor):
+        return x + torch.log(-torch.expm1(-x))
+    return x + math.log(-math.expm1(-x))
+
+
 class PertNNBank(BlockMLPs):
     """B per-block MLPs mapping features [B, F] to positive scales σ [B] (see the module docstring).
 
@@ -122,8 +130,8 @@ class PertNNBank(BlockMLPs):
         super().__init__(numels.numel(), cfg.n_features, cfg.hidden, generator=generator, dtype=dtype, device=device)
         self.cfg = cfg
         self.register_buffer("numels", numels.to(device))
-        # inverse softplus of init_scale: softplus(bias0) == init_scale (up to rounding)
-        self.bias0 = float(cfg.init_scale + math.log(-math.expm1(-cfg.init_scale)))
+        # softplus(bias0) == init_scale (up to rounding)
+        self.bias0 = float(inverse_softplus(cfg.init_scale))
         if cfg.output == "abs":
             self.randomize_output_(generator)
 
