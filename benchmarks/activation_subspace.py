@@ -55,8 +55,7 @@ def main() -> None:
         if isinstance(mod, nn.Linear) and f"{name}.weight" in index:
             def hook(m, inp, out, key=f"{name}.weight"):
                 x = inp[0].detach().float()
-                x = x[:, -1] if args.last_only else x.reshape(-1, x.shape[-1])
-                x = x.reshape(-1, x.shape[-1])
+                x = (x[:, -1] if args.last_only else x).reshape(-1, x.shape[-1])
                 moments[key] = moments.get(key, 0) + x.T @ x
             hooks.append(mod.register_forward_hook(hook))
     examples = list(task.train)
