@@ -39,12 +39,12 @@ def hidden_states(model, scorer, examples, batch=16):
     H, Y, O = [], [], []
     for i in range(0, len(examples), batch):
         part = examples[i:i + batch]
-        rows = [scorer._ids(e.prompt, True)[-scorer.max_length:] for e in part]
+        rows = [scorer.token_ids(e.prompt, True)[-scorer.max_length:] for e in part]
         with torch.no_grad():
-            out = model.model(**scorer._batch(rows, torch.device("cpu")))
+            out = model.model(**scorer.batch_inputs(rows, torch.device("cpu")))
         H.append(out.last_hidden_state[:, -1].float())
         for e in part:
-            ids = [scorer._ids(o, False) for o in e.options]
+            ids = [scorer.token_ids(o, False) for o in e.options]
             if any(len(x) != 1 for x in ids):
                 raise SystemExit("error: this check needs single-token options")
             Y.append(e.label)

@@ -36,7 +36,8 @@ class TaskScorer:
         self._cache: dict[tuple[str, bool], list[int]] = {}
 
     # ---- tokenisation -------------------------------------------------------------------------
-    def _ids(self, text: str, special: bool) -> list[int]:
+    def token_ids(self, text: str, special: bool) -> list[int]:
+        """``text``'s token ids (with the tokenizer's special tokens when ``special``), cached per text."""
         key = (text, special)
         if key not in self._cache:
             self._cache[key] = self.tok(text, add_special_tokens=special)["input_ids"]
@@ -45,11 +46,11 @@ class TaskScorer:
     def _pair(self, prompt: str, continuation: str) -> tuple[list[int], int]:
         """Token ids of prompt + continuation (the prompt cut from the left to fit) and the
         continuation's length in tokens."""
-        cont = self._ids(continuation, False)[: self.max_length - 1] or [self.pad_id]
-        head = self._ids(prompt, True)[-(self.max_length - len(cont)):]
+        cont = self.token_ids(continuation, False)[: self.max_length - 1] or [self.pad_id]
+        head = self.token_ids(prompt, True)[-(self.max_length - len(cont)):]
         return head + cont, len(cont)
 
-    def _batch(self, rows: Sequence[list[int]], device: torch.device, width: int = 0) -> dict[str, torch.Tensor]:
+    def batch_inputs(self, rows: Sequence[list[int]], device: torch.device, width: int = 0) -> dict[str, torch.Tensor]:
         """Left-padded ids, mask and positions, at least ``width`` wide (a data-parallel shard is padded as
         wide as its global batch, so that only the row count differs from the global batch's computation)."""
         width = max(width, max(len(r) for r in rows))
@@ -72,7 +73,7 @@ class TaskScorer:
         if like is not None:
             wide, long = zip(*(self._pair(p, c) for p, c in like))
             k, width = max(k, max(long)), max(len(r) for r in wide)
-        out = model(**self._batch(rows, device, width), logits_to_keep=k + 1)
+        out = model(**self.batch_inputs(rows, device, width), logits_to_keep=k + 1)
         logits = _wide(out.logits[:, :-1])                        # positions predicting the last k tokens
         targets = torch.tensor([r[-k:] if len(r) >= k else [self.pad_id] * (k - len(r)) + r for r in rows],
                                device=device)
@@ -89,12 +90,12 @@ class TaskScorer:
         like = examples if like is None else like
         n_opt = max(len(e.options) for e in like)
         scores = torch.full((len(examples), n_opt), float("-inf"))
-        opt_ids = [[self._ids(o, False) for o in e.options] for e in examples]
-        if all(len(self._ids(o, False)) == 1 for e in like for o in e.options):
+        opt_ids = [[self.token_ids(o, False) for o in e.options] for e in examples]
+        if all(len(self.token_ids(o, False)) == 1 for e in like for o in e.options):
             device = next(model.parameters()).device
-            rows = [self._ids(e.prompt, True)[-self.max_length:] for e in examples]
-            width = max(len(self._ids(e.prompt, True)[-self.max_length:]) for e in like)
-            logits = _wide(model(**self._batch(rows, device, width), logits_to_keep=1).logits[:, -1])
+            rows = [self.token_ids(e.prompt, True)[-self.max_length:] for e in examples]
+            width = max(len(self.token_ids(e.prompt, True)[-self.max_length:]) for e in like)
+            logits = _wide(model(**self.batch_inputs(rows, device, width), logits_to_keep=1).logits[:, -1])
             logp = torch.log_softmax(logits, dim=-1)
             scores = scores.to(logp.device, logp.dtype)
             for i, row in enumerate(opt_ids):
@@ -161,8 +162,8 @@ class TaskScorer:
     def generate(self, model, examples: Sequence[Example]) -> list[str]:
         """Greedy continuations of the prompts, cut at the first newline."""
         device = next(model.parameters()).device
-        rows = [self._ids(e.prompt, True)[-(self.max_length - self.max_new_tokens):] for e in examples]
-        batch = self._batch(rows, device)
+        rows = [self.token_ids(e.prompt, True)[-(self.max_length - self.max_new_tokens):] for e in examples]
+        batch = self.batch_inputs(rows, device)
         batch.pop("position_ids")
         # peft's prefix tuning hands its prefix to the model as past_key_values, which transformers' cached
         # generate drops (it passes its own cache); without the cache the prefix is used (tests/test_peft.py)
