@@ -71,6 +71,10 @@ STAGES=(
     "med mezo 1 a 1e-5,3e-5 0"      "vp tuner 0 tuner-a 3e-4,1e-3 0"
     "med mezo 0 a 3e-4,1e-3 0"      "med tuner 0 tuner-a 3e-4,1e-3 0"
     "med fo 0 fo-a 3e-4,1e-3 0"
+    "vp tuner 0 tuner-s1 3e-4 1"    "vp tuner 0 tuner-s2 3e-4 2"
+    "med mezo 1 s1 1e-5 1"          "med mezo 1 s2 1e-5 2"
+    "med mezo 0 s1 3e-4 1"          "med mezo 0 s2 3e-4 2"
+    "med tuner 0 tuner-s1 3e-4 1"   "med tuner 0 tuner-s2 3e-4 2"
 )
 # (the full-model MeZO runs on valid_parentheses are reports/baselines-smollm2's: its vp/merged bench)
 
@@ -78,6 +82,10 @@ STAGES=(
 MERGES=(
     "vp-lora: vp-lora-a vp-lora-b vp-lora-c vp-lora-s1 vp-lora-s2"
     "vp-lora-fo: vp-lora-fo-a vp-lora-fo-b vp-lora-fo-c vp-lora-fo-s1 vp-lora-fo-s2"
+    "vp-lora-tuner: vp-lora-tuner-a vp-lora-tuner-s1 vp-lora-tuner-s2"
+    "med-lora: med-lora-a med-lora-s1 med-lora-s2"
+    "med-lora-tuner: med-lora-tuner-a med-lora-tuner-s1 med-lora-tuner-s2"
+    "med-full: med-full-a med-full-s1 med-full-s2"
 )
 merge() {
     for m in "${MERGES[@]}"; do
