@@ -59,10 +59,8 @@ def paired(values: dict, ref: dict, fmt: str) -> str:
 
 def task_table(root: Path, task: str, arms: list[list[str]]) -> list[str]:
     loaded = [(label, *arm_runs(root / folder, method)) for label, folder, method in arms]
-    (_, head, _, ref), seen = loaded[0], set()
-    for label, report, _, _ in loaded:
-        key = (report["task"], json.dumps(report["split"], sort_keys=True))
-        seen.add(key)
+    _, head, _, ref = loaded[0]
+    seen = {(report["task"], json.dumps(report["split"], sort_keys=True)) for _, report, _, _ in loaded}
     if len(seen) > 1:
         raise SystemExit(f"{task}: the arms ran different tasks or splits: {sorted(seen)}")
     ref_acc = {s: r["eval"]["after"] for s, r in ref.items()}
@@ -74,7 +72,7 @@ def task_table(root: Path, task: str, arms: list[list[str]]) -> list[str]:
              f"| arm (lr) | forwards | accuracy before | accuracy after, per seed | mean ± std | Δ vs {arms[0][0]} "
              "[95% CI] | test loss after | Δ test loss [95% CI] | forwards to the reference's final test loss | "
              "s / forward |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, report, row, runs in loaded:
+    for i, (label, report, row, runs) in enumerate(loaded):
         seeds = sorted(runs)
         acc = {s: runs[s]["eval"]["after"] for s in seeds}
         loss = {s: final(runs[s], "test_loss") for s in seeds}
@@ -82,7 +80,7 @@ def task_table(root: Path, task: str, arms: list[list[str]]) -> list[str]:
         hits = [f for f in reached if f is not None]
         to_target = ("-" if not reached else f"not reached (0/{len(reached)})" if not hits
                      else f"{statistics.fmean(hits):.0f} ({len(hits)}/{len(reached)})")
-        first = label == arms[0][0]
+        first = i == 0
         lines.append(
             f"| {label} ({row['lr']:g}) | {row['forwards']} | {row['eval_before']:.3f} | "
             f"{', '.join(f'{acc[s]:.3f}' for s in seeds)} | {pm(list(acc.values()), '.3f')} | "
