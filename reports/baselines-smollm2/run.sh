@@ -123,3 +123,9 @@ if [[ $stage == merge-fo || $stage == all ]]; then
   python cli.py bench-merge $R/vp/fo $R/vp/fo-1 $R/vp/fo-2 $( [[ -f $R/vp/fo-grid/bench.json ]] && echo $R/vp/fo-grid ) \
     --out $R/vp/fo-merged
 fi
+# The second held-out task, medicine sentiment, ran on one GPU (an H200) with gpu_queue.py: one bench per
+# (method, lr, seed), in two calls (README.md, "medicine"). Its merge:
+if [[ $stage == merge-med || $stage == all ]]; then
+  rm -rf $R/gpu/med-merged
+  python cli.py bench-merge $R/gpu/med/* --out $R/gpu/med-merged
+fi

@@ -75,6 +75,7 @@ STAGES=(
     "med mezo 1 s1 1e-5 1"          "med mezo 1 s2 1e-5 2"
     "med mezo 0 s1 3e-4 1"          "med mezo 0 s2 3e-4 2"
     "med tuner 0 tuner-s1 3e-4 1"   "med tuner 0 tuner-s2 3e-4 2"
+    "med fo 0 fo-s1 3e-4 1"         "med fo 0 fo-s2 3e-4 2"
 )
 # (the full-model MeZO runs on valid_parentheses are reports/baselines-smollm2's: its vp/merged bench)
 
@@ -86,6 +87,7 @@ MERGES=(
     "med-lora: med-lora-a med-lora-s1 med-lora-s2"
     "med-lora-tuner: med-lora-tuner-a med-lora-tuner-s1 med-lora-tuner-s2"
     "med-full: med-full-a med-full-s1 med-full-s2"
+    "med-lora-fo: med-lora-fo-a med-lora-fo-s1 med-lora-fo-s2"
 )
 merge() {
     for m in "${MERGES[@]}"; do
