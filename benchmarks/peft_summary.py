@@ -26,11 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.bench import forwards_to_target, paired_bootstrap  # noqa: E402
-
-
-def final(run: dict, key: str):
-    return (run.get("curve") or [{}])[-1].get(key)
+from finetune.bench import final_value, forwards_to_target, paired_bootstrap  # noqa: E402
 
 
 def arm_runs(folder: Path, method: str) -> tuple[dict, dict, dict]:
@@ -64,7 +60,7 @@ def task_table(root: Path, task: str, arms: list[list[str]]) -> list[str]:
     if len(seen) > 1:
         raise SystemExit(f"{task}: the arms ran different tasks or splits: {sorted(seen)}")
     ref_acc = {s: r["eval"]["after"] for s, r in ref.items()}
-    ref_loss = {s: final(r, "test_loss") for s, r in ref.items()}
+    ref_loss = {s: final_value(r, "test_loss") for s, r in ref.items()}
     cal = head.get("calibration", {}).get("test", {}).get("after", {})
     lines = [f"## {task}", "", f"`{head['task']}`, split {head['split']}. Calibration reference (label prior "
              f"fitted on train): accuracy {cal.get('accuracy', float('nan')):.3f}, test loss "
@@ -75,7 +71,7 @@ def task_table(root: Path, task: str, arms: list[list[str]]) -> list[str]:
     for i, (label, report, row, runs) in enumerate(loaded):
         seeds = sorted(runs)
         acc = {s: runs[s]["eval"]["after"] for s in seeds}
-        loss = {s: final(runs[s], "test_loss") for s in seeds}
+        loss = {s: final_value(runs[s], "test_loss") for s in seeds}
         reached = [forwards_to_target(runs[s], ref_loss[s]) for s in seeds if s in ref_loss]
         hits = [f for f in reached if f is not None]
         to_target = ("-" if not reached else f"not reached (0/{len(reached)})" if not hits

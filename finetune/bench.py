@@ -134,7 +134,8 @@ def forwards_to_target(run: dict, target: float) -> int | None:
     return None
 
 
-def _final(run: dict, key: str) -> float | None:
+def final_value(run: dict, key: str) -> float | None:
+    """A run's value of ``key`` (``test_loss``, ``dev_loss``, ``test``, ...) at its last evaluation point."""
     curve = run.get("curve") or [{}]
     return curve[-1].get(key)
 
@@ -162,7 +163,7 @@ def summarise(runs: list[dict], select: str = "train", calibration: dict | None 
                "eval_before": rs[0]["eval"]["before"], "eval_after": statistics.fmean(after),
                "eval_after_std": std(after)}
         for key, name in (("dev_loss", "dev_loss"), ("test_loss", "test_loss")):
-            values = [_final(r, key) for r in rs]
+            values = [final_value(r, key) for r in rs]
             if all(v is not None for v in values) and values:
                 row[name], row[name + "_std"] = statistics.fmean(values), std(values)
         if all(r.get("seconds") is not None and r.get("forwards") for r in rs):
@@ -197,7 +198,7 @@ def _select(method: str, groups: list[list[dict]], select: str) -> tuple[float, 
         raise ZotuneError(f"cannot select {method}'s lr: its learning rates share no seed")
 
     def score(g: list[dict]) -> float:
-        values = [final_loss(r) if select == "train" else _final(r, "dev_loss") for r in g
+        values = [final_loss(r) if select == "train" else final_value(r, "dev_loss") for r in g
                   if r.get("seed", 0) in seeds]
         if any(v is None for v in values):
             raise ZotuneError(f"cannot select on {select}: a {method} run has no final {select} loss")
@@ -224,7 +225,7 @@ def compare(runs: list[dict], rows: list[dict], resamples: int = 10000, seed: in
         entry = {"method": method, "lr": row["lr"], "seeds": seeds,
                  "metric_diff": statistics.fmean(d_metric) if seeds else None,
                  "metric_diff_ci": paired_bootstrap(d_metric, resamples, seed)}
-        losses = [(_final(mine[s], "test_loss"), _final(ref[s], "test_loss")) for s in seeds]
+        losses = [(final_value(mine[s], "test_loss"), final_value(ref[s], "test_loss")) for s in seeds]
         if seeds and all(a is not None and b is not None for a, b in losses):
             d_loss = [a - b for a, b in losses]
             entry.update(loss_diff=statistics.fmean(d_loss), loss_diff_ci=paired_bootstrap(d_loss, resamples, seed))
