@@ -76,17 +76,24 @@ STAGES=(
     "med mezo 0 s1 3e-4 1"          "med mezo 0 s2 3e-4 2"
     "med tuner 0 tuner-s1 3e-4 1"   "med tuner 0 tuner-s2 3e-4 2"
     "med fo 0 fo-s1 3e-4 1"         "med fo 0 fo-s2 3e-4 2"
+    "med tuner 0 tuner-b 1e-4 0"    "vp tuner 0 tuner-b 1e-4 0"
+    "med mezo 1 b 3e-6 0"           "med mezo 0 b 1e-4 0"           "med mezo 0 c 5e-4 0"
+    "med mezo 0 s1-5e-4 5e-4 1"     "med mezo 0 s2-5e-4 5e-4 2"     "med tuner 0 tuner-c 5e-4 0"
 )
+# (the last five bracket the seed-0 grids that had selected an end: the tuner's 3e-4 on both tasks, the full
+# model's 1e-5 and LoRA's 3e-4 on medicine; 5e-4 asks whether the LoRA tuner's seed-0 lead on medicine is an
+# lr between MeZO's 3e-4 and 1e-3). 5e-4 had the lowest dev loss of MeZO on LoRA's grid on seed 0, so it
+# got seeds 1 and 2; the tuner then got 5e-4 on seed 0 as well, so that both arms have the same grid there.
 # (the full-model MeZO runs on valid_parentheses are reports/baselines-smollm2's: its vp/merged bench)
 
 # 3. Merge each arm's stages into one bench per arm (the folders arms.json names), then the summary table.
 MERGES=(
     "vp-lora: vp-lora-a vp-lora-b vp-lora-c vp-lora-s1 vp-lora-s2"
     "vp-lora-fo: vp-lora-fo-a vp-lora-fo-b vp-lora-fo-c vp-lora-fo-s1 vp-lora-fo-s2"
-    "vp-lora-tuner: vp-lora-tuner-a vp-lora-tuner-s1 vp-lora-tuner-s2"
-    "med-lora: med-lora-a med-lora-s1 med-lora-s2"
-    "med-lora-tuner: med-lora-tuner-a med-lora-tuner-s1 med-lora-tuner-s2"
-    "med-full: med-full-a med-full-s1 med-full-s2"
+    "vp-lora-tuner: vp-lora-tuner-a vp-lora-tuner-b vp-lora-tuner-s1 vp-lora-tuner-s2"
+    "med-lora: med-lora-a med-lora-b med-lora-c med-lora-s1 med-lora-s2 med-lora-s1-5e-4 med-lora-s2-5e-4"
+    "med-lora-tuner: med-lora-tuner-a med-lora-tuner-b med-lora-tuner-c med-lora-tuner-s1 med-lora-tuner-s2"
+    "med-full: med-full-a med-full-b med-full-s1 med-full-s2"
     "med-lora-fo: med-lora-fo-a med-lora-fo-s1 med-lora-fo-s2"
 )
 merge() {
