@@ -4,12 +4,12 @@ Each job is a one-run bench in OUT/<task>/<method>-<lr>-s<seed>; `cli.py bench-m
 (run.sh merge-med). Jobs start in the order task, seed, method, lr, so a deadline that stops the queue early
 leaves whole seeds of the first methods rather than scattered runs. With --deadline, no job starts once the
 jobs already finished say it would not end in time (their third quartile, plus 10%), and jobs still running at
-the deadline are killed and listed. Rerunning with the same OUT skips the finished jobs and resumes the killed
-ones. OUT/queue.json records every job's exit status and seconds.
+the deadline are killed and listed. Rerunning with the same OUT skips the finished jobs and reruns the killed
+ones (through `bench --resume`; jobs keep no snapshots, so a killed run starts again from its first step). OUT/queue.json records every job's exit status and seconds.
 
     python cli.py fetch   # the embedded model and data, once
     python reports/baselines-smollm2/gpu_queue.py --tasks med --seeds 0,1,2 --workers 14 \\
-        --out reports/baselines-smollm2/med/gpu
+        --out reports/baselines-smollm2/gpu
 
 Several processes share the GPU by time-slicing, so a job's seconds per forward pass here are not a speed
 measurement (benchmarks/speed_memory.py is).
