@@ -5,7 +5,8 @@ Each job is a one-run bench in OUT/<task>/<method>-<lr>-s<seed>; `cli.py bench-m
 leaves whole seeds of the first methods rather than scattered runs. With --deadline, no job starts once the
 jobs already finished say it would not end in time (their third quartile, plus 10%), and jobs still running at
 the deadline are killed and listed. Rerunning with the same OUT skips the finished jobs and reruns the killed
-ones (through `bench --resume`; jobs keep no snapshots, so a killed run starts again from its first step). OUT/queue.json records every job's exit status and seconds.
+ones (through `bench --resume`; jobs keep no snapshots, so a killed run starts again from its first step).
+OUT/queue.json records every job's exit status and seconds.
 
     python cli.py fetch   # the embedded model and data, once
     python reports/baselines-smollm2/gpu_queue.py --tasks med --seeds 0,1,2 --workers 14 \\
