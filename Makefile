@@ -23,7 +23,8 @@ fetch: setup
 # The main job: meta-train a tuner for the embedded SmolLM2-135M on the meta-training half of the task set
 # (reports/task-search-smollm2), then fine-tune on a held-out task of that set (valid_parentheses, its labels
 # renamed to one-token words) with MeZO and with the tuner, at the same lr, seed and forward-pass budget,
-# every forward pass in bf16 (--autocast), and compare the two runs. About 9–11 minutes on our 2 cores (11 min 16 s on 2026-12-04).
+# every forward pass in bf16 (--autocast), and compare the two runs. About 9–11 minutes on our 2 cores
+# (11 min 16 s on 2026-12-04).
 META_TASKS := bigbench:multiemo/hotels_sentence_en:ambivalent=mixed,bigbench:hyperbaton,bigbench:winowhy
 DEMO_TASK  := bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid
 DEMO_RUN   := --task $(DEMO_TASK) --lr 3e-5 --batch-size 8 --steps 400 --autocast bf16 --no-save-model
