@@ -80,10 +80,11 @@ STAGES=(
     "med mezo 1 b 3e-6 0"           "med mezo 0 b 1e-4 0"           "med mezo 0 c 5e-4 0"
     "med mezo 0 s1-5e-4 5e-4 1"     "med mezo 0 s2-5e-4 5e-4 2"     "med tuner 0 tuner-c 5e-4 0"
 )
-# (the last five bracket the seed-0 grids that had selected an end: the tuner's 3e-4 on both tasks, the full
-# model's 1e-5 and LoRA's 3e-4 on medicine; 5e-4 asks whether the LoRA tuner's seed-0 lead on medicine is an
-# lr between MeZO's 3e-4 and 1e-3). 5e-4 had the lowest dev loss of MeZO on LoRA's grid on seed 0, so it
-# got seeds 1 and 2; the tuner then got 5e-4 on seed 0 as well, so that both arms have the same grid there.
+# (The stages tagged tuner-b, b and c bracket the seed-0 grids that had selected an end: the tuner's 3e-4 on both
+# tasks, the full model's 1e-5 and LoRA's 3e-4 on medicine; c, at 5e-4, also asks whether the LoRA tuner's
+# seed-0 lead on medicine is an lr between MeZO's 3e-4 and 1e-3. 5e-4 had the lowest dev loss of MeZO on LoRA's
+# grid on seed 0, so it got seeds 1 and 2 (s1-5e-4, s2-5e-4); tuner-c gave the tuner 5e-4 on seed 0 as well,
+# so that both arms have the same grid there.)
 # (the full-model MeZO runs on valid_parentheses are reports/baselines-smollm2's: its vp/merged bench)
 
 # 3. Merge each arm's stages into one bench per arm (the folders arms.json names), then the summary table.
