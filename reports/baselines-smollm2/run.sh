@@ -86,6 +86,12 @@ fi
 if [[ $stage == bracket-i || $stage == all ]]; then
   bench "${COMMON[@]}" --seeds 0 --methods zo-adam --lr-grid 'zo-adam=3e-3' --out $R/vp/bracket-i
 fi
+# bracket-h selected lozo's 1e-5 (0.725 on seed 0): seeds 1 and 2 there, one bench each (side by side).
+for seed in 1 2; do
+  if [[ $stage == confirm-j$seed || $stage == all ]]; then
+    bench "${COMMON[@]}" --seeds $seed --methods lozo --lr-grid 'lozo=1e-5' --out $R/vp/confirm-j$seed
+  fi
+done
 if [[ $stage == fo || $stage == all ]]; then  # fo: one forward and one backward pass per step; 200 of each
   bench --task "$TASK" --batch-size 8 --forwards 200 --eval-points 5 --autocast bf16 --threads 1 --seeds 0 \
     --methods fo --lr-grid 'fo=5e-5' --out $R/vp/fo
@@ -121,7 +127,7 @@ fi
 if [[ $stage == merge || $stage == all ]]; then
   rm -rf $R/vp/merged  # bench-merge never overwrites: the merge is made again from every finished stage
   parts=(); for s in screen-a screen-b screen-c screen-d bracket-a bracket-b bracket-c bracket-d bracket-e bracket-f bracket-g \
-                     bracket-h bracket-i \
+                     bracket-h bracket-i confirm-j1 confirm-j2 \
                      confirm-b confirm-c confirm-d confirm-e confirm-f confirm-g confirm-h confirm-i; do
     if [[ -f $R/vp/$s/bench.json ]]; then parts+=($R/vp/$s); else echo "merge: $s has not run; left out" >&2; fi
   done
