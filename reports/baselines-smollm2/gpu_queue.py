@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from finetune.trainer import work_dir  # noqa: E402  (where bench keeps an unfinished --out)
+
 TASKS = {"med": "bigbench:multiemo/medicine_sentence_en:ambivalent=mixed",
          "fever": "bigbench:fact_checker/fever",
          "vp": "bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid"}
@@ -53,7 +56,7 @@ def jobs(tasks: list[str], seeds: list[int], methods: list[str], out: Path,
                     name = f"{task}/{m}-{lr}-s{seed}"
                     if (out / name / "bench.json").is_file():
                         continue  # finished earlier
-                    if (out / task / f".{m}-{lr}-s{seed}.partial").is_dir():
+                    if work_dir(out / name).is_dir():
                         args.append("--resume")  # killed earlier: bench continues it
                     todo.append((name, args))
     return todo
