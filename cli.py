@@ -116,6 +116,10 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--q", type=int, default=None, help="SPSA directions averaged per step: mezo, nspsa, zo-adam, tuner (default: the method's)")
     g.add_argument("--schedule", default=d.schedule, choices=["constant", "linear", "cosine"])
     g.add_argument("--weight-decay", action=_Finite, default=d.weight_decay)
+    g.add_argument("--head-lr", action=_Finite, default=d.head_lr,
+                   help="ZO methods, multiple choice with one-token options: also step the output head's option rows "
+                   "along their exact gradient, read off the forward passes, with Adam at this lr (default 0 = off; "
+                   "docs/methods.md, 'The head step')")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],

@@ -20,6 +20,7 @@ from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig
                                   sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.adapters import AdapterSpec, apply_peft, load_snapshot_weights, save_trained, snapshot_weights
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
+from finetune.head import HeadStep, option_token_ids
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
 from finetune.data.scoring import TaskScorer
 from finetune.data.batches import batches
@@ -64,6 +65,7 @@ class FinetuneConfig(RunConfig):
     q: int | None = None               # directions per step; None = the method's default
     schedule: str = "constant"
     weight_decay: float = 0.0
+    head_lr: float = 0.0               # ZO methods: Adam lr of the head step's option rows (0 = off; finetune/head.py)
     eval_every: int = 0                # evaluate on the dev split every N steps (0 = never)
     n_dev: int = 100
     n_test: int = 200
@@ -122,6 +124,13 @@ class FinetuneConfig(RunConfig):
         check_number("--eval-every", self.eval_every, low=0, integer=True)
         check_number("--lr", self.lr, low=0)
         check_number("--weight-decay", self.weight_decay, low=0)
+        check_number("--head-lr", self.head_lr, low=0)
+        if self.head_lr > 0 and self.method == FO:
+            raise ZotuneError("--head-lr is for ZO methods; --method fo trains the head by backpropagation already: "
+                              "drop --head-lr")
+        if self.head_lr > 0 and self.peft is not None:
+            raise ZotuneError(f"--head-lr steps the output head, which --peft {self.peft} keeps frozen; "
+                              "drop one of the two")
         if self.q is not None:
             check_number("--q", self.q, low=1, integer=True)
         if self.autocast not in (None, "bf16"):
@@ -233,16 +242,17 @@ def progress_bar(enabled: bool = True) -> Progress:
 
 
 def snapshot_state(step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult, inputs: dict,
-                   shards: int = 1) -> dict:
+                   shards: int = 1, head: HeadStep | None = None) -> dict:
     """What a fine-tune snapshot holds: the model weights, the optimizer (with its seed stream), the
     schedule, the results so far, the config, the input fingerprints and into how many shards each batch
     was split (data parallelism, :func:`_shards`)."""
     return {"step": step, "config": asdict(cfg), "inputs": inputs, "model": snapshot_weights(model),
             "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "result": asdict(result),
-            "shards": shards}
+            "shards": shards, **({"head": head.state_dict()} if head is not None else {})}
 
 
-def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: dict) -> tuple[int, RunResult]:
+def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: dict,
+            head: HeadStep | None = None) -> tuple[int, RunResult]:
     """Load ``snapshot`` into ``model``, ``opt`` and ``sched`` after checking it was made by the same run
     (options and inputs); return its step and results."""
     state = snapshot.load()
@@ -257,6 +267,8 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
         load_snapshot_weights(model, state["model"])  # with an adapter, the snapshot holds its tensors only
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
+        if head is not None:
+            head.load_state_dict(state["head"])
         result = RunResult(**state["result"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ZotuneError(f"the snapshot {snapshot.path} does not fit this run ({type(e).__name__}); "
@@ -337,6 +349,8 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp) -> None:
     """Refuse, in one line, a data-parallel setting that cannot run; set up directions mode."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
+    if cfg.head_lr > 0:  # each rank would see only its shard's (batch mode) or directions' passes
+        raise ZotuneError("--head-lr does not run data-parallel yet; run it without torchrun")
     if dp.mode == "batch":
         dp.bounds(cfg.batch_size)
         return
@@ -389,6 +403,10 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
     inputs = inputs or {}
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
+    head = None
+    if cfg.head_lr > 0:
+        option_token_ids(scorer, task.train)  # a task the head step cannot serve fails here, before any pass
+        head = HeadStep(model, scorer, cfg.head_lr)
     if dp is not None:
         check_parallel(cfg, opt, dp)
     guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
@@ -397,7 +415,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
         log.header(model, model_id(cfg.model), opt, asdict(cfg))
     if resuming:
         _check_shards(snapshot, dp)
-        done, result = restore(snapshot, cfg, model, opt, sched, inputs)
+        done, result = restore(snapshot, cfg, model, opt, sched, inputs, head)
     else:
         before = scorer.assess(model, task.test, cfg.batch_size)
         done, result = 0, RunResult(eval_before=before["metric"], loss_before=before["loss"])
@@ -420,13 +438,16 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
             batch = next(data)
             tick = time.perf_counter()
             try:
-                loss = opt.step(step_closure(model, scorer, batch, dp))
+                with head.watching(batch) if head is not None else nullcontext():
+                    loss = opt.step(step_closure(model, scorer, batch, dp))
             except RuntimeError as e:
                 if "overflow" not in str(e):
                     raise
                 raise Diverged(f"the update overflowed {cfg.dtype} at step {step}; {hint}") from None
             if not math.isfinite(loss):
                 raise Diverged(f"the training loss became {loss} at step {step}; {hint}")
+            if head is not None:
+                head.step()
             if log is not None:
                 log.record(step, opt)
             sched.step()
@@ -444,7 +465,8 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
             if dp is not None and dp.due(step):
                 dp.check(opt.engine.blocks, f"after step {step}")
             if due and (dp is None or dp.main):
-                snapshot.save(snapshot_state(step, cfg, model, opt, sched, result, inputs, shards=_shards(dp)))
+                snapshot.save(snapshot_state(step, cfg, model, opt, sched, result, inputs, shards=_shards(dp),
+                                             head=head))
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
     guard.check(cfg.steps, hint, force=True)  # never hand back non-finite weights (also after a resume at the end)
     result.forwards, result.backwards = pass_counts(opt)
@@ -582,6 +604,9 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     if save_log and cfg.method == FO:
         raise ZotuneError("--save-log does not support --method fo (a backpropagated update is not a list of "
                           "seeds and coefficients); drop --save-log")
+    if save_log and cfg.head_lr > 0:
+        raise ZotuneError("--save-log does not support --head-lr (the head step's update is not a list of seeds and "
+                          "coefficients); drop one of the two")
     if dp is not None and cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
     writer = dp is None or dp.main

@@ -1,0 +1,134 @@
+"""The head step: the output head's option rows stepped along their exact gradient, read off the ZO forward passes.
+
+For a multiple-choice task whose options are one token each, the loss reads the output head only through the
+option tokens' logits ``h_i . w_t`` (``h_i`` the head's input at the position that predicts the option, ``w_t``
+the head's row of option token ``t``): the option cross-entropy (:meth:`TaskScorer.option_scores`; the
+log-softmax normaliser cancels in it) is a softmax regression on ``h``. Its gradient in those rows is therefore,
+in closed form,
+
+    dL/dw_t = (1/B) sum_i (softmax(logits_i[options_i]) - onehot(label_i))_t h_i,
+
+which needs ``h`` and the logits at one position per example: what every forward pass computes anyway. No
+backward pass runs and no activation is kept, so memory stays at inference level, and no forward pass is added.
+
+:class:`HeadStep` watches the forward passes of one ZO step (a hook on the head), averages their gradients
+(MeZO's two passes at ``theta +- eps z`` give the gradient at ``theta`` up to O(eps^2)), and then moves the rows
+with Adam (their own learning rate, ``--head-lr``). The rest of the model is left to the ZO method. With a tied
+head (SmolLM2, Llama 3.2) the rows are also input embeddings: that part of their gradient is not in the formula
+and stays with the ZO method. A large first-order step on a few thousand numbers that the ZO estimate can only
+reach through one noisy scalar a step is what the head step adds (reports/tuner-v2-smollm2).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from finetune.common.errors import ZotuneError
+from finetune.data.tasks import Example
+
+
+def option_token_ids(scorer, examples: Sequence[Example]) -> list[list[int]]:
+    """Each example's option token ids, or a one-line error if the task is not multiple choice with one-token
+    options (the only case the closed form covers)."""
+    if not examples or examples[0].is_generation:
+        raise ZotuneError("--head-lr needs a multiple-choice task (the head step has no closed form for generation); "
+                          "drop --head-lr")
+    ids = []
+    for ex in examples:
+        tokens = [scorer.token_ids(o, False) for o in ex.options]
+        long = [(o.strip(), len(t)) for o, t in zip(ex.options, tokens) if len(t) != 1]
+        if long:
+            raise ZotuneError(f"--head-lr needs options of one token each; {long[0][0]!r} is {long[0][1]} tokens: "
+                              "rename the options (bigbench:<task>:OLD=NEW, --label-words) or drop --head-lr")
+        ids.append([t[0] for t in tokens])
+    return ids
+
+
+def head_gradient(h: torch.Tensor, logits: torch.Tensor, options: Sequence[Sequence[int]],
+                  labels: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The gradient of the mean option cross-entropy in the head rows of the option tokens, in float32:
+    ``h`` ``[B, d]`` (the head's input), ``logits`` ``[B, V]`` (its output) at the scoring position."""
+    h, logits = h.float(), logits.float()
+    grad: dict[int, torch.Tensor] = {}
+    n = len(labels)
+    for i, (ids, label) in enumerate(zip(options, labels)):
+        delta = torch.softmax(logits[i, ids], dim=0)
+        delta[label] -= 1
+        for t, d in zip(ids, delta.tolist()):
+            term = h[i] * (d / n)
+            grad[t] = grad[t] + term if t in grad else term
+    return grad
+
+
+class HeadStep:
+    """Adam on the option rows of the output head, along :func:`head_gradient` of the passes it watched.
+
+    ``with head.watching(batch): opt.step(closure)`` records the gradient of every forward pass of the step;
+    :meth:`step` then applies one Adam step (betas 0.9, 0.999; eps 1e-8; bias-corrected) to each row that had a
+    gradient. The state (one step count, two moments per row) travels in :meth:`state_dict`.
+    """
+
+    def __init__(self, model: nn.Module, scorer, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.head = model.get_output_embeddings()
+        if not isinstance(self.head, nn.Linear) or not self.head.weight.requires_grad:
+            raise ZotuneError("--head-lr needs the model's output head to be a trainable linear layer "
+                              "(it is frozen under --peft); drop --head-lr")
+        self.scorer, self.lr, self.betas, self.eps = scorer, lr, betas, eps
+        self.steps = 0
+        self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sum: dict[int, torch.Tensor] = {}
+        self._passes = 0
+
+    @contextmanager
+    def watching(self, batch: Sequence[Example]) -> Iterator[None]:
+        """Record the head gradient of every forward pass on ``batch`` made inside the context."""
+        options = option_token_ids(self.scorer, batch)
+        labels = [ex.label for ex in batch]
+
+        def hook(module, inputs, output):
+            if output.shape[0] != len(labels):
+                raise RuntimeError(f"the head step watched a pass of {output.shape[0]} rows on a batch of "
+                                   f"{len(labels)}: it serves only passes over the whole batch, in order")
+            for t, g in head_gradient(inputs[0][:, -1], output[:, -1], options, labels).items():
+                self._sum[t] = self._sum[t] + g if t in self._sum else g
+            self._passes += 1
+
+        handle = self.head.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def gradient(self) -> dict[int, torch.Tensor]:
+        """The mean gradient over the passes watched since the last :meth:`step`."""
+        return {t: g / self._passes for t, g in self._sum.items()}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step of the rows along :meth:`gradient` (nothing if no pass was watched), then forget it."""
+        grad, self._sum, self._passes = self.gradient() if self._passes else {}, {}, 0
+        if not grad:
+            return
+        self.steps += 1
+        b1, b2 = self.betas
+        weight = self.head.weight
+        for t, g in sorted(grad.items()):
+            m, v = self.moments.get(t, (torch.zeros_like(g), torch.zeros_like(g)))
+            m = m * b1 + g * (1 - b1)
+            v = v * b2 + g * g * (1 - b2)
+            self.moments[t] = (m, v)
+            update = (m / (1 - b1 ** self.steps)) / ((v / (1 - b2 ** self.steps)).sqrt() + self.eps)
+            weight[t] -= (self.lr * update).to(weight.dtype)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "tokens": sorted(self.moments),
+                "m": [self.moments[t][0] for t in sorted(self.moments)],
+                "v": [self.moments[t][1] for t in sorted(self.moments)]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        self.moments = {t: (m, v) for t, m, v in zip(state["tokens"], state["m"], state["v"])}

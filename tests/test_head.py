@@ -1,0 +1,184 @@
+"""The head step (finetune/head.py): its closed-form gradient against autograd, its update against
+torch.optim.Adam, its wiring into a ZO run against an independent computation, resume, and its refusals."""
+import json
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cli
+from finetune.data.batches import batches
+from finetune.data.models import load_model
+from finetune.data.scoring import TaskScorer
+from finetune.data.tasks import Example, Task
+from finetune.trainer import FinetuneConfig, train
+from finetune.head import HeadStep, head_gradient
+from reference import kill_at_call
+
+WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock"]
+
+
+def one_token_examples(n, seed=0):
+    """Multiple choice with one-byte options 'Y'/'N' (one token each for the tiny models' byte tokenizer), which
+    never occur in the prompts: the tied rows of Y and N then act as the output head only."""
+    rng = random.Random(seed)
+    return [Example(" ".join(rng.choice(WORDS) for _ in range(3)) + ":", ("Y", "N"), int(rng.random() < 0.3))
+            for _ in range(n)]
+
+
+def _tiny():
+    model, tok = load_model("tiny-llama")
+    return model, TaskScorer(tok)
+
+
+def _ids(scorer):
+    return [scorer.token_ids(o, False)[0] for o in ("Y", "N")]
+
+
+def test_head_gradient_equals_autograd_in_the_option_rows():
+    model, scorer = _tiny()
+    batch = one_token_examples(6)
+    ids = _ids(scorer)
+    assert all(len(scorer.token_ids(o, False)) == 1 for o in ("Y", "N"))
+    step = HeadStep(model, scorer, lr=1e-3)
+    with torch.no_grad(), step.watching(batch):
+        scorer.loss(model, batch)
+        scorer.loss(model, batch)  # a second pass: the mean over passes is the same gradient, not twice it
+    ours = step.gradient()
+    model.zero_grad()
+    scorer.loss(model, batch).backward()
+    ref = model.get_output_embeddings().weight.grad
+    assert sorted(ours) == sorted(ids)
+    for t in ids:
+        assert torch.allclose(ours[t], ref[t], rtol=1e-5, atol=1e-7), t
+        assert ref[t].abs().sum() > 0
+
+
+def test_head_step_is_adam_on_the_rows():
+    """Three steps with the gradients it recorded equal torch.optim.Adam (same betas and eps) on the rows."""
+    model, scorer = _tiny()
+    ids = _ids(scorer)
+    weight = model.get_output_embeddings().weight
+    ref = torch.nn.Parameter(weight.detach()[ids].clone())
+    adam = torch.optim.Adam([ref], lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+    step = HeadStep(model, scorer, lr=1e-2)
+    for k in range(3):
+        batch = one_token_examples(4, seed=k)
+        with torch.no_grad(), step.watching(batch):
+            scorer.loss(model, batch)
+            scorer.loss(model, batch)  # a second pass: the step uses the mean of the two
+        g = step.gradient()
+        ref.grad = torch.stack([g[t] for t in ids])
+        adam.step()
+        step.step()
+        assert torch.allclose(weight.detach()[ids], ref.detach(), rtol=1e-6, atol=1e-8), k
+    assert step.gradient() == {}  # forgotten after the step
+
+
+def test_a_zo_run_with_the_head_step_matches_an_independent_computation():
+    """Step 1 of MeZO with the head step: the option rows end where MeZO alone puts them plus one Adam step
+    (first step: lr * g / (|g| + eps)) along the mean over its two perturbed passes of the option rows'
+    gradient, computed here by autograd through the option cross-entropy from each pass's head input and
+    option logits (the rows were perturbed in those passes, so the logits are read, not recomputed)."""
+    examples = one_token_examples(24)
+    task = Task("yn", "mc", examples[:16], [], examples[16:19])  # no dev split; test passes have 3 rows
+    base = dict(model="tiny-llama", method="mezo", steps=1, lr=1e-3, eps=1e-2, batch_size=4, seed=3)
+    plain, scorer = _tiny()
+    train(FinetuneConfig(**base), plain, scorer, task, progress=False)
+    model, scorer = _tiny()
+    head = model.get_output_embeddings()
+    seen = []
+    head.register_forward_hook(lambda m, i, o: seen.append((i[0][:, -1].float().clone(),
+                                                            o[:, -1].float().clone())))
+    train(FinetuneConfig(**base, head_lr=0.05), model, scorer, task, progress=False)
+    batch_passes = [(h.clone(), z.clone()) for h, z in seen if len(h) == 4]  # the step's two passes (the evaluations have 3 rows)
+    assert len(batch_passes) == 2
+    batch = next(batches(task.train, 4, 3))
+    ids = _ids(scorer)
+    labels = torch.tensor([e.label for e in batch])
+    w0 = plain.get_output_embeddings().weight.detach()[ids]  # MeZO's rows after the step (the head step adds on)
+    grads = []
+    for h, logits in batch_passes:
+        z = logits[:, ids].clone().requires_grad_()
+        F.cross_entropy(z, labels).backward()
+        grads.append(z.grad.T @ h)
+    g = (grads[0] + grads[1]) / 2
+    expected = w0 - 0.05 * g / (g.abs() + 1e-8)
+    got = head.weight.detach()[ids]
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    others = [i for i in range(head.weight.shape[0]) if i not in ids]
+    assert torch.equal(head.weight.detach()[others], plain.get_output_embeddings().weight.detach()[others])
+
+
+def _jsonl(tmp_path, examples):
+    path = tmp_path / "yn.jsonl"
+    path.write_text("".join(json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label}) + "\n"
+                            for e in examples))
+    return str(path)
+
+
+def test_killed_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
+    task = _jsonl(tmp_path, one_token_examples(60))
+    argv = ["finetune", "--model", "tiny-llama", "--task", task, "--steps", "6", "--lr", "1e-3", "--head-lr", "1e-2",
+            "--batch-size", "4", "--n-test", "8", "--eval-every", "2", "--snapshot-every", "3"]
+    assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
+    real_loss = kill_at_call(monkeypatch, 2 * 5)  # step 5's first pass: the snapshot of step 3 survives
+    out = tmp_path / "resumed"
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--out", str(out)])
+    monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    capsys.readouterr()
+    assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    for key in ("train_loss", "eval", "eval_history"):
+        assert a[key] == b[key], key
+    ma, _ = load_model(str(tmp_path / "straight" / "model"))
+    mb, _ = load_model(str(out / "model"))
+    for (k, v), w in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(v, w), k
+    mezo = tmp_path / "mezo"  # and the head step did move the run
+    assert cli.main([a for a in argv if a not in ("--head-lr", "1e-2")] + ["--out", str(mezo)]) == 0
+    assert json.loads((mezo / "metrics.json").read_text())["train_loss"] != a["train_loss"]
+
+
+def bad(capsys, argv):
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_the_head_step_refuses_what_it_cannot_serve(tmp_path, jsonl, capsys):
+    yn = _jsonl(tmp_path, one_token_examples(40))
+    base = ["finetune", "--model", "tiny-llama", "--steps", "1", "--batch-size", "4", "--n-test", "4"]
+    err = bad(capsys, [*base, "--task", str(jsonl), "--head-lr", "1e-3", "--out", str(tmp_path / "a")])
+    assert "one token each" in err and "'yes'" in err  # ' yes' is four byte tokens
+    assert "backpropagation" in bad(capsys, [*base, "--task", yn, "--method", "fo", "--head-lr", "1e-3",
+                                             "--out", str(tmp_path / "b")])
+    assert "frozen" in bad(capsys, [*base, "--task", yn, "--peft", "lora", "--head-lr", "1e-3",
+                                    "--out", str(tmp_path / "c")])
+    assert "--save-log" in bad(capsys, [*base, "--task", yn, "--save-log", "--head-lr", "1e-3",
+                                        "--out", str(tmp_path / "d")])
+    assert "--head-lr" in bad(capsys, [*base, "--task", yn, "--head-lr", "-1", "--out", str(tmp_path / "e")])
+    for name in "abcde":
+        assert not (tmp_path / name).exists()
+
+
+def test_the_head_step_refuses_data_parallel():
+    from finetune.common.errors import ZotuneError
+    from finetune.trainer import check_parallel
+
+    with pytest.raises(ZotuneError, match="data-parallel"):
+        check_parallel(FinetuneConfig(head_lr=1e-3), opt=None, dp=None)
+
+
+def test_head_gradient_by_hand():
+    h = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    logits = torch.zeros(2, 5)
+    logits[0, 3] = 1.0
+    g = head_gradient(h, logits, [[3, 4], [3, 4]], [0, 1])
+    p = torch.softmax(torch.tensor([1.0, 0.0]), 0)
+    assert torch.allclose(g[3], ((p[0] - 1) * h[0] + 0.5 * h[1]) / 2)
+    assert torch.allclose(g[4], (p[1] * h[0] + (0.5 - 1) * h[1]) / 2)
