@@ -41,3 +41,33 @@ if [[ $stage == head || $stage == all ]]; then  # ZO on the option rows of the h
   python benchmarks/head_rows_zo.py --task "$H" --cache $G/hotels-head.pt --whiten 1e-4 \
     --lrs 1e-5,3e-5,1e-4,3e-4,1e-3 --out $R/head-rows-hotels-whitened.json
 fi
+# 2026-12-04 evening: a schedule check (MeZO with a linear decay from twice its lr; it ran away), then the head
+# step (--head-lr, docs/methods.md). Its lr was chosen on hotels (meta-training) with head_hybrid.py, which
+# predates finetune/head.py and computes the same step in its own loop.
+if [[ $stage == schedule || $stage == all ]]; then
+  python cli.py bench "${COMMON[@]}" --methods mezo --lr-grid mezo=6e-5 --schedule linear --out $R/hotels-linear6e-5-s0
+fi
+if [[ $stage == head-hotels || $stage == all ]]; then
+  python benchmarks/head_hybrid.py --task "$H" --lr 3e-5 --head-lrs 1e-3,3e-4,3e-3 --seeds 0 --out $R/head-hybrid-hotels.json
+fi
+# Held out, at MeZO's own selected lr on each task (valid_parentheses 3e-5: reports/baselines-smollm2; medicine
+# 1e-5: its GPU grid), with the head step at the lr select_head_lr.py picks from the hotels runs (3e-4); one bench
+# per seed (two run side by side). Medicine's MeZO runs are redone here on the CPU, since GPU and CPU benches are
+# not compared (docs/bench.md). head-vp-s0 (head lr 1e-3) ran before the hotels selection had finished; it is
+# reported as such, not as the selected setting.
+VP='bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid'
+MED='bigbench:multiemo/medicine_sentence_en:ambivalent=mixed'
+HELD=(--batch-size 8 --forwards 1000 --eval-points 5 --autocast bf16 --threads 1)
+if [[ $stage == head-held-out || $stage == all ]]; then
+  SEL=$(python $R/select_head_lr.py $R/head-hybrid-hotels.json)
+  python cli.py bench --task "$VP" "${HELD[@]}" --seeds 0 --methods mezo --lr-grid mezo=3e-5 --head-lr 1e-3 \
+    --out $R/head-vp-s0
+  for seed in 0 1 2; do
+    python cli.py bench --task "$VP" "${HELD[@]}" --seeds $seed --methods mezo --lr-grid mezo=3e-5 --head-lr $SEL \
+      --out $R/head-vp-sel-s$seed
+    python cli.py bench --task "$MED" "${HELD[@]}" --seeds $seed --methods mezo --lr-grid mezo=1e-5 \
+      --out $R/mezo-med-cpu-s$seed
+    python cli.py bench --task "$MED" "${HELD[@]}" --seeds $seed --methods mezo --lr-grid mezo=1e-5 --head-lr $SEL \
+      --out $R/head-med-s$seed
+  done
+fi
