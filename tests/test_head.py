@@ -2,6 +2,7 @@
 torch.optim.Adam, its wiring into a ZO run against an independent computation, resume, and its refusals."""
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from finetune.trainer import FinetuneConfig, train
 from finetune.head import HeadStep, head_gradient
 from reference import kill_at_call
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock"]
 
 
@@ -182,3 +184,22 @@ def test_head_gradient_by_hand():
     p = torch.softmax(torch.tensor([1.0, 0.0]), 0)
     assert torch.allclose(g[3], ((p[0] - 1) * h[0] + 0.5 * h[1]) / 2)
     assert torch.allclose(g[4], (p[1] * h[0] + (0.5 - 1) * h[1]) / 2)
+
+
+def test_docs_head_step_python_example_runs(tmp_path):
+    """docs/python-api.md: the first example's setup, then its head-step loop, on tiny-llama and a one-token task."""
+    text = (ROOT / "docs" / "python-api.md").read_text()
+    setup = text.split("```python", 1)[1].split("```", 1)[0].split("for step in", 1)[0]
+    loop = text.split("With the head step", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    code = setup + loop
+    task = _jsonl(tmp_path, one_token_examples(40))
+    for old, new in [('"smollm2-135m"', '"tiny-llama"'), ('"bigbench:strategyqa"', repr(task)), ("range(100)", "range(3)")]:
+        assert old in code, old
+        code = code.replace(old, new)
+    scope: dict = {}
+    exec(compile(code, "python-api.md", "exec"), scope)
+    model, head = scope["model"], scope["head"]
+    ids = _ids(scope["scorer"])
+    start, _ = _tiny()
+    moved = model.get_output_embeddings().weight.detach()[ids] - start.get_output_embeddings().weight.detach()[ids]
+    assert head.steps == 3 and scope["opt"].engine.forwards == 6 and moved.abs().min() > 0

@@ -58,6 +58,12 @@ def main() -> None:
         ci_s = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "(one seed)"
         print(f"{key:9s}  A {' '.join(f'{v:.4f}' for v in va)}  B {' '.join(f'{v:.4f}' for v in vb)}  "
               f"B-A mean {statistics.mean(d):+.4f} {ci_s}")
+    cal = json.loads((args.b[0] / "bench.json").read_text()).get("calibration") or {}
+    if "test" in cal:
+        acc, loss = cal["test"]["after"]["accuracy"], cal["test"]["after"]["loss"]
+        mean = {arm: statistics.mean(final_value(runs[s], "test") for s in seeds) for arm, runs in (("A", a), ("B", b))}
+        print(f"calibration reference (label prior only): accuracy {acc:.3f}, test loss {loss:.4f}; accuracy beyond it: "
+              f"A {mean['A'] - acc:+.3f}, B {mean['B'] - acc:+.3f}")
     to = [forwards_to_target(b[s], final_value(a[s], "test_loss")) for s in seeds]
     print("B's forwards to A's final test loss, per seed:", to)
     for s in seeds:

@@ -71,3 +71,21 @@ if [[ $stage == head-held-out || $stage == all ]]; then
       --out $R/head-med-s$seed
   done
 fi
+# The comparisons in README.md ("The head step"): paired by seed with paired.py (the benches differ in --head-lr,
+# so bench-merge does not join them), against MeZO and the best baselines of reports/baselines-smollm2.
+if [[ $stage == head-compare || $stage == all ]]; then
+  B=reports/baselines-smollm2/vp
+  HEAD_VP=($R/head-vp-sel-s0 $R/head-vp-sel-s1 $R/head-vp-sel-s2)
+  {
+    echo "## valid_parentheses: MeZO (3e-5) -> MeZO + head step"
+    python $R/paired.py --a $B/screen-a $B/confirm-b --a-lr 3e-5 --b "${HEAD_VP[@]}"
+    echo "## valid_parentheses: FZOO (3e-3) -> MeZO + head step"
+    python $R/paired.py --a $B/bracket-b $B/confirm-h --a-method fzoo --a-lr 3e-3 --b "${HEAD_VP[@]}"
+    echo "## valid_parentheses: LOZO (1e-5) -> MeZO + head step"
+    python $R/paired.py --a $B/bracket-h $B/confirm-j1 $B/confirm-j2 --a-method lozo --a-lr 1e-5 --b "${HEAD_VP[@]}"
+    echo "## valid_parentheses: MeZO (3e-5) -> MeZO + head step at 1e-3 (run before the selection; seed 0)"
+    python $R/paired.py --a $B/screen-a --a-lr 3e-5 --b $R/head-vp-s0
+    echo "## medicine (CPU): MeZO (1e-5) -> MeZO + head step"
+    python $R/paired.py --a $R/mezo-med-cpu-s* --b $R/head-med-s*
+  } > $R/head-compare.txt
+fi
