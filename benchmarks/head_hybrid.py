@@ -8,6 +8,9 @@ activations, only ``h`` at one position per example. MeZO's two perturbed passes
 their mean is the gradient at theta up to O(eps^2). The rows take an Adam step along it after MeZO's update.
 (With tied embeddings the rows are also input embeddings; that part of their gradient is left to MeZO.)
 
+This script came first and produced the hotels design check in reports/tuner-v2-smollm2; the step it computes in
+its own loop became ``--head-lr`` (finetune/head.py, tested there), which every later run used. Kept as run.
+
 Each run uses the bench's split, batch order and noise stream for its seed (``finetune.trainer.prepare``,
 ``batches``, the ZO optimizer seeded with the seed), so ``--head-lr 0`` is MeZO as ``bench`` runs it.
 Meta-training tasks only: held-out tasks are not for designing.

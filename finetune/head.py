@@ -68,7 +68,9 @@ class HeadStep:
 
     ``with head.watching(batch): opt.step(closure)`` records the gradient of every forward pass of the step;
     :meth:`step` then applies one Adam step (betas 0.9, 0.999; eps 1e-8; bias-corrected) to each row that had a
-    gradient. The state (one step count, two moments per row) travels in :meth:`state_dict`.
+    gradient. The state (one step count, two moments per row) travels in :meth:`state_dict`. A row absent from a
+    step's batch (a task whose examples have different options) is not moved that step, and its moments wait: the
+    bias correction counts the steps the head step took, as sparse Adam does.
     """
 
     def __init__(self, model: nn.Module, scorer, lr: float, betas: tuple[float, float] = (0.9, 0.999),
