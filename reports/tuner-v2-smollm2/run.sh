@@ -49,6 +49,9 @@ if [[ $stage == schedule || $stage == all ]]; then
 fi
 if [[ $stage == head-hotels || $stage == all ]]; then
   python benchmarks/head_hybrid.py --task "$H" --lr 3e-5 --head-lrs 1e-3,3e-4,3e-3 --seeds 0 --out $R/head-hybrid-hotels.json
+  # after the held-out runs: the grid's bottom bracketed, and the head step alone (MeZO's lr 0) at 3e-4
+  python benchmarks/head_hybrid.py --task "$H" --lr 3e-5 --head-lrs 1e-4 --seeds 0 --out $R/head-hybrid-hotels.json
+  python benchmarks/head_hybrid.py --task "$H" --lr 0 --head-lrs 3e-4 --seeds 0 --out $R/head-hybrid-hotels.json
 fi
 # Held out, at MeZO's own selected lr on each task (valid_parentheses 3e-5: reports/baselines-smollm2; medicine
 # 1e-5: its GPU grid), with the head step at the lr select_head_lr.py picks from the hotels runs (3e-4); one bench
