@@ -41,7 +41,10 @@ def scan(archive: Path, tokenizer, min_examples: int, max_options: int, max_opti
             if not all("target_scores" in row for row in task["examples"]):
                 continue
             examples = [ex for ex in _bigbench_examples(task) if ex.options]
-            if len(examples) < min_examples or max(len(ex.options) for ex in examples) > max_options:
+            if len(examples) < min_examples:
+                continue
+            n_options = max(len(ex.options) for ex in examples)
+            if n_options > max_options:
                 continue
             option_tokens = max(len(tokenizer(o, add_special_tokens=False).input_ids)
                                 for ex in examples for o in ex.options)
@@ -52,7 +55,7 @@ def scan(archive: Path, tokenizer, min_examples: int, max_options: int, max_opti
             rows.append({
                 "task": name.removesuffix("/task.json"),
                 "examples": len(examples),
-                "options": max(len(ex.options) for ex in examples),
+                "options": n_options,
                 "option_tokens": option_tokens,
                 "prompt_tokens": round(statistics.mean(len(tokenizer(ex.prompt).input_ids) for ex in sample)),
                 "majority": round(max(labels.values()) / len(examples), 3),

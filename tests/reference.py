@@ -170,3 +170,13 @@ def kill_meta_at(monkeypatch, step):
 
     monkeypatch.setattr(MetaTrainer, "advance", killed)
     return advance
+
+
+def bad(capsys, argv):
+    """Run the CLI on a user mistake: exit code 2 and a one-line error; the error text."""
+    import cli
+
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err

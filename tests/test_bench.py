@@ -7,18 +7,10 @@ from fractions import Fraction
 import pytest
 
 import cli
-from reference import kill_at_call
+from reference import bad, kill_at_call
 import finetune.trainer as trainer
 from finetune.bench import compare, forwards_to_target, paired_bootstrap, quantile, summarise
 from finetune.data.scoring import TaskScorer
-
-
-def bad(capsys, argv):
-    """Run the CLI on a user mistake: exit code 2 and a one-line error; the error text."""
-    code = cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def exact_quantiles(diffs, q_lo=0.025, q_hi=0.975):

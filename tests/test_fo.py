@@ -11,15 +11,7 @@ from finetune.data.models import load_model
 from finetune.data.scoring import TaskScorer
 from finetune.data.tasks import Task
 from finetune.trainer import FinetuneConfig, train
-from reference import kill_at_call, synthetic_examples
-
-
-def bad(capsys, argv):
-    """Run the CLI on a user mistake: exit code 2 and a one-line error; the error text."""
-    code = cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
+from reference import bad, kill_at_call, synthetic_examples
 
 
 def _task():

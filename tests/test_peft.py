@@ -20,7 +20,7 @@ from finetune.data.models import TINY, load_model
 from finetune.data.scoring import TaskScorer
 from finetune.trainer import METHODS, FinetuneConfig, make_run_optimizer
 from finetune.zo.optim import TunedZO, ZOAdam, ZOSGD
-from reference import Reference, axpy, deep_tiny, ids, kill_at_call, seed_stream, synthetic_examples
+from reference import Reference, axpy, bad, deep_tiny, ids, kill_at_call, seed_stream, synthetic_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("lora", "prefix", "norms")
@@ -195,13 +195,6 @@ def test_adapter_round_trip(tmp_path, name, kind):
         merged, _ = load_model(str(merged_path))
         assert not any(".lora_" in n for n, _ in merged.named_parameters())
         torch.testing.assert_close(logits(merged, x), want, rtol=1e-5, atol=1e-5)
-
-
-def bad(capsys, argv):
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def test_cli_finetune_lora_writes_the_adapter_and_merge_writes_the_model(tmp_path, jsonl):

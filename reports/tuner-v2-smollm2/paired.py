@@ -61,7 +61,7 @@ def main() -> None:
     cal = json.loads((args.b[0] / "bench.json").read_text()).get("calibration") or {}
     if "test" in cal:
         acc, loss = cal["test"]["after"]["accuracy"], cal["test"]["after"]["loss"]
-        mean = {arm: statistics.mean(final_value(runs[s], "test") for s in seeds) for arm, runs in (("A", a), ("B", b))}
+        mean = {side: statistics.mean(final_value(runs[s], "test") for s in seeds) for side, runs in (("A", a), ("B", b))}
         print(f"calibration reference (label prior only): accuracy {acc:.3f}, test loss {loss:.4f}; accuracy beyond it: "
               f"A {mean['A'] - acc:+.3f}, B {mean['B'] - acc:+.3f}")
     to = [forwards_to_target(b[s], final_value(a[s], "test_loss")) for s in seeds]
