@@ -118,8 +118,8 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", action=_Finite, default=d.weight_decay)
     g.add_argument("--head-lr", action=_Finite, default=d.head_lr,
                    help="ZO methods, multiple choice with one-token options: also step the output head's option rows "
-                   "along their exact gradient, read off the forward passes, with Adam at this lr (default 0 = off; "
-                   "docs/methods.md, 'The head step')")
+                   "along their exact gradient, read off the forward passes, with Adam at this lr (default off; with --tuner, the "
+                   "tuner's own head step, which --head-lr 0 turns off; docs/methods.md, 'The head step')")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],
@@ -397,6 +397,50 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
           f"x{s['first_order_gain']:.3f}; wrote {out} and {log_path(out)}")
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_meta_train_head(args: argparse.Namespace) -> None:
+    from checkpoints import Tuner
+    from finetune.common.errors import ZotuneError
+    from finetune.data.models import EMBEDDED, name_for_id, set_threads
+    from finetune.trainer import FinetuneConfig
+    from meta.head import HeadSearch, select_head_lr, untrained_tuner
+
+    out = Path(args.out)
+    work = Path(args.work) if args.work else out.with_name(f"{out.stem}.head-benches")
+    set_threads(args.threads)
+    if args.tuner is not None:
+        tuner = Tuner.from_pretrained(args.tuner)
+        model = args.model or name_for_id(tuner.base_model)
+        path = args.tuner
+    else:
+        model = args.model or EMBEDDED
+        path = str(untrained_tuner(model, work, dtype=args.dtype))
+        tuner = Tuner.from_pretrained(path)
+    lr = args.lr if args.lr is not None else tuner.recommended.get("lr")
+    if lr is None:
+        raise ZotuneError("this tuner records no recommended lr; pass --lr (the fine-tuning lr the head step goes with)")
+    base = FinetuneConfig(model=model, method="tuner", tuner=path, lr=lr, eps=args.eps, batch_size=args.batch_size,
+                          n_train=args.n_train, n_dev=args.n_dev, n_test=args.n_test, max_length=args.max_length,
+                          noise=args.noise, autocast=args.autocast, dtype=args.dtype, device=args.device,
+                          device_map=args.device_map, threads=args.threads)
+    search = HeadSearch(tasks=args.tasks, head_lrs=args.head_lrs, seeds=args.seeds, forwards=args.forwards,
+                        eval_points=args.eval_points)
+    try:
+        chosen = select_head_lr(base, search, work, out, tuner=tuner)
+    except KeyboardInterrupt:
+        _say(f"interrupted; the finished benches in {work} are kept: rerun the same command to continue")
+        raise SystemExit(130) from None
+    sel = chosen.provenance["head_selection"]
+    grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in sel["dev_loss"].items())
+    print(f"head lr {sel['chosen']:g} (final dev loss by head lr: {grid}); wrote {out} (benches in {work})")
+
+
 def cmd_tuners_inspect(args: argparse.Namespace) -> None:
     from checkpoints.inspect import inspect_text
 
@@ -575,6 +619,38 @@ def parser() -> argparse.ArgumentParser:
     _meta_args(p)
     _peft_args(p)
     p.set_defaults(func=cmd_meta_train)
+
+    from finetune.trainer import FinetuneConfig
+
+    d = FinetuneConfig()
+    p = sub.add_parser("meta-train-head", help="choose a tuner's head step lr on meta-training tasks (short fine-tunes "
+                       "per lr) and write the tuner with it")
+    p.add_argument("--tuner", default=None, metavar="FILE",
+                   help="the tuner to extend (default: an untrained one for --model, i.e. MeZO's scales)")
+    p.add_argument("--model", default=None, help="base model (default: the tuner's, else the embedded model)")
+    p.add_argument("--tasks", type=_task_list, required=True,
+                   help="comma-separated meta-training tasks (multiple choice, one-token options); never held-out ones")
+    p.add_argument("--head-lrs", type=_floats, default=[1e-4, 3e-4, 1e-3],
+                   help="the head lrs tried, comma-separated; 0 = no head step (default 1e-4,3e-4,1e-3)")
+    p.add_argument("--lr", action=_Finite, default=None,
+                   help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
+    p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds per (task, head lr) (default 0)")
+    p.add_argument("--forwards", type=int, default=1000, help="forward passes per run (default %(default)s)")
+    p.add_argument("--eval-points", action=_Count, default=5, help="evaluations along each run (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
+    p.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
+    p.add_argument("--n-train", type=int, default=d.n_train, help="(default %(default)s)")
+    p.add_argument("--n-dev", type=int, default=d.n_dev, help="dev examples, which choose the lr (default %(default)s)")
+    p.add_argument("--n-test", type=int, default=d.n_test, help="(default %(default)s)")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
+    p.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
+    p.add_argument("--work", default=None, metavar="DIR",
+                   help="where the benches go, one per (task, head lr); rerun the same command to continue after a "
+                   "kill (default: <out stem>.head-benches beside --out)")
+    p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
+    g = _hardware_args(p)
+    g.add_argument("--autocast", default=None, choices=["bf16"], help="every forward pass under bf16 autocast")
+    p.set_defaults(func=cmd_meta_train_head)
 
     tuners = sub.add_parser("tuners", help="inspect, share and import tuner artifacts").add_subparsers(
         dest="tuners_command", required=True)

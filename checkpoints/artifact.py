@@ -20,14 +20,17 @@ existed load with the defaults); ``direction_policy`` (``null``, or the policy's
 ``adapter`` (``null`` or absent: the full model; else the adapter the blocks belong to, e.g.
 ``{"method": "lora", "r": 8, "alpha": 16.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}``, part of the
 fingerprint and its hash; :func:`pertnn.blocks.adapter_config`);
-``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
+``head`` (``null`` or absent: no head step; else ``{"lr": x}``, the Adam lr of the head step,
+:mod:`finetune.head`, that fine-tuning with this tuner takes by default: :mod:`meta.head` chooses it on the
+meta-training tasks); ``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
 the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
 
 What is task-specific (loss history, last scales, the policy's online mean directions, optimizer state)
 is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
 :class:`finetune.zo.online.OnlineMean`). A file with a direction policy has ``format_version`` 2 (older
-readers refuse it rather than silently dropping the policy); one without stays at 1.
+readers refuse it rather than silently dropping the policy); one with a head step has 3, for the same reason;
+one with neither stays at 1.
 """
 from __future__ import annotations
 
@@ -51,7 +54,8 @@ from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
 FORMAT = "zotune-tuner"
-FORMAT_VERSION = 2  # the newest format this reads (2: with a direction policy; 1: PertNN only)
+FORMAT_VERSION = 3  # the newest format this reads (3: with a head step; 2: with a direction policy; 1: PertNN only)
+HEAD_KEYS = ("lr",)  # what a tuner's head step holds
 BANK_TENSORS = ("W1", "b1", "W2", "b2")
 _REQUIRED = ("base_model", "blocks", "tied_groups", "fingerprint_sha256", "features", "pertnn", "provenance")
 
@@ -94,7 +98,7 @@ def _metadata_problem(meta: dict) -> str | None:
     """What is wrong with the types of the ``zotune`` metadata fields, or None."""
     types = {"base_model": str, "blocks": list, "tied_groups": list, "fingerprint_sha256": str, "features": dict,
              "pertnn": dict, "provenance": dict, "recommended": dict, "direction_policy": (dict, type(None)),
-             "tensors_sha256": str, "adapter": (dict, type(None))}
+             "tensors_sha256": str, "adapter": (dict, type(None)), "head": (dict, type(None))}
     for key, kind in types.items():
         if key in meta and not isinstance(meta[key], kind):
             names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
@@ -109,6 +113,14 @@ def _metadata_problem(meta: dict) -> str | None:
     for k, v in meta.get("recommended", {}).items():
         if k in ("lr", "eps") and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
             return f"its recommended {k} is {type(v).__name__}, not a number"
+    head = meta.get("head")
+    if head is not None:
+        unknown = sorted(set(head) - set(HEAD_KEYS))
+        if unknown:
+            return f"its head step has settings this zotune does not know ({', '.join(unknown)}); upgrade zotune"
+        lr = head.get("lr")
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0 and lr != float("inf")):
+            return f"its head step's lr is {lr!r}, not a finite number >= 0"
     doc = meta.get("direction_policy")
     if doc is not None and not (isinstance(doc.get("config"), dict) and isinstance(doc.get("features", []), list)):
         return "metadata field 'direction_policy' needs a 'config' object and a 'features' list"
@@ -146,6 +158,7 @@ class Tuner:
     recommended: dict = field(default_factory=dict)
     policy: DirectionPolicy | None = None
     adapter: dict | None = None  # the adapter the blocks belong to (pertnn.blocks.adapter_config); None: full model
+    head: dict | None = None     # the head step fine-tuning takes by default ({"lr": x}); None: none (finetune/head.py)
 
     # ------------------------------------------------------------------------------------ creation
     @classmethod
@@ -176,6 +189,15 @@ class Tuner:
             return None
         return {"config": asdict(self.policy.cfg), "features": list(POLICY_FEATURE_NAMES)}
 
+    @property
+    def head_lr(self) -> float:
+        """The Adam lr of the head step that fine-tuning with this tuner takes by default (0: none)."""
+        return 0.0 if self.head is None else float(self.head["lr"])
+
+    def with_head(self, lr: float) -> "Tuner":
+        """The same tuner whose fine-tuning also takes the head step at Adam lr ``lr`` (0: no head step)."""
+        return replace(self, head=None if lr == 0 else {"lr": float(lr)})
+
     def without_policy(self) -> "Tuner":
         """The same tuner with no direction policy (PertNN scales only)."""
         return replace(self, policy=None)
@@ -190,6 +212,7 @@ class Tuner:
             "pertnn": asdict(self.bank.cfg),
             "direction_policy": self.direction_policy,
             "adapter": self.adapter,
+            "head": self.head,
             "recommended": self.recommended,
             "provenance": self.provenance,
         }
@@ -266,7 +289,8 @@ class Tuner:
             tensors.update({f"policy.{k}": getattr(self.policy, k).detach().to("cpu", torch.float32).contiguous()
                             for k in BANK_TENSORS})
         doc = self.metadata() | {"tensors_sha256": tensors_sha256(tensors)}
-        meta = {"format": FORMAT, "format_version": str(1 if self.policy is None else 2),
+        version = 3 if self.head is not None else 2 if self.policy is not None else 1
+        meta = {"format": FORMAT, "format_version": str(version),
                 "zotune": strict_json(doc, separators=(",", ":"))}
         with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -360,7 +384,7 @@ class Tuner:
         return cls(bank=bank, feature_config=fcfg, base_model=meta["base_model"], blocks=blocks,
                    tied_groups=meta["tied_groups"], stats=tensors["base.block_stats"],
                    provenance=meta["provenance"], recommended=meta.get("recommended", {}), policy=policy,
-                   adapter=adapter)
+                   adapter=adapter, head=meta.get("head"))
 
     @staticmethod
     def _policy_from_parts(doc, tensors: dict, n_blocks: int, bad) -> DirectionPolicy | None:

@@ -42,6 +42,22 @@ def policy_text(tuner: Tuner) -> str:
             f"|gate| at rest with a {'; with a '.join(parts)}")
 
 
+def head_text(tuner: Tuner) -> str:
+    """One line on the head step a tuner takes by default, and how its lr was chosen when recorded."""
+    if tuner.head is None:
+        return "none (the output head is left to the ZO step)"
+    text = (f"Adam at lr {tuner.head_lr:g} on the output head's option rows, along their exact gradient read off the "
+            "forward passes (multiple choice, one-token options)")
+    sel = (tuner.provenance or {}).get("head_selection")
+    if isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict):
+        grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"
+                         for k, v in sel["dev_loss"].items())
+        text += (f"; chosen by final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
+                 f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}, lr {sel.get('lr', '?')}): "
+                 f"{grid}")
+    return text
+
+
 def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
     """The report printed by ``python cli.py tuners inspect FILE``."""
     tuner = Tuner.from_pretrained(path)
@@ -57,6 +73,7 @@ def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
         f"features   {meta['features']}",
         f"direction  {policy_text(tuner)}",
         f"adapter    {adapter_text(tuner.adapter)}",
+        f"head step  {head_text(tuner)}",
         f"recommended fine-tuning {tuner.recommended or 'not recorded'}",
     ]
     if prov:

@@ -453,7 +453,8 @@ def append_run(log: Path, run: dict) -> None:
 
 def _run_record(cfg: FinetuneConfig, result) -> dict:
     return _plain({"method": cfg.method, "lr": cfg.lr, "seed": cfg.seed, "steps": cfg.steps,
-                        "optimizer": cfg.optimizer_name, "forwards": result.forwards, "backwards": result.backwards,
+                        "optimizer": cfg.optimizer_name, "head_lr": result.head_lr, "forwards": result.forwards,
+                        "backwards": result.backwards,
                         "train_loss": result.train_loss,
                         "eval": {"before": result.eval_before, "after": result.eval_after,
                                  "loss_before": result.loss_before, "loss_after": result.loss_after},
@@ -558,11 +559,18 @@ _PER_RUN = ("method", "lr", "seed", "q")  # what may differ between the runs of 
 def _merge_key(report: dict) -> dict:
     """What benches must share to merge: model, task, split, budget, evaluation and every run option other
     than the method, lr and seed (which the merged table is about). ``--tuner`` counts only for benches that
-    ran method ``tuner``: a MeZO bench merges with a tuner bench; two benches of different tuners do not."""
+    ran method ``tuner``: a MeZO bench merges with a tuner bench; two benches of different tuners do not, nor two
+    benches of one tuner of which one set ``--head-lr`` (a tuner may carry its own head step)."""
     configs = [report["config"]] if "config" in report else report["configs"]  # a bench, or a merged one
     spec = configs[0]
     base = {k: v for k, v in spec["base"].items() if k not in (*_PER_RUN, "tuner")}
-    tuners = sorted({str(c["base"].get("tuner")) for c in configs if "tuner" in c["methods"]})
+    # an unset --head-lr is off for every method but tuner, whose runs take the tuner's own head step: in the key it
+    # is 0 (benches written before it could be unset recorded 0), and a tuner run's head step goes with its tuner
+    tuners = sorted({str(c["base"].get("tuner")) + ("" if c["base"].get("head_lr") is None else
+                                                     f" with --head-lr {c['base']['head_lr']:g}")
+                     for c in configs if "tuner" in c["methods"]})
+    if base.get("head_lr") is None:
+        base["head_lr"] = 0.0
     return {"model": report["model"], "task": report["task"], "split": report["split"],
             "calibration": report["calibration"], "base": base, "tuner": tuners,
             **{k: spec[k] for k in ("forwards", "eval_points", "select", "bootstrap", "bootstrap_seed")}}

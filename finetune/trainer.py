@@ -65,7 +65,8 @@ class FinetuneConfig(RunConfig):
     q: int | None = None               # directions per step; None = the method's default
     schedule: str = "constant"
     weight_decay: float = 0.0
-    head_lr: float = 0.0               # ZO methods: Adam lr of the head step's option rows (0 = off; finetune/head.py)
+    head_lr: float | None = None       # ZO methods: Adam lr of the head step's option rows (0 = off; finetune/head.py);
+                                       # None = the method's default: the tuner's for method tuner, else off
     eval_every: int = 0                # evaluate on the dev split every N steps (0 = never)
     n_dev: int = 100
     n_test: int = 200
@@ -124,11 +125,12 @@ class FinetuneConfig(RunConfig):
         check_number("--eval-every", self.eval_every, low=0, integer=True)
         check_number("--lr", self.lr, low=0)
         check_number("--weight-decay", self.weight_decay, low=0)
-        check_number("--head-lr", self.head_lr, low=0)
-        if self.head_lr > 0 and self.method == FO:
+        if self.head_lr is not None:
+            check_number("--head-lr", self.head_lr, low=0)
+        if (self.head_lr or 0) > 0 and self.method == FO:
             raise ZotuneError("--head-lr is for ZO methods; --method fo trains the head by backpropagation already: "
                               "drop --head-lr")
-        if self.head_lr > 0 and self.peft is not None:
+        if (self.head_lr or 0) > 0 and self.peft is not None:
             raise ZotuneError(f"--head-lr steps the output head, which --peft {self.peft} keeps frozen; "
                               "drop one of the two")
         if self.q is not None:
@@ -233,6 +235,7 @@ class RunResult:
     loss_after: float = float("nan")
     curve: list[dict] = field(default_factory=list)  # evaluation points: step, forwards, test and dev loss/metric
     calibration: dict | None = None    # the calibration reference (multiple choice; finetune/calibration.py)
+    head_lr: float = 0.0               # the head step's lr the run took (head_lr_of; 0: none)
 
 
 def progress_bar(enabled: bool = True) -> Progress:
@@ -277,6 +280,24 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
     return state["step"], result
 
 
+def run_tuner(cfg: FinetuneConfig, tuner=None):
+    """The loaded artifact a run of method ``tuner`` uses (``tuner``, else read from ``cfg.tuner``); None for the
+    other methods."""
+    if cfg.method != "tuner":
+        return None
+    from checkpoints import Tuner
+
+    return tuner or Tuner.from_pretrained(cfg.tuner)
+
+
+def head_lr_of(cfg: FinetuneConfig, tuner=None) -> float:
+    """The head step's lr a run takes: ``--head-lr`` when given, else the tuner's (method ``tuner``), else 0."""
+    if cfg.head_lr is not None:
+        return cfg.head_lr
+    tuner = run_tuner(cfg, tuner)
+    return 0.0 if tuner is None else tuner.head_lr
+
+
 def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
     """The optimizer ``cfg`` asks for; for method ``tuner``, a :class:`TunedZO` driven by ``tuner`` (the
     loaded artifact; read from ``cfg.tuner`` if not given), refused with a one-line error if it was trained
@@ -310,10 +331,8 @@ def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
     kw = dict(lr=cfg.lr, eps=cfg.eps, q=cfg.directions, seed=cfg.seed, weight_decay=cfg.weight_decay,
               noise=cfg.noise)
     if cfg.method == "tuner":
-        from checkpoints import Tuner
-
         momentum = 0.9 if cfg.optimizer == "momentum" else 0.0
-        return TunedZO(model, tuner or Tuner.from_pretrained(cfg.tuner), momentum=momentum, **kw)
+        return TunedZO(model, run_tuner(cfg, tuner), momentum=momentum, **kw)
     return make_optimizer(cfg.optimizer_name, model, **kw)
 
 
@@ -345,11 +364,12 @@ def step_closure(model, scorer: TaskScorer, batch: list[Example], dp=None):
                       lambda terms: scorer.reduce_terms(terms, batch), batch)
 
 
-def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp) -> None:
-    """Refuse, in one line, a data-parallel setting that cannot run; set up directions mode."""
+def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lr: float | None = None) -> None:
+    """Refuse, in one line, a data-parallel setting that cannot run; set up directions mode. ``head_lr``: the
+    run's head step lr (:func:`head_lr_of`; default ``cfg.head_lr``)."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
-    if cfg.head_lr > 0:  # each rank would see only its shard's (batch mode) or directions' passes
+    if (cfg.head_lr or 0 if head_lr is None else head_lr) > 0:  # each rank would see only its shard's (batch mode) or directions' passes
         raise ZotuneError("--head-lr does not run data-parallel yet; run it without torchrun")
     if dp.mode == "batch":
         dp.bounds(cfg.batch_size)
@@ -401,14 +421,15 @@ def train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: 
 def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress: bool, snapshot: Snapshot | None,
            inputs: dict | None, tuner, calibrate: bool, dp, log) -> RunResult:
     inputs = inputs or {}
+    tuner = run_tuner(cfg, tuner)
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
-    head = None
-    if cfg.head_lr > 0:
+    head, head_lr = None, head_lr_of(cfg, tuner)
+    if head_lr > 0:
         option_token_ids(scorer, task.train)  # a task the head step cannot serve fails here, before any pass
-        head = HeadStep(model, scorer, cfg.head_lr)
+        head = HeadStep(model, scorer, head_lr)
     if dp is not None:
-        check_parallel(cfg, opt, dp)
+        check_parallel(cfg, opt, dp, head_lr)
     guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
     resuming = snapshot is not None and snapshot.exists()
     if log is not None and not resuming:
@@ -418,7 +439,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
         done, result = restore(snapshot, cfg, model, opt, sched, inputs, head)
     else:
         before = scorer.assess(model, task.test, cfg.batch_size)
-        done, result = 0, RunResult(eval_before=before["metric"], loss_before=before["loss"])
+        done, result = 0, RunResult(eval_before=before["metric"], loss_before=before["loss"], head_lr=head_lr)
         result.curve.append(evaluation_point(0, 0, model, scorer, task, cfg.batch_size, test=before))
         if calibrate:
             from finetune.calibration import calibration_reference
@@ -496,6 +517,7 @@ def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
     return {
         "method": cfg.method,
         "optimizer": cfg.optimizer_name,
+        "head_lr": result.head_lr,
         "model": model_id(cfg.model),
         "task": task.name,
         "steps": cfg.steps,
@@ -604,9 +626,11 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     if save_log and cfg.method == FO:
         raise ZotuneError("--save-log does not support --method fo (a backpropagated update is not a list of "
                           "seeds and coefficients); drop --save-log")
-    if save_log and cfg.head_lr > 0:
-        raise ZotuneError("--save-log does not support --head-lr (the head step's update is not a list of seeds and "
-                          "coefficients); drop one of the two")
+    tuner = run_tuner(cfg, tuner)  # loaded once for the run (it may set the head step's lr)
+    if save_log and head_lr_of(cfg, tuner) > 0:
+        why = "--head-lr" if cfg.head_lr is not None else f"the tuner's head step (lr {tuner.head_lr:g}; --head-lr 0 turns it off)"
+        raise ZotuneError(f"--save-log does not support {why}: the head step's update is not a list of seeds and "
+                          "coefficients; drop one of the two")
     if dp is not None and cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
     writer = dp is None or dp.main

@@ -21,6 +21,9 @@ ALLOWED = {
     "finetune.data": ("finetune.data", "finetune.common"),
     "checkpoints": ("checkpoints", "finetune.common", "pertnn"),
     "meta": ("meta", "finetune.zo", "finetune.data", "finetune.common", "checkpoints", "pertnn"),
+    # the head step's lr is chosen by real fine-tuning runs: its inner loop is the bench (and nothing else of meta)
+    "meta.head": ("meta", "finetune.zo", "finetune.data", "finetune.common", "checkpoints", "pertnn",
+                  "finetune.trainer", "finetune.bench"),
     "finetune": ("finetune", "checkpoints", "pertnn"),  # the fine-tune stage: trainer, bench (never meta)
 }
 

@@ -1,0 +1,147 @@
+"""The head part of a tuner: the lr of its head step, chosen on the meta-training tasks.
+
+A tuner can carry a head step (:mod:`finetune.head`): fine-tuning with it also moves the output head's option
+rows along their exact gradient, read off the ZO forward passes, with Adam. Its lr is a property of the base
+model and the tuner, not of the target task, so it is chosen once, here, on the meta-training tasks, and
+carried to new tasks in the artifact (``head`` in its metadata, format version 3).
+
+The choice is made by real fine-tuning runs, not by a proxy: for every lr of the grid, each meta-training task
+gets a bench (:func:`finetune.bench.bench`) of method ``tuner``, with the tuner's own scales at its recommended
+lr plus the head step at that lr, ``forwards`` forward passes per seed. The lr whose runs end with the lowest
+dev loss, averaged over seeds and then over tasks, goes into the artifact; a run that diverged counts as an
+infinite loss. A grid may hold 0 (no head step), so that the choice can also be "none". The test split is never
+read for the choice (it is evaluated, as in every bench, and left alone).
+
+Each bench lives in its own folder under ``work`` and resumes after a kill, so an interrupted selection
+continues where it stopped when the same command is given again; finished benches are read, not rerun.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from checkpoints import Tuner
+from finetune.common.errors import ZotuneError
+from finetune.common.runs import RunLock, check_number, check_output, os_error, write_failed
+from finetune.trainer import FinetuneConfig, work_dir
+
+
+@dataclass
+class HeadSearch:
+    """What the head lr is chosen on: tasks, grid, budget and seeds (the run options are in the base config)."""
+
+    tasks: list[str]
+    head_lrs: list[float]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    forwards: int = 1000
+    eval_points: int = 5
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ZotuneError("give at least one meta-training task with --tasks")
+        if not self.head_lrs or len(set(self.head_lrs)) != len(self.head_lrs):
+            raise ZotuneError(f"--head-lrs must be distinct and not empty (got {self.head_lrs})")
+        for lr in self.head_lrs:
+            check_number("--head-lrs", lr, low=0)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ZotuneError(f"--seeds must be distinct and not empty (got {self.seeds})")
+        check_number("--forwards", self.forwards, low=2, integer=True)
+
+
+def bench_folder(work: Path, task: str, head_lr: float) -> Path:
+    """The bench of one (task, head lr) pair under ``work``."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", task).strip("-")
+    return Path(work) / slug / f"head-lr-{head_lr:g}"
+
+
+def final_dev_loss(run: dict) -> float:
+    """A bench run's final dev loss; infinite when it diverged or has none that is finite."""
+    if run.get("diverged") or not run.get("curve"):
+        return math.inf
+    loss = run["curve"][-1].get("dev_loss")
+    return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
+
+
+def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float, work: Path, tuner: Tuner,
+              progress: bool = True) -> list[dict]:
+    """The runs of one (task, head lr) bench: read when finished, resumed when interrupted, else run."""
+    from finetune.bench import BenchConfig, bench
+
+    folder = bench_folder(work, task, head_lr)
+    done = folder / "bench.json"
+    if done.exists():
+        return json.loads(done.read_text())["runs"]
+    cfg = BenchConfig(base=replace(base, task=task, head_lr=head_lr), methods=["tuner"],
+                      lrs={"tuner": [base.lr]}, seeds=list(search.seeds), forwards=search.forwards,
+                      eval_points=search.eval_points, select="dev")
+    bench(cfg, folder, progress=progress, resume=work_dir(folder).exists(), tuner=tuner)
+    return json.loads(done.read_text())["runs"]
+
+
+def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Path, tuner: Tuner | None = None,
+                   progress: bool = True) -> Tuner:
+    """Choose the head step's lr for the tuner ``base.tuner`` (method ``tuner``, at ``base.lr``) by the benches
+    described in the module docstring, and write the tuner with that head step to ``out`` (a ``.safetensors``
+    file, written atomically; an existing file is refused). Returns the new tuner."""
+    search.validate()
+    base = replace(base, method="tuner", head_lr=None)
+    if base.n_dev < 1:
+        raise ZotuneError("the head lr is chosen on the dev split: set --n-dev >= 1")
+    base.validate()
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ZotuneError(f"--out must name a .safetensors file, got {out}")
+    tuner = tuner or Tuner.from_pretrained(base.tuner)
+    if tuner.adapter is not None:
+        raise ZotuneError("this tuner is for an adapter (--peft), which keeps the output head frozen: the head step "
+                          "does not apply to it")
+    if tuner.head is not None:
+        raise ZotuneError(f"{base.tuner} has a head step already (lr {tuner.head_lr:g}); start from a tuner without "
+                          "one, such as the one meta-train wrote")
+    with ExitStack() as stack:
+        check_output(out, kind="file")
+        stack.enter_context(RunLock(out))
+        check_output(out, kind="file")  # again, now that no other run can write it
+        losses: dict[str, float] = {}
+        for head_lr in search.head_lrs:
+            per_task = []
+            for task in search.tasks:
+                runs = run_bench(base, search, task, head_lr, work, tuner, progress)
+                per_task.append(sum(final_dev_loss(r) for r in runs) / len(runs))
+            losses[f"{head_lr:g}"] = sum(per_task) / len(per_task)
+        best_key = min(losses, key=lambda k: losses[k])
+        if not math.isfinite(losses[best_key]):
+            raise ZotuneError(f"every head lr of the grid diverged on {', '.join(search.tasks)}; try lower --head-lrs "
+                              f"or a lower --lr (now {base.lr:g})")
+        best = dict(zip((f"{h:g}" for h in search.head_lrs), search.head_lrs))[best_key]
+        chosen = tuner.with_head(best)
+        chosen.recommended = {**tuner.recommended, "lr": base.lr, "eps": base.eps}
+        chosen.provenance = {**tuner.provenance, "head_selection": {
+            "tasks": list(search.tasks), "forwards": search.forwards, "seeds": list(search.seeds), "lr": base.lr,
+            "batch_size": base.batch_size, "autocast": base.autocast,
+            "dev_loss": {k: (v if math.isfinite(v) else "diverged") for k, v in losses.items()},
+            "chosen": best, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+        try:
+            chosen.save_pretrained(out)
+        except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
+            if (e := os_error(e)) is None:
+                raise
+            raise write_failed(out, e, "rerun the same command (the finished benches are kept)") from None
+    return chosen
+
+
+def untrained_tuner(model: str, work: Path, dtype: str = "fp32", seed: int = 0) -> Path:
+    """An untrained tuner for ``model`` (every scale 1: MeZO) in ``work``, written once and reused on resume."""
+    from finetune.data.models import load_model, model_id
+
+    path = Path(work) / "untrained-tuner.safetensors"
+    if not path.exists():
+        net, _ = load_model(model, dtype=dtype, seed=seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Tuner.for_model(net, model_id(model), seed=seed).save_pretrained(path)
+    return path

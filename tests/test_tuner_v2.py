@@ -1,0 +1,220 @@
+"""Tuner v2: a tuner that carries a head step (format 3), applied by fine-tuning and chosen by meta-train-head.
+
+The references: an untrained tuner with a head step at lr h must fine-tune exactly as ``--method mezo --head-lr h``
+(and with ``--head-lr 0`` exactly as MeZO), bit for bit; the head lr meta-train-head writes must be the grid's
+argmin of the final dev losses recomputed here from its benches' own files."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import cli
+from checkpoints import Tuner
+from checkpoints.inspect import inspect_text
+from finetune.common.errors import ZotuneError
+from finetune.data.models import load_model
+from finetune.trainer import work_dir
+from meta.head import bench_folder
+from reference import bad, kill_at_call
+from test_head import _jsonl, one_token_examples
+
+BASE = ["--model", "tiny-llama", "--batch-size", "4", "--n-test", "8", "--n-dev", "8", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    model, _ = load_model("tiny-llama")
+    path = tmp_path_factory.mktemp("tuners") / "untrained.safetensors"
+    return Tuner.for_model(model, "tiny-llama").save_pretrained(path)
+
+
+def test_a_head_step_is_format_3_and_round_trips(tmp_path, untrained):
+    tuner = Tuner.from_pretrained(untrained)
+    assert tuner.head is None and tuner.head_lr == 0
+    path = tuner.with_head(3e-4).save_pretrained(tmp_path / "v2.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format_version"] == "3" and json.loads(meta["zotune"])["head"] == {"lr": 3e-4}
+    back = Tuner.from_pretrained(path)
+    assert back.head_lr == 3e-4 and back.metadata() == json.loads(json.dumps(tuner.with_head(3e-4).metadata()))
+    assert tuner.with_head(0).head is None  # 0 is no head step: the file stays at format 1
+    with safe_open(str(untrained), framework="pt") as f:
+        assert f.metadata()["format_version"] == "1"
+
+
+def test_bad_head_metadata_is_refused_in_one_line(tmp_path, untrained):
+    path = Tuner.from_pretrained(untrained).with_head(1e-3).save_pretrained(tmp_path / "v2.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for head, message in [({"lr": -1}, "not a finite number"), ({"lr": "fast"}, "not a finite number"),
+                          ({"lr": 1e-3, "betas": [0.9, 0.99]}, "upgrade zotune"), ([1e-3], "expected dict")]:
+        doc = json.loads(meta["zotune"])
+        doc["head"] = head
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "zotune": json.dumps(doc)})
+        with pytest.raises(ZotuneError, match=message):
+            Tuner.from_pretrained(tmp_path / "bad.safetensors")
+    shipped = Tuner.from_pretrained(cli.Path(cli.__file__).parent / "checkpoints/pretrained/smollm2-135m.safetensors")
+    assert shipped.head is None  # a format-1 file still loads, without a head step
+
+
+def _finetune(tmp_path, name, task, *extra):
+    out = tmp_path / name
+    assert cli.main(["finetune", *BASE, "--task", task, "--steps", "5", "--eval-every", "2", *extra,
+                     "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    model, _ = load_model(str(out / "model"))
+    return metrics, model
+
+
+def _same(a, b):
+    ma, wa = a
+    mb, wb = b
+    for key in ("train_loss", "eval", "eval_history", "curve", "head_lr"):
+        assert ma[key] == mb[key], key
+    for (k, v), w in zip(wa.state_dict().items(), wb.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_a_tuner_with_a_head_step_fine_tunes_as_mezo_with_head_lr_bit_for_bit(tmp_path, untrained):
+    task = _jsonl(tmp_path, one_token_examples(60))
+    v2 = Tuner.from_pretrained(untrained).with_head(2e-2).save_pretrained(tmp_path / "v2.safetensors")
+    tuned = _finetune(tmp_path, "tuned", task, "--tuner", str(v2))
+    mezo_head = _finetune(tmp_path, "mezo-head", task, "--method", "mezo", "--head-lr", "2e-2")
+    assert tuned[0]["head_lr"] == 2e-2
+    _same(tuned, mezo_head)
+    off = _finetune(tmp_path, "off", task, "--tuner", str(v2), "--head-lr", "0")  # turned off: exactly MeZO
+    mezo = _finetune(tmp_path, "mezo", task, "--method", "mezo")
+    assert off[0]["head_lr"] == 0
+    _same(off, mezo)
+    assert tuned[0]["train_loss"] != mezo[0]["train_loss"]  # the head step did act
+
+
+def test_a_tuners_head_step_is_refused_where_it_cannot_run(tmp_path, untrained, capsys):
+    task = _jsonl(tmp_path, one_token_examples(40))
+    v2 = Tuner.from_pretrained(untrained).with_head(1e-3).save_pretrained(tmp_path / "v2.safetensors")
+    err = bad(capsys, ["finetune", *BASE, "--task", task, "--tuner", str(v2), "--steps", "1", "--save-log",
+                       "--out", str(tmp_path / "log")])
+    assert "--head-lr 0" in err and "--save-log" in err
+    assert not (tmp_path / "log").exists()
+    assert cli.main(["finetune", *BASE, "--task", task, "--tuner", str(v2), "--steps", "1", "--save-log",
+                     "--head-lr", "0", "--out", str(tmp_path / "log0")]) == 0
+
+
+def test_inspect_shows_the_head_step(tmp_path, untrained):
+    assert "head step  none" in inspect_text(untrained)
+    tuner = Tuner.from_pretrained(untrained).with_head(3e-4)
+    tuner.provenance = {"head_selection": {"tasks": ["t.jsonl"], "forwards": 10, "seeds": [0], "lr": 1e-3,
+                                           "dev_loss": {"0": 0.7, "0.0003": 0.6}}}
+    text = inspect_text(tuner.save_pretrained(tmp_path / "v2.safetensors"))
+    line = next(x for x in text.splitlines() if x.startswith("head step"))
+    assert "lr 0.0003" in line and "t.jsonl" in line and "0.0003: 0.6000" in line
+
+
+def _select(tmp_path, task, out, *extra):
+    return ["meta-train-head", "--model", "tiny-llama", "--tasks", task, "--head-lrs", "0,2e-2", "--lr", "1e-3",
+            "--batch-size", "4", "--n-dev", "8", "--n-test", "8", "--forwards", "12", "--eval-points", "2",
+            "--seeds", "0,1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / out), *extra]
+
+
+def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, monkeypatch, capsys):
+    task = _jsonl(tmp_path, one_token_examples(60))
+    assert cli.main(_select(tmp_path, task, "v2.safetensors")) == 0
+    losses = {}
+    for h in (0.0, 2e-2):  # recomputed from the benches' own files
+        runs = json.loads((bench_folder(tmp_path / "work", task, h) / "bench.json").read_text())["runs"]
+        assert sorted(r["seed"] for r in runs) == [0, 1] and all(r["method"] == "tuner" for r in runs)
+        assert all(r["forwards"] == 12 and r["head_lr"] == h for r in runs)
+        losses[h] = sum(r["curve"][-1]["dev_loss"] for r in runs) / 2
+    best = min(losses, key=losses.get)
+    v2 = Tuner.from_pretrained(tmp_path / "v2.safetensors")
+    assert v2.head_lr == best and v2.recommended["lr"] == 1e-3
+    sel = v2.provenance["head_selection"]
+    assert sel["dev_loss"] == {"0": pytest.approx(losses[0.0]), "0.02": pytest.approx(losses[2e-2])}
+    assert f"head lr {best:g}" in capsys.readouterr().out
+    # the same command again: the output is not overwritten
+    assert "already exists" in bad(capsys, _select(tmp_path, task, "v2.safetensors"))
+    # a second output from the same work folder reads the finished benches instead of rerunning them
+    from finetune import bench as bench_module
+
+    def no_bench(*a, **k):
+        raise AssertionError("a finished bench was rerun")
+
+    import meta.head as head_module
+
+    monkeypatch.setattr(bench_module, "bench", no_bench)
+    assert cli.main(_select(tmp_path, task, "again.safetensors")) == 0
+    assert Tuner.from_pretrained(tmp_path / "again.safetensors").head_lr == best
+    assert head_module.final_dev_loss({"diverged": "loss nan"}) == math.inf
+
+
+def test_meta_train_head_resumes_after_a_kill_with_the_same_result(tmp_path, monkeypatch, capsys):
+    task = _jsonl(tmp_path, one_token_examples(60))
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    assert cli.main(_select(straight, task, "v2.safetensors")) == 0
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    # 2 loss passes a step, 6 steps a run, 2 runs a bench: pass 43 is in the second bench's second run, with
+    # its first run finished: the rerun resumes that bench (finetune.bench) instead of starting it over
+    real_loss = kill_at_call(monkeypatch, 2 * 6 * 2 + 2 * 6 + 2 * 3 + 1)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(_select(killed, task, "v2.safetensors"))
+    assert stop.value.code == 130 and "rerun the same command" in capsys.readouterr().err
+    assert not (killed / "v2.safetensors").exists()
+    assert (bench_folder(killed / "work", task, 0.0) / "bench.json").exists()
+    interrupted = bench_folder(killed / "work", task, 2e-2)
+    assert not (interrupted / "bench.json").exists() and list(work_dir(interrupted).glob("runs/*.json"))
+    from finetune.data.scoring import TaskScorer
+
+    monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    assert cli.main(_select(killed, task, "v2.safetensors")) == 0
+    a = Tuner.from_pretrained(straight / "v2.safetensors").provenance["head_selection"]
+    b = Tuner.from_pretrained(killed / "v2.safetensors").provenance["head_selection"]
+    assert a["dev_loss"] == b["dev_loss"] and a["chosen"] == b["chosen"]
+
+
+def test_meta_train_head_refusals(tmp_path, untrained, capsys):
+    task = _jsonl(tmp_path, one_token_examples(40))
+    v2 = Tuner.from_pretrained(untrained).with_head(1e-3).save_pretrained(tmp_path / "v2.safetensors")
+    assert "head step already" in bad(capsys, _select(tmp_path, task, "x.safetensors", "--tuner", str(v2)))
+    assert ".safetensors" in bad(capsys, _select(tmp_path, task, "x.pt"))
+    assert "--head-lrs" in bad(capsys, [*_select(tmp_path, task, "y.safetensors"), "--head-lrs", "1e-3,1e-3"])
+    assert "--n-dev" in bad(capsys, [*_select(tmp_path, task, "z.safetensors"), "--n-dev", "0"])
+    assert not list(tmp_path.glob("*.safetensors.*")) and not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_bench_without_head_lr_merges_with_one_that_recorded_0(tmp_path, capsys):
+    # benches written before --head-lr could be unset recorded 0.0; without method tuner, unset means the same
+    task = _jsonl(tmp_path, one_token_examples(40))
+    common = ["bench", "--model", "tiny-llama", "--task", task, "--forwards", "4", "--batch-size", "4", "--n-test",
+              "6", "--n-dev", "6", "--eval-points", "2", "--methods", "mezo", "--lr", "1e-3"]
+    assert cli.main([*common, "--seeds", "0", "--out", str(tmp_path / "new")]) == 0
+    assert cli.main([*common, "--seeds", "1", "--out", str(tmp_path / "old")]) == 0
+    old = tmp_path / "old" / "bench.json"
+    report = json.loads(old.read_text())
+    assert report["config"]["base"]["head_lr"] is None
+    report["config"]["base"]["head_lr"] = 0.0
+    old.write_text(json.dumps(report))
+    assert cli.main(["bench-merge", str(tmp_path / "new"), str(old.parent), "--out", str(tmp_path / "m")]) == 0
+    report["config"]["base"]["head_lr"] = 1e-3  # a bench that did take the head step does not merge
+    old.write_text(json.dumps(report))
+    assert "--head-lr" in bad(capsys, ["bench-merge", str(tmp_path / "new"), str(old.parent), "--out", str(tmp_path / "x")])
+
+
+def test_a_tuner_bench_with_its_own_head_step_does_not_merge_with_one_that_turned_it_off(tmp_path, untrained, capsys):
+    task = _jsonl(tmp_path, one_token_examples(40))
+    v2 = Tuner.from_pretrained(untrained).with_head(1e-2).save_pretrained(tmp_path / "v2.safetensors")
+    common = ["bench", "--model", "tiny-llama", "--task", task, "--forwards", "4", "--batch-size", "4", "--n-test",
+              "6", "--n-dev", "6", "--eval-points", "2", "--lr", "1e-3", "--tuner", str(v2)]
+    assert cli.main([*common, "--methods", "mezo,tuner", "--seeds", "0", "--out", str(tmp_path / "own")]) == 0
+    runs = json.loads((tmp_path / "own" / "bench.json").read_text())["runs"]
+    assert {r["method"]: r["head_lr"] for r in runs} == {"mezo": 0.0, "tuner": 1e-2}
+    assert cli.main([*common, "--methods", "tuner", "--seeds", "1", "--head-lr", "0", "--out", str(tmp_path / "off")]) == 0
+    err = bad(capsys, ["bench-merge", str(tmp_path / "own"), str(tmp_path / "off"), "--out", str(tmp_path / "x")])
+    assert "different tuners" in err and "--head-lr 0" in err
