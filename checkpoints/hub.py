@@ -67,6 +67,10 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
     for key in ("steps", "seed", "date"):
         if key in prov and "imported_from" not in prov:
             lines.append(f"| meta-training {key} | {prov[key]} |")
+    if tuner.head is not None:
+        lines.append(f"| head step | Adam at lr {tuner.head_lr:g} on the output head's option rows, along their exact "
+                     "gradient read off the forward passes (multiple choice with one-token options; `--head-lr 0` "
+                     "turns it off) |")
     if tuner.recommended:
         lines.append(f"| recommended fine-tuning | {', '.join(f'{k} = {v}' for k, v in tuner.recommended.items())} |")
     lines.append("")
@@ -98,6 +102,10 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
         "for batch in batches:",
         "    loss = opt.step(lambda: loss_fn(model, batch))  # two forward passes, no backward",
         "```", "",
+        *([] if tuner.head is None else [
+            "This tuner also takes a head step, which `finetune --tuner` applies by itself; in your own loop, wrap "
+            "each step in `head.watching(batch)` of `finetune.head.HeadStep(model, scorer, lr=tuner.head_lr)` and "
+            "call `head.step()` after it (docs/python-api.md).", ""]),
         f"`{TUNER_FILE}` is a safetensors file (no pickled code); `python cli.py tuners inspect {TUNER_FILE}` "
         "prints its metadata and per-block scales.", "",
     ]

@@ -23,10 +23,13 @@ def provenance_text(tuner: Tuner) -> str:
         src = prov["imported_from"]
         return (f"imported from the ZO Fine-tuner file {src.get('file', '?')} (run tag {src.get('run_tag', '?')}), "
                 f"{prov.get('date', '?')}")
-    if not prov:
-        return "no provenance recorded"
+    sel = prov.get("head_selection")
+    head = "" if not isinstance(sel, dict) else (
+        f"; head step lr chosen on {', '.join(sel.get('tasks', [])) or '?'} by meta-train-head, {sel.get('date', '?')}")
+    if "meta_tasks" not in prov:
+        return ("untrained bank (every scale 1: MeZO's step)" + head) if head else "no provenance recorded"
     return (f"meta-trained on {', '.join(prov.get('meta_tasks', [])) or '?'}: {prov.get('steps', '?')} steps, "
-            f"seed {prov.get('seed', '?')}, zotune {prov.get('zotune_version', '?')}, {prov.get('date', '?')}")
+            f"seed {prov.get('seed', '?')}, zotune {prov.get('zotune_version', '?')}, {prov.get('date', '?')}" + head)
 
 
 def policy_text(tuner: Tuner) -> str:

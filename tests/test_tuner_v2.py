@@ -218,3 +218,17 @@ def test_a_tuner_bench_with_its_own_head_step_does_not_merge_with_one_that_turne
     assert cli.main([*common, "--methods", "tuner", "--seeds", "1", "--head-lr", "0", "--out", str(tmp_path / "off")]) == 0
     err = bad(capsys, ["bench-merge", str(tmp_path / "own"), str(tmp_path / "off"), "--out", str(tmp_path / "x")])
     assert "different tuners" in err and "--head-lr 0" in err
+
+
+def test_model_card_and_provenance_line_of_a_v2_tuner(untrained):
+    from checkpoints.hub import model_card
+    from checkpoints.inspect import provenance_text
+
+    plain = Tuner.from_pretrained(untrained)
+    assert "head step" not in model_card(plain) and provenance_text(plain) == "no provenance recorded"
+    v2 = plain.with_head(3e-4)
+    v2.provenance = {"head_selection": {"tasks": ["hotels"], "date": "2026-12-04"}}
+    card = model_card(v2)
+    assert "| head step | Adam at lr 0.0003" in card and "HeadStep(model, scorer, lr=tuner.head_lr)" in card
+    assert provenance_text(v2) == ("untrained bank (every scale 1: MeZO's step); head step lr chosen on hotels by "
+                                   "meta-train-head, 2026-12-04")
