@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import Diverged, Snapshot, check_output, strict_json
+from finetune.common.runs import Diverged, RunLock, Snapshot, check_output, strict_json
 from finetune.data.adapters import load_snapshot_weights, snapshot_weights
 from finetune.data.models import model_id
 from finetune.trainer import FO, NO_Q_METHODS, FinetuneConfig, prepare, run_inputs, train, work_dir
@@ -483,72 +483,75 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
     runs_cfg = cfg.runs()
     base = cfg.base
     out = check_output(Path(out))
-    work = work_dir(out)
-    spec = _plain({**asdict(cfg), "base": asdict(base)})
-    spec_path = work / "bench-config.json"
-    if resume:
-        if not spec_path.exists():
-            raise ZotuneError(f"nothing to resume: no interrupted bench in {work}; run without --resume")
-        if json.loads(spec_path.read_text()) != spec:
-            raise ZotuneError(f"cannot resume: the interrupted bench in {work} had other options; rerun it with "
-                              "the same options or delete that folder")
-    elif work.exists():
-        raise ZotuneError(f"an interrupted bench to {out} is in {work}; add --resume to continue it, or delete "
-                          "that folder")
-    (work / "runs").mkdir(parents=True, exist_ok=True)
-    if not resume:
-        _write_json(spec_path, spec)
-    try:
-        task, model, _, scorer = prepare(base)
-        pristine = {k: v.detach().clone() for k, v in snapshot_weights(model).items()}  # adapter-sized with --peft
-        inputs = run_inputs(base, task, model)  # fingerprints: a resumed run must see the same data and weights
-        cal_path = work / "calibration.json"  # of the frozen model, once for the whole grid (one split)
-        if not cal_path.exists():
-            from finetune.calibration import calibration_reference
+    with RunLock(out):  # a second bench to the same folder is refused while this one runs
+        check_output(out)  # again, now that no other bench can write it
+        work = work_dir(out)
+        spec = _plain({**asdict(cfg), "base": asdict(base)})
+        spec_path = work / "bench-config.json"
+        if resume:
+            if not spec_path.exists():
+                raise ZotuneError(f"nothing to resume: no interrupted bench in {work}; run without --resume")
+            if json.loads(spec_path.read_text()) != spec:
+                raise ZotuneError(f"cannot resume: the interrupted bench in {work} had other options; rerun it with "
+                                  "the same options or delete that folder")
+        elif work.exists():
+            raise ZotuneError(f"an interrupted bench to {out} is in {work}; add --resume to continue it, or delete "
+                              "that folder")
+        (work / "runs").mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _write_json(spec_path, spec)
+        try:
+            task, model, _, scorer = prepare(base)
+            pristine = {k: v.detach().clone() for k, v in snapshot_weights(model).items()}  # adapter-sized with --peft
+            inputs = run_inputs(base, task, model)  # fingerprints: a resumed run must see the same data and weights
+            cal_path = work / "calibration.json"  # of the frozen model, once for the whole grid (one split)
+            if not cal_path.exists():
+                from finetune.calibration import calibration_reference
 
-            _write_json(cal_path, {"calibration": calibration_reference(model, scorer, task, base.batch_size)})
-        calibration = json.loads(cal_path.read_text())["calibration"]
-        runs = []
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, disable=not progress) as bar:
-            job = bar.add_task("bench", total=len(runs_cfg))
-            for i, run_cfg in enumerate(runs_cfg):
-                path = work / "runs" / f"{i:04d}.json"
-                if path.exists():
-                    runs.append(json.loads(path.read_text()))
+                _write_json(cal_path, {"calibration": calibration_reference(model, scorer, task, base.batch_size)})
+            calibration = json.loads(cal_path.read_text())["calibration"]
+            runs = []
+            columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, disable=not progress) as bar:
+                job = bar.add_task("bench", total=len(runs_cfg))
+                for i, run_cfg in enumerate(runs_cfg):
+                    path = work / "runs" / f"{i:04d}.json"
+                    if path.exists():
+                        runs.append(json.loads(path.read_text()))
+                        bar.advance(job)
+                        continue
+                    bar.update(job, description=f"{run_cfg.method} lr={run_cfg.lr:g} seed={run_cfg.seed}")
+                    load_snapshot_weights(model, pristine)
+                    snapshot = Snapshot(work / "snapshot.pt", snapshot_every,
+                                        restart_hint=f"delete {work} to start the bench over")
+                    try:
+                        result = train(run_cfg, model, scorer, task, progress=False, snapshot=snapshot, inputs=inputs,
+                                       tuner=tuner)
+                        run = _run_record(run_cfg, result)
+                    except Diverged as e:  # a grid often holds an lr too large: record it, go on with the grid
+                        run = _plain({"method": run_cfg.method, "lr": run_cfg.lr, "seed": run_cfg.seed,
+                                      "steps": run_cfg.steps, "optimizer": run_cfg.optimizer_name,
+                                      "diverged": str(e).split("; ")[0]})
+                    # first: a kill in between reruns this run, never restores it into the next
+                    snapshot.path.unlink(missing_ok=True)
+                    _write_json(path, run)
+                    runs.append(run)
                     bar.advance(job)
-                    continue
-                bar.update(job, description=f"{run_cfg.method} lr={run_cfg.lr:g} seed={run_cfg.seed}")
-                load_snapshot_weights(model, pristine)
-                snapshot = Snapshot(work / "snapshot.pt", snapshot_every,
-                                    restart_hint=f"delete {work} to start the bench over")
-                try:
-                    result = train(run_cfg, model, scorer, task, progress=False, snapshot=snapshot, inputs=inputs,
-                                   tuner=tuner)
-                    run = _run_record(run_cfg, result)
-                except Diverged as e:  # a grid often holds an lr too large: record it, go on with the grid
-                    run = _plain({"method": run_cfg.method, "lr": run_cfg.lr, "seed": run_cfg.seed,
-                                  "steps": run_cfg.steps, "optimizer": run_cfg.optimizer_name,
-                                  "diverged": str(e).split("; ")[0]})
-                snapshot.path.unlink(missing_ok=True)  # first: a kill in between reruns this run, never restores it into the next
-                _write_json(path, run)
-                runs.append(run)
-                bar.advance(job)
-        load_snapshot_weights(model, pristine)
-        head = {"model": model_id(base.model), "task": task.name, "metric": task.metric, "forwards": cfg.forwards,
-                "split": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)}, "config": spec}
-        rows = write_report(work, head, runs, cfg.select, calibration, cfg.bootstrap, cfg.bootstrap_seed)
-        shutil.rmtree(work / "runs")
-        spec_path.unlink()
-        cal_path.unlink()
-        if out.exists():
-            out.rmdir()  # an empty folder made beforehand
-        work.rename(out)
-        return rows
-    except BaseException:
-        if not any((work / "runs").glob("*.json")) and not (work / "snapshot.pt").exists():
-            shutil.rmtree(work, ignore_errors=True)
-        raise
+            load_snapshot_weights(model, pristine)
+            head = {"model": model_id(base.model), "task": task.name, "metric": task.metric, "forwards": cfg.forwards,
+                    "split": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)}, "config": spec}
+            rows = write_report(work, head, runs, cfg.select, calibration, cfg.bootstrap, cfg.bootstrap_seed)
+            shutil.rmtree(work / "runs")
+            spec_path.unlink()
+            cal_path.unlink()
+            if out.exists():
+                out.rmdir()  # an empty folder made beforehand
+            work.rename(out)
+            return rows
+        except BaseException:
+            if not any((work / "runs").glob("*.json")) and not (work / "snapshot.pt").exists():
+                shutil.rmtree(work, ignore_errors=True)
+            raise
 
 
 # ---- merging benches -----------------------------------------------------------------------------

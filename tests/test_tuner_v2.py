@@ -232,3 +232,17 @@ def test_model_card_and_provenance_line_of_a_v2_tuner(untrained):
     assert "| head step | Adam at lr 0.0003" in card and "HeadStep(model, scorer, lr=tuner.head_lr)" in card
     assert provenance_text(v2) == ("untrained bank (every scale 1: MeZO's step); head step lr chosen on hotels by "
                                    "meta-train-head, 2026-12-04")
+
+
+def test_a_second_bench_to_the_same_folder_is_refused_while_one_runs(tmp_path, capsys):
+    # meta-train-head resumes an interrupted bench by itself, so two of them on one work folder must not both run it
+    from finetune.common.runs import RunLock
+
+    task = _jsonl(tmp_path, one_token_examples(40))
+    out = tmp_path / "b"
+    argv = ["bench", "--model", "tiny-llama", "--task", task, "--forwards", "4", "--batch-size", "4", "--n-test", "6",
+            "--n-dev", "6", "--eval-points", "2", "--methods", "mezo", "--seeds", "0", "--out", str(out)]
+    with RunLock(out):  # what a running bench holds
+        assert "another run" in bad(capsys, argv)
+    assert not out.exists() and not (tmp_path / ".b.partial").exists()
+    assert cli.main(argv) == 0

@@ -92,3 +92,64 @@ if [[ $stage == head-compare || $stage == all ]]; then
     python $R/paired.py --a $R/mezo-med-cpu-s* --b $R/head-med-s*
   } > $R/head-compare.txt
 fi
+# 2026-12-04, night: tuner v2 shipped (checkpoints/pretrained/smollm2-135m-v2.safetensors: an untrained bank, i.e.
+# MeZO's scales, plus the head step). Its head lr is chosen by meta-train-head on hotels (meta-training), through
+# the engine's own head step (finetune/head.py), replacing head_hybrid.py's loop for this choice. Two processes share
+# one work folder (each takes half the grid); the last call reads the four finished benches and writes the file.
+SEL=(--model smollm2-135m --tasks "$H" --lr 3e-5 --batch-size 8 --forwards 1000 --eval-points 5 --autocast bf16
+     --threads 1 --seeds 0 --work $R/head-select)
+if [[ $stage == v2-select || $stage == all ]]; then
+  python cli.py meta-train-head "${SEL[@]}" --head-lrs 3e-4,1e-4 --out /tmp/zotune-select-a.safetensors &
+  python cli.py meta-train-head "${SEL[@]}" --head-lrs 1e-3,3e-3 --out /tmp/zotune-select-b.safetensors
+  wait
+  python cli.py meta-train-head "${SEL[@]}" --head-lrs 1e-4,3e-4,1e-3,3e-3 \
+    --out checkpoints/pretrained/smollm2-135m-v2.safetensors
+fi
+# The derivative checkpoint (benchmarks/make_derivative.py, as in reports/tuner-smollm2) on held-out
+# valid_parentheses: MeZO at the base model's selected lr (3e-5, not re-selected) with and without the head step at
+# the tuner's lr. The head arm ran as `--head-lr 3e-4`, which tests/test_tuner_v2.py shows is bit for bit what
+# `--methods tuner --tuner smollm2-135m-v2.safetensors` runs.
+if [[ $stage == derivative || $stage == all ]]; then
+  python benchmarks/make_derivative.py --out runs/derivative-smollm2 --steps 40 --threads 2
+  for seed in 0 1 2; do
+    python cli.py bench --model runs/derivative-smollm2 --task "$VP" "${HELD[@]}" --seeds $seed --methods mezo \
+      --lr-grid mezo=3e-5 --out $R/deriv-mezo-vp-s$seed &
+    python cli.py bench --model runs/derivative-smollm2 --task "$VP" "${HELD[@]}" --seeds $seed --methods mezo \
+      --lr-grid mezo=3e-5 --head-lr 3e-4 --out $R/deriv-head-vp-s$seed
+    wait
+  done
+fi
+# The oracle (issue 17, item 3) of the tuner's own family: the head lr that each held-out task's own dev split
+# picks, seed 0, from 1e-4 / 3e-4 / 1e-3 / 3e-3 (3e-4 and valid_parentheses' 1e-3 ran above).
+if [[ $stage == oracle || $stage == all ]]; then
+  python cli.py bench --task "$MED" "${HELD[@]}" --seeds 0 --methods mezo --lr-grid mezo=1e-5 --head-lr 1e-3 \
+    --out $R/oracle-med-h1e-3-s0 &
+  python cli.py bench --task "$VP" "${HELD[@]}" --seeds 0 --methods mezo --lr-grid mezo=3e-5 --head-lr 1e-4 \
+    --out $R/oracle-vp-h1e-4-s0
+  python cli.py bench --task "$VP" "${HELD[@]}" --seeds 0 --methods mezo --lr-grid mezo=3e-5 --head-lr 3e-3 \
+    --out $R/oracle-vp-h3e-3-s0
+  wait
+  python cli.py bench --task "$MED" "${HELD[@]}" --seeds 0 --methods mezo --lr-grid mezo=1e-5 --head-lr 1e-4 \
+    --out $R/oracle-med-h1e-4-s0 &
+  python cli.py bench --task "$MED" "${HELD[@]}" --seeds 0 --methods mezo --lr-grid mezo=1e-5 --head-lr 3e-3 \
+    --out $R/oracle-med-h3e-3-s0
+  wait
+fi
+if [[ $stage == v2-compare || $stage == all ]]; then
+  B=reports/baselines-smollm2/vp
+  {
+    echo "## derivative checkpoint, valid_parentheses: MeZO (3e-5) -> tuner v2 (MeZO + head step 3e-4)"
+    python $R/paired.py --a $R/deriv-mezo-vp-s* --b $R/deriv-head-vp-s*
+    echo "## oracle, valid_parentheses (seed 0)"
+    python $R/oracle.py --mezo $B/screen-a --mezo-lr 3e-5 --tuner-head-lr 3e-4 \
+      --head $R/head-vp-sel-s0 $R/head-vp-s0 $R/oracle-vp-h1e-4-s0 $R/oracle-vp-h3e-3-s0
+    echo "## oracle, medicine (seed 0)"
+    python $R/oracle.py --mezo $R/mezo-med-cpu-s0 --tuner-head-lr 3e-4 \
+      --head $R/head-med-s0 $R/oracle-med-h1e-4-s0 $R/oracle-med-h1e-3-s0 $R/oracle-med-h3e-3-s0
+  } > $R/v2-compare.txt
+fi
+# The cost of a tuned step with the head step against a MeZO step (issue 17, item 6), batch 16, one run
+if [[ $stage == v2-cost || $stage == all ]]; then
+  python benchmarks/speed_memory.py --task "$VP" --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors \
+    --repeats 10 --memory-runs 1 --threads 1 > $R/v2-cost.txt
+fi
