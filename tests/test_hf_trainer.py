@@ -199,3 +199,13 @@ def test_a_tuner_file_drives_the_steps(tiny, tmp_path):
     ZOTrainer(model=sgd, args=training_args(tmp_path, max_steps=2), train_dataset=lm_dataset(tok, 4),
               data_collator=DataCollatorForLanguageModeling(tok, mlm=False)).train()
     assert not all(torch.equal(a, b) for a, b in zip(finals[0], sgd.parameters()))   # the tuner's scales matter
+
+
+def test_a_tuner_with_a_head_step_is_refused_not_dropped(tiny, tmp_path):
+    model, tok = tiny
+    tuner = tiny_tuner(model).with_head(1e-3)
+    args = dict(model=copy.deepcopy(model), args=training_args(tmp_path, max_steps=1), train_dataset=lm_dataset(tok, 2),
+                data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    with pytest.raises(ZotuneError, match="with_head"):
+        ZOTrainer(**args, zo_args=ZOArguments(tuner=tuner)).train()
+    ZOTrainer(**args, zo_args=ZOArguments(tuner=tuner.with_head(0))).train()  # the bank alone runs
