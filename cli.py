@@ -287,6 +287,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     ev = metrics["eval"]
     passes = f"{metrics['forwards']} forward passes" + (f" and {metrics['backwards']} backward passes"
                                                          if metrics.get("backwards") else "")
+    if metrics.get("head_lr"):
+        passes += f", with the head step at lr {metrics['head_lr']:g}"
     from finetune.bench import calibrated_metric
 
     cal = calibrated_metric(metrics)

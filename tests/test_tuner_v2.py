@@ -63,11 +63,13 @@ def test_bad_head_metadata_is_refused_in_one_line(tmp_path, untrained):
     assert shipped.head is None  # a format-1 file still loads, without a head step
 
 
-def _finetune(tmp_path, name, task, *extra):
+def _finetune(tmp_path, name, task, *extra, capsys):
     out = tmp_path / name
     assert cli.main(["finetune", *BASE, "--task", task, "--steps", "5", "--eval-every", "2", *extra,
                      "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    said = capsys.readouterr().out  # the closing line says whether the head step ran
+    assert ("with the head step at lr 0.02" in said) == (metrics["head_lr"] == 2e-2), said
     model, _ = load_model(str(out / "model"))
     return metrics, model
 
@@ -81,15 +83,15 @@ def _same(a, b):
         assert torch.equal(v, w), k
 
 
-def test_a_tuner_with_a_head_step_fine_tunes_as_mezo_with_head_lr_bit_for_bit(tmp_path, untrained):
+def test_a_tuner_with_a_head_step_fine_tunes_as_mezo_with_head_lr_bit_for_bit(tmp_path, untrained, capsys):
     task = _jsonl(tmp_path, one_token_examples(60))
     v2 = Tuner.from_pretrained(untrained).with_head(2e-2).save_pretrained(tmp_path / "v2.safetensors")
-    tuned = _finetune(tmp_path, "tuned", task, "--tuner", str(v2))
-    mezo_head = _finetune(tmp_path, "mezo-head", task, "--method", "mezo", "--head-lr", "2e-2")
+    tuned = _finetune(tmp_path, "tuned", task, "--tuner", str(v2), capsys=capsys)
+    mezo_head = _finetune(tmp_path, "mezo-head", task, "--method", "mezo", "--head-lr", "2e-2", capsys=capsys)
     assert tuned[0]["head_lr"] == 2e-2
     _same(tuned, mezo_head)
-    off = _finetune(tmp_path, "off", task, "--tuner", str(v2), "--head-lr", "0")  # turned off: exactly MeZO
-    mezo = _finetune(tmp_path, "mezo", task, "--method", "mezo")
+    off = _finetune(tmp_path, "off", task, "--tuner", str(v2), "--head-lr", "0", capsys=capsys)  # turned off: exactly MeZO
+    mezo = _finetune(tmp_path, "mezo", task, "--method", "mezo", capsys=capsys)
     assert off[0]["head_lr"] == 0
     _same(off, mezo)
     assert tuned[0]["train_loss"] != mezo[0]["train_loss"]  # the head step did act
