@@ -83,15 +83,18 @@ def _same(a, b):
         assert torch.equal(v, w), k
 
 
-def test_a_tuner_with_a_head_step_fine_tunes_as_mezo_with_head_lr_bit_for_bit(tmp_path, untrained, capsys):
+@pytest.mark.parametrize("precision", [[], ["--autocast", "bf16"]], ids=["fp32", "autocast-bf16"])
+def test_a_tuner_with_a_head_step_fine_tunes_as_mezo_with_head_lr_bit_for_bit(tmp_path, untrained, capsys, precision):
+    # (the report's held-out runs used --autocast bf16 and --method mezo --head-lr: this is what makes them tuner v2's)
     task = _jsonl(tmp_path, one_token_examples(60))
     v2 = Tuner.from_pretrained(untrained).with_head(2e-2).save_pretrained(tmp_path / "v2.safetensors")
-    tuned = _finetune(tmp_path, "tuned", task, "--tuner", str(v2), capsys=capsys)
-    mezo_head = _finetune(tmp_path, "mezo-head", task, "--method", "mezo", "--head-lr", "2e-2", capsys=capsys)
+    tuned = _finetune(tmp_path, "tuned", task, "--tuner", str(v2), *precision, capsys=capsys)
+    mezo_head = _finetune(tmp_path, "mezo-head", task, "--method", "mezo", "--head-lr", "2e-2", *precision,
+                          capsys=capsys)
     assert tuned[0]["head_lr"] == 2e-2
     _same(tuned, mezo_head)
-    off = _finetune(tmp_path, "off", task, "--tuner", str(v2), "--head-lr", "0", capsys=capsys)  # turned off: exactly MeZO
-    mezo = _finetune(tmp_path, "mezo", task, "--method", "mezo", capsys=capsys)
+    off = _finetune(tmp_path, "off", task, "--tuner", str(v2), "--head-lr", "0", *precision, capsys=capsys)  # = MeZO
+    mezo = _finetune(tmp_path, "mezo", task, "--method", "mezo", *precision, capsys=capsys)
     assert off[0]["head_lr"] == 0
     _same(off, mezo)
     assert tuned[0]["train_loss"] != mezo[0]["train_loss"]  # the head step did act
