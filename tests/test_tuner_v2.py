@@ -251,3 +251,19 @@ def test_a_second_bench_to_the_same_folder_is_refused_while_one_runs(tmp_path, c
         assert "another run" in bad(capsys, argv)
     assert not out.exists() and not (tmp_path / ".b.partial").exists()
     assert cli.main(argv) == 0
+
+
+def test_the_shipped_v2_tuner_is_mezo_scales_plus_the_head_lr_its_committed_benches_chose():
+    root = cli.Path(cli.__file__).parent
+    v2 = Tuner.from_pretrained(root / "checkpoints/pretrained/smollm2-135m-v2.safetensors")
+    first, rest = v2.scales_at_rest()
+    assert torch.equal(first, torch.ones_like(first)) and torch.equal(rest, torch.ones_like(rest))  # MeZO's step
+    sel = v2.provenance["head_selection"]
+    work = root / "reports/tuner-v2-smollm2/head-select"
+    losses = {}
+    for task in sel["tasks"]:
+        for key in sel["dev_loss"]:
+            runs = json.loads((bench_folder(work, task, float(key)) / "bench.json").read_text())["runs"]
+            losses[key] = sum(r["curve"][-1]["dev_loss"] for r in runs) / len(runs)
+    assert sel["dev_loss"] == pytest.approx(losses)
+    assert v2.head_lr == float(min(losses, key=losses.get)) == sel["chosen"] and v2.recommended["lr"] == sel["lr"]
