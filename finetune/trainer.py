@@ -369,7 +369,7 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lr: float | N
     run's head step lr (:func:`head_lr_of`; default ``cfg.head_lr``)."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
-    if (cfg.head_lr or 0 if head_lr is None else head_lr) > 0:  # each rank would see only its shard's (batch mode) or directions' passes
+    if ((cfg.head_lr or 0) if head_lr is None else head_lr) > 0:  # each rank would see only its shard's (batch mode) or directions' passes
         raise ZotuneError("--head-lr does not run data-parallel yet; run it without torchrun")
     if dp.mode == "batch":
         dp.bounds(cfg.batch_size)
