@@ -411,9 +411,9 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
     from finetune.common.errors import ZotuneError
     from finetune.data.models import EMBEDDED, name_for_id, set_threads
     from finetune.trainer import FinetuneConfig
-    from meta.head import HeadSearch, select_head_lr, untrained_tuner
+    from meta.head import HeadSearch, check_out, select_head_lr, untrained_tuner
 
-    out = Path(args.out)
+    out = check_out(Path(args.out))  # before an untrained tuner is written into the work folder
     work = Path(args.work) if args.work else out.with_name(f"{out.stem}.head-benches")
     set_threads(args.threads)
     if args.tuner is not None:

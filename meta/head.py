@@ -83,6 +83,14 @@ def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: floa
     return json.loads(done.read_text())["runs"]
 
 
+def check_out(out: Path) -> Path:
+    """Refuse, before any work, an ``--out`` that is not a new ``.safetensors`` file; return it."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ZotuneError(f"--out must name a .safetensors file, got {out}")
+    return check_output(out, kind="file")
+
+
 def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Path, tuner: Tuner | None = None,
                    progress: bool = True) -> Tuner:
     """Choose the head step's lr for the tuner ``base.tuner`` (method ``tuner``, at ``base.lr``) by the benches
@@ -93,9 +101,7 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
     if base.n_dev < 1:
         raise ZotuneError("the head lr is chosen on the dev split: set --n-dev >= 1")
     base.validate()
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ZotuneError(f"--out must name a .safetensors file, got {out}")
+    out = check_out(out)
     tuner = tuner or Tuner.from_pretrained(base.tuner)
     if tuner.adapter is not None:
         raise ZotuneError("this tuner is for an adapter (--peft), which keeps the output head frozen: the head step "
@@ -104,7 +110,6 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
         raise ZotuneError(f"{base.tuner} has a head step already (lr {tuner.head_lr:g}); start from a tuner without "
                           "one, such as the one meta-train wrote")
     with ExitStack() as stack:
-        check_output(out, kind="file")
         stack.enter_context(RunLock(out))
         check_output(out, kind="file")  # again, now that no other run can write it
         losses: dict[str, float] = {}

@@ -192,6 +192,12 @@ def test_meta_train_head_refusals(tmp_path, untrained, capsys):
     assert "--head-lrs" in bad(capsys, [*_select(tmp_path, task, "y.safetensors"), "--head-lrs", "1e-3,1e-3"])
     assert "--n-dev" in bad(capsys, [*_select(tmp_path, task, "z.safetensors"), "--n-dev", "0"])
     assert not list(tmp_path.glob("*.safetensors.*")) and not (tmp_path / "x.safetensors").exists()
+    fresh = tmp_path / "fresh"  # a wrong --out is refused before the untrained tuner is written into --work
+    fresh.mkdir()
+    (fresh / "taken.safetensors").write_text("")
+    for out in ("y.pt", "taken.safetensors"):
+        bad(capsys, _select(fresh, task, out))
+        assert not (fresh / "work").exists()
 
 
 def test_a_bench_without_head_lr_merges_with_one_that_recorded_0(tmp_path, capsys):
