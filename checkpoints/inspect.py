@@ -17,17 +17,22 @@ def block_role(name: str) -> str:
 
 
 def provenance_text(tuner: Tuner) -> str:
-    """One line saying where a tuner comes from (meta-training run or imported file)."""
+    """One line saying where a tuner comes from (meta-training run, imported file, benchmark, or an untrained bank
+    given a head step), and where its head step's lr was chosen when it has one."""
     prov = tuner.provenance or {}
-    if "imported_from" in prov:
-        src = prov["imported_from"]
-        return (f"imported from the ZO Fine-tuner file {src.get('file', '?')} (run tag {src.get('run_tag', '?')}), "
-                f"{prov.get('date', '?')}")
+    if not prov:
+        return "no provenance recorded"
     sel = prov.get("head_selection")
     head = "" if not isinstance(sel, dict) else (
         f"; head step lr chosen on {', '.join(sel.get('tasks', [])) or '?'} by meta-train-head, {sel.get('date', '?')}")
-    if "meta_tasks" not in prov:
-        return ("untrained bank (every scale 1: MeZO's step)" + head) if head else "no provenance recorded"
+    if "imported_from" in prov:
+        src = prov["imported_from"]
+        return (f"imported from the ZO Fine-tuner file {src.get('file', '?')} (run tag {src.get('run_tag', '?')}), "
+                f"{prov.get('date', '?')}" + head)
+    if set(prov) == {"head_selection"}:  # meta-train-head from an untrained tuner (which records nothing)
+        return "untrained bank (every scale 1: MeZO's step)" + head
+    if "kind" in prov and "meta_tasks" not in prov:  # e.g. a static allocation written by a benchmark
+        return str(prov["kind"]) + head
     return (f"meta-trained on {', '.join(prov.get('meta_tasks', [])) or '?'}: {prov.get('steps', '?')} steps, "
             f"seed {prov.get('seed', '?')}, zotune {prov.get('zotune_version', '?')}, {prov.get('date', '?')}" + head)
 

@@ -243,6 +243,12 @@ def test_model_card_and_provenance_line_of_a_v2_tuner(untrained):
     assert "| head step | Adam at lr 0.0003" in card and "HeadStep(model, scorer, lr=tuner.head_lr)" in card
     assert provenance_text(v2) == ("untrained bank (every scale 1: MeZO's step); head step lr chosen on hotels by "
                                    "meta-train-head, 2026-12-04")
+    for prov, start in [({"meta_tasks": ["a"], "steps": 3, "seed": 0}, "meta-trained on a: 3 steps"),
+                        ({"kind": "static allocation"}, "static allocation"),
+                        ({"imported_from": {"file": "x.pth", "run_tag": "t"}}, "imported from the ZO Fine-tuner file x.pth")]:
+        v2.provenance = {**prov, "head_selection": {"tasks": ["hotels"], "date": "d"}}
+        line = provenance_text(v2)
+        assert line.startswith(start) and line.endswith("; head step lr chosen on hotels by meta-train-head, d"), line
 
 
 def test_a_second_bench_to_the_same_folder_is_refused_while_one_runs(tmp_path, capsys):
