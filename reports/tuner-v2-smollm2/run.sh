@@ -153,3 +153,9 @@ if [[ $stage == v2-cost || $stage == all ]]; then
   python benchmarks/speed_memory.py --task "$VP" --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors \
     --repeats 10 --memory-runs 1 --threads 1 > $R/v2-cost.txt
 fi
+# The shipped file as a user runs it (bench --methods tuner: its own recommended lr 3e-5 and its own head step) on
+# held-out medicine, seed 0, against the CPU MeZO runs above (MeZO's lr there is its own selection, 1e-5)
+if [[ $stage == v2-default || $stage == all ]]; then
+  python cli.py bench --task "$MED" "${HELD[@]}" --seeds 0 --methods tuner \
+    --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr-grid tuner=3e-5 --out $R/v2-med-default-s0
+fi
