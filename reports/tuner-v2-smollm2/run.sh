@@ -146,6 +146,10 @@ if [[ $stage == v2-compare || $stage == all ]]; then
     echo "## oracle, medicine (seed 0)"
     python $R/oracle.py --mezo $R/mezo-med-cpu-s0 --tuner-head-lr 3e-4 \
       --head $R/head-med-s0 $R/oracle-med-h1e-4-s0 $R/oracle-med-h1e-3-s0 $R/oracle-med-h3e-3-s0
+    if [[ -d $R/v2-med-default-s0 ]]; then  # stage v2-default, run after this one
+      echo "## medicine: MeZO (1e-5) -> the shipped v2 file at its own settings (lr 3e-5, its head step), seed 0"
+      python $R/paired.py --a $R/mezo-med-cpu-s0 --b $R/v2-med-default-s0 --b-method tuner
+    fi
   } > $R/v2-compare.txt
 fi
 # The cost of a tuned step with the head step against a MeZO step (issue 17, item 6), batch 16, one run
