@@ -163,3 +163,12 @@ if [[ $stage == v2-default || $stage == all ]]; then
   python cli.py bench --task "$MED" "${HELD[@]}" --seeds 0 --methods tuner \
     --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr-grid tuner=3e-5 --out $R/v2-med-default-s0
 fi
+# A robustness check of the choice, made after everything above (so it is reported, never used to re-choose):
+# hotels seed 1 at the two best head lrs of seed 0
+if [[ $stage == v2-select-s1 || $stage == all ]]; then
+  python cli.py meta-train-head "${SEL[@]}" --seeds 1 --work $R/head-select-s1 --head-lrs 3e-4 \
+    --out /tmp/zotune-select-s1a.safetensors &
+  python cli.py meta-train-head "${SEL[@]}" --seeds 1 --work $R/head-select-s1 --head-lrs 1e-3 \
+    --out /tmp/zotune-select-s1b.safetensors
+  wait
+fi
