@@ -410,7 +410,6 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
     from checkpoints import Tuner
     from finetune.common.errors import ZotuneError
     from finetune.data.models import EMBEDDED, name_for_id, set_threads
-    from finetune.trainer import FinetuneConfig
     from meta.head import HeadSearch, check_out, select_head_lr, untrained_tuner
 
     out = check_out(Path(args.out))  # before an untrained tuner is written into the work folder
@@ -427,10 +426,7 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
     lr = args.lr if args.lr is not None else tuner.recommended.get("lr")
     if lr is None:
         raise ZotuneError("this tuner records no recommended lr; pass --lr (the fine-tuning lr the head step goes with)")
-    base = FinetuneConfig(model=model, method="tuner", tuner=path, lr=lr, eps=args.eps, batch_size=args.batch_size,
-                          n_train=args.n_train, n_dev=args.n_dev, n_test=args.n_test, max_length=args.max_length,
-                          noise=args.noise, autocast=args.autocast, dtype=args.dtype, device=args.device,
-                          device_map=args.device_map, threads=args.threads)
+    base = _config(args, method="tuner", tuner=path, model=model, lr=lr)  # the run options, as finetune takes them
     search = HeadSearch(tasks=args.tasks, head_lrs=args.head_lrs, seeds=args.seeds, forwards=args.forwards,
                         eval_points=args.eval_points)
     try:

@@ -17,18 +17,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune.bench import final_value  # noqa: E402
+from paired import arm  # noqa: E402  (the runs of one method and lr, by seed; diverged ones named and left out)
 
 
 def run_of(folder: Path, seed: int, lr: float | None = None) -> tuple[float, dict]:
     """(head lr, the MeZO run of ``seed``, at ``lr`` if given) of a finished bench."""
-    report = json.loads((folder / "bench.json").read_text())
-    runs = [r for r in report["runs"] if r["seed"] == seed and r["method"] == "mezo" and lr in (None, r["lr"])]
-    if len(runs) != 1:
-        sys.exit(f"{folder}: expected one mezo run of seed {seed}, found {len(runs)}")
-    if runs[0].get("diverged"):
-        sys.exit(f"{folder}: seed {seed} diverged")
-    return float(report["config"]["base"].get("head_lr") or 0.0), runs[0]
+    runs = arm([folder], "mezo", lr)
+    if seed not in runs:
+        sys.exit(f"{folder}: no finished mezo run of seed {seed}")
+    head_lr = json.loads((folder / "bench.json").read_text())["config"]["base"].get("head_lr")
+    return float(head_lr or 0.0), runs[seed]
 
 
 def main() -> None:
