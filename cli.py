@@ -632,7 +632,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the head lrs tried, comma-separated; 0 = no head step (default 1e-4,3e-4,1e-3)")
     p.add_argument("--lr", action=_Finite, default=None,
                    help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
-    p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds per (task, head lr) (default 0)")
+    p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds, one bench each per (task, head lr) (default 0)")
     p.add_argument("--forwards", type=int, default=1000, help="forward passes per run (default %(default)s)")
     p.add_argument("--eval-points", action=_Count, default=5, help="evaluations along each run (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
@@ -643,8 +643,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
     p.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
     p.add_argument("--work", default=None, metavar="DIR",
-                   help="where the benches go, one per (task, head lr); rerun the same command to continue after a "
-                   "kill (default: <out stem>.head-benches beside --out)")
+                   help="where the benches go, one per (task, head lr, seed); rerun the same command to continue "
+                   "after a kill, or with more --seeds/--tasks to widen a choice (finished benches are reused; "
+                   "default: <out stem>.head-benches beside --out)")
     p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
     g = _hardware_args(p)
     g.add_argument("--autocast", default=None, choices=["bf16"], help="every forward pass under bf16 autocast")

@@ -12,8 +12,10 @@ dev loss, averaged over seeds and then over tasks, goes into the artifact; a run
 infinite loss. A grid may hold 0 (no head step), so that the choice can also be "none". The test split is never
 read for the choice (it is evaluated, as in every bench, and left alone).
 
-Each bench lives in its own folder under ``work`` and resumes after a kill, so an interrupted selection
-continues where it stopped when the same command is given again; finished benches are read, not rerun.
+Each (task, head lr, seed) bench lives in its own folder under ``work`` (:func:`bench_folder`) and resumes after a
+kill, so an interrupted selection continues where it stopped when the same command is given again; finished benches
+are read, not rerun. One bench per seed means a choice can be widened later: the same command with more
+``--seeds`` or ``--tasks`` (or a wider grid) runs only the benches it does not have yet.
 """
 from __future__ import annotations
 
@@ -53,10 +55,10 @@ class HeadSearch:
         check_number("--forwards", self.forwards, low=2, integer=True)
 
 
-def bench_folder(work: Path, task: str, head_lr: float) -> Path:
-    """The bench of one (task, head lr) pair under ``work``."""
+def bench_folder(work: Path, task: str, head_lr: float, seed: int) -> Path:
+    """The bench of one (task, head lr, seed) under ``work``."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", task).strip("-")
-    return Path(work) / slug / f"head-lr-{head_lr:g}"
+    return Path(work) / slug / f"head-lr-{head_lr:g}" / f"seed-{seed}"
 
 
 def final_dev_loss(run: dict) -> float:
@@ -67,20 +69,20 @@ def final_dev_loss(run: dict) -> float:
     return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
 
 
-def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float, work: Path, tuner: Tuner,
-              progress: bool = True) -> list[dict]:
-    """The runs of one (task, head lr) bench: read when finished, resumed when interrupted, else run."""
+def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float, seed: int, work: Path,
+              tuner: Tuner, progress: bool = True) -> dict:
+    """The run of one (task, head lr, seed) bench: read when finished, resumed when interrupted, else run."""
     from finetune.bench import BenchConfig, bench
 
-    folder = bench_folder(work, task, head_lr)
+    folder = bench_folder(work, task, head_lr, seed)
     done = folder / "bench.json"
-    if done.exists():
-        return json.loads(done.read_text())["runs"]
-    cfg = BenchConfig(base=replace(base, task=task, head_lr=head_lr), methods=["tuner"],
-                      lrs={"tuner": [base.lr]}, seeds=list(search.seeds), forwards=search.forwards,
-                      eval_points=search.eval_points, select="dev")
-    bench(cfg, folder, progress=progress, resume=work_dir(folder).exists(), tuner=tuner)
-    return json.loads(done.read_text())["runs"]
+    if not done.exists():
+        cfg = BenchConfig(base=replace(base, task=task, head_lr=head_lr), methods=["tuner"],
+                          lrs={"tuner": [base.lr]}, seeds=[seed], forwards=search.forwards,
+                          eval_points=search.eval_points, select="dev")
+        bench(cfg, folder, progress=progress, resume=work_dir(folder).exists(), tuner=tuner)
+    (run,) = json.loads(done.read_text())["runs"]
+    return run
 
 
 def check_out(out: Path) -> Path:
@@ -116,7 +118,7 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
         for head_lr in search.head_lrs:
             per_task = []
             for task in search.tasks:
-                runs = run_bench(base, search, task, head_lr, work, tuner, progress)
+                runs = [run_bench(base, search, task, head_lr, seed, work, tuner, progress) for seed in search.seeds]
                 per_task.append(sum(final_dev_loss(r) for r in runs) / len(runs))
             losses[f"{head_lr:g}"] = sum(per_task) / len(per_task)
         best_key = min(losses, key=lambda k: losses[k])

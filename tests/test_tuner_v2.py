@@ -18,7 +18,6 @@ from checkpoints import Tuner
 from checkpoints.inspect import inspect_text
 from finetune.common.errors import ZotuneError
 from finetune.data.models import load_model
-from finetune.trainer import work_dir
 from meta.head import bench_folder
 from reference import bad, kill_at_call
 from test_head import _jsonl, one_token_examples
@@ -131,9 +130,10 @@ def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, mon
     task = _jsonl(tmp_path, one_token_examples(60))
     assert cli.main(_select(tmp_path, task, "v2.safetensors")) == 0
     losses = {}
-    for h in (0.0, 2e-2):  # recomputed from the benches' own files
-        runs = json.loads((bench_folder(tmp_path / "work", task, h) / "bench.json").read_text())["runs"]
-        assert sorted(r["seed"] for r in runs) == [0, 1] and all(r["method"] == "tuner" for r in runs)
+    for h in (0.0, 2e-2):  # recomputed from the benches' own files, one per seed
+        runs = [r for s in (0, 1) for r in json.loads((bench_folder(tmp_path / "work", task, h, s) / "bench.json")
+                                                       .read_text())["runs"]]
+        assert [r["seed"] for r in runs] == [0, 1] and all(r["method"] == "tuner" for r in runs)
         assert all(r["forwards"] == 12 and r["head_lr"] == h for r in runs)
         losses[h] = sum(r["curve"][-1]["dev_loss"] for r in runs) / 2
     best = min(losses, key=losses.get)
@@ -165,23 +165,48 @@ def test_meta_train_head_resumes_after_a_kill_with_the_same_result(tmp_path, mon
     assert cli.main(_select(straight, task, "v2.safetensors")) == 0
     killed = tmp_path / "killed"
     killed.mkdir()
-    # 2 loss passes a step, 6 steps a run, 2 runs a bench: pass 43 is in the second bench's second run, with
-    # its first run finished: the rerun resumes that bench (finetune.bench) instead of starting it over
-    real_loss = kill_at_call(monkeypatch, 2 * 6 * 2 + 2 * 6 + 2 * 3 + 1)
+    # 2 loss passes a step, 6 steps a run, one run (seed) a bench: pass 43 is in the fourth bench (head lr 2e-2,
+    # seed 1), with the three before it finished: the rerun reads those instead of running them again
+    real_loss = kill_at_call(monkeypatch, 3 * 2 * 6 + 2 * 3 + 1)
     with pytest.raises(SystemExit) as stop:
         cli.main(_select(killed, task, "v2.safetensors"))
     assert stop.value.code == 130 and "rerun the same command" in capsys.readouterr().err
     assert not (killed / "v2.safetensors").exists()
-    assert (bench_folder(killed / "work", task, 0.0) / "bench.json").exists()
-    interrupted = bench_folder(killed / "work", task, 2e-2)
-    assert not (interrupted / "bench.json").exists() and list(work_dir(interrupted).glob("runs/*.json"))
+    finished = [bench_folder(killed / "work", task, h, s) for h, s in ((0.0, 0), (0.0, 1), (2e-2, 0))]
+    assert all((f / "bench.json").exists() for f in finished)
+    assert not (bench_folder(killed / "work", task, 2e-2, 1) / "bench.json").exists()
     from finetune.data.scoring import TaskScorer
 
     monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    kept = [(f / "bench.json").read_bytes() for f in finished]
+    calls = []
+    from finetune import bench as bench_module
+
+    real_bench = bench_module.bench
+    monkeypatch.setattr(bench_module, "bench", lambda cfg, *a, **k: calls.append(cfg.seeds) or real_bench(cfg, *a, **k))
     assert cli.main(_select(killed, task, "v2.safetensors")) == 0
+    assert calls == [[1]] and kept == [(f / "bench.json").read_bytes() for f in finished]
     a = Tuner.from_pretrained(straight / "v2.safetensors").provenance["head_selection"]
     b = Tuner.from_pretrained(killed / "v2.safetensors").provenance["head_selection"]
     assert a["dev_loss"] == b["dev_loss"] and a["chosen"] == b["chosen"]
+
+
+def test_meta_train_head_with_more_seeds_runs_only_the_new_benches(tmp_path, monkeypatch):
+    task = _jsonl(tmp_path, one_token_examples(60))
+    one_seed = [*_select(tmp_path, task, "s0.safetensors"), "--seeds", "0"]
+    assert cli.main(one_seed) == 0
+    assert Tuner.from_pretrained(tmp_path / "s0.safetensors").provenance["head_selection"]["seeds"] == [0]
+    kept = {h: (bench_folder(tmp_path / "work", task, h, 0) / "bench.json").read_bytes() for h in (0.0, 2e-2)}
+    from finetune import bench as bench_module
+
+    calls = []
+    real_bench = bench_module.bench
+    monkeypatch.setattr(bench_module, "bench", lambda cfg, *a, **k: calls.append((cfg.base.head_lr, cfg.seeds))
+                        or real_bench(cfg, *a, **k))
+    assert cli.main(_select(tmp_path, task, "s01.safetensors")) == 0  # --seeds 0,1
+    assert calls == [(0.0, [1]), (2e-2, [1])]
+    assert kept == {h: (bench_folder(tmp_path / "work", task, h, 0) / "bench.json").read_bytes() for h in (0.0, 2e-2)}
+    assert Tuner.from_pretrained(tmp_path / "s01.safetensors").provenance["head_selection"]["seeds"] == [0, 1]
 
 
 def test_meta_train_head_refusals(tmp_path, untrained, capsys):
@@ -273,9 +298,13 @@ def test_the_shipped_v2_tuner_is_mezo_scales_plus_the_head_lr_its_committed_benc
     sel = v2.provenance["head_selection"]
     work = root / "reports/tuner-v2-smollm2/head-select"
     losses = {}
-    for task in sel["tasks"]:
-        for key in sel["dev_loss"]:
-            runs = json.loads((bench_folder(work, task, float(key)) / "bench.json").read_text())["runs"]
-            losses[key] = sum(r["curve"][-1]["dev_loss"] for r in runs) / len(runs)
+    for key in sel["dev_loss"]:  # mean over seeds, then over tasks
+        per_task = []
+        for task in sel["tasks"]:
+            runs = [r for s in sel["seeds"]
+                    for r in json.loads((bench_folder(work, task, float(key), s) / "bench.json").read_text())["runs"]]
+            assert [r["seed"] for r in runs] == sel["seeds"] and all(r["head_lr"] == float(key) for r in runs)
+            per_task.append(sum(r["curve"][-1]["dev_loss"] for r in runs) / len(runs))
+        losses[key] = sum(per_task) / len(per_task)
     assert sel["dev_loss"] == pytest.approx(losses)
     assert v2.head_lr == float(min(losses, key=losses.get)) == sel["chosen"] and v2.recommended["lr"] == sel["lr"]
