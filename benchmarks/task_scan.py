@@ -15,52 +15,40 @@ import argparse
 import collections
 import json
 import statistics
-import tarfile
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from finetune.data.models import fetch_embedded
-from finetune.data.tasks import _ARCHIVE_TASKS, _BIGBENCH_PREFIX, _BIGBENCH_REQUIREMENT, _bigbench_examples
-from finetune.common.cache import pip_download
+from finetune.data.tasks import bigbench_archive, bigbench_examples, bigbench_task_jsons
 
 
 def scan(archive: Path, tokenizer, min_examples: int, max_options: int, max_option_tokens: int) -> list[dict]:
     rows = []
-    with tarfile.open(archive, "r|gz") as tar:
-        for info in tar:
-            name = info.name.removeprefix(_ARCHIVE_TASKS)
-            if name == info.name or not name.endswith("/task.json") or not info.isfile():
-                continue
-            try:
-                task = json.loads(tar.extractfile(info).read())
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if not isinstance(task, dict) or not task.get("examples"):
-                continue
-            if not all("target_scores" in row for row in task["examples"]):
-                continue
-            examples = [ex for ex in _bigbench_examples(task) if ex.options]
-            if len(examples) < min_examples:
-                continue
-            n_options = max(len(ex.options) for ex in examples)
-            if n_options > max_options:
-                continue
-            option_tokens = max(len(tokenizer(o, add_special_tokens=False).input_ids)
-                                for ex in examples for o in ex.options)
-            if option_tokens > max_option_tokens:
-                continue
-            sample = examples[:200]
-            labels = collections.Counter(ex.options[ex.label].strip() for ex in examples)
-            rows.append({
-                "task": name.removesuffix("/task.json"),
-                "examples": len(examples),
-                "options": n_options,
-                "option_tokens": option_tokens,
-                "prompt_tokens": round(statistics.mean(len(tokenizer(ex.prompt).input_ids) for ex in sample)),
-                "majority": round(max(labels.values()) / len(examples), 3),
-                "labels": [w for w, _ in labels.most_common(4)],
-            })
+    for name, task in bigbench_task_jsons(archive):
+        if not task.get("examples") or not all("target_scores" in row for row in task["examples"]):
+            continue
+        examples = [ex for ex in bigbench_examples(task) if ex.options]
+        if len(examples) < min_examples:
+            continue
+        n_options = max(len(ex.options) for ex in examples)
+        if n_options > max_options:
+            continue
+        option_tokens = max(len(tokenizer(o, add_special_tokens=False).input_ids)
+                            for ex in examples for o in ex.options)
+        if option_tokens > max_option_tokens:
+            continue
+        sample = examples[:200]
+        labels = collections.Counter(ex.options[ex.label].strip() for ex in examples)
+        rows.append({
+            "task": name,
+            "examples": len(examples),
+            "options": n_options,
+            "option_tokens": option_tokens,
+            "prompt_tokens": round(statistics.mean(len(tokenizer(ex.prompt).input_ids) for ex in sample)),
+            "majority": round(max(labels.values()) / len(examples), 3),
+            "labels": [w for w, _ in labels.most_common(4)],
+        })
     return sorted(rows, key=lambda r: r["prompt_tokens"])
 
 
@@ -72,7 +60,7 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(fetch_embedded())
-    rows = scan(pip_download(_BIGBENCH_REQUIREMENT, _BIGBENCH_PREFIX), tokenizer,
+    rows = scan(bigbench_archive(), tokenizer,
                 args.min_examples, args.max_options, args.max_option_tokens)
     for r in rows:
         print(f"{r['prompt_tokens']:5d} tok  {r['examples']:6d} ex  {r['options']:2d} opt "

@@ -10,7 +10,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from task_scan import scan  # noqa: E402
 
 from finetune.data.models import _byte_tokenizer  # noqa: E402
-from finetune.data.tasks import _ARCHIVE_TASKS  # noqa: E402
 
 
 def _mc(n: int, options=("no", "yes"), prompt="x", gold=lambda i: i % 3 == 0) -> dict:
@@ -24,7 +23,7 @@ def _archive(path: Path, tasks: dict) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name, task in tasks.items():
             data = json.dumps(task).encode()
-            info = tarfile.TarInfo(_ARCHIVE_TASKS + name + "/task.json")
+            info = tarfile.TarInfo("bigbench-1.0.0/bigbench/benchmark_tasks/" + name + "/task.json")  # the sdist's layout
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path

@@ -33,7 +33,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 from finetune.common.atomic import atomic_file
 from finetune.common.cache import cache_dir, pip_download
@@ -303,7 +303,7 @@ def _scan_archive(members: Collection[str]) -> None:
     need_names = not _names_file().is_file()
     if not missing and not need_names:
         return
-    archive = pip_download(_BIGBENCH_REQUIREMENT, _BIGBENCH_PREFIX)
+    archive = bigbench_archive()
     seen = []
     try:
         with tarfile.open(archive, "r|gz") as tar:
@@ -322,6 +322,27 @@ def _scan_archive(members: Collection[str]) -> None:
                           f"delete it and run again to download it anew") from err
     if need_names:
         _write_atomic(_names_file(), "".join(f"{name}\n" for name in _task_names(seen)).encode())
+
+
+def bigbench_archive() -> Path:
+    """The BIG-bench sdist, downloaded into the cache on first use."""
+    return pip_download(_BIGBENCH_REQUIREMENT, _BIGBENCH_PREFIX)
+
+
+def bigbench_task_jsons(archive: Path) -> Iterator[tuple[str, dict]]:
+    """Every readable ``task.json`` of a BIG-bench sdist, in archive order, as (task name, parsed JSON); one pass
+    over the archive, nothing extracted. Files that are not JSON objects are skipped."""
+    with tarfile.open(archive, "r|gz") as tar:
+        for info in tar:
+            member = info.name.removeprefix(_ARCHIVE_TASKS)
+            if member == info.name or not member.endswith("/task.json") or not info.isfile():
+                continue
+            try:
+                task = json.loads(tar.extractfile(info).read())
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(task, dict):
+                yield member.removesuffix("/task.json"), task
 
 
 def list_bigbench_tasks() -> list[str]:
@@ -370,7 +391,7 @@ def _bigbench_example(prompt: str, row: dict, multiple_choice: bool) -> Example 
     return Example(prompt, answers=answers)
 
 
-def _bigbench_examples(task: dict) -> list[Example]:
+def bigbench_examples(task: dict) -> list[Example]:
     """The examples of a BIG-bench JSON task, in its own zero-shot format without the listed choices:
     task_prefix + example_input_prefix + input + example_output_prefix (BIG-bench's defaults "\\nQ: "
     and "\\nA: "). Tasks whose examples all have target_scores are multiple choice (options = the keys,
@@ -449,7 +470,7 @@ def _load_bigbench_examples(name: str) -> list[Example]:
     if not names_known and name not in list_bigbench_tasks():  # the scan has just listed the names
         raise _unknown_bigbench_task(name)
     data = json.loads((_bigbench_dir() / _member(name)).read_text(encoding="utf-8"))
-    return _squad_file_examples(data) if name.split("/")[0] == "squad_shifts" else _bigbench_examples(data)
+    return _squad_file_examples(data) if name.split("/")[0] == "squad_shifts" else bigbench_examples(data)
 
 
 # ---------------------------------------------------------------------------------------------------
