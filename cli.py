@@ -54,11 +54,18 @@ class _Count(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def _comma_list(cast, what: str):
+    """An argparse type: comma-separated values read with ``cast``; one line naming ``what`` when one is not."""
+    def parse(text: str) -> list:
+        try:
+            return [cast(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    return parse
+
+
+_ints = _comma_list(int, "integers")
+_floats = _comma_list(float, "numbers")
 
 
 def _task_list(text: str) -> list[str]:
@@ -399,13 +406,6 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
           f"x{s['first_order_gain']:.3f}; wrote {out} and {log_path(out)}")
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def cmd_meta_train_head(args: argparse.Namespace) -> None:
     from checkpoints import Tuner
     from finetune.common.errors import ZotuneError
@@ -632,7 +632,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the head lrs tried, comma-separated; 0 = no head step (default 1e-4,3e-4,1e-3)")
     p.add_argument("--lr", action=_Finite, default=None,
                    help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
-    p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds, one bench each per (task, head lr) (default 0)")
+    p.add_argument("--seeds", type=_ints, default=[0],
+                   help="comma-separated seeds, one bench each per (task, head lr) (default 0)")
     p.add_argument("--forwards", type=int, default=1000, help="forward passes per run (default %(default)s)")
     p.add_argument("--eval-points", action=_Count, default=5, help="evaluations along each run (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
