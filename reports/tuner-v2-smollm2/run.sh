@@ -204,3 +204,46 @@ if [[ $stage == deriv-baselines || $stage == all ]]; then
     wait
   done
 fi
+# What the head step is made of (held out, 3 seeds unless the clock ran out): the head step alone (MeZO's lr 0:
+# every forward pass still taken, the body never moves), and the head step on top of FZOO instead of MeZO, on the
+# base model and the derivative checkpoint, and the head step alone on medicine.
+if [[ $stage == head-parts || $stage == all ]]; then
+  for seed in 0 1 2; do
+    python cli.py bench --task "$VP" "${HELD[@]}" --seeds $seed --methods mezo --lr-grid mezo=0 --head-lr 3e-4 \
+      --out $R/headonly-vp-s$seed &
+    python cli.py bench --task "$VP" "${HELD[@]}" --seeds $seed --methods fzoo --lr-grid fzoo=3e-3 --head-lr 3e-4 \
+      --out $R/fzoo-head-vp-s$seed
+    python cli.py bench --model runs/derivative-smollm2 --task "$VP" "${HELD[@]}" --seeds $seed --methods fzoo \
+      --lr-grid fzoo=3e-3 --head-lr 3e-4 --out $R/deriv-fzoo-head-vp-s$seed
+    wait
+  done
+  for seed in 0 1 2; do
+    python cli.py bench --task "$MED" "${HELD[@]}" --seeds $seed --methods mezo --lr-grid mezo=0 --head-lr 3e-4 \
+      --out $R/headonly-med-s$seed
+  done
+fi
+if [[ $stage == v21-compare || $stage == all ]]; then
+  B=reports/baselines-smollm2/vp
+  {
+    echo "## derivative checkpoint, valid_parentheses: FZOO (3e-3) -> tuner v2"
+    python $R/paired.py --a $R/deriv-fzoo-vp-s* --a-method fzoo --b $R/deriv-head-vp-s*
+    echo "## derivative checkpoint, valid_parentheses: LOZO (1e-5) -> tuner v2"
+    python $R/paired.py --a $R/deriv-lozo-vp-s* --a-method lozo --b $R/deriv-head-vp-s*
+    echo "## valid_parentheses: the head step alone (MeZO lr 0) -> tuner v2 (MeZO 3e-5 + head step)"
+    python $R/paired.py --a $R/headonly-vp-s* --a-lr 0 --b $R/head-vp-sel-s0 $R/head-vp-sel-s1 $R/head-vp-sel-s2
+    echo "## valid_parentheses: MeZO (3e-5) -> the head step alone"
+    python $R/paired.py --a $B/screen-a $B/confirm-b --a-lr 3e-5 --b $R/headonly-vp-s* --b-lr 0
+    echo "## medicine: the head step alone (MeZO lr 0) -> tuner v2"
+    python $R/paired.py --a $R/headonly-med-s* --a-lr 0 --b $R/head-med-s*
+    echo "## medicine: MeZO (1e-5) -> the head step alone"
+    python $R/paired.py --a $R/mezo-med-cpu-s* --b $R/headonly-med-s* --b-lr 0
+    echo "## valid_parentheses: FZOO (3e-3) -> FZOO + head step"
+    python $R/paired.py --a $B/bracket-b $B/confirm-h --a-method fzoo --a-lr 3e-3 --b $R/fzoo-head-vp-s* --b-method fzoo
+    echo "## valid_parentheses: tuner v2 -> FZOO + head step"
+    python $R/paired.py --a $R/head-vp-sel-s0 $R/head-vp-sel-s1 $R/head-vp-sel-s2 --b $R/fzoo-head-vp-s* --b-method fzoo
+    echo "## derivative checkpoint: FZOO (3e-3) -> FZOO + head step"
+    python $R/paired.py --a $R/deriv-fzoo-vp-s* --a-method fzoo --b $R/deriv-fzoo-head-vp-s* --b-method fzoo
+    echo "## derivative checkpoint: tuner v2 -> FZOO + head step"
+    python $R/paired.py --a $R/deriv-head-vp-s* --b $R/deriv-fzoo-head-vp-s* --b-method fzoo
+  } > $R/v21-compare.txt
+fi
