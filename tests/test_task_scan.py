@@ -23,7 +23,8 @@ def _archive(path: Path, tasks: dict) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name, task in tasks.items():
             data = json.dumps(task).encode()
-            info = tarfile.TarInfo("bigbench-1.0.0/bigbench/benchmark_tasks/" + name + "/task.json")  # the sdist's layout
+            # the sdist's own layout
+            info = tarfile.TarInfo("bigbench-1.0.0/bigbench/benchmark_tasks/" + name + "/task.json")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
