@@ -233,6 +233,11 @@ if [[ $stage == v21-compare || $stage == all ]]; then
     python $R/paired.py --a $R/headonly-vp-s* --a-lr 0 --b $R/head-vp-sel-s0 $R/head-vp-sel-s1 $R/head-vp-sel-s2
     echo "## valid_parentheses: MeZO (3e-5) -> the head step alone"
     python $R/paired.py --a $B/screen-a $B/confirm-b --a-lr 3e-5 --b $R/headonly-vp-s* --b-lr 0
+    echo "## valid_parentheses: FZOO (3e-3) -> the head step alone"
+    python $R/paired.py --a $B/bracket-b $B/confirm-h --a-method fzoo --a-lr 3e-3 --b $R/headonly-vp-s* --b-lr 0
+    echo "## valid_parentheses: LOZO (1e-5) -> the head step alone"
+    python $R/paired.py --a $B/bracket-h $B/confirm-j1 $B/confirm-j2 --a-method lozo --a-lr 1e-5 --b $R/headonly-vp-s* \
+      --b-lr 0
     echo "## medicine: the head step alone (MeZO lr 0) -> tuner v2"
     python $R/paired.py --a $R/headonly-med-s* --a-lr 0 --b $R/head-med-s*
     echo "## medicine: MeZO (1e-5) -> the head step alone"
