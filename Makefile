@@ -22,9 +22,9 @@ fetch: setup
 
 # The main job: meta-train a tuner for the embedded SmolLM2-135M on the meta-training half of the task set
 # (reports/task-search-smollm2), then fine-tune on a held-out task of that set (valid_parentheses, its labels
-# renamed to one-token words) with MeZO and with the tuner, at the same lr, seed and forward-pass budget,
-# every forward pass in bf16 (--autocast), and compare the two runs. About 9–11 minutes on our 2 cores
-# (11 min 16 s on 2026-12-04).
+# renamed to one-token words) with MeZO, with the tuner and with the shipped tuner v2 (MeZO's scales plus the
+# head step), at the same lr, seed and forward-pass budget, every forward pass in bf16 (--autocast), and compare
+# the three runs.
 META_TASKS := bigbench:multiemo/hotels_sentence_en:ambivalent=mixed,bigbench:hyperbaton,bigbench:winowhy
 DEMO_TASK  := bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid
 DEMO_RUN   := --task $(DEMO_TASK) --lr 3e-5 --batch-size 8 --steps 400 --autocast bf16 --no-save-model
@@ -34,7 +34,8 @@ demo: fetch
 	$(PY) cli.py tuners inspect runs/demo/tuner.safetensors
 	$(PY) cli.py finetune --method mezo $(DEMO_RUN) --out runs/demo/mezo
 	$(PY) cli.py finetune --tuner runs/demo/tuner.safetensors $(DEMO_RUN) --out runs/demo/tuner
-	$(PY) cli.py compare runs/demo/mezo runs/demo/tuner
+	$(PY) cli.py finetune --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors $(DEMO_RUN) --out runs/demo/tuner-v2
+	$(PY) cli.py compare runs/demo/mezo runs/demo/tuner runs/demo/tuner-v2
 
 test: fetch
 	$(PY) -m pytest -q
