@@ -158,6 +158,16 @@ def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, mon
     assert head_module.final_dev_loss({"diverged": "loss nan"}) == math.inf
 
 
+def _benches_run(monkeypatch) -> list[tuple[float, list[int]]]:
+    """From now on, (head lr, seeds) of every bench that meta-train-head starts, in order; they still run."""
+    from finetune import bench as bench_module
+
+    calls, real_bench = [], bench_module.bench
+    monkeypatch.setattr(bench_module, "bench", lambda cfg, *a, **k: calls.append((cfg.base.head_lr, cfg.seeds))
+                        or real_bench(cfg, *a, **k))
+    return calls
+
+
 def test_meta_train_head_resumes_after_a_kill_with_the_same_result(tmp_path, monkeypatch, capsys):
     task = _jsonl(tmp_path, one_token_examples(60))
     straight = tmp_path / "straight"
@@ -179,13 +189,9 @@ def test_meta_train_head_resumes_after_a_kill_with_the_same_result(tmp_path, mon
 
     monkeypatch.setattr(TaskScorer, "loss", real_loss)
     kept = [(f / "bench.json").read_bytes() for f in finished]
-    calls = []
-    from finetune import bench as bench_module
-
-    real_bench = bench_module.bench
-    monkeypatch.setattr(bench_module, "bench", lambda cfg, *a, **k: calls.append(cfg.seeds) or real_bench(cfg, *a, **k))
+    calls = _benches_run(monkeypatch)
     assert cli.main(_select(killed, task, "v2.safetensors")) == 0
-    assert calls == [[1]] and kept == [(f / "bench.json").read_bytes() for f in finished]
+    assert calls == [(2e-2, [1])] and kept == [(f / "bench.json").read_bytes() for f in finished]
     a = Tuner.from_pretrained(straight / "v2.safetensors").provenance["head_selection"]
     b = Tuner.from_pretrained(killed / "v2.safetensors").provenance["head_selection"]
     assert a["dev_loss"] == b["dev_loss"] and a["chosen"] == b["chosen"]
@@ -197,12 +203,7 @@ def test_meta_train_head_with_more_seeds_runs_only_the_new_benches(tmp_path, mon
     assert cli.main(one_seed) == 0
     assert Tuner.from_pretrained(tmp_path / "s0.safetensors").provenance["head_selection"]["seeds"] == [0]
     kept = {h: (bench_folder(tmp_path / "work", task, h, 0) / "bench.json").read_bytes() for h in (0.0, 2e-2)}
-    from finetune import bench as bench_module
-
-    calls = []
-    real_bench = bench_module.bench
-    monkeypatch.setattr(bench_module, "bench", lambda cfg, *a, **k: calls.append((cfg.base.head_lr, cfg.seeds))
-                        or real_bench(cfg, *a, **k))
+    calls = _benches_run(monkeypatch)
     assert cli.main(_select(tmp_path, task, "s01.safetensors")) == 0  # --seeds 0,1
     assert calls == [(0.0, [1]), (2e-2, [1])]
     assert kept == {h: (bench_folder(tmp_path / "work", task, h, 0) / "bench.json").read_bytes() for h in (0.0, 2e-2)}
