@@ -13,10 +13,11 @@ backward pass runs and no activation is kept, so memory stays at inference level
 
 :class:`HeadStep` watches the forward passes of one ZO step (a hook on the head), averages their gradients
 (MeZO's two passes at ``theta +- eps z`` give the gradient at ``theta`` up to O(eps^2)), and then moves the rows
-with Adam (their own learning rate, ``--head-lr``). The rest of the model is left to the ZO method. With a tied
-head (SmolLM2, Llama 3.2) the rows are also input embeddings: that part of their gradient is not in the formula
-and stays with the ZO method. A large first-order step on a few thousand numbers that the ZO estimate can only
-reach through one noisy scalar a step is what the head step adds (reports/tuner-v2-smollm2).
+with Adam (their own learning rate, ``--head-lr``, under the run's ``--schedule``). The rest of the model is left
+to the ZO method. With a tied head (SmolLM2, Llama 3.2) the rows are also input embeddings: that part of their
+gradient is not in the formula and stays with the ZO method. A large first-order step on a few thousand numbers
+that the ZO estimate can only reach through one noisy scalar a step is what the head step adds
+(reports/tuner-v2-smollm2).
 """
 from __future__ import annotations
 
@@ -110,8 +111,10 @@ class HeadStep:
         return {t: g / self._passes for t, g in self._sum.items()}
 
     @torch.no_grad()
-    def step(self) -> None:
-        """One Adam step of the rows along :meth:`gradient` (nothing if no pass was watched), then forget it."""
+    def step(self, lr_factor: float = 1.0) -> None:
+        """One Adam step of the rows along :meth:`gradient` (nothing if no pass was watched), then forget it.
+        ``lr_factor``: the run's lr schedule at this step (:func:`~finetune.zo.optim.schedule_factor`), which
+        scales the head lr as it scales the ZO method's."""
         grad, self._sum, self._passes = self.gradient() if self._passes else {}, {}, 0
         if not grad:
             return
@@ -124,7 +127,7 @@ class HeadStep:
             v = v * b2 + g * g * (1 - b2)
             self.moments[t] = (m, v)
             update = (m / (1 - b1 ** self.steps)) / ((v / (1 - b2 ** self.steps)).sqrt() + self.eps)
-            weight[t] -= (self.lr * update).to(weight.dtype)
+            weight[t] -= (self.lr * lr_factor * update).to(weight.dtype)
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "tokens": sorted(self.moments),

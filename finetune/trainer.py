@@ -21,7 +21,7 @@ from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig
 from finetune.data.adapters import AdapterSpec, apply_peft, load_snapshot_weights, save_trained, snapshot_weights
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.head import HeadStep, option_token_ids
-from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule
+from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule, schedule_factor
 from finetune.data.scoring import TaskScorer
 from finetune.data.batches import batches
 from finetune.data.tasks import Example, Task, TaskColumns, load_task
@@ -468,7 +468,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
             if not math.isfinite(loss):
                 raise Diverged(f"the training loss became {loss} at step {step}; {hint}")
             if head is not None:
-                head.step()
+                head.step(schedule_factor(cfg.schedule, step - 1, cfg.steps))  # the factor the ZO step used
             if log is not None:
                 log.record(step, opt)
             sched.step()

@@ -113,6 +113,39 @@ def test_a_zo_run_with_the_head_step_matches_an_independent_computation():
     assert torch.equal(head.weight.detach()[others], plain.get_output_embeddings().weight.detach()[others])
 
 
+def test_the_head_step_follows_the_runs_lr_schedule():
+    """Three steps of a run with --schedule linear (ZO lr 0, so only the head moves) against torch.optim.Adam
+    under torch's LambdaLR with factors 1, 2/3, 1/3, fed the mean of each step's two passes' option-row gradients
+    (autograd through the option cross-entropy, as above). A head step that ignored the schedule would take its
+    full lr at steps 2 and 3."""
+    examples = one_token_examples(24)
+    task = Task("yn", "mc", examples[:16], [], examples[16:19])
+    model, scorer = _tiny()
+    head = model.get_output_embeddings()
+    ids = _ids(scorer)
+    ref = torch.nn.Parameter(head.weight.detach()[ids].clone())
+    adam = torch.optim.Adam([ref], lr=0.05, betas=(0.9, 0.999), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(adam, lambda t: 1 - t / 3)
+    seen = []
+    head.register_forward_hook(lambda m, i, o: seen.append((i[0][:, -1].float().clone(), o[:, -1].float().clone())))
+    cfg = FinetuneConfig(model="tiny-llama", method="mezo", steps=3, lr=0.0, eps=1e-2, batch_size=4, seed=3,
+                         head_lr=0.05, schedule="linear")
+    train(cfg, model, scorer, task, progress=False)
+    passes = [p for p in seen if len(p[0]) == 4]  # the steps' passes (the evaluations have 3 rows)
+    assert len(passes) == 6
+    for k, batch in zip(range(3), batches(task.train, 4, 3)):
+        labels = torch.tensor([e.label for e in batch])
+        grads = []
+        for h, logits in passes[2 * k:2 * k + 2]:
+            z = logits[:, ids].clone().requires_grad_()
+            F.cross_entropy(z, labels).backward()
+            grads.append(z.grad.T @ h)
+        ref.grad = (grads[0] + grads[1]) / 2
+        adam.step()
+        sched.step()
+    assert torch.allclose(head.weight.detach()[ids], ref.detach(), rtol=1e-5, atol=1e-6)
+
+
 def _jsonl(tmp_path, examples):
     path = tmp_path / "yn.jsonl"
     path.write_text("".join(json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label}) + "\n"

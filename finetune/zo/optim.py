@@ -266,15 +266,20 @@ def make_optimizer(name: str, model: nn.Module, lr: float, eps: float, q: int = 
     return OPTIMIZERS[name](model, lr=lr, eps=eps, **kw)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` multiplying the learning rate by 1 (constant), ``1 - t/T`` (linear) or
-    ``(1 + cos(pi t/T)) / 2`` (cosine), where T is ``total_steps``."""
+def schedule_factor(name: str, t: int, total_steps: int) -> float:
+    """The factor schedule ``name`` puts on the learning rate after ``t`` steps of ``total_steps`` (T): 1
+    (constant), ``1 - t/T`` (linear) or ``(1 + cos(pi t/T)) / 2`` (cosine). Step ``k`` (from 1) uses ``t = k - 1``."""
     total = max(1, total_steps)
-    factors = {
-        "constant": lambda t: 1.0,
-        "linear": lambda t: max(0.0, 1 - t / total),
-        "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)),
-    }
-    if name not in factors:
-        raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[name])
+    if name == "constant":
+        return 1.0
+    if name == "linear":
+        return max(0.0, 1 - t / total)
+    if name == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+    raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` multiplying the learning rate by :func:`schedule_factor` of the steps taken."""
+    schedule_factor(name, 0, total_steps)  # an unknown name fails here
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: schedule_factor(name, t, total_steps))
