@@ -466,6 +466,11 @@ def _plain(value):
     return json.loads(strict_json(value))
 
 
+def bench_spec(cfg: BenchConfig) -> dict:
+    """The options of a bench as its report records them (``config`` in bench.json)."""
+    return _plain({**asdict(cfg), "base": asdict(cfg.base)})
+
+
 def _write_json(path: Path, value) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(strict_json(value, indent=1))
@@ -486,7 +491,7 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
     with RunLock(out):  # a second bench to the same folder is refused while this one runs
         check_output(out)  # again, now that no other bench can write it
         work = work_dir(out)
-        spec = _plain({**asdict(cfg), "base": asdict(base)})
+        spec = bench_spec(cfg)
         spec_path = work / "bench-config.json"
         if resume:
             if not spec_path.exists():

@@ -72,17 +72,37 @@ def final_dev_loss(run: dict) -> float:
 def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float, seed: int, work: Path,
               tuner: Tuner, progress: bool = True) -> dict:
     """The run of one (task, head lr, seed) bench: read when finished, resumed when interrupted, else run."""
-    from finetune.bench import BenchConfig, bench
+    from finetune.bench import BenchConfig, bench, bench_spec
 
     folder = bench_folder(work, task, head_lr, seed)
     done = folder / "bench.json"
+    cfg = BenchConfig(base=replace(base, task=task, head_lr=head_lr), methods=["tuner"],
+                      lrs={"tuner": [base.lr]}, seeds=[seed], forwards=search.forwards,
+                      eval_points=search.eval_points, select="dev")
     if not done.exists():
-        cfg = BenchConfig(base=replace(base, task=task, head_lr=head_lr), methods=["tuner"],
-                          lrs={"tuner": [base.lr]}, seeds=[seed], forwards=search.forwards,
-                          eval_points=search.eval_points, select="dev")
         bench(cfg, folder, progress=progress, resume=work_dir(folder).exists(), tuner=tuner)
-    (run,) = json.loads(done.read_text())["runs"]
+    report = json.loads(done.read_text())
+    check_same_options(folder, report.get("config", {}), bench_spec(cfg))
+    (run,) = report["runs"]
     return run
+
+
+_HARDWARE = ("threads", "device", "device_map")  # where a bench ran, not what it computed
+
+
+def check_same_options(folder: Path, stored: dict, now: dict) -> None:
+    """Refuse, in one line, a finished bench in ``--work`` that ran with other options than this search would
+    use (another --lr, --schedule, --tuner, budget...): its dev loss would be read as if it were this one's."""
+    def flat(spec: dict) -> dict:
+        base = {k: v for k, v in spec.get("base", {}).items() if k not in _HARDWARE}
+        return {**{k: v for k, v in spec.items() if k != "base"}, **base}
+
+    a, b = flat(stored), flat(now)
+    diff = [k for k in b if k in a and a[k] != b[k]]
+    if diff:
+        k = diff[0]
+        raise ZotuneError(f"{folder} ran with {k}={a[k]!r}, not {b[k]!r}: give this search its own --work, or rerun "
+                          "with the options that bench used")
 
 
 def check_out(out: Path) -> Path:

@@ -155,6 +155,11 @@ def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, mon
     monkeypatch.setattr(bench_module, "bench", no_bench)
     assert cli.main(_select(tmp_path, task, "again.safetensors")) == 0
     assert Tuner.from_pretrained(tmp_path / "again.safetensors").head_lr == best
+    # a search with other run options must not read those benches as its own dev losses
+    for extra in (["--eps", "2e-3"], ["--lr", "2e-3"]):
+        err = bad(capsys, [*_select(tmp_path, task, "other.safetensors"), *extra])
+        assert "give this search its own --work" in err and extra[0][2:] in err, err
+    assert not (tmp_path / "other.safetensors").exists()
     assert head_module.final_dev_loss({"diverged": "loss nan"}) == math.inf
 
 
