@@ -124,10 +124,31 @@ if [[ $stage == fo-grid || $stage == all ]]; then
   bench --task "$TASK" --batch-size 8 --forwards 200 --eval-points 5 --autocast bf16 --threads 1 --seeds 0 \
     --methods fo --lr-grid 'fo=1e-5,2e-4' --out $R/vp/fo-grid
 fi
+# 2026-12-05: the gaps the first version left. ZO-Adam's selected 1e-3 on seeds 1 and 2, and one lr below the
+# bottom of the three grids that ended there (lozo, greedy, ldsd: 3e-6 on seed 0); fo: 3e-6 on seed 0, below its
+# selected 1e-5, and 1e-5 on seeds 1 and 2. One bench each (two side by side).
+for seed in 1 2; do
+  if [[ $stage == confirm-k$seed || $stage == all ]]; then
+    bench "${COMMON[@]}" --seeds $seed --methods zo-adam --lr-grid 'zo-adam=1e-3' --out $R/vp/confirm-k$seed
+  fi
+  if [[ $stage == fo-sel-$seed || $stage == all ]]; then
+    bench --task "$TASK" --batch-size 8 --forwards 200 --eval-points 5 --autocast bf16 --threads 1 --seeds $seed \
+      --methods fo --lr-grid 'fo=1e-5' --out $R/vp/fo-sel-$seed
+  fi
+done
+for m in lozo:j greedy:k ldsd:l; do
+  if [[ $stage == bracket-${m#*:} || $stage == all ]]; then
+    bench "${COMMON[@]}" --seeds 0 --methods ${m%:*} --lr-grid "${m%:*}=3e-6" --out $R/vp/bracket-${m#*:}
+  fi
+done
+if [[ $stage == fo-grid-2 || $stage == all ]]; then
+  bench --task "$TASK" --batch-size 8 --forwards 200 --eval-points 5 --autocast bf16 --threads 1 --seeds 0 \
+    --methods fo --lr-grid 'fo=3e-6' --out $R/vp/fo-grid-2
+fi
 if [[ $stage == merge || $stage == all ]]; then
   rm -rf $R/vp/merged  # bench-merge never overwrites: the merge is made again from every finished stage
   parts=(); for s in screen-a screen-b screen-c screen-d bracket-a bracket-b bracket-c bracket-d bracket-e bracket-f bracket-g \
-                     bracket-h bracket-i confirm-j1 confirm-j2 \
+                     bracket-h bracket-i confirm-j1 confirm-j2 confirm-k1 confirm-k2 bracket-j bracket-k bracket-l \
                      confirm-b confirm-c confirm-d confirm-e confirm-f confirm-g confirm-h confirm-i; do
     if [[ -f $R/vp/$s/bench.json ]]; then parts+=($R/vp/$s); else echo "merge: $s has not run; left out" >&2; fi
   done
@@ -135,12 +156,24 @@ if [[ $stage == merge || $stage == all ]]; then
 fi
 if [[ $stage == merge-fo || $stage == all ]]; then
   rm -rf $R/vp/fo-merged
-  python cli.py bench-merge $R/vp/fo $R/vp/fo-1 $R/vp/fo-2 $( [[ -f $R/vp/fo-grid/bench.json ]] && echo $R/vp/fo-grid ) \
-    --out $R/vp/fo-merged
+  parts=(); for s in fo fo-1 fo-2 fo-grid fo-grid-2 fo-sel-1 fo-sel-2; do
+    if [[ -f $R/vp/$s/bench.json ]]; then parts+=($R/vp/$s); else echo "merge-fo: $s has not run; left out" >&2; fi
+  done
+  python cli.py bench-merge "${parts[@]}" --out $R/vp/fo-merged
 fi
 # The second held-out task, medicine sentiment, ran on one GPU (an H200) with gpu_queue.py: one bench per
 # (method, lr, seed), in two calls (README.md, "medicine"). Its merge:
 if [[ $stage == merge-med || $stage == all ]]; then
   rm -rf $R/gpu/med-merged
   python cli.py bench-merge $R/gpu/med/* --out $R/gpu/med-merged
+fi
+# Medicine on the CPU (2026-12-05), paired with the CPU MeZO and tuner-v2 runs of reports/tuner-v2-smollm2
+# (same settings, same data order and noise table per seed; GPU and CPU benches are not compared). One bench per
+# (method, lr, seed): `bash run.sh med-cpu fzoo 3e-3 0`. FZOO, the best baseline on valid_parentheses, was
+# screened on seed 0 at 1e-3 and 3e-3, bracketed, and its selected lr (final dev loss) confirmed on seeds 1, 2.
+MED='bigbench:multiemo/medicine_sentence_en:ambivalent=mixed'
+if [[ $stage == med-cpu ]]; then
+  method=$2 lr=$3 seed=$4
+  bench --task "$MED" "${COMMON[@]:2}" --seeds $seed --methods $method --lr-grid "$method=$lr" \
+    --out $R/med-cpu/$method-$lr-s$seed
 fi
