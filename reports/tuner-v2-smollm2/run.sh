@@ -252,3 +252,23 @@ if [[ $stage == v21-compare || $stage == all ]]; then
     python $R/paired.py --a $R/deriv-head-vp-s* --b $R/deriv-fzoo-head-vp-s* --b-method fzoo
   } > $R/v21-compare.txt
 fi
+# 2026-12-05. The oracle on the derivative checkpoint (seed 0: the head lr its own dev split picks from 1e-4 / 3e-4 /
+# 1e-3 / 3e-3; 3e-4 is deriv-head-vp-s0), and on seeds 1 and 2 of valid_parentheses at the lr its seed 0 picked.
+if [[ $stage == oracle-deriv || $stage == all ]]; then
+  for h in 1e-4 1e-3 3e-3; do
+    python cli.py bench --model runs/derivative-smollm2 --task "$VP" "${HELD[@]}" --seeds 0 --methods mezo \
+      --lr-grid mezo=3e-5 --head-lr $h --out $R/oracle-deriv-h$h-s0
+  done
+fi
+for seed in 1 2; do
+  if [[ $stage == oracle-vp-s$seed || $stage == all ]]; then
+    python cli.py bench --task "$VP" "${HELD[@]}" --seeds $seed --methods mezo --lr-grid mezo=3e-5 --head-lr 3e-3 \
+      --out $R/oracle-vp-h3e-3-s$seed
+  fi
+done
+# Medicine against the best baseline of valid_parentheses, FZOO, run on the CPU in reports/baselines-smollm2 (med-cpu;
+# its lr selected there on dev loss), and FZOO with the head step at that lr: `bash run.sh med-fzoo-head 3e-3 0`.
+if [[ $stage == med-fzoo-head ]]; then
+  python cli.py bench --task "$MED" "${HELD[@]}" --seeds $3 --methods fzoo --lr-grid fzoo=$2 --head-lr 3e-4 \
+    --out $R/fzoo-head-med-s$3
+fi
