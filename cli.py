@@ -127,6 +127,10 @@ def _run_args() -> argparse.ArgumentParser:
                    help="ZO methods, multiple choice with one-token options: also step the output head's option rows "
                    "along their exact gradient, read off the forward passes, with Adam at this lr (default off; with --tuner, the "
                    "tuner's own head step, which --head-lr 0 turns off; docs/methods.md, 'The head step')")
+    g.add_argument("--head-race", type=_floats, default=d.head_race, metavar="LRS",
+                   help="like --head-lr, with several lrs raced on the same forward passes: each step the model holds the "
+                   "rows of the one with the lowest running loss on batches before it learns from them, e.g. "
+                   "1e-4,3e-4,1e-3,3e-3 (docs/methods.md, 'Racing head lrs')")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],
@@ -294,7 +298,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     ev = metrics["eval"]
     passes = f"{metrics['forwards']} forward passes" + (f" and {metrics['backwards']} backward passes"
                                                          if metrics.get("backwards") else "")
-    if metrics.get("head_lr"):
+    if metrics.get("head_race"):
+        race = metrics["head_race"]
+        held = ", ".join(f"{lr:g} for {n}" for lr, n in zip(race["lrs"], race["steps_active"]))
+        passes += f", with the head race (steps each lr held the rows: {held}; at the end {race['active']:g})"
+    elif metrics.get("head_lr"):
         passes += f", with the head step at lr {metrics['head_lr']:g}"
     from finetune.bench import calibrated_metric
 

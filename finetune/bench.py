@@ -458,7 +458,8 @@ def _run_record(cfg: FinetuneConfig, result) -> dict:
                         "train_loss": result.train_loss,
                         "eval": {"before": result.eval_before, "after": result.eval_after,
                                  "loss_before": result.loss_before, "loss_after": result.loss_after},
-                        "curve": result.curve, "seconds": result.seconds})
+                        "curve": result.curve, "seconds": result.seconds,
+                        **({"head_race": result.head_race} if result.head_race else {})})
 
 
 def _plain(value):

@@ -96,8 +96,7 @@ class HeadStep:
             if output.shape[0] != len(labels):
                 raise RuntimeError(f"the head step watched a pass of {output.shape[0]} rows on a batch of "
                                    f"{len(labels)}: it serves only passes over the whole batch, in order")
-            for t, g in head_gradient(inputs[0][:, -1], output[:, -1], options, labels).items():
-                self._sum[t] = self._sum[t] + g if t in self._sum else g
+            self._record(inputs[0][:, -1], output[:, -1], options, labels)
             self._passes += 1
 
         handle = self.head.register_forward_hook(hook)
@@ -105,6 +104,10 @@ class HeadStep:
             yield
         finally:
             handle.remove()
+
+    def _record(self, h: torch.Tensor, logits: torch.Tensor, options, labels) -> None:
+        for t, g in head_gradient(h, logits, options, labels).items():
+            self._sum[t] = self._sum[t] + g if t in self._sum else g
 
     def gradient(self) -> dict[int, torch.Tensor]:
         """The mean gradient over the passes watched since the last :meth:`step`."""
@@ -119,14 +122,9 @@ class HeadStep:
         if not grad:
             return
         self.steps += 1
-        b1, b2 = self.betas
         weight = self.head.weight
         for t, g in sorted(grad.items()):
-            m, v = self.moments.get(t, (torch.zeros_like(g), torch.zeros_like(g)))
-            m = m * b1 + g * (1 - b1)
-            v = v * b2 + g * g * (1 - b2)
-            self.moments[t] = (m, v)
-            update = (m / (1 - b1 ** self.steps)) / ((v / (1 - b2 ** self.steps)).sqrt() + self.eps)
+            update = _adam(self.moments, t, g, self.steps, self.betas, self.eps)
             weight[t] -= (self.lr * lr_factor * update).to(weight.dtype)
 
     def state_dict(self) -> dict:
@@ -137,3 +135,118 @@ class HeadStep:
     def load_state_dict(self, state: dict) -> None:
         self.steps = state["steps"]
         self.moments = {t: (m, v) for t, m, v in zip(state["tokens"], state["m"], state["v"])}
+
+
+def _adam(moments: dict, t: int, g: torch.Tensor, steps: int, betas: tuple[float, float], eps: float) -> torch.Tensor:
+    """One bias-corrected Adam direction for row ``t`` (its moments updated in ``moments``), as :class:`HeadStep`."""
+    b1, b2 = betas
+    m, v = moments.get(t, (torch.zeros_like(g), torch.zeros_like(g)))
+    m = m * b1 + g * (1 - b1)
+    v = v * b2 + g * g * (1 - b2)
+    moments[t] = (m, v)
+    return (m / (1 - b1 ** steps)) / ((v / (1 - b2 ** steps)).sqrt() + eps)
+
+
+class HeadRace(HeadStep):
+    """Several head steps, one per lr of ``lrs``, raced on the same forward passes; the model holds the rows of
+    the one whose running loss is lowest (``--head-race``).
+
+    Each lane keeps its own Adam state and its own offset of the option rows (the sum of its updates; the ZO
+    method moves the rows under all of them alike). The option logits are linear in those rows, so a lane's
+    logits on a pass are the observed ones plus ``h_i . (offset_lane - offset_active)``: every lane's loss and
+    exact gradient on every pass come from what the passes computed, with no pass added. Before a lane learns
+    from a batch, its loss on that batch (mean over the step's passes) enters its running loss, an exponential
+    moving average with factor ``decay``: a prequential estimate on examples the lane has not yet trained on.
+    After the update the model takes the rows of the lane with the lowest running loss (ties: the lower lr).
+    This chooses the head lr per task from the training stream, where one lr per base model is a compromise.
+    With a tied head the rows are also input embeddings of the option tokens; a lane's loss then ignores what its
+    offset would change in a prompt that contains an option token (the passes ran with the active lane's rows).
+    """
+
+    def __init__(self, model: nn.Module, scorer, lrs: Sequence[float], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, decay: float = 0.95):
+        lrs = sorted(float(x) for x in lrs)
+        if len(lrs) < 2 or len(set(lrs)) != len(lrs) or lrs[0] <= 0:
+            raise ZotuneError(f"--head-race needs two or more distinct positive lrs (got {lrs})")
+        super().__init__(model, scorer, lrs[0], betas, eps)
+        self.lrs, self.decay = lrs, decay
+        self.lanes: list[dict] = [{"moments": {}, "offsets": {}, "loss": None, "steps_active": 0} for _ in lrs]
+        self.active = 0
+        self._seen: list[tuple] = []
+
+    @property
+    def lr_active(self) -> float:
+        return self.lrs[self.active]
+
+    def _record(self, h: torch.Tensor, logits: torch.Tensor, options, labels) -> None:
+        h, logits = h.float(), logits.float()
+        self._seen.append((h, [logits[i, ids].clone() for i, ids in enumerate(options)], options, labels))
+
+    def gradient(self) -> dict[int, torch.Tensor]:
+        """The active lane's mean gradient over the passes watched since the last :meth:`step`."""
+        return self._lane_loss_and_gradient(self.active)[1] if self._seen else {}
+
+    def _lane_loss_and_gradient(self, lane: int) -> tuple[float, dict[int, torch.Tensor]]:
+        """Lane ``lane``'s mean option cross-entropy and its gradient in the option rows over the watched passes."""
+        mine, active = self.lanes[lane]["offsets"], self.lanes[self.active]["offsets"]
+        loss, grad = 0.0, {}
+        for h, option_logits, options, labels in self._seen:
+            n, zero = len(labels), torch.zeros(h.shape[1])
+            for i, (ids, label) in enumerate(zip(options, labels)):
+                z = option_logits[i]
+                if lane != self.active:  # the logits this lane's rows would have given on this pass
+                    z = z + torch.stack([mine.get(t, zero) - active.get(t, zero) for t in ids]) @ h[i]
+                p = torch.softmax(z, dim=0)
+                loss += float(torch.logsumexp(z, dim=0) - z[label]) / n
+                p[label] -= 1
+                for t, d in zip(ids, p.tolist()):
+                    term = h[i] * (d / n)
+                    grad[t] = grad[t] + term if t in grad else term
+        passes = len(self._seen)
+        return loss / passes, {t: g / passes for t, g in grad.items()}
+
+    @torch.no_grad()
+    def step(self, lr_factor: float = 1.0) -> None:
+        """Score every lane on the watched passes (its running loss), move each along its own gradient, and
+        put the rows of the lane with the lowest running loss into the model; then forget the passes."""
+        if not self._seen:
+            return
+        results = [self._lane_loss_and_gradient(k) for k in range(len(self.lrs))]
+        self._seen, self._sum, self._passes = [], {}, 0
+        self.steps += 1
+        before = dict(self.lanes[self.active]["offsets"])
+        for lane, lr, (loss, grad) in zip(self.lanes, self.lrs, results):
+            lane["loss"] = loss if lane["loss"] is None else self.decay * lane["loss"] + (1 - self.decay) * loss
+            for t, g in sorted(grad.items()):
+                update = _adam(lane["moments"], t, g, self.steps, self.betas, self.eps)
+                lane["offsets"][t] = lane["offsets"].get(t, torch.zeros_like(g)) - lr * lr_factor * update
+        self.active = min(range(len(self.lrs)), key=lambda k: (self.lanes[k]["loss"], k))
+        self.lanes[self.active]["steps_active"] += 1
+        weight = self.head.weight
+        after = self.lanes[self.active]["offsets"]
+        for t in sorted(set(before) | set(after)):
+            zero = torch.zeros(weight.shape[1])
+            weight[t] += (after.get(t, zero) - before.get(t, zero)).to(weight.dtype)
+
+    def summary(self) -> dict:
+        """What the race did: its lrs, the active lane's lr at the end, and how many steps each lane held the rows."""
+        return {"lrs": self.lrs, "active": self.lr_active, "steps_active": [x["steps_active"] for x in self.lanes]}
+
+    def state_dict(self) -> dict:
+        lanes = []
+        for lane in self.lanes:
+            tokens = sorted(lane["moments"])
+            lanes.append({"tokens": tokens, "m": [lane["moments"][t][0] for t in tokens],
+                          "v": [lane["moments"][t][1] for t in tokens], "loss": lane["loss"],
+                          "offset_tokens": sorted(lane["offsets"]),
+                          "offsets": [lane["offsets"][t] for t in sorted(lane["offsets"])],
+                          "steps_active": lane["steps_active"]})
+        return {"steps": self.steps, "lrs": self.lrs, "active": self.active, "lanes": lanes}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["lrs"] != self.lrs:
+            raise ValueError("the snapshot raced other head lrs")
+        self.steps, self.active = state["steps"], state["active"]
+        self.lanes = [{"moments": {t: (m, v) for t, m, v in zip(x["tokens"], x["m"], x["v"])},
+                       "offsets": dict(zip(x["offset_tokens"], x["offsets"])), "loss": x["loss"],
+                       "steps_active": x["steps_active"]} for x in state["lanes"]]

@@ -20,7 +20,7 @@ from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig
                                   sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.adapters import AdapterSpec, apply_peft, load_snapshot_weights, save_trained, snapshot_weights
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
-from finetune.head import HeadStep, option_token_ids
+from finetune.head import HeadRace, HeadStep, option_token_ids
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule, schedule_factor
 from finetune.data.scoring import TaskScorer
 from finetune.data.batches import batches
@@ -67,6 +67,7 @@ class FinetuneConfig(RunConfig):
     weight_decay: float = 0.0
     head_lr: float | None = None       # ZO methods: Adam lr of the head step's option rows (0 = off; finetune/head.py);
                                        # None = the method's default: the tuner's for method tuner, else off
+    head_race: list[float] | None = None  # ZO methods: race these head lrs on the same passes (finetune/head.py)
     eval_every: int = 0                # evaluate on the dev split every N steps (0 = never)
     n_dev: int = 100
     n_test: int = 200
@@ -127,11 +128,20 @@ class FinetuneConfig(RunConfig):
         check_number("--weight-decay", self.weight_decay, low=0)
         if self.head_lr is not None:
             check_number("--head-lr", self.head_lr, low=0)
-        if (self.head_lr or 0) > 0 and self.method == FO:
-            raise ZotuneError("--head-lr is for ZO methods; --method fo trains the head by backpropagation already: "
-                              "drop --head-lr")
-        if (self.head_lr or 0) > 0 and self.peft is not None:
-            raise ZotuneError(f"--head-lr steps the output head, which --peft {self.peft} keeps frozen; "
+        flag = "--head-race" if self.head_race else "--head-lr"
+        if self.head_race:
+            for lr in self.head_race:
+                check_number("--head-race", lr, low=0, low_open=True)
+            if len(set(self.head_race)) != len(self.head_race) or len(self.head_race) < 2:
+                raise ZotuneError(f"--head-race needs two or more distinct lrs (got {self.head_race}); for one, use "
+                                  "--head-lr")
+            if self.head_lr is not None:
+                raise ZotuneError("give --head-lr (one head lr) or --head-race (several, raced), not both")
+        if (self.head_lr or self.head_race) and self.method == FO:
+            raise ZotuneError(f"{flag} is for ZO methods; --method fo trains the head by backpropagation already: "
+                              f"drop {flag}")
+        if (self.head_lr or self.head_race) and self.peft is not None:
+            raise ZotuneError(f"{flag} steps the output head, which --peft {self.peft} keeps frozen; "
                               "drop one of the two")
         if self.q is not None:
             check_number("--q", self.q, low=1, integer=True)
@@ -235,7 +245,8 @@ class RunResult:
     loss_after: float = float("nan")
     curve: list[dict] = field(default_factory=list)  # evaluation points: step, forwards, test and dev loss/metric
     calibration: dict | None = None    # the calibration reference (multiple choice; finetune/calibration.py)
-    head_lr: float = 0.0               # the head step's lr the run took (head_lr_of; 0: none)
+    head_lr: float = 0.0               # the head step's lr the run took (head_lr_of; 0: none; a race: its lr at the end)
+    head_race: dict | None = None      # a --head-race run: HeadRace.summary() at the end
 
 
 def progress_bar(enabled: bool = True) -> Progress:
@@ -296,6 +307,14 @@ def head_lr_of(cfg: FinetuneConfig, tuner=None) -> float:
         return cfg.head_lr
     tuner = run_tuner(cfg, tuner)
     return 0.0 if tuner is None else tuner.head_lr
+
+
+def head_lrs_of(cfg: FinetuneConfig, tuner=None) -> list[float]:
+    """The head lrs a run takes: ``--head-race``'s (ascending), else :func:`head_lr_of` when positive, else none."""
+    if cfg.head_race:
+        return sorted(cfg.head_race)
+    lr = head_lr_of(cfg, tuner)
+    return [lr] if lr > 0 else []
 
 
 def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
@@ -369,7 +388,7 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lr: float | N
     run's head step lr (:func:`head_lr_of`; default ``cfg.head_lr``)."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
-    if ((cfg.head_lr or 0) if head_lr is None else head_lr) > 0:  # each rank would see only its shard's (batch mode) or directions' passes
+    if ((cfg.head_lr or 0) if head_lr is None else head_lr) > 0 or cfg.head_race:  # each rank would see only its shard's (batch mode) or directions' passes
         raise ZotuneError("--head-lr does not run data-parallel yet; run it without torchrun")
     if dp.mode == "batch":
         dp.bounds(cfg.batch_size)
@@ -424,10 +443,11 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
     tuner = run_tuner(cfg, tuner)
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
-    head, head_lr = None, head_lr_of(cfg, tuner)
-    if head_lr > 0:
+    head, head_lrs = None, head_lrs_of(cfg, tuner)
+    head_lr = head_lrs[0] if head_lrs else 0.0
+    if head_lrs:
         option_token_ids(scorer, task.train)  # a task the head step cannot serve fails here, before any pass
-        head = HeadStep(model, scorer, head_lr)
+        head = HeadStep(model, scorer, head_lr) if len(head_lrs) == 1 else HeadRace(model, scorer, head_lrs)
     if dp is not None:
         check_parallel(cfg, opt, dp, head_lr)
     guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
@@ -491,6 +511,8 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
     guard.check(cfg.steps, hint, force=True)  # never hand back non-finite weights (also after a resume at the end)
     result.forwards, result.backwards = pass_counts(opt)
+    if isinstance(head, HeadRace):
+        result.head_lr, result.head_race = head.lr_active, head.summary()
     if cfg.method == FO:
         opt.zero_grad(set_to_none=True)  # free the gradients (a bench reuses the model for the next run)
     final = evaluation_point(cfg.steps, result.forwards, model, scorer, task, cfg.batch_size, final=True)
@@ -518,6 +540,7 @@ def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
         "method": cfg.method,
         "optimizer": cfg.optimizer_name,
         "head_lr": result.head_lr,
+        **({"head_race": result.head_race} if result.head_race else {}),
         "model": model_id(cfg.model),
         "task": task.name,
         "steps": cfg.steps,
@@ -627,8 +650,9 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
         raise ZotuneError("--save-log does not support --method fo (a backpropagated update is not a list of "
                           "seeds and coefficients); drop --save-log")
     tuner = run_tuner(cfg, tuner)  # loaded once for the run (it may set the head step's lr)
-    if save_log and head_lr_of(cfg, tuner) > 0:
-        why = "--head-lr" if cfg.head_lr is not None else f"the tuner's head step (lr {tuner.head_lr:g}; --head-lr 0 turns it off)"
+    if save_log and head_lrs_of(cfg, tuner):
+        why = ("--head-race" if cfg.head_race else "--head-lr" if cfg.head_lr is not None
+               else f"the tuner's head step (lr {tuner.head_lr:g}; --head-lr 0 turns it off)")
         raise ZotuneError(f"--save-log does not support {why}: the head step's update is not a list of seeds and "
                           "coefficients; drop one of the two")
     if dp is not None and cfg.method == FO:
