@@ -272,3 +272,28 @@ if [[ $stage == med-fzoo-head ]]; then
   python cli.py bench --task "$MED" "${HELD[@]}" --seeds $3 --methods fzoo --lr-grid fzoo=$2 --head-lr 3e-4 \
     --out $R/fzoo-head-med-s$3
 fi
+# 2026-12-05. The head race (--head-race, docs/methods.md): the four head lrs the meta-training grids tried, raced
+# on the same passes, the model taking the rows of the lane with the lowest running (prequential) training loss.
+# First on the META-TRAINING tasks, seeds 0 and 1, against the shipped v2 setting (MeZO 3e-5 + head 3e-4, the
+# head-select benches; mean final dev loss 0.8583). Rule, fixed before these ran: the race goes to the held-out
+# tasks if its mean final dev loss (over seeds, then tasks) is at most 0.8583 and no run diverged; else it is
+# reported as tried on the meta-training tasks only. One bench per (task, seed): `bash run.sh race-select hotels 0`.
+RACE=1e-4,3e-4,1e-3,3e-3
+if [[ $stage == race-select ]]; then
+  t=$([[ $2 == hotels ]] && echo "$H" || echo bigbench:hyperbaton)
+  python cli.py bench --model smollm2-135m --task "$t" "${HELD[@]}" --seeds $3 --methods mezo --lr-grid mezo=3e-5 \
+    --head-race $RACE --out $R/race-select/$2-s$3
+fi
+if [[ $stage == race-select-compare ]]; then
+  python $R/race_select.py --race $R/race-select --head-select $R/head-select --head-lr 3e-4
+fi
+# Held out (only if the rule above passed): valid_parentheses on the base model and the derivative, and medicine,
+# at MeZO's own lr on each, 3 seeds: `bash run.sh race-held-out vp 0` (vp, deriv or med).
+if [[ $stage == race-held-out ]]; then
+  case $2 in
+    vp) args=(--task "$VP" --lr-grid mezo=3e-5) ;;
+    deriv) args=(--model runs/derivative-smollm2 --task "$VP" --lr-grid mezo=3e-5) ;;
+    med) args=(--task "$MED" --lr-grid mezo=1e-5) ;;
+  esac
+  python cli.py bench "${args[@]}" "${HELD[@]}" --seeds $3 --methods mezo --head-race $RACE --out $R/race-$2-s$3
+fi
