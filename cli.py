@@ -435,8 +435,8 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
     if lr is None:
         raise ZotuneError("this tuner records no recommended lr; pass --lr (the fine-tuning lr the head step goes with)")
     base = _config(args, method="tuner", tuner=path, model=model, lr=lr)  # the run options, as finetune takes them
-    search = HeadSearch(tasks=args.tasks, head_lrs=args.head_lrs, seeds=args.seeds, forwards=args.forwards,
-                        eval_points=args.eval_points)
+    search = HeadSearch(tasks=args.tasks, head_lrs=args.head_lrs, race=args.race, seeds=args.seeds,
+                        forwards=args.forwards, eval_points=args.eval_points)
     try:
         chosen = select_head_lr(base, search, work, out, tuner=tuner)
     except KeyboardInterrupt:
@@ -444,7 +444,8 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
         raise SystemExit(130) from None
     sel = chosen.provenance["head_selection"]
     grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in sel["dev_loss"].items())
-    print(f"head lr {sel['chosen']:g} (final dev loss by head lr: {grid}); wrote {out} (benches in {work})")
+    head = chosen.head_text if chosen.head is not None else "lr 0, no head step"
+    print(f"head {head} (final dev loss by candidate: {grid}); wrote {out} (benches in {work})")
 
 
 def cmd_tuners_inspect(args: argparse.Namespace) -> None:
@@ -638,6 +639,9 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated meta-training tasks (multiple choice, one-token options); never held-out ones")
     p.add_argument("--head-lrs", type=_floats, default=[1e-4, 3e-4, 1e-3],
                    help="the head lrs tried, comma-separated; 0 = no head step (default 1e-4,3e-4,1e-3)")
+    p.add_argument("--race", type=_floats, default=None, metavar="LRS",
+                   help="one more candidate: a head race over these lrs (finetune --head-race); the tuner carries the "
+                   "race if it wins")
     p.add_argument("--lr", action=_Finite, default=None,
                    help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
     p.add_argument("--seeds", type=_ints, default=[0],

@@ -21,16 +21,16 @@ existed load with the defaults); ``direction_policy`` (``null``, or the policy's
 ``{"method": "lora", "r": 8, "alpha": 16.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}``, part of the
 fingerprint and its hash; :func:`pertnn.blocks.adapter_config`);
 ``head`` (``null`` or absent: no head step; else ``{"lr": x}``, the Adam lr of the head step,
-:mod:`finetune.head`, that fine-tuning with this tuner takes by default: :mod:`meta.head` chooses it on the
-meta-training tasks); ``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
+:mod:`finetune.head`, that fine-tuning with this tuner takes by default, or ``{"race": [x, y, ...]}``, the lrs of a
+head race, :class:`finetune.head.HeadRace`: :mod:`meta.head` chooses among them on the meta-training tasks); ``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
 the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
 
 What is task-specific (loss history, last scales, the policy's online mean directions, optimizer state)
 is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
 :class:`finetune.zo.online.OnlineMean`). A file with a direction policy has ``format_version`` 2 (older
-readers refuse it rather than silently dropping the policy); one with a head step has 3, for the same reason;
-one with neither stays at 1.
+readers refuse it rather than silently dropping the policy); one with a head step has 3, for the same reason,
+and one with a head race 4; one with none of these stays at 1.
 """
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
 FORMAT = "zotune-tuner"
-FORMAT_VERSION = 3  # the newest format this reads (3: with a head step; 2: with a direction policy; 1: PertNN only)
-HEAD_KEYS = ("lr",)  # what a tuner's head step holds
+FORMAT_VERSION = 4  # the newest format this reads (4: a head race; 3: a head step; 2: a direction policy; 1: PertNN)
+HEAD_KEYS = ("lr", "race")  # what a tuner's head step holds: one of them
 BANK_TENSORS = ("W1", "b1", "W2", "b2")
 _REQUIRED = ("base_model", "blocks", "tied_groups", "fingerprint_sha256", "features", "pertnn", "provenance")
 
@@ -94,6 +94,10 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _lr_ok(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < float("inf")
+
+
 def _metadata_problem(meta: dict) -> str | None:
     """What is wrong with the types of the ``zotune`` metadata fields, or None."""
     types = {"base_model": str, "blocks": list, "tied_groups": list, "fingerprint_sha256": str, "features": dict,
@@ -118,9 +122,14 @@ def _metadata_problem(meta: dict) -> str | None:
         unknown = sorted(set(head) - set(HEAD_KEYS))
         if unknown:
             return f"its head step has settings this zotune does not know ({', '.join(unknown)}); upgrade zotune"
-        lr = head.get("lr")
-        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0 and lr != float("inf")):
-            return f"its head step's lr is {lr!r}, not a finite number >= 0"
+        if len(head) != 1:
+            return "its head step must hold one of 'lr' and 'race'"
+        if "lr" in head and not _lr_ok(head["lr"]):
+            return f"its head step's lr is {head['lr']!r}, not a finite number >= 0"
+        race = head.get("race", [1, 2])
+        if not (isinstance(race, list) and len(race) >= 2 and all(_lr_ok(x) and x > 0 for x in race)
+                and len(set(race)) == len(race)):
+            return f"its head race is {race!r}, not two or more distinct positive lrs"
     doc = meta.get("direction_policy")
     if doc is not None and not (isinstance(doc.get("config"), dict) and isinstance(doc.get("features", []), list)):
         return "metadata field 'direction_policy' needs a 'config' object and a 'features' list"
@@ -190,13 +199,32 @@ class Tuner:
         return {"config": asdict(self.policy.cfg), "features": list(POLICY_FEATURE_NAMES)}
 
     @property
+    def head_lrs(self) -> list[float]:
+        """The head lrs fine-tuning with this tuner takes by default: none, one (a head step) or several (a race)."""
+        if self.head is None:
+            return []
+        return sorted(float(x) for x in self.head["race"]) if "race" in self.head else [float(self.head["lr"])]
+
+    @property
     def head_lr(self) -> float:
-        """The Adam lr of the head step that fine-tuning with this tuner takes by default (0: none)."""
-        return 0.0 if self.head is None else float(self.head["lr"])
+        """The Adam lr of the head step that fine-tuning with this tuner takes by default (0: none; a race: its
+        smallest lr, the one it starts on)."""
+        return self.head_lrs[0] if self.head_lrs else 0.0
+
+    @property
+    def head_text(self) -> str:
+        """The head step in a few words: ``lr 0.0003``, or ``a race of lrs 0.0001, 0.0003``."""
+        lrs = self.head_lrs
+        return "none" if not lrs else f"lr {lrs[0]:g}" if len(lrs) == 1 else \
+            "a race of lrs " + ", ".join(f"{x:g}" for x in lrs)
 
     def with_head(self, lr: float) -> "Tuner":
         """The same tuner whose fine-tuning also takes the head step at Adam lr ``lr`` (0: no head step)."""
         return replace(self, head=None if lr == 0 else {"lr": float(lr)})
+
+    def with_head_race(self, lrs) -> "Tuner":
+        """The same tuner whose fine-tuning races the head lrs ``lrs`` (:class:`finetune.head.HeadRace`)."""
+        return replace(self, head={"race": sorted(float(x) for x in lrs)})
 
     def without_policy(self) -> "Tuner":
         """The same tuner with no direction policy (PertNN scales only)."""
@@ -289,7 +317,8 @@ class Tuner:
             tensors.update({f"policy.{k}": getattr(self.policy, k).detach().to("cpu", torch.float32).contiguous()
                             for k in BANK_TENSORS})
         doc = self.metadata() | {"tensors_sha256": tensors_sha256(tensors)}
-        version = 3 if self.head is not None else 2 if self.policy is not None else 1
+        version = (4 if len(self.head_lrs) > 1 else 3 if self.head is not None else 2 if self.policy is not None
+                   else 1)
         meta = {"format": FORMAT, "format_version": str(version),
                 "zotune": strict_json(doc, separators=(",", ":"))}
         with atomic_file(path) as tmp:

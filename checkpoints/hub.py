@@ -68,7 +68,7 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
         if key in prov and "imported_from" not in prov:
             lines.append(f"| meta-training {key} | {prov[key]} |")
     if tuner.head is not None:
-        lines.append(f"| head step | Adam at lr {tuner.head_lr:g} on the output head's option rows, along their exact "
+        lines.append(f"| head step | Adam at {tuner.head_text} on the output head's option rows, along their exact "
                      "gradient read off the forward passes (multiple choice with one-token options; `--head-lr 0` "
                      "turns it off) |")
     if tuner.recommended:
@@ -104,8 +104,10 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
         "```", "",
         *([] if tuner.head is None else [
             "This tuner also takes a head step, which `finetune --tuner` applies by itself; in your own loop, wrap "
-            "each step in `head.watching(batch)` of `finetune.head.HeadStep(model, scorer, lr=tuner.head_lr)` and "
-            "call `head.step()` after it (docs/python-api.md).", ""]),
+            "each step in `head.watching(batch)` of "
+            + ("`finetune.head.HeadStep(model, scorer, lr=tuner.head_lr)`" if len(tuner.head_lrs) == 1 else
+               "`finetune.head.HeadRace(model, scorer, tuner.head_lrs)`")
+            + " and call `head.step()` after it (docs/python-api.md).", ""]),
         f"`{TUNER_FILE}` is a safetensors file (no pickled code); `python cli.py tuners inspect {TUNER_FILE}` "
         "prints its metadata and per-block scales.", "",
     ]

@@ -54,8 +54,11 @@ def head_text(tuner: Tuner) -> str:
     """One line on the head step a tuner takes by default, and how its lr was chosen when recorded."""
     if tuner.head is None:
         return "none (the output head is left to the ZO step)"
-    text = (f"Adam at lr {tuner.head_lr:g} on the output head's option rows, along their exact gradient read off the "
-            "forward passes (multiple choice, one-token options)")
+    lrs = tuner.head_lrs
+    text = (f"Adam at lr {lrs[0]:g}" if len(lrs) == 1 else
+            f"a race of Adam lrs {', '.join(f'{x:g}' for x in lrs)} (the rows of the lr with the lowest running loss)")
+    text += (" on the output head's option rows, along their exact gradient read off the forward passes (multiple "
+             "choice, one-token options)")
     sel = (tuner.provenance or {}).get("head_selection")
     if isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict):
         grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"

@@ -177,7 +177,7 @@ class ZOTrainer(Trainer):
 
                 tuner = Tuner.from_pretrained(tuner)
             if getattr(tuner, "head", None) is not None:  # never dropped in silence
-                raise ZotuneError(f"this tuner carries a head step (lr {tuner.head_lr:g}), which ZOTrainer cannot take: "
+                raise ZotuneError(f"this tuner carries a head step ({tuner.head_text}), which ZOTrainer cannot take: "
                                   "its loss is the Trainer's compute_loss, not an option cross-entropy; pass "
                                   "zo_args.tuner = tuner.with_head(0) to run its bank alone, or use cli.py finetune")
             return TunedZO(model, tuner, momentum=z.momentum if z.optimizer == "momentum" else 0.0, **kw)

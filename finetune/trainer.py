@@ -245,7 +245,7 @@ class RunResult:
     loss_after: float = float("nan")
     curve: list[dict] = field(default_factory=list)  # evaluation points: step, forwards, test and dev loss/metric
     calibration: dict | None = None    # the calibration reference (multiple choice; finetune/calibration.py)
-    head_lr: float = 0.0               # the head step's lr the run took (head_lr_of; 0: none; a race: its lr at the end)
+    head_lr: float = 0.0               # the head step's lr the run took (0: none; a race: the lr holding the rows at the end)
     head_race: dict | None = None      # a --head-race run: HeadRace.summary() at the end
 
 
@@ -301,20 +301,15 @@ def run_tuner(cfg: FinetuneConfig, tuner=None):
     return tuner or Tuner.from_pretrained(cfg.tuner)
 
 
-def head_lr_of(cfg: FinetuneConfig, tuner=None) -> float:
-    """The head step's lr a run takes: ``--head-lr`` when given, else the tuner's (method ``tuner``), else 0."""
-    if cfg.head_lr is not None:
-        return cfg.head_lr
-    tuner = run_tuner(cfg, tuner)
-    return 0.0 if tuner is None else tuner.head_lr
-
-
 def head_lrs_of(cfg: FinetuneConfig, tuner=None) -> list[float]:
-    """The head lrs a run takes: ``--head-race``'s (ascending), else :func:`head_lr_of` when positive, else none."""
+    """The head lrs a run takes (none, one for a head step, several for a race): ``--head-race``'s (ascending), else
+    ``--head-lr`` when given (0: none), else the tuner's (method ``tuner``), else none."""
     if cfg.head_race:
         return sorted(cfg.head_race)
-    lr = head_lr_of(cfg, tuner)
-    return [lr] if lr > 0 else []
+    if cfg.head_lr is not None:
+        return [cfg.head_lr] if cfg.head_lr > 0 else []
+    tuner = run_tuner(cfg, tuner)
+    return [] if tuner is None else tuner.head_lrs
 
 
 def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
@@ -383,13 +378,13 @@ def step_closure(model, scorer: TaskScorer, batch: list[Example], dp=None):
                       lambda terms: scorer.reduce_terms(terms, batch), batch)
 
 
-def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lr: float | None = None) -> None:
-    """Refuse, in one line, a data-parallel setting that cannot run; set up directions mode. ``head_lr``: the
-    run's head step lr (:func:`head_lr_of`; default ``cfg.head_lr``)."""
+def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lrs: list[float] | None = None) -> None:
+    """Refuse, in one line, a data-parallel setting that cannot run; set up directions mode. ``head_lrs``: the
+    run's head lrs (:func:`head_lrs_of`; default: from ``cfg`` alone)."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
-    if ((cfg.head_lr or 0) if head_lr is None else head_lr) > 0 or cfg.head_race:  # each rank would see only its shard's (batch mode) or directions' passes
-        raise ZotuneError("--head-lr does not run data-parallel yet; run it without torchrun")
+    if (cfg.head_race or (cfg.head_lr or 0) > 0) if head_lrs is None else head_lrs:  # each rank would see only
+        raise ZotuneError("--head-lr does not run data-parallel yet; run it without torchrun")  # part of the passes
     if dp.mode == "batch":
         dp.bounds(cfg.batch_size)
         return
@@ -449,7 +444,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
         option_token_ids(scorer, task.train)  # a task the head step cannot serve fails here, before any pass
         head = HeadStep(model, scorer, head_lr) if len(head_lrs) == 1 else HeadRace(model, scorer, head_lrs)
     if dp is not None:
-        check_parallel(cfg, opt, dp, head_lr)
+        check_parallel(cfg, opt, dp, head_lrs)
     guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
     resuming = snapshot is not None and snapshot.exists()
     if log is not None and not resuming:
@@ -652,7 +647,7 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     tuner = run_tuner(cfg, tuner)  # loaded once for the run (it may set the head step's lr)
     if save_log and head_lrs_of(cfg, tuner):
         why = ("--head-race" if cfg.head_race else "--head-lr" if cfg.head_lr is not None
-               else f"the tuner's head step (lr {tuner.head_lr:g}; --head-lr 0 turns it off)")
+               else f"the tuner's head step ({tuner.head_text}; --head-lr 0 turns it off)")
         raise ZotuneError(f"--save-log does not support {why}: the head step's update is not a list of seeds and "
                           "coefficients; drop one of the two")
     if dp is not None and cfg.method == FO:

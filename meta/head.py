@@ -9,8 +9,9 @@ The choice is made by real fine-tuning runs, not by a proxy: for every lr of the
 gets a bench (:func:`finetune.bench.bench`) of method ``tuner``, with the tuner's own scales at its recommended
 lr plus the head step at that lr, ``forwards`` forward passes per seed. The lr whose runs end with the lowest
 dev loss, averaged over seeds and then over tasks, goes into the artifact; a run that diverged counts as an
-infinite loss. A grid may hold 0 (no head step), so that the choice can also be "none". The test split is never
-read for the choice (it is evaluated, as in every bench, and left alone).
+infinite loss. A grid may hold 0 (no head step), so that the choice can also be "none". With ``race``, one more
+candidate joins the grid: a head race over those lrs (:class:`finetune.head.HeadRace`; format version 4 when it
+wins). The test split is never read for the choice (it is evaluated, as in every bench, and left alone).
 
 Each (task, head lr, seed) bench lives in its own folder under ``work`` (:func:`bench_folder`) and resumes after a
 kill, so an interrupted selection continues where it stopped when the same command is given again; finished benches
@@ -42,6 +43,12 @@ class HeadSearch:
     seeds: list[int] = field(default_factory=lambda: [0])
     forwards: int = 1000
     eval_points: int = 5
+    race: list[float] | None = None    # one more candidate: a head race over these lrs
+
+    @property
+    def candidates(self) -> list:
+        """The grid's head lrs, then the race (a tuple of lrs) when there is one."""
+        return [*self.head_lrs, *([tuple(sorted(self.race))] if self.race else [])]
 
     def validate(self) -> None:
         if not self.tasks:
@@ -53,12 +60,23 @@ class HeadSearch:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ZotuneError(f"--seeds must be distinct and not empty (got {self.seeds})")
         check_number("--forwards", self.forwards, low=2, integer=True)
+        if self.race is not None:
+            if len(self.race) < 2 or len(set(self.race)) != len(self.race):
+                raise ZotuneError(f"--race needs two or more distinct lrs (got {self.race})")
+            for lr in self.race:
+                check_number("--race", lr, low=0, low_open=True)
 
 
-def bench_folder(work: Path, task: str, head_lr: float, seed: int) -> Path:
+def candidate_name(head: float | tuple) -> str:
+    """A candidate's name in the grid's dev losses and folders: ``0.0003``, or ``race 0.0001,0.0003``."""
+    return f"{head:g}" if not isinstance(head, tuple) else "race " + ",".join(f"{x:g}" for x in head)
+
+
+def bench_folder(work: Path, task: str, head_lr: float | tuple, seed: int) -> Path:
     """The bench of one (task, head lr, seed) under ``work``."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", task).strip("-")
-    return Path(work) / slug / f"head-lr-{head_lr:g}" / f"seed-{seed}"
+    name = f"head-lr-{head_lr:g}" if not isinstance(head_lr, tuple) else "head-race-" + "-".join(f"{x:g}" for x in head_lr)
+    return Path(work) / slug / name / f"seed-{seed}"
 
 
 def final_dev_loss(run: dict) -> float:
@@ -69,14 +87,15 @@ def final_dev_loss(run: dict) -> float:
     return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
 
 
-def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float, seed: int, work: Path,
+def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float | tuple, seed: int, work: Path,
               tuner: Tuner, progress: bool = True) -> dict:
-    """The run of one (task, head lr, seed) bench: read when finished, resumed when interrupted, else run."""
+    """The run of one (task, head lr or race, seed) bench: read when finished, resumed when interrupted, else run."""
     from finetune.bench import BenchConfig, bench, bench_spec
 
     folder = bench_folder(work, task, head_lr, seed)
     done = folder / "bench.json"
-    cfg = BenchConfig(base=replace(base, task=task, head_lr=head_lr), methods=["tuner"],
+    head = dict(head_race=list(head_lr)) if isinstance(head_lr, tuple) else dict(head_lr=head_lr)
+    cfg = BenchConfig(base=replace(base, task=task, **head), methods=["tuner"],
                       lrs={"tuner": [base.lr]}, seeds=[seed], forwards=search.forwards,
                       eval_points=search.eval_points, select="dev")
     if not done.exists():
@@ -119,7 +138,7 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
     described in the module docstring, and write the tuner with that head step to ``out`` (a ``.safetensors``
     file, written atomically; an existing file is refused). Returns the new tuner."""
     search.validate()
-    base = replace(base, method="tuner", head_lr=None)
+    base = replace(base, method="tuner", head_lr=None, head_race=None)
     if base.n_dev < 1:
         raise ZotuneError("the head lr is chosen on the dev split: set --n-dev >= 1")
     base.validate()
@@ -129,30 +148,30 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
         raise ZotuneError("this tuner is for an adapter (--peft), which keeps the output head frozen: the head step "
                           "does not apply to it")
     if tuner.head is not None:
-        raise ZotuneError(f"{base.tuner} has a head step already (lr {tuner.head_lr:g}); start from a tuner without "
+        raise ZotuneError(f"{base.tuner} has a head step already ({tuner.head_text}); start from a tuner without "
                           "one, such as the one meta-train wrote")
     with ExitStack() as stack:
         stack.enter_context(RunLock(out))
         check_output(out, kind="file")  # again, now that no other run can write it
         losses: dict[str, float] = {}
-        for head_lr in search.head_lrs:
+        for head_lr in search.candidates:
             per_task = []
             for task in search.tasks:
                 runs = [run_bench(base, search, task, head_lr, seed, work, tuner, progress) for seed in search.seeds]
                 per_task.append(sum(final_dev_loss(r) for r in runs) / len(runs))
-            losses[f"{head_lr:g}"] = sum(per_task) / len(per_task)
+            losses[candidate_name(head_lr)] = sum(per_task) / len(per_task)
         best_key = min(losses, key=lambda k: losses[k])
         if not math.isfinite(losses[best_key]):
             raise ZotuneError(f"every head lr of the grid diverged on {', '.join(search.tasks)}; try lower --head-lrs "
                               f"or a lower --lr (now {base.lr:g})")
-        best = dict(zip((f"{h:g}" for h in search.head_lrs), search.head_lrs))[best_key]
-        chosen = tuner.with_head(best)
+        best = {candidate_name(h): h for h in search.candidates}[best_key]
+        chosen = tuner.with_head_race(best) if isinstance(best, tuple) else tuner.with_head(best)
         chosen.recommended = {**tuner.recommended, "lr": base.lr, "eps": base.eps}
         chosen.provenance = {**tuner.provenance, "head_selection": {
             "tasks": list(search.tasks), "forwards": search.forwards, "seeds": list(search.seeds), "lr": base.lr,
             "batch_size": base.batch_size, "autocast": base.autocast,
             "dev_loss": {k: (v if math.isfinite(v) else "diverged") for k, v in losses.items()},
-            "chosen": best, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+            "chosen": list(best) if isinstance(best, tuple) else best, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
         try:
             chosen.save_pretrained(out)
         except Exception as e:  # noqa: BLE001 - only write errors are turned into one line

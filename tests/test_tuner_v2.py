@@ -62,6 +62,44 @@ def test_bad_head_metadata_is_refused_in_one_line(tmp_path, untrained):
     assert shipped.head is None  # a format-1 file still loads, without a head step
 
 
+def test_a_head_race_is_format_4_round_trips_and_bad_races_are_refused(tmp_path, untrained):
+    tuner = Tuner.from_pretrained(untrained).with_head_race([1e-3, 1e-4, 3e-4])
+    path = tuner.save_pretrained(tmp_path / "race.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["format_version"] == "4" and json.loads(meta["zotune"])["head"] == {"race": [1e-4, 3e-4, 1e-3]}
+    back = Tuner.from_pretrained(path)
+    assert back.head_lrs == [1e-4, 3e-4, 1e-3] and back.head_lr == 1e-4
+    assert back.head_text == "a race of lrs 0.0001, 0.0003, 0.001"
+    for head, message in [({"race": [1e-3]}, "two or more"), ({"race": [1e-3, 1e-3]}, "two or more"),
+                          ({"race": [0, 1e-3]}, "two or more"), ({"race": "1e-3,1e-2"}, "two or more"),
+                          ({"race": [1e-3, 1e-2], "lr": 1e-3}, "one of 'lr' and 'race'")]:
+        doc = json.loads(meta["zotune"])
+        doc["head"] = head
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "zotune": json.dumps(doc)})
+        with pytest.raises(ZotuneError, match=message):
+            Tuner.from_pretrained(tmp_path / "bad.safetensors")
+    save_file(tensors, str(tmp_path / "new.safetensors"), metadata={**meta, "format_version": "5"})
+    with pytest.raises(ZotuneError, match="upgrade zotune"):
+        Tuner.from_pretrained(tmp_path / "new.safetensors")
+
+
+def test_a_tuner_with_a_head_race_fine_tunes_as_mezo_with_head_race_bit_for_bit(tmp_path, untrained):
+    task = _jsonl(tmp_path, one_token_examples(60))
+    race = Tuner.from_pretrained(untrained).with_head_race([1e-3, 5e-2]).save_pretrained(tmp_path / "race.safetensors")
+    runs = {}
+    for name, extra in (("tuned", ["--tuner", str(race)]), ("mezo", ["--method", "mezo", "--head-race", "1e-3,5e-2"])):
+        out = tmp_path / name
+        assert cli.main(["finetune", *BASE, "--task", task, "--steps", "8", *extra, "--out", str(out)]) == 0
+        runs[name] = (json.loads((out / "metrics.json").read_text()), load_model(str(out / "model"))[0])
+    (a, ma), (b, mb) = runs["tuned"], runs["mezo"]
+    assert a["head_race"] == b["head_race"] and a["head_race"]["lrs"] == [1e-3, 5e-2]
+    assert a["train_loss"] == b["train_loss"] and a["eval"] == b["eval"]
+    for (k, v), w in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
 def _finetune(tmp_path, name, task, *extra, capsys):
     out = tmp_path / name
     assert cli.main(["finetune", *BASE, "--task", task, "--steps", "5", "--eval-every", "2", *extra,
@@ -120,6 +158,12 @@ def test_inspect_shows_the_head_step(tmp_path, untrained):
     assert "lr 0.0003" in line and "t.jsonl" in line and "0.0003: 0.6000" in line
 
 
+def test_inspect_shows_a_head_race(tmp_path, untrained):
+    text = inspect_text(Tuner.from_pretrained(untrained).with_head_race([3e-4, 1e-3]).save_pretrained(tmp_path / "r.st"))
+    line = next(x for x in text.splitlines() if x.startswith("head step"))
+    assert "a race of Adam lrs 0.0003, 0.001" in line
+
+
 def _select(tmp_path, task, out, *extra):
     return ["meta-train-head", "--model", "tiny-llama", "--tasks", task, "--head-lrs", "0,2e-2", "--lr", "1e-3",
             "--batch-size", "4", "--n-dev", "8", "--n-test", "8", "--forwards", "12", "--eval-points", "2",
@@ -161,6 +205,29 @@ def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, mon
         assert "give this search its own --work" in err and extra[0][2:] in err, err
     assert not (tmp_path / "other.safetensors").exists()
     assert head_module.final_dev_loss({"diverged": "loss nan"}) == math.inf
+
+
+def test_meta_train_head_with_a_race_candidate_writes_the_argmin(tmp_path, capsys):
+    """--race adds a head race to the grid: its benches are recomputed here like the single lrs', and the tuner
+    carries whichever has the lowest mean final dev loss (here the race, against no head step at all)."""
+    task = _jsonl(tmp_path, one_token_examples(60))
+    argv = [*_select(tmp_path, task, "race.safetensors"), "--head-lrs", "0", "--race", "1e-2,1e-3"]
+    assert cli.main(argv) == 0
+    losses = {}
+    for name, head in (("0", 0.0), ("race 0.001,0.01", (1e-3, 1e-2))):
+        runs = [r for s in (0, 1) for r in json.loads((bench_folder(tmp_path / "work", task, head, s) / "bench.json")
+                                                       .read_text())["runs"]]
+        assert all(r["forwards"] == 12 and r["method"] == "tuner" for r in runs)
+        assert all((r.get("head_race") or {}).get("lrs") == ([1e-3, 1e-2] if name != "0" else None) for r in runs)
+        losses[name] = sum(r["curve"][-1]["dev_loss"] for r in runs) / 2
+    assert bench_folder(tmp_path / "work", task, (1e-3, 1e-2), 0).parent.name == "head-race-0.001-0.01"
+    chosen = Tuner.from_pretrained(tmp_path / "race.safetensors")
+    sel = chosen.provenance["head_selection"]
+    assert sel["dev_loss"] == {k: pytest.approx(v) for k, v in losses.items()}
+    assert losses["race 0.001,0.01"] < losses["0"]  # the case this test is for
+    assert chosen.head_lrs == [1e-3, 1e-2] and sel["chosen"] == [1e-3, 1e-2]
+    assert "head a race of lrs 0.001, 0.01" in capsys.readouterr().out
+    assert "--race" in bad(capsys, [*argv[:-1], "1e-2", "--out", str(tmp_path / "x.safetensors")])
 
 
 def _benches_run(monkeypatch) -> list[tuple[float, list[int]]]:
