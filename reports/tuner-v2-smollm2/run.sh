@@ -277,15 +277,35 @@ fi
 # First on the META-TRAINING tasks, seeds 0 and 1, against the shipped v2 setting (MeZO 3e-5 + head 3e-4, the
 # head-select benches; mean final dev loss 0.8583). Rule, fixed before these ran: the race goes to the held-out
 # tasks if its mean final dev loss (over seeds, then tasks) is at most 0.8583 and no run diverged; else it is
-# reported as tried on the meta-training tasks only. One bench per (task, seed): `bash run.sh race-select hotels 0`.
+# reported as tried on the meta-training tasks only. The race is one more candidate of meta-train-head (--race), in
+# the same work folder as the v2 grid, so its benches are read beside the singles: one bench per (task, seed),
+# `bash run.sh race-select hotels 0`; race-select-all reads all of them and writes the tuner the grid chooses.
+# (race-select/hotels-s0 is the same run as `bench --methods mezo --head-race ...`, made first; an untrained tuner
+# fine-tunes as MeZO bit for bit, so it must equal the meta-train-head bench of hotels seed 0: race-select-check.)
 RACE=1e-4,3e-4,1e-3,3e-3
+RSEL=(--model smollm2-135m --lr 3e-5 --batch-size 8 --forwards 1000 --eval-points 5 --autocast bf16 --threads 1
+      --work $R/head-select --race $RACE)
 if [[ $stage == race-select ]]; then
   t=$([[ $2 == hotels ]] && echo "$H" || echo bigbench:hyperbaton)
-  python cli.py bench --model smollm2-135m --task "$t" "${HELD[@]}" --seeds $3 --methods mezo --lr-grid mezo=3e-5 \
-    --head-race $RACE --out $R/race-select/$2-s$3
+  rm -f /tmp/zotune-race-$2-$3.safetensors  # a scratch tuner: only the bench matters here
+  python cli.py meta-train-head "${RSEL[@]}" --head-lrs 3e-4 --tasks "$t" --seeds $3 \
+    --out /tmp/zotune-race-$2-$3.safetensors
 fi
-if [[ $stage == race-select-compare ]]; then
-  python $R/race_select.py --race $R/race-select --head-select $R/head-select --head-lr 3e-4
+if [[ $stage == race-select-all ]]; then  # the grid of v21-select plus the race; reads all 16 benches
+  rm -f /tmp/zotune-race-all.safetensors
+  python cli.py meta-train-head "${RSEL[@]}" --head-lrs 3e-4,1e-3,3e-3 --tasks "$H,bigbench:hyperbaton" --seeds 0,1 \
+    --out /tmp/zotune-race-all.safetensors
+  python cli.py tuners inspect /tmp/zotune-race-all.safetensors | grep "head step"
+fi
+if [[ $stage == race-select-check ]]; then
+  python - <<'PY'
+import json
+a = json.load(open("reports/tuner-v2-smollm2/race-select/hotels-s0/bench.json"))["runs"][0]
+b = json.load(open("reports/tuner-v2-smollm2/head-select/bigbench-multiemo-hotels_sentence_en-ambivalent-mixed/"
+                   "head-race-0.0001-0.0003-0.001-0.003/seed-0/bench.json"))["runs"][0]
+same = all(a[k] == b[k] for k in ("train_loss", "curve", "head_race"))
+print("mezo --head-race and the untrained tuner's race, hotels seed 0:", "identical" if same else "DIFFERENT")
+PY
 fi
 # Held out (only if the rule above passed): valid_parentheses on the base model and the derivative, and medicine,
 # at MeZO's own lr on each, 3 seeds: `bash run.sh race-held-out vp 0` (vp, deriv or med).
