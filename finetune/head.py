@@ -53,15 +53,23 @@ def head_gradient(h: torch.Tensor, logits: torch.Tensor, options: Sequence[Seque
     """The gradient of the mean option cross-entropy in the head rows of the option tokens, in float32:
     ``h`` ``[B, d]`` (the head's input), ``logits`` ``[B, V]`` (its output) at the scoring position."""
     h, logits = h.float(), logits.float()
-    grad: dict[int, torch.Tensor] = {}
-    n = len(labels)
+    return option_loss_and_gradient(h, [logits[i, ids] for i, ids in enumerate(options)], options, labels)[1]
+
+
+def option_loss_and_gradient(h: torch.Tensor, option_logits: Sequence[torch.Tensor], options: Sequence[Sequence[int]],
+                             labels: Sequence[int], grad: dict | None = None) -> tuple[float, dict[int, torch.Tensor]]:
+    """The mean option cross-entropy of one pass and its gradient in the option rows, added into ``grad``:
+    ``h`` ``[B, d]`` float32, ``option_logits[i]`` example i's logits of its options."""
+    grad = {} if grad is None else grad
+    n, loss = len(labels), 0.0
     for i, (ids, label) in enumerate(zip(options, labels)):
-        delta = torch.softmax(logits[i, ids], dim=0)
+        delta = torch.softmax(option_logits[i], dim=0)
+        loss += float(torch.logsumexp(option_logits[i], dim=0) - option_logits[i][label]) / n
         delta[label] -= 1
         for t, d in zip(ids, delta.tolist()):
             term = h[i] * (d / n)
             grad[t] = grad[t] + term if t in grad else term
-    return grad
+    return loss, grad
 
 
 class HeadStep:
@@ -191,17 +199,11 @@ class HeadRace(HeadStep):
         mine, active = self.lanes[lane]["offsets"], self.lanes[self.active]["offsets"]
         loss, grad = 0.0, {}
         for h, option_logits, options, labels in self._seen:
-            n, zero = len(labels), torch.zeros(h.shape[1])
-            for i, (ids, label) in enumerate(zip(options, labels)):
-                z = option_logits[i]
-                if lane != self.active:  # the logits this lane's rows would have given on this pass
-                    z = z + torch.stack([mine.get(t, zero) - active.get(t, zero) for t in ids]) @ h[i]
-                p = torch.softmax(z, dim=0)
-                loss += float(torch.logsumexp(z, dim=0) - z[label]) / n
-                p[label] -= 1
-                for t, d in zip(ids, p.tolist()):
-                    term = h[i] * (d / n)
-                    grad[t] = grad[t] + term if t in grad else term
+            if lane != self.active:  # the logits this lane's rows would have given on this pass
+                zero = torch.zeros(h.shape[1])
+                option_logits = [z + torch.stack([mine.get(t, zero) - active.get(t, zero) for t in ids]) @ h[i]
+                                 for i, (z, ids) in enumerate(zip(option_logits, options))]
+            loss += option_loss_and_gradient(h, option_logits, options, labels, grad)[0]
         passes = len(self._seen)
         return loss / passes, {t: g / passes for t, g in grad.items()}
 
