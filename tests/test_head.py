@@ -153,9 +153,10 @@ def _jsonl(tmp_path, examples):
     return str(path)
 
 
-def test_killed_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("head", [["--head-lr", "1e-2"], ["--head-race", "1e-3,1e-1"]], ids=["head-lr", "head-race"])
+def test_killed_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monkeypatch, capsys, head):
     task = _jsonl(tmp_path, one_token_examples(60))
-    argv = ["finetune", "--model", "tiny-llama", "--task", task, "--steps", "6", "--lr", "1e-3", "--head-lr", "1e-2",
+    argv = ["finetune", "--model", "tiny-llama", "--task", task, "--steps", "6", "--lr", "1e-3", *head,
             "--batch-size", "4", "--n-test", "8", "--eval-every", "2", "--snapshot-every", "3"]
     assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
     real_loss = kill_at_call(monkeypatch, 2 * 5)  # step 5's first pass: the snapshot of step 3 survives
@@ -167,14 +168,14 @@ def test_killed_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monkeypatch
     assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     b = json.loads((out / "metrics.json").read_text())
-    for key in ("train_loss", "eval", "eval_history"):
-        assert a[key] == b[key], key
+    for key in ("train_loss", "eval", "eval_history", "head_lr", "head_race"):  # (a race's lanes are in the snapshot)
+        assert a.get(key) == b.get(key), key
     ma, _ = load_model(str(tmp_path / "straight" / "model"))
     mb, _ = load_model(str(out / "model"))
     for (k, v), w in zip(ma.state_dict().items(), mb.state_dict().values()):
         assert torch.equal(v, w), k
     mezo = tmp_path / "mezo"  # and the head step did move the run
-    assert cli.main([x for x in argv if x not in ("--head-lr", "1e-2")] + ["--out", str(mezo)]) == 0
+    assert cli.main([x for x in argv if x not in head] + ["--out", str(mezo)]) == 0
     assert json.loads((mezo / "metrics.json").read_text())["train_loss"] != a["train_loss"]
 
 
