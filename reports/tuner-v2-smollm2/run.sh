@@ -317,3 +317,39 @@ if [[ $stage == race-held-out ]]; then
   esac
   python cli.py bench "${args[@]}" "${HELD[@]}" --seeds $3 --methods mezo --head-race $RACE --out $R/race-$2-s$3
 fi
+# The comparisons of 2026-12-05 (README section 7), paired by seed with paired.py. med-fzoo-compare: medicine's CPU
+# FZOO runs (reports/baselines-smollm2, med-cpu; lr 3e-3 selected there on dev loss) against MeZO and tuner v2.
+# race-compare: the race's held-out runs against tuner v2, MeZO and FZOO on each setting.
+if [[ $stage == med-fzoo-compare || $stage == all ]]; then
+  M=reports/baselines-smollm2/med-cpu
+  {
+    echo "## medicine: MeZO (1e-5) -> FZOO (3e-3)"
+    python $R/paired.py --a $R/mezo-med-cpu-s* --b $M/fzoo-3e-3-s* --b-method fzoo
+    echo "## medicine: FZOO (3e-3) -> tuner v2 (MeZO 1e-5 + head step 3e-4)"
+    python $R/paired.py --a $M/fzoo-3e-3-s* --a-method fzoo --b $R/head-med-s*
+  } > $R/med-fzoo-compare.txt
+fi
+if [[ $stage == race-compare || $stage == all ]]; then
+  B=reports/baselines-smollm2/vp
+  M=reports/baselines-smollm2/med-cpu
+  {
+    echo "## valid_parentheses: tuner v2 (MeZO 3e-5 + head step 3e-4) -> the race"
+    python $R/paired.py --a $R/head-vp-sel-s0 $R/head-vp-sel-s1 $R/head-vp-sel-s2 --b $R/race-vp-s*
+    echo "## valid_parentheses: MeZO (3e-5) -> the race"
+    python $R/paired.py --a $B/screen-a $B/confirm-b --a-lr 3e-5 --b $R/race-vp-s*
+    echo "## valid_parentheses: FZOO (3e-3) -> the race"
+    python $R/paired.py --a $B/bracket-b $B/confirm-h --a-method fzoo --a-lr 3e-3 --b $R/race-vp-s*
+    echo "## derivative checkpoint: tuner v2 -> the race"
+    python $R/paired.py --a $R/deriv-head-vp-s* --b $R/race-deriv-s*
+    echo "## derivative checkpoint: MeZO (3e-5) -> the race"
+    python $R/paired.py --a $R/deriv-mezo-vp-s* --b $R/race-deriv-s*
+    echo "## derivative checkpoint: FZOO (3e-3) -> the race"
+    python $R/paired.py --a $R/deriv-fzoo-vp-s* --a-method fzoo --b $R/race-deriv-s*
+    echo "## medicine: tuner v2 -> the race"
+    python $R/paired.py --a $R/head-med-s* --b $R/race-med-s*
+    echo "## medicine: MeZO (1e-5) -> the race"
+    python $R/paired.py --a $R/mezo-med-cpu-s* --b $R/race-med-s*
+    echo "## medicine: FZOO (3e-3) -> the race"
+    python $R/paired.py --a $M/fzoo-3e-3-s* --a-method fzoo --b $R/race-med-s*
+  } > $R/race-compare.txt
+fi
