@@ -11,9 +11,9 @@ Prints two ratios (targets from the foundation issue):
     running three forward passes or three MeZO steps; medians over ``--memory-runs`` processes per mode.
 With ``--tuner``, also the time of a tuned step (the tuner's features and bank, then the step) relative to a
 MeZO step, means over the repeats (the block statistics are refreshed every ``stats_every`` steps, so the
-mean is the amortised cost; use ``--repeats`` of at least 10). A tuner with a head step (format 3) takes it in
-the timed step as fine-tuning does (watching the step's passes, then the Adam step on the option rows), which
-needs a task whose options are one token each, e.g. ``--task bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid``.
+mean is the amortised cost; use ``--repeats`` of at least 10). A tuner with a head step (format 3) or a head race
+(format 4, all its lanes) takes it in the timed step as fine-tuning does (watching the step's passes, then the
+Adam step on the option rows), which needs a task whose options are one token each, e.g. ``--task bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid``.
 
 With ``--method NAME[,NAME...]`` (any ``finetune --method`` except tuner and fo, or ``all``), it measures instead, for
 each method in one run, a step's time / the time of as many plain forward passes as the step makes (target <=
@@ -162,12 +162,15 @@ def main() -> None:
         from contextlib import nullcontext
 
         from checkpoints import Tuner
-        from finetune.head import HeadStep
+        from finetune.head import HeadRace, HeadStep
         from finetune.zo.optim import TunedZO
         tuner = Tuner.from_pretrained(args.tuner)
         tuned = TunedZO(model, tuner, lr=1e-12, eps=1e-3, noise=args.noise)
-        if tuner.head_lr > 0:  # lr 1e-12 like the ZO step: the timed work is real, the weights barely move
+        lanes = len(tuner.head_lrs)  # lrs near 1e-12 like the ZO step: the timed work is real, the weights barely move
+        if lanes == 1:
             head = HeadStep(model, scorer, 1e-12)
+        elif lanes > 1:  # a head race: every lane scored and stepped, as in fine-tuning
+            head = HeadRace(model, scorer, [1e-12 * (k + 1) for k in range(lanes)])
 
         def tuned_step():
             with head.watching(batch) if head is not None else nullcontext():
