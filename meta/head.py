@@ -117,11 +117,23 @@ def check_same_options(folder: Path, stored: dict, now: dict) -> None:
         return {**{k: v for k, v in spec.items() if k != "base"}, **base}
 
     a, b = flat(stored), flat(now)
-    diff = [k for k in b if k in a and a[k] != b[k]]
+    diff = [k for k in b if k in a and a[k] != b[k] and not (k == "tuner" and _same_file(a[k], b[k]))]
     if diff:
         k = diff[0]
         raise ZotuneError(f"{folder} ran with {k}={a[k]!r}, not {b[k]!r}: give this search its own --work, or rerun "
                           "with the options that bench used")
+
+
+def _same_file(then, now) -> bool:
+    """Whether the tuner a finished bench recorded is the one this search uses: the same bytes when both files
+    exist. A recorded file that is gone cannot be checked (a work folder moved or merged with its tuner) and is
+    taken as the same; a file that exists with other bytes is not."""
+    if then is None or now is None:
+        return False
+    then, now = Path(then), Path(now)
+    if not then.exists():
+        return True
+    return now.exists() and then.read_bytes() == now.read_bytes()
 
 
 def check_out(out: Path) -> Path:

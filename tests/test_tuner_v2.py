@@ -204,6 +204,16 @@ def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, mon
         err = bad(capsys, [*_select(tmp_path, task, "other.safetensors"), *extra])
         assert "give this search its own --work" in err and extra[0][2:] in err, err
     assert not (tmp_path / "other.safetensors").exists()
+    # the tuner counts by its bytes: a copy of the work folder's untrained tuner reads the benches, another one is refused
+    import shutil
+
+    shutil.copy(tmp_path / "work" / "untrained-tuner.safetensors", tmp_path / "copy.safetensors")
+    copy = str(tmp_path / "copy.safetensors")
+    assert cli.main([*_select(tmp_path, task, "from-copy.safetensors"), "--tuner", copy]) == 0
+    model, _ = load_model("tiny-llama")
+    other = Tuner.for_model(model, "tiny-llama", seed=1).save_pretrained(tmp_path / "seed1.safetensors")
+    err = bad(capsys, [*_select(tmp_path, task, "other.safetensors"), "--tuner", str(other)])
+    assert "tuner=" in err and "give this search its own --work" in err
     assert head_module.final_dev_loss({"diverged": "loss nan"}) == math.inf
 
 
