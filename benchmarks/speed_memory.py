@@ -13,7 +13,8 @@ With ``--tuner``, also the time of a tuned step (the tuner's features and bank, 
 MeZO step, means over the repeats (the block statistics are refreshed every ``stats_every`` steps, so the
 mean is the amortised cost; use ``--repeats`` of at least 10). A tuner with a head step (format 3) or a head race
 (format 4, all its lanes) takes it in the timed step as fine-tuning does (watching the step's passes, then the
-Adam step on the option rows), which needs a task whose options are one token each, e.g. ``--task bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid``.
+Adam step on the option rows), which needs a task whose options are one token each, e.g.
+``--task bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid``.
 
 With ``--method NAME[,NAME...]`` (any ``finetune --method`` except tuner and fo, or ``all``), it measures instead, for
 each method in one run, a step's time / the time of as many plain forward passes as the step makes (target <=

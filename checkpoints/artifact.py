@@ -21,8 +21,9 @@ existed load with the defaults); ``direction_policy`` (``null``, or the policy's
 ``{"method": "lora", "r": 8, "alpha": 16.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}``, part of the
 fingerprint and its hash; :func:`pertnn.blocks.adapter_config`);
 ``head`` (``null`` or absent: no head step; else ``{"lr": x}``, the Adam lr of the head step,
-:mod:`finetune.head`, that fine-tuning with this tuner takes by default, or ``{"race": [x, y, ...]}``, the lrs of a
-head race, :class:`finetune.head.HeadRace`: :mod:`meta.head` chooses among them on the meta-training tasks); ``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
+:mod:`finetune.head`, that fine-tuning with this tuner takes by default, or ``{"race": [x, y, ...]}``, the lrs
+of a head race, :class:`finetune.head.HeadRace`: :mod:`meta.head` chooses among them on the meta-training
+tasks); ``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
 the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
 

@@ -245,7 +245,8 @@ class RunResult:
     loss_after: float = float("nan")
     curve: list[dict] = field(default_factory=list)  # evaluation points: step, forwards, test and dev loss/metric
     calibration: dict | None = None    # the calibration reference (multiple choice; finetune/calibration.py)
-    head_lr: float = 0.0               # the head step's lr the run took (0: none; a race: the lr holding the rows at the end)
+    head_lr: float = 0.0               # the head step's lr the run took (0: none; a race: its lr holding the rows
+                                       # at the end)
     head_race: dict | None = None      # a --head-race run: HeadRace.summary() at the end
 
 

@@ -75,7 +75,10 @@ def candidate_name(head: float | tuple) -> str:
 def bench_folder(work: Path, task: str, head_lr: float | tuple, seed: int) -> Path:
     """The bench of one (task, head lr, seed) under ``work``."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", task).strip("-")
-    name = f"head-lr-{head_lr:g}" if not isinstance(head_lr, tuple) else "head-race-" + "-".join(f"{x:g}" for x in head_lr)
+    if isinstance(head_lr, tuple):
+        name = "head-race-" + "-".join(f"{x:g}" for x in head_lr)
+    else:
+        name = f"head-lr-{head_lr:g}"
     return Path(work) / slug / name / f"seed-{seed}"
 
 
@@ -183,7 +186,8 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
             "tasks": list(search.tasks), "forwards": search.forwards, "seeds": list(search.seeds), "lr": base.lr,
             "batch_size": base.batch_size, "autocast": base.autocast,
             "dev_loss": {k: (v if math.isfinite(v) else "diverged") for k, v in losses.items()},
-            "chosen": list(best) if isinstance(best, tuple) else best, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+            "chosen": list(best) if isinstance(best, tuple) else best,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
         try:
             chosen.save_pretrained(out)
         except Exception as e:  # noqa: BLE001 - only write errors are turned into one line

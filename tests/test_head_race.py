@@ -56,7 +56,8 @@ def test_finetune_records_and_prints_the_race(tmp_path, capsys):
     # (kill-and-resume of a race: tests/test_head.py, with the head step's)
     task = _jsonl(tmp_path, one_token_examples(60))
     assert cli.main(["finetune", "--model", "tiny-llama", "--task", task, "--steps", "6", "--lr", "1e-3",
-                     "--head-race", "1e-1,1e-3", "--batch-size", "4", "--n-test", "8", "--out", str(tmp_path / "r")]) == 0
+                     "--head-race", "1e-1,1e-3", "--batch-size", "4", "--n-test", "8",
+                     "--out", str(tmp_path / "r")]) == 0
     race = json.loads((tmp_path / "r" / "metrics.json").read_text())["head_race"]
     assert race["lrs"] == [1e-3, 1e-1] and sum(race["steps_active"]) == 6
     held = ", ".join(f"{lr:g} for {n}" for lr, n in zip(race["lrs"], race["steps_active"]))

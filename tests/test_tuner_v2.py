@@ -159,7 +159,8 @@ def test_inspect_shows_the_head_step(tmp_path, untrained):
 
 
 def test_inspect_shows_a_head_race(tmp_path, untrained):
-    text = inspect_text(Tuner.from_pretrained(untrained).with_head_race([3e-4, 1e-3]).save_pretrained(tmp_path / "r.st"))
+    race = Tuner.from_pretrained(untrained).with_head_race([3e-4, 1e-3])
+    text = inspect_text(race.save_pretrained(tmp_path / "race.safetensors"))
     line = next(x for x in text.splitlines() if x.startswith("head step"))
     assert "a race of Adam lrs 0.0003, 0.001" in line
 
@@ -204,7 +205,7 @@ def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, mon
         err = bad(capsys, [*_select(tmp_path, task, "other.safetensors"), *extra])
         assert "give this search its own --work" in err and extra[0][2:] in err, err
     assert not (tmp_path / "other.safetensors").exists()
-    # the tuner counts by its bytes: a copy of the work folder's untrained tuner reads the benches, another one is refused
+    # the tuner counts by its bytes: a copy of the work folder's untrained tuner reads the benches, another is refused
     import shutil
 
     shutil.copy(tmp_path / "work" / "untrained-tuner.safetensors", tmp_path / "copy.safetensors")
