@@ -363,3 +363,9 @@ if [[ $stage == race-compare || $stage == all ]]; then
     python $R/paired.py --a $M/fzoo-3e-3-s* --a-method fzoo --b $R/race-med-s*
   } > $R/race-compare.txt
 fi
+# The oracle on the derivative checkpoint (stage oracle-deriv above), against the tuner's 3e-4, seed 0.
+if [[ $stage == oracle-deriv-compare || $stage == all ]]; then
+  python $R/oracle.py --mezo $R/deriv-mezo-vp-s0 --tuner-head-lr 3e-4 \
+    --head $R/deriv-head-vp-s0 $R/oracle-deriv-h1e-4-s0 $R/oracle-deriv-h1e-3-s0 $R/oracle-deriv-h3e-3-s0 \
+    > $R/oracle-deriv.txt
+fi
