@@ -337,6 +337,12 @@ if [[ $stage == med-fzoo-compare || $stage == all ]]; then
     python $R/paired.py --a $R/mezo-med-cpu-s* --b $M/fzoo-3e-3-s* --b-method fzoo
     echo "## medicine: FZOO (3e-3) -> tuner v2 (MeZO 1e-5 + head step 3e-4)"
     python $R/paired.py --a $M/fzoo-3e-3-s* --a-method fzoo --b $R/head-med-s*
+    if compgen -G "$R/fzoo-head-med-s*" > /dev/null; then  # stage med-fzoo-head
+      echo "## medicine: FZOO (3e-3) -> FZOO + head step (3e-4)"
+      python $R/paired.py --a $M/fzoo-3e-3-s* --a-method fzoo --b $R/fzoo-head-med-s* --b-method fzoo
+      echo "## medicine: tuner v2 -> FZOO + head step"
+      python $R/paired.py --a $R/head-med-s* --b $R/fzoo-head-med-s* --b-method fzoo
+    fi
   } > $R/med-fzoo-compare.txt
 fi
 if [[ $stage == race-compare || $stage == all ]]; then
