@@ -127,9 +127,9 @@ def _metadata_problem(meta: dict) -> str | None:
             return "its head step must hold one of 'lr' and 'race'"
         if "lr" in head and not _lr_ok(head["lr"]):
             return f"its head step's lr is {head['lr']!r}, not a finite number >= 0"
-        race = head.get("race", [1, 2])
-        if not (isinstance(race, list) and len(race) >= 2 and all(_lr_ok(x) and x > 0 for x in race)
-                and len(set(race)) == len(race)):
+        race = head.get("race")
+        if "race" in head and not (isinstance(race, list) and len(race) >= 2
+                                   and all(_lr_ok(x) and x > 0 for x in race) and len(set(race)) == len(race)):
             return f"its head race is {race!r}, not two or more distinct positive lrs"
     doc = meta.get("direction_policy")
     if doc is not None and not (isinstance(doc.get("config"), dict) and isinstance(doc.get("features", []), list)):
