@@ -21,6 +21,8 @@ that the ZO estimate can only reach through one noisy scalar a step is what the 
 """
 from __future__ import annotations
 
+import math
+import zlib
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -155,74 +157,122 @@ def _adam(moments: dict, t: int, g: torch.Tensor, steps: int, betas: tuple[float
     return (m / (1 - b1 ** steps)) / ((v / (1 - b2 ** steps)).sqrt() + eps)
 
 
+HELD_BACK = 5  # the race scores its lanes on one training example in HELD_BACK (see held_back)
+
+
+def race_key(example: Example) -> int:
+    """The head race's name for a training example: the CRC-32 of its prompt and label, the same in every run,
+    process and resumed run."""
+    return zlib.crc32(f"{example.prompt}\x00{example.label}".encode())
+
+
+def held_back(example: Example) -> bool:
+    """Whether the head race keeps ``example`` from its shadow lanes: one training example in :data:`HELD_BACK`."""
+    return race_key(example) % HELD_BACK == 0
+
+
 class HeadRace(HeadStep):
     """Several head steps, one per lr of ``lrs``, raced on the same forward passes; the model holds the rows of
-    the one whose running loss is lowest (``--head-race``).
+    the one whose shadow fits held-back training examples best (``--head-race``).
 
     Each lane keeps its own Adam state and its own offset of the option rows (the sum of its updates; the ZO
     method moves the rows under all of them alike). The option logits are linear in those rows, so a lane's
     logits on a pass are the observed ones plus ``h_i . (offset_lane - offset_active)``: every lane's loss and
-    exact gradient on every pass come from what the passes computed, with no pass added. Before a lane learns
-    from a batch, its loss on that batch (mean over the step's passes) enters its running loss, an exponential
-    moving average with factor ``decay``: a prequential estimate on examples the lane has not yet trained on.
-    After the update the model takes the rows of the lane with the lowest running loss (ties: the lower lr).
-    This chooses the head lr per task from the training stream, where one lr per base model is a compromise.
-    With a tied head the rows are also input embeddings of the option tokens; a lane's loss then ignores what its
-    offset would change in a prompt that contains an option token (the passes ran with the active lane's rows).
+    exact gradient on every pass come from what the passes computed, with no pass added.
+
+    A lane learns from every example. Its score comes from its **shadow**: the same lr and Adam, stepped on the
+    same passes, but never on the held-back examples (:func:`held_back`, one training example in five). Each time
+    a held-back example is in a batch, every shadow's loss on it (mean over the step's passes) replaces that
+    example's previous entry in the shadow's table; a lane's score is the mean of its shadow's table. The shadows
+    have never trained on those examples, in any epoch, so the score measures how each lr generalises, paired
+    across lanes (same examples, same passes). After the updates the model takes the rows of the lane with the
+    lowest score (ties, and before any held-back example was seen: the lower lr). The dev and test splits are not
+    read. With a tied head the rows are also input embeddings of the option tokens; a lane's loss then ignores
+    what its offset would change in a prompt that contains an option token (the passes ran with the active lane's
+    rows).
     """
 
     def __init__(self, model: nn.Module, scorer, lrs: Sequence[float], betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, decay: float = 0.95):
+                 eps: float = 1e-8):
         lrs = sorted(float(x) for x in lrs)
         if len(lrs) < 2 or len(set(lrs)) != len(lrs) or lrs[0] <= 0:
             raise ZotuneError(f"--head-race needs two or more distinct positive lrs (got {lrs})")
         super().__init__(model, scorer, lrs[0], betas, eps)
-        self.lrs, self.decay = lrs, decay
-        self.lanes: list[dict] = [{"moments": {}, "offsets": {}, "loss": None, "steps_active": 0} for _ in lrs]
+        self.lrs = lrs
+        self.lanes: list[dict] = [{"moments": {}, "offsets": {}, "shadow_moments": {}, "shadow_offsets": {},
+                                   "table": {}, "steps_active": 0} for _ in lrs]
         self.active = 0
+        self.shadow_steps = 0
         self._seen: list[tuple] = []
+        self._keys: list[int | None] = []
 
     @property
     def lr_active(self) -> float:
         return self.lrs[self.active]
 
+    @contextmanager
+    def watching(self, batch: Sequence[Example]) -> Iterator[None]:
+        self._keys = [race_key(ex) if held_back(ex) else None for ex in batch]
+        with super().watching(batch):
+            yield
+
     def _record(self, h: torch.Tensor, logits: torch.Tensor, options, labels) -> None:
         h, logits = h.float(), logits.float()
-        self._seen.append((h, [logits[i, ids].clone() for i, ids in enumerate(options)], options, labels))
+        self._seen.append((h, [logits[i, ids].clone() for i, ids in enumerate(options)], options, labels,
+                           list(self._keys)))
 
     def gradient(self) -> dict[int, torch.Tensor]:
         """The active lane's mean gradient over the passes watched since the last :meth:`step`."""
-        return self._lane_loss_and_gradient(self.active)[1] if self._seen else {}
+        return self._fit(self.lanes[self.active]["offsets"])[1] if self._seen else {}
 
-    def _lane_loss_and_gradient(self, lane: int) -> tuple[float, dict[int, torch.Tensor]]:
-        """Lane ``lane``'s mean option cross-entropy and its gradient in the option rows over the watched passes."""
-        mine, active = self.lanes[lane]["offsets"], self.lanes[self.active]["offsets"]
-        loss, grad = 0.0, {}
-        for h, option_logits, options, labels in self._seen:
-            if lane != self.active:  # the logits this lane's rows would have given on this pass
+    def _fit(self, offsets: dict, shadow: bool = False) -> tuple[dict, dict[int, torch.Tensor]]:
+        """With the rows moved by ``offsets`` (relative to the active lane's), over the watched passes: the mean
+        gradient over the examples, and for a ``shadow`` each held-back example's loss (its key -> mean over the
+        passes; the shadow's gradient then leaves those examples out)."""
+        active = self.lanes[self.active]["offsets"]
+        losses, grad, n = {}, {}, 0
+        for h, option_logits, options, labels, keys in self._seen:
+            if offsets is not active:  # the logits these rows would have given on this pass
                 zero = torch.zeros(h.shape[1])
-                option_logits = [z + torch.stack([mine.get(t, zero) - active.get(t, zero) for t in ids]) @ h[i]
+                option_logits = [z + torch.stack([offsets.get(t, zero) - active.get(t, zero) for t in ids]) @ h[i]
                                  for i, (z, ids) in enumerate(zip(option_logits, options))]
-            loss += option_loss_and_gradient(h, option_logits, options, labels, grad)[0]
-        passes = len(self._seen)
-        return loss / passes, {t: g / passes for t, g in grad.items()}
+            for i, key in enumerate(keys):
+                if shadow and key is not None:
+                    loss = option_loss_and_gradient(h[i:i + 1], option_logits[i:i + 1], options[i:i + 1],
+                                                    labels[i:i + 1])[0]
+                    losses[key] = losses.get(key, 0.0) + loss / len(self._seen)
+            used = [i for i, key in enumerate(keys) if not shadow or key is None]
+            if used:
+                n += 1
+                part = {}
+                option_loss_and_gradient(h[used], [option_logits[i] for i in used], [options[i] for i in used],
+                                         [labels[i] for i in used], part)
+                for t, g in part.items():
+                    grad[t] = grad[t] + g if t in grad else g
+        return losses, {t: g / n for t, g in grad.items()}
 
     @torch.no_grad()
     def step(self, lr_factor: float = 1.0) -> None:
-        """Score every lane on the watched passes (its running loss), move each along its own gradient, and
-        put the rows of the lane with the lowest running loss into the model; then forget the passes."""
+        """Score every shadow on the held-back examples of the watched passes, move each lane and each shadow
+        along its own gradient, and put the rows of the lane with the lowest score into the model; then forget
+        the passes."""
         if not self._seen:
             return
-        results = [self._lane_loss_and_gradient(k) for k in range(len(self.lrs))]
+        fits = [(self._fit(lane["offsets"])[1], self._fit(lane["shadow_offsets"], shadow=True)) for lane in self.lanes]
         self._seen, self._sum, self._passes = [], {}, 0
         self.steps += 1
+        if any(shadow_grad for _, (_, shadow_grad) in fits):
+            self.shadow_steps += 1
         before = dict(self.lanes[self.active]["offsets"])
-        for lane, lr, (loss, grad) in zip(self.lanes, self.lrs, results):
-            lane["loss"] = loss if lane["loss"] is None else self.decay * lane["loss"] + (1 - self.decay) * loss
-            for t, g in sorted(grad.items()):
-                update = _adam(lane["moments"], t, g, self.steps, self.betas, self.eps)
-                lane["offsets"][t] = lane["offsets"].get(t, torch.zeros_like(g)) - lr * lr_factor * update
-        self.active = min(range(len(self.lrs)), key=lambda k: (self.lanes[k]["loss"], k))
+        for lane, lr, (grad, (held, shadow_grad)) in zip(self.lanes, self.lrs, fits):
+            lane["table"].update(held)
+            for moments, offsets, g_all, steps in ((lane["moments"], lane["offsets"], grad, self.steps),
+                                                   (lane["shadow_moments"], lane["shadow_offsets"], shadow_grad,
+                                                    self.shadow_steps)):
+                for t, g in sorted(g_all.items()):
+                    update = _adam(moments, t, g, steps, self.betas, self.eps)
+                    offsets[t] = offsets.get(t, torch.zeros_like(g)) - lr * lr_factor * update
+        self.active = min(range(len(self.lrs)), key=lambda k: (self.score(k), k))
         self.lanes[self.active]["steps_active"] += 1
         weight = self.head.weight
         after = self.lanes[self.active]["offsets"]
@@ -230,25 +280,46 @@ class HeadRace(HeadStep):
             zero = torch.zeros(weight.shape[1])
             weight[t] += (after.get(t, zero) - before.get(t, zero)).to(weight.dtype)
 
+    def score(self, lane: int) -> float:
+        """Lane ``lane``'s score: its shadow's mean loss over the held-back examples seen (inf before any)."""
+        table = self.lanes[lane]["table"]
+        return sum(table[k] for k in sorted(table)) / len(table) if table else math.inf
+
     def summary(self) -> dict:
-        """What the race did: its lrs, the active lane's lr at the end, and how many steps each lane held the rows."""
-        return {"lrs": self.lrs, "active": self.lr_active, "steps_active": [x["steps_active"] for x in self.lanes]}
+        """What the race did: its lrs, the active lane's lr at the end, how many steps each lane held the rows,
+        each lane's final score and how many held-back examples it covers."""
+        scores = [self.score(k) for k in range(len(self.lrs))]
+        return {"lrs": self.lrs, "active": self.lr_active, "steps_active": [x["steps_active"] for x in self.lanes],
+                "scores": [None if math.isinf(x) else x for x in scores],
+                "held_back": len(self.lanes[0]["table"])}
 
     def state_dict(self) -> dict:
         lanes = []
         for lane in self.lanes:
-            tokens = sorted(lane["moments"])
-            lanes.append({"tokens": tokens, "m": [lane["moments"][t][0] for t in tokens],
-                          "v": [lane["moments"][t][1] for t in tokens], "loss": lane["loss"],
-                          "offset_tokens": sorted(lane["offsets"]),
-                          "offsets": [lane["offsets"][t] for t in sorted(lane["offsets"])],
-                          "steps_active": lane["steps_active"]})
-        return {"steps": self.steps, "lrs": self.lrs, "active": self.active, "lanes": lanes}
+            state = {"steps_active": lane["steps_active"], "table_keys": sorted(lane["table"]),
+                     "table": [lane["table"][k] for k in sorted(lane["table"])]}
+            for prefix in ("", "shadow_"):
+                moments, offsets = lane[prefix + "moments"], lane[prefix + "offsets"]
+                tokens = sorted(moments)
+                state.update({prefix + "tokens": tokens, prefix + "m": [moments[t][0] for t in tokens],
+                              prefix + "v": [moments[t][1] for t in tokens],
+                              prefix + "offset_tokens": sorted(offsets),
+                              prefix + "offsets": [offsets[t] for t in sorted(offsets)]})
+            lanes.append(state)
+        return {"steps": self.steps, "shadow_steps": self.shadow_steps, "lrs": self.lrs, "active": self.active,
+                "lanes": lanes}
 
     def load_state_dict(self, state: dict) -> None:
         if state["lrs"] != self.lrs:
             raise ValueError("the snapshot raced other head lrs")
-        self.steps, self.active = state["steps"], state["active"]
-        self.lanes = [{"moments": {t: (m, v) for t, m, v in zip(x["tokens"], x["m"], x["v"])},
-                       "offsets": dict(zip(x["offset_tokens"], x["offsets"])), "loss": x["loss"],
-                       "steps_active": x["steps_active"]} for x in state["lanes"]]
+        if "shadow_steps" not in state:
+            raise ValueError("the snapshot holds a race of an older zotune (scored on its training stream)")
+        self.steps, self.shadow_steps, self.active = state["steps"], state["shadow_steps"], state["active"]
+        self.lanes = []
+        for x in state["lanes"]:
+            lane = {"steps_active": x["steps_active"], "table": dict(zip(x["table_keys"], x["table"]))}
+            for prefix in ("", "shadow_"):
+                lane[prefix + "moments"] = {t: (m, v) for t, m, v in zip(x[prefix + "tokens"], x[prefix + "m"],
+                                                                          x[prefix + "v"])}
+                lane[prefix + "offsets"] = dict(zip(x[prefix + "offset_tokens"], x[prefix + "offsets"]))
+            self.lanes.append(lane)

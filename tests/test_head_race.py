@@ -1,6 +1,8 @@
 """The head race (--head-race, finetune/head.py HeadRace): its lanes against independent logistic regressions
 trained by torch.optim.Adam, what it records, and its refusals (kill-and-resume: tests/test_head.py)."""
 import json
+import math
+import zlib
 
 import pytest
 import torch
@@ -14,41 +16,60 @@ from reference import bad
 from test_head import _ids, _jsonl, _tiny, one_token_examples
 
 
-def test_a_race_is_independent_adam_lanes_and_the_model_holds_the_lane_with_the_lowest_running_loss():
-    """ZO lr 0 and a tiny eps, so the ZO method leaves the option rows where they are: each lane is then a softmax
-    regression on the passes' head inputs, trained here from the initial rows by its own torch.optim.Adam (its
-    logits computed from its own rows, not from the passes' logits), scored before each update on the step's
-    passes, and averaged with factor 0.95. The model must end with the rows of the lane with the lowest running
-    loss, and the race must have switched lanes on the way (else the check would be weak)."""
+def test_a_race_is_independent_adam_lanes_and_the_model_holds_the_lane_whose_shadow_fits_held_back_examples():
+    """ZO lr 0 and a tiny eps, so the ZO method leaves the option rows where they are: each lane and each shadow is
+    then a softmax regression on the passes' head inputs, trained here from the initial rows by its own
+    torch.optim.Adam (logits from its own rows, not from the passes' logits). A lane learns from every example; its
+    shadow from those whose CRC-32 of prompt, NUL and label is not 0 mod 5, and is scored on the others before it
+    steps: each held-back example's latest loss (mean over the step's passes) in a table, the score the table's
+    mean. Two epochs, so the table's entries are replaced. The model must end with the rows of the lane with the
+    lowest score, and the lead must have changed hands several times on the way (else the check would be weak)."""
     examples = one_token_examples(64, seed=1)
     task = Task("yn", "mc", examples[:48], [], examples[48:51])  # 3 test rows: its passes are not the steps'
-    lrs = [1e-3, 0.05]
+    lrs, steps = [1e-2, 0.3], 24
     model, scorer = _tiny()
     head = model.get_output_embeddings()
     ids = _ids(scorer)
     w0 = head.weight.detach()[ids].clone()
     seen = []
     head.register_forward_hook(lambda m, i, o: seen.append(i[0][:, -1].float().clone()) if len(i[0]) == 4 else None)
-    cfg = FinetuneConfig(model="tiny-llama", method="mezo", steps=12, lr=0.0, eps=1e-6, batch_size=4, seed=2,
+    cfg = FinetuneConfig(model="tiny-llama", method="mezo", steps=steps, lr=0.0, eps=1e-6, batch_size=4, seed=2,
                          head_race=lrs)
     result = train(cfg, model, scorer, task, progress=False)
-    assert len(seen) == 2 * 12
+    assert len(seen) == 2 * steps
     seen = [h.clone() for h in seen]  # out of inference mode, for autograd
     lanes = [torch.nn.Parameter(w0.clone()) for _ in lrs]
-    adams = [torch.optim.Adam([w], lr=lr, betas=(0.9, 0.999), eps=1e-8) for w, lr in zip(lanes, lrs)]
-    running, held = [None, None], [0, 0]
-    for k, batch in zip(range(12), batches(task.train, 4, 2)):
+    shadows = [torch.nn.Parameter(w0.clone()) for _ in lrs]
+    adams = [torch.optim.Adam([w], lr=lr, betas=(0.9, 0.999), eps=1e-8) for w, lr in zip(lanes + shadows, lrs * 2)]
+    tables, held, replaced, path = [{}, {}], [0, 0], 0, []
+    for k, batch in zip(range(steps), batches(task.train, 4, 2)):
         labels = torch.tensor([e.label for e in batch])
-        for j, (w, adam) in enumerate(zip(lanes, adams)):
-            adam.zero_grad()
-            loss = sum(F.cross_entropy(h @ w.T, labels) for h in seen[2 * k:2 * k + 2]) / 2
-            loss.backward()
-            adam.step()
-            running[j] = loss.item() if running[j] is None else 0.95 * running[j] + 0.05 * loss.item()
-        active = min(range(2), key=lambda j: (running[j], j))
+        keys = [zlib.crc32(f"{e.prompt}\x00{e.label}".encode()) for e in batch]
+        out = torch.tensor([key % 5 == 0 for key in keys])
+        passes = seen[2 * k:2 * k + 2]
+        for j in range(2):
+            with torch.no_grad():
+                for i in torch.nonzero(out).flatten().tolist():
+                    replaced += keys[i] in tables[j]
+                    tables[j][keys[i]] = sum(F.cross_entropy(h[i:i + 1] @ shadows[j].T, labels[i:i + 1]).item()
+                                             for h in passes) / 2
+            for w, adam, rows in ((lanes[j], adams[j], slice(None)), (shadows[j], adams[2 + j], ~out)):
+                if not labels[rows].numel():
+                    continue
+                adam.zero_grad()
+                loss = sum(F.cross_entropy(h[rows] @ w.T, labels[rows]) for h in passes) / 2
+                loss.backward()
+                adam.step()
+        scores = [sum(t.values()) / len(t) if t else math.inf for t in tables]
+        active = min(range(2), key=lambda j: (scores[j], j))
         held[active] += 1
-    assert result.head_race["steps_active"] == held and min(held) > 0
+        path.append(active)
+    assert replaced and 0 < len(tables[0]) < len(task.train)  # some held back, and seen again in epoch 2
+    assert result.head_race["steps_active"] == held
+    assert sum(a != b for a, b in zip(path, path[1:])) >= 3  # the lead changed hands, back and forth
     assert result.head_race["lrs"] == lrs and result.head_lr == lrs[active]
+    assert result.head_race["held_back"] == len(tables[0])
+    assert result.head_race["scores"] == pytest.approx(scores, rel=1e-4)
     assert torch.allclose(head.weight.detach()[ids], lanes[active].detach(), rtol=1e-4, atol=1e-5)
 
 

@@ -222,23 +222,23 @@ def test_meta_train_head_with_a_race_candidate_writes_the_argmin(tmp_path, capsy
     """--race adds a head race to the grid: its benches are recomputed here like the single lrs', and the tuner
     carries whichever has the lowest mean final dev loss (here the race, against no head step at all)."""
     task = _jsonl(tmp_path, one_token_examples(60))
-    argv = [*_select(tmp_path, task, "race.safetensors"), "--head-lrs", "0", "--race", "1e-2,1e-3"]
+    argv = [*_select(tmp_path, task, "race.safetensors"), "--head-lrs", "0", "--race", "1e-3,1e-4"]
     assert cli.main(argv) == 0
     losses = {}
-    for name, head in (("0", 0.0), ("race 0.001,0.01", (1e-3, 1e-2))):
+    for name, head in (("0", 0.0), ("race 0.0001,0.001", (1e-4, 1e-3))):
         runs = [r for s in (0, 1) for r in json.loads((bench_folder(tmp_path / "work", task, head, s) / "bench.json")
                                                        .read_text())["runs"]]
         assert all(r["forwards"] == 12 and r["method"] == "tuner" for r in runs)
-        assert all((r.get("head_race") or {}).get("lrs") == ([1e-3, 1e-2] if name != "0" else None) for r in runs)
+        assert all((r.get("head_race") or {}).get("lrs") == ([1e-4, 1e-3] if name != "0" else None) for r in runs)
         losses[name] = sum(r["curve"][-1]["dev_loss"] for r in runs) / 2
-    assert bench_folder(tmp_path / "work", task, (1e-3, 1e-2), 0).parent.name == "head-race-0.001-0.01"
+    assert bench_folder(tmp_path / "work", task, (1e-4, 1e-3), 0).parent.name == "head-race-0.0001-0.001"
     chosen = Tuner.from_pretrained(tmp_path / "race.safetensors")
     sel = chosen.provenance["head_selection"]
     assert sel["dev_loss"] == {k: pytest.approx(v) for k, v in losses.items()}
-    assert losses["race 0.001,0.01"] < losses["0"]  # the case this test is for
-    assert chosen.head_lrs == [1e-3, 1e-2] and sel["chosen"] == [1e-3, 1e-2]
-    assert "head a race of lrs 0.001, 0.01" in capsys.readouterr().out
-    assert "--race" in bad(capsys, [*argv[:-1], "1e-2", "--out", str(tmp_path / "x.safetensors")])
+    assert losses["race 0.0001,0.001"] < losses["0"]  # the case this test is for
+    assert chosen.head_lrs == [1e-4, 1e-3] and sel["chosen"] == [1e-4, 1e-3]
+    assert "head a race of lrs 0.0001, 0.001" in capsys.readouterr().out
+    assert "--race" in bad(capsys, [*argv[:-1], "1e-3", "--out", str(tmp_path / "x.safetensors")])
 
 
 def _benches_run(monkeypatch) -> list[tuple[float, list[int]]]:

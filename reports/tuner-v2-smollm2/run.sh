@@ -327,6 +327,54 @@ if [[ $stage == race-held-out ]]; then
   esac
   python cli.py bench "${args[@]}" "${HELD[@]}" --seeds $3 --methods mezo --head-race $RACE --out $R/race-$2-s$3
 fi
+# 2026-12-05, later: the race scored on held-back examples (finetune/head.py HeadRace, as of the commit that adds
+# these stages; the race above scored a running loss on the training stream and is reproduced by the commit before
+# it). Every lane has a shadow that never trains on one training example in five (by a hash of the example); a
+# lane's score is its shadow's mean loss on those examples. Same rule as above, fixed before these ran: on the
+# META-TRAINING tasks, seeds 0 and 1, MeZO 3e-5 plus the race; it goes to the held-out tasks (stage race2-held-out)
+# if its mean final dev loss (over seeds, then tasks) is at most v2's 0.8583 and no run diverged. Each run is a
+# bench of its own (`bash run.sh race2-select hotels 0`), beside the old race's folders, not in head-select.
+if [[ $stage == race2-select ]]; then
+  t=$([[ $2 == hotels ]] && echo "$H" || echo bigbench:hyperbaton)
+  python cli.py bench --task "$t" "${HELD[@]}" --seeds $3 --methods mezo --lr-grid mezo=3e-5 --head-race $RACE \
+    --out $R/race2-select/$2-s$3
+fi
+if [[ $stage == race2-verdict ]]; then
+  python - <<'PY' | tee $R/race2-verdict.txt
+import json, math
+R = "reports/tuner-v2-smollm2"
+slugs = {"hotels": "bigbench-multiemo-hotels_sentence_en-ambivalent-mixed", "hyperbaton": "bigbench-hyperbaton"}
+def run(path):
+    (r,) = json.load(open(f"{path}/bench.json"))["runs"]
+    return r, (math.inf if r.get("diverged") else r["curve"][-1]["dev_loss"])
+means = {"race": [], "v2": []}
+for task, slug in slugs.items():
+    per = {"race": [], "v2": []}
+    for seed in (0, 1):
+        r, d = run(f"{R}/race2-select/{task}-s{seed}")
+        _, v = run(f"{R}/head-select/{slug}/head-lr-0.0003/seed-{seed}")
+        race = r["head_race"]
+        held = dict(zip(race["lrs"], race["steps_active"]))
+        scores = ", ".join(f"{x:.3f}" for x in race["scores"])
+        print(f"{task} seed {seed}: final dev loss, race {d:.4f} (steps each lr held the rows {held}; final "
+              f"scores {scores} on {race['held_back']} held-back examples) | v2 {v:.4f}")
+        per["race"].append(d); per["v2"].append(v)
+    for k in per:
+        means[k].append(sum(per[k]) / 2)
+race, v2 = (sum(means[k]) / 2 for k in ("race", "v2"))
+print(f"mean over seeds, then tasks: race {race:.4f}, v2 {v2:.4f}")
+print("verdict:", "the race goes to the held-out tasks" if race <= v2 else "the race stays on the meta-training tasks")
+PY
+fi
+# Held out (only if race2-verdict passed), as race-held-out: `bash run.sh race2-held-out vp 0` (vp, deriv or med).
+if [[ $stage == race2-held-out ]]; then
+  case $2 in
+    vp) args=(--task "$VP" --lr-grid mezo=3e-5) ;;
+    deriv) args=(--model runs/derivative-smollm2 --task "$VP" --lr-grid mezo=3e-5) ;;
+    med) args=(--task "$MED" --lr-grid mezo=1e-5) ;;
+  esac
+  python cli.py bench "${args[@]}" "${HELD[@]}" --seeds $3 --methods mezo --head-race $RACE --out $R/race2-$2-s$3
+fi
 # The comparisons of 2026-12-05 (README section 7), paired by seed with paired.py. med-fzoo-compare: medicine's CPU
 # FZOO runs (reports/baselines-smollm2, med-cpu; lr 3e-3 selected there on dev loss) against MeZO and tuner v2.
 # race-compare: the race's held-out runs against tuner v2, MeZO and FZOO on each setting.
