@@ -129,8 +129,8 @@ def _run_args() -> argparse.ArgumentParser:
                    "tuner's own head step, which --head-lr 0 turns off; docs/methods.md, 'The head step')")
     g.add_argument("--head-race", type=_floats, default=d.head_race, metavar="LRS",
                    help="like --head-lr, with several lrs raced on the same forward passes: each step the model holds "
-                   "the rows of the one with the lowest running loss on batches before it learns from them, e.g. "
-                   "1e-4,3e-4,1e-3,3e-3 (docs/methods.md, 'Racing head lrs')")
+                   "the rows of the one whose shadow (never trained on one training example in five) fits those "
+                   "best, e.g. 1e-4,3e-4,1e-3,3e-3 (docs/methods.md, 'Racing head lrs')")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],

@@ -312,8 +312,6 @@ class HeadRace(HeadStep):
     def load_state_dict(self, state: dict) -> None:
         if state["lrs"] != self.lrs:
             raise ValueError("the snapshot raced other head lrs")
-        if "shadow_steps" not in state:
-            raise ValueError("the snapshot holds a race of an older zotune (scored on its training stream)")
         self.steps, self.shadow_steps, self.active = state["steps"], state["shadow_steps"], state["active"]
         self.lanes = []
         for x in state["lanes"]:
