@@ -106,6 +106,10 @@ def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: floa
     report = json.loads(done.read_text())
     check_same_options(folder, report.get("config", {}), bench_spec(cfg))
     (run,) = report["runs"]
+    if isinstance(head_lr, tuple) and "held_back" not in (run.get("head_race") or {}):
+        raise ZotuneError(f"{folder} raced its head lrs by an older rule (a running loss on the training stream, not "
+                          "the held-back examples of today's race): give this search its own --work, or move that "
+                          "folder away")
     return run
 
 

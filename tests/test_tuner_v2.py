@@ -239,6 +239,14 @@ def test_meta_train_head_with_a_race_candidate_writes_the_argmin(tmp_path, capsy
     assert chosen.head_lrs == [1e-4, 1e-3] and sel["chosen"] == [1e-4, 1e-3]
     assert "head a race of lrs 0.0001, 0.001" in capsys.readouterr().out
     assert "--race" in bad(capsys, [*argv[:-1], "1e-3", "--out", str(tmp_path / "x.safetensors")])
+    # a finished race bench made before races were scored on held-back examples is not read as today's
+    done = bench_folder(tmp_path / "work", task, (1e-4, 1e-3), 1) / "bench.json"
+    report = json.loads(done.read_text())
+    del report["runs"][0]["head_race"]["held_back"]
+    done.write_text(json.dumps(report))
+    out = tmp_path / "again.safetensors"
+    assert "older rule" in bad(capsys, [*argv[:argv.index("--out")], "--out", str(out), *argv[argv.index("--out") + 2:]])
+    assert not out.exists()
 
 
 def _benches_run(monkeypatch) -> list[tuple[float, list[int]]]:

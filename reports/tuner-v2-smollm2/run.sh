@@ -393,29 +393,30 @@ if [[ $stage == med-fzoo-compare || $stage == all ]]; then
     fi
   } > $R/med-fzoo-compare.txt
 fi
-if [[ $stage == race-compare || $stage == all ]]; then
+if [[ $stage == race-compare || $stage == race2-compare || $stage == all ]]; then
   B=reports/baselines-smollm2/vp
   M=reports/baselines-smollm2/med-cpu
+  P=$([[ $stage == race2-compare ]] && echo race2 || echo race)  # race2: the race scored on held-back examples
   {
     echo "## valid_parentheses: tuner v2 (MeZO 3e-5 + head step 3e-4) -> the race"
-    python $R/paired.py --a $R/head-vp-sel-s0 $R/head-vp-sel-s1 $R/head-vp-sel-s2 --b $R/race-vp-s*
+    python $R/paired.py --a $R/head-vp-sel-s0 $R/head-vp-sel-s1 $R/head-vp-sel-s2 --b $R/$P-vp-s*
     echo "## valid_parentheses: MeZO (3e-5) -> the race"
-    python $R/paired.py --a $B/screen-a $B/confirm-b --a-lr 3e-5 --b $R/race-vp-s*
+    python $R/paired.py --a $B/screen-a $B/confirm-b --a-lr 3e-5 --b $R/$P-vp-s*
     echo "## valid_parentheses: FZOO (3e-3) -> the race"
-    python $R/paired.py --a $B/bracket-b $B/confirm-h --a-method fzoo --a-lr 3e-3 --b $R/race-vp-s*
+    python $R/paired.py --a $B/bracket-b $B/confirm-h --a-method fzoo --a-lr 3e-3 --b $R/$P-vp-s*
     echo "## derivative checkpoint: tuner v2 -> the race"
-    python $R/paired.py --a $R/deriv-head-vp-s* --b $R/race-deriv-s*
+    python $R/paired.py --a $R/deriv-head-vp-s* --b $R/$P-deriv-s*
     echo "## derivative checkpoint: MeZO (3e-5) -> the race"
-    python $R/paired.py --a $R/deriv-mezo-vp-s* --b $R/race-deriv-s*
+    python $R/paired.py --a $R/deriv-mezo-vp-s* --b $R/$P-deriv-s*
     echo "## derivative checkpoint: FZOO (3e-3) -> the race"
-    python $R/paired.py --a $R/deriv-fzoo-vp-s* --a-method fzoo --b $R/race-deriv-s*
+    python $R/paired.py --a $R/deriv-fzoo-vp-s* --a-method fzoo --b $R/$P-deriv-s*
     echo "## medicine: tuner v2 -> the race"
-    python $R/paired.py --a $R/head-med-s* --b $R/race-med-s*
+    python $R/paired.py --a $R/head-med-s* --b $R/$P-med-s*
     echo "## medicine: MeZO (1e-5) -> the race"
-    python $R/paired.py --a $R/mezo-med-cpu-s* --b $R/race-med-s*
+    python $R/paired.py --a $R/mezo-med-cpu-s* --b $R/$P-med-s*
     echo "## medicine: FZOO (3e-3) -> the race"
-    python $R/paired.py --a $M/fzoo-3e-3-s* --a-method fzoo --b $R/race-med-s*
-  } > $R/race-compare.txt
+    python $R/paired.py --a $M/fzoo-3e-3-s* --a-method fzoo --b $R/$P-med-s*
+  } > $R/$P-compare.txt
 fi
 # The oracle on the derivative checkpoint (stage oracle-deriv above), against the tuner's 3e-4, seed 0.
 if [[ $stage == oracle-deriv-compare || $stage == all ]]; then
