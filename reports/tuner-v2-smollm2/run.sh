@@ -375,6 +375,31 @@ if [[ $stage == race2-held-out ]]; then
   esac
   python cli.py bench "${args[@]}" "${HELD[@]}" --seeds $3 --methods mezo --head-race $RACE --out $R/race2-$2-s$3
 fi
+# 2026-12-05, later: a fourth held-out setting, review sentiment (multiemo/reviews_sentence_en, `ambivalent` renamed
+# `mixed`), run only if reports/task-search-smollm2's FZOO screen lets it into the held-out half (written before
+# that screen finished). Arms fixed in advance, nothing chosen on reviews: MeZO at 3e-5 (valid_parentheses'
+# selection, the task screen's lr), FZOO at 3e-3 (its selection on valid_parentheses and medicine), and the shipped
+# tuner v2 at its own recommended step (`--methods tuner`, lr 3e-5 plus its head step); 3 seeds, one bench per
+# (arm, seed): `bash run.sh reviews mezo 0` (mezo, fzoo or tuner), then `bash run.sh reviews-compare`.
+REV='bigbench:multiemo/reviews_sentence_en:ambivalent=mixed'
+if [[ $stage == reviews ]]; then
+  case $2 in
+    mezo) args=(--methods mezo --lr-grid mezo=3e-5) ;;
+    fzoo) args=(--methods fzoo --lr-grid fzoo=3e-3) ;;
+    tuner) args=(--methods tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr-grid tuner=3e-5) ;;
+  esac
+  python cli.py bench --task "$REV" "${HELD[@]}" --seeds $3 "${args[@]}" --out $R/rev-$2-s$3
+fi
+if [[ $stage == reviews-compare || $stage == all ]]; then
+  {
+    echo "## reviews: MeZO (3e-5) -> FZOO (3e-3)"
+    python $R/paired.py --a $R/rev-mezo-s* --b $R/rev-fzoo-s* --b-method fzoo
+    echo "## reviews: MeZO (3e-5) -> tuner v2"
+    python $R/paired.py --a $R/rev-mezo-s* --b $R/rev-tuner-s* --b-method tuner
+    echo "## reviews: FZOO (3e-3) -> tuner v2"
+    python $R/paired.py --a $R/rev-fzoo-s* --a-method fzoo --b $R/rev-tuner-s* --b-method tuner
+  } > $R/reviews-compare.txt
+fi
 # The comparisons of 2026-12-05 (README section 7), paired by seed with paired.py. med-fzoo-compare: medicine's CPU
 # FZOO runs (reports/baselines-smollm2, med-cpu; lr 3e-3 selected there on dev loss) against MeZO and tuner v2.
 # race-compare: the race's held-out runs against tuner v2, MeZO and FZOO on each setting.
