@@ -291,9 +291,11 @@ if [[ $stage == race-select ]]; then
   python cli.py meta-train-head "${RSEL[@]}" --head-lrs 3e-4 --tasks "$t" --seeds $3 \
     --out /tmp/zotune-race-$2-$3.safetensors
 fi
-if [[ $stage == race-verdict ]]; then
-  python - <<'PY' | tee $R/race-verdict.txt
-import json, math
+if [[ $stage == race-verdict || $stage == race2-verdict ]]; then  # race2: the race of the stages below
+  P=${stage%-verdict}
+  python - $P <<'PY' | tee $R/$P-verdict.txt
+import json, math, sys
+P = sys.argv[1]
 R = "reports/tuner-v2-smollm2"
 slugs = {"hotels": "bigbench-multiemo-hotels_sentence_en-ambivalent-mixed", "hyperbaton": "bigbench-hyperbaton"}
 def run(path):
@@ -303,11 +305,16 @@ means = {"race": [], "v2": []}
 for task, slug in slugs.items():
     per = {"race": [], "v2": []}
     for seed in (0, 1):
-        race = (f"{R}/race-select/hotels-s0" if (task, seed) == ("hotels", 0)
-                else f"{R}/head-select/{slug}/head-race-0.0001-0.0003-0.001-0.003/seed-{seed}")
+        old = (f"{R}/race-select/hotels-s0" if (task, seed) == ("hotels", 0)
+               else f"{R}/head-select/{slug}/head-race-0.0001-0.0003-0.001-0.003/seed-{seed}")
+        race = f"{R}/race2-select/{task}-s{seed}" if P == "race2" else old
         r, d = run(race)
         _, v = run(f"{R}/head-select/{slug}/head-lr-0.0003/seed-{seed}")
-        held = dict(zip(r["head_race"]["lrs"], r["head_race"]["steps_active"]))
+        x = r["head_race"]
+        held = dict(zip(x["lrs"], x["steps_active"]))
+        if "scores" in x:  # the race scored on held-back examples
+            held = (f"{held}; final scores {', '.join(f'{s:.3f}' for s in x['scores'])} on {x['held_back']} "
+                    "held-back examples")
         print(f"{task} seed {seed}: final dev loss, race {d:.4f} (steps each lr held the rows {held}) | v2 {v:.4f}")
         per["race"].append(d); per["v2"].append(v)
     for k in per:
@@ -318,14 +325,16 @@ print("verdict:", "the race goes to the held-out tasks" if race <= v2 else "the 
 PY
 fi
 # Held out (only if the rule above passed): valid_parentheses on the base model and the derivative, and medicine,
-# at MeZO's own lr on each, 3 seeds: `bash run.sh race-held-out vp 0` (vp, deriv or med).
-if [[ $stage == race-held-out ]]; then
+# at MeZO's own lr on each, 3 seeds: `bash run.sh race-held-out vp 0` (vp, deriv or med; race2-held-out for the
+# race of the stages below, once race2-verdict passes).
+if [[ $stage == race-held-out || $stage == race2-held-out ]]; then
+  P=${stage%-held-out}
   case $2 in
     vp) args=(--task "$VP" --lr-grid mezo=3e-5) ;;
     deriv) args=(--model runs/derivative-smollm2 --task "$VP" --lr-grid mezo=3e-5) ;;
     med) args=(--task "$MED" --lr-grid mezo=1e-5) ;;
   esac
-  python cli.py bench "${args[@]}" "${HELD[@]}" --seeds $3 --methods mezo --head-race $RACE --out $R/race-$2-s$3
+  python cli.py bench "${args[@]}" "${HELD[@]}" --seeds $3 --methods mezo --head-race $RACE --out $R/$P-$2-s$3
 fi
 # 2026-12-05, later: the race scored on held-back examples (finetune/head.py HeadRace, as of the commit that adds
 # these stages; the race above scored a running loss on the training stream and is reproduced by the commit before
@@ -338,42 +347,6 @@ if [[ $stage == race2-select ]]; then
   t=$([[ $2 == hotels ]] && echo "$H" || echo bigbench:hyperbaton)
   python cli.py bench --task "$t" "${HELD[@]}" --seeds $3 --methods mezo --lr-grid mezo=3e-5 --head-race $RACE \
     --out $R/race2-select/$2-s$3
-fi
-if [[ $stage == race2-verdict ]]; then
-  python - <<'PY' | tee $R/race2-verdict.txt
-import json, math
-R = "reports/tuner-v2-smollm2"
-slugs = {"hotels": "bigbench-multiemo-hotels_sentence_en-ambivalent-mixed", "hyperbaton": "bigbench-hyperbaton"}
-def run(path):
-    (r,) = json.load(open(f"{path}/bench.json"))["runs"]
-    return r, (math.inf if r.get("diverged") else r["curve"][-1]["dev_loss"])
-means = {"race": [], "v2": []}
-for task, slug in slugs.items():
-    per = {"race": [], "v2": []}
-    for seed in (0, 1):
-        r, d = run(f"{R}/race2-select/{task}-s{seed}")
-        _, v = run(f"{R}/head-select/{slug}/head-lr-0.0003/seed-{seed}")
-        race = r["head_race"]
-        held = dict(zip(race["lrs"], race["steps_active"]))
-        scores = ", ".join(f"{x:.3f}" for x in race["scores"])
-        print(f"{task} seed {seed}: final dev loss, race {d:.4f} (steps each lr held the rows {held}; final "
-              f"scores {scores} on {race['held_back']} held-back examples) | v2 {v:.4f}")
-        per["race"].append(d); per["v2"].append(v)
-    for k in per:
-        means[k].append(sum(per[k]) / 2)
-race, v2 = (sum(means[k]) / 2 for k in ("race", "v2"))
-print(f"mean over seeds, then tasks: race {race:.4f}, v2 {v2:.4f}")
-print("verdict:", "the race goes to the held-out tasks" if race <= v2 else "the race stays on the meta-training tasks")
-PY
-fi
-# Held out (only if race2-verdict passed), as race-held-out: `bash run.sh race2-held-out vp 0` (vp, deriv or med).
-if [[ $stage == race2-held-out ]]; then
-  case $2 in
-    vp) args=(--task "$VP" --lr-grid mezo=3e-5) ;;
-    deriv) args=(--model runs/derivative-smollm2 --task "$VP" --lr-grid mezo=3e-5) ;;
-    med) args=(--task "$MED" --lr-grid mezo=1e-5) ;;
-  esac
-  python cli.py bench "${args[@]}" "${HELD[@]}" --seeds $3 --methods mezo --head-race $RACE --out $R/race2-$2-s$3
 fi
 # 2026-12-05, later: a fourth held-out setting, review sentiment (multiemo/reviews_sentence_en, `ambivalent` renamed
 # `mixed`), run only if reports/task-search-smollm2's FZOO screen lets it into the held-out half (written before
