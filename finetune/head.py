@@ -228,9 +228,10 @@ class HeadRace(HeadStep):
     def _fit(self, offsets: dict, shadow: bool = False) -> tuple[dict, dict[int, torch.Tensor]]:
         """With the rows moved by ``offsets`` (relative to the active lane's), over the watched passes: the mean
         gradient over the examples, and for a ``shadow`` each held-back example's loss (its key -> mean over the
-        passes; the shadow's gradient then leaves those examples out)."""
+        passes, and over its copies if the batch holds it twice; the shadow's gradient then leaves those examples
+        out)."""
         active = self.lanes[self.active]["offsets"]
-        losses, grad, n = {}, {}, 0
+        losses, counts, grad, n = {}, {}, {}, 0
         for h, option_logits, options, labels, keys in self._seen:
             if offsets is not active:  # the logits these rows would have given on this pass
                 zero = torch.zeros(h.shape[1])
@@ -240,7 +241,7 @@ class HeadRace(HeadStep):
                 if shadow and key is not None:
                     loss = option_loss_and_gradient(h[i:i + 1], option_logits[i:i + 1], options[i:i + 1],
                                                     labels[i:i + 1])[0]
-                    losses[key] = losses.get(key, 0.0) + loss / len(self._seen)
+                    losses[key], counts[key] = losses.get(key, 0.0) + loss, counts.get(key, 0) + 1
             used = [i for i, key in enumerate(keys) if not shadow or key is None]
             if used:
                 n += 1
@@ -249,7 +250,7 @@ class HeadRace(HeadStep):
                                          [labels[i] for i in used], part)
                 for t, g in part.items():
                     grad[t] = grad[t] + g if t in grad else g
-        return losses, {t: g / n for t, g in grad.items()}
+        return {k: x / counts[k] for k, x in losses.items()}, {t: g / n for t, g in grad.items()}
 
     @torch.no_grad()
     def step(self, lr_factor: float = 1.0) -> None:
@@ -281,16 +282,18 @@ class HeadRace(HeadStep):
             weight[t] += (after.get(t, zero) - before.get(t, zero)).to(weight.dtype)
 
     def score(self, lane: int) -> float:
-        """Lane ``lane``'s score: its shadow's mean loss over the held-back examples seen (inf before any)."""
+        """Lane ``lane``'s score: its shadow's mean loss over the held-back examples seen (inf before any, and
+        when it is not finite: a lane whose losses overflowed never takes the rows)."""
         table = self.lanes[lane]["table"]
-        return sum(table[k] for k in sorted(table)) / len(table) if table else math.inf
+        score = sum(table[k] for k in sorted(table)) / len(table) if table else math.inf
+        return score if math.isfinite(score) else math.inf
 
     def summary(self) -> dict:
         """What the race did: its lrs, the active lane's lr at the end, how many steps each lane held the rows,
         each lane's final score and how many held-back examples it covers."""
         scores = [self.score(k) for k in range(len(self.lrs))]
         return {"lrs": self.lrs, "active": self.lr_active, "steps_active": [x["steps_active"] for x in self.lanes],
-                "scores": [None if math.isinf(x) else x for x in scores],
+                "scores": [None if math.isinf(x) else x for x in scores],  # (score() is finite or inf)
                 "held_back": len(self.lanes[0]["table"])}
 
     def state_dict(self) -> dict:

@@ -113,3 +113,25 @@ def test_the_race_refuses_what_it_cannot_serve(tmp_path, capsys):
 
     with pytest.raises(ZotuneError, match="data-parallel"):
         check_parallel(FinetuneConfig(head_race=[1e-3, 1e-2]), opt=None, dp=None)
+
+
+def test_a_held_back_example_twice_in_a_batch_is_scored_once_and_a_non_finite_score_never_leads():
+    from finetune.head import HeadRace, held_back, race_key
+
+    model, scorer = _tiny()
+    examples = one_token_examples(40)
+    ex = next(e for e in examples if held_back(e))
+    other = next(e for e in examples if not held_back(e))
+    race = HeadRace(model, scorer, [1e-3, 1e-2])
+    with torch.no_grad():
+        ref = F.cross_entropy(scorer.option_scores(model, [ex]), torch.tensor([ex.label])).item()
+        with race.watching([ex, other, ex]):
+            scorer.loss(model, [ex, other, ex])
+            scorer.loss(model, [ex, other, ex])
+    race.step()
+    for lane in race.lanes:  # before the step every shadow had the model's rows: the observed loss, once
+        assert lane["table"] == {race_key(ex): pytest.approx(ref, rel=1e-5)}
+    race.lanes[0]["table"][race_key(ex)] = float("nan")
+    assert race.score(0) == math.inf and race.score(1) == pytest.approx(ref, rel=1e-5)
+    summary = race.summary()
+    assert summary["scores"][0] is None and json.dumps(summary, allow_nan=False)
