@@ -354,25 +354,34 @@ fi
 # selection, the task screen's lr), FZOO at 3e-3 (its selection on valid_parentheses and medicine), and the shipped
 # tuner v2 at its own recommended step (`--methods tuner`, lr 3e-5 plus its head step); 3 seeds, one bench per
 # (arm, seed): `bash run.sh reviews mezo 0` (mezo, fzoo or tuner), then `bash run.sh reviews-compare`.
+# 2026-12-05, second session: a fifth held-out setting, product sentiment (multiemo/products_sentence_en, `ambivalent`
+# renamed `mixed`), held out since the task split, never run with tuner v2 before this. The same three arms, fixed
+# before any of these runs: MeZO at 3e-5, FZOO at 3e-3, the shipped tuner v2 at its own step; 3 seeds:
+# `bash run.sh products mezo 0`, then `bash run.sh products-compare`. RESUME=1 continues a killed bench.
 REV='bigbench:multiemo/reviews_sentence_en:ambivalent=mixed'
-if [[ $stage == reviews ]]; then
+PRD='bigbench:multiemo/products_sentence_en:ambivalent=mixed'
+if [[ $stage == reviews || $stage == products ]]; then
   case $2 in
     mezo) args=(--methods mezo --lr-grid mezo=3e-5) ;;
     fzoo) args=(--methods fzoo --lr-grid fzoo=3e-3) ;;
     tuner) args=(--methods tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr-grid tuner=3e-5) ;;
   esac
-  python cli.py bench --task "$REV" "${HELD[@]}" --seeds $3 "${args[@]}" --out $R/rev-$2-s$3
+  if [[ $stage == reviews ]]; then task=$REV tag=rev; else task=$PRD tag=prd; fi
+  python cli.py bench --task "$task" "${HELD[@]}" --seeds $3 "${args[@]}" ${RESUME:+--resume} --out $R/$tag-$2-s$3
 fi
-if [[ $stage == reviews-compare || $stage == all ]]; then
-  {
-    echo "## reviews: MeZO (3e-5) -> FZOO (3e-3)"
-    python $R/paired.py --a $R/rev-mezo-s* --b $R/rev-fzoo-s* --b-method fzoo
-    echo "## reviews: MeZO (3e-5) -> tuner v2"
-    python $R/paired.py --a $R/rev-mezo-s* --b $R/rev-tuner-s* --b-method tuner
-    echo "## reviews: FZOO (3e-3) -> tuner v2"
-    python $R/paired.py --a $R/rev-fzoo-s* --a-method fzoo --b $R/rev-tuner-s* --b-method tuner
-  } > $R/reviews-compare.txt
-fi
+for pair in reviews:rev products:prd; do
+  name=${pair%:*} tag=${pair#*:}
+  if [[ $stage == $name-compare || ( $stage == all && $name == reviews ) ]]; then
+    {
+      echo "## $name: MeZO (3e-5) -> FZOO (3e-3)"
+      python $R/paired.py --a $R/$tag-mezo-s* --b $R/$tag-fzoo-s* --b-method fzoo
+      echo "## $name: MeZO (3e-5) -> tuner v2"
+      python $R/paired.py --a $R/$tag-mezo-s* --b $R/$tag-tuner-s* --b-method tuner
+      echo "## $name: FZOO (3e-3) -> tuner v2"
+      python $R/paired.py --a $R/$tag-fzoo-s* --a-method fzoo --b $R/$tag-tuner-s* --b-method tuner
+    } > $R/$name-compare.txt
+  fi
+done
 # The comparisons of 2026-12-05 (README section 7), paired by seed with paired.py. med-fzoo-compare: medicine's CPU
 # FZOO runs (reports/baselines-smollm2, med-cpu; lr 3e-3 selected there on dev loss) against MeZO and tuner v2.
 # race-compare: the race's held-out runs against tuner v2, MeZO and FZOO on each setting.
