@@ -58,15 +58,22 @@ def head_gradient(h: torch.Tensor, logits: torch.Tensor, options: Sequence[Seque
     return option_loss_and_gradient(h, [logits[i, ids] for i, ids in enumerate(options)], options, labels)[1]
 
 
+def option_loss(option_logits: Sequence[torch.Tensor], labels: Sequence[int]) -> float:
+    """The mean option cross-entropy of one pass, ``option_logits[i]`` example i's logits of its options."""
+    n, loss = len(labels), 0.0
+    for z, label in zip(option_logits, labels):
+        loss += float(torch.logsumexp(z, dim=0) - z[label]) / n
+    return loss
+
+
 def option_loss_and_gradient(h: torch.Tensor, option_logits: Sequence[torch.Tensor], options: Sequence[Sequence[int]],
                              labels: Sequence[int], grad: dict | None = None) -> tuple[float, dict[int, torch.Tensor]]:
     """The mean option cross-entropy of one pass and its gradient in the option rows, added into ``grad``:
     ``h`` ``[B, d]`` float32, ``option_logits[i]`` example i's logits of its options."""
     grad = {} if grad is None else grad
-    n, loss = len(labels), 0.0
+    n, loss = len(labels), option_loss(option_logits, labels)
     for i, (ids, label) in enumerate(zip(options, labels)):
         delta = torch.softmax(option_logits[i], dim=0)
-        loss += float(torch.logsumexp(option_logits[i], dim=0) - option_logits[i][label]) / n
         delta[label] -= 1
         for t, d in zip(ids, delta.tolist()):
             term = h[i] * (d / n)
@@ -239,8 +246,7 @@ class HeadRace(HeadStep):
                                  for i, (z, ids) in enumerate(zip(option_logits, options))]
             for i, key in enumerate(keys):
                 if shadow and key is not None:
-                    loss = option_loss_and_gradient(h[i:i + 1], option_logits[i:i + 1], options[i:i + 1],
-                                                    labels[i:i + 1])[0]
+                    loss = option_loss(option_logits[i:i + 1], labels[i:i + 1])
                     losses[key], counts[key] = losses.get(key, 0.0) + loss, counts.get(key, 0) + 1
             used = [i for i, key in enumerate(keys) if not shadow or key is None]
             if used:
