@@ -54,10 +54,9 @@ def head_text(tuner: Tuner) -> str:
     """One line on the head step a tuner takes by default, and how its lr was chosen when recorded."""
     if tuner.head is None:
         return "none (the output head is left to the ZO step)"
-    lrs = tuner.head_lrs
-    text = (f"Adam at lr {lrs[0]:g}" if len(lrs) == 1 else
-            f"a race of Adam lrs {', '.join(f'{x:g}' for x in lrs)} (the rows of the lr that fits held-back "
-            "training examples best)")
+    text = f"Adam at {tuner.head_text}"
+    if len(tuner.head_lrs) > 1:
+        text += " (the rows of the lr that fits held-back training examples best)"
     text += (" on the output head's option rows, along their exact gradient read off the forward passes (multiple "
              "choice, one-token options)")
     sel = (tuner.provenance or {}).get("head_selection")

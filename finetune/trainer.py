@@ -384,9 +384,9 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lrs: list[flo
     run's head lrs (:func:`head_lrs_of`; default: from ``cfg`` alone)."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
-    if (cfg.head_race or (cfg.head_lr or 0) > 0) if head_lrs is None else head_lrs:  # each rank would see only
+    if head_lrs_of(cfg) if head_lrs is None else head_lrs:  # each rank would see only part of the passes
         raise ZotuneError("the head step (--head-lr, --head-race, or a tuner's) does not run data-parallel yet; run "
-                          "it without torchrun")  # part of the passes
+                          "it without torchrun")
     if dp.mode == "batch":
         dp.bounds(cfg.batch_size)
         return

@@ -162,7 +162,7 @@ def test_inspect_shows_a_head_race(tmp_path, untrained):
     race = Tuner.from_pretrained(untrained).with_head_race([3e-4, 1e-3])
     text = inspect_text(race.save_pretrained(tmp_path / "race.safetensors"))
     line = next(x for x in text.splitlines() if x.startswith("head step"))
-    assert "a race of Adam lrs 0.0003, 0.001" in line
+    assert "Adam at a race of lrs 0.0003, 0.001 (the rows of the lr that fits held-back" in line
 
 
 def _select(tmp_path, task, out, *extra):
