@@ -382,6 +382,39 @@ for pair in reviews:rev products:prd; do
     } > $R/$name-compare.txt
   fi
 done
+# 2026-12-05, second session: which ZO step should go with the head step? Section 6 found FZOO + head step ahead of
+# tuner v2 on the derivative checkpoint and behind it on the base model, both held out. Asked here on the
+# META-TRAINING tasks only, with the rule fixed before these runs: FZOO (3e-3) + head step (3e-4) on hotels and
+# hyperbaton, seeds 0 and 1, against tuner v2's benches of the v21-select stage (MeZO 3e-5 + head step 3e-4), lowest
+# final dev loss averaged over seeds, then tasks (a diverged run counts as infinite). FZOO's 3e-3 is the baselines
+# report's selection, made on held-out tasks' dev loss, so this is a screen, not a selection: if FZOO + head wins
+# it, the next step is an FZOO lr grid (1e-3, 3e-3, 1e-2) on these two tasks, and only its winner could ship.
+# `bash run.sh zo-select hotels 0` (hotels or hyperbaton, seed 0 or 1), then `bash run.sh zo-verdict`.
+if [[ $stage == zo-select ]]; then
+  t=$([[ $2 == hotels ]] && echo "$H" || echo bigbench:hyperbaton)
+  python cli.py bench --task "$t" "${HELD[@]}" --seeds $3 --methods fzoo --lr-grid fzoo=3e-3 --head-lr 3e-4 \
+    ${RESUME:+--resume} --out $R/zo-select/fzoo-head-$2-s$3
+fi
+if [[ $stage == zo-verdict ]]; then
+  python - <<'PY' | tee $R/zo-verdict.txt
+import json, math
+R = "reports/tuner-v2-smollm2"
+slugs = {"hotels": "bigbench-multiemo-hotels_sentence_en-ambivalent-mixed", "hyperbaton": "bigbench-hyperbaton"}
+def dev(path):
+    (r,) = json.load(open(f"{path}/bench.json"))["runs"]
+    return math.inf if r.get("diverged") else r["curve"][-1]["dev_loss"]
+means = {"fzoo + head": [], "v2": []}
+for task, slug in slugs.items():
+    f = [dev(f"{R}/zo-select/fzoo-head-{task}-s{seed}") for seed in (0, 1)]
+    v = [dev(f"{R}/head-select/{slug}/head-lr-0.0003/seed-{seed}") for seed in (0, 1)]
+    for seed in (0, 1):
+        print(f"{task} seed {seed}: final dev loss, FZOO + head {f[seed]:.4f} | v2 (MeZO + head) {v[seed]:.4f}")
+    means["fzoo + head"].append(sum(f) / 2); means["v2"].append(sum(v) / 2)
+a, b = (sum(means[k]) / 2 for k in ("fzoo + head", "v2"))
+print(f"mean over seeds, then tasks: FZOO + head {a:.4f}, v2 {b:.4f}")
+print("verdict:", "FZOO + head step goes on to an lr grid" if a < b else "the head step stays with MeZO's step")
+PY
+fi
 # The comparisons of 2026-12-05 (README section 7), paired by seed with paired.py. med-fzoo-compare: medicine's CPU
 # FZOO runs (reports/baselines-smollm2, med-cpu; lr 3e-3 selected there on dev loss) against MeZO and tuner v2.
 # race-compare: the race's held-out runs against tuner v2, MeZO and FZOO on each setting.
