@@ -381,7 +381,7 @@ def step_closure(model, scorer: TaskScorer, batch: list[Example], dp=None):
 
 def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lrs: list[float] | None = None) -> None:
     """Refuse, in one line, a data-parallel setting that cannot run; set up directions mode. ``head_lrs``: the
-    run's head lrs (:func:`head_lrs_of`; default: from ``cfg`` alone)."""
+    run's head lrs (default: :func:`head_lrs_of` of ``cfg``, which reads the tuner file ``cfg`` names)."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
     if head_lrs_of(cfg) if head_lrs is None else head_lrs:  # each rank would see only part of the passes

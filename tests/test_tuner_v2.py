@@ -165,6 +165,23 @@ def test_inspect_shows_a_head_race(tmp_path, untrained):
     assert "Adam at a race of lrs 0.0003, 0.001 (the rows of the lr that fits held-back" in line
 
 
+def test_check_parallel_reads_the_head_step_of_the_tuner_a_config_names(tmp_path, untrained):
+    """Called without the run's head lrs, the data-parallel check reads them from the tuner file the config names:
+    a tuner's head step is refused in one line, the same tuner without it passes."""
+    from finetune.trainer import FinetuneConfig, check_parallel
+
+    class Batch:  # what check_parallel reads of a process group in batch mode
+        mode = "batch"
+
+        def bounds(self, batch_size):
+            return 0, batch_size
+
+    v2 = Tuner.from_pretrained(untrained).with_head(3e-4).save_pretrained(tmp_path / "v2.safetensors")
+    with pytest.raises(ZotuneError, match="does not run data-parallel"):
+        check_parallel(FinetuneConfig(model="tiny-llama", method="tuner", tuner=str(v2)), opt=None, dp=Batch())
+    check_parallel(FinetuneConfig(model="tiny-llama", method="tuner", tuner=str(untrained)), opt=None, dp=Batch())
+
+
 def _select(tmp_path, task, out, *extra):
     return ["meta-train-head", "--model", "tiny-llama", "--tasks", task, "--head-lrs", "0,2e-2", "--lr", "1e-3",
             "--batch-size", "4", "--n-dev", "8", "--n-test", "8", "--forwards", "12", "--eval-points", "2",

@@ -371,7 +371,7 @@ if [[ $stage == reviews || $stage == products ]]; then
 fi
 for pair in reviews:rev products:prd; do
   name=${pair%:*} tag=${pair#*:}
-  if [[ $stage == $name-compare || ( $stage == all && $name == reviews ) ]]; then
+  if [[ $stage == $name-compare || $stage == all ]]; then
     {
       echo "## $name: MeZO (3e-5) -> FZOO (3e-3)"
       python $R/paired.py --a $R/$tag-mezo-s* --b $R/$tag-fzoo-s* --b-method fzoo
