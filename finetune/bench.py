@@ -34,7 +34,8 @@ from finetune.common.errors import ZotuneError
 from finetune.common.runs import Diverged, RunLock, Snapshot, check_output, strict_json
 from finetune.data.adapters import load_snapshot_weights, snapshot_weights
 from finetune.data.models import model_id
-from finetune.trainer import FO, NO_Q_METHODS, FinetuneConfig, prepare, run_inputs, train, work_dir
+from finetune.trainer import (FO, NO_Q_METHODS, FinetuneConfig, compute_precision, prepare, run_inputs, train,
+                              work_dir)
 
 REFERENCE = "mezo"  # the method every other one is compared with
 
@@ -514,7 +515,9 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
             if not cal_path.exists():
                 from finetune.calibration import calibration_reference
 
-                _write_json(cal_path, {"calibration": calibration_reference(model, scorer, task, base.batch_size)})
+                with compute_precision(base, model):  # scored as the runs score (--autocast), as finetune does
+                    reference = calibration_reference(model, scorer, task, base.batch_size)
+                _write_json(cal_path, {"calibration": reference})
             calibration = json.loads(cal_path.read_text())["calibration"]
             runs = []
             columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

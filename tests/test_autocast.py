@@ -70,3 +70,23 @@ def test_autocast_with_low_precision_weights_is_refused_in_one_line(capsys, tmp_
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --autocast bf16") and "\n" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_bench_fits_its_calibration_reference_under_autocast_as_finetune_does(tmp_path, jsonl):
+    """bench's calibration reference (the label prior of the frozen model) is scored in the runs' precision: with
+    --autocast bf16 it equals the one a bf16 finetune run reports, and differs from the fp32 one."""
+    import json
+
+    common = ["--model", "tiny-llama", "--task", str(jsonl), "--batch-size", "4", "--n-test", "8", "--n-dev", "8"]
+    refs = {}
+    for name, extra in (("bf16", ["--autocast", "bf16"]), ("fp32", [])):
+        out = tmp_path / f"bench-{name}"
+        assert cli.main(["bench", *common, *extra, "--methods", "mezo", "--lr-grid", "mezo=1e-3", "--seeds", "0",
+                         "--forwards", "2", "--eval-points", "1", "--out", str(out)]) == 0
+        refs[name] = json.loads((out / "bench.json").read_text())["calibration"]
+    run = tmp_path / "run"
+    assert cli.main(["finetune", *common, "--autocast", "bf16", "--method", "mezo", "--lr", "1e-3", "--steps", "1",
+                     "--no-save-model", "--out", str(run)]) == 0
+    by_finetune = json.loads((run / "metrics.json").read_text())["calibration"]
+    assert refs["bf16"]["test"] == by_finetune["test"] and refs["bf16"]["train"] == by_finetune["train"]
+    assert refs["bf16"]["test"]["before"] != refs["fp32"]["test"]["before"]
