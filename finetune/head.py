@@ -55,7 +55,7 @@ def head_gradient(h: torch.Tensor, logits: torch.Tensor, options: Sequence[Seque
     """The gradient of the mean option cross-entropy in the head rows of the option tokens, in float32:
     ``h`` ``[B, d]`` (the head's input), ``logits`` ``[B, V]`` (its output) at the scoring position."""
     h, logits = h.float(), logits.float()
-    return option_loss_and_gradient(h, [logits[i, ids] for i, ids in enumerate(options)], options, labels)[1]
+    return option_gradient(h, [logits[i, ids] for i, ids in enumerate(options)], options, labels)
 
 
 def option_loss(option_logits: Sequence[torch.Tensor], labels: Sequence[int]) -> float:
@@ -66,19 +66,18 @@ def option_loss(option_logits: Sequence[torch.Tensor], labels: Sequence[int]) ->
     return loss
 
 
-def option_loss_and_gradient(h: torch.Tensor, option_logits: Sequence[torch.Tensor], options: Sequence[Sequence[int]],
-                             labels: Sequence[int], grad: dict | None = None) -> tuple[float, dict[int, torch.Tensor]]:
-    """The mean option cross-entropy of one pass and its gradient in the option rows, added into ``grad``:
-    ``h`` ``[B, d]`` float32, ``option_logits[i]`` example i's logits of its options."""
-    grad = {} if grad is None else grad
-    n, loss = len(labels), option_loss(option_logits, labels)
+def option_gradient(h: torch.Tensor, option_logits: Sequence[torch.Tensor], options: Sequence[Sequence[int]],
+                    labels: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The gradient of one pass's mean option cross-entropy (:func:`option_loss`) in the option rows: ``h``
+    ``[B, d]`` float32, ``option_logits[i]`` example i's logits of its options."""
+    grad, n = {}, len(labels)
     for i, (ids, label) in enumerate(zip(options, labels)):
         delta = torch.softmax(option_logits[i], dim=0)
         delta[label] -= 1
         for t, d in zip(ids, delta.tolist()):
             term = h[i] * (d / n)
             grad[t] = grad[t] + term if t in grad else term
-    return loss, grad
+    return grad
 
 
 class HeadStep:
@@ -251,9 +250,8 @@ class HeadRace(HeadStep):
             used = [i for i, key in enumerate(keys) if not shadow or key is None]
             if used:
                 n += 1
-                part = {}
-                option_loss_and_gradient(h[used], [option_logits[i] for i in used], [options[i] for i in used],
-                                         [labels[i] for i in used], part)
+                part = option_gradient(h[used], [option_logits[i] for i in used], [options[i] for i in used],
+                                       [labels[i] for i in used])
                 for t, g in part.items():
                     grad[t] = grad[t] + g if t in grad else g
         return {k: x / counts[k] for k, x in losses.items()}, {t: g / n for t, g in grad.items()}
