@@ -174,7 +174,12 @@ def race_key(example: Example) -> int:
 
 def held_back(example: Example) -> bool:
     """Whether the head race keeps ``example`` from its shadow lanes: one training example in :data:`HELD_BACK`."""
-    return race_key(example) % HELD_BACK == 0
+    return _held_back_key(race_key(example))
+
+
+def _held_back_key(key: int) -> bool:
+    """:func:`held_back` of the example whose :func:`race_key` is ``key``."""
+    return key % HELD_BACK == 0
 
 
 class HeadRace(HeadStep):
@@ -218,7 +223,7 @@ class HeadRace(HeadStep):
 
     @contextmanager
     def watching(self, batch: Sequence[Example]) -> Iterator[None]:
-        self._keys = [key if key % HELD_BACK == 0 else None for key in map(race_key, batch)]  # as held_back
+        self._keys = [key if _held_back_key(key) else None for key in map(race_key, batch)]
         with super().watching(batch):
             yield
 
