@@ -18,7 +18,12 @@ not one draw of it. Hessian-vector products differentiate twice: run models with
 (on CPU, ``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``).
 
 :func:`block_terms` computes the per-block quantities once; :func:`expected_change` evaluates the objective for
-any allocation ``s`` from them (the last term needs the Hessian, so it takes a Hessian-vector product).
+any allocation ``s`` from them (the last term needs the Hessian, so it takes a Hessian-vector product), and
+:func:`allocation_gradient` its gradient with respect to the allocation, the meta-gradient a tuner trained on this
+objective would follow:
+
+    dE/d(s_b^2) = -eta <a_b, h_b> + (eta^2 / 2) [ |a_b|^2 sum_c s_c^2 tr H_c + tr H_b sum_c s_c^2 |a_c|^2
+                                                  + 4 <a_b, (H (s^2 a))_b> ].
 """
 from __future__ import annotations
 
@@ -60,17 +65,25 @@ def block_terms(params: Sequence[torch.Tensor], train_loss: Callable[[], torch.T
                 generator: torch.Generator | None = None) -> BlockTerms:
     """The per-block terms at the current ``params`` (tensors with ``requires_grad``): the train and held-out
     gradients' dot products and squared norms, and ``probes`` Rademacher Hutchinson probes of the held-out
-    Hessian's per-block traces (one Hessian-vector product each)."""
+    Hessian's per-block traces (:func:`hutchinson_traces`; no probes leaves them zero)."""
     a = [g.detach() for g in _grad(train_loss(), params)]
     h = [g.detach() for g in _grad(held_loss(), params)]
     hvp = _hvp_fn(params, held_loss)
+    trace = hutchinson_traces(params, hvp, probes, generator)
+    return BlockTerms(dot=torch.stack([(x * y).sum().double() for x, y in zip(a, h)]),
+                      sq=torch.stack([(x * x).sum().double() for x in a]), trace=trace, train_grad=a, hvp=hvp)
+
+
+def hutchinson_traces(params: Sequence[torch.Tensor], hvp: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]],
+                      probes: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-block ``tr H_b`` from ``probes`` Rademacher probes ``v`` (``E[v_b . (Hv)_b] = tr H_b``), one
+    Hessian-vector product each; zeros for no probes."""
     trace = torch.zeros(len(params), dtype=torch.float64)
     for _ in range(probes):
         v = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.dtype) for p in params]
         hv = hvp(v)
         trace += torch.stack([(vi * hvi).sum().double() for vi, hvi in zip(v, hv)]) / probes
-    return BlockTerms(dot=torch.stack([(x * y).sum().double() for x, y in zip(a, h)]),
-                      sq=torch.stack([(x * x).sum().double() for x in a]), trace=trace, train_grad=a, hvp=hvp)
+    return trace
 
 
 def expected_change(terms: BlockTerms, s2: torch.Tensor, eta: float | None = None) -> dict:
@@ -86,3 +99,14 @@ def expected_change(terms: BlockTerms, s2: torch.Tensor, eta: float | None = Non
     step = eta_star if eta is None else eta
     return {"A": A, "C": C, "eta_star": eta_star,
             "change": None if step is None else -step * A + 0.5 * step ** 2 * C}
+
+
+def allocation_gradient(terms: BlockTerms, s2: torch.Tensor, eta: float) -> torch.Tensor:
+    """``dE[dL_held] / d(s_b^2)`` for every block at the squared scales ``s2`` and step ``eta`` (the module
+    docstring's formula; one Hessian-vector product). For the gradient with respect to ``s_b`` multiply by
+    ``2 s_b``."""
+    s2 = s2.to(torch.float64)
+    w = [float(s) * g for s, g in zip(s2, terms.train_grad)]  # s^2 * a
+    a_hw = torch.stack([(a * hw).sum().double() for a, hw in zip(terms.train_grad, terms.hvp(w))])
+    curvature = terms.sq * (s2 * terms.trace).sum() + terms.trace * (s2 * terms.sq).sum() + 4 * a_hw
+    return -eta * terms.dot + 0.5 * eta ** 2 * curvature

@@ -464,3 +464,14 @@ if [[ $stage == oracle-deriv-compare || $stage == all ]]; then
     --head $R/deriv-head-vp-s0 $R/oracle-deriv-h1e-4-s0 $R/oracle-deriv-h1e-3-s0 $R/oracle-deriv-h3e-3-s0 \
     > $R/oracle-deriv.txt
 fi
+# Item 2's last check: the signal-to-noise ratio of the meta-gradient for per-block scales, today's one-draw closed
+# form against the expected-change objective (meta/objective.py), on the meta-training tasks (side by side).
+if [[ $stage == snr || $stage == all ]]; then
+  mkdir -p $R/metagrad-snr
+  python benchmarks/metagrad_snr.py --task "$H" --threads 1 --out $R/metagrad-snr/hotels.json &
+  a=$!
+  python benchmarks/metagrad_snr.py --task bigbench:hyperbaton --threads 1 --out $R/metagrad-snr/hyperbaton.json &
+  b=$!
+  wait $a
+  wait $b
+fi

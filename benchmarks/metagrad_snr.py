@@ -1,0 +1,225 @@
+"""Signal-to-noise ratio of two meta-gradients for per-block perturbation scales (issue 17, item 2).
+
+Both are gradients of a meta-objective with respect to the scales ``sigma_b`` (one per block, every one 1 here:
+MeZO's allocation, at the pretrained weights), estimated from one training batch each:
+
+* ``today``: the closed-form meta-gradient the meta-trainer follows (``meta.metagrad.closed_form``): one noise
+  draw u, the SPSA step and the meta loss on the same batch, ``dL(theta')/dsigma_b = -eta g <grad_b L(theta'), u_b>``;
+* ``objective``: the expected-change objective (``meta.objective``), ``dE[dL_held]/dsigma_b = 2 sigma_b
+  dE/d(s_b^2)``: the expectation over the noise, from one (training batch, held-out batch) pair, with
+  ``--probes`` Hutchinson probes for the traces;
+* ``first_order``: that objective's first-order part alone, ``-2 eta <a_b, h_b>`` (two gradients, no curvature).
+
+The SNR of an estimator ``g`` is ``|E g|^2 / E|g - E g|^2``. ``|E g|^2`` is estimated without bias by the mean of
+``<g_r, g_s>`` over estimates from *different* batch pairs (estimates from one pair share its batches, so their
+products would count batch noise as signal), and ``E|g|^2`` by the mean of ``|g_r|^2``. Averaging k independent
+estimates multiplies the SNR by k at k times the cost, so estimators of different cost compare by SNR per second.
+Each figure is given twice: for the whole vector, and for its part orthogonal to the block sizes ``n_b``, the part
+an energy-normalised bank can act on (at sigma = 1 the constraint ``sum n_b sigma_b^2 = const`` removes the
+direction ``n``). The 95% intervals resample batch pairs.
+
+    python benchmarks/metagrad_snr.py --task bigbench:multiemo/hotels_sentence_en:ambivalent=mixed \\
+        --out reports/tuner-v2-smollm2/metagrad-snr/hotels.json
+
+Use meta-training tasks only: held-out tasks are not for designing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from finetune.data.models import load_model, set_threads  # noqa: E402
+from finetune.data.scoring import TaskScorer  # noqa: E402
+from finetune.data.tasks import load_task  # noqa: E402
+from finetune.zo.engine import ZOEngine  # noqa: E402
+from meta.metagrad import closed_form  # noqa: E402
+from meta.objective import allocation_gradient, block_terms, hutchinson_traces  # noqa: E402
+from pertnn import StepHistory  # noqa: E402
+
+ESTIMATORS = ("today", "objective", "first_order")
+
+
+class FixedScales(nn.Module):
+    """Stands in for the PertNN bank: sigma is a leaf, so the meta-gradient the closed form sends into the bank
+    lands in ``s.grad`` block by block."""
+
+    def __init__(self, n_blocks: int):
+        super().__init__()
+        self.s = nn.Parameter(torch.ones(n_blocks))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.s
+
+
+def project_out(vectors: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Each row of ``vectors`` without its component along ``direction``."""
+    d = direction.double() / direction.double().norm()
+    return vectors - (vectors @ d)[:, None] * d
+
+
+def snr(vectors: torch.Tensor, groups: list[int]) -> dict:
+    """``|E g|^2 / E|g - E g|^2`` from rows ``vectors`` (one estimate each) and the batch pair each came from:
+    the signal from products of estimates of different pairs only (module docstring)."""
+    gram = vectors @ vectors.T
+    g = torch.tensor(groups)
+    cross = g[:, None] != g[None, :]
+    if not bool(cross.any()):
+        raise ValueError("need estimates from at least two batch pairs")
+    signal = float(gram[cross].mean())
+    total = float(torch.diagonal(gram).mean())
+    noise = total - signal
+    return {"signal": signal, "total": total, "snr": signal / noise if noise > 0 else None}
+
+
+def bootstrap_snr(vectors: torch.Tensor, groups: list[int], draws: int = 1000, seed: int = 0) -> list[float] | None:
+    """95% percentile interval of :func:`snr` with batch pairs resampled (a pair drawn twice counts as two
+    pairs that share batches, so their products are left out of the signal too)."""
+    gen = torch.Generator().manual_seed(seed)
+    pairs = sorted(set(groups))
+    rows = {p: [i for i, q in enumerate(groups) if q == p] for p in pairs}
+    values = []
+    for _ in range(draws):
+        chosen = [pairs[j] for j in torch.randint(len(pairs), (len(pairs),), generator=gen).tolist()]
+        if len(set(chosen)) < 2:
+            continue
+        index = [i for p in chosen for i in rows[p]]
+        slot = [k for k, p in enumerate(chosen) for _ in rows[p]]
+        picked = vectors[index]
+        gram = picked @ picked.T
+        s = torch.tensor(slot)
+        original = torch.tensor(groups)[index]
+        cross = original[:, None] != original[None, :]
+        cross &= s[:, None] != s[None, :]
+        signal, total = float(gram[cross].mean()), float(torch.diagonal(gram).mean())
+        values.append(signal / (total - signal) if total > signal else float("inf"))
+    if not values:
+        return None
+    q = torch.tensor(values, dtype=torch.float64).clamp(max=1e300)
+    return [float(q.quantile(0.025)), float(q.quantile(0.975))]
+
+
+def summary(vectors: torch.Tensor, groups: list[int], seconds: float) -> dict:
+    out = snr(vectors, groups)
+    out["interval"] = bootstrap_snr(vectors, groups)
+    out["seconds_per_estimate"] = seconds
+    out["snr_per_second"] = None if out["snr"] is None else out["snr"] / seconds
+    return out
+
+
+def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(x @ y / (x.norm() * y.norm()))
+
+
+def measure(args) -> dict:
+    model, tok = load_model(args.model)
+    engine = ZOEngine(model, noise=args.noise)
+    params = engine.params
+    numels = torch.tensor([p.numel() for p in params], dtype=torch.float64)
+    scorer = TaskScorer(tok)
+    b = args.batch_size
+    task = load_task(args.task, seed=0, n_train=args.pairs * b, n_dev=args.pairs * b, n_test=0)
+    theta0 = [p.detach().clone() for p in params]
+    scales, history = FixedScales(len(params)), StepHistory(len(params))
+    ones = torch.ones(len(params), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(args.seed)
+    rows = {k: [] for k in ESTIMATORS}
+    groups = {k: [] for k in ESTIMATORS}
+    seconds = {k: 0.0 for k in (*ESTIMATORS, "first_order_step")}
+    for i in range(args.pairs):
+        train, held = task.train[i * b:(i + 1) * b], task.dev[i * b:(i + 1) * b]
+        for k in range(args.draws):
+            scales.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            closed_form(engine, scales, history, lambda m: scorer.loss(m, train), seed=args.seed * 10_007 + i * 101 + k,
+                        eps=args.eps, lr=args.lr)
+            seconds["today"] += time.perf_counter() - start
+            rows["today"].append(scales.s.grad.double().clone())
+            groups["today"].append(i)
+            with torch.no_grad():  # back to the pretrained weights exactly (the closed form restores up to rounding)
+                for p, p0 in zip(params, theta0):
+                    p.copy_(p0)
+                    p.grad = None
+        start = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            scorer.loss(model, train).backward()
+        seconds["first_order_step"] += time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        terms = block_terms(params, lambda: scorer.loss(model, train), lambda: scorer.loss(model, held), probes=0)
+        gradients = time.perf_counter() - start
+        rows["first_order"].append(-2 * args.lr * terms.dot)
+        start = time.perf_counter()
+        terms.trace = hutchinson_traces(params, terms.hvp, args.probes, gen)
+        rows["objective"].append(2 * allocation_gradient(terms, ones, args.lr))
+        seconds["first_order"] += gradients
+        seconds["objective"] += gradients + time.perf_counter() - start
+        groups["first_order"].append(i)
+        groups["objective"].append(i)
+        print(json.dumps({"pair": i, "sum_first_order": float(rows["first_order"][-1].sum()),
+                          "sum_objective": float(rows["objective"][-1].sum()),
+                          "sum_today": [float(r.sum()) for r in rows["today"][-args.draws:]],
+                          "negative_traces": int((terms.trace < 0).sum())}), flush=True)
+    return {"rows": {k: torch.stack(v) for k, v in rows.items()}, "groups": groups, "seconds": seconds,
+            "numels": numels, "names": [n for n, _ in engine.blocks]}
+
+
+def report(args, measured: dict) -> dict:
+    rows, groups, seconds, numels = (measured[k] for k in ("rows", "groups", "seconds", "numels"))
+    counts = {k: len(groups[k]) for k in ESTIMATORS}
+    per = {k: seconds[k] / counts[k] for k in ESTIMATORS}
+    fo_step = seconds["first_order_step"] / args.pairs
+    out = {"model": args.model, "task": args.task, "pairs": args.pairs, "batch_size": args.batch_size,
+           "draws": args.draws, "probes": args.probes, "lr": args.lr, "eps": args.eps, "noise": args.noise,
+           "blocks": len(numels), "first_order_step_seconds": fo_step,
+           "cost_in_first_order_steps": {k: per[k] / fo_step for k in ESTIMATORS}}
+    for label, transform in (("whole", lambda v: v), ("allocation", lambda v: project_out(v, numels))):
+        out[label] = {k: summary(transform(rows[k]), groups[k], per[k]) for k in ESTIMATORS}
+        means = {k: transform(rows[k]).mean(0) for k in ESTIMATORS}
+        out[label]["cosine_of_means"] = {f"{x} vs {y}": cosine(means[x], means[y])
+                                         for x, y in (("today", "objective"), ("today", "first_order"),
+                                                      ("objective", "first_order"))}
+    out["estimates"] = {k: rows[k].tolist() for k in ESTIMATORS}
+    out["groups"] = groups
+    out["names"] = measured["names"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--task", required=True)
+    p.add_argument("--pairs", type=int, default=12, help="(training batch, held-out batch) pairs")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--draws", type=int, default=4, help="today's estimates (noise draws) per training batch")
+    p.add_argument("--probes", type=int, default=2, help="Hutchinson probes per pair for the objective")
+    p.add_argument("--lr", type=float, default=3e-5, help="the ZO step eta both objectives prepare for")
+    p.add_argument("--eps", type=float, default=1e-3)
+    p.add_argument("--noise", default="auto", help="the engine's noise for today's estimator")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    if args.pairs < 2 or args.draws < 1 or args.probes < 1:
+        p.error("need --pairs >= 2, --draws >= 1 and --probes >= 1")
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no double backward
+        out = report(args, measure(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1, allow_nan=False))
+    tmp.replace(args.out)
+    print(json.dumps({k: v for k, v in out.items() if k not in ("estimates", "groups", "names")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
