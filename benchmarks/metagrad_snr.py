@@ -20,6 +20,7 @@ direction ``n``). The 95% intervals resample batch pairs.
 
     python benchmarks/metagrad_snr.py --task bigbench:multiemo/hotels_sentence_en:ambivalent=mixed \\
         --out reports/tuner-v2-smollm2/metagrad-snr/hotels.json
+    python benchmarks/metagrad_snr.py table hotels.json hyperbaton.json   # a markdown summary of finished runs
 
 Use meta-training tasks only: held-out tasks are not for designing.
 """
@@ -43,6 +44,7 @@ from finetune.zo.engine import ZOEngine  # noqa: E402
 from meta.metagrad import closed_form  # noqa: E402
 from meta.objective import allocation_gradient, block_terms, hutchinson_traces  # noqa: E402
 from pertnn import StepHistory  # noqa: E402
+from pertnn.blocks import trainable_tensors  # noqa: E402
 
 ESTIMATORS = ("today", "objective", "first_order")
 
@@ -193,7 +195,52 @@ def report(args, measured: dict) -> dict:
     return out
 
 
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}g}"
+
+
+def block_sizes(model: str, names: list[str]) -> torch.Tensor:
+    """``n_b`` for the blocks ``names`` of ``model`` (loaded again: the run files hold no sizes)."""
+    blocks = trainable_tensors(load_model(model)[0])
+    if [n for n, _ in blocks] != names:
+        raise SystemExit(f"the blocks of {model} are not the ones the run measured")
+    return torch.tensor([p.numel() for _, p in blocks], dtype=torch.float64)
+
+
+def table(paths: list[Path]) -> str:
+    """A markdown summary of finished runs: each estimator's SNR [95% interval] and cost, whole and allocation
+    part, and the cosine between the tasks' mean meta-gradients (does the signal transfer?)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    lines = ["| task | part | estimator | SNR of one estimate [95% CI] | seconds each | first-order steps each "
+             "| SNR per second |", "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for part in ("whole", "allocation"):
+            for k in ESTIMATORS:
+                x = run[part][k]
+                ci = "n/a" if x["interval"] is None else f"{_fmt(x['interval'][0])}, {_fmt(x['interval'][1])}"
+                lines.append(f"| {run['task']} | {part} | {k} | {_fmt(x['snr'])} [{ci}] "
+                             f"| {x['seconds_per_estimate']:.1f} | {run['cost_in_first_order_steps'][k]:.1f} "
+                             f"| {_fmt(x['snr_per_second'])} |")
+    lines += ["", "| task | part | " + " | ".join(runs[0]["whole"]["cosine_of_means"]) + " |",
+              "|---|---|" + "---|" * len(runs[0]["whole"]["cosine_of_means"])]
+    for run in runs:
+        for part in ("whole", "allocation"):
+            lines.append(f"| {run['task']} | {part} | "
+                         + " | ".join(f"{v:.3f}" for v in run[part]["cosine_of_means"].values()) + " |")
+    if len(runs) == 2:
+        numels = block_sizes(runs[0]["model"], runs[0]["names"])
+        lines += ["", "cosine between the two tasks' mean meta-gradients (whole / allocation part):"]
+        for k in ESTIMATORS:
+            x, y = (torch.tensor(r["estimates"][k], dtype=torch.float64).mean(0) for r in runs)
+            px, py = project_out(torch.stack([x, y]), numels)
+            lines.append(f"- {k}: {cosine(x, y):.3f} / {cosine(px, py):.3f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "table":
+        print(table([Path(a) for a in sys.argv[2:]]))
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--task", required=True)

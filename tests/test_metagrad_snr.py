@@ -10,7 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from metagrad_snr import bootstrap_snr, project_out, snr  # noqa: E402
+from metagrad_snr import bootstrap_snr, project_out, snr, table  # noqa: E402
 
 
 def test_snr_by_explicit_loops_leaves_out_products_within_a_pair():
@@ -80,3 +80,7 @@ def test_end_to_end_on_a_tiny_model(tmp_path, jsonl):
     assert result["estimates"]["first_order"][1] == pytest.approx(expected, rel=1e-4, abs=1e-15)
     # today's estimator is not the objective's: it reads one noise draw, so its two draws on a batch differ
     assert result["estimates"]["today"][0] != result["estimates"]["today"][1]
+    # the summary table: a run against itself transfers perfectly; its SNR cell is the run's own
+    text = table([out, out])
+    assert "- today: 1.000 / 1.000" in text and "- objective: 1.000 / 1.000" in text
+    assert f"| whole | today | {result['whole']['today']['snr']:.3g} [" in text

@@ -475,3 +475,7 @@ if [[ $stage == snr || $stage == all ]]; then
   wait $a
   wait $b
 fi
+if [[ $stage == snr-table || $stage == all ]]; then
+  python benchmarks/metagrad_snr.py table $R/metagrad-snr/hotels.json $R/metagrad-snr/hyperbaton.json \
+    > $R/metagrad-snr/summary.md
+fi
