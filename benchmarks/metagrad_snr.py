@@ -27,6 +27,7 @@ Use meta-training tasks only: held-out tasks are not for designing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -81,39 +82,62 @@ def snr(vectors: torch.Tensor, groups: list[int]) -> dict:
     return {"signal": signal, "total": total, "snr": signal / noise if noise > 0 else None}
 
 
-def bootstrap_snr(vectors: torch.Tensor, groups: list[int], draws: int = 1000, seed: int = 0) -> list[float] | None:
-    """95% percentile interval of :func:`snr` with batch pairs resampled (a pair drawn twice counts as two
-    pairs that share batches, so their products are left out of the signal too)."""
+def bootstrap_snr(vectors: torch.Tensor, groups: list[int], draws: int = 1000,
+                  seed: int = 0) -> list[float | None]:
+    """:func:`snr` of ``draws`` resamples of the batch pairs (a pair drawn twice counts as two pairs that share
+    batches, so their products are left out of the signal too); None where a resample holds one pair only. The
+    resamples depend only on the set of pairs and ``seed``, so two estimators measured on the same pairs are
+    resampled together (paired)."""
     gen = torch.Generator().manual_seed(seed)
     pairs = sorted(set(groups))
     rows = {p: [i for i, q in enumerate(groups) if q == p] for p in pairs}
-    values = []
+    values: list[float | None] = []
     for _ in range(draws):
         chosen = [pairs[j] for j in torch.randint(len(pairs), (len(pairs),), generator=gen).tolist()]
         if len(set(chosen)) < 2:
+            values.append(None)
             continue
         index = [i for p in chosen for i in rows[p]]
-        slot = [k for k, p in enumerate(chosen) for _ in rows[p]]
+        slot = torch.tensor([k for k, p in enumerate(chosen) for _ in rows[p]])
         picked = vectors[index]
         gram = picked @ picked.T
-        s = torch.tensor(slot)
         original = torch.tensor(groups)[index]
-        cross = original[:, None] != original[None, :]
-        cross &= s[:, None] != s[None, :]
+        cross = (original[:, None] != original[None, :]) & (slot[:, None] != slot[None, :])
         signal, total = float(gram[cross].mean()), float(torch.diagonal(gram).mean())
         values.append(signal / (total - signal) if total > signal else float("inf"))
-    if not values:
+    return values
+
+
+def interval(values: list[float | None]) -> list[float] | None:
+    """The 95% percentile interval of the finite-or-infinite values, None left out."""
+    kept = [v for v in values if v is not None]
+    if not kept:
         return None
-    q = torch.tensor(values, dtype=torch.float64).clamp(max=1e300)
+    q = torch.tensor(kept, dtype=torch.float64).clamp(-1e300, 1e300)
     return [float(q.quantile(0.025)), float(q.quantile(0.975))]
 
 
 def summary(vectors: torch.Tensor, groups: list[int], seconds: float) -> dict:
     out = snr(vectors, groups)
-    out["interval"] = bootstrap_snr(vectors, groups)
+    out["interval"] = interval(bootstrap_snr(vectors, groups))
     out["seconds_per_estimate"] = seconds
     out["snr_per_second"] = None if out["snr"] is None else out["snr"] / seconds
     return out
+
+
+def difference(a: tuple[torch.Tensor, list[int], float], b: tuple[torch.Tensor, list[int], float]) -> dict:
+    """SNR per estimate and per second of estimator a minus b, with paired 95% intervals (both measured on the
+    same batch pairs): is a better than b?"""
+    (va, ga, ta), (vb, gb, tb) = a, b
+    if sorted(set(ga)) != sorted(set(gb)):
+        raise ValueError("the two estimators were not measured on the same batch pairs")
+    sa, sb = snr(va, ga)["snr"], snr(vb, gb)["snr"]
+    ba, bb = bootstrap_snr(va, ga), bootstrap_snr(vb, gb)
+    both = [(x, y) for x, y in zip(ba, bb) if x is not None and y is not None]
+    return {"per_estimate": None if sa is None or sb is None else sa - sb,
+            "per_estimate_interval": interval([x - y for x, y in both]),
+            "per_second": None if sa is None or sb is None else sa / ta - sb / tb,
+            "per_second_interval": interval([x / ta - y / tb for x, y in both])}
 
 
 def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -132,9 +156,10 @@ def measure(args) -> dict:
     scales, history = FixedScales(len(params)), StepHistory(len(params))
     ones = torch.ones(len(params), dtype=torch.float64)
     gen = torch.Generator().manual_seed(args.seed)
-    rows = {k: [] for k in ESTIMATORS}
-    groups = {k: [] for k in ESTIMATORS}
-    seconds = {k: 0.0 for k in (*ESTIMATORS, "first_order_step")}
+    estimators = estimators_of(args)
+    rows = {k: [] for k in estimators}
+    groups = {k: [] for k in estimators}
+    seconds = {k: 0.0 for k in (*estimators, "first_order_step")}
     for i in range(args.pairs):
         train, held = task.train[i * b:(i + 1) * b], task.dev[i * b:(i + 1) * b]
         for k in range(args.draws):
@@ -159,37 +184,43 @@ def measure(args) -> dict:
         terms = block_terms(params, lambda: scorer.loss(model, train), lambda: scorer.loss(model, held), probes=0)
         gradients = time.perf_counter() - start
         rows["first_order"].append(-2 * args.lr * terms.dot)
-        start = time.perf_counter()
-        terms.trace = hutchinson_traces(params, terms.hvp, args.probes, gen)
-        rows["objective"].append(2 * allocation_gradient(terms, ones, args.lr))
         seconds["first_order"] += gradients
-        seconds["objective"] += gradients + time.perf_counter() - start
         groups["first_order"].append(i)
-        groups["objective"].append(i)
-        print(json.dumps({"pair": i, "sum_first_order": float(rows["first_order"][-1].sum()),
-                          "sum_objective": float(rows["objective"][-1].sum()),
-                          "sum_today": [float(r.sum()) for r in rows["today"][-args.draws:]],
-                          "negative_traces": int((terms.trace < 0).sum())}), flush=True)
+        line = {"pair": i, "sum_first_order": float(rows["first_order"][-1].sum()),
+                "sum_today": [float(r.sum()) for r in rows["today"][-args.draws:]]}
+        if "objective" in estimators:
+            start = time.perf_counter()
+            terms.trace = hutchinson_traces(params, terms.hvp, args.probes, gen)
+            rows["objective"].append(2 * allocation_gradient(terms, ones, args.lr))
+            seconds["objective"] += gradients + time.perf_counter() - start
+            groups["objective"].append(i)
+            line |= {"sum_objective": float(rows["objective"][-1].sum()),
+                     "negative_traces": int((terms.trace < 0).sum())}
+        print(json.dumps(line), flush=True)
     return {"rows": {k: torch.stack(v) for k, v in rows.items()}, "groups": groups, "seconds": seconds,
             "numels": numels, "names": [n for n, _ in engine.blocks]}
 
 
+def estimators_of(args) -> tuple[str, ...]:
+    """What a run measures: the full objective only with Hutchinson probes (``--probes 0`` skips it)."""
+    return ESTIMATORS if args.probes > 0 else tuple(k for k in ESTIMATORS if k != "objective")
+
+
 def report(args, measured: dict) -> dict:
     rows, groups, seconds, numels = (measured[k] for k in ("rows", "groups", "seconds", "numels"))
-    counts = {k: len(groups[k]) for k in ESTIMATORS}
-    per = {k: seconds[k] / counts[k] for k in ESTIMATORS}
+    estimators = estimators_of(args)
+    per = {k: seconds[k] / len(groups[k]) for k in estimators}
     fo_step = seconds["first_order_step"] / args.pairs
     out = {"model": args.model, "task": args.task, "pairs": args.pairs, "batch_size": args.batch_size,
            "draws": args.draws, "probes": args.probes, "lr": args.lr, "eps": args.eps, "noise": args.noise,
            "blocks": len(numels), "first_order_step_seconds": fo_step,
-           "cost_in_first_order_steps": {k: per[k] / fo_step for k in ESTIMATORS}}
+           "cost_in_first_order_steps": {k: per[k] / fo_step for k in estimators}}
     for label, transform in (("whole", lambda v: v), ("allocation", lambda v: project_out(v, numels))):
-        out[label] = {k: summary(transform(rows[k]), groups[k], per[k]) for k in ESTIMATORS}
-        means = {k: transform(rows[k]).mean(0) for k in ESTIMATORS}
+        out[label] = {k: summary(transform(rows[k]), groups[k], per[k]) for k in estimators}
+        means = {k: transform(rows[k]).mean(0) for k in estimators}
         out[label]["cosine_of_means"] = {f"{x} vs {y}": cosine(means[x], means[y])
-                                         for x, y in (("today", "objective"), ("today", "first_order"),
-                                                      ("objective", "first_order"))}
-    out["estimates"] = {k: rows[k].tolist() for k in ESTIMATORS}
+                                         for x, y in itertools.combinations(estimators, 2)}
+    out["estimates"] = {k: rows[k].tolist() for k in estimators}
     out["groups"] = groups
     out["names"] = measured["names"]
     return out
@@ -209,31 +240,48 @@ def block_sizes(model: str, names: list[str]) -> torch.Tensor:
 
 def table(paths: list[Path]) -> str:
     """A markdown summary of finished runs: each estimator's SNR [95% interval] and cost, whole and allocation
-    part, and the cosine between the tasks' mean meta-gradients (does the signal transfer?)."""
+    part; each estimator's SNR minus today's, per estimate and per second, with paired intervals; the cosine
+    between the estimators' mean meta-gradients, and between two tasks' (does the signal transfer?)."""
     runs = [json.loads(p.read_text()) for p in paths]
-    lines = ["| task | part | estimator | SNR of one estimate [95% CI] | seconds each | first-order steps each "
-             "| SNR per second |", "|---|---|---|---|---|---|---|"]
+    sizes = block_sizes(runs[0]["model"], runs[0]["names"])
+    if any(r["names"] != runs[0]["names"] for r in runs):
+        raise SystemExit("the runs measured different blocks")
+    parts = {"whole": lambda v: v, "allocation": lambda v: project_out(v, sizes)}
+
+    def cell(x: float | None, ci: list[float] | None) -> str:
+        return f"{_fmt(x)} [{'n/a' if ci is None else f'{_fmt(ci[0])}, {_fmt(ci[1])}'}]"
+
+    lines = ["| task | pairs | part | estimator | SNR of one estimate [95% CI] | seconds each "
+             "| first-order steps each | SNR per second |", "|---|---|---|---|---|---|---|---|"]
+    diffs = ["| task | pairs | part | SNR minus today's | per estimate [95% CI] | per second [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    cosines = ["| task | part | pair of estimators | cosine of their mean meta-gradients |", "|---|---|---|---|"]
     for run in runs:
-        for part in ("whole", "allocation"):
-            for k in ESTIMATORS:
+        names = [k for k in ESTIMATORS if k in run["estimates"]]
+        vectors = {k: torch.tensor(run["estimates"][k], dtype=torch.float64) for k in names}
+        for part, transform in parts.items():
+            for k in names:
                 x = run[part][k]
-                ci = "n/a" if x["interval"] is None else f"{_fmt(x['interval'][0])}, {_fmt(x['interval'][1])}"
-                lines.append(f"| {run['task']} | {part} | {k} | {_fmt(x['snr'])} [{ci}] "
+                lines.append(f"| {run['task']} | {run['pairs']} | {part} | {k} | {cell(x['snr'], x['interval'])} "
                              f"| {x['seconds_per_estimate']:.1f} | {run['cost_in_first_order_steps'][k]:.1f} "
                              f"| {_fmt(x['snr_per_second'])} |")
-    lines += ["", "| task | part | " + " | ".join(runs[0]["whole"]["cosine_of_means"]) + " |",
-              "|---|---|" + "---|" * len(runs[0]["whole"]["cosine_of_means"])]
-    for run in runs:
-        for part in ("whole", "allocation"):
-            lines.append(f"| {run['task']} | {part} | "
-                         + " | ".join(f"{v:.3f}" for v in run[part]["cosine_of_means"].values()) + " |")
+            for k in names[1:]:
+                d = difference((transform(vectors[k]), run["groups"][k], run[part][k]["seconds_per_estimate"]),
+                               (transform(vectors["today"]), run["groups"]["today"],
+                                run[part]["today"]["seconds_per_estimate"]))
+                diffs.append(f"| {run['task']} | {run['pairs']} | {part} | {k} "
+                             f"| {cell(d['per_estimate'], d['per_estimate_interval'])} "
+                             f"| {cell(d['per_second'], d['per_second_interval'])} |")
+            for pair, value in run[part]["cosine_of_means"].items():
+                cosines.append(f"| {run['task']} | {part} | {pair} | {value:.3f} |")
+    lines += [""] + diffs + [""] + cosines
     if len(runs) == 2:
-        numels = block_sizes(runs[0]["model"], runs[0]["names"])
         lines += ["", "cosine between the two tasks' mean meta-gradients (whole / allocation part):"]
         for k in ESTIMATORS:
-            x, y = (torch.tensor(r["estimates"][k], dtype=torch.float64).mean(0) for r in runs)
-            px, py = project_out(torch.stack([x, y]), numels)
-            lines.append(f"- {k}: {cosine(x, y):.3f} / {cosine(px, py):.3f}")
+            if all(k in r["estimates"] for r in runs):
+                x, y = (torch.tensor(r["estimates"][k], dtype=torch.float64).mean(0) for r in runs)
+                px, py = project_out(torch.stack([x, y]), sizes)
+                lines.append(f"- {k}: {cosine(x, y):.3f} / {cosine(px, py):.3f}")
     return "\n".join(lines)
 
 
@@ -247,7 +295,8 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=12, help="(training batch, held-out batch) pairs")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--draws", type=int, default=4, help="today's estimates (noise draws) per training batch")
-    p.add_argument("--probes", type=int, default=2, help="Hutchinson probes per pair for the objective")
+    p.add_argument("--probes", type=int, default=2,
+                   help="Hutchinson probes per pair for the objective (0: measure today's and the first-order part only)")
     p.add_argument("--lr", type=float, default=3e-5, help="the ZO step eta both objectives prepare for")
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--noise", default="auto", help="the engine's noise for today's estimator")
@@ -255,8 +304,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    if args.pairs < 2 or args.draws < 1 or args.probes < 1:
-        p.error("need --pairs >= 2, --draws >= 1 and --probes >= 1")
+    if args.pairs < 2 or args.draws < 1 or args.probes < 0:
+        p.error("need --pairs >= 2, --draws >= 1 and --probes >= 0")
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no double backward
