@@ -10,7 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from metagrad_snr import bootstrap_snr, project_out, snr, table  # noqa: E402
+from metagrad_snr import bootstrap_snr, difference, interval, project_out, snr, table  # noqa: E402
 
 
 def test_snr_by_explicit_loops_leaves_out_products_within_a_pair():
@@ -39,8 +39,29 @@ def test_snr_is_unbiased_when_estimates_share_their_batch_noise():
     groups = [p for p in range(pairs) for _ in range(draws)]
     out = snr(vectors, groups)
     assert out["snr"] == pytest.approx(0.2, abs=0.03)
-    low, high = bootstrap_snr(vectors, groups, draws=200)
+    low, high = interval(bootstrap_snr(vectors, groups, draws=200))
     assert low < out["snr"] < high and low < 0.2 < high
+
+
+def test_difference_is_paired_over_batch_pairs():
+    """Two estimators measured on the same pairs are resampled together: one against itself differs by exactly
+    zero in every resample, and a less noisy one (the pair-shared part removed) is better by an interval above 0."""
+    gen = torch.Generator().manual_seed(2)
+    pairs, dim = 60, 20
+    mu = torch.full((dim,), 0.5, dtype=torch.float64)
+    beta = torch.randn(pairs, dim, generator=gen, dtype=torch.float64)
+    noisy = mu + beta + torch.randn(pairs, dim, generator=gen, dtype=torch.float64)
+    clean = mu + 0.3 * torch.randn(pairs, dim, generator=gen, dtype=torch.float64)
+    groups = list(range(pairs))
+    same = difference((noisy, groups, 2.0), (noisy, groups, 2.0))
+    assert same["per_estimate"] == 0 and same["per_estimate_interval"] == [0.0, 0.0]
+    better = difference((clean, groups, 1.0), (noisy, groups, 1.0))
+    assert better["per_estimate_interval"][0] > 0
+    # per second: the cleaner estimator at 100x the cost is worse
+    slower = difference((clean, groups, 100.0), (noisy, groups, 1.0))
+    assert slower["per_second"] < 0
+    with pytest.raises(ValueError):
+        difference((clean, groups, 1.0), (noisy, [g + 1 for g in groups], 1.0))
 
 
 def test_project_out_removes_the_energy_direction_only():
@@ -83,4 +104,14 @@ def test_end_to_end_on_a_tiny_model(tmp_path, jsonl):
     # the summary table: a run against itself transfers perfectly; its SNR cell is the run's own
     text = table([out, out])
     assert "- today: 1.000 / 1.000" in text and "- objective: 1.000 / 1.000" in text
-    assert f"| whole | today | {result['whole']['today']['snr']:.3g} [" in text
+    assert f"| 3 | whole | today | {result['whole']['today']['snr']:.3g} [" in text
+    # --probes 0 measures today's and the first-order part only, on the same batch pairs
+    proc = subprocess.run([sys.executable, "benchmarks/metagrad_snr.py", "--model", "tiny-llama", "--task",
+                           str(jsonl), "--pairs", "3", "--draws", "2", "--probes", "0", "--batch-size", "4",
+                           "--threads", "1", "--out", str(tmp_path / "p0.json")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    without = json.loads((tmp_path / "p0.json").read_text())
+    assert set(without["estimates"]) == {"today", "first_order"}
+    assert without["estimates"]["first_order"] == result["estimates"]["first_order"]
+    assert "- first_order: 1.000 / 1.000" in table([tmp_path / "p0.json", out])
