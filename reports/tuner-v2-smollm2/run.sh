@@ -358,12 +358,16 @@ fi
 # renamed `mixed`), held out since the task split, never run with tuner v2 before this. The same three arms, fixed
 # before any of these runs: MeZO at 3e-5, FZOO at 3e-3, the shipped tuner v2 at its own step; 3 seeds:
 # `bash run.sh products mezo 0`, then `bash run.sh products-compare`. RESUME=1 continues a killed bench.
+# 2026-12-05, third session: a fourth arm on both, fixed before its runs: LOZO at 1e-5 (its selection on
+# valid_parentheses, carried as on the derivative checkpoint), 3 seeds: `bash run.sh reviews lozo 0`, then
+# `bash run.sh reviews-lozo-compare` (and the same for products).
 REV='bigbench:multiemo/reviews_sentence_en:ambivalent=mixed'
 PRD='bigbench:multiemo/products_sentence_en:ambivalent=mixed'
 if [[ $stage == reviews || $stage == products ]]; then
   case $2 in
     mezo) args=(--methods mezo --lr-grid mezo=3e-5) ;;
     fzoo) args=(--methods fzoo --lr-grid fzoo=3e-3) ;;
+    lozo) args=(--methods lozo --lr-grid lozo=1e-5) ;;
     tuner) args=(--methods tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr-grid tuner=3e-5) ;;
   esac
   if [[ $stage == reviews ]]; then task=$REV tag=rev; else task=$PRD tag=prd; fi
@@ -380,6 +384,16 @@ for pair in reviews:rev products:prd; do
       echo "## $name: FZOO (3e-3) -> tuner v2"
       python $R/paired.py --a $R/$tag-fzoo-s* --a-method fzoo --b $R/$tag-tuner-s* --b-method tuner
     } > $R/$name-compare.txt
+  fi
+  if [[ $stage == $name-lozo-compare || $stage == all ]]; then
+    {
+      echo "## $name: MeZO (3e-5) -> LOZO (1e-5)"
+      python $R/paired.py --a $R/$tag-mezo-s* --b $R/$tag-lozo-s* --b-method lozo
+      echo "## $name: FZOO (3e-3) -> LOZO (1e-5)"
+      python $R/paired.py --a $R/$tag-fzoo-s* --a-method fzoo --b $R/$tag-lozo-s* --b-method lozo
+      echo "## $name: LOZO (1e-5) -> tuner v2"
+      python $R/paired.py --a $R/$tag-lozo-s* --a-method lozo --b $R/$tag-tuner-s* --b-method tuner
+    } > $R/$name-lozo-compare.txt
   fi
 done
 # 2026-12-05, second session: which ZO step should go with the head step? Section 6 found FZOO + head step ahead of
