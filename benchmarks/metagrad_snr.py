@@ -1,13 +1,13 @@
-"""Signal-to-noise ratio of two meta-gradients for per-block perturbation scales (issue 17, item 2).
+"""Signal-to-noise ratio of meta-gradients for per-block perturbation scales (issue 17, item 2).
 
-Both are gradients of a meta-objective with respect to the scales ``sigma_b`` (one per block, every one 1 here:
+Three estimators, each the gradient of a meta-objective with respect to the scales ``sigma_b`` (one per block, every one 1 here:
 MeZO's allocation, at the pretrained weights), estimated from one training batch each:
 
 * ``today``: the closed-form meta-gradient the meta-trainer follows (``meta.metagrad.closed_form``): one noise
   draw u, the SPSA step and the meta loss on the same batch, ``dL(theta')/dsigma_b = -eta g <grad_b L(theta'), u_b>``;
 * ``objective``: the expected-change objective (``meta.objective``), ``dE[dL_held]/dsigma_b = 2 sigma_b
   dE/d(s_b^2)``: the expectation over the noise, from one (training batch, held-out batch) pair, with
-  ``--probes`` Hutchinson probes for the traces;
+  ``--probes`` Hutchinson probes for the traces (``--probes 0`` leaves this estimator out);
 * ``first_order``: that objective's first-order part alone, ``-2 eta <a_b, h_b>`` (two gradients, no curvature).
 
 The SNR of an estimator ``g`` is ``|E g|^2 / E|g - E g|^2``. ``|E g|^2`` is estimated without bias by the mean of
@@ -16,7 +16,8 @@ products would count batch noise as signal), and ``E|g|^2`` by the mean of ``|g_
 estimates multiplies the SNR by k at k times the cost, so estimators of different cost compare by SNR per second.
 Each figure is given twice: for the whole vector, and for its part orthogonal to the block sizes ``n_b``, the part
 an energy-normalised bank can act on (at sigma = 1 the constraint ``sum n_b sigma_b^2 = const`` removes the
-direction ``n``). The 95% intervals resample batch pairs.
+direction ``n``). The 95% intervals resample batch pairs; the table mode also gives each estimator's SNR minus
+today's, per estimate and per second, resampling the pairs of both together.
 
     python benchmarks/metagrad_snr.py --task bigbench:multiemo/hotels_sentence_en:ambivalent=mixed \\
         --out reports/tuner-v2-smollm2/metagrad-snr/hotels.json
