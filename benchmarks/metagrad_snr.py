@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from finetune.common.errors import ZotuneError  # noqa: E402
 from finetune.data.models import load_model, set_threads  # noqa: E402
 from finetune.data.scoring import TaskScorer  # noqa: E402
 from finetune.data.tasks import load_task  # noqa: E402
@@ -287,8 +288,19 @@ def table(paths: list[Path]) -> str:
 
 
 def main() -> None:
+    try:
+        run()
+    except ZotuneError as e:  # a bad task, model or path: one line, no traceback
+        sys.exit(f"error: {e}")
+
+
+def run() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "table":
-        print(table([Path(a) for a in sys.argv[2:]]))
+        paths = [Path(a) for a in sys.argv[2:]]
+        missing = [str(x) for x in paths if not x.is_file()]
+        if not paths or missing:
+            raise ZotuneError(f"give finished run files to table (missing: {', '.join(missing) or 'none given'})")
+        print(table(paths))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -307,11 +319,14 @@ def main() -> None:
     args = p.parse_args()
     if args.pairs < 2 or args.draws < 1 or args.probes < 0:
         p.error("need --pairs >= 2, --draws >= 1 and --probes >= 0")
+    try:  # before the measurement, not after it
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ZotuneError(f"cannot write --out {args.out}: {e.strerror}; choose another path") from e
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no double backward
         out = report(args, measure(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=1, allow_nan=False))
     tmp.replace(args.out)

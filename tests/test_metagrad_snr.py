@@ -115,3 +115,17 @@ def test_end_to_end_on_a_tiny_model(tmp_path, jsonl):
     assert set(without["estimates"]) == {"today", "first_order"}
     assert without["estimates"]["first_order"] == result["estimates"]["first_order"]
     assert "- first_order: 1.000 / 1.000" in table([tmp_path / "p0.json", out])
+
+
+def test_bad_input_is_one_line(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PATH": "/usr/bin:/bin"}
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    for args in (["--model", "tiny-llama", "--task", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o.json")],
+                 ["--model", "tiny-llama", "--task", "bigbench:winowhy", "--out", str(blocked / "o.json")],
+                 ["table", str(tmp_path / "none.json")]):
+        proc = subprocess.run([sys.executable, "benchmarks/metagrad_snr.py", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env=env)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-1000:]
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
