@@ -1,7 +1,7 @@
 """Signal-to-noise ratio of meta-gradients for per-block perturbation scales (issue 17, item 2).
 
-Three estimators, each the gradient of a meta-objective with respect to the scales ``sigma_b`` (one per block, every one 1 here:
-MeZO's allocation, at the pretrained weights), estimated from one training batch each:
+Three estimators, each the gradient of a meta-objective with respect to the scales ``sigma_b`` (one per block,
+every one 1 here: MeZO's allocation, at the pretrained weights), estimated from one training batch each:
 
 * ``today``: the closed-form meta-gradient the meta-trainer follows (``meta.metagrad.closed_form``): one noise
   draw u, the SPSA step and the meta loss on the same batch, ``dL(theta')/dsigma_b = -eta g <grad_b L(theta'), u_b>``;
@@ -309,7 +309,7 @@ def run() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--draws", type=int, default=4, help="today's estimates (noise draws) per training batch")
     p.add_argument("--probes", type=int, default=2,
-                   help="Hutchinson probes per pair for the objective (0: measure today's and the first-order part only)")
+                   help="Hutchinson probes per pair for the objective (0: today's and the first-order part only)")
     p.add_argument("--lr", type=float, default=3e-5, help="the ZO step eta both objectives prepare for")
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--noise", default="auto", help="the engine's noise for today's estimator")
