@@ -360,7 +360,9 @@ fi
 # `bash run.sh products mezo 0`, then `bash run.sh products-compare`. RESUME=1 continues a killed bench.
 # 2026-12-05, third session: a fourth arm on both, fixed before its runs: LOZO at 1e-5 (its selection on
 # valid_parentheses, carried as on the derivative checkpoint), 3 seeds: `bash run.sh reviews lozo 0`, then
-# `bash run.sh reviews-lozo-compare` (and the same for products).
+# `bash run.sh reviews-lozo-compare` (and the same for products). Later the same session, a fifth arm on reviews only
+# (CPU time), fixed before its runs: HiZOO at 1e-4 (its valid_parentheses selection), 3 seeds, then
+# `bash run.sh reviews-hizoo-compare`.
 REV='bigbench:multiemo/reviews_sentence_en:ambivalent=mixed'
 PRD='bigbench:multiemo/products_sentence_en:ambivalent=mixed'
 if [[ $stage == reviews || $stage == products ]]; then
@@ -368,6 +370,7 @@ if [[ $stage == reviews || $stage == products ]]; then
     mezo) args=(--methods mezo --lr-grid mezo=3e-5) ;;
     fzoo) args=(--methods fzoo --lr-grid fzoo=3e-3) ;;
     lozo) args=(--methods lozo --lr-grid lozo=1e-5) ;;
+    hizoo) args=(--methods hizoo --lr-grid hizoo=1e-4) ;;
     tuner) args=(--methods tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr-grid tuner=3e-5) ;;
   esac
   if [[ $stage == reviews ]]; then task=$REV tag=rev; else task=$PRD tag=prd; fi
@@ -385,16 +388,19 @@ for pair in reviews:rev products:prd; do
       python $R/paired.py --a $R/$tag-fzoo-s* --a-method fzoo --b $R/$tag-tuner-s* --b-method tuner
     } > $R/$name-compare.txt
   fi
-  if [[ $stage == $name-lozo-compare || $stage == all ]]; then
-    {
-      echo "## $name: MeZO (3e-5) -> LOZO (1e-5)"
-      python $R/paired.py --a $R/$tag-mezo-s* --b $R/$tag-lozo-s* --b-method lozo
-      echo "## $name: FZOO (3e-3) -> LOZO (1e-5)"
-      python $R/paired.py --a $R/$tag-fzoo-s* --a-method fzoo --b $R/$tag-lozo-s* --b-method lozo
-      echo "## $name: LOZO (1e-5) -> tuner v2"
-      python $R/paired.py --a $R/$tag-lozo-s* --a-method lozo --b $R/$tag-tuner-s* --b-method tuner
-    } > $R/$name-lozo-compare.txt
-  fi
+  for arm in lozo:LOZO:1e-5 hizoo:HiZOO:1e-4; do
+    IFS=: read -r m label lr <<< "$arm"
+    if [[ $stage == $name-$m-compare || ( $stage == all && -d $R/$tag-$m-s0 ) ]]; then
+      {
+        echo "## $name: MeZO (3e-5) -> $label ($lr)"
+        python $R/paired.py --a $R/$tag-mezo-s* --b $R/$tag-$m-s* --b-method $m
+        echo "## $name: FZOO (3e-3) -> $label ($lr)"
+        python $R/paired.py --a $R/$tag-fzoo-s* --a-method fzoo --b $R/$tag-$m-s* --b-method $m
+        echo "## $name: $label ($lr) -> tuner v2"
+        python $R/paired.py --a $R/$tag-$m-s* --a-method $m --b $R/$tag-tuner-s* --b-method tuner
+      } > $R/$name-$m-compare.txt
+    fi
+  done
 done
 # 2026-12-05, second session: which ZO step should go with the head step? Section 6 found FZOO + head step ahead of
 # tuner v2 on the derivative checkpoint and behind it on the base model, both held out. Asked here on the
