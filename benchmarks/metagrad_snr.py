@@ -100,13 +100,9 @@ def bootstrap_snr(vectors: torch.Tensor, groups: list[int], draws: int = 1000,
             values.append(None)
             continue
         index = [i for p in chosen for i in rows[p]]
-        slot = torch.tensor([k for k, p in enumerate(chosen) for _ in rows[p]])
-        picked = vectors[index]
-        gram = picked @ picked.T
-        original = torch.tensor(groups)[index]
-        cross = (original[:, None] != original[None, :]) & (slot[:, None] != slot[None, :])
-        signal, total = float(gram[cross].mean()), float(torch.diagonal(gram).mean())
-        values.append(signal / (total - signal) if total > signal else float("inf"))
+        # products within one original pair are left out, whether it was drawn once or twice
+        value = snr(vectors[index], [groups[i] for i in index])["snr"]
+        values.append(float("inf") if value is None else value)
     return values
 
 

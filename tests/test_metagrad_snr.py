@@ -12,6 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from metagrad_snr import bootstrap_snr, difference, interval, project_out, snr, table  # noqa: E402
 
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "PATH": "/usr/bin:/bin"}
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "benchmarks/metagrad_snr.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=ENV)
+
 
 def test_snr_by_explicit_loops_leaves_out_products_within_a_pair():
     gen = torch.Generator().manual_seed(0)
@@ -74,12 +82,8 @@ def test_project_out_removes_the_energy_direction_only():
 
 def test_end_to_end_on_a_tiny_model(tmp_path, jsonl):
     out = tmp_path / "snr.json"
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "benchmarks/metagrad_snr.py", "--model", "tiny-llama", "--task",
-                           str(jsonl), "--pairs", "3", "--draws", "2", "--probes", "1", "--batch-size", "4",
-                           "--threads", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=env)
+    proc = _run("--model", "tiny-llama", "--task", str(jsonl), "--pairs", "3", "--draws", "2", "--probes", "1",
+                "--batch-size", "4", "--threads", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["groups"]["today"] == [0, 0, 1, 1, 2, 2] and result["groups"]["objective"] == [0, 1, 2]
@@ -106,10 +110,8 @@ def test_end_to_end_on_a_tiny_model(tmp_path, jsonl):
     assert "- today: 1.000 / 1.000" in text and "- objective: 1.000 / 1.000" in text
     assert f"| 3 | whole | today | {result['whole']['today']['snr']:.3g} [" in text
     # --probes 0 measures today's and the first-order part only, on the same batch pairs
-    proc = subprocess.run([sys.executable, "benchmarks/metagrad_snr.py", "--model", "tiny-llama", "--task",
-                           str(jsonl), "--pairs", "3", "--draws", "2", "--probes", "0", "--batch-size", "4",
-                           "--threads", "1", "--out", str(tmp_path / "p0.json")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
+    proc = _run("--model", "tiny-llama", "--task", str(jsonl), "--pairs", "3", "--draws", "2", "--probes", "0",
+                "--batch-size", "4", "--threads", "1", "--out", str(tmp_path / "p0.json"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     without = json.loads((tmp_path / "p0.json").read_text())
     assert set(without["estimates"]) == {"today", "first_order"}
@@ -118,14 +120,11 @@ def test_end_to_end_on_a_tiny_model(tmp_path, jsonl):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PATH": "/usr/bin:/bin"}
     blocked = tmp_path / "file"
     blocked.write_text("")
     for args in (["--model", "tiny-llama", "--task", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o.json")],
                  ["--model", "tiny-llama", "--task", "bigbench:winowhy", "--out", str(blocked / "o.json")],
                  ["table", str(tmp_path / "none.json")]):
-        proc = subprocess.run([sys.executable, "benchmarks/metagrad_snr.py", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120, env=env)
+        proc = _run(*args, timeout=120)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-1000:]
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
