@@ -363,6 +363,11 @@ fi
 # `bash run.sh reviews-lozo-compare` (and the same for products). Later the same session, a fifth arm on reviews only
 # (CPU time), fixed before its runs: HiZOO at 1e-4 (its valid_parentheses selection), 3 seeds, then
 # `bash run.sh reviews-hizoo-compare`.
+# 2026-12-05, fourth session (CPU time for about ten benches), fixed before these runs, each method at its
+# valid_parentheses selection (reports/baselines-smollm2), 3 seeds, the same settings: HiZOO (1e-4) on products;
+# n-SPSA (1e-4), Sparse-MeZO (3e-5) and BCD (3e-4) on reviews, in that order on two lanes (lane 1: reviews nspsa,
+# then reviews sparse-mezo; lane 2: products hizoo, then reviews bcd); an arm counts only with all 3 seeds. Then
+# `bash run.sh products-hizoo-compare`, `reviews-nspsa-compare`, `reviews-sparse-mezo-compare`, `reviews-bcd-compare`.
 REV='bigbench:multiemo/reviews_sentence_en:ambivalent=mixed'
 PRD='bigbench:multiemo/products_sentence_en:ambivalent=mixed'
 if [[ $stage == reviews || $stage == products ]]; then
@@ -371,6 +376,9 @@ if [[ $stage == reviews || $stage == products ]]; then
     fzoo) args=(--methods fzoo --lr-grid fzoo=3e-3) ;;
     lozo) args=(--methods lozo --lr-grid lozo=1e-5) ;;
     hizoo) args=(--methods hizoo --lr-grid hizoo=1e-4) ;;
+    nspsa) args=(--methods nspsa --lr-grid nspsa=1e-4) ;;
+    sparse-mezo) args=(--methods sparse-mezo --lr-grid sparse-mezo=3e-5) ;;
+    bcd) args=(--methods bcd --lr-grid bcd=3e-4) ;;
     tuner) args=(--methods tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr-grid tuner=3e-5) ;;
   esac
   if [[ $stage == reviews ]]; then task=$REV tag=rev; else task=$PRD tag=prd; fi
@@ -388,7 +396,7 @@ for pair in reviews:rev products:prd; do
       python $R/paired.py --a $R/$tag-fzoo-s* --a-method fzoo --b $R/$tag-tuner-s* --b-method tuner
     } > $R/$name-compare.txt
   fi
-  for arm in lozo:LOZO:1e-5 hizoo:HiZOO:1e-4; do
+  for arm in lozo:LOZO:1e-5 hizoo:HiZOO:1e-4 nspsa:n-SPSA:1e-4 sparse-mezo:Sparse-MeZO:3e-5 bcd:BCD:3e-4; do
     IFS=: read -r m label lr <<< "$arm"
     if [[ $stage == $name-$m-compare || ( $stage == all && -d $R/$tag-$m-s0 ) ]]; then
       {
