@@ -1,5 +1,6 @@
 # Two entry points (see README): `make demo` runs the main job, `make test` runs the tests.
-# Both create .venv, install the project and fetch the embedded model and data once.
+# Both create .venv, install the project and fetch the embedded model once; `make demo` also fetches the BIG-bench
+# data (the bigbench sdist, or $ZOTUNE_BIGBENCH: docs/models-and-tasks.md), which the tests do not need.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # Our machines cannot reach the Hugging Face Hub: fail fast instead of retrying. Override with
@@ -8,7 +9,7 @@ export HF_HUB_OFFLINE       ?= 1
 export HF_DATASETS_OFFLINE  ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup fetch demo test speed
+.PHONY: setup fetch fetch-model demo test speed
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +20,10 @@ $(VENV)/.installed: pyproject.toml
 
 fetch: setup
 	$(PY) cli.py fetch
+
+# The tests need the embedded model but not the BIG-bench sdist (they write a miniature of it, tests/mini_bigbench.py).
+fetch-model: setup
+	$(PY) cli.py fetch --tasks
 
 # The main job: meta-train a tuner for the embedded SmolLM2-135M on the meta-training half of the task set
 # (reports/task-search-smollm2), then fine-tune on a held-out task of that set (valid_parentheses, its labels
@@ -37,7 +42,7 @@ demo: fetch
 	$(PY) cli.py finetune --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors $(DEMO_RUN) --out runs/demo/tuner-v2
 	$(PY) cli.py compare runs/demo/mezo runs/demo/tuner runs/demo/tuner-v2
 
-test: fetch
+test: fetch-model
 	$(PY) -m pytest -q
 
 speed: fetch

@@ -20,12 +20,12 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from finetune.data.models import fetch_embedded
-from finetune.data.tasks import bigbench_archive, bigbench_examples, bigbench_task_jsons
+from finetune.data.tasks import bigbench_examples, bigbench_source, bigbench_task_jsons
 
 
-def scan(archive: Path, tokenizer, min_examples: int, max_options: int, max_option_tokens: int) -> list[dict]:
+def scan(source: Path, tokenizer, min_examples: int, max_options: int, max_option_tokens: int) -> list[dict]:
     rows = []
-    for name, task in bigbench_task_jsons(archive):
+    for name, task in bigbench_task_jsons(source):
         if not task.get("examples") or not all("target_scores" in row for row in task["examples"]):
             continue
         examples = [ex for ex in bigbench_examples(task) if ex.options]
@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(fetch_embedded())
-    rows = scan(bigbench_archive(), tokenizer,
+    rows = scan(bigbench_source(), tokenizer,
                 args.min_examples, args.max_options, args.max_option_tokens)
     for r in rows:
         print(f"{r['prompt_tokens']:5d} tok  {r['examples']:6d} ex  {r['options']:2d} opt "

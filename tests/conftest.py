@@ -1,9 +1,28 @@
 """Fixtures shared by several test modules."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 
+import mini_bigbench
 from reference import synthetic_examples
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zotune_cache(tmp_path_factory):
+    """Every test (and every process a test starts) uses a fresh zotune cache whose BIG-bench sdist is the
+    miniature of tests/mini_bigbench.py, never the user's cache or the real sdist. Its models/ folder is the
+    user's, so the tests that load the real SmolLM2-135M find it converted (``make test`` fetches it first)."""
+    user = Path(os.environ.get("ZOTUNE_CACHE") or Path.home() / ".cache" / "zotune")
+    (user / "models").mkdir(parents=True, exist_ok=True)
+    root = tmp_path_factory.mktemp("zotune-cache")
+    (root / "models").symlink_to(user / "models", target_is_directory=True)
+    (root / "downloads").mkdir()
+    mini_bigbench.write_sdist(root / "downloads" / "bigbench-1.0.0.tar.gz", mini_bigbench.FILES)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZOTUNE_CACHE", str(root))
+        yield root
 
 
 @pytest.fixture

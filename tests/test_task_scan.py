@@ -1,8 +1,5 @@
 """benchmarks/task_scan.py: which BIG-bench tasks it keeps and the figures it reports, on a hand-made archive."""
-import io
-import json
 import sys
-import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,6 +7,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from task_scan import scan  # noqa: E402
 
 from finetune.data.models import _byte_tokenizer  # noqa: E402
+from mini_bigbench import write_sdist  # noqa: E402
 
 
 def _mc(n: int, options=("no", "yes"), prompt="x", gold=lambda i: i % 3 == 0) -> dict:
@@ -20,14 +18,8 @@ def _mc(n: int, options=("no", "yes"), prompt="x", gold=lambda i: i % 3 == 0) ->
 
 
 def _archive(path: Path, tasks: dict) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, task in tasks.items():
-            data = json.dumps(task).encode()
-            # the sdist's own layout
-            info = tarfile.TarInfo("bigbench-1.0.0/bigbench/benchmark_tasks/" + name + "/task.json")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    """An archive in the sdist's own layout with each task's task.json."""
+    return write_sdist(path, {name + "/task.json": task for name, task in tasks.items()})
 
 
 def test_scan_keeps_short_multiple_choice_tasks_and_reports_them(tmp_path):

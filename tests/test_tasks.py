@@ -1,5 +1,5 @@
-"""Tests for finetune.data.tasks: real BIG-bench rows (read independently from the cached sdist), splitting,
-JSONL validation, the Hub row converters, and the SQuAD F1."""
+"""Tests for finetune.data.tasks: BIG-bench rows (read independently from the cached sdist, the miniature of
+tests/mini_bigbench.py), splitting, JSONL validation, the Hub row converters, and the SQuAD F1."""
 import json
 import os
 import re
@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
+import mini_bigbench
 from finetune.data import tasks
 from finetune.common.cache import cache_dir, pip_download
 from finetune.common.errors import ZotuneError
 from finetune.data.tasks import Example, f1_score, list_bigbench_tasks, load_task, split_task_list
 
-ARCHIVE_TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 MEMBERS = {  # task name -> data file under benchmark_tasks/
     "cause_and_effect/one_sentence": "cause_and_effect/one_sentence/task.json",
     "strategyqa": "strategyqa/task.json",
     "winowhy": "winowhy/task.json",
+    "arithmetic_words": "arithmetic_words/task.json",
     "squad_shifts": "squad_shifts/squaddev_v1.1.json",
     "squad_shifts/nyt": "squad_shifts/nyt_v1.0.json",
 }
@@ -28,9 +29,10 @@ EVERYTHING = {"n_train": 10**6, "n_dev": 10**6, "n_test": 10**6}  # more than an
 
 @pytest.fixture(scope="module")
 def raw_bigbench():
-    """The raw JSON of the data files under test, read straight from the sdist with tarfile."""
+    """The raw JSON of the data files under test, read straight from the cached sdist with tarfile (the
+    miniature that conftest.py writes: tests/mini_bigbench.py)."""
     archive = pip_download("bigbench==1.0.0", "bigbench-1.0.0")
-    wanted = {ARCHIVE_TASKS + member: name for name, member in MEMBERS.items()}
+    wanted = {mini_bigbench.ARCHIVE_TASKS + member: name for name, member in MEMBERS.items()}
     raw = {}
     with tarfile.open(archive, "r|gz") as tar:
         for info in tar:
@@ -38,20 +40,20 @@ def raw_bigbench():
                 raw[wanted[info.name]] = json.load(tar.extractfile(info))
                 if len(raw) == len(wanted):
                     break
+    assert len(raw) == len(wanted)
     return raw
 
 
 @pytest.fixture(scope="module")
 def bigbench_cache(tmp_path_factory):
-    """A fresh zotune cache that shares the real downloads/ folder, with the data files under test
-    extracted in one pass over the archive (which also lists the task names)."""
+    """A fresh zotune cache that shares the session cache's downloads/ folder (the sdist), with the data files
+    under test extracted in one pass over the archive (which also lists the task names)."""
     downloads = cache_dir() / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
     root = tmp_path_factory.mktemp("zotune-cache")
     (root / "downloads").symlink_to(downloads, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ZOTUNE_CACHE", str(root))
-        tasks._scan_archive(MEMBERS.values())
+        tasks._scan_source(MEMBERS.values())
         yield root
 
 
@@ -73,16 +75,17 @@ def gold_index(target_scores):
 # --- BIG-bench against the raw rows ------------------------------------------------------------------
 
 def test_cause_and_effect_first_row(raw_bigbench, bigbench_cache):
+    """A subtask whose rows have an empty input: the prompt is the task prefix and the two example prefixes."""
     raw = raw_bigbench["cause_and_effect/one_sentence"]
     row = raw["examples"][0]
     task = load_task("bigbench:cause_and_effect/one_sentence", **EVERYTHING)
     assert task.kind == "mc" and task.metric == "accuracy"
-    assert len(everything(task)) == len(raw["examples"]) == 51
+    assert len(everything(task)) == len(raw["examples"]) == 12
     options = tuple(" " + choice for choice in row["target_scores"])
     example = only(everything(task), lambda ex: ex.options == options)
     assert example.prompt == raw["task_prefix"] + "\nexample:\nanswer:"
     assert example.label == gold_index(row["target_scores"]) == 0
-    assert example.options[0] == " The child started crying because the child hurt their knee."
+    assert example.options[0] == " The child started crying because the child hurt their knee 0."
 
 
 def test_strategyqa_first_row(raw_bigbench, bigbench_cache):
@@ -99,12 +102,22 @@ def test_winowhy_first_row(raw_bigbench, bigbench_cache):
     raw = raw_bigbench["winowhy"]
     row = raw["examples"][0]
     examples = everything(load_task("bigbench:winowhy", **EVERYTHING))
-    assert len(examples) == len(raw["examples"]) == 2865
+    assert len(examples) == len(raw["examples"]) == 40
     example = only(examples, lambda ex: row["input"] in ex.prompt)
     assert example.prompt.startswith("Please answer the following questions about which words certain pronouns")
     assert example.prompt.endswith(row["input"] + "\nThe above reasoning is")
     assert example.options == (" correct", " incorrect")
-    assert example.label == gold_index(row["target_scores"])
+    assert example.label == gold_index(row["target_scores"]) == 1
+
+
+def test_generation_task_takes_bigbench_default_prefixes_and_drops_blank_targets(raw_bigbench, bigbench_cache):
+    """Rows with a target and no target_scores are generation; without prefixes of its own a task gets BIG-bench's
+    defaults "\\nQ: " and "\\nA: ", and a blank target is not an answer."""
+    raw = raw_bigbench["arithmetic_words"]
+    task = load_task("bigbench:arithmetic_words", **EVERYTHING)
+    assert task.kind == "gen" and len(everything(task)) == len(raw["examples"]) == 20
+    example = only(everything(task), lambda ex: ex.prompt == "Q: 0 plus one is\nA:")
+    assert example.is_generation and example.answers == (" 1",) and example.options == ()
 
 
 def test_renamed_label_words(bigbench_cache):
@@ -147,13 +160,13 @@ def squad_questions(raw):
             for qa in paragraph["qas"]]
 
 
-def test_squad_shifts_is_the_squad_dev_set(raw_bigbench, bigbench_cache):
+def test_squad_shifts_is_its_squad_file(raw_bigbench, bigbench_cache):
+    """bigbench:squad_shifts reads squaddev_v1.1.json, one example per question, in the squad template."""
     questions = squad_questions(raw_bigbench["squad_shifts"])
-    # SQuAD v1.1 dev has 10,570 questions; BIG-bench's copy drops 5 (see squaddev_v1.1_removed.json).
-    assert len(questions) == 10_565
+    assert len(questions) == 4 * 3 * 2  # articles x paragraphs x questions in the miniature
     task = load_task("bigbench:squad_shifts", **EVERYTHING)
     assert task.kind == "gen" and task.metric == "f1"
-    assert len(everything(task)) == 10_565
+    assert len(everything(task)) == len(questions)
     article, paragraph, qa = questions[0]
     example = only(everything(task), lambda ex: f"\nQuestion: {qa['question']}\nAnswer:" in ex.prompt)
     assert qa["question"] == "Which NFL team represented the AFC at Super Bowl 50?"
@@ -164,15 +177,15 @@ def test_squad_shifts_is_the_squad_dev_set(raw_bigbench, bigbench_cache):
 
 def test_squad_shifts_domain(raw_bigbench, bigbench_cache):
     examples = everything(load_task("bigbench:squad_shifts/nyt", **EVERYTHING))
-    assert len(examples) == len(squad_questions(raw_bigbench["squad_shifts/nyt"])) == 10_056
+    assert len(examples) == len(squad_questions(raw_bigbench["squad_shifts/nyt"])) == 3 * 3 * 2
 
 
 def test_task_names(bigbench_cache):
+    """JSON tasks and subtasks with examples, and squad_shifts' data files; not a task split into subtasks,
+    not a programmatic task."""
     names = list_bigbench_tasks()
-    assert {"strategyqa", "winowhy", "cause_and_effect/one_sentence", "squad_shifts", "squad_shifts/nyt",
-            "squad_shifts/squaddev"} <= set(names)
-    assert "cause_and_effect" not in names  # only usable through its subtasks
-    assert len(names) == 1001 + 6  # the JSON tasks and subtasks with examples, and the squad_shifts files
+    assert names == mini_bigbench.NAMES
+    assert "cause_and_effect" not in names and "programmatic_only" not in names
     assert (bigbench_cache / "bigbench" / "task_names.txt").is_file()
 
 
@@ -203,6 +216,97 @@ def test_bigbench_splits_are_deterministic(bigbench_cache):
     assert (len(first.train), len(first.dev), len(first.test)) == (50, 20, 30)
     assert first == load_task("bigbench:strategyqa", seed=1, n_train=50, n_dev=20, n_test=30)
     assert first.train != load_task("bigbench:strategyqa", seed=2, n_train=50, n_dev=20, n_test=30).train
+
+
+def _fresh_cache(monkeypatch, root: Path) -> Path:
+    monkeypatch.setenv("ZOTUNE_CACHE", str(root))
+    return root
+
+
+def test_a_checkout_gives_the_same_tasks_as_the_sdist(tmp_path, monkeypatch, bigbench_cache):
+    """ZOTUNE_BIGBENCH=<a checkout of the BIG-bench repository>: the same task names and the same examples in the
+    same splits as the sdist (read through tarfile, another path), and nothing is downloaded."""
+    from_sdist = load_task("bigbench:strategyqa", seed=4, n_train=30, n_dev=10, n_test=10)
+    squad_from_sdist = load_task("bigbench:squad_shifts/nyt", **EVERYTHING)
+    checkout = tmp_path / "BIG-bench"
+    for member, content in mini_bigbench.FILES.items():
+        path = checkout / "bigbench" / "benchmark_tasks" / member
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    _fresh_cache(monkeypatch, tmp_path / "cache")
+    monkeypatch.setenv("ZOTUNE_BIGBENCH", str(checkout))
+    monkeypatch.setattr(tasks, "pip_download", lambda *a: pytest.fail("downloaded despite ZOTUNE_BIGBENCH"))
+    assert list_bigbench_tasks() == mini_bigbench.NAMES
+    assert load_task("bigbench:strategyqa", seed=4, n_train=30, n_dev=10, n_test=10) == from_sdist
+    assert load_task("bigbench:squad_shifts/nyt", **EVERYTHING) == squad_from_sdist
+    with pytest.raises(ZotuneError, match="did you mean bigbench:strategyqa"):
+        load_task("bigbench:strategyqaa")
+
+
+def test_bigbench_points_at_an_sdist_anywhere(tmp_path, monkeypatch):
+    sdist = mini_bigbench.write_sdist(tmp_path / "elsewhere.tar.gz", mini_bigbench.FILES)
+    _fresh_cache(monkeypatch, tmp_path / "cache")
+    monkeypatch.setenv("ZOTUNE_BIGBENCH", str(sdist))
+    monkeypatch.setattr(tasks, "pip_download", lambda *a: pytest.fail("downloaded despite ZOTUNE_BIGBENCH"))
+    assert load_task("bigbench:winowhy").kind == "mc"
+
+
+def test_bigbench_source_mistakes_are_one_line_errors(tmp_path, monkeypatch):
+    _fresh_cache(monkeypatch, tmp_path / "cache")
+    monkeypatch.setenv("ZOTUNE_BIGBENCH", str(tmp_path))  # a folder, but not a checkout
+    with pytest.raises(ZotuneError, match=r"ZOTUNE_BIGBENCH=.* is neither a file nor a folder with "
+                                          r"bigbench/benchmark_tasks/; set it to the path of bigbench-1.0.0.tar.gz"):
+        load_task("bigbench:strategyqa")
+
+
+@pytest.mark.parametrize("where", ["cache", "elsewhere"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_archive_is_a_one_line_error(tmp_path, monkeypatch, where, damage):
+    """Not gzip at all, or cut short inside a member's data: one line that says what to do, which depends on
+    whether the file is the cache's own download (delete it) or the user's (replace it); nothing extracted."""
+    cache = _fresh_cache(monkeypatch, tmp_path / "cache")
+    folder = cache / "downloads" if where == "cache" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    sdist = mini_bigbench.write_sdist(folder / "bigbench-1.0.0.tar.gz", mini_bigbench.FILES)
+    data = sdist.read_bytes()
+    if damage == "garbage":
+        sdist.write_bytes(b"not a gzip file" * 100)
+    else:  # the gzip stream ends inside the first member's data
+        import gzip as gz
+        raw = gz.decompress(data)
+        sdist.write_bytes(gz.compress(raw[:512 + 100]))
+    if where == "elsewhere":
+        monkeypatch.setenv("ZOTUNE_BIGBENCH", str(sdist))
+    with pytest.raises(ZotuneError) as error:
+        load_task("bigbench:strategyqa")
+    message = str(error.value)
+    assert "\n" not in message and f"the BIG-bench archive {sdist} is damaged" in message
+    assert message.endswith("delete it and run again to download it anew" if where == "cache"
+                            else "replace it, or unset ZOTUNE_BIGBENCH")
+    assert not (cache / "bigbench" / "strategyqa").exists()
+
+
+def test_a_package_index_without_the_sdist_is_a_one_line_error(tmp_path, monkeypatch):
+    """What our machines met on 2026-12-05: pip finds no bigbench==1.0.0 and the index lists only 0.0.1. The
+    error names both answers and what to do; nothing is left in downloads/."""
+    import io
+    import urllib.request
+
+    from finetune.common import cache
+
+    monkeypatch.setenv("ZOTUNE_CACHE", str(tmp_path / "cache"))
+    pip_said = "ERROR: No matching distribution found for bigbench==1.0.0"
+    monkeypatch.setattr(cache.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "Looking in links\n" + pip_said))
+    index = {"files": [{"filename": "bigbench-0.0.1.tar.gz", "url": "unused", "hashes": {"sha256": "0"}}]}
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **kw: io.BytesIO(json.dumps(index).encode()))
+    with pytest.raises(ZotuneError) as error:
+        pip_download("bigbench==1.0.0", "bigbench-1.0.0")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("could not download bigbench==1.0.0")
+    assert pip_said in message and "the index lists no bigbench-1.0.0 file (it lists bigbench-0.0.1.tar.gz)" in message
+    assert f"place the file in {tmp_path / 'cache' / 'downloads'}" in message
+    assert not list((tmp_path / "cache" / "downloads").iterdir())
 
 
 # --- Splitting, on JSONL files --------------------------------------------------------------------------

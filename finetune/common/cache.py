@@ -59,7 +59,10 @@ def _download_from_pypi(requirement: str, filename_prefix: str, dest: Path) -> P
                                      headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(request, timeout=60) as resp:
         files = json.load(resp)["files"]
-    entry = next(f for f in files if f["filename"].startswith(filename_prefix))
+    entry = next((f for f in files if f["filename"].startswith(filename_prefix)), None)
+    if entry is None:
+        listed = ", ".join(f["filename"] for f in files[-3:]) or "nothing"
+        raise ValueError(f"the index lists no {filename_prefix} file (it lists {listed})")
     path = dest / entry["filename"]
     digest = hashlib.sha256()
     with urllib.request.urlopen(entry["url"], timeout=60) as resp, open(path, "wb") as out:

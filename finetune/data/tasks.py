@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import gzip
 import json
+import os
 import random
 import re
 import string
@@ -241,11 +242,12 @@ def _load_hub_task(name: str, seed: int, n_train: int, n_dev: int, n_test: int) 
 
 
 # ---------------------------------------------------------------------------------------------------
-# BIG-bench JSON tasks, read from the bigbench==1.0.0 sdist
+# BIG-bench JSON tasks, read from the bigbench==1.0.0 sdist (or from $ZOTUNE_BIGBENCH: that sdist, or a checkout)
 
 _BIGBENCH_REQUIREMENT = "bigbench==1.0.0"
 _BIGBENCH_PREFIX = "bigbench-1.0.0"
 _ARCHIVE_TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+_CHECKOUT_TASKS = "bigbench/benchmark_tasks"  # the same folder in a checkout of the BIG-bench repository
 _SQUAD_SHIFTS = {  # domain -> data file in benchmark_tasks/squad_shifts/
     "squaddev": "squaddev_v1.1.json",  # the SQuAD v1.1 dev set (less 5 questions BIG-bench removed)
     "new_wiki": "new_wiki_v1.0.json",
@@ -292,62 +294,93 @@ def _write_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _scan_archive(members: Collection[str]) -> None:
-    """Extract ``members`` (paths relative to benchmark_tasks/) from the sdist into the cache in one pass.
+def _scan_source(members: Collection[str]) -> None:
+    """Extract ``members`` (paths relative to benchmark_tasks/) from the BIG-bench source into the cache in one pass.
 
     Members already extracted are skipped. A pass also records the task names when they are not cached
-    yet (that pass reads the whole archive); otherwise it stops as soon as it has what it came for.
-    Members missing from the archive are simply not extracted.
+    yet (that pass reads the whole source); otherwise it stops as soon as it has what it came for.
+    Members missing from the source are simply not extracted.
     """
     missing = {m for m in members if not (_bigbench_dir() / m).is_file()}
     need_names = not _names_file().is_file()
     if not missing and not need_names:
         return
-    archive = bigbench_archive()
     seen = []
-    try:
-        with tarfile.open(archive, "r|gz") as tar:
-            for info in tar:
-                member = info.name.removeprefix(_ARCHIVE_TASKS)
-                if member == info.name:
-                    continue
-                seen.append(member)
-                if member in missing and info.isfile():
-                    _write_atomic(_bigbench_dir() / member, tar.extractfile(info).read())
-                    missing.discard(member)
-                    if not missing and not need_names:
-                        return
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise ZotuneError(f"the cached BIG-bench archive {archive} is damaged ({first_line(err)}); "
-                          f"delete it and run again to download it anew") from err
+    for member, read in _source_files(bigbench_source()):
+        seen.append(member)
+        if member in missing and read is not None:
+            _write_atomic(_bigbench_dir() / member, read())
+            missing.discard(member)
+            if not missing and not need_names:
+                return
     if need_names:
         _write_atomic(_names_file(), "".join(f"{name}\n" for name in _task_names(seen)).encode())
 
 
-def bigbench_archive() -> Path:
-    """The BIG-bench sdist, downloaded into the cache on first use."""
-    return pip_download(_BIGBENCH_REQUIREMENT, _BIGBENCH_PREFIX)
+def bigbench_source() -> Path:
+    """Where BIG-bench's tasks are read from: ``$ZOTUNE_BIGBENCH`` when it is set (the bigbench-1.0.0 sdist, or a
+    checkout of the BIG-bench repository, a folder with bigbench/benchmark_tasks/), else the sdist, downloaded into
+    the cache on first use."""
+    given = os.environ.get("ZOTUNE_BIGBENCH")
+    if not given:
+        return pip_download(_BIGBENCH_REQUIREMENT, _BIGBENCH_PREFIX)
+    path = Path(given).expanduser()
+    if path.is_file() or (path / _CHECKOUT_TASKS).is_dir():
+        return path
+    raise ZotuneError(f"ZOTUNE_BIGBENCH={given} is neither a file nor a folder with {_CHECKOUT_TASKS}/; set it to "
+                      f"the path of bigbench-1.0.0.tar.gz or of a checkout of the BIG-bench repository")
 
 
-def bigbench_task_jsons(archive: Path) -> Iterator[tuple[str, dict]]:
-    """Every readable ``task.json`` of a BIG-bench sdist, in archive order, as (task name, parsed JSON); one pass
-    over the archive, nothing extracted. Files that are not JSON objects are skipped."""
-    with tarfile.open(archive, "r|gz") as tar:
-        for info in tar:
-            member = info.name.removeprefix(_ARCHIVE_TASKS)
-            if member == info.name or not member.endswith("/task.json") or not info.isfile():
-                continue
+def _source_files(source: Path) -> Iterator[tuple[str, Callable[[], bytes] | None]]:
+    """(path under benchmark_tasks/, a reader of its bytes, or None where it is not a file) for every entry of a
+    BIG-bench source: an sdist in its own order (streamed, so read each entry before the next), a checkout's
+    folder in sorted order. A damaged archive is a one-line error."""
+    if source.is_dir():
+        root = source / _CHECKOUT_TASKS
+        for path in sorted(root.rglob("*")):
+            yield path.relative_to(root).as_posix(), (path.read_bytes if path.is_file() else None)
+        return
+
+    def damaged(err: Exception) -> ZotuneError:
+        fix = ("delete it and run again to download it anew" if source.parent == cache_dir() / "downloads"
+               else "replace it, or unset ZOTUNE_BIGBENCH")
+        return ZotuneError(f"the BIG-bench archive {source} is damaged ({first_line(err)}); {fix}")
+
+    def reader(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Callable[[], bytes]:
+        def read() -> bytes:
             try:
-                task = json.loads(tar.extractfile(info).read())
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if isinstance(task, dict):
-                yield member.removesuffix("/task.json"), task
+                return tar.extractfile(info).read()
+            except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as err:
+                raise damaged(err) from err
+        return read
+
+    try:
+        with tarfile.open(source, "r|gz") as tar:
+            for info in tar:
+                member = info.name.removeprefix(_ARCHIVE_TASKS)
+                if member != info.name:
+                    yield member, (reader(tar, info) if info.isfile() else None)
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise damaged(err) from err
+
+
+def bigbench_task_jsons(source: Path) -> Iterator[tuple[str, dict]]:
+    """Every readable ``task.json`` of a BIG-bench source (:func:`bigbench_source`), in its order, as (task name,
+    parsed JSON); one pass, nothing extracted. Files that are not JSON objects are skipped."""
+    for member, read in _source_files(source):
+        if not member.endswith("/task.json") or read is None:
+            continue
+        try:
+            task = json.loads(read())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(task, dict):
+            yield member.removesuffix("/task.json"), task
 
 
 def list_bigbench_tasks() -> list[str]:
     """Every name usable after ``bigbench:`` (read once from the sdist, then from a small cached file)."""
-    _scan_archive(())
+    _scan_source(())
     return _names_file().read_text(encoding="utf-8").split()
 
 
@@ -466,7 +499,7 @@ def _load_bigbench_examples(name: str) -> list[Example]:
     names_known = _names_file().is_file()
     if names_known and name not in list_bigbench_tasks():
         raise _unknown_bigbench_task(name)
-    _scan_archive([_member(name)])
+    _scan_source([_member(name)])
     if not names_known and name not in list_bigbench_tasks():  # the scan has just listed the names
         raise _unknown_bigbench_task(name)
     data = json.loads((_bigbench_dir() / _member(name)).read_text(encoding="utf-8"))
