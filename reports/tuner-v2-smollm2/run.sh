@@ -363,11 +363,11 @@ fi
 # `bash run.sh reviews-lozo-compare` (and the same for products). Later the same session, a fifth arm on reviews only
 # (CPU time), fixed before its runs: HiZOO at 1e-4 (its valid_parentheses selection), 3 seeds, then
 # `bash run.sh reviews-hizoo-compare`.
-# 2026-12-05, fourth session (CPU time for about ten benches), fixed before these runs, each method at its
-# valid_parentheses selection (reports/baselines-smollm2), 3 seeds, the same settings: HiZOO (1e-4) on products;
-# n-SPSA (1e-4), Sparse-MeZO (3e-5) and BCD (3e-4) on reviews, in that order on two lanes (lane 1: reviews nspsa,
-# then reviews sparse-mezo; lane 2: products hizoo, then reviews bcd); an arm counts only with all 3 seeds. Then
-# `bash run.sh products-hizoo-compare`, `reviews-nspsa-compare`, `reviews-sparse-mezo-compare`, `reviews-bcd-compare`.
+# 2026-12-05, fourth session, fixed before any run, each method at its valid_parentheses selection
+# (reports/baselines-smollm2), 3 seeds, the same settings: HiZOO (1e-4) on products; n-SPSA (1e-4), Sparse-MeZO
+# (3e-5) and BCD (3e-4) on reviews; an arm counts only with all 3 seeds. Then `bash run.sh products-hizoo-compare`,
+# `reviews-nspsa-compare`, `reviews-sparse-mezo-compare`, `reviews-bcd-compare`. NOT RUN: that session the package
+# index stopped serving the bigbench sdist (docs/models-and-tasks.md), and no bench could load the tasks.
 REV='bigbench:multiemo/reviews_sentence_en:ambivalent=mixed'
 PRD='bigbench:multiemo/products_sentence_en:ambivalent=mixed'
 if [[ $stage == reviews || $stage == products ]]; then
