@@ -14,7 +14,8 @@ MeZO step, means over the repeats (the block statistics are refreshed every ``st
 mean is the amortised cost; use ``--repeats`` of at least 10). A tuner with a head step (format 3) or a head race
 (format 4, all its lanes) takes it in the timed step as fine-tuning does (watching the step's passes, then the
 Adam step on the option rows), which needs a task whose options are one token each, e.g.
-``--task bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid``.
+``--task bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid``. The memory measurement then
+adds a third mode, fresh processes running three tuned steps (head step included), against inference.
 
 With ``--method NAME[,NAME...]`` (any ``finetune --method`` except tuner and fo, or ``all``), it measures instead, for
 each method in one run, a step's time / the time of as many plain forward passes as the step makes (target <=
@@ -63,6 +64,32 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def tuned_stepper(args, model, scorer, batch, closure):
+    """(step, has_head): ``step`` takes one step as fine-tuning with the ``--tuner`` artifact does, the tuned ZO
+    step with its head step (format 3) or head race (format 4, every lane) watching the step's passes, then
+    stepping. Its lrs are near 1e-12 like the timed MeZO step's: the work is real, the weights barely move."""
+    from contextlib import nullcontext
+
+    from checkpoints import Tuner
+    from finetune.head import HeadRace, HeadStep
+    from finetune.zo.optim import TunedZO
+    tuner = Tuner.from_pretrained(args.tuner)
+    tuned = TunedZO(model, tuner, lr=1e-12, eps=1e-3, noise=args.noise)
+    lanes = len(tuner.head_lrs)
+    head = None
+    if lanes == 1:
+        head = HeadStep(model, scorer, 1e-12)
+    elif lanes > 1:
+        head = HeadRace(model, scorer, [1e-12 * (k + 1) for k in range(lanes)])
+
+    def step():
+        with head.watching(batch) if head is not None else nullcontext():
+            tuned.step(closure)
+        if head is not None:
+            head.step()
+    return step, head is not None
+
+
 def memory_child(args) -> None:
     model, scorer, batch = setup(args)
     closure = lambda: scorer.loss(model, batch)  # noqa: E731
@@ -70,6 +97,8 @@ def memory_child(args) -> None:
         from finetune.zo.engine import ZOEngine
         engine = ZOEngine(model)
         run = lambda: engine.loss(closure)  # noqa: E731
+    elif args.child == "tuned":
+        run, _ = tuned_stepper(args, model, scorer, batch, closure)
     else:
         opt = ZOSGD(model, lr=1e-6, eps=1e-3, noise=args.noise)
         run = lambda: opt.step(closure)  # noqa: E731
@@ -143,7 +172,7 @@ def main() -> None:
     p.add_argument("--tuner", default=None, help="also time a step driven by this tuner artifact")
     p.add_argument("--method", default=None, metavar="NAME[,NAME...]",
                    help="time each method's step against its own forward passes (all: every ZO method but tuner)")
-    p.add_argument("--child", choices=["inference", "finetune"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["inference", "finetune", "tuned"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return memory_child(args)
@@ -158,31 +187,13 @@ def main() -> None:
     engine = opt.engine
     engine.loss(closure)
     opt.step(closure)  # warm-up: tables, caches, allocator
-    tuned = head = None
+    tuned_step, has_head = None, False
     if args.tuner:
-        from contextlib import nullcontext
-
-        from checkpoints import Tuner
-        from finetune.head import HeadRace, HeadStep
-        from finetune.zo.optim import TunedZO
-        tuner = Tuner.from_pretrained(args.tuner)
-        tuned = TunedZO(model, tuner, lr=1e-12, eps=1e-3, noise=args.noise)
-        lanes = len(tuner.head_lrs)  # lrs near 1e-12 like the ZO step: the timed work is real, the weights barely move
-        if lanes == 1:
-            head = HeadStep(model, scorer, 1e-12)
-        elif lanes > 1:  # a head race: every lane scored and stepped, as in fine-tuning
-            head = HeadRace(model, scorer, [1e-12 * (k + 1) for k in range(lanes)])
-
-        def tuned_step():
-            with head.watching(batch) if head is not None else nullcontext():
-                tuned.step(closure)
-            if head is not None:
-                head.step()
-
+        tuned_step, has_head = tuned_stepper(args, model, scorer, batch, closure)
         tuned_step()  # warm-up
     fwd2, step, upd, tstep = [], [], [], []
     for _ in range(args.repeats):
-        if tuned is not None:
+        if tuned_step is not None:
             t0 = time.perf_counter()
             tuned_step()
             tstep.append(time.perf_counter() - t0)
@@ -204,23 +215,30 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, noise {engine.noise.name}, {args.repeats} repeats")
     print(f"two forward passes: {f:.3f} s   MeZO step: {s:.3f} s   one noise pass over all parameters: {u:.3f} s")
     print(f"SPEED RATIO step / two forwards = {s / f:.3f}   (target <= 1.2)")
-    if tuned is not None:
+    if tuned_step is not None:
         ts, ms = statistics.fmean(tstep), statistics.fmean(step)
-        print(f"tuned step{' with its head step' if head is not None else ''} (mean of {len(tstep)}): {ts:.3f} s   "
+        print(f"tuned step{' with its head step' if has_head else ''} (mean of {len(tstep)}): {ts:.3f} s   "
               f"MeZO step (mean): {ms:.3f} s   TUNER RATIO tuned / MeZO step = {ts / ms:.3f}   (target <= 1.05)")
 
     # One process's peak RSS varies by tens of MB from run to run (the allocator's heap state), so each
     # mode runs in several fresh processes, interleaved, and the medians are compared.
     argv = [a for a in sys.argv[1:]]
-    infs, fts = [], []
+    infs, fts, tus = [], [], []
     for _ in range(args.memory_runs):
         infs.append(child_peak("inference", argv))
         fts.append(child_peak("finetune", argv))
+        if tuned_step is not None:
+            tus.append(child_peak("tuned", argv))
     inf, ft = statistics.median(infs), statistics.median(fts)
-    print(f"peak RSS (median of {args.memory_runs} processes each): inference {inf:.0f} MB "
-          f"[{' '.join(f'{v:.0f}' for v in infs)}], MeZO fine-tuning {ft:.0f} MB "
-          f"[{' '.join(f'{v:.0f}' for v in fts)}] (+{ft - inf:.0f} MB)")
+    runs = lambda vs: " ".join(f"{v:.0f}" for v in vs)  # noqa: E731
+    print(f"peak RSS (median of {args.memory_runs} processes each): inference {inf:.0f} MB [{runs(infs)}], "
+          f"MeZO fine-tuning {ft:.0f} MB [{runs(fts)}] (+{ft - inf:.0f} MB)")
     print(f"MEMORY RATIO fine-tuning / inference = {ft / inf:.3f}   (target <= 1.1)")
+    if tus:
+        tu = statistics.median(tus)
+        print(f"peak RSS of tuned fine-tuning{' with its head step' if has_head else ''}: {tu:.0f} MB "
+              f"[{runs(tus)}] (+{tu - inf:.0f} MB over inference)   "
+              f"TUNER MEMORY RATIO tuned fine-tuning / inference = {tu / inf:.3f}   (target <= 1.1)")
 
 
 if __name__ == "__main__":

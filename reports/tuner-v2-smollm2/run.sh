@@ -157,6 +157,21 @@ if [[ $stage == v2-cost || $stage == all ]]; then
   python benchmarks/speed_memory.py --task "$VP" --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors \
     --repeats 10 --memory-runs 1 --threads 1 > $R/v2-cost.txt
 fi
+# 2026-12-05, fourth session: the memory of a tuned step with its head step (speed_memory.py now runs it in fresh
+# processes beside inference and MeZO). The BIG-bench data was unavailable that session, so the task is a small
+# JSONL of one-token options written here (yes/no comparisons of two numbers); 2 timing repeats only (the timing
+# of v2-cost above stands), 3 processes per memory mode.
+if [[ $stage == v2-memory || $stage == all ]]; then
+  python -c '
+import json, random
+r = random.Random(0)
+for i in range(60):
+    a, b = r.randint(0, 99), r.randint(0, 99)
+    print(json.dumps({"input": f"Question: is {a} larger than {b}? Answer (yes or no):", "options": [" yes", " no"],
+                      "label": 0 if a > b else 1}))' > $R/yes-no.jsonl
+  python benchmarks/speed_memory.py --task $R/yes-no.jsonl --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors \
+    --repeats 2 --memory-runs 3 --threads 1 > $R/v2-memory.txt
+fi
 # The shipped file as a user runs it (bench --methods tuner: its own recommended lr 3e-5 and its own head step) on
 # held-out medicine, seed 0, against the CPU MeZO runs above (MeZO's lr there is its own selection, 1e-5)
 if [[ $stage == v2-default || $stage == all ]]; then
