@@ -88,15 +88,19 @@ class HeadStep:
     gradient. The state (one step count, two moments per row) travels in :meth:`state_dict`. A row absent from a
     step's batch (a task whose examples have different options) is not moved that step, and its moments wait: the
     bias correction counts the steps the head step took, as sparse Adam does.
+
+    ``dp`` (a :class:`~finetune.zo.distributed.DataParallel` in batch mode): each pass runs over this rank's shard of
+    the batch, and the hook all-gathers the shard's rows of ``h`` and of the option logits, so every rank computes
+    the global batch's gradient from the same numbers in the same order as one process does.
     """
 
     def __init__(self, model: nn.Module, scorer, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, dp=None):
         self.head = model.get_output_embeddings()
         if not isinstance(self.head, nn.Linear) or not self.head.weight.requires_grad:
             raise ZotuneError("--head-lr needs the model's output head to be a trainable linear layer "
                               "(it is frozen under --peft); drop --head-lr")
-        self.scorer, self.lr, self.betas, self.eps = scorer, lr, betas, eps
+        self.scorer, self.lr, self.betas, self.eps, self.dp = scorer, lr, betas, eps, dp
         self.steps = 0
         self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._sum: dict[int, torch.Tensor] = {}
@@ -107,12 +111,17 @@ class HeadStep:
         """Record the head gradient of every forward pass on ``batch`` made inside the context."""
         options = option_token_ids(self.scorer, batch)
         labels = [ex.label for ex in batch]
+        lo, hi = (0, len(batch)) if self.dp is None else self.dp.bounds(len(batch))[self.dp.rank]
 
         def hook(module, inputs, output):
-            if output.shape[0] != len(labels):
-                raise RuntimeError(f"the head step watched a pass of {output.shape[0]} rows on a batch of "
-                                   f"{len(labels)}: it serves only passes over the whole batch, in order")
-            self._record(inputs[0][:, -1], output[:, -1], options, labels)
+            if output.shape[0] != hi - lo:
+                raise RuntimeError(f"the head step watched a pass of {output.shape[0]} rows on a batch (or shard) of "
+                                   f"{hi - lo}: it serves only passes over the whole batch (shard), in order")
+            h, logits = inputs[0][:, -1].float(), output[:, -1].float()
+            option_logits = [logits[i, ids] for i, ids in enumerate(options[lo:hi])]
+            if self.dp is not None:
+                h, option_logits = self._gather(h, option_logits, options)
+            self._record(h, option_logits, options, labels)
             self._passes += 1
 
         handle = self.head.register_forward_hook(hook)
@@ -121,8 +130,18 @@ class HeadStep:
         finally:
             handle.remove()
 
-    def _record(self, h: torch.Tensor, logits: torch.Tensor, options, labels) -> None:
-        for t, g in head_gradient(h, logits, options, labels).items():
+    def _gather(self, h: torch.Tensor, option_logits: list[torch.Tensor], options) -> tuple[torch.Tensor, list]:
+        """The global batch's ``h`` and option logits from every rank's shard rows (all-gathered, bit for bit)."""
+        n, width = len(options), max(map(len, options))
+        local = torch.zeros((len(option_logits), width))
+        for i, z in enumerate(option_logits):
+            local[i, : len(z)] = z
+        every = self.dp.gather_rows(local, n)
+        return self.dp.gather_rows(h, n), [every[i, : len(ids)] for i, ids in enumerate(options)]
+
+    def _record(self, h: torch.Tensor, option_logits: list[torch.Tensor], options, labels) -> None:
+        """One pass: ``h`` ``[B, d]`` float32 and each example's option logits, over the whole batch."""
+        for t, g in option_gradient(h, option_logits, options, labels).items():
             self._sum[t] = self._sum[t] + g if t in self._sum else g
 
     def gradient(self) -> dict[int, torch.Tensor]:
@@ -204,11 +223,11 @@ class HeadRace(HeadStep):
     """
 
     def __init__(self, model: nn.Module, scorer, lrs: Sequence[float], betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, dp=None):
         lrs = sorted(float(x) for x in lrs)
         if len(lrs) < 2 or len(set(lrs)) != len(lrs) or lrs[0] <= 0:
             raise ZotuneError(f"--head-race needs two or more distinct positive lrs (got {lrs})")
-        super().__init__(model, scorer, lrs[0], betas, eps)
+        super().__init__(model, scorer, lrs[0], betas, eps, dp)
         self.lrs = lrs
         self.lanes: list[dict] = [{"moments": {}, "offsets": {}, "shadow_moments": {}, "shadow_offsets": {},
                                    "table": {}, "steps_active": 0} for _ in lrs]
@@ -227,10 +246,8 @@ class HeadRace(HeadStep):
         with super().watching(batch):
             yield
 
-    def _record(self, h: torch.Tensor, logits: torch.Tensor, options, labels) -> None:
-        h, logits = h.float(), logits.float()
-        self._seen.append((h, [logits[i, ids].clone() for i, ids in enumerate(options)], options, labels,
-                           list(self._keys)))
+    def _record(self, h: torch.Tensor, option_logits: list[torch.Tensor], options, labels) -> None:
+        self._seen.append((h, [z.clone() for z in option_logits], options, labels, list(self._keys)))
 
     def gradient(self) -> dict[int, torch.Tensor]:
         """The active lane's mean gradient over the passes watched since the last :meth:`step`."""

@@ -384,9 +384,9 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lrs: list[flo
     run's head lrs (default: :func:`head_lrs_of` of ``cfg``, which reads the tuner file ``cfg`` names)."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
-    if head_lrs_of(cfg) if head_lrs is None else head_lrs:  # each rank would see only part of the passes
-        raise ZotuneError("the head step (--head-lr, --head-race, or a tuner's) does not run data-parallel yet; run "
-                          "it without torchrun")
+    if dp.mode != "batch" and (head_lrs_of(cfg) if head_lrs is None else head_lrs):  # ranks' passes differ there
+        raise ZotuneError("the head step (--head-lr, --head-race, or a tuner's) runs data-parallel in --dp-mode batch "
+                          "only; use --dp-mode batch")
     if dp.mode == "batch":
         dp.bounds(cfg.batch_size)
         return
@@ -442,11 +442,13 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
     head, head_lrs = None, head_lrs_of(cfg, tuner)
     head_lr = head_lrs[0] if head_lrs else 0.0
-    if head_lrs:
-        option_token_ids(scorer, task.train)  # a task the head step cannot serve fails here, before any pass
-        head = HeadStep(model, scorer, head_lr) if len(head_lrs) == 1 else HeadRace(model, scorer, head_lrs)
     if dp is not None:
         check_parallel(cfg, opt, dp, head_lrs)
+    if head_lrs:
+        option_token_ids(scorer, task.train)  # a task the head step cannot serve fails here, before any pass
+        shards = dp if dp is not None and dp.mode == "batch" else None  # (check_parallel refused the other mode)
+        head = HeadStep(model, scorer, head_lr, dp=shards) if len(head_lrs) == 1 else \
+            HeadRace(model, scorer, head_lrs, dp=shards)
     guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
     resuming = snapshot is not None and snapshot.exists()
     if log is not None and not resuming:

@@ -180,3 +180,15 @@ def bad(capsys, argv):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
     return err
+
+
+class FakeGroup:
+    """What :func:`finetune.trainer.check_parallel` reads of a data-parallel context, without a process group: its
+    mode and, in batch mode, the shards of a batch (``DataParallel.bounds``' contiguous split)."""
+
+    def __init__(self, mode: str = "batch", world: int = 2):
+        self.mode, self.world = mode, world
+
+    def bounds(self, n: int) -> list[tuple[int, int]]:
+        cuts = [n * r // self.world for r in range(self.world + 1)]
+        return list(zip(cuts, cuts[1:]))

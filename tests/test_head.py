@@ -15,7 +15,7 @@ from finetune.data.scoring import TaskScorer
 from finetune.data.tasks import Example, Task
 from finetune.trainer import FinetuneConfig, train
 from finetune.head import HeadStep, head_gradient
-from reference import bad, kill_at_call
+from reference import FakeGroup, bad, kill_at_call
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock"]
@@ -195,12 +195,15 @@ def test_the_head_step_refuses_what_it_cannot_serve(tmp_path, jsonl, capsys):
         assert not (tmp_path / name).exists()
 
 
-def test_the_head_step_refuses_data_parallel():
+def test_the_head_step_runs_data_parallel_in_batch_mode_only():
+    """In directions mode the ranks make different passes, so there is no shared batch to read the head rows from:
+    refused in one line. Batch mode passes (tests/test_distributed.py runs it against one process)."""
     from finetune.common.errors import ZotuneError
     from finetune.trainer import check_parallel
 
-    with pytest.raises(ZotuneError, match="data-parallel"):
-        check_parallel(FinetuneConfig(head_lr=1e-3), opt=None, dp=None)
+    with pytest.raises(ZotuneError, match="runs data-parallel in --dp-mode batch only; use --dp-mode batch"):
+        check_parallel(FinetuneConfig(head_lr=1e-3), opt=None, dp=FakeGroup("directions"))
+    check_parallel(FinetuneConfig(head_lr=1e-3), opt=None, dp=FakeGroup("batch"))
 
 
 def test_head_gradient_by_hand():

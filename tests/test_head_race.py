@@ -12,7 +12,7 @@ import cli
 from finetune.data.batches import batches
 from finetune.data.tasks import Task
 from finetune.trainer import FinetuneConfig, train
-from reference import bad
+from reference import FakeGroup, bad
 from test_head import _ids, _jsonl, _tiny, one_token_examples
 
 
@@ -111,8 +111,8 @@ def test_the_race_refuses_what_it_cannot_serve(tmp_path, capsys):
     from finetune.common.errors import ZotuneError
     from finetune.trainer import check_parallel
 
-    with pytest.raises(ZotuneError, match="data-parallel"):
-        check_parallel(FinetuneConfig(head_race=[1e-3, 1e-2]), opt=None, dp=None)
+    with pytest.raises(ZotuneError, match="runs data-parallel in --dp-mode batch only"):
+        check_parallel(FinetuneConfig(head_race=[1e-3, 1e-2]), opt=None, dp=FakeGroup("directions"))
 
 
 def test_a_held_back_example_twice_in_a_batch_is_scored_once_and_a_non_finite_score_never_leads():

@@ -19,7 +19,7 @@ from checkpoints.inspect import inspect_text
 from finetune.common.errors import ZotuneError
 from finetune.data.models import load_model
 from meta.head import bench_folder
-from reference import bad, kill_at_call
+from reference import FakeGroup, bad, kill_at_call
 from test_head import _jsonl, one_token_examples
 
 BASE = ["--model", "tiny-llama", "--batch-size", "4", "--n-test", "8", "--n-dev", "8", "--lr", "1e-3"]
@@ -167,19 +167,17 @@ def test_inspect_shows_a_head_race(tmp_path, untrained):
 
 def test_check_parallel_reads_the_head_step_of_the_tuner_a_config_names(tmp_path, untrained):
     """Called without the run's head lrs, the data-parallel check reads them from the tuner file the config names:
-    a tuner's head step is refused in one line, the same tuner without it passes."""
+    in directions mode a tuner's head step is refused in one line, the same tuner without it passes; in batch mode
+    both pass."""
     from finetune.trainer import FinetuneConfig, check_parallel
 
-    class Batch:  # what check_parallel reads of a process group in batch mode
-        mode = "batch"
-
-        def bounds(self, batch_size):
-            return 0, batch_size
-
     v2 = Tuner.from_pretrained(untrained).with_head(3e-4).save_pretrained(tmp_path / "v2.safetensors")
-    with pytest.raises(ZotuneError, match="does not run data-parallel"):
-        check_parallel(FinetuneConfig(model="tiny-llama", method="tuner", tuner=str(v2)), opt=None, dp=Batch())
-    check_parallel(FinetuneConfig(model="tiny-llama", method="tuner", tuner=str(untrained)), opt=None, dp=Batch())
+    with_head = FinetuneConfig(model="tiny-llama", method="tuner", tuner=str(v2))
+    without = FinetuneConfig(model="tiny-llama", method="tuner", tuner=str(untrained))
+    with pytest.raises(ZotuneError, match="runs data-parallel in --dp-mode batch only"):
+        check_parallel(with_head, opt=None, dp=FakeGroup("directions"))
+    check_parallel(with_head, opt=None, dp=FakeGroup("batch"))
+    check_parallel(without, opt=None, dp=FakeGroup("batch"))
 
 
 def _select(tmp_path, task, out, *extra):
