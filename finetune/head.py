@@ -133,7 +133,7 @@ class HeadStep:
     def _gather(self, h: torch.Tensor, option_logits: list[torch.Tensor], options) -> tuple[torch.Tensor, list]:
         """The global batch's ``h`` and option logits from every rank's shard rows (all-gathered, bit for bit)."""
         n, width = len(options), max(map(len, options))
-        local = torch.zeros((len(option_logits), width))
+        local = torch.zeros((len(option_logits), width), device=h.device)
         for i, z in enumerate(option_logits):
             local[i, : len(z)] = z
         every = self.dp.gather_rows(local, n)

@@ -379,7 +379,7 @@ def bigbench_task_jsons(source: Path) -> Iterator[tuple[str, dict]]:
 
 
 def list_bigbench_tasks() -> list[str]:
-    """Every name usable after ``bigbench:`` (read once from the sdist, then from a small cached file)."""
+    """Every name usable after ``bigbench:`` (read once from the BIG-bench source, then from a small cached file)."""
     _scan_source(())
     return _names_file().read_text(encoding="utf-8").split()
 
