@@ -286,6 +286,16 @@ def test_a_damaged_archive_is_a_one_line_error(tmp_path, monkeypatch, where, dam
     assert not (cache / "bigbench" / "strategyqa").exists()
 
 
+def test_fetch_with_no_tasks_fetches_the_model_alone(monkeypatch, capsys):
+    """What `make test` runs before the suite (`cli.py fetch --tasks`): the model, and no BIG-bench download."""
+    import cli
+
+    monkeypatch.setattr(tasks, "pip_download", lambda *a: pytest.fail("fetch --tasks touched the BIG-bench sdist"))
+    assert cli.main(["fetch", "--tasks"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model: ") and "task " not in out
+
+
 def test_a_package_index_without_the_sdist_is_a_one_line_error(tmp_path, monkeypatch):
     """What our machines met on 2026-12-05: pip finds no bigbench==1.0.0 and the index lists only 0.0.1. The
     error names both answers and what to do; nothing is left in downloads/."""
