@@ -733,7 +733,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("fetch", help="download the embedded model and task data into the cache")
-    p.add_argument("--tasks", nargs="*", default=[DEFAULT_TASK], help=f"tasks to fetch (default {DEFAULT_TASK}; --tasks alone: the model only)")
+    p.add_argument("--tasks", nargs="*", default=[DEFAULT_TASK],
+                   help=f"tasks to fetch (default {DEFAULT_TASK}; --tasks alone: the model only)")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("compare", help="a table of finished finetune runs of one task: accuracy, loss, gains")
