@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# A probe, 2026-12-05: can a task built from data that ships in a PyPI package stand in for the BIG-bench tasks,
+# which our package index stopped serving that day? One task (VADER word polarity), one seed, SmolLM2-135M,
+# batch 8, fp32 (this session's CPU has AVX2 only and emulates bf16: --autocast bf16 ran 6.6x slower than fp32).
+# Run from the repository root: `bash reports/packaged-tasks-smollm2/run.sh` (about 15 minutes per run alone).
+set -euo pipefail
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
+R=reports/packaged-tasks-smollm2
+python benchmarks/packaged_tasks.py --out runs/packaged                   # 4033 examples from vaderSentiment 3.3.2
+T=runs/packaged/vader-polarity.jsonl
+run() { python cli.py finetune --task $T --batch-size 8 --threads 1 --eval-every 250 --no-save-model "$@"; }
+run --method fo --lr 1e-5 --steps 200 --out $R/runs/fo-1e-5-s0                      # the first-order reference
+run --method mezo --lr 3e-5 --steps 500 --out $R/runs/mezo-3e-5-s0                   # 1000 forward passes
+run --method tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr 3e-5 --steps 500 \
+  --out $R/runs/tuner-v2-s0                                                          # MeZO + its head step
