@@ -13,3 +13,10 @@ run --method fo --lr 1e-5 --steps 200 --out $R/runs/fo-1e-5-s0                  
 run --method mezo --lr 3e-5 --steps 500 --out $R/runs/mezo-3e-5-s0                   # 1000 forward passes
 run --method tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr 3e-5 --steps 500 \
   --out $R/runs/tuner-v2-s0                                                          # MeZO + its head step
+# Written before they ran (same session): seeds 1 and 2 of MeZO and tuner v2, the same settings, so that the pair
+# has 3 seeds (fo stays at one). Seed = split, batch order and noise, the same for both arms of a seed.
+for seed in 1 2; do
+  run --method mezo --lr 3e-5 --steps 500 --seed $seed --out $R/runs/mezo-3e-5-s$seed
+  run --method tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr 3e-5 --steps 500 --seed $seed \
+    --out $R/runs/tuner-v2-s$seed
+done
