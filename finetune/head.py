@@ -131,13 +131,15 @@ class HeadStep:
             handle.remove()
 
     def _gather(self, h: torch.Tensor, option_logits: list[torch.Tensor], options) -> tuple[torch.Tensor, list]:
-        """The global batch's ``h`` and option logits from every rank's shard rows (all-gathered, bit for bit)."""
-        n, width = len(options), max(map(len, options))
-        local = torch.zeros((len(option_logits), width), device=h.device)
+        """The global batch's ``h`` and option logits from every rank's shard rows: one all-gather of the rows
+        ``[h | option logits, padded]`` (no arithmetic, so bit for bit)."""
+        d, width = h.shape[1], max(map(len, options))
+        local = torch.zeros((h.shape[0], d + width), device=h.device)
+        local[:, :d] = h
         for i, z in enumerate(option_logits):
-            local[i, : len(z)] = z
-        every = self.dp.gather_rows(local, n)
-        return self.dp.gather_rows(h, n), [every[i, : len(ids)] for i, ids in enumerate(options)]
+            local[i, d: d + len(z)] = z
+        every = self.dp.gather_rows(local, len(options))
+        return every[:, :d], [every[i, d: d + len(ids)] for i, ids in enumerate(options)]
 
     def _record(self, h: torch.Tensor, option_logits: list[torch.Tensor], options, labels) -> None:
         """One pass: ``h`` ``[B, d]`` float32 and each example's option logits, over the whole batch."""

@@ -446,9 +446,9 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
         check_parallel(cfg, opt, dp, head_lrs)
     if head_lrs:
         option_token_ids(scorer, task.train)  # a task the head step cannot serve fails here, before any pass
-        shards = dp if dp is not None and dp.mode == "batch" else None  # (check_parallel refused the other mode)
-        head = HeadStep(model, scorer, head_lr, dp=shards) if len(head_lrs) == 1 else \
-            HeadRace(model, scorer, head_lrs, dp=shards)
+        # dp is None or in batch mode here: check_parallel refused a head step in directions mode
+        head = HeadStep(model, scorer, head_lr, dp=dp) if len(head_lrs) == 1 else \
+            HeadRace(model, scorer, head_lrs, dp=dp)
     guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
     resuming = snapshot is not None and snapshot.exists()
     if log is not None and not resuming:
