@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from finetune.common.atomic import atomic_file  # noqa: E402
 from finetune.common.cache import pip_download  # noqa: E402
 
 VADER = ("vadersentiment==3.3.2", "vaderSentiment-3.3.2", "vaderSentiment/vader_lexicon.txt")
@@ -32,10 +33,11 @@ def vader_polarity(margin: float = 1.5) -> list[dict]:
         lines = wheel.read(member).decode("utf-8").splitlines()
     rows = []
     for line in lines:
-        word, mean = line.split("\t")[:2]
-        if word.isalpha() and abs(float(mean)) >= margin:
+        word, text = line.split("\t")[:2]
+        mean = float(text)
+        if word.isalpha() and abs(mean) >= margin:
             rows.append({"input": f'Is the word "{word}" positive or negative? Answer:',
-                         "options": [" positive", " negative"], "label": 0 if float(mean) > 0 else 1})
+                         "options": [" positive", " negative"], "label": 0 if mean > 0 else 1})
     return rows
 
 
@@ -46,7 +48,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = vader_polarity()
     path = args.out / "vader-polarity.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with atomic_file(path) as tmp:  # never a half-written task file
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     negative = sum(r["label"] for r in rows)
     print(f"{path}: {len(rows)} examples, {len(rows) - negative} positive, {negative} negative")
 
