@@ -530,9 +530,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
+    from finetune.data.packaged import HELD_OUT, META_TRAIN
     from finetune.data.tasks import TASK_NAMES, list_bigbench_tasks
 
     print("Hub tasks: " + ", ".join(TASK_NAMES))
+    print("Tasks from packaged data (use packaged:<name>; docs/models-and-tasks.md):")
+    print("  held out: " + ", ".join(HELD_OUT))
+    print("  for meta-training: " + ", ".join(META_TRAIN))
     print("BIG-bench tasks (use bigbench:<name>):")
     for name in list_bigbench_tasks():
         print(f"  {name}")

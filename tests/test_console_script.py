@@ -64,5 +64,6 @@ def test_zotune_equals_python_cli_py(installed, tmp_path):
             assert len(ours.stderr.strip().splitlines()) == 1 and "Traceback" not in ours.stderr
         outputs[argv[1] if len(argv) > 1 else argv[0]] = ours
     assert "BIG-bench tasks" in outputs["tasks"].stdout and "bigbench" not in outputs["tasks"].stderr
+    assert "held out: vader-polarity, city-continent" in outputs["tasks"].stdout
     assert "(see: zotune finetune -h)" in outputs["--steps"].stderr          # argparse's error, named for zotune
     assert outputs["--model"].stderr.startswith("error: no model folder at ./no/such/folder")  # a ZotuneError

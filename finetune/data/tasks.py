@@ -11,6 +11,8 @@ A spec is one of:
   task's label words can be renamed with a suffix, ``bigbench:<name>:OLD=NEW[,OLD=NEW...]`` (e.g.
   ``bigbench:multiemo/hotels_sentence_en:ambivalent=mixed``): a word the model knows, and one token, which
   lets the scorer read every option from one forward row per example;
+* ``packaged:<name>``: a multiple-choice task built from data that ships inside PyPI packages
+  (:mod:`finetune.data.packaged`: word polarity, cities and continents, syllables, ...), split the same way;
 * a path to a ``.jsonl`` file of the user's own examples, split the same way;
 * a path to the user's own table, read with ``datasets``: a CSV, JSON/JSONL or parquet file, or a folder
   written by ``Dataset.save_to_disk``; :class:`TaskColumns` says which columns hold the input, the options
@@ -39,6 +41,7 @@ from typing import Callable, Collection, Iterable, Iterator, Sequence
 from finetune.common.atomic import atomic_file
 from finetune.common.cache import cache_dir, pip_download
 from finetune.common.errors import ZotuneError, first_line
+from finetune.data.packaged import packaged_rows
 
 
 @dataclass(frozen=True)
@@ -764,13 +767,17 @@ def load_task(spec: str, seed: int = 0, n_train: int = 1000, n_dev: int = 500, n
             if _kind(examples) != "mc":
                 raise ZotuneError(f"{spec}: only a multiple-choice task's label words can be renamed")
             examples = rename_options(examples, _renames(renames, spec), spec)
+    elif spec.startswith("packaged:"):
+        examples = [Example(r["input"], tuple(r["options"]), r["label"])
+                    for r in packaged_rows(spec.removeprefix("packaged:"))]
     elif spec.lower().endswith(".jsonl") and columns is None:
         examples = _read_jsonl(Path(spec).expanduser())
     elif _is_table(spec):
         examples = examples_from_dataset(read_table(spec), columns, spec)
     else:
         raise ZotuneError(f"unknown task {spec!r}; use one of {', '.join(TASK_NAMES)}, bigbench:<name>, "
-                          f"a .jsonl, .csv, .json or .parquet file, or a folder written by Dataset.save_to_disk")
+                          f"packaged:<name>, a .jsonl, .csv, .json or .parquet file, or a folder written by "
+                          f"Dataset.save_to_disk")
     return _split_task(spec, examples, seed, n_train, n_dev, n_test)
 
 

