@@ -616,8 +616,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run to the same --out")
     p.add_argument("--start-over", action="store_true", help="discard an interrupted run's snapshot first")
     p.add_argument("--save-log", action="store_true",
-                   help="also write out/log.jsonl: the run as seeds and coefficients, a few KB that "
-                        "'cli.py replay' turns back into the fine-tuned model")
+                   help="also write out/log.jsonl: the run as seeds and coefficients (and a head step's rows), "
+                        "which 'cli.py replay' turns back into the fine-tuned model")
     _parallel_args(p)
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
                    help="a tuner artifact (.safetensors path, or hf://owner/name[/file] on the Hugging Face Hub): "

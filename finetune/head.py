@@ -105,6 +105,7 @@ class HeadStep:
         self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._sum: dict[int, torch.Tensor] = {}
         self._passes = 0
+        self.applied: dict[int, torch.Tensor] = {}  # the last step's change of each row, as added to the weight
 
     @contextmanager
     def watching(self, batch: Sequence[Example]) -> Iterator[None]:
@@ -156,13 +157,16 @@ class HeadStep:
         ``lr_factor``: the run's lr schedule at this step (:func:`~finetune.zo.optim.schedule_factor`), which
         scales the head lr as it scales the ZO method's."""
         grad, self._sum, self._passes = self.gradient() if self._passes else {}, {}, 0
+        self.applied = {}
         if not grad:
             return
         self.steps += 1
         weight = self.head.weight
         for t, g in sorted(grad.items()):
             update = _adam(self.moments, t, g, self.steps, self.betas, self.eps)
-            weight[t] -= (self.lr * lr_factor * update).to(weight.dtype)
+            delta = (self.lr * lr_factor * update).to(weight.dtype)
+            weight[t] -= delta
+            self.applied[t] = -delta  # w - d == w + (-d) exactly, so a replay that adds it is bit for bit
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "tokens": sorted(self.moments),
@@ -285,6 +289,7 @@ class HeadRace(HeadStep):
         """Score every shadow on the held-back examples of the watched passes, move each lane and each shadow
         along its own gradient, and put the rows of the lane with the lowest score into the model; then forget
         the passes."""
+        self.applied = {}
         if not self._seen:
             return
         fits = [(self._fit(lane["offsets"])[1], self._fit(lane["shadow_offsets"], shadow=True)) for lane in self.lanes]
@@ -307,7 +312,8 @@ class HeadRace(HeadStep):
         after = self.lanes[self.active]["offsets"]
         for t in sorted(set(before) | set(after)):
             zero = torch.zeros(weight.shape[1])
-            weight[t] += (after.get(t, zero) - before.get(t, zero)).to(weight.dtype)
+            self.applied[t] = (after.get(t, zero) - before.get(t, zero)).to(weight.dtype)
+            weight[t] += self.applied[t]
 
     def score(self, lane: int) -> float:
         """Lane ``lane``'s score: its shadow's mean loss over the held-back examples seen (inf before any, and

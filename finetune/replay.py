@@ -5,12 +5,15 @@ the update it applied, the learning rate, and (for a tuner) the per-block scales
 its block fingerprint and a SHA-256 of its trainable weights, the update rule and its constants, the noise
 source) and one line per applied step::
 
-    {"step": 1, "lr": 0.001, "terms": [[seed, coefficient], ...], "scales": [...]}   # scales: tuner runs only
+    {"step": 1, "lr": 0.001, "terms": [[seed, coefficient], ...], "scales": [...], "head": [[token, [...]], ...]}
 
-That is a few hundred bytes a step whatever the model's size (a tuner's scales add one number per block).
+``scales`` is in tuner runs only; ``head`` in runs with a head step (``--head-lr``, ``--head-race`` or a tuner's
+head step, :mod:`finetune.head`): the change the step added to each option token's row of the output head, one
+number per hidden unit. That is a few hundred bytes a step whatever the model's size (a tuner's scales add one
+number per block), plus about 10 KB per option token a step with a head step (SmolLM2: 576 numbers a row).
 :func:`replay` rebuilds the fine-tuned weights from the base model by applying the same updates with the
-same code (weight decay, then the update rule: SGD, heavy-ball momentum or Adam), which gives the trained
-weights bit for bit on the same kind of device. Strict JSON: Python writes floats with ``repr``, which
+same code (weight decay, then the update rule: SGD, heavy-ball momentum or Adam, then the head rows), which
+gives the trained weights bit for bit on the same kind of device. Strict JSON: Python writes floats with ``repr``, which
 reads back to the same double, and non-finite numbers are refused.
 """
 from __future__ import annotations
@@ -27,7 +30,8 @@ from finetune.zo.engine import Direction, as_terms
 from finetune.zo.optim import ZOAdam, ZOOptimizer, ZOSGD
 from pertnn.blocks import fingerprint, fingerprint_mismatch, trainable_tensors
 
-FORMAT = "zotune-log/1"
+FORMAT = "zotune-log/2"  # 2: steps may carry head rows; a log of format 1 (never has them) reads the same
+FORMATS = ("zotune-log/1", FORMAT)
 LOG_FILE = "log.jsonl"
 
 
@@ -99,8 +103,9 @@ class StepLog:
                 **rule(opt), "config": config}
         self.path.write_text(_dumps(head) + "\n")
 
-    def record(self, step: int, opt: ZOOptimizer) -> None:
-        """Append step ``step``'s applied update (call after the step, before the schedule moves the lr)."""
+    def record(self, step: int, opt: ZOOptimizer, head=None) -> None:
+        """Append step ``step``'s applied update and, with ``head`` (a :class:`~finetune.head.HeadStep`), the
+        rows its step changed (call after both steps, before the schedule moves the lr)."""
         d = opt.applied
         if d is None:
             return
@@ -110,6 +115,8 @@ class StepLog:
         scales = _scales(d.scales)
         if scales is not None:
             rec["scales"] = scales
+        if head is not None and head.applied:
+            rec["head"] = [[t, delta.tolist()] for t, delta in sorted(head.applied.items())]  # exact: fp32 in a double
         with self.path.open("a") as f:
             f.write(_dumps(rec) + "\n")
 
@@ -122,8 +129,9 @@ def read_log(path: Path) -> tuple[dict, list[dict]]:
         lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
     except json.JSONDecodeError as exc:
         raise ZotuneError(f"{path} is not a zotune log ({exc})") from exc
-    if not lines or lines[0].get("format") != FORMAT:
-        raise ZotuneError(f"{path} is not a zotune log (no {FORMAT} header line)")
+    if not lines or lines[0].get("format") not in FORMATS:
+        raise ZotuneError(f"{path} is not a zotune log (no {' or '.join(FORMATS)} header line); a newer zotune may "
+                          "have written it")
     return lines[0], lines[1:]
 
 
@@ -158,6 +166,7 @@ def replay_into(model: torch.nn.Module, head: dict, steps: list[dict]) -> int:
     else:
         opt = ZOSGD(model, momentum=head["momentum"], **kw)
     group = opt.param_groups[0]
+    rows = model.get_output_embeddings()
     with torch.no_grad():
         for rec in steps:
             lr = rec["lr"]
@@ -166,6 +175,8 @@ def replay_into(model: torch.nn.Module, head: dict, steps: list[dict]) -> int:
             group["lr"] = lr
             opt._decay(group)
             opt._apply(group, Direction([(int(s), float(c)) for s, c in rec["terms"]], rec.get("scales")))
+            for t, delta in rec.get("head", []):  # after the ZO update, as in training (the rows may be tied)
+                rows.weight[int(t)] += torch.tensor(delta, dtype=rows.weight.dtype, device=rows.weight.device)
     return len(steps)
 
 

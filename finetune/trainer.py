@@ -489,7 +489,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
             if head is not None:
                 head.step(schedule_factor(cfg.schedule, step - 1, cfg.steps))  # the factor the ZO step used
             if log is not None:
-                log.record(step, opt)
+                log.record(step, opt, head)
             sched.step()
             result.seconds += time.perf_counter() - tick
             due = snapshot is not None and snapshot.due(step, cfg.steps)
@@ -649,11 +649,6 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
         raise ZotuneError("--save-log does not support --method fo (a backpropagated update is not a list of "
                           "seeds and coefficients); drop --save-log")
     tuner = run_tuner(cfg, tuner)  # loaded once for the run (it may set the head step's lr)
-    if save_log and head_lrs_of(cfg, tuner):
-        why = ("--head-race" if cfg.head_race else "--head-lr" if cfg.head_lr is not None
-               else f"the tuner's head step ({tuner.head_text}; --head-lr 0 turns it off)")
-        raise ZotuneError(f"--save-log does not support {why}: the head step's update is not a list of seeds and "
-                          "coefficients; drop one of the two")
     if dp is not None and cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
     writer = dp is None or dp.main

@@ -12,6 +12,7 @@ import cli
 from checkpoints import Tuner
 from finetune.data.models import load_model
 from pertnn import PertNNConfig
+from test_head import _jsonl, one_token_examples
 
 
 def _strict(text: str) -> list[dict]:
@@ -48,7 +49,7 @@ def test_replay_rebuilds_the_fine_tuned_weights_bit_for_bit(tmp_path, tasks, ext
         assert torch.equal(trained[k], replayed[k]), k
     assert any(not torch.equal(trained[k], base[k]) for k in trained)  # the run moved the weights
     head, steps = log[0], log[1:]
-    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5] and head["format"] == "zotune-log/1"
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5] and head["format"] == "zotune-log/2"
     assert len((tmp_path / "run" / "log.jsonl").read_bytes()) < 8000 + 60 * len(head["fingerprint"]["blocks"])
 
 
@@ -61,6 +62,36 @@ def test_replay_of_a_tuner_run_is_bit_for_bit(tmp_path, tasks):
     assert all(torch.equal(trained[k], replayed[k]) for k in trained)
     scales = [s["scales"] for s in log[1:]]
     assert len(set(scales[0])) > 1 and scales[0] != scales[1]
+
+
+@pytest.mark.parametrize("head", [["--head-lr", "1e-2"], ["--head-race", "1e-3,1e-1"]], ids=["head-lr", "head-race"])
+def test_replay_of_a_head_step_run_is_bit_for_bit(tmp_path, head):
+    """The head step's rows are in the log (after the ZO update, as in training: with a tied head the rows are also
+    perturbed and updated by the ZO method); without them the replay would miss the run's largest change."""
+    task = _jsonl(tmp_path, one_token_examples(40))
+    trained, replayed, base, log = run_and_replay(tmp_path, task, *head)
+    assert all(torch.equal(trained[k], replayed[k]) for k in trained)
+    assert log[0]["format"] == "zotune-log/2" and all(len(s["head"]) == 2 for s in log[1:])
+    for s in log[1:]:
+        s.pop("head")
+    plain = tmp_path / "plain.jsonl"  # the same log without its head rows replays to other weights
+    plain.write_text("".join(json.dumps(line) + "\n" for line in log))
+    assert cli.main(["replay", str(plain), "--model", "tiny-llama", "--out", str(tmp_path / "plain")]) == 0
+    assert not all(torch.equal(trained[k], v) for k, v in weights(tmp_path / "plain").items())
+
+
+def test_a_log_of_format_1_still_replays(tmp_path, tasks, capsys):
+    trained, _, _, log = run_and_replay(tmp_path, tasks[0])
+    log[0]["format"] = "zotune-log/1"
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps(line) + "\n" for line in log))
+    assert cli.main(["replay", str(old), "--model", "tiny-llama", "--out", str(tmp_path / "old")]) == 0
+    assert all(torch.equal(trained[k], v) for k, v in weights(tmp_path / "old").items())
+    log[0]["format"] = "zotune-log/9"
+    old.write_text("".join(json.dumps(line) + "\n" for line in log))
+    assert cli.main(["replay", str(old), "--model", "tiny-llama", "--out", str(tmp_path / "new")]) == 2
+    assert "no zotune-log/1 or zotune-log/2 header line); a newer zotune" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_log_survives_a_resume(tmp_path, tasks, monkeypatch):

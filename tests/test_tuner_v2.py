@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import cli
 from checkpoints import Tuner
@@ -137,15 +137,18 @@ def test_a_tuner_with_a_head_step_fine_tunes_as_mezo_with_head_lr_bit_for_bit(tm
     assert tuned[0]["train_loss"] != mezo[0]["train_loss"]  # the head step did act
 
 
-def test_a_tuners_head_step_is_refused_where_it_cannot_run(tmp_path, untrained, capsys):
+def test_a_tuners_head_step_is_in_its_log_and_replays_bit_for_bit(tmp_path, untrained):
     task = _jsonl(tmp_path, one_token_examples(40))
-    v2 = Tuner.from_pretrained(untrained).with_head(1e-3).save_pretrained(tmp_path / "v2.safetensors")
-    err = bad(capsys, ["finetune", *BASE, "--task", task, "--tuner", str(v2), "--steps", "1", "--save-log",
-                       "--out", str(tmp_path / "log")])
-    assert "--head-lr 0" in err and "--save-log" in err
-    assert not (tmp_path / "log").exists()
-    assert cli.main(["finetune", *BASE, "--task", task, "--tuner", str(v2), "--steps", "1", "--save-log",
-                     "--head-lr", "0", "--out", str(tmp_path / "log0")]) == 0
+    v2 = Tuner.from_pretrained(untrained).with_head(1e-2).save_pretrained(tmp_path / "v2.safetensors")
+    out = tmp_path / "run"
+    assert cli.main(["finetune", *BASE, "--task", task, "--tuner", str(v2), "--steps", "3", "--save-log",
+                     "--out", str(out)]) == 0
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()[1:]]
+    assert all(len(s["head"]) == 2 for s in steps)  # the rows of Y and N, every step
+    assert cli.main(["replay", str(out / "log.jsonl"), "--model", "tiny-llama", "--out", str(tmp_path / "re")]) == 0
+    trained, replayed = (load_file(str(p)) for p in (out / "model" / "model.safetensors",
+                                                    tmp_path / "re" / "model.safetensors"))
+    assert all(torch.equal(trained[k], replayed[k]) for k in trained)
 
 
 def test_inspect_shows_the_head_step(tmp_path, untrained):
