@@ -268,7 +268,7 @@ class HeadRace(HeadStep):
         losses, counts, grad, n = {}, {}, {}, 0
         for h, option_logits, options, labels, keys in self._seen:
             if offsets is not active:  # the logits these rows would have given on this pass
-                zero = torch.zeros(h.shape[1])
+                zero = torch.zeros(h.shape[1], device=h.device)
                 option_logits = [z + torch.stack([offsets.get(t, zero) - active.get(t, zero) for t in ids]) @ h[i]
                                  for i, (z, ids) in enumerate(zip(option_logits, options))]
             for i, key in enumerate(keys):
@@ -311,7 +311,7 @@ class HeadRace(HeadStep):
         weight = self.head.weight
         after = self.lanes[self.active]["offsets"]
         for t in sorted(set(before) | set(after)):
-            zero = torch.zeros(weight.shape[1])
+            zero = torch.zeros(weight.shape[1], device=weight.device)  # (the offsets live on the weight's device)
             self.applied[t] = (after.get(t, zero) - before.get(t, zero)).to(weight.dtype)
             weight[t] += self.applied[t]
 
