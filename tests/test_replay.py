@@ -64,7 +64,8 @@ def test_replay_of_a_tuner_run_is_bit_for_bit(tmp_path, tasks):
     assert len(set(scales[0])) > 1 and scales[0] != scales[1]
 
 
-@pytest.mark.parametrize("head", [["--head-lr", "1e-2"], ["--head-race", "1e-3,1e-1"]], ids=["head-lr", "head-race"])
+@pytest.mark.parametrize("head", [["--head-lr", "1e-2"], ["--head-race", "1e-3,1e-1"]],
+                         ids=["head-lr", "head-race"])
 def test_replay_of_a_head_step_run_is_bit_for_bit(tmp_path, head):
     """The head step's rows are in the log (after the ZO update, as in training: with a tied head the rows are also
     perturbed and updated by the ZO method); without them the replay would miss the run's largest change."""

@@ -191,6 +191,7 @@ def syllables() -> list[dict]:
                             "options": [" one", " two", " three", " four"], "label": n - 1})
     return _balanced(by_count, random.Random(0))
 
+
 def _rhyme_part(phones: list[str]) -> tuple[str, ...]:
     """The phones from the last stressed vowel to the end, stress marks dropped (two words rhyme if equal)."""
     stressed = [i for i, p in enumerate(phones) if p[-1] in "12"] or [0]
@@ -220,6 +221,7 @@ def rhymes(pairs: int = 2000) -> list[dict]:
     rng.shuffle(rows)
     return rows
 
+
 def takes_an() -> dict[str, bool]:
     """Common words and whether they take ``an``: their pronunciation starts with a vowel sound."""
     return _agreed(lambda phones: phones[0][-1].isdigit())
@@ -231,6 +233,7 @@ def article() -> list[dict]:
         by_article[an].append({"input": f'Which article goes before the word "{word}", a or an? Answer:',
                                "options": [" a", " an"], "label": int(an)})
     return _balanced(by_article, random.Random(0))
+
 
 def subjectivity(low: float = 0.2, high: float = 0.8) -> list[dict]:
     """Adjectives of textblob's lexicon whose mean subjectivity over their senses is ``<= low`` or ``>= high``."""
