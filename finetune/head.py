@@ -310,8 +310,8 @@ class HeadRace(HeadStep):
         self.lanes[self.active]["steps_active"] += 1
         weight = self.head.weight
         after = self.lanes[self.active]["offsets"]
+        zero = torch.zeros(weight.shape[1], device=weight.device)  # (the offsets live on the weight's device)
         for t in sorted(set(before) | set(after)):
-            zero = torch.zeros(weight.shape[1], device=weight.device)  # (the offsets live on the weight's device)
             self.applied[t] = (after.get(t, zero) - before.get(t, zero)).to(weight.dtype)
             weight[t] += self.applied[t]
 

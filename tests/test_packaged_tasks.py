@@ -16,10 +16,7 @@ LEXICON = "".join(f"{w}\t{m}\t0.5\t[1, 2]\n" for w, m in
 
 
 def test_vader_polarity_keeps_clear_alphabetic_words_in_order(tmp_path, monkeypatch):
-    wheel = tmp_path / "vaderSentiment-3.3.2-py2.py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("vaderSentiment/vader_lexicon.txt", LEXICON)
-    monkeypatch.setattr(packaged_tasks, "pip_download", lambda requirement, prefix: wheel)
+    _wheels(tmp_path, monkeypatch, {"vaderSentiment-3.3.2": {"vaderSentiment/vader_lexicon.txt": LEXICON}})
     rows = packaged_tasks.vader_polarity()
     # '$:' and 'top-notch' are not letters only; 'meh' and 'bad' are within 1.5 of neutral; 1.5 itself is kept
     assert [(r["input"].split('"')[1], r["label"]) for r in rows] == [("good", 0), ("awful", 1), ("fine", 0),

@@ -107,11 +107,10 @@ def _big_cities(countries: dict, cities: list[dict], population: int = 200_000) 
 def city_continent() -> list[dict]:
     """The part of the world of each city: Africa, Asia, Europe or America (North and South; one token each)."""
     countries, cities = _geonames()
-    codes = list(CONTINENTS)
     return [{"input": f"In which part of the world is the city of {c['name']}? Answer:",
              "options": [" Africa", " Asia", " Europe", " America"],
              "label": CONTINENTS[countries[c["countrycode"]]["continentcode"]]}
-            for c in _big_cities(countries, cities) if countries[c["countrycode"]]["continentcode"] in codes]
+            for c in _big_cities(countries, cities) if countries[c["countrycode"]]["continentcode"] in CONTINENTS]
 
 
 def city_country() -> list[dict]:
