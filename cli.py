@@ -524,9 +524,14 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from finetune.bench import compare_runs
+    from finetune.bench import compare_arms, compare_runs
 
-    print(compare_runs([Path(f) for f in args.runs]))
+    arms = [[Path(f) for f in args.runs]] + [[Path(f) for f in arm] for arm in args.vs or []]
+    paired = compare_arms(arms) if len(arms) > 1 else None  # refused before anything is printed
+    print(compare_runs([f for arm in arms for f in arm]))
+    if paired is not None:
+        print()
+        print(paired)
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
@@ -743,6 +748,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="a table of finished finetune runs of one task: accuracy, loss, gains")
     p.add_argument("runs", nargs="+", help="the --out folders of finished finetune runs")
+    p.add_argument("--vs", nargs="+", action="append", metavar="RUN",
+                   help="another arm: runs of one other setting over the same seeds as the first runs (repeatable); "
+                        "adds a table paired by seed, with 95%% bootstrap intervals")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("tasks", help="list the tasks that --task accepts")
     p.set_defaults(func=cmd_tasks)

@@ -327,11 +327,9 @@ def calibrated_metric(metrics: dict) -> float | None:
     return ((metrics.get("calibration") or {}).get("test") or {}).get("after", {}).get("accuracy")
 
 
-def compare_runs(folders: list[Path]) -> str:
-    """A Markdown table of finished ``finetune`` runs of one task (their ``metrics.json``), one row per folder:
-    method, forward passes, test loss and metric before and after, the calibration reference's metric, and
-    the gain, raw and beyond that reference. A folder without metrics, or runs of different tasks or test
-    sets, is a one-line error."""
+def _read_finished(folders: list[Path]) -> list[tuple[Path, dict]]:
+    """The ``metrics.json`` of finished ``finetune`` runs, all of one task and test-set size (else a one-line
+    error)."""
     runs = []
     for folder in folders:
         path = Path(folder) / "metrics.json"
@@ -345,6 +343,15 @@ def compare_runs(folders: list[Path]) -> str:
     if len(tasks) > 1:
         raise ZotuneError("the runs are on different tasks or test sets (" + "; ".join(
             f"{t}, {n} test examples" for t, n in tasks) + "); compare runs of one task")
+    return runs
+
+
+def compare_runs(folders: list[Path]) -> str:
+    """A Markdown table of finished ``finetune`` runs of one task (their ``metrics.json``), one row per folder:
+    method, forward passes, test loss and metric before and after, the calibration reference's metric, and
+    the gain, raw and beyond that reference. A folder without metrics, or runs of different tasks or test
+    sets, is a one-line error."""
+    runs = _read_finished(folders)
     metric = runs[0][1]["eval"]["metric"]
     lines = [f"| run | method | forwards | test loss | {metric} | calibration reference | gain | "
              "gain beyond calibration |", "|---|---|---|---|---|---|---|---|"]
@@ -356,6 +363,73 @@ def compare_runs(folders: list[Path]) -> str:
                      f"{ev['loss_after']:.4f} | {ev['before']:.3f} -> {ev['after']:.3f} | "
                      f"{'–' if cal is None else f'{cal:.3f}'} | {ev['after'] - ev['before']:+.3f} | "
                      f"{'–' if beyond is None else f'{beyond:+.3f}'} |")
+    return "\n".join(lines)
+
+
+# A run's config keys that may differ between the seeds of one arm of `compare_arms` (the rest must agree).
+ARM_FREE_KEYS = ("seed", "threads", "device", "device_map")
+
+
+def _arm_label(m: dict) -> str:
+    label = f"{m['method']} {m['config']['lr']:g}"
+    return label + (f", head {m['head_lr']:g}" if m.get("head_lr") else "")
+
+
+def compare_arms(arms: list[list[Path]], resamples: int = 10000, seed: int = 0) -> str:
+    """Arms of finished ``finetune`` runs paired by seed: each arm is one setting run over several seeds (runs
+    that differ only in ``--seed``, threads or device), and every arm has one run per seed, the same seeds.
+    A Markdown table, one row per arm: the test metric and test loss (mean ± sample std over seeds), the gain
+    beyond the calibration reference, and against the first arm the mean paired difference of the metric and
+    of the test loss with a 95% percentile bootstrap interval over seeds (:func:`paired_bootstrap`), and the
+    forward passes each run needs to reach its first-arm partner's final test loss (at the run's logged
+    evaluation points; ``–``: never). Anything that cannot be paired is a one-line error."""
+    read = _read_finished([f for arm in arms for f in arm])
+    by_folder = iter(read)
+    table: list[dict[int, tuple[Path, dict]]] = []
+    for arm in arms:
+        runs: dict[int, tuple[Path, dict]] = {}
+        for _ in arm:
+            folder, m = next(by_folder)
+            s = m["config"]["seed"]
+            if s in runs:
+                raise ZotuneError(f"{runs[s][0]} and {folder} both ran seed {s}; give one run per seed in an arm")
+            first_folder, first = next(iter(runs.values()), (folder, m))
+            for key in sorted(set(first["config"]) | set(m["config"])):
+                a, b = first["config"].get(key), m["config"].get(key)
+                if key not in ARM_FREE_KEYS and a != b:
+                    raise ZotuneError(f"{first_folder} and {folder} differ in {key} ({a} against {b}): an arm is one "
+                                      "setting over seeds; pass a run with other settings after another --vs")
+            runs[s] = (folder, m)
+        table.append(runs)
+    seeds = sorted(table[0])
+    for arm, runs in zip(arms[1:], table[1:]):
+        if sorted(runs) != seeds:
+            raise ZotuneError(f"the arm of {arm[0]} ran seeds {sorted(runs)}, the first arm {seeds}; every arm needs "
+                              "one run for each of the same seeds")
+    metric = read[0][1]["eval"]["metric"]
+    ref = {s: m for s, (_, m) in table[0].items()}
+    lines = [f"Paired by seed (seeds {', '.join(map(str, seeds))}); differences from the first arm, with 95% "
+             "bootstrap intervals over the seeds.", "",
+             f"| arm | {metric} | test loss | {metric} beyond calibration | Δ {metric} | Δ test loss | "
+             f"forwards to {_arm_label(ref[seeds[0]])}'s final test loss |", "|---|---|---|---|---|---|---|"]
+    for i, runs in enumerate(table):
+        ms = [runs[s][1] for s in seeds]
+        acc = [m["eval"]["after"] for m in ms]
+        loss = [m["eval"]["loss_after"] for m in ms]
+        beyond = [(m.get("gain") or {}).get("metric_beyond_calibration") for m in ms]
+        cells = [_arm_label(ms[0]), f"{statistics.fmean(acc):.3f} ± {std(acc):.3f}",
+                 f"{statistics.fmean(loss):.4f} ± {std(loss):.4f}",
+                 "–" if None in beyond else f"{statistics.fmean(beyond):+.3f}"]
+        if i == 0:
+            cells += ["", "", ""]
+        else:
+            d_acc = [a - ref[s]["eval"]["after"] for s, a in zip(seeds, acc)]
+            d_loss = [a - ref[s]["eval"]["loss_after"] for s, a in zip(seeds, loss)]
+            reached = [forwards_to_target(m, ref[s]["eval"]["loss_after"]) for s, m in zip(seeds, ms)]
+            cells += [_signed(statistics.fmean(d_acc), paired_bootstrap(d_acc, resamples, seed), ".3f"),
+                      _signed(statistics.fmean(d_loss), paired_bootstrap(d_loss, resamples, seed), ".4f"),
+                      ", ".join("–" if f is None else str(f) for f in reached)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -236,3 +236,51 @@ def test_compare_refuses_what_it_cannot_compare(tmp_path, jsonl, capsys):
     capsys.readouterr()
     assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     assert "different tasks or test sets" in capsys.readouterr().err
+
+
+def _finished(folder: Path, seed: int, accuracy: float, curve: list[tuple[int, float]], lr: float = 1e-3,
+              beyond: float = 0.0, method: str = "mezo") -> Path:
+    """A hand-made metrics.json: test accuracy at the end, and the test loss at each logged forward count."""
+    folder.mkdir(parents=True)
+    metrics = {"method": method, "head_lr": None, "task": "t.jsonl", "forwards": curve[-1][0],
+               "eval": {"metric": "accuracy", "n": 8, "before": 0.5, "after": accuracy, "loss_before": curve[0][1],
+                        "loss_after": curve[-1][1]},
+               "curve": [{"step": f // 2, "forwards": f, "test_loss": loss} for f, loss in curve],
+               "gain": {"metric_beyond_calibration": beyond}, "config": {"seed": seed, "lr": lr, "threads": 1}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_compare_pairs_arms_by_seed(tmp_path, capsys):
+    """`compare A... --vs B...` pairs runs by their seed whatever the order the folders come in: the paired
+    differences, their bootstrap interval (with three seeds each extreme is drawn thrice with probability 1/27,
+    above the 2.5% tail, so the interval is exactly [smallest, largest difference]), and the passes each B run
+    needs to reach its own A partner's final test loss."""
+    a = {s: _finished(tmp_path / f"a{s}", s, acc, [(0, 1.0), (10, 0.9), (20, end)], beyond=0.01 * s)
+         for s, acc, end in ((0, 0.50, 0.80), (1, 0.60, 0.70), (2, 0.70, 0.60))}
+    b = {s: _finished(tmp_path / f"b{s}", s, acc, curve, lr=1e-2)
+         for s, acc, curve in ((0, 0.60, [(0, 1.0), (10, 0.75), (20, 0.7)]),        # A's 0.80 reached at 10
+                               (1, 0.80, [(0, 1.0), (10, 0.72), (20, 0.69)]),        # A's 0.70 reached at 20
+                               (2, 1.00, [(0, 1.0), (10, 0.7), (20, 0.65)]))}        # A's 0.60: never
+    assert cli.main(["compare", str(a[2]), str(a[0]), str(a[1]), "--vs", str(b[1]), str(b[2]), str(b[0])]) == 0
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| mezo 0.0")}
+    assert rows["mezo 0.001"][1:4] == ["0.600 ± 0.100", "0.7000 ± 0.1000", "+0.010"]
+    # B - A per seed: accuracy +0.1, +0.2, +0.3; test loss -0.1, -0.01, +0.05
+    assert rows["mezo 0.01"][1:] == ["0.800 ± 0.200", "0.6800 ± 0.0265", "+0.000", "+0.200 [+0.100, +0.300]",
+                                     "-0.0200 [-0.1000, +0.0500]", "10, 20, –"]
+
+
+def test_compare_refuses_arms_it_cannot_pair(tmp_path, capsys):
+    """Every refusal is one line and comes before any table is printed."""
+    a0 = _finished(tmp_path / "a0", 0, 0.5, [(0, 1.0), (2, 0.9)])
+    a1 = _finished(tmp_path / "a1", 1, 0.5, [(0, 1.0), (2, 0.9)])
+    b0 = _finished(tmp_path / "b0", 0, 0.5, [(0, 1.0), (2, 0.9)], lr=1e-2)
+    b1 = _finished(tmp_path / "b1", 1, 0.5, [(0, 1.0), (2, 0.9)], lr=1e-1)
+    again = _finished(tmp_path / "again", 0, 0.5, [(0, 1.0), (2, 0.9)])
+    for argv, says in (([a0, a1, "--vs", b0], "ran seeds [0], the first arm [0, 1]"),
+                       ([a0, again, "--vs", b0], "both ran seed 0"),
+                       ([a0, a1, "--vs", b0, b1], "differ in lr (0.01 against 0.1)")):
+        assert cli.main(["compare", *map(str, argv)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: ") and says in err and err.count("\n") == 1, err
