@@ -80,6 +80,41 @@ def option_gradient(h: torch.Tensor, option_logits: Sequence[torch.Tensor], opti
     return grad
 
 
+def head_tokens(scorer, examples: Sequence[Example]) -> list[int]:
+    """Every option token of ``examples``, sorted: the rows a head step can move on them."""
+    return sorted({t for ids in option_token_ids(scorer, examples) for t in ids})
+
+
+def head_rows(model: nn.Module):
+    """Where a head step reads and writes: the module that computes the logits (its forward is hooked), the
+    tensor that holds the option rows, and a function from a token to its row in that tensor.
+
+    * The full model: the output head (a trainable ``nn.Linear``), its weight, the token itself.
+    * ``--peft lora`` with trainable tokens (peft's ``trainable_token_indices``, which
+      :func:`~finetune.data.adapters.apply_peft` adds for a head step): peft's wrapper of the head, the adapter's
+      table of those tokens' rows (tied to the input embedding's where the model ties them), each token's place
+      in it. The adapter then carries the rows the head step moved: ``save_pretrained`` writes them and
+      ``merge_and_unload`` folds them into the head.
+    """
+    head = model.get_output_embeddings()
+    adapter = getattr(head, "token_adapter", None)
+    if adapter is not None and len(adapter.token_indices) == 1:
+        (name, tokens), = adapter.token_indices.items()
+        place = {t: i for i, t in enumerate(tokens)}
+
+        def row_of(t: int) -> int:
+            if t not in place:
+                raise ZotuneError(f"token {t} is not among the adapter's trainable tokens; the head step moves only "
+                                  "the option tokens of the training split")
+            return place[t]
+
+        return head, adapter.trainable_tokens_delta[name], row_of
+    if not isinstance(head, nn.Linear) or not head.weight.requires_grad:
+        raise ZotuneError("the head step needs a trainable output head: the full model, or --peft lora (whose adapter "
+                          "then carries the option rows); --peft prefix and norms keep the head frozen")
+    return head, head.weight, int
+
+
 class HeadStep:
     """Adam on the option rows of the output head, along :func:`head_gradient` of the passes it watched.
 
@@ -96,10 +131,7 @@ class HeadStep:
 
     def __init__(self, model: nn.Module, scorer, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, dp=None):
-        self.head = model.get_output_embeddings()
-        if not isinstance(self.head, nn.Linear) or not self.head.weight.requires_grad:
-            raise ZotuneError("--head-lr needs the model's output head to be a trainable linear layer "
-                              "(it is frozen under --peft); drop --head-lr")
+        self.head, self.rows, self._row_of = head_rows(model)
         self.scorer, self.lr, self.betas, self.eps, self.dp = scorer, lr, betas, eps, dp
         self.steps = 0
         self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -161,11 +193,11 @@ class HeadStep:
         if not grad:
             return
         self.steps += 1
-        weight = self.head.weight
+        weight = self.rows
         for t, g in sorted(grad.items()):
             update = _adam(self.moments, t, g, self.steps, self.betas, self.eps)
             delta = (self.lr * lr_factor * update).to(weight.dtype)
-            weight[t] -= delta
+            weight[self._row_of(t)] -= delta
             self.applied[t] = -delta  # w - d == w + (-d) exactly, so a replay that adds it is bit for bit
 
     def state_dict(self) -> dict:
@@ -308,12 +340,12 @@ class HeadRace(HeadStep):
                     offsets[t] = offsets.get(t, torch.zeros_like(g)) - lr * lr_factor * update
         self.active = min(range(len(self.lrs)), key=lambda k: (self.score(k), k))
         self.lanes[self.active]["steps_active"] += 1
-        weight = self.head.weight
+        weight = self.rows
         after = self.lanes[self.active]["offsets"]
         zero = torch.zeros(weight.shape[1], device=weight.device)  # (the offsets live on the weight's device)
         for t in sorted(set(before) | set(after)):
             self.applied[t] = (after.get(t, zero) - before.get(t, zero)).to(weight.dtype)
-            weight[t] += self.applied[t]
+            weight[self._row_of(t)] += self.applied[t]
 
     def score(self, lane: int) -> float:
         """Lane ``lane``'s score: its shadow's mean loss over the held-back examples seen (inf before any, and

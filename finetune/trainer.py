@@ -20,7 +20,7 @@ from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig
                                   sha256_json, sha256_tensors, strict_json, write_failed)
 from finetune.data.adapters import AdapterSpec, apply_peft, load_snapshot_weights, save_trained, snapshot_weights
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
-from finetune.head import HeadRace, HeadStep, option_token_ids
+from finetune.head import HeadRace, HeadStep, head_tokens, option_token_ids
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule, schedule_factor
 from finetune.data.scoring import TaskScorer
 from finetune.data.batches import batches
@@ -140,9 +140,9 @@ class FinetuneConfig(RunConfig):
         if (self.head_lr or self.head_race) and self.method == FO:
             raise ZotuneError(f"{flag} is for ZO methods; --method fo trains the head by backpropagation already: "
                               f"drop {flag}")
-        if (self.head_lr or self.head_race) and self.peft is not None:
-            raise ZotuneError(f"{flag} steps the output head, which --peft {self.peft} keeps frozen; "
-                              "drop one of the two")
+        if (self.head_lr or self.head_race) and self.peft not in (None, "lora"):
+            raise ZotuneError(f"{flag} steps the output head, which --peft {self.peft} keeps frozen; use --peft lora "
+                              f"(its adapter then carries the option rows) or drop {flag}")
         if self.q is not None:
             check_number("--q", self.q, low=1, integer=True)
         if self.autocast not in (None, "bf16"):
@@ -566,8 +566,11 @@ def prepare(cfg: FinetuneConfig) -> tuple[Task, object, object, TaskScorer]:
                      columns=cfg.task_columns())
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed,
                                   **({"device_map": cfg.device_map} if cfg.device_map else {}))
-    model = apply_peft(model, AdapterSpec.of(cfg), seed=cfg.seed)  # with --peft, only the adapter is trainable
-    return task, model, tokenizer, TaskScorer(tokenizer, max_length=cfg.max_length)
+    scorer = TaskScorer(tokenizer, max_length=cfg.max_length)
+    # with --peft, only the adapter is trainable; a head step adds the option rows to a LoRA adapter
+    tokens = head_tokens(scorer, task.train) if cfg.peft == "lora" and (cfg.head_lr or cfg.head_race) else ()
+    model = apply_peft(model, AdapterSpec.of(cfg), seed=cfg.seed, head_tokens=tokens)
+    return task, model, tokenizer, scorer
 
 
 def work_dir(out: Path) -> Path:

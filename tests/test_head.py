@@ -186,8 +186,8 @@ def test_the_head_step_refuses_what_it_cannot_serve(tmp_path, jsonl, capsys):
     assert "one token each" in err and "'yes'" in err  # ' yes' is four byte tokens
     assert "backpropagation" in bad(capsys, [*base, "--task", yn, "--method", "fo", "--head-lr", "1e-3",
                                              "--out", str(tmp_path / "b")])
-    assert "frozen" in bad(capsys, [*base, "--task", yn, "--peft", "lora", "--head-lr", "1e-3",
-                                    "--out", str(tmp_path / "c")])
+    assert "frozen; use --peft lora" in bad(capsys, [*base, "--task", yn, "--peft", "norms", "--head-lr", "1e-3",
+                                                     "--out", str(tmp_path / "c")])
     assert "--head-lr" in bad(capsys, [*base, "--task", yn, "--head-lr", "-1", "--out", str(tmp_path / "e")])
     for name in "abce":
         assert not (tmp_path / name).exists()
@@ -231,3 +231,90 @@ def test_docs_head_step_python_example_runs(tmp_path):
     start, _ = _tiny()
     moved = model.get_output_embeddings().weight.detach()[ids] - start.get_output_embeddings().weight.detach()[ids]
     assert head.steps == 3 and scope["opt"].engine.forwards == 6 and moved.abs().min() > 0
+
+
+def _untied_llama():
+    """A tiny Llama whose output head is its own matrix (not the input embedding), with the byte tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tied, tok = load_model("tiny-llama")
+    cfg = LlamaConfig(**{**tied.config.to_dict(), "tie_word_embeddings": False})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).eval()
+    return model, TaskScorer(tok)
+
+
+@pytest.mark.parametrize("untied", [False, True], ids=["tied", "untied"])
+def test_the_head_step_under_lora_moves_the_adapters_rows_as_on_the_full_model(untied):
+    """Under --peft lora the option rows join the adapter (peft's trainable tokens). LoRA's B starts at zero, so
+    the adapted model computes what the base does (to float rounding: peft's batched forward differs in the last
+    bits); three head steps on it must then move the rows as on a copy of the full model, while the base weights
+    stay as they were."""
+    from finetune.data.adapters import AdapterSpec, apply_peft
+    from finetune.head import head_rows, head_tokens
+
+    make = _untied_llama if untied else _tiny
+    full, scorer = make()
+    lora_base, _ = make()
+    ids = _ids(scorer)
+    assert head_tokens(scorer, one_token_examples(20)) == sorted(ids)
+    lora = apply_peft(lora_base, AdapterSpec(peft="lora"), seed=0, head_tokens=ids)
+    frozen = {n: p.detach().clone() for n, p in lora.named_parameters() if not p.requires_grad}
+    steps = [HeadStep(full, scorer, lr=1e-2), HeadStep(lora, scorer, lr=1e-2)]
+    for k in range(3):
+        batch = one_token_examples(4, seed=k)
+        for model, step in zip((full, lora), steps):
+            with torch.no_grad(), step.watching(batch):
+                scorer.loss(model, batch)
+            step.step()
+    _, rows, row_of = head_rows(lora)
+    moved = torch.stack([rows[row_of(t)] for t in ids]).detach()
+    assert torch.allclose(moved, full.get_output_embeddings().weight.detach()[ids], rtol=1e-5, atol=1e-7)
+    assert not torch.equal(moved, make()[0].get_output_embeddings().weight.detach()[ids])  # they did move
+    assert all(torch.equal(p, frozen[n]) for n, p in lora.named_parameters() if not p.requires_grad)
+
+
+def test_a_lora_run_with_the_head_step_saves_the_rows_in_its_adapter(tmp_path, capsys):
+    """`finetune --peft lora --head-lr` (and --head-race): the saved adapter (peft's own format, loaded with peft and merged) holds
+    the moved option rows; without --head-lr they stay as the base model has them."""
+    from peft import PeftModel
+
+    task = _jsonl(tmp_path, one_token_examples(60))
+    argv = ["finetune", "--model", "tiny-llama", "--task", task, "--steps", "4", "--lr", "1e-3", "--peft", "lora",
+            "--batch-size", "4", "--n-test", "8"]
+    assert cli.main([*argv, "--head-lr", "1e-2", "--out", str(tmp_path / "head")]) == 0
+    assert cli.main([*argv, "--head-race", "1e-3,1e-2", "--out", str(tmp_path / "race")]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    scorer = _tiny()[1]
+    ids = _ids(scorer)
+    base_rows = load_model("tiny-llama")[0].get_output_embeddings().weight.detach()[ids]
+    for name, moved in (("head", True), ("race", True), ("plain", False)):
+        model = PeftModel.from_pretrained(load_model("tiny-llama")[0], str(tmp_path / name / "adapter")).eval()
+        merged = model.merge_and_unload()
+        rows = merged.get_output_embeddings().weight.detach()[ids]
+        assert (not torch.equal(rows, base_rows)) == moved, name
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert (metrics["head_lr"] in (1e-3, 1e-2)) == moved
+    capsys.readouterr()
+
+
+def test_a_killed_lora_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
+    """The rows live in the adapter, so the adapter-sized snapshot carries them (and the head step's moments)."""
+    from safetensors.torch import load_file
+
+    task = _jsonl(tmp_path, one_token_examples(60))
+    argv = ["finetune", "--model", "tiny-llama", "--task", task, "--steps", "6", "--lr", "1e-3", "--head-lr", "1e-2",
+            "--peft", "lora", "--batch-size", "4", "--n-test", "8", "--eval-every", "2", "--snapshot-every", "3"]
+    assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
+    real_loss = kill_at_call(monkeypatch, 2 * 5)  # step 5's first pass: the snapshot of step 3 survives
+    out = tmp_path / "resumed"
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--out", str(out)])
+    monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    capsys.readouterr()
+    assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
+    a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert sorted(a) == sorted(b) and any("trainable_tokens" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)

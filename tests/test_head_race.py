@@ -103,7 +103,7 @@ def test_the_race_refuses_what_it_cannot_serve(tmp_path, capsys):
              "c": (["--head-race", "0,1e-3"], "--head-race"),
              "d": (["--head-race", "1e-3,1e-2", "--head-lr", "1e-3"], "not both"),
              "e": (["--head-race", "1e-3,1e-2", "--method", "fo"], "backpropagation"),
-             "f": (["--head-race", "1e-3,1e-2", "--peft", "lora"], "frozen")}
+             "f": (["--head-race", "1e-3,1e-2", "--peft", "prefix"], "frozen")}
     for name, (extra, says) in cases.items():
         assert says in bad(capsys, [*base, *extra, "--out", str(tmp_path / name)]), name
         assert not (tmp_path / name).exists()

@@ -22,6 +22,7 @@ import json
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -93,11 +94,18 @@ def default_targets(model: nn.Module) -> list[str]:
     return list(TABLE[model_type])
 
 
-def apply_peft(model: nn.Module, spec: AdapterSpec, seed: int = 0) -> nn.Module:
+def apply_peft(model: nn.Module, spec: AdapterSpec, seed: int = 0, head_tokens: Sequence[int] = ()) -> nn.Module:
     """``model`` with only the adapter of ``spec`` trainable: a ``peft`` model for lora and prefix (its
     initialisation seeded by ``seed``, the global RNG untouched), the model itself for norms and for no
-    adapter. The result is in eval mode."""
+    adapter. The result is in eval mode.
+
+    ``head_tokens`` (lora only; for a head step, :mod:`finetune.head`): the output head's rows of these tokens
+    become part of the adapter, with peft's ``trainable_token_indices``. Where the model ties its head to the
+    input embedding, peft adds them to the embedding and the head follows; else to the head alone."""
     spec.validate()
+    if head_tokens and spec.peft != "lora":
+        raise ZotuneError(f"the head step moves output-head rows, which --peft {spec.peft} keeps frozen; use --peft "
+                          "lora (its adapter then carries the rows) or drop the head step")
     if spec.peft is None:
         return model
     if spec.peft == "norms":
@@ -113,8 +121,14 @@ def apply_peft(model: nn.Module, spec: AdapterSpec, seed: int = 0) -> nn.Module:
         targets = spec.targets() or default_targets(model)
         leaves = {name.rsplit(".", 1)[-1]: m for name, m in model.named_modules()}
         conv1d = any(isinstance(leaves.get(t), Conv1D) for t in targets)  # GPT-2 stores weights transposed
+        tokens = None
+        if head_tokens:
+            head = model.get_output_embeddings()
+            tied = head is not None and head.weight is model.get_input_embeddings().weight
+            tokens = list(head_tokens) if tied else {next(n for n, m in model.named_modules() if m is head):
+                                                     list(head_tokens)}
         config = LoraConfig(r=spec.lora_r, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=targets,
-                            fan_in_fan_out=conv1d, task_type=TaskType.CAUSAL_LM)
+                            fan_in_fan_out=conv1d, task_type=TaskType.CAUSAL_LM, trainable_token_indices=tokens)
     else:
         config = PrefixTuningConfig(num_virtual_tokens=spec.prefix_tokens, task_type=TaskType.CAUSAL_LM)
     devices = [model.device] if getattr(model, "device", torch.device("cpu")).type == "cuda" else []
