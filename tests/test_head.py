@@ -153,11 +153,9 @@ def _jsonl(tmp_path, examples):
     return str(path)
 
 
-@pytest.mark.parametrize("head", [["--head-lr", "1e-2"], ["--head-race", "1e-3,1e-1"]], ids=["head-lr", "head-race"])
-def test_killed_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monkeypatch, capsys, head):
-    task = _jsonl(tmp_path, one_token_examples(60))
-    argv = ["finetune", "--model", "tiny-llama", "--task", task, "--steps", "6", "--lr", "1e-3", *head,
-            "--batch-size", "4", "--n-test", "8", "--eval-every", "2", "--snapshot-every", "3"]
+def _straight_and_resumed(tmp_path, monkeypatch, capsys, argv) -> Path:
+    """Run ``argv`` to tmp_path/straight, then again to tmp_path/resumed killed in step 5 (snapshots every 3 steps)
+    and resumed; return the resumed run's folder."""
     assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
     real_loss = kill_at_call(monkeypatch, 2 * 5)  # step 5's first pass: the snapshot of step 3 survives
     out = tmp_path / "resumed"
@@ -166,6 +164,15 @@ def test_killed_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monkeypatch
     monkeypatch.setattr(TaskScorer, "loss", real_loss)
     capsys.readouterr()
     assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("head", [["--head-lr", "1e-2"], ["--head-race", "1e-3,1e-1"]], ids=["head-lr", "head-race"])
+def test_killed_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monkeypatch, capsys, head):
+    task = _jsonl(tmp_path, one_token_examples(60))
+    argv = ["finetune", "--model", "tiny-llama", "--task", task, "--steps", "6", "--lr", "1e-3", *head,
+            "--batch-size", "4", "--n-test", "8", "--eval-every", "2", "--snapshot-every", "3"]
+    out = _straight_and_resumed(tmp_path, monkeypatch, capsys, argv)
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     b = json.loads((out / "metrics.json").read_text())
     for key in ("train_loss", "eval", "eval_history", "head_lr", "head_race"):  # (a race's lanes are in the snapshot)
@@ -306,14 +313,7 @@ def test_a_killed_lora_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monk
     task = _jsonl(tmp_path, one_token_examples(60))
     argv = ["finetune", "--model", "tiny-llama", "--task", task, "--steps", "6", "--lr", "1e-3", "--head-lr", "1e-2",
             "--peft", "lora", "--batch-size", "4", "--n-test", "8", "--eval-every", "2", "--snapshot-every", "3"]
-    assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
-    real_loss = kill_at_call(monkeypatch, 2 * 5)  # step 5's first pass: the snapshot of step 3 survives
-    out = tmp_path / "resumed"
-    with pytest.raises(SystemExit):
-        cli.main(argv + ["--out", str(out)])
-    monkeypatch.setattr(TaskScorer, "loss", real_loss)
-    capsys.readouterr()
-    assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
+    out = _straight_and_resumed(tmp_path, monkeypatch, capsys, argv)
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert sorted(a) == sorted(b) and any("trainable_tokens" in k for k in a)
