@@ -516,11 +516,14 @@ def cmd_tuners_import_pth(args: argparse.Namespace) -> None:
 def cmd_fetch(args: argparse.Namespace) -> None:
     from finetune.data.models import fetch_embedded
     from finetune.data.tasks import load_task
+    from finetune.trainer import FinetuneConfig
 
     print(f"model: {fetch_embedded()}")
+    run = FinetuneConfig()  # the split a fine-tune takes without --n-train, --n-dev, --n-test
     for task in args.tasks:
-        t = load_task(task)
-        print(f"task {t.name}: {len(t.train)} train, {len(t.dev)} dev, {len(t.test)} test examples")
+        t = load_task(task, seed=run.seed, n_train=run.n_train, n_dev=run.n_dev, n_test=run.n_test)
+        print(f"task {t.name}: {len(t.train)} train, {len(t.dev)} dev, {len(t.test)} test examples "
+              "(a fine-tune's default split)")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -296,6 +296,18 @@ def test_fetch_with_no_tasks_fetches_the_model_alone(monkeypatch, capsys):
     assert out.startswith("model: ") and "task " not in out
 
 
+def test_fetch_prints_the_split_a_finetune_takes(tmp_path, capsys):
+    """`fetch` reports the splits of a fine-tune run with the default --n-train/--n-dev/--n-test (1000/100/200),
+    not load_task's own defaults."""
+    import cli
+
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps({"input": f"q{i}", "options": ["a", "b"], "label": i % 2}) + "\n"
+                            for i in range(1500)))
+    assert cli.main(["fetch", "--tasks", str(path)]) == 0
+    assert "1000 train, 100 dev, 200 test examples (a fine-tune's default split)" in capsys.readouterr().out
+
+
 def test_a_package_index_without_the_sdist_is_a_one_line_error(tmp_path, monkeypatch):
     """What our machines met on 2026-12-05: pip finds no bigbench==1.0.0 and the index lists only 0.0.1. The
     error names both answers and what to do; nothing is left in downloads/."""
