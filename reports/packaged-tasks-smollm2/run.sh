@@ -76,3 +76,8 @@ done
 screen county-state --method mezo --lr 1e-5 --steps 500 --out $R/runs/county-state/mezo-1e-5-s0
 for lr in 1e-5 1e-4; do screen city-country --method mezo --lr $lr --steps 500 --out $R/runs/city-country/mezo-$lr-s0; done
 for lr in 1e-3 1e-2; do screen city-country --method fzoo --lr $lr --steps 111 --out $R/runs/city-country/fzoo-$lr-s0; done
+
+# --- 04:12, after the first two runs of seeds 1-2 (each took 12-14 minutes with set-up, not the 9 planned) -------
+# Not every run above fits in this session. Order from here, so that the held-out comparisons come first: the
+# city arms of seeds 1-2; then FZOO on word polarity (seeds 0-2) and the city-country lr bracket; then MeZO on
+# word-class and article (seeds 1-2) and MeZO 1e-5 on county-state, as far as time goes. Nothing else changed.
