@@ -406,14 +406,21 @@ def compare_arms(arms: list[list[Path]], resamples: int = 10000, seed: int = 0) 
         if sorted(runs) != seeds:
             raise ZotuneError(f"the arm of {arm[0]} ran seeds {sorted(runs)}, the first arm {seeds}; every arm needs "
                               "one run for each of the same seeds")
-    metric = read[0][1]["eval"]["metric"]
-    ref = {s: m for s, (_, m) in table[0].items()}
+    return paired_table([{s: m for s, (_, m) in runs.items()} for runs in table], resamples, seed)
+
+
+def paired_table(table: list[dict[int, dict]], resamples: int = 10000, seed: int = 0) -> str:
+    """The table of :func:`compare_arms` from arms already read and checked: per arm, seed -> ``metrics.json``
+    (every arm the same seeds, all runs of one task)."""
+    seeds = sorted(table[0])
+    metric = table[0][seeds[0]]["eval"]["metric"]
+    ref = table[0]
     lines = [f"Paired by seed (seeds {', '.join(map(str, seeds))}); differences from the first arm, with 95% "
              "bootstrap intervals over the seeds.", "",
              f"| arm | {metric} | test loss | {metric} beyond calibration | Δ {metric} | Δ test loss | "
              f"forwards to {_arm_label(ref[seeds[0]])}'s final test loss |", "|---|---|---|---|---|---|---|"]
     for i, runs in enumerate(table):
-        ms = [runs[s][1] for s in seeds]
+        ms = [runs[s] for s in seeds]
         acc = [m["eval"]["after"] for m in ms]
         loss = [m["eval"]["loss_after"] for m in ms]
         beyond = [(m.get("gain") or {}).get("metric_beyond_calibration") for m in ms]

@@ -1,0 +1,86 @@
+"""The held-out comparisons of this report, paired by seed (issue 17's arms on packaged tasks).
+
+    python reports/packaged-tasks-smollm2/paired.py [> reports/packaged-tasks-smollm2/held-out-compare.md]
+
+For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as shipped, seeds 0-2, from
+``runs/`` (each run's ``metrics.json``); printed with :func:`finetune.bench.paired_table`, the table of
+``cli.py compare --vs``: MeZO first, then FZOO first. ``cli.py compare`` itself refuses these runs as runs of
+different tasks, because the first runs read a JSONL file with the task's rows and the later ones the
+``packaged:<name>`` spec (the same rows and splits: tests/test_packaged_tasks.py checks that a spec and its rows'
+file split alike). So this script checks what the spec would have: every run of one seed starts from the same
+test split (the same test accuracy and loss before training, to the last bit, and the same calibration
+reference), and within an arm the runs differ only in seed, threads and the task's name.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+from finetune.bench import paired_table  # noqa: E402
+
+RUNS = HERE / "runs"
+SEEDS = (0, 1, 2)
+ARMS = {  # task -> arm -> the folder of seed s, as a format string
+    "vader-polarity": {"MeZO": "mezo-3e-5-s{}", "FZOO": "vader-polarity/fzoo-3e-3-s{}", "tuner v2": "tuner-v2-s{}"},
+    "city-country": {a: f"city-country/{d}-s{{}}" for a, d in
+                     (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"), ("tuner v2", "tuner-v2"))},
+    "city-continent": {a: f"city-continent/{d}-s{{}}" for a, d in
+                       (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"), ("tuner v2", "tuner-v2"))},
+}
+FREE = {"seed", "threads", "device", "device_map", "task"}
+
+
+def read(task: str) -> dict[str, dict[int, dict]]:
+    arms = {}
+    for arm, pattern in ARMS[task].items():
+        runs = {}
+        for s in SEEDS:
+            path = RUNS / pattern.format(s) / "metrics.json"
+            if path.is_file():
+                runs[s] = json.loads(path.read_text())
+        arms[arm] = runs
+    return arms
+
+
+def check(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None:
+    for arm, runs in arms.items():
+        configs = [{k: v for k, v in runs[s]["config"].items() if k not in FREE} for s in seeds]
+        if any(c != configs[0] for c in configs):
+            sys.exit(f"{task}, {arm}: the runs differ in more than seed, threads and the task's name")
+    for s in seeds:
+        starts = {(m["eval"]["n"], m["eval"]["before"], m["eval"]["loss_before"],
+                   json.dumps(m["calibration"]["test"], sort_keys=True)) for m in (arms[a][s] for a in arms)}
+        if len(starts) != 1:
+            sys.exit(f"{task}, seed {s}: the arms do not start from the same test split")
+
+
+def main() -> None:
+    print("# Held-out packaged tasks: MeZO, FZOO and tuner v2, paired by seed\n")
+    print("Written by `python reports/packaged-tasks-smollm2/paired.py` from `runs/`.\n")
+    for task in ARMS:
+        print(f"## {task}\n")
+        arms = read(task)
+        missing = {a: sorted(set(SEEDS) - set(r)) for a, r in arms.items() if set(SEEDS) - set(r)}
+        if missing:
+            print(f"Not run (or not finished): {missing}.\n")
+        arms = {a: r for a, r in arms.items() if len(r) >= 2}  # an arm with fewer than two seeds is left out
+        seeds = sorted(set.intersection(*(set(r) for r in arms.values()))) if arms else []
+        if len(arms) < 2 or len(seeds) < 2:
+            print("Fewer than two arms with two seeds in common: no paired table.\n")
+            continue
+        arms = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
+        check(task, arms, seeds)
+        for first in ("MeZO", "FZOO"):
+            order = [a for a in ("MeZO", "FZOO", "tuner v2") if a in arms and not (first == "FZOO" and a == "MeZO")]
+            if order[0] != first or len(order) < 2:
+                continue
+            print(f"Arms: {', '.join(order)}.\n")
+            print(paired_table([arms[a] for a in order]))
+            print()
+
+
+if __name__ == "__main__":
+    main()
