@@ -283,8 +283,8 @@ def test_the_head_step_under_lora_moves_the_adapters_rows_as_on_the_full_model(u
 
 
 def test_a_lora_run_with_the_head_step_saves_the_rows_in_its_adapter(tmp_path, capsys):
-    """`finetune --peft lora --head-lr` (and --head-race): the saved adapter (peft's own format, loaded with peft and merged) holds
-    the moved option rows; without --head-lr they stay as the base model has them."""
+    """`finetune --peft lora --head-lr` (and --head-race): the saved adapter (peft's own format, loaded with peft
+    and merged) holds the moved option rows; without a head step they stay as the base model has them."""
     from peft import PeftModel
 
     task = _jsonl(tmp_path, one_token_examples(60))
