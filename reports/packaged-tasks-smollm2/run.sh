@@ -85,6 +85,6 @@ for lr in 1e-3 1e-2; do screen city-country --method fzoo --lr $lr --steps 111 -
 # --- What ran of the above (2026-12-06, 05:55) and the tables ---------------------------------------------------
 # All the city arms of seeds 1-2, FZOO on word polarity (seeds 0-2) and the city-country bracket ran; MeZO 1e-4
 # diverged at step 233 (refused in one line, no metrics written: that is the bracket's answer). MeZO on word-class
-# seed 1 ran; word-class seed 2 and article seed 1 were started last and are reported only if they finished;
-# article seed 2 and county-state did not run. The tables of the report's last section:
+# seed 1 ran; word-class seed 2 and article seed 1, started last, finished (06:14); article seed 2 and
+# county-state did not run. The tables of the report's last section:
 python reports/packaged-tasks-smollm2/paired.py > $R/held-out-compare.md
