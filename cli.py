@@ -527,14 +527,9 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from finetune.bench import compare_arms, compare_runs
+    from finetune.bench import compare_runs
 
-    arms = [[Path(f) for f in args.runs]] + [[Path(f) for f in arm] for arm in args.vs or []]
-    paired = compare_arms(arms) if len(arms) > 1 else None  # refused before anything is printed
-    print(compare_runs([f for arm in arms for f in arm]))
-    if paired is not None:
-        print()
-        print(paired)
+    print(compare_runs([[Path(f) for f in args.runs]] + [[Path(f) for f in arm] for arm in args.vs or []]))
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:

@@ -346,16 +346,21 @@ def _read_finished(folders: list[Path]) -> list[tuple[Path, dict]]:
     return runs
 
 
-def compare_runs(folders: list[Path]) -> str:
-    """A Markdown table of finished ``finetune`` runs of one task (their ``metrics.json``), one row per folder:
-    method, forward passes, test loss and metric before and after, the calibration reference's metric, and
-    the gain, raw and beyond that reference. A folder without metrics, or runs of different tasks or test
-    sets, is a one-line error."""
-    runs = _read_finished(folders)
-    metric = runs[0][1]["eval"]["metric"]
+def compare_runs(arms: list[list[Path]], resamples: int = 10000, seed: int = 0) -> str:
+    """``cli.py compare``: finished ``finetune`` runs of one task (their ``metrics.json``, each read once).
+
+    A Markdown table with one row per folder: method, forward passes, test loss and metric before and after, the
+    calibration reference's metric, and the gain, raw and beyond that reference. With more than one arm, also
+    the arms paired by seed (:func:`paired_table`): each arm is one setting run over several seeds (runs that
+    differ only in ``--seed``, threads or device), and every arm has one run per seed, the same seeds. A folder
+    without metrics, runs of different tasks or test sets, or arms that cannot be paired are a one-line error,
+    raised before any table is made."""
+    read = _read_finished([f for arm in arms for f in arm])
+    paired = paired_table(_pair_by_seed(arms, read), resamples, seed) if len(arms) > 1 else None
+    metric = read[0][1]["eval"]["metric"]
     lines = [f"| run | method | forwards | test loss | {metric} | calibration reference | gain | "
              "gain beyond calibration |", "|---|---|---|---|---|---|---|---|"]
-    for folder, m in runs:
+    for folder, m in read:
         ev, gain = m["eval"], m.get("gain") or {}
         cal = calibrated_metric(m)
         beyond = gain.get("metric_beyond_calibration")
@@ -363,10 +368,10 @@ def compare_runs(folders: list[Path]) -> str:
                      f"{ev['loss_after']:.4f} | {ev['before']:.3f} -> {ev['after']:.3f} | "
                      f"{'–' if cal is None else f'{cal:.3f}'} | {ev['after'] - ev['before']:+.3f} | "
                      f"{'–' if beyond is None else f'{beyond:+.3f}'} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + ("" if paired is None else "\n\n" + paired)
 
 
-# A run's config keys that may differ between the seeds of one arm of `compare_arms` (the rest must agree).
+# A run's config keys that may differ between the seeds of one arm of `compare_runs` (the rest must agree).
 ARM_FREE_KEYS = ("seed", "threads", "device", "device_map")
 
 
@@ -375,15 +380,9 @@ def _arm_label(m: dict) -> str:
     return label + (f", head {m['head_lr']:g}" if m.get("head_lr") else "")
 
 
-def compare_arms(arms: list[list[Path]], resamples: int = 10000, seed: int = 0) -> str:
-    """Arms of finished ``finetune`` runs paired by seed: each arm is one setting run over several seeds (runs
-    that differ only in ``--seed``, threads or device), and every arm has one run per seed, the same seeds.
-    A Markdown table, one row per arm: the test metric and test loss (mean ± sample std over seeds), the gain
-    beyond the calibration reference, and against the first arm the mean paired difference of the metric and
-    of the test loss with a 95% percentile bootstrap interval over seeds (:func:`paired_bootstrap`), and the
-    forward passes each run needs to reach its first-arm partner's final test loss (at the run's logged
-    evaluation points; ``–``: never). Anything that cannot be paired is a one-line error."""
-    read = _read_finished([f for arm in arms for f in arm])
+def _pair_by_seed(arms: list[list[Path]], read: list[tuple[Path, dict]]) -> list[dict[int, dict]]:
+    """``read`` (the folders of ``arms`` in order, with their metrics) as one seed -> metrics map per arm, after
+    checking that each arm is one setting with one run per seed and that every arm has the same seeds."""
     by_folder = iter(read)
     table: list[dict[int, tuple[Path, dict]]] = []
     for arm in arms:
@@ -406,12 +405,16 @@ def compare_arms(arms: list[list[Path]], resamples: int = 10000, seed: int = 0) 
         if sorted(runs) != seeds:
             raise ZotuneError(f"the arm of {arm[0]} ran seeds {sorted(runs)}, the first arm {seeds}; every arm needs "
                               "one run for each of the same seeds")
-    return paired_table([{s: m for s, (_, m) in runs.items()} for runs in table], resamples, seed)
+    return [{s: m for s, (_, m) in runs.items()} for runs in table]
 
 
 def paired_table(table: list[dict[int, dict]], resamples: int = 10000, seed: int = 0) -> str:
-    """The table of :func:`compare_arms` from arms already read and checked: per arm, seed -> ``metrics.json``
-    (every arm the same seeds, all runs of one task)."""
+    """Arms of runs of one task paired by seed (per arm, seed -> ``metrics.json``; every arm the same seeds): a
+    Markdown table, one row per arm: the test metric and test loss (mean ± sample std over seeds), the gain beyond
+    the calibration reference, and against the first arm the mean paired difference of the metric and of the test
+    loss with a 95% percentile bootstrap interval over seeds (:func:`paired_bootstrap`), and the forward passes
+    each run needs to reach its first-arm partner's final test loss (at the run's logged evaluation points;
+    ``–``: never)."""
     seeds = sorted(table[0])
     metric = table[0][seeds[0]]["eval"]["metric"]
     ref = table[0]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-from finetune.bench import paired_table  # noqa: E402
+from finetune.bench import ARM_FREE_KEYS, paired_table  # noqa: E402
 
 RUNS = HERE / "runs"
 SEEDS = (0, 1, 2)
@@ -30,7 +30,7 @@ ARMS = {  # task -> arm -> the folder of seed s, as a format string
     "city-continent": {a: f"city-continent/{d}-s{{}}" for a, d in
                        (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"), ("tuner v2", "tuner-v2"))},
 }
-FREE = {"seed", "threads", "device", "device_map", "task"}
+FREE = {*ARM_FREE_KEYS, "task"}  # the arms of `cli.py compare`, and the task's name (see above)
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
