@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from finetune.common.errors import ZotuneError
+from finetune.head import head_rows
 from finetune.zo.engine import Direction, as_terms
 from finetune.zo.optim import ZOAdam, ZOOptimizer, ZOSGD
 from pertnn.blocks import fingerprint, fingerprint_mismatch, trainable_tensors
@@ -166,7 +167,7 @@ def replay_into(model: torch.nn.Module, head: dict, steps: list[dict]) -> int:
     else:
         opt = ZOSGD(model, momentum=head["momentum"], **kw)
     group = opt.param_groups[0]
-    rows = model.get_output_embeddings()
+    rows = head_rows(model)[1:] if any(rec.get("head") for rec in steps) else None  # (the table, a token's row)
     with torch.no_grad():
         for rec in steps:
             lr = rec["lr"]
@@ -176,7 +177,8 @@ def replay_into(model: torch.nn.Module, head: dict, steps: list[dict]) -> int:
             opt._decay(group)
             opt._apply(group, Direction([(int(s), float(c)) for s, c in rec["terms"]], rec.get("scales")))
             for t, delta in rec.get("head", []):  # after the ZO update, as in training (the rows may be tied)
-                rows.weight[int(t)] += torch.tensor(delta, dtype=rows.weight.dtype, device=rows.weight.device)
+                table, row_of = rows
+                table[row_of(int(t))] += torch.tensor(delta, dtype=table.dtype, device=table.device)
     return len(steps)
 
 
