@@ -98,7 +98,7 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None,
                    help=f"alias, tiny-*, Hub id or local folder (default {EMBEDDED}, or the tuner's base model)")
     g.add_argument("--task", default=DEFAULT_TASK, help="sst2, copa, boolq, cb, wsc, rte, squad, drop, "
-                   "bigbench:<name>, a .jsonl file, or your own .csv/.json/.jsonl/.parquet file or "
+                   "bigbench:<name>, packaged:<name> (cli.py tasks), a .jsonl file, or your own .csv/.json/.jsonl/.parquet file or "
                    f"Dataset.save_to_disk folder with the column options below (default {DEFAULT_TASK})")
     g.add_argument("--input-column", default=None, metavar="COL",
                    help="your table: the column holding the prompt (default input)")

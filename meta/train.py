@@ -44,7 +44,7 @@ from pertnn.policy import PolicyConfig
 
 from .metagrad import MetaStep, closed_form, unrolled
 
-DEFAULT_TASKS = ("bigbench:winowhy", "bigbench:social_iqa", "bigbench:presuppositions_as_nli")
+DEFAULT_TASKS = ("packaged:word-class", "packaged:article")  # the main job's: meta-training tasks where ZO learns
 
 
 @dataclass
