@@ -340,10 +340,28 @@ def _read_finished(folders: list[Path]) -> list[tuple[Path, dict]]:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ZotuneError(f"{path} is not a metrics file ({err}); give the --out folder of a finished run") from None
     tasks = sorted({(m["task"], m["eval"]["n"]) for _, m in runs})
-    if len(tasks) > 1:
+    if len(tasks) > 1 and (len({n for _, n in tasks}) > 1 or not _names_of_one_split(runs)):
         raise ZotuneError("the runs are on different tasks or test sets (" + "; ".join(
             f"{t}, {n} test examples" for t, n in tasks) + "); compare runs of one task")
+    tests: dict[int, tuple[Path, str]] = {}  # seed -> the first run's test-split hash (runs since 2026-12-06)
+    for folder, m in runs:
+        s, sha = m["config"]["seed"], m["eval"].get("sha256")
+        if sha is not None and tests.setdefault(s, (folder, sha))[1] != sha:
+            raise ZotuneError(f"{tests[s][0]} and {folder} ran seed {s} on different test examples (their task data or "
+                              "split sizes differ); compare runs of one task and split")
     return runs
+
+
+def _names_of_one_split(runs: list[tuple[Path, dict]]) -> bool:
+    """Whether runs under different task names (a ``packaged:`` spec and a file of its rows, say) can be shown to
+    hold the same data: every run has its test split's hash and every name ran the same seeds (that the runs of a
+    seed share one hash, :func:`_read_finished` checks next)."""
+    if any(m["eval"].get("sha256") is None for _, m in runs):
+        return False
+    seeds: dict[str, set[int]] = {}
+    for _, m in runs:
+        seeds.setdefault(m["task"], set()).add(m["config"]["seed"])
+    return len({frozenset(s) for s in seeds.values()}) == 1
 
 
 def compare_runs(arms: list[list[Path]], resamples: int = 10000, seed: int = 0) -> str:

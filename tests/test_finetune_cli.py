@@ -251,6 +251,66 @@ def _finished(folder: Path, seed: int, accuracy: float, curve: list[tuple[int, f
     return folder
 
 
+def test_compare_checks_the_test_examples_not_the_task_name(tmp_path, jsonl, capsys):
+    """metrics.json holds the hash of the test split's examples (worked out here from the rows of the file, in the
+    order a split of the same seed and sizes takes them). Runs of the same data under two names (a copy of the
+    file) compare; runs of one name whose data changed between them are refused."""
+    import hashlib
+
+    from finetune.data.tasks import load_task
+
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(jsonl.read_bytes())
+    common = ["--model", "tiny-gpt2", "--steps", "1", "--batch-size", "4", "--n-test", "8", "--no-save-model"]
+    for name, task in (("a", jsonl), ("b", copy)):
+        assert cli.main(["finetune", "--task", str(task), *common, "--out", str(tmp_path / name)]) == 0
+    test = load_task(str(jsonl), seed=0, n_train=1000, n_dev=500, n_test=8).test
+    lines = {line: i for i, line in enumerate(jsonl.read_text().splitlines())}
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    picked = [rows[lines[json.dumps({"input": e.prompt, "options": list(e.options), "label": e.label})]] for e in test]
+    want = hashlib.sha256(json.dumps([[r["input"], r["options"], r["label"], []] for r in picked],
+                                     separators=(",", ":")).encode()).hexdigest()
+    got = {n: json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b")}
+    assert got["a"]["eval"]["sha256"] == got["b"]["eval"]["sha256"] == want and got["a"]["task"] != got["b"]["task"]
+    capsys.readouterr()
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0  # different names, the same split
+    out = capsys.readouterr().out
+    assert "| a | mezo |" in out and "| b | mezo |" in out
+    text = jsonl.read_text().replace(". Answer:", "? Answer:")  # the same file name, other prompts
+    jsonl.write_text(text)
+    assert cli.main(["finetune", "--task", str(jsonl), *common, "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"error: {tmp_path / 'a'} and {tmp_path / 'c'} ran seed 0 on different test examples "
+                                 "(their task data or split sizes differ); compare runs of one task and split\n")
+
+
+def test_compare_accepts_two_task_names_only_where_every_seed_is_shown_alike(tmp_path, capsys):
+    """Hand-made runs: two names pass only when each name ran the same seeds and a seed's runs share one hash; a
+    run without a hash (written before 2026-12-06) leaves the names to decide."""
+    def run(name, seed, task, sha):
+        folder = _finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)])
+        m = json.loads((folder / "metrics.json").read_text())
+        m["task"] = task
+        if sha:
+            m["eval"]["sha256"] = sha
+        (folder / "metrics.json").write_text(json.dumps(m))
+        return str(folder)
+
+    a0, a1 = run("a0", 0, "x.jsonl", "h0"), run("a1", 1, "x.jsonl", "h1")
+    b0, b1 = run("b0", 0, "packaged:x", "h0"), run("b1", 1, "packaged:x", "h1")
+    old = run("old", 1, "packaged:x", None)
+    assert cli.main(["compare", a0, a1, "--vs", b0, b1]) == 0
+    capsys.readouterr()
+    for argv in ([a0, a1, "--vs", b0, old], [a0, b1], [a0, a1, b0]):  # no hash; seeds 0 and 1 apart; b ran 0 only
+        assert cli.main(["compare", *argv]) == 2
+        assert "the runs are on different tasks or test sets" in capsys.readouterr().err
+    other = run("other", 1, "packaged:x", "h2")  # both names ran both seeds, but seed 1's data differ
+    assert cli.main(["compare", a0, a1, "--vs", b0, other]) == 2
+    assert f"{a1} and {other} ran seed 1 on different test examples" in capsys.readouterr().err
+
+
 def test_compare_pairs_arms_by_seed(tmp_path, capsys):
     """`compare A... --vs B...` pairs runs by their seed whatever the order the folders come in: the paired
     differences, their bootstrap interval (with three seeds each extreme is drawn thrice with probability 1/27,
