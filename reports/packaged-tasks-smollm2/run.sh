@@ -132,3 +132,17 @@ done
 
 # --- 07:38: MeZO on noun-number seeds 1-2 ran (+10.0 and +1.0 beyond the reference; mean over seeds 0-2 +5.8).
 # MeZO on article seed 2 moves up to run next (it completes that task's three seeds); the rest keeps its order.
+
+# --- 07:48: MeZO on city-hemisphere (held out) seed 0 passes the ZO bar (0.500 -> 0.610: +11.0 raw, +9.5 beyond
+# the reference); FZOO there does not learn (+2.5 raw). Its fo run is running. City-hemisphere gets MeZO seeds 1-2
+# and tuner v2 as shipped on seeds 0-2 next (issue 17's comparison on a fourth held-out packaged task; the task was
+# chosen on MeZO's seed 0, which favours MeZO, not tuner v2), then the baselines' screen in its order, as far as
+# this session's time goes (BCD last).
+t=city-hemisphere
+for seed in 1 2; do
+  screen $t --method mezo --lr 3e-5 --steps 500 --seed $seed --out $R/runs/$t/mezo-3e-5-s$seed
+done
+for seed in 0 1 2; do
+  screen $t --method tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr 3e-5 --steps 500 \
+    --seed $seed --out $R/runs/$t/tuner-v2-s$seed
+done
