@@ -98,8 +98,9 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None,
                    help=f"alias, tiny-*, Hub id or local folder (default {EMBEDDED}, or the tuner's base model)")
     g.add_argument("--task", default=DEFAULT_TASK, help="sst2, copa, boolq, cb, wsc, rte, squad, drop, "
-                   "bigbench:<name>, packaged:<name> (cli.py tasks), a .jsonl file, or your own .csv/.json/.jsonl/.parquet file or "
-                   f"Dataset.save_to_disk folder with the column options below (default {DEFAULT_TASK})")
+                   "bigbench:<name>, packaged:<name> (cli.py tasks), a .jsonl file, or your own "
+                   ".csv/.json/.jsonl/.parquet file or Dataset.save_to_disk folder with the column options below "
+                   f"(default {DEFAULT_TASK})")
     g.add_argument("--input-column", default=None, metavar="COL",
                    help="your table: the column holding the prompt (default input)")
     g.add_argument("--options-column", default=None, metavar="COL",
