@@ -146,3 +146,6 @@ for seed in 0 1 2; do
   screen $t --method tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr 3e-5 --steps 500 \
     --seed $seed --out $R/runs/$t/tuner-v2-s$seed
 done
+
+# --- 08:45: what ran of the above. Everything up to HiZOO on the three tasks and Sparse-MeZO on city-country; the
+# session's time ran out before Sparse-MeZO on word polarity and city-continent and BCD on all three (not run).
