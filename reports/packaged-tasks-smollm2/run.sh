@@ -149,3 +149,9 @@ done
 
 # --- 08:45: what ran of the above. Everything up to HiZOO on the three tasks and Sparse-MeZO on city-country; the
 # session's time ran out before Sparse-MeZO on word polarity and city-continent and BCD on all three (not run).
+
+# --- 09:07, the session's last batch, written before it runs: FZOO 3e-3 on city-hemisphere seeds 1-2, so that the
+# best baseline there is measured on the same three seeds as MeZO and tuner v2.
+for seed in 1 2; do
+  screen city-hemisphere --method fzoo --lr 3e-3 --steps 111 --seed $seed --out $R/runs/city-hemisphere/fzoo-3e-3-s$seed
+done
