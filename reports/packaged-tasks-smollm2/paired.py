@@ -2,8 +2,7 @@
 
     python reports/packaged-tasks-smollm2/paired.py [> reports/packaged-tasks-smollm2/held-out-compare.md]
 
-For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as shipped, seeds 0-2 (city-hemisphere:
-FZOO on seed 0 only, so it is left out of that task's table), from
+For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as shipped, seeds 0-2, from
 ``runs/`` (each run's ``metrics.json``); printed with :func:`finetune.bench.paired_table`, the table of
 ``cli.py compare --vs``: MeZO first, then FZOO first. ``cli.py compare`` itself refuses these runs as runs of
 different tasks, because the first runs read a JSONL file with the task's rows and the later ones the
