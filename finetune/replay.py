@@ -167,7 +167,8 @@ def replay_into(model: torch.nn.Module, head: dict, steps: list[dict]) -> int:
     else:
         opt = ZOSGD(model, momentum=head["momentum"], **kw)
     group = opt.param_groups[0]
-    rows = head_rows(model)[1:] if any(rec.get("head") for rec in steps) else None  # (the table, a token's row)
+    # where the head rows live: the table and a token's row in it (looked up only if the log moved any)
+    table, row_of = head_rows(model)[1:] if any(rec.get("head") for rec in steps) else (None, None)
     with torch.no_grad():
         for rec in steps:
             lr = rec["lr"]
@@ -177,7 +178,6 @@ def replay_into(model: torch.nn.Module, head: dict, steps: list[dict]) -> int:
             opt._decay(group)
             opt._apply(group, Direction([(int(s), float(c)) for s, c in rec["terms"]], rec.get("scales")))
             for t, delta in rec.get("head", []):  # after the ZO update, as in training (the rows may be tied)
-                table, row_of = rows
                 table[row_of(int(t))] += torch.tensor(delta, dtype=table.dtype, device=table.device)
     return len(steps)
 

@@ -24,7 +24,7 @@ from finetune.head import HeadRace, HeadStep, head_tokens, option_token_ids
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule, schedule_factor
 from finetune.data.scoring import TaskScorer
 from finetune.data.batches import batches
-from finetune.data.tasks import Example, Task, TaskColumns, example_rows, examples_sha256, load_task
+from finetune.data.tasks import Example, Task, TaskColumns, example_rows, load_task
 
 DEFAULT_TASK = "packaged:city-country"  # the main job's held-out task: data from a PyPI wheel, and ZO learns there
 
@@ -546,7 +546,7 @@ def metrics_dict(cfg: FinetuneConfig, task: Task, result: RunResult) -> dict:
         "forwards": result.forwards,
         "backwards": result.backwards,
         "train_loss": result.train_loss,
-        "eval": {"metric": task.metric, "split": "test", "n": len(task.test), "sha256": examples_sha256(task.test),
+        "eval": {"metric": task.metric, "split": "test", "n": len(task.test), "sha256": sha256_json(example_rows(task.test)),
                  "before": result.eval_before, "after": result.eval_after,
                  "loss_before": result.loss_before, "loss_after": result.loss_after},
         "eval_history": [{"step": s, "dev": v} for s, v in result.eval_history],

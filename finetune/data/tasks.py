@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import difflib
 import gzip
-import hashlib
 import json
 import os
 import random
@@ -75,15 +74,9 @@ class Task:
 
 
 def example_rows(examples: Iterable[Example]) -> list[list]:
-    """Examples as plain JSON rows (prompt, options, label, answers), in order: what a fingerprint of data hashes."""
+    """Examples as plain JSON rows (prompt, options, label, answers), in order: what a fingerprint of data hashes
+    (a run's inputs, and ``metrics.json``'s ``eval.sha256``, which ``cli.py compare`` checks)."""
     return [[e.prompt, list(e.options), e.label, list(e.answers)] for e in examples]
-
-
-def examples_sha256(examples: Iterable[Example]) -> str:
-    """A hash of examples' contents in order, whatever the task is called: two runs whose test splits hash alike
-    were scored on the same examples (``metrics.json``'s ``eval.sha256``; ``cli.py compare`` checks it)."""
-    rows = json.dumps(example_rows(examples), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(rows.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------

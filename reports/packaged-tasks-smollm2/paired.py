@@ -47,14 +47,19 @@ def read(task: str) -> dict[str, dict[int, dict]]:
     return arms
 
 
+def start(m: dict) -> tuple:
+    """What a run's test split looks like before training: its size, accuracy and loss, and calibration reference."""
+    return m["eval"]["n"], m["eval"]["before"], m["eval"]["loss_before"], json.dumps(m["calibration"]["test"],
+                                                                                     sort_keys=True)
+
+
 def check(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None:
     for arm, runs in arms.items():
         configs = [{k: v for k, v in runs[s]["config"].items() if k not in FREE} for s in seeds]
         if any(c != configs[0] for c in configs):
             sys.exit(f"{task}, {arm}: the runs differ in more than seed, threads and the task's name")
     for s in seeds:
-        starts = {(m["eval"]["n"], m["eval"]["before"], m["eval"]["loss_before"],
-                   json.dumps(m["calibration"]["test"], sort_keys=True)) for m in (arms[a][s] for a in arms)}
+        starts = {start(arms[a][s]) for a in arms}
         if len(starts) != 1:
             sys.exit(f"{task}, seed {s}: the arms do not start from the same test split")
 

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RUNS = HERE / "runs"
+sys.path.insert(0, str(HERE))
+from paired import RUNS, start  # noqa: E402  (the same-split check of paired.py)
+
 TASKS = ("vader-polarity", "city-country", "city-continent", "county-state", "syllables", "city-hemisphere",
          "word-class", "article", "rhymes", "subjectivity", "noun-number")
 
@@ -34,8 +36,7 @@ def table(task: str, seed: int) -> str:
     runs = runs_of(task, seed)
     if not runs:
         return f"## {task}, seed {seed}\n\nNo finished runs.\n"
-    starts = {(m["eval"]["n"], m["eval"]["before"], m["eval"]["loss_before"],
-               json.dumps(m["calibration"]["test"], sort_keys=True)) for m in runs.values()}
+    starts = {start(m) for m in runs.values()}
     if len(starts) != 1:
         sys.exit(f"{task}, seed {seed}: the runs do not start from the same test split")
     m0 = next(iter(runs.values()))
