@@ -155,3 +155,22 @@ done
 for seed in 1 2; do
   screen city-hemisphere --method fzoo --lr 3e-3 --steps 111 --seed $seed --out $R/runs/city-hemisphere/fzoo-3e-3-s$seed
 done
+
+# --- Session of 2026-12-06 (third), written 09:38 before these runs ---------------------------------------------
+# The rest of the baselines screen on the three held-out tasks that pass the bar, seed 0, each at the lr the
+# baselines report selected on dev loss (valid_parentheses), carried, not chosen here, at 1,000 passes (or the
+# nearest below), the same split, batch order and noise seed as the other arms of seed 0. First what the last
+# session left (Sparse-MeZO on word polarity and city-continent, BCD on all three), then the seed methods with
+# their passes a step: n-SPSA 1e-4 (q = 4: 8 passes, 125 steps), GV 3e-5 (4 candidates: 6 passes, 166 steps),
+# ZO-Adam 1e-3 (2 passes, 500 steps), Greedy 1e-5 (4 candidates: 5 passes, 200 steps), LDSD 1e-5 (k = 4: 5 passes,
+# 200 steps). Each evaluated at half its steps and at the end.
+for t in vader-polarity city-continent; do
+  screen $t --method sparse-mezo --lr 3e-5 --steps 500 --out $R/runs/$t/sparse-mezo-3e-5-s0
+done
+for m in bcd:3e-4:500:250 nspsa:1e-4:125:63 gv:3e-5:166:83 zo-adam:1e-3:500:250 greedy:1e-5:200:100 \
+    ldsd:1e-5:200:100; do
+  IFS=: read -r meth lr steps every <<< "$m"
+  for t in city-country vader-polarity city-continent; do
+    screen $t --method $meth --lr $lr --steps $steps --eval-every $every --out $R/runs/$t/$meth-$lr-s0
+  done
+done
