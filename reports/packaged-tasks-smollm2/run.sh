@@ -174,3 +174,15 @@ for m in bcd:3e-4:500:250 nspsa:1e-4:125:63 gv:3e-5:166:83 zo-adam:1e-3:500:250 
     screen $t --method $meth --lr $lr --steps $steps --eval-every $every --out $R/runs/$t/$meth-$lr-s0
   done
 done
+
+# --- 09:40, a reorder written before it takes effect: after Sparse-MeZO and BCD, the oracle of issue 17 (item 3)
+# comes before the seed methods. The oracle is the tuner's own rule with the target task's data: MeZO 3e-5 plus the
+# head step at each head lr of the grid the tuner chose from (1e-4, 3e-4, 1e-3, 3e-3), the one with the lowest
+# final dev loss picked; it reads the held-out task's dev split, so it is an upper bound, not a tuner. 3e-4 ran
+# (tuner v2, bit for bit `--head-lr 3e-4`); 1e-3 and 3e-3 run now on the four held-out tasks, seed 0; 1e-4 runs only
+# where 3e-4 beats 1e-3 on dev loss (so that the pick has a worse lr on each side). Then the seed methods as above.
+for t in vader-polarity city-country city-continent city-hemisphere; do
+  for h in 1e-3 3e-3; do
+    screen $t --method mezo --lr 3e-5 --steps 500 --head-lr $h --out $R/runs/$t/oracle-h$h-s0
+  done
+done
