@@ -432,12 +432,15 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
         model = args.model or EMBEDDED
         path = str(untrained_tuner(model, work, dtype=args.dtype))
         tuner = Tuner.from_pretrained(path)
-    lr = args.lr if args.lr is not None else tuner.recommended.get("lr")
+    if args.lr is not None and args.lrs is not None:
+        raise ZotuneError("give --lr (one ZO lr) or --lrs (a grid, chosen with the head lr), not both")
+    lr = args.lrs[0] if args.lrs else args.lr if args.lr is not None else tuner.recommended.get("lr")
     if lr is None:
-        raise ZotuneError("this tuner records no recommended lr; pass --lr (the fine-tuning lr the head step goes with)")
+        raise ZotuneError("this tuner records no recommended lr; pass --lr (the fine-tuning lr the head step goes "
+                          "with) or --lrs (a grid)")
     base = _config(args, method="tuner", tuner=path, model=model, lr=lr)  # the run options, as finetune takes them
     search = HeadSearch(tasks=args.tasks, head_lrs=args.head_lrs, race=args.race, seeds=args.seeds,
-                        forwards=args.forwards, eval_points=args.eval_points)
+                        forwards=args.forwards, eval_points=args.eval_points, lrs=args.lrs)
     try:
         chosen = select_head_lr(base, search, work, out, tuner=tuner)
     except KeyboardInterrupt:
@@ -446,7 +449,8 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
     sel = chosen.provenance["head_selection"]
     grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in sel["dev_loss"].items())
     head = chosen.head_text if chosen.head is not None else "lr 0, no head step"
-    print(f"head {head} (final dev loss by candidate: {grid}); wrote {out} (benches in {work})")
+    zo = f"; recommended lr {sel['lr']:g}" if "lrs" in sel else ""
+    print(f"head {head}{zo} (final dev loss by candidate: {grid}); wrote {out} (benches in {work})")
 
 
 def cmd_tuners_inspect(args: argparse.Namespace) -> None:
@@ -652,8 +656,11 @@ def parser() -> argparse.ArgumentParser:
                    "race if it wins")
     p.add_argument("--lr", action=_Finite, default=None,
                    help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
+    p.add_argument("--lrs", type=_floats, default=None,
+                   help="instead of --lr, a grid of ZO lrs chosen with the head lr: every (lr, head lr) pair gets its "
+                   "benches, and the winning pair's lr becomes the tuner's recommended lr")
     p.add_argument("--seeds", type=_ints, default=[0],
-                   help="comma-separated seeds, one bench each per (task, head lr) (default 0)")
+                   help="comma-separated seeds, one bench each per (task, lr, head lr) (default 0)")
     p.add_argument("--forwards", type=int, default=1000, help="forward passes per run (default %(default)s)")
     p.add_argument("--eval-points", action=_Count, default=5, help="evaluations along each run (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")

@@ -53,19 +53,22 @@ def policy_text(tuner: Tuner) -> str:
 def head_text(tuner: Tuner) -> str:
     """One line on the head step a tuner takes by default, and how its lr was chosen when recorded."""
     if tuner.head is None:
-        return "none (the output head is left to the ZO step)"
-    text = f"Adam at {tuner.head_text}"
-    if len(tuner.head_lrs) > 1:
-        text += " (the rows of the lr that fits held-back training examples best)"
-    text += (" on the output head's option rows, along their exact gradient read off the forward passes (multiple "
-             "choice, one-token options)")
+        text = "none (the output head is left to the ZO step)"
+    else:
+        text = f"Adam at {tuner.head_text}"
+        if len(tuner.head_lrs) > 1:
+            text += " (the rows of the lr that fits held-back training examples best)"
+        text += (" on the output head's option rows, along their exact gradient read off the forward passes (multiple "
+                 "choice, one-token options)")
     sel = (tuner.provenance or {}).get("head_selection")
     if isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict):
         grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"
                          for k, v in sel["dev_loss"].items())
+        lrs = sel.get("lrs")  # a grid of ZO lrs searched with the head lr (meta-train-head --lrs)
+        lrs = ", ".join(map(str, lrs)) if isinstance(lrs, list) else lrs
+        lr = f"lr {sel.get('lr', '?')}" if lrs is None else f"the ZO lr chosen with it from {lrs}: {sel.get('lr', '?')}"
         text += (f"; chosen by final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
-                 f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}, lr {sel.get('lr', '?')}): "
-                 f"{grid}")
+                 f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}, {lr}): {grid}")
     return text
 
 

@@ -13,6 +13,11 @@ infinite loss. A grid may hold 0 (no head step), so that the choice can also be 
 candidate joins the grid: a head race over those lrs (:class:`finetune.head.HeadRace`; format version 4 when it
 wins). The test split is never read for the choice (it is evaluated, as in every bench, and left alone).
 
+The ZO step's lr can be chosen with the head lr (``lrs``, ``--lrs``): then every (lr, head lr) pair of the two
+grids gets its benches, the pair with the lowest mean final dev loss wins, and its lr becomes the tuner's
+recommended lr, so that the number the tuner recommends is chosen by the same rule on the same tasks, not carried
+in by hand. Without ``lrs`` the ZO lr is the one given (``--lr``, else the tuner's recommended lr), as before.
+
 Each (task, head lr, seed) bench lives in its own folder under ``work`` (:func:`bench_folder`) and resumes after a
 kill, so an interrupted selection continues where it stopped when the same command is given again; finished benches
 are read, not rerun. One bench per seed means a choice can be widened later: the same command with more
@@ -44,6 +49,7 @@ class HeadSearch:
     forwards: int = 1000
     eval_points: int = 5
     race: list[float] | None = None    # one more candidate: a head race over these lrs
+    lrs: list[float] | None = None     # a grid of the ZO step's lr, chosen with the head lr (None: the base lr)
 
     @property
     def candidates(self) -> list:
@@ -65,16 +71,26 @@ class HeadSearch:
                 raise ZotuneError(f"--race needs two or more distinct lrs (got {self.race})")
             for lr in self.race:
                 check_number("--race", lr, low=0, low_open=True)
+        if self.lrs is not None:
+            if not self.lrs or len(set(self.lrs)) != len(self.lrs):
+                raise ZotuneError(f"--lrs must be distinct and not empty (got {self.lrs})")
+            for lr in self.lrs:
+                check_number("--lrs", lr, low=0, low_open=True)
 
 
-def candidate_name(head: float | tuple) -> str:
-    """A candidate's name in the grid's dev losses and folders: ``0.0003``, or ``race 0.0001,0.0003``."""
-    return f"{head:g}" if not isinstance(head, tuple) else "race " + ",".join(f"{x:g}" for x in head)
+def candidate_name(head: float | tuple, lr: float | None = None) -> str:
+    """A candidate's name in the grid's dev losses: ``0.0003``, or ``race 0.0001,0.0003``; with a grid of ZO lrs,
+    the pair: ``lr 3e-05, head 0.0003``."""
+    name = f"{head:g}" if not isinstance(head, tuple) else "race " + ",".join(f"{x:g}" for x in head)
+    return name if lr is None else f"lr {lr:g}, head {name}"
 
 
-def bench_folder(work: Path, task: str, head_lr: float | tuple, seed: int) -> Path:
-    """The bench of one (task, head lr, seed) under ``work``."""
+def bench_folder(work: Path, task: str, head_lr: float | tuple, seed: int, lr: float | None = None) -> Path:
+    """The bench of one (task, head lr, seed) under ``work``; with a grid of ZO lrs, of one (task, lr, head lr,
+    seed), under ``lr-<lr>`` (a search without that grid keeps the layout it always had)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", task).strip("-")
+    if lr is not None:
+        slug = f"{slug}/lr-{lr:g}"
     if isinstance(head_lr, tuple):
         name = "head-race-" + "-".join(f"{x:g}" for x in head_lr)
     else:
@@ -92,10 +108,11 @@ def final_dev_loss(run: dict) -> float:
 
 def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float | tuple, seed: int, work: Path,
               tuner: Tuner, progress: bool = True) -> dict:
-    """The run of one (task, head lr or race, seed) bench: read when finished, resumed when interrupted, else run."""
+    """The run of one (task, head lr or race, seed) bench at ``base.lr``: read when finished, resumed when
+    interrupted, else run."""
     from finetune.bench import BenchConfig, bench, bench_spec
 
-    folder = bench_folder(work, task, head_lr, seed)
+    folder = bench_folder(work, task, head_lr, seed, lr=None if search.lrs is None else base.lr)
     done = folder / "bench.json"
     head = dict(head_race=list(head_lr)) if isinstance(head_lr, tuple) else dict(head_lr=head_lr)
     cfg = BenchConfig(base=replace(base, task=task, **head), methods=["tuner"],
@@ -173,21 +190,27 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
         stack.enter_context(RunLock(out))
         check_output(out, kind="file")  # again, now that no other run can write it
         losses: dict[str, float] = {}
-        for head_lr in search.candidates:
-            per_task = []
-            for task in search.tasks:
-                runs = [run_bench(base, search, task, head_lr, seed, work, tuner, progress) for seed in search.seeds]
-                per_task.append(sum(final_dev_loss(r) for r in runs) / len(runs))
-            losses[candidate_name(head_lr)] = sum(per_task) / len(per_task)
+        pairs = {}  # candidate name -> (ZO lr, head lr or race)
+        for lr in (search.lrs or [base.lr]):
+            for head_lr in search.candidates:
+                per_task = []
+                for task in search.tasks:
+                    runs = [run_bench(replace(base, lr=lr), search, task, head_lr, seed, work, tuner, progress)
+                            for seed in search.seeds]
+                    per_task.append(sum(final_dev_loss(r) for r in runs) / len(runs))
+                key = candidate_name(head_lr, None if search.lrs is None else lr)
+                losses[key], pairs[key] = sum(per_task) / len(per_task), (lr, head_lr)
         best_key = min(losses, key=lambda k: losses[k])
         if not math.isfinite(losses[best_key]):
-            raise ZotuneError(f"every head lr of the grid diverged on {', '.join(search.tasks)}; try lower --head-lrs "
-                              f"or a lower --lr (now {base.lr:g})")
-        best = {candidate_name(h): h for h in search.candidates}[best_key]
+            lower = "lower --lrs" if search.lrs else f"a lower --lr (now {base.lr:g})"
+            raise ZotuneError(f"every candidate of the grid diverged on {', '.join(search.tasks)}; try lower "
+                              f"--head-lrs or {lower}")
+        lr, best = pairs[best_key]
         chosen = tuner.with_head_race(best) if isinstance(best, tuple) else tuner.with_head(best)
-        chosen.recommended = {**tuner.recommended, "lr": base.lr, "eps": base.eps}
+        chosen.recommended = {**tuner.recommended, "lr": lr, "eps": base.eps}
         chosen.provenance = {**tuner.provenance, "head_selection": {
-            "tasks": list(search.tasks), "forwards": search.forwards, "seeds": list(search.seeds), "lr": base.lr,
+            "tasks": list(search.tasks), "forwards": search.forwards, "seeds": list(search.seeds), "lr": lr,
+            **({"lrs": list(search.lrs)} if search.lrs else {}),
             "batch_size": base.batch_size, "autocast": base.autocast,
             "dev_loss": {k: (v if math.isfinite(v) else "diverged") for k, v in losses.items()},
             "chosen": list(best) if isinstance(best, tuple) else best,

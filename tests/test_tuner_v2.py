@@ -236,6 +236,44 @@ def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, mon
     assert head_module.final_dev_loss({"diverged": "loss nan"}) == math.inf
 
 
+def test_meta_train_head_chooses_the_zo_lr_with_the_head_lr(tmp_path, monkeypatch, capsys):
+    """--lrs: every (ZO lr, head lr) pair gets its benches (under lr-<lr>), the pair with the lowest mean final dev
+    loss wins, recomputed here from the benches' own files, and its ZO lr becomes the recommended lr."""
+    task = _jsonl(tmp_path, one_token_examples(60))
+    argv = [*_select(tmp_path, task, "grid.safetensors"), "--lrs", "1e-3,3e-3"]
+    argv.remove("--lr"), argv.remove("1e-3")
+    calls = _benches_run(monkeypatch)
+    assert cli.main(argv) == 0
+    assert calls == [(h, [s]) for lr in (1e-3, 3e-3) for h in (0.0, 2e-2) for s in (0, 1)]
+    losses = {}
+    for lr in (1e-3, 3e-3):
+        for h in (0.0, 2e-2):
+            folder = bench_folder(tmp_path / "work", task, h, 0, lr=lr)
+            assert folder.parent.parent.name == f"lr-{lr:g}"
+            runs = [r for s in (0, 1) for r in json.loads((bench_folder(tmp_path / "work", task, h, s, lr=lr)
+                                                           / "bench.json").read_text())["runs"]]
+            assert all(r["lr"] == lr and r["head_lr"] == h and r["forwards"] == 12 for r in runs)
+            losses[(lr, h)] = sum(r["curve"][-1]["dev_loss"] for r in runs) / 2
+    best_lr, best_h = min(losses, key=losses.get)
+    assert len(set(losses.values())) == 4  # the lrs change the runs: the choice is a real one
+    chosen = Tuner.from_pretrained(tmp_path / "grid.safetensors")
+    assert chosen.recommended["lr"] == best_lr and chosen.head_lr == best_h
+    sel = chosen.provenance["head_selection"]
+    assert sel["lr"] == best_lr and sel["lrs"] == [1e-3, 3e-3] and sel["chosen"] == best_h
+    assert sel["dev_loss"] == {f"lr {lr:g}, head {h:g}": pytest.approx(v) for (lr, h), v in losses.items()}
+    out = capsys.readouterr().out
+    assert f"recommended lr {best_lr:g}" in out and "lr 0.003, head 0.02: " in out
+    assert f"the ZO lr chosen with it from 0.001, 0.003: {best_lr}" in inspect_text(tmp_path / "grid.safetensors")
+    # the same grid again reads every bench; one lr and a grid at once are refused
+    calls.clear()
+    again = [*argv[:argv.index("--out")], "--out", str(tmp_path / "again.safetensors"), *argv[argv.index("--out") + 2:]]
+    assert cli.main(again) == 0 and not calls
+    x = [*argv[:argv.index("--out")], "--out", str(tmp_path / "x.safetensors"), *argv[argv.index("--out") + 2:]]
+    assert "not both" in bad(capsys, [*x, "--lr", "1e-3"])
+    assert "--lrs must be distinct" in bad(capsys, [*x, "--lrs", "1e-3,1e-3"])
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_meta_train_head_with_a_race_candidate_writes_the_argmin(tmp_path, capsys):
     """--race adds a head race to the grid: its benches are recomputed here like the single lrs', and the tuner
     carries whichever has the lowest mean final dev loss (here the race, against no head step at all)."""
