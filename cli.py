@@ -671,7 +671,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
     p.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
     p.add_argument("--work", default=None, metavar="DIR",
-                   help="where the benches go, one per (task, head lr, seed); rerun the same command to continue "
+                   help="where the benches go, one per (task, [lr,] head lr, seed); rerun the same command to continue "
                    "after a kill, or with more --seeds/--tasks to widen a choice (finished benches are reused; "
                    "default: <out stem>.head-benches beside --out)")
     p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
