@@ -186,3 +186,7 @@ for t in vader-polarity city-country city-continent city-hemisphere; do
     screen $t --method mezo --lr 3e-5 --steps 500 --head-lr $h --out $R/runs/$t/oracle-h$h-s0
   done
 done
+
+# --- 09:47, a reorder written before it takes effect: after the oracle runs, the head lr chosen again on this
+# set's meta-training tasks (reports/tuner-v2-smollm2/run.sh, stage packaged-select: nine benches, one per (task,
+# head lr), run as jobs of the two lanes) comes before the seed methods, which go last.

@@ -539,3 +539,23 @@ if [[ $stage == snr-table || $stage == all ]]; then
   python benchmarks/metagrad_snr.py table $R/metagrad-snr/hotels-long.json $R/metagrad-snr/hyperbaton-long.json \
     > $R/metagrad-snr/summary-long.md
 fi
+# 2026-12-06 (third session), written 09:47 before it runs: the head lr chosen again, on the META-TRAINING side of
+# the packaged task set (word-class, article, noun-number: the three that pass issue 13's bar there), since the
+# BIG-bench tasks the shipped tuner was chosen on can no longer be fetched. meta-train-head's own rule, seed 0, the
+# grid 3e-4 / 1e-3 / 3e-3 at MeZO's 3e-5, 1000 passes, fp32 (this CPU emulates bf16). One process per (task, head
+# lr) so that two share the cores; the last call reads the nine benches and writes the tuner. If it picks a head
+# lr other than 3e-4, seed 0 of its held-out runs is the oracle runs of the packaged-tasks report (the same runs:
+# MeZO 3e-5 plus the head step at that lr), and seeds 1-2 are to come.
+PSEL=(--model smollm2-135m --lr 3e-5 --batch-size 8 --forwards 1000 --eval-points 5 --threads 1 --seeds 0
+      --work $R/head-select-packaged)
+PTASKS=packaged:word-class,packaged:article,packaged:noun-number
+if [[ $stage == packaged-select || $stage == all ]]; then
+  for t in ${PTASKS//,/ }; do
+    python cli.py meta-train-head "${PSEL[@]}" --tasks $t --head-lrs 3e-4 --out /tmp/zotune-psel-$t-a.safetensors &
+    python cli.py meta-train-head "${PSEL[@]}" --tasks $t --head-lrs 1e-3 --out /tmp/zotune-psel-$t-b.safetensors
+    wait
+    python cli.py meta-train-head "${PSEL[@]}" --tasks $t --head-lrs 3e-3 --out /tmp/zotune-psel-$t-c.safetensors
+  done
+  python cli.py meta-train-head "${PSEL[@]}" --tasks $PTASKS --head-lrs 3e-4,1e-3,3e-3 \
+    --out $R/smollm2-135m-v2-packaged.safetensors
+fi
