@@ -202,3 +202,6 @@ done
 # --- 10:36: on city-country the tuner's 3e-4 beat 1e-3 on dev loss (seed 0), so by the rule above its oracle gets
 # 1e-4 too, next, before the head-lr benches.
 screen city-country --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out $R/runs/city-country/oracle-h1e-4-s0
+# --- 10:46: the same on city-continent (3e-4 beat 1e-3 on dev loss), so its oracle gets 1e-4 too, before
+# city-country's.
+screen city-continent --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out $R/runs/city-continent/oracle-h1e-4-s0
