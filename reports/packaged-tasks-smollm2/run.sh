@@ -205,3 +205,5 @@ screen city-country --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out $R/
 # --- 10:46: the same on city-continent (3e-4 beat 1e-3 on dev loss), so its oracle gets 1e-4 too, before
 # city-country's.
 screen city-continent --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out $R/runs/city-continent/oracle-h1e-4-s0
+# --- 10:54: and on city-hemisphere (3e-4 beat 1e-3 on dev loss): its oracle gets 1e-4 after city-country's.
+screen city-hemisphere --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out $R/runs/city-hemisphere/oracle-h1e-4-s0
