@@ -38,11 +38,15 @@ demo: fetch
 	rm -rf runs/demo
 	$(PY) cli.py meta-train --tasks $(META_TASKS) --steps 10 --virtual-lr 3e-5 --out runs/demo/tuner.safetensors
 	$(PY) cli.py tuners inspect runs/demo/tuner.safetensors
-	@echo "fine-tuning with MeZO (in the background: runs/demo/mezo.log) and with the tuner, one core each"
+	@echo "fine-tuning with MeZO and the demo tuner in the background (runs/demo/mezo.log, runs/demo/tuner.log)" \
+	  "and with tuner v2 here: three runs of one thread on the two cores"
 	$(PY) cli.py finetune --method mezo $(DEMO_RUN) --threads 1 --out runs/demo/mezo > runs/demo/mezo.log 2>&1 & \
-	  mezo=$$!; $(PY) cli.py finetune --tuner runs/demo/tuner.safetensors $(DEMO_RUN) --threads 1 --out runs/demo/tuner; \
-	  tuner=$$?; wait $$mezo; mezo=$$?; tail -n 1 runs/demo/mezo.log; test $$tuner = 0 && test $$mezo = 0
-	$(PY) cli.py finetune --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors $(DEMO_RUN) --out runs/demo/tuner-v2
+	  mezo=$$!; $(PY) cli.py finetune --tuner runs/demo/tuner.safetensors $(DEMO_RUN) --threads 1 --out runs/demo/tuner \
+	  > runs/demo/tuner.log 2>&1 & tuner=$$!; \
+	  trap 'kill $$mezo $$tuner 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	  $(PY) cli.py finetune --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors $(DEMO_RUN) --threads 1 \
+	  --out runs/demo/tuner-v2; v2=$$?; wait $$mezo; mezo=$$?; wait $$tuner; tuner=$$?; \
+	  tail -n 1 runs/demo/mezo.log; tail -n 1 runs/demo/tuner.log; test $$v2 = 0 && test $$mezo = 0 && test $$tuner = 0
 	$(PY) cli.py compare runs/demo/mezo runs/demo/tuner runs/demo/tuner-v2
 
 test: fetch-model
