@@ -207,3 +207,6 @@ screen city-country --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out $R/
 screen city-continent --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out $R/runs/city-continent/oracle-h1e-4-s0
 # --- 10:54: and on city-hemisphere (3e-4 beat 1e-3 on dev loss): its oracle gets 1e-4 after city-country's.
 screen city-hemisphere --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out $R/runs/city-hemisphere/oracle-h1e-4-s0
+# --- 11:20: the head-lr benches take about 15 minutes each (five evaluations), so the grid is cut to 3e-4 and 1e-3
+# on both tasks, before their 3e-3 benches ran (word-class's had started and was stopped after 30 seconds; its
+# partial folder is not kept). If 1e-3 wins, the choice is at the top of what ran, not bracketed.
