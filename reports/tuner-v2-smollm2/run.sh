@@ -554,7 +554,6 @@ if [[ $stage == packaged-select || $stage == all ]]; then
     python cli.py meta-train-head "${PSEL[@]}" --tasks $t --head-lrs 3e-4 --out /tmp/zotune-psel-$t-a.safetensors &
     python cli.py meta-train-head "${PSEL[@]}" --tasks $t --head-lrs 1e-3 --out /tmp/zotune-psel-$t-b.safetensors
     wait
-    python cli.py meta-train-head "${PSEL[@]}" --tasks $t --head-lrs 3e-3 --out /tmp/zotune-psel-$t-c.safetensors
   done
   # 11:20, before the 3e-3 benches ran: the grid is cut to 3e-4 and 1e-3 for time (packaged-tasks run.sh)
   python cli.py meta-train-head "${PSEL[@]}" --tasks $PTASKS --head-lrs 3e-4,1e-3 \
