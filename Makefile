@@ -41,11 +41,12 @@ demo: fetch
 	@echo "fine-tuning with MeZO and the demo tuner in the background (runs/demo/mezo.log, runs/demo/tuner.log)" \
 	  "and with tuner v2 here: three runs of one thread on the two cores"
 	$(PY) cli.py finetune --method mezo $(DEMO_RUN) --threads 1 --out runs/demo/mezo > runs/demo/mezo.log 2>&1 & \
-	  mezo=$$!; $(PY) cli.py finetune --tuner runs/demo/tuner.safetensors $(DEMO_RUN) --threads 1 --out runs/demo/tuner \
-	  > runs/demo/tuner.log 2>&1 & tuner=$$!; \
-	  trap 'kill $$mezo $$tuner 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	  mezo_pid=$$!; \
+	  $(PY) cli.py finetune --tuner runs/demo/tuner.safetensors $(DEMO_RUN) --threads 1 --out runs/demo/tuner \
+	  > runs/demo/tuner.log 2>&1 & tuner_pid=$$!; \
+	  trap 'kill $$mezo_pid $$tuner_pid 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
 	  $(PY) cli.py finetune --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors $(DEMO_RUN) --threads 1 \
-	  --out runs/demo/tuner-v2; v2=$$?; wait $$mezo; mezo=$$?; wait $$tuner; tuner=$$?; \
+	  --out runs/demo/tuner-v2; v2=$$?; wait $$mezo_pid; mezo=$$?; wait $$tuner_pid; tuner=$$?; trap - EXIT; \
 	  tail -n 1 runs/demo/mezo.log; tail -n 1 runs/demo/tuner.log; test $$v2 = 0 && test $$mezo = 0 && test $$tuner = 0
 	$(PY) cli.py compare runs/demo/mezo runs/demo/tuner runs/demo/tuner-v2
 

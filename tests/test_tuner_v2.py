@@ -240,10 +240,14 @@ def test_meta_train_head_chooses_the_zo_lr_with_the_head_lr(tmp_path, monkeypatc
     """--lrs: every (ZO lr, head lr) pair gets its benches (under lr-<lr>), the pair with the lowest mean final dev
     loss wins, recomputed here from the benches' own files, and its ZO lr becomes the recommended lr."""
     task = _jsonl(tmp_path, one_token_examples(60))
-    argv = [*_select(tmp_path, task, "grid.safetensors"), "--lrs", "1e-3,3e-3"]
-    argv.remove("--lr"), argv.remove("1e-3")
+
+    def argv(out):  # _select's options with a grid of ZO lrs instead of its --lr 1e-3
+        args = [*_select(tmp_path, task, out), "--lrs", "1e-3,3e-3"]
+        at = args.index("--lr")
+        return args[:at] + args[at + 2:]
+
     calls = _benches_run(monkeypatch)
-    assert cli.main(argv) == 0
+    assert cli.main(argv("grid.safetensors")) == 0
     assert calls == [(h, [s]) for lr in (1e-3, 3e-3) for h in (0.0, 2e-2) for s in (0, 1)]
     losses = {}
     for lr in (1e-3, 3e-3):
@@ -266,11 +270,9 @@ def test_meta_train_head_chooses_the_zo_lr_with_the_head_lr(tmp_path, monkeypatc
     assert f"the ZO lr chosen with it from 0.001, 0.003: {best_lr}" in inspect_text(tmp_path / "grid.safetensors")
     # the same grid again reads every bench; one lr and a grid at once are refused
     calls.clear()
-    again = [*argv[:argv.index("--out")], "--out", str(tmp_path / "again.safetensors"), *argv[argv.index("--out") + 2:]]
-    assert cli.main(again) == 0 and not calls
-    x = [*argv[:argv.index("--out")], "--out", str(tmp_path / "x.safetensors"), *argv[argv.index("--out") + 2:]]
-    assert "not both" in bad(capsys, [*x, "--lr", "1e-3"])
-    assert "--lrs must be distinct" in bad(capsys, [*x, "--lrs", "1e-3,1e-3"])
+    assert cli.main(argv("again.safetensors")) == 0 and not calls
+    assert "not both" in bad(capsys, [*argv("x.safetensors"), "--lr", "1e-3"])
+    assert "--lrs must be distinct" in bad(capsys, [*argv("x.safetensors"), "--lrs", "1e-3,1e-3"])
     assert not (tmp_path / "x.safetensors").exists()
 
 
