@@ -210,3 +210,6 @@ screen city-hemisphere --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out 
 # --- 11:20: the head-lr benches take about 15 minutes each (five evaluations), so the grid is cut to 3e-4 and 1e-3
 # on both tasks, before their 3e-3 benches ran (word-class's had started and was stopped after 30 seconds; its
 # partial folder is not kept). If 1e-3 wins, the choice is at the top of what ran, not bracketed.
+# --- Written at 12:00, after the fact: at 11:34 an n-SPSA run on city-country started by mistake (the dropped seed
+# methods' last queue entries had not been blocked) and was stopped after a minute; nothing of it is kept. The
+# queue ended at 11:45 with the last head-lr bench.
