@@ -33,16 +33,13 @@ def fmt(lr: float) -> str:
 
 def head_arms(task: str, seed: int) -> tuple[dict | None, dict[float, dict]]:
     """(MeZO's run, {head lr: run}) of one task and seed: tuner v2 at its 3e-4, the oracle runs at theirs."""
-    runs = runs_of(task, seed)
-    arms = {TUNER_HEAD_LR: runs["tuner-v2"]} if "tuner-v2" in runs else {}
-    for lr in GRID:
-        name = f"oracle-h{fmt(lr)}"
+    runs, arms = runs_of(task, seed), {}
+    expected = {"tuner-v2": ("tuner", TUNER_HEAD_LR), **{f"oracle-h{fmt(lr)}": ("mezo", lr) for lr in GRID}}
+    for name, (method, lr) in expected.items():
         if name in runs:
-            if abs(runs[name]["head_lr"] - lr) > 1e-12 or runs[name]["method"] != "mezo":
-                sys.exit(f"{task}: {name} is not MeZO with head lr {fmt(lr)}")
-            arms[lr] = runs[name]
-    if arms and abs(arms.get(TUNER_HEAD_LR, {}).get("head_lr", TUNER_HEAD_LR) - TUNER_HEAD_LR) > 1e-12:
-        sys.exit(f"{task}: tuner-v2 did not run at head lr {fmt(TUNER_HEAD_LR)}")
+            if abs(runs[name]["head_lr"] - lr) > 1e-12 or runs[name]["method"] != method:
+                sys.exit(f"{task}: {name} is not method {method} with head lr {fmt(lr)}")
+            arms.setdefault(lr, runs[name])  # tuner v2 first: it is the run at 3e-4
     mezo = runs.get("mezo-3e-5")
     every = [m for m in (mezo, *arms.values()) if m is not None]
     if len({start(m) for m in every}) > 1:
@@ -67,8 +64,9 @@ def report(task: str, seed: int) -> tuple[str, str | None]:
     pick = min(arms, key=lambda lr: dev_loss(arms[lr]))
     ran = sorted(arms)
     i = ran.index(pick)
-    bracketed = 0 < i < len(ran) - 1 or (i == 0 and pick == GRID[0]) or (i == len(ran) - 1 and pick == GRID[-1])
-    edge = "" if 0 < i < len(ran) - 1 else " (at the end of the grid)" if pick in (GRID[0], GRID[-1]) else \
+    inside = 0 < i < len(ran) - 1  # a worse lr ran on each side
+    bracketed = inside or pick == (GRID[0] if i == 0 else GRID[-1])  # else at the end of what ran, not of the grid
+    edge = "" if inside else " (at the end of the grid)" if bracketed else \
         " (NOT bracketed: a neighbouring lr of the grid did not run)"
     lines.append(f"\nOracle head lr (lowest final dev loss): **{fmt(pick)}**{edge}; tuner v2's: {fmt(TUNER_HEAD_LR)}.")
     kept = []
