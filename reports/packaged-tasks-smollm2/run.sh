@@ -213,3 +213,25 @@ screen city-hemisphere --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out 
 # --- Written at 12:00, after the fact: at 11:34 an n-SPSA run on city-country started by mistake (the dropped seed
 # methods' last queue entries had not been blocked) and was stopped after a minute; nothing of it is kept. The
 # queue ended at 11:45 with the last head-lr bench.
+
+# --- Session of 2026-12-06 (fourth), written 12:31 before these runs -------------------------------------------
+# What the third session dropped: the seed methods on the three held-out tasks that pass the bar (seed 0, the lrs
+# the baselines report selected on dev loss, carried; 1,000 passes or the nearest below; evaluated at half their
+# steps and at the end), and HiZOO one lr lower on the two city tasks where its carried 1e-4 overshot. Ordered so
+# that whatever does not fit leaves whole methods: ZO-Adam, n-SPSA, HiZOO 3e-5, GV, Greedy, LDSD. Two runs at a
+# time, one thread each.
+for m in zo-adam:1e-3:500:250 nspsa:1e-4:125:63; do
+  IFS=: read -r meth lr steps every <<< "$m"
+  for t in city-country vader-polarity city-continent; do
+    screen $t --method $meth --lr $lr --steps $steps --eval-every $every --out $R/runs/$t/$meth-$lr-s0
+  done
+done
+for t in city-country city-continent; do
+  screen $t --method hizoo --lr 3e-5 --steps 333 --eval-every 167 --out $R/runs/$t/hizoo-3e-5-s0
+done
+for m in gv:3e-5:166:83 greedy:1e-5:200:100 ldsd:1e-5:200:100; do
+  IFS=: read -r meth lr steps every <<< "$m"
+  for t in city-country vader-polarity city-continent; do
+    screen $t --method $meth --lr $lr --steps $steps --eval-every $every --out $R/runs/$t/$meth-$lr-s0
+  done
+done
