@@ -214,7 +214,7 @@ screen city-hemisphere --method mezo --lr 3e-5 --steps 500 --head-lr 1e-4 --out 
 # methods' last queue entries had not been blocked) and was stopped after a minute; nothing of it is kept. The
 # queue ended at 11:45 with the last head-lr bench.
 
-# --- Session of 2026-12-06 (fourth), written 12:31 before these runs -------------------------------------------
+# --- Session of 2026-12-06 (fourth), written 12:29 before these runs -------------------------------------------
 # What the third session dropped: the seed methods on the three held-out tasks that pass the bar (seed 0, the lrs
 # the baselines report selected on dev loss, carried; 1,000 passes or the nearest below; evaluated at half their
 # steps and at the end), and HiZOO one lr lower on the two city tasks where its carried 1e-4 overshot. Ordered so
