@@ -51,6 +51,11 @@ class HeadSearch:
     race: list[float] | None = None    # one more candidate: a head race over these lrs
     lrs: list[float] | None = None     # a grid of the ZO step's lr, chosen with the head lr (None: the base lr)
 
+    def grid_lr(self, lr: float) -> float | None:
+        """The ZO lr as the benches' folders and candidate names carry it: None without ``--lrs`` (their old
+        layout, which names no ZO lr)."""
+        return None if self.lrs is None else lr
+
     @property
     def candidates(self) -> list:
         """The grid's head lrs, then the race (a tuple of lrs) when there is one."""
@@ -112,7 +117,7 @@ def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: floa
     interrupted, else run."""
     from finetune.bench import BenchConfig, bench, bench_spec
 
-    folder = bench_folder(work, task, head_lr, seed, lr=None if search.lrs is None else base.lr)
+    folder = bench_folder(work, task, head_lr, seed, lr=search.grid_lr(base.lr))
     done = folder / "bench.json"
     head = dict(head_race=list(head_lr)) if isinstance(head_lr, tuple) else dict(head_lr=head_lr)
     cfg = BenchConfig(base=replace(base, task=task, **head), methods=["tuner"],
@@ -198,7 +203,7 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
                     runs = [run_bench(replace(base, lr=lr), search, task, head_lr, seed, work, tuner, progress)
                             for seed in search.seeds]
                     per_task.append(sum(final_dev_loss(r) for r in runs) / len(runs))
-                key = candidate_name(head_lr, None if search.lrs is None else lr)
+                key = candidate_name(head_lr, search.grid_lr(lr))
                 losses[key], pairs[key] = sum(per_task) / len(per_task), (lr, head_lr)
         best_key = min(losses, key=lambda k: losses[k])
         if not math.isfinite(losses[best_key]):
