@@ -2,7 +2,8 @@
 
     python reports/packaged-tasks-smollm2/paired.py [> reports/packaged-tasks-smollm2/held-out-compare.md]
 
-For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as shipped, seeds 0-2, from
+For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as shipped (and on city-country
+n-SPSA, 1e-4, q = 4), seeds 0-2, from
 ``runs/`` (each run's ``metrics.json``); printed with :func:`finetune.bench.paired_table`, the table of
 ``cli.py compare --vs``: MeZO first, then FZOO first. ``cli.py compare`` itself refuses these runs as runs of
 different tasks, because the first runs read a JSONL file with the task's rows and the later ones the
@@ -26,7 +27,8 @@ SEEDS = (0, 1, 2)
 ARMS = {  # task -> arm -> the folder of seed s, as a format string
     "vader-polarity": {"MeZO": "mezo-3e-5-s{}", "FZOO": "vader-polarity/fzoo-3e-3-s{}", "tuner v2": "tuner-v2-s{}"},
     "city-country": {a: f"city-country/{d}-s{{}}" for a, d in
-                     (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"), ("tuner v2", "tuner-v2"))},
+                     (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"), ("n-SPSA", "nspsa-1e-4"),
+                      ("tuner v2", "tuner-v2"))},
     "city-continent": {a: f"city-continent/{d}-s{{}}" for a, d in
                        (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"), ("tuner v2", "tuner-v2"))},
     "city-hemisphere": {a: f"city-hemisphere/{d}-s{{}}" for a, d in
@@ -65,7 +67,7 @@ def check(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None
 
 
 def main() -> None:
-    print("# Held-out packaged tasks: MeZO, FZOO and tuner v2, paired by seed\n")
+    print("# Held-out packaged tasks: MeZO, FZOO and tuner v2 (and n-SPSA on city-country), paired by seed\n")
     print("Written by `python reports/packaged-tasks-smollm2/paired.py` from `runs/`.\n")
     for task in ARMS:
         print(f"## {task}\n")
@@ -81,7 +83,7 @@ def main() -> None:
         arms = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
         check(task, arms, seeds)
         for first in ("MeZO", "FZOO"):
-            order = [a for a in ("MeZO", "FZOO", "tuner v2") if a in arms and not (first == "FZOO" and a == "MeZO")]
+            order = [a for a in ARMS[task] if a in arms and not (first == "FZOO" and a == "MeZO")]
             if order[0] != first or len(order) < 2:
                 continue
             print(f"Arms: {', '.join(order)}.\n")
