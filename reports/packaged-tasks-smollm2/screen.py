@@ -32,13 +32,18 @@ def runs_of(task: str, seed: int) -> dict[str, dict]:
             for d in dirs if (d / "metrics.json").is_file()}
 
 
-def table(task: str, seed: int) -> str:
+def same_split_runs(task: str, seed: int) -> dict[str, dict]:
+    """:func:`runs_of`, checked: every run of the task and seed starts from the same test split (else exit)."""
     runs = runs_of(task, seed)
+    if len({start(m) for m in runs.values()}) > 1:
+        sys.exit(f"{task}, seed {seed}: the runs do not start from the same test split")
+    return runs
+
+
+def table(task: str, seed: int) -> str:
+    runs = same_split_runs(task, seed)
     if not runs:
         return f"## {task}, seed {seed}\n\nNo finished runs.\n"
-    starts = {start(m) for m in runs.values()}
-    if len(starts) != 1:
-        sys.exit(f"{task}, seed {seed}: the runs do not start from the same test split")
     m0 = next(iter(runs.values()))
     ref = m0["calibration"]["test"]["after"]
     lines = [f"## {task}, seed {seed}\n",
