@@ -1,5 +1,6 @@
 """Every relative link in the repository's Markdown (README, docs/, reports/) reaches a file, and every
 ``#anchor`` a heading of its target, under GitHub's rule for heading anchors."""
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -23,6 +24,12 @@ def anchors(text: str) -> set[str]:
         yield s if seen[s] == 0 else f"{s}-{seen[s]}"
 
 
+@functools.lru_cache(maxsize=None)
+def anchors_of(path: Path) -> frozenset[str]:
+    """The anchors of one Markdown file, read once however many links point at it."""
+    return frozenset(anchors(path.read_text()))
+
+
 def broken_links(path: Path) -> list[str]:
     """The relative links of one Markdown file that reach no file, or no heading of their target."""
     out = []
@@ -33,7 +40,7 @@ def broken_links(path: Path) -> list[str]:
         dest = (path.parent / file) if file else path
         if not dest.exists():
             out.append(f"{target} (no such file)")
-        elif fragment and dest.suffix == ".md" and fragment not in set(anchors(dest.read_text())):
+        elif fragment and dest.suffix == ".md" and fragment not in anchors_of(dest.resolve()):
             out.append(f"{target} (no such heading)")
     return out
 
