@@ -260,3 +260,26 @@ for seed in 1 2; do
   screen city-country --method nspsa --lr 1e-4 --steps 125 --eval-every 63 --seed $seed \
     --out $R/runs/city-country/nspsa-1e-4-s$seed
 done
+
+# --- Session of 2026-12-06 (fifth), written 15:29 before these runs ---------------------------------------------
+# n-SPSA (1e-4), level with FZOO over three seeds on city-country, gets seeds 1 and 2 on the other two held-out tasks
+# that pass, so that it can be paired with MeZO and FZOO on all three; then fo's seeds 1 and 2 on the four tasks where
+# fo has seed 0 only (its seed-0 settings); then GV (3e-5, test loss below MeZO's on all three held-out tasks on
+# seed 0) seeds 1 and 2 on the three. In that order, two runs at a time, one thread each; what does not fit is
+# dropped from the end and said so here.
+for seed in 1 2; do
+  for t in vader-polarity city-continent; do
+    screen $t --method nspsa --lr 1e-4 --steps 125 --eval-every 63 --seed $seed --out $R/runs/$t/nspsa-1e-4-s$seed
+  done
+done
+for seed in 1 2; do
+  screen vader-polarity --method fo --lr 1e-5 --steps 200 --seed $seed --out $R/runs/vader-polarity/fo-1e-5-s$seed
+  for t in word-class article noun-number; do
+    screen $t --method fo --lr 1e-5 --steps 100 --seed $seed --out $R/runs/$t/fo-1e-5-s$seed
+  done
+done
+for seed in 1 2; do
+  for t in city-country vader-polarity city-continent; do
+    screen $t --method gv --lr 3e-5 --steps 166 --eval-every 83 --seed $seed --out $R/runs/$t/gv-3e-5-s$seed
+  done
+done
