@@ -3,13 +3,16 @@
     python benchmarks/make_derivative.py --out runs/derivative [--model smollm2-135m] [--steps 40]
 
 The text is the dialogue of BIG-bench ``movie_dialog_same_or_different`` (plain language-model loss on
-its inputs; no task is learned). The result has the base model's architecture and other weights: the
+its inputs; no task is learned), or with ``--text-task python-docs`` prose paragraphs of the Python reference
+manual that ships with CPython (``pydoc_data.topics``; no download, for machines without the BIG-bench sdist;
+the paragraphs are those of the running Python's version). The result has the base model's architecture and other weights: the
 kind of checkpoint a tuner meta-trained on the base must serve. Written with ``save_pretrained``,
 atomically; prints how far the weights moved.
 """
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from pathlib import Path
 
@@ -22,11 +25,28 @@ from finetune.data.models import EMBEDDED, load_model, set_threads  # noqa: E402
 from finetune.data.tasks import load_task  # noqa: E402
 
 
+PYTHON_DOCS = "python-docs"
+
+
+def python_docs_texts(n: int, seed: int) -> list[str]:
+    """``n`` distinct prose paragraphs of the Python reference manual (``pydoc_data.topics``), whitespace collapsed,
+    over 300 characters each (indented code and grammar blocks left out), in an order fixed by ``seed``."""
+    from pydoc_data.topics import topics
+    prose = [p for text in topics.values() for p in text.split("\n\n") if not p.startswith(" ")]
+    paragraphs = sorted({q for q in (" ".join(p.split()) for p in prose) if len(q) > 300})
+    if n > len(paragraphs):
+        raise SystemExit(f"python-docs has {len(paragraphs)} paragraphs, fewer than the {n} asked for; "
+                         "lower --steps or --batch-size")
+    random.Random(seed).shuffle(paragraphs)
+    return paragraphs[:n]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--model", default=EMBEDDED)
-    p.add_argument("--text-task", default="bigbench:movie_dialog_same_or_different")
+    p.add_argument("--text-task", default="bigbench:movie_dialog_same_or_different",
+                   help=f"a task whose prompts are the text, or {PYTHON_DOCS} (Python's reference manual)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--batch-size", type=int, default=4)
@@ -38,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     model, tok = load_model(args.model)
-    texts = [e.prompt for e in load_task(args.text_task, seed=args.seed, n_train=args.steps * args.batch_size,
-                                         n_dev=0, n_test=0).train]
+    n = args.steps * args.batch_size
+    texts = (python_docs_texts(n, args.seed) if args.text_task == PYTHON_DOCS else
+             [e.prompt for e in load_task(args.text_task, seed=args.seed, n_train=n, n_dev=0, n_test=0).train])
     base = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     tok.padding_side = "right"
