@@ -5,9 +5,9 @@
 The text is the dialogue of BIG-bench ``movie_dialog_same_or_different`` (plain language-model loss on
 its inputs; no task is learned), or with ``--text-task python-docs`` prose paragraphs of the Python reference
 manual that ships with CPython (``pydoc_data.topics``; no download, for machines without the BIG-bench sdist;
-the paragraphs are those of the running Python's version). The result has the base model's architecture and other weights: the
-kind of checkpoint a tuner meta-trained on the base must serve. Written with ``save_pretrained``,
-atomically; prints how far the weights moved.
+the paragraphs are those of the running Python's version). The result has the base model's architecture and
+other weights: the kind of checkpoint a tuner meta-trained on the base must serve. Written with
+``save_pretrained``, atomically; prints how far the weights moved.
 """
 from __future__ import annotations
 

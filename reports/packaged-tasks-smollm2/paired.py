@@ -2,8 +2,9 @@
 
     python reports/packaged-tasks-smollm2/paired.py [> reports/packaged-tasks-smollm2/held-out-compare.md]
 
-For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as shipped (and on city-country
-n-SPSA, 1e-4, q = 4), seeds 0-2, from
+For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as shipped (and on the first three
+tasks n-SPSA, 1e-4, q = 4, and GV, 3e-5, where they have two seeds or more), seeds 0-2, and the same three arms on word
+polarity on a derivative checkpoint (``vader-polarity-derivative``), from
 ``runs/`` (each run's ``metrics.json``); printed with :func:`finetune.bench.paired_table`, the table of
 ``cli.py compare --vs``: MeZO first, then FZOO first. ``cli.py compare`` itself refuses these runs as runs of
 different tasks, because the first runs read a JSONL file with the task's rows and the later ones the
@@ -24,15 +25,22 @@ from finetune.bench import ARM_FREE_KEYS, paired_table  # noqa: E402
 
 RUNS = HERE / "runs"
 SEEDS = (0, 1, 2)
-ARMS = {  # task -> arm -> the folder of seed s, as a format string
-    "vader-polarity": {"MeZO": "mezo-3e-5-s{}", "FZOO": "vader-polarity/fzoo-3e-3-s{}", "tuner v2": "tuner-v2-s{}"},
-    "city-country": {a: f"city-country/{d}-s{{}}" for a, d in
-                     (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"), ("n-SPSA", "nspsa-1e-4"),
-                      ("tuner v2", "tuner-v2"))},
-    "city-continent": {a: f"city-continent/{d}-s{{}}" for a, d in
-                       (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"), ("tuner v2", "tuner-v2"))},
-    "city-hemisphere": {a: f"city-hemisphere/{d}-s{{}}" for a, d in
-                        (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"), ("tuner v2", "tuner-v2"))},
+BASE = (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"))
+MORE = (("n-SPSA", "nspsa-1e-4"), ("GV", "gv-3e-5"))  # run on seed 0 first, seeds 1-2 later (README)
+V2 = (("tuner v2", "tuner-v2"),)
+
+
+def _arms(folder: str, arms) -> dict[str, str]:
+    return {a: f"{folder}/{d}-s{{}}" for a, d in arms}
+
+
+ARMS = {  # setting -> arm -> the folder of seed s, as a format string
+    "vader-polarity": {"MeZO": "mezo-3e-5-s{}", **_arms("vader-polarity", BASE[1:] + MORE), "tuner v2": "tuner-v2-s{}"},
+    "city-country": _arms("city-country", BASE + MORE + V2),
+    "city-continent": _arms("city-continent", BASE + MORE + V2),
+    "city-hemisphere": _arms("city-hemisphere", BASE + V2),
+    # word polarity on a derivative checkpoint of the base model (benchmarks/make_derivative.py, python-docs)
+    "vader-polarity-derivative": _arms("vader-polarity-derivative", BASE + V2),
 }
 FREE = {*ARM_FREE_KEYS, "task"}  # the arms of `cli.py compare`, and the task's name (see above)
 
@@ -67,7 +75,7 @@ def check(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None
 
 
 def main() -> None:
-    print("# Held-out packaged tasks: MeZO, FZOO and tuner v2 (and n-SPSA on city-country), paired by seed\n")
+    print("# Held-out packaged tasks: MeZO, FZOO and tuner v2 (and n-SPSA and GV where they ran), paired by seed\n")
     print("Written by `python reports/packaged-tasks-smollm2/paired.py` from `runs/`.\n")
     for task in ARMS:
         print(f"## {task}\n")
