@@ -559,3 +559,15 @@ if [[ $stage == packaged-select || $stage == all ]]; then
   python cli.py meta-train-head "${PSEL[@]}" --tasks $PTASKS --head-lrs 3e-4,1e-3 \
     --out $R/smollm2-135m-v2-packaged.safetensors
 fi
+# 2026-12-06 (fifth session), written 15:42 before it runs: how much could an exact step on the top block (the last
+# layer's MLP and the final norm's gain, whose gradient at the scored position is a closed form of what a forward
+# pass records there) add to the head step? benchmarks/top_block_probe.py on frozen features, the five META-TRAINING
+# tasks of the packaged set, seed 0, 500 steps of batch 8 (tuner v2's at 1000 passes), a grid of head and extra lrs,
+# picks by final dev loss. The rule, fixed now: the step is worth building into the engine if, on at least 3 of the
+# 5 tasks, the better of head+down and head+mlp (by dev loss) has a lower dev loss than the head alone and a dev
+# accuracy at least 3 points higher. One process beside the two runs of the packaged-tasks report.
+if [[ $stage == top-block || $stage == all ]]; then
+  for t in word-class article noun-number rhymes subjectivity; do
+    python benchmarks/top_block_probe.py --task packaged:$t --threads 1 --out $R/top-block/$t.json
+  done
+fi
