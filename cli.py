@@ -132,6 +132,10 @@ def _run_args() -> argparse.ArgumentParser:
                    help="like --head-lr, with several lrs raced on the same forward passes: each step the model holds "
                    "the rows of the one whose shadow (never trained on one training example in five) fits those "
                    "best, e.g. 1e-4,3e-4,1e-3,3e-3 (docs/methods.md, 'Racing head lrs')")
+    g.add_argument("--top-lr", action=_Finite, default=d.top_lr,
+                   help="ZO methods, multiple choice with one-token options, Llama-family models: also step the last "
+                   "layer's MLP along its exact gradient at the scored position, read off the forward passes, with "
+                   "Adam at this lr (default off; docs/methods.md, 'The top-block step')")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],

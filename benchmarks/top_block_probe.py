@@ -20,7 +20,8 @@ The body below the last MLP stays frozen, so this is the top block's share alone
 closed-form step could add to the head step's, not a ZO run. Meta-training tasks only (held-out tasks are not for
 designing). Llama-family models (SmolLM2, Llama 3.2, tiny-llama).
 
-    python benchmarks/top_block_probe.py --task packaged:word-class --out reports/tuner-v2-smollm2/top-block/word-class.json
+    python benchmarks/top_block_probe.py --task packaged:word-class \
+        --out reports/tuner-v2-smollm2/top-block/word-class.json
 """
 from __future__ import annotations
 

@@ -393,6 +393,12 @@ def compare_runs(arms: list[list[Path]], resamples: int = 10000, seed: int = 0) 
 ARM_FREE_KEYS = ("seed", "threads", "device", "device_map")
 
 
+def recorded_config(config: dict) -> dict:
+    """A run's recorded options with the defaults of the options newer than the run filled in (what it ran with:
+    a snapshot's resume reads it the same way, :func:`~finetune.common.runs.changed_fields`)."""
+    return {**asdict(FinetuneConfig()), **config}
+
+
 def _arm_label(m: dict) -> str:
     label = f"{m['method']} {m['config']['lr']:g}"
     return label + (f", head {m['head_lr']:g}" if m.get("head_lr") else "")
@@ -411,8 +417,9 @@ def _pair_by_seed(arms: list[list[Path]], read: list[tuple[Path, dict]]) -> list
             if s in runs:
                 raise ZotuneError(f"{runs[s][0]} and {folder} both ran seed {s}; give one run per seed in an arm")
             first_folder, first = next(iter(runs.values()), (folder, m))
-            for key in sorted(set(first["config"]) | set(m["config"])):
-                a, b = first["config"].get(key), m["config"].get(key)
+            ours, theirs = recorded_config(first["config"]), recorded_config(m["config"])
+            for key in sorted(set(ours) | set(theirs)):
+                a, b = ours.get(key), theirs.get(key)
                 if key not in ARM_FREE_KEYS and a != b:
                     raise ZotuneError(f"{first_folder} and {folder} differ in {key} ({a} against {b}): an arm is one "
                                       "setting over seeds; pass a run with other settings after another --vs")
@@ -677,7 +684,7 @@ def _merge_key(report: dict) -> dict:
     benches of one tuner of which one set ``--head-lr`` (a tuner may carry its own head step)."""
     configs = [report["config"]] if "config" in report else report["configs"]  # a bench, or a merged one
     spec = configs[0]
-    base = {k: v for k, v in spec["base"].items() if k not in (*_PER_RUN, "tuner")}
+    base = {k: v for k, v in recorded_config(spec["base"]).items() if k not in (*_PER_RUN, "tuner")}
     # an unset --head-lr is off for every method but tuner, whose runs take the tuner's own head step: in the key it
     # is 0 (benches written before it could be unset recorded 0), and a tuner run's head step goes with its tuner
     tuners = sorted({str(c["base"].get("tuner")) + ("" if c["base"].get("head_lr") is None else

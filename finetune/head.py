@@ -33,19 +33,19 @@ from finetune.common.errors import ZotuneError
 from finetune.data.tasks import Example
 
 
-def option_token_ids(scorer, examples: Sequence[Example]) -> list[list[int]]:
-    """Each example's option token ids, or a one-line error if the task is not multiple choice with one-token
-    options (the only case the closed form covers)."""
+def option_token_ids(scorer, examples: Sequence[Example], flag: str = "--head-lr") -> list[list[int]]:
+    """Each example's option token ids, or a one-line error naming ``flag`` (the step that needs them) if the task
+    is not multiple choice with one-token options (the only case the closed form covers)."""
     if not examples or examples[0].is_generation:
-        raise ZotuneError("--head-lr needs a multiple-choice task (the head step has no closed form for generation); "
-                          "drop --head-lr")
+        raise ZotuneError(f"{flag} needs a multiple-choice task (its step has no closed form for generation); "
+                          f"drop {flag}")
     ids = []
     for ex in examples:
         tokens = [scorer.token_ids(o, False) for o in ex.options]
         long = [(o.strip(), len(t)) for o, t in zip(ex.options, tokens) if len(t) != 1]
         if long:
-            raise ZotuneError(f"--head-lr needs options of one token each; {long[0][0]!r} is {long[0][1]} tokens: "
-                              "rename the options (bigbench:<task>:OLD=NEW, --label-words) or drop --head-lr")
+            raise ZotuneError(f"{flag} needs options of one token each; {long[0][0]!r} is {long[0][1]} tokens: "
+                              f"rename the options (bigbench:<task>:OLD=NEW, --label-words) or drop {flag}")
         ids.append([t[0] for t in tokens])
     return ids
 

@@ -21,6 +21,7 @@ from finetune.common.runs import (FP16_MAX, DivergenceGuard, Diverged, RunConfig
 from finetune.data.adapters import AdapterSpec, apply_peft, load_snapshot_weights, save_trained, snapshot_weights
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.head import HeadRace, HeadStep, head_tokens, option_token_ids
+from finetune.top import TopStep
 from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule, schedule_factor
 from finetune.data.scoring import TaskScorer
 from finetune.data.batches import batches
@@ -68,6 +69,7 @@ class FinetuneConfig(RunConfig):
     head_lr: float | None = None       # ZO methods: Adam lr of the head step's option rows (0 = off; finetune/head.py);
                                        # None = the method's default: the tuner's for method tuner, else off
     head_race: list[float] | None = None  # ZO methods: race these head lrs on the same passes (finetune/head.py)
+    top_lr: float = 0.0                # ZO methods: Adam lr of the last MLP's exact step (0 = off; finetune/top.py)
     eval_every: int = 0                # evaluate on the dev split every N steps (0 = never)
     n_dev: int = 100
     n_test: int = 200
@@ -143,6 +145,13 @@ class FinetuneConfig(RunConfig):
         if (self.head_lr or self.head_race) and self.peft not in (None, "lora"):
             raise ZotuneError(f"{flag} steps the output head, which --peft {self.peft} keeps frozen; use --peft lora "
                               f"(its adapter then carries the option rows) or drop {flag}")
+        check_number("--top-lr", self.top_lr, low=0)
+        if self.top_lr and self.method == FO:
+            raise ZotuneError("--top-lr is for ZO methods; --method fo trains the last MLP by backpropagation already: "
+                              "drop --top-lr")
+        if self.top_lr and self.peft is not None:
+            raise ZotuneError(f"--top-lr steps the last MLP, which --peft {self.peft} keeps frozen; drop one of the "
+                              "two")
         if self.q is not None:
             check_number("--q", self.q, low=1, integer=True)
         if self.autocast not in (None, "bf16"):
@@ -257,17 +266,18 @@ def progress_bar(enabled: bool = True) -> Progress:
 
 
 def snapshot_state(step: int, cfg: FinetuneConfig, model, opt, sched, result: RunResult, inputs: dict,
-                   shards: int = 1, head: HeadStep | None = None) -> dict:
+                   shards: int = 1, head: HeadStep | None = None, top: TopStep | None = None) -> dict:
     """What a fine-tune snapshot holds: the model weights, the optimizer (with its seed stream), the
     schedule, the results so far, the config, the input fingerprints and into how many shards each batch
     was split (data parallelism, :func:`_shards`)."""
     return {"step": step, "config": asdict(cfg), "inputs": inputs, "model": snapshot_weights(model),
             "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "result": asdict(result),
-            "shards": shards, **({"head": head.state_dict()} if head is not None else {})}
+            "shards": shards, **({"head": head.state_dict()} if head is not None else {}),
+            **({"top": top.state_dict()} if top is not None else {})}
 
 
 def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: dict,
-            head: HeadStep | None = None) -> tuple[int, RunResult]:
+            head: HeadStep | None = None, top: TopStep | None = None) -> tuple[int, RunResult]:
     """Load ``snapshot`` into ``model``, ``opt`` and ``sched`` after checking it was made by the same run
     (options and inputs); return its step and results."""
     state = snapshot.load()
@@ -284,6 +294,8 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
         sched.load_state_dict(state["schedule"])
         if head is not None:
             head.load_state_dict(state["head"])
+        if top is not None:
+            top.load_state_dict(state["top"])
         result = RunResult(**state["result"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ZotuneError(f"the snapshot {snapshot.path} does not fit this run ({type(e).__name__}); "
@@ -384,6 +396,9 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lrs: list[flo
     run's head lrs (default: :func:`head_lrs_of` of ``cfg``, which reads the tuner file ``cfg`` names)."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
+    if cfg.top_lr:
+        raise ZotuneError("--top-lr runs in one process (a data-parallel run does not gather the top block's inputs "
+                          "yet); drop --top-lr or run without torchrun")
     if dp.mode != "batch" and (head_lrs_of(cfg) if head_lrs is None else head_lrs):  # ranks' passes differ there
         raise ZotuneError("the head step (--head-lr, --head-race, or a tuner's) runs data-parallel in --dp-mode batch "
                           "only; use --dp-mode batch")
@@ -449,13 +464,19 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
         # dp is None or in batch mode here: check_parallel refused a head step in directions mode
         head = HeadStep(model, scorer, head_lr, dp=dp) if len(head_lrs) == 1 else \
             HeadRace(model, scorer, head_lrs, dp=dp)
+    top = None
+    if cfg.top_lr:
+        if log is not None:
+            raise ZotuneError("--save-log does not record the top-block step yet; drop --save-log or --top-lr")
+        option_token_ids(scorer, task.train, "--top-lr")  # the same tasks as the head step: one-token options
+        top = TopStep(model, scorer, cfg.top_lr)
     guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
     resuming = snapshot is not None and snapshot.exists()
     if log is not None and not resuming:
         log.header(model, model_id(cfg.model), opt, asdict(cfg))
     if resuming:
         _check_shards(snapshot, dp)
-        done, result = restore(snapshot, cfg, model, opt, sched, inputs, head)
+        done, result = restore(snapshot, cfg, model, opt, sched, inputs, head, top)
     else:
         before = scorer.assess(model, task.test, cfg.batch_size)
         done, result = 0, RunResult(eval_before=before["metric"], loss_before=before["loss"], head_lr=head_lr)
@@ -478,7 +499,8 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
             batch = next(data)
             tick = time.perf_counter()
             try:
-                with head.watching(batch) if head is not None else nullcontext():
+                with head.watching(batch) if head is not None else nullcontext(), \
+                        top.watching(batch) if top is not None else nullcontext():
                     loss = opt.step(step_closure(model, scorer, batch, dp))
             except RuntimeError as e:
                 if "overflow" not in str(e):
@@ -488,6 +510,8 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
                 raise Diverged(f"the training loss became {loss} at step {step}; {hint}")
             if head is not None:
                 head.step(schedule_factor(cfg.schedule, step - 1, cfg.steps))  # the factor the ZO step used
+            if top is not None:
+                top.step(schedule_factor(cfg.schedule, step - 1, cfg.steps))
             if log is not None:
                 log.record(step, opt, head)
             sched.step()
@@ -506,7 +530,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
                 dp.check(opt.engine.blocks, f"after step {step}")
             if due and (dp is None or dp.main):
                 snapshot.save(snapshot_state(step, cfg, model, opt, sched, result, inputs, shards=_shards(dp),
-                                             head=head))
+                                             head=head, top=top))
             bar.update(bar_task, advance=1, loss=f"{loss:.4f}", speed=f"{(step - done) / (time.perf_counter() - start):.2f}")
     guard.check(cfg.steps, hint, force=True)  # never hand back non-finite weights (also after a resume at the end)
     result.forwards, result.backwards = pass_counts(opt)

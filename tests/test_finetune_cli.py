@@ -344,3 +344,22 @@ def test_compare_refuses_arms_it_cannot_pair(tmp_path, capsys):
         assert cli.main(["compare", *map(str, argv)]) == 2
         out, err = capsys.readouterr()
         assert out == "" and err.startswith("error: ") and says in err and err.count("\n") == 1, err
+
+
+def test_compare_reads_an_option_newer_than_a_run_as_its_default(tmp_path, capsys):
+    """A run recorded before --top-lr existed ran without the step: it pairs in one arm with a run that recorded
+    --top-lr 0, not with one that took the step."""
+    def run(name, seed, top_lr=None):
+        folder = _finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)])
+        if top_lr is not None:
+            m = json.loads((folder / "metrics.json").read_text())
+            m["config"]["top_lr"] = top_lr
+            (folder / "metrics.json").write_text(json.dumps(m))
+        return str(folder)
+
+    old, off, on = run("old", 0), run("off", 1, 0.0), run("on", 1, 1e-3)
+    b0, b1 = run("b0", 0), run("b1", 1)
+    assert cli.main(["compare", old, off, "--vs", b0, b1]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", old, on, "--vs", b0, b1]) == 2
+    assert "differ in top_lr (0.0 against 0.001)" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-from finetune.bench import ARM_FREE_KEYS, paired_table  # noqa: E402
+from finetune.bench import ARM_FREE_KEYS, paired_table, recorded_config  # noqa: E402
 
 RUNS = HERE / "runs"
 SEEDS = (0, 1, 2)
@@ -65,7 +65,7 @@ def start(m: dict) -> tuple:
 
 def check(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None:
     for arm, runs in arms.items():
-        configs = [{k: v for k, v in runs[s]["config"].items() if k not in FREE} for s in seeds]
+        configs = [{k: v for k, v in recorded_config(runs[s]["config"]).items() if k not in FREE} for s in seeds]
         if any(c != configs[0] for c in configs):
             sys.exit(f"{task}, {arm}: the runs differ in more than seed, threads and the task's name")
     for s in seeds:
