@@ -301,3 +301,6 @@ for seed in 0 1 2; do
     --lr 3e-5 --steps 500 --seed $seed --out $V/tuner-v2-s$seed
   screen vader-polarity --model $D --method fzoo --lr 3e-3 --steps 111 --seed $seed --out $V/fzoo-3e-3-s$seed
 done
+# --- 16:17, a reorder written before it takes effect: after fo's seeds, the top-block screen of the tuner-v2 report
+# (its run.sh, stage top-screen: five runs on two meta-training tasks) goes before the derivative runs, which follow
+# seed by seed as time allows; GV's seeds after them.

@@ -571,3 +571,21 @@ if [[ $stage == top-block || $stage == all ]]; then
     python benchmarks/top_block_probe.py --task packaged:$t --threads 1 --out $R/top-block/$t.json
   done
 fi
+# 16:17, written before it runs: the probe passed its rule on word-class, article and noun-number (3 of 5; section
+# 18), so the step was built (`finetune --top-lr`, finetune/top.py). A screen in real ZO runs, META-TRAINING tasks,
+# seed 0: tuner v2 plus the top-block step at 1e-4 and 3e-4 (the probe's picks for the whole MLP, with Adam), on
+# word-class and noun-number (the two with headroom: tuner v2 ends word-class at 0.555 in its head-lr bench, and
+# article at 0.955); tuner v2 alone on noun-number (word-class's is the head-lr bench of stage packaged-select, the
+# same run: its first step's losses are checked against the new runs'). The rule, fixed now: the top lr with the
+# lower mean final dev loss over the two tasks goes to the held-out tasks (3 seeds, a later session) if it beats
+# tuner v2's final dev loss on both; otherwise the step is not carried further at these lrs.
+TS=(--batch-size 8 --threads 1 --eval-every 250 --no-save-model --method tuner --steps 500
+    --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors --lr 3e-5)
+if [[ $stage == top-screen || $stage == all ]]; then
+  python cli.py finetune --task packaged:noun-number "${TS[@]}" --out $R/top-screen/noun-number/tuner-v2-s0
+  for t in word-class noun-number; do
+    for lr in 1e-4 3e-4; do
+      python cli.py finetune --task packaged:$t "${TS[@]}" --top-lr $lr --out $R/top-screen/$t/tuner-v2-top-$lr-s0
+    done
+  done
+fi
