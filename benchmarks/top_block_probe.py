@@ -22,6 +22,7 @@ designing). Llama-family models (SmolLM2, Llama 3.2, tiny-llama).
 
     python benchmarks/top_block_probe.py --task packaged:word-class \
         --out reports/tuner-v2-smollm2/top-block/word-class.json
+    python benchmarks/top_block_probe.py table reports/tuner-v2-smollm2/top-block/*.json   # the picks, the rule
 """
 from __future__ import annotations
 
@@ -134,7 +135,39 @@ def train(model, tokens, variant: str, head_lr: float, extra_lr: float, splits: 
             **{name: assess(top, *split) for name, split in splits.items()}}
 
 
+RULE_POINTS = 3.0  # the rule fixed before the SmolLM2 runs (reports/tuner-v2-smollm2/run.sh, stage top-block)
+
+
+def table(paths: list[Path]) -> str:
+    """The probes' picks as a Markdown table, one row per task, and the rule's verdict: the better (by dev loss) of
+    head+down and head+mlp beats the head alone's dev loss and its dev accuracy by at least RULE_POINTS points."""
+    def edge(pick: dict, grid: dict) -> str:  # a pick at the top of a grid: a larger lr might have done better
+        top = pick["head_lr"] == max(grid["head"]) or pick["extra_lr"] == max(grid["extra"])
+        return " ^" if top else ""
+
+    rows = ["| task | start: dev acc | head | head+norm | head+down | head+mlp | rule |", "|---" * 7 + "|"]
+    passed = 0
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        picks, grid = r["picks"], r.get("grid", {"head": HEAD_LRS, "extra": EXTRA_LRS})
+        cells = [f"{100 * picks[v]['dev']['accuracy']:.0f} ({picks[v]['dev']['loss']:.3f}; test "
+                 f"{100 * picks[v]['test']['accuracy']:.1f}){edge(picks[v], grid)}" for v in VARIANTS]
+        best = min(("head+down", "head+mlp"), key=lambda v: picks[v]["dev"]["loss"])
+        ok = picks[best]["dev"]["loss"] < picks["head"]["dev"]["loss"] and \
+            100 * (picks[best]["dev"]["accuracy"] - picks["head"]["dev"]["accuracy"]) >= RULE_POINTS - 1e-9
+        passed += ok
+        rows.append(f"| {r['task']} | {100 * r['start']['dev']['accuracy']:.0f} | {' | '.join(cells)} | "
+                    f"{best}: {'yes' if ok else 'no'} |")
+    note = ("Each cell: the pick's dev accuracy (its dev loss; its test accuracy), in points; ^: the pick is at the "
+            f"top of the head or the extra lr grid. Rule met on {passed} of {len(paths)} tasks.")
+    return "\n".join(rows) + f"\n\n{note}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["table"]:
+        print(table([Path(a) for a in argv[1:]]), end="")
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", required=True, help="a meta-training task (multiple choice, one-token options)")
     p.add_argument("--model", default="smollm2-135m")
@@ -142,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--head-lrs", type=lambda t: [float(x) for x in t.split(",")], default=list(HEAD_LRS))
+    p.add_argument("--extra-lrs", type=lambda t: [float(x) for x in t.split(",")], default=list(EXTRA_LRS))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     t0 = time.time()
@@ -171,15 +206,16 @@ def main(argv: list[str] | None = None) -> None:
     order = [[where[id(e)] for e in next(data)] for _ in range(args.steps)]
     runs = []
     for variant in VARIANTS:
-        for head_lr in HEAD_LRS:
-            for extra_lr in (EXTRA_LRS if variant != "head" else (None,)):
+        for head_lr in args.head_lrs:
+            for extra_lr in (args.extra_lrs if variant != "head" else (None,)):
                 runs.append(train(model, tokens, variant, head_lr, extra_lr or 0.0, splits, order))
                 r = runs[-1]
                 print(f"{variant:10s} head {head_lr:g} extra {extra_lr or 0:g}: dev loss {r['dev']['loss']:.4f} "
                       f"acc {r['dev']['accuracy']:.3f}; test acc {r['test']['accuracy']:.3f}", flush=True)
     picks = {v: min((r for r in runs if r["variant"] == v), key=lambda r: r["dev"]["loss"]) for v in VARIANTS}
     out = {"task": args.task, "model": args.model, "seed": args.seed, "steps": args.steps,
-           "batch_size": args.batch_size, "n": {k: len(v[2]) for k, v in splits.items()}, "start": start,
+           "batch_size": args.batch_size, "grid": {"head": args.head_lrs, "extra": args.extra_lrs},
+           "n": {k: len(v[2]) for k, v in splits.items()}, "start": start,
            "picks": picks, "runs": runs, "seconds": round(time.time() - t0)}
     with atomic_file(args.out) as tmp:
         tmp.write_text(json.dumps(out, indent=1, allow_nan=False))

@@ -10,7 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from top_block_probe import Top, capture, main  # noqa: E402
+from top_block_probe import Top, capture, main, table  # noqa: E402
 
 from finetune.data.models import load_model  # noqa: E402
 from finetune.data.scoring import TaskScorer  # noqa: E402
@@ -69,3 +69,10 @@ def test_probe_end_to_end(tmp_path):
         assert (r["extra_lr"] is None) == (r["variant"] == "head")
     best = {v: min(r["dev"]["loss"] for r in got["runs"] if r["variant"] == v) for v in got["picks"]}
     assert all(got["picks"][v]["dev"]["loss"] == best[v] for v in best)  # the pick is the lowest dev loss
+    # the table's verdict by hand: the better extra variant by dev loss against the head alone
+    picks = got["picks"]
+    extra = min(("head+down", "head+mlp"), key=lambda v: picks[v]["dev"]["loss"])
+    gain = 100 * (picks[extra]["dev"]["accuracy"] - picks["head"]["dev"]["accuracy"])
+    ok = picks[extra]["dev"]["loss"] < picks["head"]["dev"]["loss"] and gain >= 3 - 1e-9
+    text = table([tmp_path / "probe.json"])
+    assert f"{extra}: {'yes' if ok else 'no'} |" in text and f"Rule met on {int(ok)} of 1 tasks." in text
