@@ -589,3 +589,8 @@ if [[ $stage == top-screen || $stage == all ]]; then
     done
   done
 fi
+# The top-block step's gradient on SmolLM2 against backpropagation through the whole model (four word-class
+# training examples; run once the step was built, before the screen's results).
+if [[ $stage == top-check || $stage == all ]]; then
+  python benchmarks/top_step_check.py > $R/top-block/check.txt
+fi
