@@ -14,24 +14,15 @@ from top_block_probe import Top, capture, main, table  # noqa: E402
 
 from finetune.data.models import load_model  # noqa: E402
 from finetune.data.scoring import TaskScorer  # noqa: E402
-from finetune.data.tasks import Example  # noqa: E402
 from finetune.head import option_token_ids  # noqa: E402
-
-WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock"]
-
-
-def examples(n, seed=0):
-    """One-byte options (one token each for the tiny models' byte tokenizer), prompts of different lengths."""
-    rng = random.Random(seed)
-    return [Example(" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) + ":", ("Y", "N", "M")[: 2 + i % 2],
-                    rng.randrange(2)) for i in range(n)]
+from test_top import WORDS, mixed_examples  # noqa: E402
 
 
 def test_features_give_the_model_scores_and_the_full_models_gradient():
     torch.manual_seed(0)
     model, tok = load_model("tiny-llama")
     scorer = TaskScorer(tok)
-    batch = examples(6)
+    batch = mixed_examples(6)
     options = option_token_ids(scorer, batch)
     f = capture(model, scorer, batch, batch_size=4)
     tokens = sorted({t for ids in options for t in ids})
