@@ -195,7 +195,7 @@ class HeadStep:
         self.steps += 1
         weight = self.rows
         for t, g in sorted(grad.items()):
-            update = _adam(self.moments, t, g, self.steps, self.betas, self.eps)
+            update = adam_direction(self.moments, t, g, self.steps, self.betas, self.eps)
             delta = (self.lr * lr_factor * update).to(weight.dtype)
             weight[self._row_of(t)] -= delta
             self.applied[t] = -delta  # w - d == w + (-d) exactly, so a replay that adds it is bit for bit
@@ -210,8 +210,10 @@ class HeadStep:
         self.moments = {t: (m, v) for t, m, v in zip(state["tokens"], state["m"], state["v"])}
 
 
-def _adam(moments: dict, t: int, g: torch.Tensor, steps: int, betas: tuple[float, float], eps: float) -> torch.Tensor:
-    """One bias-corrected Adam direction for row ``t`` (its moments updated in ``moments``), as :class:`HeadStep`."""
+def adam_direction(moments: dict, t, g: torch.Tensor, steps: int, betas: tuple[float, float],
+                   eps: float) -> torch.Tensor:
+    """One bias-corrected Adam direction for the tensor named ``t`` (a head row, a matrix of the top-block step), its
+    moments updated in ``moments``: what :class:`HeadStep` and :class:`~finetune.top.TopStep` step along."""
     b1, b2 = betas
     m, v = moments.get(t, (torch.zeros_like(g), torch.zeros_like(g)))
     m = m * b1 + g * (1 - b1)
@@ -336,7 +338,7 @@ class HeadRace(HeadStep):
                                                    (lane["shadow_moments"], lane["shadow_offsets"], shadow_grad,
                                                     self.shadow_steps)):
                 for t, g in sorted(g_all.items()):
-                    update = _adam(moments, t, g, steps, self.betas, self.eps)
+                    update = adam_direction(moments, t, g, steps, self.betas, self.eps)
                     offsets[t] = offsets.get(t, torch.zeros_like(g)) - lr * lr_factor * update
         self.active = min(range(len(self.lrs)), key=lambda k: (self.score(k), k))
         self.lanes[self.active]["steps_active"] += 1

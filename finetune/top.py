@@ -34,7 +34,7 @@ from torch import nn
 
 from finetune.common.errors import ZotuneError
 from finetune.data.tasks import Example
-from finetune.head import _adam, option_token_ids
+from finetune.head import adam_direction, option_token_ids
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
@@ -115,7 +115,8 @@ class TopStep:
             if len(seen) != 3 or seen["u"].shape[0] != len(batch) or seen["x"].shape[0] != len(batch):
                 raise RuntimeError("the top-block step watched a pass that is not one forward pass of the whole batch "
                                    "through the last MLP, the final norm and the head, in that order")
-            with torch.inference_mode(False), torch.enable_grad():
+            device = seen["u"].device.type  # the local backward pass in float32, also inside --autocast bf16
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device, enabled=False):
                 weight = self.head.weight.detach().float()
                 rows = [weight[ids] for ids in options]
                 gain = self.norm.weight.detach().float()
@@ -147,7 +148,7 @@ class TopStep:
             return
         self.steps += 1
         for n in PROJECTIONS:
-            update = _adam(self.moments, n, grad[n], self.steps, self.betas, self.eps)
+            update = adam_direction(self.moments, n, grad[n], self.steps, self.betas, self.eps)
             weight = self.weights[n]
             weight -= (self.lr * lr_factor * update).to(weight.dtype)
 
