@@ -304,3 +304,6 @@ done
 # --- 16:17, a reorder written before it takes effect: after fo's seeds, the top-block screen of the tuner-v2 report
 # (its run.sh, stage top-screen: five runs on two meta-training tasks) goes before the derivative runs, which follow
 # seed by seed as time allows; GV's seeds after them.
+# --- 17:06, a cut written before it takes effect: after the top-block screen, only the derivative's seed 0 (its
+# three arms) runs in this session; its seeds 1 and 2, and GV's seeds 1 and 2, are dropped for time before they
+# start.
