@@ -594,3 +594,6 @@ fi
 if [[ $stage == top-check || $stage == all ]]; then
   python benchmarks/top_step_check.py > $R/top-block/check.txt
 fi
+if [[ $stage == top-screen || $stage == all ]]; then
+  python $R/top_screen.py > $R/top-screen/screen.md
+fi

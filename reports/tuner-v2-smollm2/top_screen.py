@@ -1,0 +1,61 @@
+"""Section 18's screen: tuner v2 with and without the top-block step on two meta-training tasks, seed 0.
+
+    python reports/tuner-v2-smollm2/top_screen.py [> reports/tuner-v2-smollm2/top-screen/screen.md]
+
+Reads ``top-screen/<task>/tuner-v2[-top-<lr>]-s0/metrics.json`` (``finetune`` runs); tuner v2 alone on word-class is
+the head-lr bench of stage packaged-select (``head-select-packaged/packaged-word-class/head-lr-0.0003/seed-0``), the
+same run: checked here by its first step's losses, which every arm of a task shares (the top-block step applies
+after the step's passes). Prints each arm's final dev loss, test loss and accuracy, and the rule fixed in run.sh
+before the runs: the top lr with the lower mean final dev loss over the two tasks is carried to the held-out tasks
+if it beats tuner v2's final dev loss on both.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TASKS = ("word-class", "noun-number")
+TOP_LRS = ("1e-4", "3e-4")
+BENCH = HERE / "head-select-packaged" / "packaged-word-class" / "head-lr-0.0003" / "seed-0" / "bench.json"
+
+
+def arms(task: str) -> dict[str, dict]:
+    """Arm -> {"dev_loss", "test_loss", "test", "first"} for the arms that finished."""
+    out = {}
+    if task == "word-class":
+        run = json.loads(BENCH.read_text())["runs"][0]
+        out["tuner v2"] = {**run["curve"][-1], "first": run["train_loss"][0]}
+    for name, folder in [("tuner v2", "tuner-v2-s0")] + [(f"+ top {lr}", f"tuner-v2-top-{lr}-s0") for lr in TOP_LRS]:
+        path = HERE / "top-screen" / task / folder / "metrics.json"
+        if path.is_file():
+            m = json.loads(path.read_text())
+            out[name] = {**m["curve"][-1], "first": m["train_loss"][0]}
+    firsts = {a: r["first"] for a, r in out.items()}
+    if len(set(firsts.values())) > 1:
+        sys.exit(f"{task}: the arms' first steps differ ({firsts}): not the same split, batches and noise")
+    return out
+
+
+def main() -> None:
+    print("# The top-block step screened on two meta-training tasks (seed 0, 1000 passes)\n")
+    print("Written by `python reports/tuner-v2-smollm2/top_screen.py`. Final dev loss, test loss, test accuracy.\n")
+    print("| task | arm | dev loss | test loss | test accuracy |\n|---|---|---|---|---|")
+    table = {t: arms(t) for t in TASKS}
+    for task, rows in table.items():
+        for arm, r in rows.items():
+            print(f"| {task} | {arm} | {r['dev_loss']:.4f} | {r['test_loss']:.4f} | {r['test']:.3f} |")
+    done = [lr for lr in TOP_LRS if all(f"+ top {lr}" in table[t] for t in TASKS)]
+    if len(done) < len(TOP_LRS) or not all("tuner v2" in table[t] for t in TASKS):
+        print("\nNot every arm has finished: no verdict.")
+        return
+    best = min(done, key=lambda lr: statistics.mean(table[t][f"+ top {lr}"]["dev_loss"] for t in TASKS))
+    wins = all(table[t][f"+ top {best}"]["dev_loss"] < table[t]["tuner v2"]["dev_loss"] for t in TASKS)
+    print(f"\nLower mean final dev loss: top lr {best}; it {'beats' if wins else 'does not beat'} tuner v2's final dev "
+          f"loss on both tasks, so the rule {'carries it to the held-out tasks' if wins else 'stops it here'}.")
+
+
+if __name__ == "__main__":
+    main()
