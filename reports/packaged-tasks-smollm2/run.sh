@@ -307,3 +307,5 @@ done
 # --- 17:06, a cut written before it takes effect: after the top-block screen, only the derivative's seed 0 (its
 # three arms) runs in this session; its seeds 1 and 2, and GV's seeds 1 and 2, are dropped for time before they
 # start.
+# --- 17:42, written before it runs: the lanes finished the derivative's seed 0 at 17:40, earlier than the 17:06 cut
+# assumed, so its seed 1 (the same three arms) runs after all, as time allows; seed 2 and GV's seeds stay cut.
