@@ -597,3 +597,14 @@ fi
 if [[ $stage == top-screen || $stage == all ]]; then
   python $R/top_screen.py > $R/top-screen/screen.md
 fi
+# 17:42, written before it runs: the held-out runs the screen's rule sends top lr 3e-4 to (tuner v2 plus the step,
+# against tuner v2 and FZOO, whose runs are the packaged-tasks report's) start with word polarity's seed 0 on the
+# core the derivative's runs leave free; the other tasks and seeds are for a later session.
+if [[ $stage == top-held-out || $stage == all ]]; then
+  for t in vader-polarity city-country city-continent; do
+    for seed in 0 1 2; do
+      python cli.py finetune --task packaged:$t "${TS[@]}" --top-lr 3e-4 --seed $seed \
+        --out $R/top-held-out/$t/tuner-v2-top-3e-4-s$seed
+    done
+  done
+fi
