@@ -117,8 +117,8 @@ class TopStep:
                                    "through the last MLP, the final norm and the head, in that order")
             device = seen["u"].device.type  # the local backward pass in float32, also inside --autocast bf16
             with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device, enabled=False):
-                weight = self.head.weight.detach().float()
-                rows = [weight[ids] for ids in options]
+                weight = self.head.weight.detach()
+                rows = [weight[ids].float() for ids in options]  # the option rows only, not the whole head
                 gain = self.norm.weight.detach().float()
                 grad = top_gradient(self.mlp, self.weights, seen["u"], seen["x"] - seen["m"], gain,
                                     self.norm.variance_epsilon, rows, labels)
