@@ -40,7 +40,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finetune.common.atomic import atomic_file  # noqa: E402
 from finetune.data.batches import batches  # noqa: E402
+from finetune.common.errors import ZotuneError  # noqa: E402
 from finetune.head import option_token_ids  # noqa: E402
+from finetune.top import rms_norm, top_block  # noqa: E402
 from finetune.trainer import FinetuneConfig, prepare  # noqa: E402
 
 VARIANTS = ("head", "head+norm", "head+down", "head+mlp")
@@ -48,19 +50,20 @@ HEAD_LRS = (3e-4, 1e-3, 3e-3)
 EXTRA_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 
 
-def top_modules(model) -> tuple[nn.Module, nn.Module]:
-    """The last decoder layer's MLP and the final norm of a Llama-family model."""
-    body = getattr(model, "model", None)
-    if body is None or not hasattr(body, "layers") or not hasattr(body, "norm"):
-        raise SystemExit("error: this probe reads Llama-family models (model.model.layers, model.model.norm)")
-    return body.layers[-1].mlp, body.norm
+def top_modules(model) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The last MLP, the final norm and the head, as the top-block step finds them (a one-line error otherwise)."""
+    try:
+        return top_block(model)
+    except ZotuneError:
+        raise SystemExit("error: this probe reads Llama-family models (as the top-block step does: a last MLP of "
+                         "gate, up and down projections without biases, then an RMS norm)") from None
 
 
 @torch.no_grad()
 def capture(model, scorer, examples, batch_size: int) -> dict[str, torch.Tensor]:
     """``u``, ``m``, ``x`` (float32, ``[n, d]``) at the last position of every example, and the model's option
     log-probabilities ``scores`` ``[n, n_options]``, from one pass over ``examples`` in order."""
-    mlp, norm = top_modules(model)
+    mlp, norm, _ = top_modules(model)
     got = {"u": [], "m": [], "x": []}
 
     def at_mlp(module, inputs, output) -> None:
@@ -85,11 +88,11 @@ class Top(nn.Module):
 
     def __init__(self, model, tokens: list[int]):
         super().__init__()
-        mlp, norm = top_modules(model)
+        mlp, norm, head = top_modules(model)
         self.mlp = copy.deepcopy(mlp).float()
         self.gain = nn.Parameter(norm.weight.detach().float().clone())
         self.eps = norm.variance_epsilon
-        self.rows = nn.Parameter(model.get_output_embeddings().weight.detach()[tokens].float().clone())
+        self.rows = nn.Parameter(head.weight.detach()[tokens].float().clone())
         self.place = {t: i for i, t in enumerate(tokens)}
 
     def groups(self, variant: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -104,7 +107,7 @@ class Top(nn.Module):
 
     def forward(self, f: dict[str, torch.Tensor], idx: torch.Tensor, options: list[list[int]]) -> torch.Tensor:
         x = f["x"][idx] - f["m"][idx] + self.mlp(f["u"][idx])
-        y = self.gain * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        y = rms_norm(x, self.gain, self.eps)
         width = max(map(len, options))
         out = torch.full((len(idx), width), float("-inf"))
         for i, ids in enumerate(options):
