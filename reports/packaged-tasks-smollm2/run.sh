@@ -309,3 +309,6 @@ done
 # start.
 # --- 17:42, written before it runs: the lanes finished the derivative's seed 0 at 17:40, earlier than the 17:06 cut
 # assumed, so its seed 1 (the same three arms) runs after all, as time allows; seed 2 and GV's seeds stay cut.
+# --- 2026-12-06 (sixth session), 18:18, written before it runs: the derivative's seed 2 (its three arms, as above)
+# runs after word polarity's seeds 1-2 of the tuner-v2 report's stage top-held-out, then GV's seeds 1 and 2 (as
+# above) after that stage's other six runs, as time allows; two runs at a time, as before.

@@ -600,6 +600,9 @@ fi
 # 17:42, written before it runs: the held-out runs the screen's rule sends top lr 3e-4 to (tuner v2 plus the step,
 # against tuner v2 and FZOO, whose runs are the packaged-tasks report's) start with word polarity's seed 0 on the
 # core the derivative's runs leave free; the other tasks and seeds are for a later session.
+# 2026-12-06 (sixth session), 18:18, written before it runs: the other eight runs of stage top-held-out (word
+# polarity's seeds 1-2, then city-country's and city-continent's seeds 0-2, in that order), two at a time, with the
+# derivative's seed 2 of the packaged-tasks report (its run.sh) after word polarity's; nothing else changes.
 if [[ $stage == top-held-out || $stage == all ]]; then
   for t in vader-polarity city-country city-continent; do
     for seed in 0 1 2; do
