@@ -400,8 +400,8 @@ def recorded_config(config: dict) -> dict:
 
 
 def _arm_label(m: dict) -> str:
-    label = f"{m['method']} {m['config']['lr']:g}"
-    return label + (f", head {m['head_lr']:g}" if m.get("head_lr") else "")
+    label = f"{m['method']} {m['config']['lr']:g}" + (f", head {m['head_lr']:g}" if m.get("head_lr") else "")
+    return label + (f", top {m['config']['top_lr']:g}" if m["config"].get("top_lr") else "")
 
 
 def _pair_by_seed(arms: list[list[Path]], read: list[tuple[Path, dict]]) -> list[dict[int, dict]]:

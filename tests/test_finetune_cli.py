@@ -363,3 +363,19 @@ def test_compare_reads_an_option_newer_than_a_run_as_its_default(tmp_path, capsy
     capsys.readouterr()
     assert cli.main(["compare", old, on, "--vs", b0, b1]) == 2
     assert "differ in top_lr (0.0 against 0.001)" in capsys.readouterr().err
+
+
+def test_compare_labels_an_arm_by_its_top_block_step(tmp_path, capsys):
+    """Two arms that differ only in --top-lr get different labels (they read alike before 2026-12-06, sixth
+    session); an arm without the step is labelled as before."""
+    def run(name, seed, top_lr):
+        folder = _finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)])
+        m = json.loads((folder / "metrics.json").read_text())
+        m["config"]["top_lr"] = top_lr
+        (folder / "metrics.json").write_text(json.dumps(m))
+        return str(folder)
+
+    assert cli.main(["compare", run("a0", 0, 0.0), run("a1", 1, 0.0), "--vs", run("b0", 0, 3e-4),
+                     run("b1", 1, 3e-4)]) == 0
+    labels = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| mezo")]
+    assert labels == ["mezo 0.001", "mezo 0.001, top 0.0003"]
