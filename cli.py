@@ -135,7 +135,8 @@ def _run_args() -> argparse.ArgumentParser:
     g.add_argument("--top-lr", action=_Finite, default=d.top_lr,
                    help="ZO methods, multiple choice with one-token options, Llama-family models: also step the last "
                    "layer's MLP along its exact gradient at the scored position, read off the forward passes, with "
-                   "Adam at this lr (default off; docs/methods.md, 'The top-block step')")
+                   "Adam at this lr (default off; with --tuner, the tuner's own top-block step, which --top-lr 0 turns "
+                   "off; docs/methods.md, 'The top-block step')")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],
@@ -309,6 +310,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         passes += f", with the head race (steps each lr held the rows: {held}; at the end {race['active']:g})"
     elif metrics.get("head_lr"):
         passes += f", with the head step at lr {metrics['head_lr']:g}"
+    if metrics["config"].get("top_lr"):
+        passes += f", with the top-block step at lr {metrics['config']['top_lr']:g}"
     from finetune.bench import calibrated_metric
 
     cal = calibrated_metric(metrics)

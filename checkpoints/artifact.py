@@ -23,7 +23,9 @@ fingerprint and its hash; :func:`pertnn.blocks.adapter_config`);
 ``head`` (``null`` or absent: no head step; else ``{"lr": x}``, the Adam lr of the head step,
 :mod:`finetune.head`, that fine-tuning with this tuner takes by default, or ``{"race": [x, y, ...]}``, the lrs
 of a head race, :class:`finetune.head.HeadRace`: :mod:`meta.head` chooses among them on the meta-training
-tasks); ``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
+tasks); ``top`` (``null`` or absent: no top-block step; else ``{"lr": x}``, the Adam lr of the step on the last
+MLP, :mod:`finetune.top`, that fine-tuning with this tuner takes by default); ``recommended`` (the ``lr`` and ``eps``
+meta-training assumed); ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
 the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
 
@@ -31,7 +33,7 @@ What is task-specific (loss history, last scales, the policy's online mean direc
 is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
 :class:`finetune.zo.online.OnlineMean`). A file with a direction policy has ``format_version`` 2 (older
 readers refuse it rather than silently dropping the policy); one with a head step has 3, for the same reason,
-and one with a head race 4; one with none of these stays at 1.
+one with a head race 4, and one with a top-block step 5; one with none of these stays at 1.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
 FORMAT = "zotune-tuner"
-FORMAT_VERSION = 4  # the newest format this reads (4: a head race; 3: a head step; 2: a direction policy; 1: PertNN)
+FORMAT_VERSION = 5  # the newest format this reads (5: a top-block step; 4: a head race; 3: a head step; 2: a direction
+#                    policy; 1: PertNN)
 HEAD_KEYS = ("lr", "race")  # what a tuner's head step holds: one of them
 BANK_TENSORS = ("W1", "b1", "W2", "b2")
 _REQUIRED = ("base_model", "blocks", "tied_groups", "fingerprint_sha256", "features", "pertnn", "provenance")
@@ -103,7 +106,8 @@ def _metadata_problem(meta: dict) -> str | None:
     """What is wrong with the types of the ``zotune`` metadata fields, or None."""
     types = {"base_model": str, "blocks": list, "tied_groups": list, "fingerprint_sha256": str, "features": dict,
              "pertnn": dict, "provenance": dict, "recommended": dict, "direction_policy": (dict, type(None)),
-             "tensors_sha256": str, "adapter": (dict, type(None)), "head": (dict, type(None))}
+             "tensors_sha256": str, "adapter": (dict, type(None)), "head": (dict, type(None)),
+             "top": (dict, type(None))}
     for key, kind in types.items():
         if key in meta and not isinstance(meta[key], kind):
             names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
@@ -131,6 +135,12 @@ def _metadata_problem(meta: dict) -> str | None:
         if "race" in head and not (isinstance(race, list) and len(race) >= 2
                                    and all(_lr_ok(x) and x > 0 for x in race) and len(set(race)) == len(race)):
             return f"its head race is {race!r}, not two or more distinct positive lrs"
+    top = meta.get("top")
+    if top is not None:
+        if set(top) != {"lr"}:
+            return f"its top-block step must hold 'lr' alone (it holds {', '.join(sorted(top)) or 'nothing'})"
+        if not (_lr_ok(top["lr"]) and top["lr"] > 0):
+            return f"its top-block step's lr is {top['lr']!r}, not a finite number > 0"
     doc = meta.get("direction_policy")
     if doc is not None and not (isinstance(doc.get("config"), dict) and isinstance(doc.get("features", []), list)):
         return "metadata field 'direction_policy' needs a 'config' object and a 'features' list"
@@ -169,6 +179,7 @@ class Tuner:
     policy: DirectionPolicy | None = None
     adapter: dict | None = None  # the adapter the blocks belong to (pertnn.blocks.adapter_config); None: full model
     head: dict | None = None     # the head step fine-tuning takes by default ({"lr": x}); None: none (finetune/head.py)
+    top: dict | None = None      # the top-block step fine-tuning takes by default ({"lr": x}); None: none (top.py)
 
     # ------------------------------------------------------------------------------------ creation
     @classmethod
@@ -219,6 +230,16 @@ class Tuner:
         return "none" if not lrs else f"lr {lrs[0]:g}" if len(lrs) == 1 else \
             "a race of lrs " + ", ".join(f"{x:g}" for x in lrs)
 
+    @property
+    def top_lr(self) -> float:
+        """The Adam lr of the top-block step (:mod:`finetune.top`) that fine-tuning with this tuner takes by default
+        (0: none)."""
+        return 0.0 if self.top is None else float(self.top["lr"])
+
+    def with_top(self, lr: float) -> "Tuner":
+        """The same tuner whose fine-tuning also takes the top-block step at Adam lr ``lr`` (0: none)."""
+        return replace(self, top=None if lr == 0 else {"lr": float(lr)})
+
     def with_head(self, lr: float) -> "Tuner":
         """The same tuner whose fine-tuning also takes the head step at Adam lr ``lr`` (0: no head step)."""
         return replace(self, head=None if lr == 0 else {"lr": float(lr)})
@@ -242,6 +263,7 @@ class Tuner:
             "direction_policy": self.direction_policy,
             "adapter": self.adapter,
             "head": self.head,
+            "top": self.top,
             "recommended": self.recommended,
             "provenance": self.provenance,
         }
@@ -318,8 +340,8 @@ class Tuner:
             tensors.update({f"policy.{k}": getattr(self.policy, k).detach().to("cpu", torch.float32).contiguous()
                             for k in BANK_TENSORS})
         doc = self.metadata() | {"tensors_sha256": tensors_sha256(tensors)}
-        version = (4 if len(self.head_lrs) > 1 else 3 if self.head is not None else 2 if self.policy is not None
-                   else 1)
+        version = (5 if self.top is not None else 4 if len(self.head_lrs) > 1 else 3 if self.head is not None
+                   else 2 if self.policy is not None else 1)
         meta = {"format": FORMAT, "format_version": str(version),
                 "zotune": strict_json(doc, separators=(",", ":"))}
         with atomic_file(path) as tmp:
@@ -414,7 +436,7 @@ class Tuner:
         return cls(bank=bank, feature_config=fcfg, base_model=meta["base_model"], blocks=blocks,
                    tied_groups=meta["tied_groups"], stats=tensors["base.block_stats"],
                    provenance=meta["provenance"], recommended=meta.get("recommended", {}), policy=policy,
-                   adapter=adapter, head=meta.get("head"))
+                   adapter=adapter, head=meta.get("head"), top=meta.get("top"))
 
     @staticmethod
     def _policy_from_parts(doc, tensors: dict, n_blocks: int, bad) -> DirectionPolicy | None:

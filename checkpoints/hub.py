@@ -108,6 +108,10 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
             + ("`finetune.head.HeadStep(model, scorer, lr=tuner.head_lr)`" if len(tuner.head_lrs) == 1 else
                "`finetune.head.HeadRace(model, scorer, tuner.head_lrs)`")
             + " and call `head.step()` after it (docs/python-api.md).", ""]),
+        *([] if tuner.top is None else [
+            "This tuner also takes a top-block step (the last layer's MLP, Llama family), which `finetune --tuner` "
+            "applies by itself; in your own loop, wrap each step in `top.watching(batch)` of "
+            "`finetune.top.TopStep(model, scorer, tuner.top_lr)` and call `top.step()` after it.", ""]),
         f"`{TUNER_FILE}` is a safetensors file (no pickled code); `python cli.py tuners inspect {TUNER_FILE}` "
         "prints its metadata and per-block scales.", "",
     ]

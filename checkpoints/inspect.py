@@ -72,6 +72,21 @@ def head_text(tuner: Tuner) -> str:
     return text
 
 
+def top_text(tuner: Tuner) -> str:
+    """One line on the top-block step a tuner takes by default."""
+    if tuner.top is None:
+        return "none (the last MLP is left to the ZO step)"
+    text = (f"Adam at lr {tuner.top_lr:g} on the last layer's MLP, along its exact gradient at the scored position "
+            "read off the forward passes (multiple choice, one-token options, Llama family, one process)")
+    sel = (tuner.provenance or {}).get("top_selection")
+    if isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict):
+        grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"
+                         for k, v in sel["dev_loss"].items())
+        text += (f"; chosen by mean final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
+                 f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}): {grid}")
+    return text
+
+
 def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
     """The report printed by ``python cli.py tuners inspect FILE``."""
     tuner = Tuner.from_pretrained(path)
@@ -88,6 +103,7 @@ def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
         f"direction  {policy_text(tuner)}",
         f"adapter    {adapter_text(tuner.adapter)}",
         f"head step  {head_text(tuner)}",
+        f"top step   {top_text(tuner)}",
         f"recommended fine-tuning {tuner.recommended or 'not recorded'}",
     ]
     if prov:

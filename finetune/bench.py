@@ -34,8 +34,8 @@ from finetune.common.errors import ZotuneError
 from finetune.common.runs import Diverged, RunLock, Snapshot, check_output, strict_json
 from finetune.data.adapters import load_snapshot_weights, snapshot_weights
 from finetune.data.models import model_id
-from finetune.trainer import (FO, NO_Q_METHODS, FinetuneConfig, compute_precision, prepare, run_inputs, train,
-                              work_dir)
+from finetune.trainer import (FO, NO_Q_METHODS, FinetuneConfig, compute_precision, prepare, recorded_config,
+                              run_inputs, train, work_dir)
 
 REFERENCE = "mezo"  # the method every other one is compared with
 
@@ -393,12 +393,6 @@ def compare_runs(arms: list[list[Path]], resamples: int = 10000, seed: int = 0) 
 ARM_FREE_KEYS = ("seed", "threads", "device", "device_map")
 
 
-def recorded_config(config: dict) -> dict:
-    """A run's recorded options with the defaults of the options newer than the run filled in (what it ran with:
-    a snapshot's resume reads it the same way, :func:`~finetune.common.runs.changed_fields`)."""
-    return {**asdict(FinetuneConfig()), **config}
-
-
 def _arm_label(m: dict) -> str:
     label = f"{m['method']} {m['config']['lr']:g}" + (f", head {m['head_lr']:g}" if m.get("head_lr") else "")
     return label + (f", top {m['config']['top_lr']:g}" if m["config"].get("top_lr") else "")
@@ -689,6 +683,7 @@ def _merge_key(report: dict) -> dict:
     # is 0 (benches written before it could be unset recorded 0), and a tuner run's head step goes with its tuner
     tuners = sorted({str(c["base"].get("tuner")) + ("" if c["base"].get("head_lr") is None else
                                                      f" with --head-lr {c['base']['head_lr']:g}")
+                     + ("" if c["base"].get("top_lr") is None else f" with --top-lr {c['base']['top_lr']:g}")
                      for c in configs if "tuner" in c["methods"]})
     if base.get("head_lr") is None:
         base["head_lr"] = 0.0

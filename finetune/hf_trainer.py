@@ -180,6 +180,10 @@ class ZOTrainer(Trainer):
                 raise ZotuneError(f"this tuner carries a head step ({tuner.head_text}), which ZOTrainer cannot take: "
                                   "its loss is the Trainer's compute_loss, not an option cross-entropy; pass "
                                   "zo_args.tuner = tuner.with_head(0) to run its bank alone, or use cli.py finetune")
+            if getattr(tuner, "top", None) is not None:
+                raise ZotuneError(f"this tuner carries a top-block step (lr {tuner.top_lr:g}), which ZOTrainer cannot "
+                                  "take: its loss is the Trainer's compute_loss, not an option cross-entropy; pass "
+                                  "zo_args.tuner = tuner.with_top(0) to run without it, or use cli.py finetune")
             return TunedZO(model, tuner, momentum=z.momentum if z.optimizer == "momentum" else 0.0, **kw)
         return make_optimizer(z.optimizer, model, momentum=z.momentum, **kw)
 

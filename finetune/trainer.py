@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -69,7 +69,8 @@ class FinetuneConfig(RunConfig):
     head_lr: float | None = None       # ZO methods: Adam lr of the head step's option rows (0 = off; finetune/head.py);
                                        # None = the method's default: the tuner's for method tuner, else off
     head_race: list[float] | None = None  # ZO methods: race these head lrs on the same passes (finetune/head.py)
-    top_lr: float = 0.0                # ZO methods: Adam lr of the last MLP's exact step (0 = off; finetune/top.py)
+    top_lr: float | None = None        # ZO methods: Adam lr of the last MLP's exact step (0 = off; finetune/top.py);
+                                       # None = the method's default: the tuner's for method tuner, else off
     eval_every: int = 0                # evaluate on the dev split every N steps (0 = never)
     n_dev: int = 100
     n_test: int = 200
@@ -145,7 +146,8 @@ class FinetuneConfig(RunConfig):
         if (self.head_lr or self.head_race) and self.peft not in (None, "lora"):
             raise ZotuneError(f"{flag} steps the output head, which --peft {self.peft} keeps frozen; use --peft lora "
                               f"(its adapter then carries the option rows) or drop {flag}")
-        check_number("--top-lr", self.top_lr, low=0)
+        if self.top_lr is not None:
+            check_number("--top-lr", self.top_lr, low=0)
         if self.top_lr and self.method == FO:
             raise ZotuneError("--top-lr is for ZO methods; --method fo trains the last MLP by backpropagation already: "
                               "drop --top-lr")
@@ -282,7 +284,7 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
     (options and inputs); return its step and results."""
     state = snapshot.load()
     now = asdict(cfg)
-    snapshot.check(state, now, asdict(FinetuneConfig()), inputs, ignore=("steps", "eval_every", "threads"))
+    snapshot.check(state, now, recorded_config({}), inputs, ignore=("steps", "eval_every", "threads"))
     saved_steps = state["config"].get("steps", now["steps"])
     if saved_steps != now["steps"] and now["schedule"] != "constant":
         raise ZotuneError(f"cannot resume with steps={now['steps']}: the interrupted run's {now['schedule']} "
@@ -323,6 +325,23 @@ def head_lrs_of(cfg: FinetuneConfig, tuner=None) -> list[float]:
         return [cfg.head_lr] if cfg.head_lr > 0 else []
     tuner = run_tuner(cfg, tuner)
     return [] if tuner is None else tuner.head_lrs
+
+
+def top_lr_of(cfg: FinetuneConfig, tuner=None) -> float:
+    """The top-block step's lr a run takes (0: none): ``--top-lr`` when given, else the tuner's (method ``tuner``),
+    else 0."""
+    if cfg.top_lr is not None:
+        return cfg.top_lr
+    tuner = run_tuner(cfg, tuner)
+    return 0.0 if tuner is None else tuner.top_lr
+
+
+def recorded_config(config: dict) -> dict:
+    """A run's recorded options with the defaults of the options newer than the run filled in (what it ran with:
+    a snapshot's resume reads it the same way). ``top_lr`` is recorded resolved (:func:`finetune`): a run from
+    before the option existed ran without the step, 0."""
+    out = {**asdict(FinetuneConfig()), **config}
+    return out | {"top_lr": 0.0} if out["top_lr"] is None else out
 
 
 def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
@@ -396,9 +415,9 @@ def check_parallel(cfg: FinetuneConfig, opt: ZOOptimizer, dp, head_lrs: list[flo
     run's head lrs (default: :func:`head_lrs_of` of ``cfg``, which reads the tuner file ``cfg`` names)."""
     if cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
-    if cfg.top_lr:
-        raise ZotuneError("--top-lr runs in one process (a data-parallel run does not gather the top block's inputs "
-                          "yet); drop --top-lr or run without torchrun")
+    if top_lr_of(cfg):
+        raise ZotuneError("the top-block step (--top-lr, or a tuner's) runs in one process (a data-parallel run does "
+                          "not gather the top block's inputs yet); pass --top-lr 0 or run without torchrun")
     if dp.mode != "batch" and (head_lrs_of(cfg) if head_lrs is None else head_lrs):  # ranks' passes differ there
         raise ZotuneError("the head step (--head-lr, --head-race, or a tuner's) runs data-parallel in --dp-mode batch "
                           "only; use --dp-mode batch")
@@ -453,6 +472,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
            inputs: dict | None, tuner, calibrate: bool, dp, log) -> RunResult:
     inputs = inputs or {}
     tuner = run_tuner(cfg, tuner)
+    cfg = replace(cfg, top_lr=top_lr_of(cfg, tuner))  # the snapshot records the lr taken
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
     head, head_lrs = None, head_lrs_of(cfg, tuner)
@@ -464,12 +484,13 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
         # dp is None or in batch mode here: check_parallel refused a head step in directions mode
         head = HeadStep(model, scorer, head_lr, dp=dp) if len(head_lrs) == 1 else \
             HeadRace(model, scorer, head_lrs, dp=dp)
-    top = None
-    if cfg.top_lr:
+    top, top_lr = None, cfg.top_lr
+    if top_lr:
         if log is not None:
-            raise ZotuneError("--save-log does not record the top-block step yet; drop --save-log or --top-lr")
+            raise ZotuneError("--save-log does not record the top-block step (--top-lr, or a tuner's) yet; drop "
+                              "--save-log or pass --top-lr 0")
         option_token_ids(scorer, task.train, "--top-lr")  # the same tasks as the head step: one-token options
-        top = TopStep(model, scorer, cfg.top_lr)
+        top = TopStep(model, scorer, top_lr)
     guard = DivergenceGuard([p for group in opt.param_groups for p in group["params"]])
     resuming = snapshot is not None and snapshot.exists()
     if log is not None and not resuming:
@@ -676,7 +697,8 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
     if save_log and cfg.method == FO:
         raise ZotuneError("--save-log does not support --method fo (a backpropagated update is not a list of "
                           "seeds and coefficients); drop --save-log")
-    tuner = run_tuner(cfg, tuner)  # loaded once for the run (it may set the head step's lr)
+    tuner = run_tuner(cfg, tuner)  # loaded once for the run (it may set the head step's and top-block step's lrs)
+    cfg = replace(cfg, top_lr=top_lr_of(cfg, tuner))  # recorded as taken, so that runs of one computation pair
     if dp is not None and cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
     writer = dp is None or dp.main
@@ -764,7 +786,7 @@ def _prepare_folder(cfg: FinetuneConfig, out: Path, resume: bool, snapshot_every
         except (OSError, ValueError, KeyError, TypeError):
             raise ZotuneError(f"{finished} is unreadable; move the outputs in {work} by hand, or "
                               "rerun with --start-over") from None
-        changed = changed_fields(saved, asdict(cfg), asdict(FinetuneConfig()), ignore=("threads",))
+        changed = changed_fields(saved, asdict(cfg), recorded_config({}), ignore=("threads",))
         if changed:
             raise ZotuneError(f"cannot resume: the finished run in {work} used {changed[0]}="
                               f"{saved.get(changed[0])!r}; rerun with its options, or {snapshot.restart_hint}")

@@ -209,3 +209,13 @@ def test_a_tuner_with_a_head_step_is_refused_not_dropped(tiny, tmp_path):
     with pytest.raises(ZotuneError, match="with_head"):
         ZOTrainer(**args, zo_args=ZOArguments(tuner=tuner)).train()
     ZOTrainer(**args, zo_args=ZOArguments(tuner=tuner.with_head(0))).train()  # the bank alone runs
+
+
+def test_a_tuner_with_a_top_block_step_is_refused_not_dropped(tiny, tmp_path):
+    model, tok = tiny
+    tuner = tiny_tuner(model).with_top(1e-3)
+    args = dict(model=copy.deepcopy(model), args=training_args(tmp_path, max_steps=1), train_dataset=lm_dataset(tok, 2),
+                data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    with pytest.raises(ZotuneError, match="with_top"):
+        ZOTrainer(**args, zo_args=ZOArguments(tuner=tuner)).train()
+    ZOTrainer(**args, zo_args=ZOArguments(tuner=tuner.with_top(0))).train()  # the bank alone runs

@@ -308,6 +308,10 @@ def test_export_writes_the_tuner_and_a_model_card(tmp_path, llama, capsys):
     # a tiny model is no Hub id: no base_model in the front matter; a bad tuner leaves no folder
     tiny = Tuner.for_model(llama, "tiny-llama").save_pretrained(tmp_path / "tiny.safetensors")
     assert "base_model" not in metadata_load(hub.export(tiny, tmp_path / "hub2") / "README.md")
+    steps = Tuner.from_pretrained(tiny).with_head(3e-4).with_top(1e-3)  # the card says how to take each exact step
+    text = hub.model_card(steps)
+    assert "HeadStep(model, scorer, lr=tuner.head_lr)" in text and "TopStep(model, scorer, tuner.top_lr)" in text
+    assert "TopStep" not in hub.model_card(Tuner.from_pretrained(tiny))
     (tmp_path / "bad.safetensors").write_bytes(b"not a tuner")
     one_line_error(capsys, ["tuners", "export", str(tmp_path / "bad.safetensors"), str(tmp_path / "hub3")])
     assert not (tmp_path / "hub3").exists() and not list(tmp_path.glob(".hub3*"))

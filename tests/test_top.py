@@ -141,7 +141,7 @@ def test_the_top_step_refuses_data_parallel_runs():
     from finetune.trainer import check_parallel
 
     for mode in ("batch", "directions"):
-        with pytest.raises(ZotuneError, match="--top-lr runs in one process"):
+        with pytest.raises(ZotuneError, match="runs in one process"):
             check_parallel(FinetuneConfig(top_lr=1e-3), opt=None, dp=FakeGroup(mode))
     check_parallel(FinetuneConfig(top_lr=0.0), opt=None, dp=FakeGroup("batch"))
 

@@ -80,7 +80,7 @@ def test_a_head_race_is_format_4_round_trips_and_bad_races_are_refused(tmp_path,
         save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "zotune": json.dumps(doc)})
         with pytest.raises(ZotuneError, match=message):
             Tuner.from_pretrained(tmp_path / "bad.safetensors")
-    save_file(tensors, str(tmp_path / "new.safetensors"), metadata={**meta, "format_version": "5"})
+    save_file(tensors, str(tmp_path / "new.safetensors"), metadata={**meta, "format_version": "6"})
     with pytest.raises(ZotuneError, match="upgrade zotune"):
         Tuner.from_pretrained(tmp_path / "new.safetensors")
 
@@ -458,3 +458,108 @@ def test_the_shipped_v2_tuner_is_mezo_scales_plus_the_head_lr_its_committed_benc
         losses[key] = sum(per_task) / len(per_task)
     assert sel["dev_loss"] == pytest.approx(losses)
     assert v2.head_lr == float(min(losses, key=losses.get)) == sel["chosen"] and v2.recommended["lr"] == sel["lr"]
+
+
+# ------------------------------------------------------------------------------------ the top-block step (format 5)
+def test_a_top_step_is_format_5_round_trips_and_bad_top_metadata_is_refused(tmp_path, untrained):
+    tuner = Tuner.from_pretrained(untrained)
+    assert tuner.top is None and tuner.top_lr == 0 and tuner.with_top(0).top is None
+    both = tuner.with_head(3e-4).with_top(1e-3)
+    path = both.save_pretrained(tmp_path / "top.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    doc = json.loads(meta["zotune"])
+    assert meta["format_version"] == "5" and doc["top"] == {"lr": 1e-3} and doc["head"] == {"lr": 3e-4}
+    back = Tuner.from_pretrained(path)
+    assert back.top_lr == 1e-3 and back.head_lr == 3e-4 and back.metadata() == json.loads(json.dumps(both.metadata()))
+    with safe_open(str(tuner.with_head(3e-4).save_pretrained(tmp_path / "head.safetensors")), framework="pt") as f:
+        assert f.metadata()["format_version"] == "3"  # no top step: the file stays readable by older zotune
+    for top, message in [({"lr": -1}, "not a finite number > 0"), ({"lr": 0}, "not a finite number > 0"),
+                         ({"lr": "fast"}, "not a finite number > 0"), ({"lr": 1e-3, "betas": [0.9]}, "'lr' alone"),
+                         ({}, "'lr' alone"), ([1e-3], "expected dict")]:
+        bad_doc = dict(doc, top=top)
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "zotune": json.dumps(bad_doc)})
+        with pytest.raises(ZotuneError, match=message):
+            Tuner.from_pretrained(tmp_path / "bad.safetensors")
+
+
+def test_a_tuner_with_a_top_step_fine_tunes_as_mezo_with_top_lr_bit_for_bit(tmp_path, untrained, capsys):
+    """An untrained tuner carrying the top-block step at lr t runs exactly as `--method mezo --top-lr t` (the same
+    losses, evaluations and weights) and records t as the lr it took; `--top-lr 0` turns the tuner's step off (then
+    exactly MeZO), and `--top-lr` given with the tuner overrides its lr."""
+    task = _jsonl(tmp_path, one_token_examples(60))
+    top = Tuner.from_pretrained(untrained).with_top(1e-2).save_pretrained(tmp_path / "top.safetensors")
+
+    def run(name, *extra):
+        out = tmp_path / name
+        assert cli.main(["finetune", *BASE, "--task", task, "--steps", "5", "--eval-every", "2", *extra,
+                         "--out", str(out)]) == 0
+        said = capsys.readouterr().out
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert ("with the top-block step at lr" in said) == bool(metrics["config"]["top_lr"]), said
+        return metrics, load_model(str(out / "model"))[0]
+
+    tuned, mezo_top = run("tuned", "--tuner", str(top)), run("mezo-top", "--method", "mezo", "--top-lr", "1e-2")
+    assert tuned[0]["config"]["top_lr"] == mezo_top[0]["config"]["top_lr"] == 1e-2
+    _same(tuned, mezo_top)
+    off, mezo = run("off", "--tuner", str(top), "--top-lr", "0"), run("mezo", "--method", "mezo")
+    assert off[0]["config"]["top_lr"] == mezo[0]["config"]["top_lr"] == 0
+    _same(off, mezo)
+    other, mezo_other = run("other", "--tuner", str(top), "--top-lr", "3e-2"), run("mo", "--method", "mezo",
+                                                                                  "--top-lr", "3e-2")
+    _same(other, mezo_other)
+    assert tuned[0]["train_loss"] != mezo[0]["train_loss"] != other[0]["train_loss"]  # the step did act
+
+
+def test_a_tuners_top_step_is_refused_where_the_step_cannot_run(tmp_path, untrained, capsys):
+    """Taken from the tuner, the top-block step is refused in one line where --top-lr is (the message says how to
+    turn it off), and the data-parallel check reads it from the tuner file the config names."""
+    from finetune.trainer import FinetuneConfig, check_parallel
+
+    task = _jsonl(tmp_path, one_token_examples(40))
+    top = Tuner.from_pretrained(untrained).with_top(1e-3).save_pretrained(tmp_path / "top.safetensors")
+    err = bad(capsys, ["finetune", *BASE, "--task", task, "--steps", "1", "--tuner", str(top), "--save-log",
+                       "--out", str(tmp_path / "o")])
+    assert "--top-lr 0" in err and not (tmp_path / "o").exists()
+    cfg = FinetuneConfig(model="tiny-llama", method="tuner", tuner=str(top))
+    with pytest.raises(ZotuneError, match="pass --top-lr 0"):
+        check_parallel(cfg, opt=None, dp=FakeGroup("batch"))
+    check_parallel(FinetuneConfig(model="tiny-llama", method="tuner", tuner=str(top), top_lr=0.0), opt=None,
+                   dp=FakeGroup("batch"))
+
+
+def test_inspect_shows_the_top_step(tmp_path, untrained):
+    assert "top step   none" in inspect_text(untrained)
+    tuner = Tuner.from_pretrained(untrained).with_top(3e-4)
+    tuner.provenance = {"top_selection": {"tasks": ["t.jsonl"], "forwards": 10, "seeds": [0],
+                                          "dev_loss": {"0": 0.7, "3e-4": 0.6}}}
+    text = inspect_text(tuner.save_pretrained(tmp_path / "top.safetensors"))
+    line = next(x for x in text.splitlines() if x.startswith("top step"))
+    assert "Adam at lr 0.0003 on the last layer's MLP" in line and "on t.jsonl (10 forward passes" in line
+    assert "0: 0.7000, 3e-4: 0.6000" in line
+
+
+def test_a_snapshot_from_before_top_lr_existed_resumes(tmp_path, monkeypatch, capsys):
+    """A run snapshotted by a zotune without --top-lr ran without the step: it resumes (its config lacks the key, read
+    as 0, the lr a run without the option takes) and ends as a run never interrupted."""
+    from finetune.data.scoring import TaskScorer
+    from finetune.trainer import snapshot_path
+    from reference import kill_at_call
+
+    task = _jsonl(tmp_path, one_token_examples(40))
+    argv = ["finetune", *BASE, "--task", task, "--steps", "6", "--snapshot-every", "3"]
+    assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
+    real_loss = kill_at_call(monkeypatch, 2 * 5)  # step 5's first pass: the snapshot of step 3 survives
+    out = tmp_path / "resumed"
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--out", str(out)])
+    monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    path = snapshot_path(out)
+    state = torch.load(path, weights_only=True)
+    assert state["config"].pop("top_lr") == 0
+    torch.save(state, path)
+    capsys.readouterr()
+    assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "straight", out))
+    assert a["train_loss"] == b["train_loss"] and a["eval"] == b["eval"]
