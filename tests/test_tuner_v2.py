@@ -460,6 +460,42 @@ def test_the_shipped_v2_tuner_is_mezo_scales_plus_the_head_lr_its_committed_benc
     assert v2.head_lr == float(min(losses, key=losses.get)) == sel["chosen"] and v2.recommended["lr"] == sel["lr"]
 
 
+def test_the_shipped_v2_top_tuner_is_v2_plus_the_top_lr_its_committed_screen_chose(tmp_path):
+    """smollm2-135m-v2-top is smollm2-135m-v2 (same bank, head step and recommended lr) plus the top lr whose mean final
+    dev loss over the screen's committed runs is lowest, and below tuner v2's on both screened tasks (the rule of
+    run.sh); its recipe (make_top_tuner.py) writes it again, the same metadata and tensors."""
+    import subprocess
+    import sys
+
+    root = cli.Path(cli.__file__).parent
+    folder, report = root / "checkpoints/pretrained", root / "reports/tuner-v2-smollm2"
+    v2, top = (Tuner.from_pretrained(folder / f"smollm2-135m-v2{n}.safetensors") for n in ("", "-top"))
+    assert all(torch.equal(getattr(v2.bank, k), getattr(top.bank, k)) for k in ("W1", "b1", "W2", "b2"))
+    assert (top.head, top.recommended, v2.top) == (v2.head, v2.recommended, None)
+
+    def final_dev(path):
+        m = json.loads(path.read_text())
+        return (m["runs"][0] if "runs" in m else m)["curve"][-1]["dev_loss"]
+
+    bench = "head-select-packaged/packaged-word-class/head-lr-0.0003/seed-0/bench.json"  # tuner v2's run there
+    alone = {"word-class": final_dev(report / bench),
+             "noun-number": final_dev(report / "top-screen/noun-number/tuner-v2-s0/metrics.json")}
+    dev = {lr: {t: final_dev(report / f"top-screen/{t}/tuner-v2-top-{lr}-s0/metrics.json") for t in alone}
+           for lr in ("1e-4", "3e-4")}
+    best = min(dev, key=lambda lr: sum(dev[lr].values()))
+    assert top.top_lr == float(best) and all(dev[best][t] < alone[t] for t in alone)
+    out = tmp_path / "again.safetensors"
+    subprocess.run([sys.executable, str(report / "make_top_tuner.py"), str(out)], check=True, capture_output=True)
+    files = [out, folder / "smollm2-135m-v2-top.safetensors"]  # (safetensors orders its header's keys freely)
+    metas = []
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            metas.append({**f.metadata(), "zotune": json.loads(f.metadata()["zotune"])})
+    assert metas[0] == metas[1]
+    a, b = (load_file(str(p)) for p in files)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ------------------------------------------------------------------------------------ the top-block step (format 5)
 def test_a_top_step_is_format_5_round_trips_and_bad_top_metadata_is_refused(tmp_path, untrained):
     tuner = Tuner.from_pretrained(untrained)
