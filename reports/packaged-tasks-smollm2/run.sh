@@ -312,3 +312,5 @@ done
 # --- 2026-12-06 (sixth session), 18:18, written before it runs: the derivative's seed 2 (its three arms, as above)
 # runs after word polarity's seeds 1-2 of the tuner-v2 report's stage top-held-out, then GV's seeds 1 and 2 (as
 # above) after that stage's other six runs, as time allows; two runs at a time, as before.
+# --- 18:47, written before it takes effect, a reorder: the tuner-v2 report's stage top-derivative (three runs) goes
+# before GV's seeds 1 and 2, which follow as time allows.

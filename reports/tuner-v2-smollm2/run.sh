@@ -611,3 +611,22 @@ if [[ $stage == top-held-out || $stage == all ]]; then
     done
   done
 fi
+# 18:47, written before it runs: the third shipped file, tuner v2 plus the top lr the screen's rule chose (3e-4, read
+# from the screen's runs; no held-out task read), and that file run on the derivative checkpoint of the packaged-tasks
+# report (word polarity on runs/derivative-python-docs, made by benchmarks/make_derivative.py --text-task python-docs;
+# its MeZO, tuner v2 and FZOO runs are that report's), three seeds, after the held-out runs above and before GV's
+# seeds of the packaged-tasks report.
+if [[ $stage == top-ship || $stage == all ]]; then
+  python $R/make_top_tuner.py
+fi
+if [[ $stage == top-derivative || $stage == all ]]; then
+  TT=(--batch-size 8 --threads 1 --eval-every 250 --no-save-model --method tuner --steps 500
+      --tuner checkpoints/pretrained/smollm2-135m-v2-top.safetensors --lr 3e-5)
+  for seed in 0 1 2; do
+    python cli.py finetune --task packaged:vader-polarity --model runs/derivative-python-docs "${TT[@]}" --seed $seed \
+      --out $R/top-held-out/vader-polarity-derivative/tuner-v2-top-s$seed
+  done
+fi
+if [[ $stage == top-held-out || $stage == all ]]; then
+  python $R/top_held_out.py > $R/top-held-out/compare.md
+fi
