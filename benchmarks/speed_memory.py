@@ -13,9 +13,10 @@ With ``--tuner``, also the time of a tuned step (the tuner's features and bank, 
 MeZO step, means over the repeats (the block statistics are refreshed every ``stats_every`` steps, so the
 mean is the amortised cost; use ``--repeats`` of at least 10). A tuner with a head step (format 3) or a head race
 (format 4, all its lanes) takes it in the timed step as fine-tuning does (watching the step's passes, then the
-Adam step on the option rows), which needs a task whose options are one token each, e.g.
+Adam step on the option rows), and so does one with a top-block step (format 5: the last MLP's local backward pass
+and Adam step, Llama family); both need a task whose options are one token each, e.g.
 ``--task bigbench:cs_algorithms/valid_parentheses:Valid=valid,Invalid=invalid``. The memory measurement then
-adds a third mode, fresh processes running three tuned steps (head step included), against inference.
+adds a third mode, fresh processes running three tuned steps (head and top-block steps included), against inference.
 
 With ``--method NAME[,NAME...]`` (any ``finetune --method`` except tuner and fo, or ``all``), it measures instead, for
 each method in one run, a step's time / the time of as many plain forward passes as the step makes (target <=
@@ -65,13 +66,15 @@ def peak_rss_mb() -> float:
 
 
 def tuned_stepper(args, model, scorer, batch, closure):
-    """(step, has_head): ``step`` takes one step as fine-tuning with the ``--tuner`` artifact does, the tuned ZO
-    step with its head step (format 3) or head race (format 4, every lane) watching the step's passes, then
-    stepping. Its lrs are near 1e-12 like the timed MeZO step's: the work is real, the weights barely move."""
-    from contextlib import nullcontext
+    """(step, extras): ``step`` takes one step as fine-tuning with the ``--tuner`` artifact does, the tuned ZO
+    step with its head step (format 3) or head race (format 4, every lane) and its top-block step (format 5)
+    watching the step's passes, then stepping; ``extras`` names them (" with its head step", ""). Their lrs are near
+    1e-12 like the timed MeZO step's: the work is real, the weights barely move."""
+    from contextlib import ExitStack
 
     from checkpoints import Tuner
     from finetune.head import HeadRace, HeadStep
+    from finetune.top import TopStep
     from finetune.zo.optim import TunedZO
     tuner = Tuner.from_pretrained(args.tuner)
     tuned = TunedZO(model, tuner, lr=1e-12, eps=1e-3, noise=args.noise)
@@ -81,13 +84,18 @@ def tuned_stepper(args, model, scorer, batch, closure):
         head = HeadStep(model, scorer, 1e-12)
     elif lanes > 1:
         head = HeadRace(model, scorer, [1e-12 * (k + 1) for k in range(lanes)])
+    top = TopStep(model, scorer, 1e-12) if tuner.top_lr else None
+    steps = [x for x in (head, top) if x is not None]
 
     def step():
-        with head.watching(batch) if head is not None else nullcontext():
+        with ExitStack() as watching:
+            for x in steps:
+                watching.enter_context(x.watching(batch))
             tuned.step(closure)
-        if head is not None:
-            head.step()
-    return step, head is not None
+        for x in steps:
+            x.step()
+    extras = " and ".join(n for n, x in (("its head step", head), ("its top-block step", top)) if x is not None)
+    return step, extras and " with " + extras
 
 
 def memory_child(args) -> None:
@@ -187,9 +195,9 @@ def main() -> None:
     engine = opt.engine
     engine.loss(closure)
     opt.step(closure)  # warm-up: tables, caches, allocator
-    tuned_step, has_head = None, False
+    tuned_step, extras = None, ""
     if args.tuner:
-        tuned_step, has_head = tuned_stepper(args, model, scorer, batch, closure)
+        tuned_step, extras = tuned_stepper(args, model, scorer, batch, closure)
         tuned_step()  # warm-up
     fwd2, step, upd, tstep = [], [], [], []
     for _ in range(args.repeats):
@@ -217,7 +225,7 @@ def main() -> None:
     print(f"SPEED RATIO step / two forwards = {s / f:.3f}   (target <= 1.2)")
     if tuned_step is not None:
         ts, ms = statistics.fmean(tstep), statistics.fmean(step)
-        print(f"tuned step{' with its head step' if has_head else ''} (mean of {len(tstep)}): {ts:.3f} s   "
+        print(f"tuned step{extras} (mean of {len(tstep)}): {ts:.3f} s   "
               f"MeZO step (mean): {ms:.3f} s   TUNER RATIO tuned / MeZO step = {ts / ms:.3f}   (target <= 1.05)")
 
     # One process's peak RSS varies by tens of MB from run to run (the allocator's heap state), so each
@@ -236,7 +244,7 @@ def main() -> None:
     print(f"MEMORY RATIO fine-tuning / inference = {ft / inf:.3f}   (target <= 1.1)")
     if tus:
         tu = statistics.median(tus)
-        print(f"peak RSS of tuned fine-tuning{' with its head step' if has_head else ''}: {tu:.0f} MB "
+        print(f"peak RSS of tuned fine-tuning{extras}: {tu:.0f} MB "
               f"[{runs(tus)}] (+{tu - inf:.0f} MB over inference)   "
               f"TUNER MEMORY RATIO tuned fine-tuning / inference = {tu / inf:.3f}   (target <= 1.1)")
 

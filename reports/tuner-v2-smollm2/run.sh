@@ -630,3 +630,11 @@ fi
 if [[ $stage == top-held-out || $stage == all ]]; then
   python $R/top_held_out.py > $R/top-held-out/compare.md
 fi
+# 18:49, written before it runs (a first start a minute earlier, before this was written, was killed and its output
+# dropped): item 6's cost of the shipped v2-top file, a tuned step with its head step and its top-block step against a
+# MeZO step (speed_memory.py now takes a tuner's top-block step), SmolLM2-135M, batch 16, on a META-TRAINING task of
+# the packaged set, 10 interleaved repeats and 3 processes per memory mode, beside the two runs above.
+if [[ $stage == top-cost || $stage == all ]]; then
+  python benchmarks/speed_memory.py --task packaged:word-class --tuner checkpoints/pretrained/smollm2-135m-v2-top.safetensors \
+    --threads 1 --repeats 10 --memory-runs 3 > $R/top-held-out/top-cost.txt
+fi
