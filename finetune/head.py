@@ -216,10 +216,13 @@ def adam_direction(moments: dict, t, g: torch.Tensor, steps: int, betas: tuple[f
     moments updated in ``moments``: what :class:`HeadStep` and :class:`~finetune.top.TopStep` step along."""
     b1, b2 = betas
     m, v = moments.get(t, (torch.zeros_like(g), torch.zeros_like(g)))
-    m = m * b1 + g * (1 - b1)
-    v = v * b2 + g * g * (1 - b2)
+    # in place, one temporary at a time (the top-block step's matrices are megabytes each), with the arithmetic of
+    # m * b1 + g * (1 - b1) and v * b2 + g * g * (1 - b2) operation for operation, so bit for bit the same values
+    m.mul_(b1).add_(g * (1 - b1))
+    v.mul_(b2).add_((g * g).mul_(1 - b2))
     moments[t] = (m, v)
-    return (m / (1 - b1 ** steps)) / ((v / (1 - b2 ** steps)).sqrt() + eps)
+    denom = v.div(1 - b2 ** steps).sqrt_().add_(eps)
+    return m.div(1 - b1 ** steps).div_(denom)
 
 
 HELD_BACK = 5  # the race scores its lanes on one training example in HELD_BACK (see held_back)

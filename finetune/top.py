@@ -122,8 +122,11 @@ class TopStep:
                 gain = self.norm.weight.detach().float()
                 grad = top_gradient(self.mlp, self.weights, seen["u"], seen["x"] - seen["m"], gain,
                                     self.norm.variance_epsilon, rows, labels)
-            for n, g in grad.items():
-                self._sum[n] = self._sum[n] + g if n in self._sum else g
+            for n, g in grad.items():  # (g is this pass's own tensor: summed in place)
+                if n in self._sum:
+                    self._sum[n].add_(g)
+                else:
+                    self._sum[n] = g
             self._passes += 1
             seen.clear()
 
@@ -143,7 +146,8 @@ class TopStep:
     def step(self, lr_factor: float = 1.0) -> None:
         """One Adam step of the projections along :meth:`gradient` (nothing if no pass was watched), then forget it.
         ``lr_factor``: the run's lr schedule at this step, which scales the top lr as it scales the ZO method's."""
-        grad, self._sum, self._passes = self.gradient() if self._passes else {}, {}, 0
+        grad = {n: g.div_(self._passes) for n, g in self._sum.items()} if self._passes else {}  # the mean, in place
+        self._sum, self._passes = {}, 0
         if not grad:
             return
         self.steps += 1

@@ -318,3 +318,20 @@ def test_a_killed_lora_run_with_the_head_step_resumes_bit_for_bit(tmp_path, monk
     b = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert sorted(a) == sorted(b) and any("trainable_tokens" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adam_direction_is_the_bias_corrected_formula_bit_for_bit():
+    """adam_direction updates its moments in place (the top-block step's matrices are megabytes each); its values are
+    the out-of-place formula's bit for bit, step after step, and the gradient it is given is left as it was."""
+    from finetune.head import adam_direction
+
+    gen = torch.Generator().manual_seed(0)
+    moments, b1, b2, eps = {}, 0.9, 0.999, 1e-8
+    m = v = torch.zeros(50, 7)
+    for steps in range(1, 5):
+        g = torch.randn(50, 7, generator=gen)
+        kept = g.clone()
+        d = adam_direction(moments, "w", g, steps, (b1, b2), eps)
+        m, v = m * b1 + g * (1 - b1), v * b2 + g * g * (1 - b2)
+        assert torch.equal(d, (m / (1 - b1 ** steps)) / ((v / (1 - b2 ** steps)).sqrt() + eps))
+        assert torch.equal(moments["w"][0], m) and torch.equal(moments["w"][1], v) and torch.equal(g, kept)
