@@ -3,33 +3,41 @@ MeZO on the held-out packaged tasks, paired by seed.
 
     python reports/tuner-v2-smollm2/top_held_out.py [> reports/tuner-v2-smollm2/top-held-out/compare.md]
 
-Reads ``top-held-out/<task>/tuner-v2-top-3e-4-s<seed>/metrics.json`` (stage top-held-out of run.sh) and the other
-arms' runs from the packaged-tasks report (``reports/packaged-tasks-smollm2/runs``, the runs its ``paired.py``
-reads). Checks that every arm of a seed starts from the same test split (the same accuracy and loss before
-training and the same calibration reference) and that within an arm the runs differ only in seed, threads and the
-task's name; prints :func:`finetune.bench.paired_table` with tuner v2 first, then with FZOO first.
+Reads ``top-held-out/<task>/tuner-v2-top-3e-4-s<seed>/metrics.json`` (stage top-held-out of run.sh; on the
+derivative checkpoint ``tuner-v2-top-s<seed>``, the shipped file's runs of stage top-derivative) and the other arms'
+runs from the packaged-tasks report (``reports/packaged-tasks-smollm2/runs``, the runs its ``paired.py`` reads).
+Checks, with that script's own check, that every arm of a seed starts from the same test split (the same accuracy
+and loss before training and the same calibration reference) and that within an arm the runs differ only in seed,
+threads and the task's name; prints :func:`finetune.bench.paired_table` with tuner v2 first, then with FZOO first.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-from finetune.bench import ARM_FREE_KEYS, paired_table, recorded_config  # noqa: E402
+from finetune.bench import paired_table  # noqa: E402
 
 PACKAGED = HERE.parent / "packaged-tasks-smollm2" / "runs"
+# the checks of the packaged-tasks report's paired tables (loaded by path: this folder has a paired.py of its own)
+_spec = importlib.util.spec_from_file_location("packaged_paired", PACKAGED.parent / "paired.py")
+packaged_paired = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(packaged_paired)
 TOP = HERE / "top-held-out"
 SEEDS = (0, 1, 2)
-TASKS = ("vader-polarity", "city-country", "city-continent")
-FREE = {*ARM_FREE_KEYS, "task"}
+DERIVATIVE = "vader-polarity-derivative"  # word polarity on the packaged-tasks report's derivative checkpoint
+TASKS = ("vader-polarity", "city-country", "city-continent", DERIVATIVE)
 
 
 def folders(task: str) -> dict[str, Path]:
-    """Arm -> the folder of seed ``{}``; word polarity's MeZO and tuner v2 runs sit at the top of ``runs/``."""
+    """Arm -> the folder of seed ``{}``; word polarity's MeZO and tuner v2 runs sit at the top of ``runs/``. On the
+    derivative checkpoint the step's arm is the shipped file ``smollm2-135m-v2-top`` itself (stage top-derivative)."""
     top = "" if task == "vader-polarity" else f"{task}/"
-    return {"tuner v2": PACKAGED / f"{top}tuner-v2-s{{}}", "tuner v2 + top 3e-4": TOP / task / "tuner-v2-top-3e-4-s{}",
+    step = TOP / task / ("tuner-v2-top-s{}" if task == DERIVATIVE else "tuner-v2-top-3e-4-s{}")
+    return {"tuner v2": PACKAGED / f"{top}tuner-v2-s{{}}", "tuner v2 + top 3e-4": step,
             "FZOO": PACKAGED / task / "fzoo-3e-3-s{}", "MeZO": PACKAGED / f"{top}mezo-3e-5-s{{}}"}
 
 
@@ -41,25 +49,11 @@ def read(task: str) -> dict[str, dict[int, dict]]:
     return arms
 
 
-def start(m: dict) -> tuple:
-    return m["eval"]["n"], m["eval"]["before"], m["eval"]["loss_before"], json.dumps(m["calibration"]["test"],
-                                                                                     sort_keys=True)
-
-
-def check(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None:
-    for arm, runs in arms.items():
-        configs = [{k: v for k, v in recorded_config(runs[s]["config"]).items() if k not in FREE} for s in seeds]
-        if any(c != configs[0] for c in configs):
-            sys.exit(f"{task}, {arm}: the runs differ in more than seed, threads and the task's name")
-    for s in seeds:
-        if len({start(arms[a][s]) for a in arms}) != 1:
-            sys.exit(f"{task}, seed {s}: the arms do not start from the same test split")
-
-
 def main() -> None:
     print("# The top-block step on the held-out packaged tasks, paired by seed\n")
     print("Written by `python reports/tuner-v2-smollm2/top_held_out.py`. Tuner v2 as shipped with and without "
-          "`--top-lr 3e-4`, FZOO 3e-3 and MeZO 3e-5; 1000 passes (FZOO 999), batch 8, fp32.\n")
+          "`--top-lr 3e-4` (on the derivative checkpoint: the shipped file smollm2-135m-v2-top, the same step), FZOO "
+          "3e-3 and MeZO 3e-5; 1000 passes (FZOO 999), batch 8, fp32.\n")
     for task in TASKS:
         print(f"## {task}\n")
         arms = read(task)
@@ -71,7 +65,7 @@ def main() -> None:
             print("Fewer than two seeds with every arm: no paired table.\n")
             continue
         arms = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
-        check(task, arms, seeds)
+        packaged_paired.check(task, arms, seeds)
         for first in ("tuner v2", "FZOO"):
             order = [first] + [a for a in arms if a != first]
             print(f"Arms: {', '.join(order)}.\n")
