@@ -17,7 +17,7 @@ passes at ``theta +- eps z`` give the gradient at ``theta`` up to O(eps^2), whet
 are the perturbed ones or not: the first-order errors of the two passes cancel), and moves the MLP's weights with
 Adam at its own lr (``--top-lr``), under the run's schedule. The ZO method still perturbs and updates every weight,
 these included, as the head step leaves the head's rows to it as well. State: Adam's two moments of the MLP's
-weights (three matrices of ``d x d_ff`` for SmolLM2: 2.7M numbers each, 21 MB in fp32).
+weights (three matrices of ``d x d_ff``, 2.7M numbers in all for SmolLM2: 21 MB for the two moments in fp32).
 
 Llama-family models (SmolLM2, Llama 3.2, Qwen2; an MLP of ``gate_proj``, ``up_proj``, ``down_proj`` and ``act_fn``
 without biases, and an RMS norm) and one-token options (as the head step). benchmarks/top_block_probe.py measured
