@@ -314,3 +314,5 @@ done
 # above) after that stage's other six runs, as time allows; two runs at a time, as before.
 # --- 18:47, written before it takes effect, a reorder: the tuner-v2 report's stage top-derivative (three runs) goes
 # before GV's seeds 1 and 2, which follow as time allows.
+# --- 19:16, written before it takes effect, a reorder: the tuner-v2 report's city-hemisphere runs with the top-block
+# step (three) go before GV's seeds too, which follow as time allows.

@@ -647,3 +647,13 @@ if [[ $stage == top-cost || $stage == all ]]; then
     --tuner checkpoints/pretrained/smollm2-135m-v2-top.safetensors --threads 1 --repeats 10 --memory-runs 3 \
     > $R/top-held-out/top-cost-in-place.txt
 fi
+# 19:16, written before it runs: the fourth held-out packaged task, city-hemisphere (tuner v2, MeZO and FZOO have
+# three seeds there in the packaged-tasks report), with --top-lr 3e-4 as in stage top-held-out, after stage
+# top-derivative and before GV's seeds of the packaged-tasks report.
+if [[ $stage == top-held-out || $stage == all ]]; then
+  for seed in 0 1 2; do
+    python cli.py finetune --task packaged:city-hemisphere "${TS[@]}" --top-lr 3e-4 --seed $seed \
+      --out $R/top-held-out/city-hemisphere/tuner-v2-top-3e-4-s$seed
+  done
+  python $R/top_held_out.py > $R/top-held-out/compare.md
+fi
