@@ -316,3 +316,5 @@ done
 # before GV's seeds 1 and 2, which follow as time allows.
 # --- 19:16, written before it takes effect, a reorder: the tuner-v2 report's city-hemisphere runs with the top-block
 # step (three) go before GV's seeds too, which follow as time allows.
+# --- 19:55, a cut written before it takes effect: of GV's seeds, only seed 1 (its three tasks) runs in this session,
+# as the lanes free up after the tuner-v2 report's city-hemisphere runs; seed 2 is dropped for time before it starts.
