@@ -29,7 +29,7 @@ _spec.loader.exec_module(packaged_paired)
 TOP = HERE / "top-held-out"
 SEEDS = (0, 1, 2)
 DERIVATIVE = "vader-polarity-derivative"  # word polarity on the packaged-tasks report's derivative checkpoint
-TASKS = ("vader-polarity", "city-country", "city-continent", DERIVATIVE)
+TASKS = ("vader-polarity", "city-country", "city-continent", "city-hemisphere", DERIVATIVE)
 
 
 def folders(task: str) -> dict[str, Path]:
