@@ -318,3 +318,5 @@ done
 # step (three) go before GV's seeds too, which follow as time allows.
 # --- 19:55, a cut written before it takes effect: of GV's seeds, only seed 1 (its three tasks) runs in this session,
 # as the lanes free up after the tuner-v2 report's city-hemisphere runs; seed 2 is dropped for time before it starts.
+# --- 20:23, a cut written before it takes effect: GV's seed 1 on city-continent is dropped for time before it starts
+# (city-country's has run and word polarity's is running); the test suite takes that core.
