@@ -1,4 +1,5 @@
-"""Tuner v2: a tuner that carries a head step (format 3), applied by fine-tuning and chosen by meta-train-head.
+"""Tuner v2: a tuner that carries a head step (format 3), applied by fine-tuning and chosen by meta-train-head; and
+one that also carries the top-block step (format 5).
 
 The references: an untrained tuner with a head step at lr h must fine-tune exactly as ``--method mezo --head-lr h``
 (and with ``--head-lr 0`` exactly as MeZO), bit for bit; the head lr meta-train-head writes must be the grid's
