@@ -3,7 +3,8 @@
     python reports/packaged-tasks-smollm2/paired.py [> reports/packaged-tasks-smollm2/held-out-compare.md]
 
 For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as shipped (and on the first three
-tasks n-SPSA, 1e-4, q = 4, and GV, 3e-5, where they have two seeds or more), seeds 0-2, and the same three arms on word
+tasks n-SPSA, 1e-4, q = 4, and GV, 3e-5, where they have two seeds or more; an arm with fewer seeds than the
+others gets tables of its own, over its seeds, beside MeZO and FZOO), seeds 0-2, and the same three arms on word
 polarity on a derivative checkpoint (``vader-polarity-derivative``), from
 ``runs/`` (each run's ``metrics.json``); printed with :func:`finetune.bench.paired_table`, the table of
 ``cli.py compare --vs``: MeZO first, then FZOO first. ``cli.py compare`` itself refuses these runs as runs of
@@ -84,20 +85,32 @@ def main() -> None:
         if missing:
             print(f"Not run (or not finished): {missing}.\n")
         arms = {a: r for a, r in arms.items() if len(r) >= 2}  # an arm with fewer than two seeds is left out
+        full = {a: r for a, r in arms.items() if set(SEEDS) <= set(r)}
+        if len(full) >= 2:  # arms with fewer seeds than these get tables of their own, so the others keep all seeds
+            tables(task, full, sorted(SEEDS))
+            for arm, runs in arms.items():
+                if arm not in full:
+                    print(f"{arm} ran seeds {sorted(runs)} only: its tables, over those seeds.\n")
+                    tables(task, {**{a: r for a, r in full.items() if a in ("MeZO", "FZOO")}, arm: runs}, sorted(runs))
+            continue
         seeds = sorted(set.intersection(*(set(r) for r in arms.values()))) if arms else []
         if len(arms) < 2 or len(seeds) < 2:
             print("Fewer than two arms with two seeds in common: no paired table.\n")
             continue
-        arms = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
-        check(task, arms, seeds)
-        for first in ("MeZO", "FZOO"):
-            order = [a for a in ARMS[task] if a in arms and not (first == "FZOO" and a == "MeZO")]
-            if order[0] != first or len(order) < 2:
-                continue
-            print(f"Arms: {', '.join(order)}.\n")
-            print(paired_table([arms[a] for a in order]))
-            print()
+        tables(task, arms, seeds)
 
+
+def tables(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None:
+    """The paired tables of ``arms`` over ``seeds`` (checked first): MeZO first, then FZOO first."""
+    arms = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
+    check(task, arms, seeds)
+    for first in ("MeZO", "FZOO"):
+        order = [a for a in ARMS[task] if a in arms and not (first == "FZOO" and a == "MeZO")]
+        if order[0] != first or len(order) < 2:
+            continue
+        print(f"Arms: {', '.join(order)}.\n")
+        print(paired_table([arms[a] for a in order]))
+        print()
 
 if __name__ == "__main__":
     main()
