@@ -9,7 +9,6 @@ mean final dev loss over the screen's tasks, refused unless it beats tuner v2's 
 """
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 from checkpoints import Tuner  # noqa: E402
-from top_screen import TASKS, TOP_LRS, arms  # noqa: E402
+from top_screen import TASKS, TOP_LRS, arms, mean_dev, verdict  # noqa: E402
 
 V2 = ROOT / "checkpoints" / "pretrained" / "smollm2-135m-v2.safetensors"
 
@@ -26,17 +25,16 @@ V2 = ROOT / "checkpoints" / "pretrained" / "smollm2-135m-v2.safetensors"
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else V2.with_name("smollm2-135m-v2-top.safetensors")
     table = {t: arms(t) for t in TASKS}
-    dev = {lr: statistics.mean(table[t][f"+ top {lr}"]["dev_loss"] for t in TASKS) for lr in TOP_LRS}
-    best = min(TOP_LRS, key=dev.get)
-    if not all(table[t][f"+ top {best}"]["dev_loss"] < table[t]["tuner v2"]["dev_loss"] for t in TASKS):
+    best, wins = verdict(table)
+    if not wins:
         sys.exit(f"top lr {best} does not beat tuner v2's final dev loss on every screened task: nothing to ship")
     tuner = Tuner.from_pretrained(V2).with_top(float(best))
     tuner.provenance = {**tuner.provenance, "top_selection": {
         "tasks": [f"packaged:{t}" for t in TASKS], "forwards": 1000, "seeds": [0],
-        "dev_loss": {"0": statistics.mean(table[t]["tuner v2"]["dev_loss"] for t in TASKS),
-                     **{lr: dev[lr] for lr in TOP_LRS}},
+        "dev_loss": {"0": mean_dev(table, "tuner v2"), **{lr: mean_dev(table, f"+ top {lr}") for lr in TOP_LRS}},
         "report": "reports/tuner-v2-smollm2 section 18"}}
-    print(f"top lr {best} (mean final dev loss {dev[best]:.4f}); wrote {tuner.save_pretrained(out)}")
+    dev = mean_dev(table, f"+ top {best}")
+    print(f"top lr {best} (mean final dev loss {dev:.4f}); wrote {tuner.save_pretrained(out)}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,18 @@ def arms(task: str) -> dict[str, dict]:
     return out
 
 
+def mean_dev(table: dict[str, dict[str, dict]], arm: str) -> float:
+    """``arm``'s final dev loss averaged over the screen's tasks (``table``: task -> :func:`arms`)."""
+    return statistics.mean(table[t][arm]["dev_loss"] for t in TASKS)
+
+
+def verdict(table: dict[str, dict[str, dict]]) -> tuple[str, bool]:
+    """The rule fixed in run.sh before the screen, on a ``table`` holding every arm: the top lr with the lower mean
+    final dev loss, and whether it beats tuner v2's final dev loss on every task."""
+    best = min(TOP_LRS, key=lambda lr: mean_dev(table, f"+ top {lr}"))
+    return best, all(table[t][f"+ top {best}"]["dev_loss"] < table[t]["tuner v2"]["dev_loss"] for t in TASKS)
+
+
 def main() -> None:
     print("# The top-block step screened on two meta-training tasks (seed 0, 1000 passes)\n")
     print("Written by `python reports/tuner-v2-smollm2/top_screen.py`. Final dev loss, test loss, test accuracy.\n")
@@ -51,8 +63,7 @@ def main() -> None:
     if len(done) < len(TOP_LRS) or not all("tuner v2" in table[t] for t in TASKS):
         print("\nNot every arm has finished: no verdict.")
         return
-    best = min(done, key=lambda lr: statistics.mean(table[t][f"+ top {lr}"]["dev_loss"] for t in TASKS))
-    wins = all(table[t][f"+ top {best}"]["dev_loss"] < table[t]["tuner v2"]["dev_loss"] for t in TASKS)
+    best, wins = verdict(table)
     print(f"\nLower mean final dev loss: top lr {best}; it {'beats' if wins else 'does not beat'} tuner v2's final dev "
           f"loss on both tasks, so the rule {'carries it to the held-out tasks' if wins else 'stops it here'}.")
 
