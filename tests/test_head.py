@@ -153,15 +153,17 @@ def _jsonl(tmp_path, examples):
     return str(path)
 
 
-def _straight_and_resumed(tmp_path, monkeypatch, capsys, argv) -> Path:
+def _straight_and_resumed(tmp_path, monkeypatch, capsys, argv, killed=None) -> Path:
     """Run ``argv`` to tmp_path/straight, then again to tmp_path/resumed killed in step 5 (snapshots every 3 steps)
-    and resumed; return the resumed run's folder."""
+    and resumed; return the resumed run's folder. ``killed(out)``, if given, runs between the kill and the resume."""
     assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
     real_loss = kill_at_call(monkeypatch, 2 * 5)  # step 5's first pass: the snapshot of step 3 survives
     out = tmp_path / "resumed"
     with pytest.raises(SystemExit):
         cli.main(argv + ["--out", str(out)])
     monkeypatch.setattr(TaskScorer, "loss", real_loss)
+    if killed is not None:
+        killed(out)
     capsys.readouterr()
     assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
     return out

@@ -580,23 +580,17 @@ def test_inspect_shows_the_top_step(tmp_path, untrained):
 def test_a_snapshot_from_before_top_lr_existed_resumes(tmp_path, monkeypatch, capsys):
     """A run snapshotted by a zotune without --top-lr ran without the step: it resumes (its config lacks the key, read
     as 0, the lr a run without the option takes) and ends as a run never interrupted."""
-    from finetune.data.scoring import TaskScorer
     from finetune.trainer import snapshot_path
-    from reference import kill_at_call
+    from test_head import _straight_and_resumed
+
+    def as_before_top_lr(out):
+        path = snapshot_path(out)
+        state = torch.load(path, weights_only=True)
+        assert state["config"].pop("top_lr") == 0
+        torch.save(state, path)
 
     task = _jsonl(tmp_path, one_token_examples(40))
     argv = ["finetune", *BASE, "--task", task, "--steps", "6", "--snapshot-every", "3"]
-    assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
-    real_loss = kill_at_call(monkeypatch, 2 * 5)  # step 5's first pass: the snapshot of step 3 survives
-    out = tmp_path / "resumed"
-    with pytest.raises(SystemExit):
-        cli.main(argv + ["--out", str(out)])
-    monkeypatch.setattr(TaskScorer, "loss", real_loss)
-    path = snapshot_path(out)
-    state = torch.load(path, weights_only=True)
-    assert state["config"].pop("top_lr") == 0
-    torch.save(state, path)
-    capsys.readouterr()
-    assert cli.main(argv + ["--out", str(out), "--resume"]) == 0
+    out = _straight_and_resumed(tmp_path, monkeypatch, capsys, argv, killed=as_before_top_lr)
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "straight", out))
     assert a["train_loss"] == b["train_loss"] and a["eval"] == b["eval"]
