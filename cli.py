@@ -137,6 +137,9 @@ def _run_args() -> argparse.ArgumentParser:
                    "layer's MLP along its exact gradient at the scored position, read off the forward passes, with "
                    "Adam at this lr (default off; with --tuner, the tuner's own top-block step, which --top-lr 0 turns "
                    "off; docs/methods.md, 'The top-block step')")
+    g.add_argument("--top-schedule", default=d.top_schedule, choices=["constant", "linear", "cosine"],
+                   help="the top-block step's lr schedule (default: --schedule's), e.g. linear: its lr decays to 0 "
+                   "over the run while the ZO method's stays")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],

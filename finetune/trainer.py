@@ -71,6 +71,7 @@ class FinetuneConfig(RunConfig):
     head_race: list[float] | None = None  # ZO methods: race these head lrs on the same passes (finetune/head.py)
     top_lr: float | None = None        # ZO methods: Adam lr of the last MLP's exact step (0 = off; finetune/top.py);
                                        # None = the method's default: the tuner's for method tuner, else off
+    top_schedule: str | None = None    # the top-block step's lr schedule; None = the run's (--schedule)
     eval_every: int = 0                # evaluate on the dev split every N steps (0 = never)
     n_dev: int = 100
     n_test: int = 200
@@ -148,6 +149,8 @@ class FinetuneConfig(RunConfig):
                               f"(its adapter then carries the option rows) or drop {flag}")
         if self.top_lr is not None:
             check_number("--top-lr", self.top_lr, low=0)
+        if self.top_schedule not in (None, *SCHEDULES):
+            raise ZotuneError(f"unknown --top-schedule '{self.top_schedule}'; use one of {', '.join(SCHEDULES)}")
         if self.top_lr and self.method == FO:
             raise ZotuneError("--top-lr is for ZO methods; --method fo trains the last MLP by backpropagation already: "
                               "drop --top-lr")
@@ -286,8 +289,9 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
     now = asdict(cfg)
     snapshot.check(state, now, recorded_config({}), inputs, ignore=("steps", "eval_every", "threads"))
     saved_steps = state["config"].get("steps", now["steps"])
-    if saved_steps != now["steps"] and now["schedule"] != "constant":
-        raise ZotuneError(f"cannot resume with steps={now['steps']}: the interrupted run's {now['schedule']} "
+    decaying = [s for s in (now["schedule"], top_schedule_of(cfg) if cfg.top_lr else "constant") if s != "constant"]
+    if saved_steps != now["steps"] and decaying:
+        raise ZotuneError(f"cannot resume with steps={now['steps']}: the interrupted run's {decaying[0]} "
                           f"schedule decays over {saved_steps} steps; rerun with --steps {saved_steps} "
                           f"(only a constant schedule can be extended), or {snapshot.restart_hint}")
     try:
@@ -334,6 +338,11 @@ def top_lr_of(cfg: FinetuneConfig, tuner=None) -> float:
         return cfg.top_lr
     tuner = run_tuner(cfg, tuner)
     return 0.0 if tuner is None else tuner.top_lr
+
+
+def top_schedule_of(cfg: FinetuneConfig) -> str:
+    """The lr schedule of the top-block step: ``--top-schedule`` when given, else the run's ``--schedule``."""
+    return cfg.top_schedule or cfg.schedule
 
 
 def recorded_config(config: dict) -> dict:
@@ -532,7 +541,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
             if head is not None:
                 head.step(schedule_factor(cfg.schedule, step - 1, cfg.steps))  # the factor the ZO step used
             if top is not None:
-                top.step(schedule_factor(cfg.schedule, step - 1, cfg.steps))
+                top.step(schedule_factor(top_schedule_of(cfg), step - 1, cfg.steps))
             if log is not None:
                 log.record(step, opt, head)
             sched.step()

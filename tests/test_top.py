@@ -14,7 +14,8 @@ from finetune.data.tasks import Example, Task
 from finetune.top import PROJECTIONS, TopStep
 from finetune.trainer import FinetuneConfig, step_closure, train
 from finetune.zo.engine import Direction, ZOEngine
-from reference import FakeGroup, bad
+import cli
+from reference import FakeGroup, bad, kill_at_call
 from test_head import _jsonl, _straight_and_resumed, one_token_examples
 
 WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock"]
@@ -116,6 +117,48 @@ def test_killed_run_with_the_top_step_resumes_bit_for_bit(tmp_path, monkeypatch,
     for key in ("train_loss", "eval", "eval_history"):
         assert a[key] == b[key], key
     assert a["config"]["top_lr"] == 0.01
+
+
+def test_top_schedule_decays_the_top_step_alone(tmp_path, monkeypatch, capsys):
+    """--top-schedule linear: the top-block step's lr factor is 1 - t/T at step t + 1 (T steps) while the ZO method's
+    stays constant; without it the step follows --schedule; a killed run with a decaying top step resumes only with
+    its own --steps."""
+    factors, zo_lrs = [], []
+    real_step = TopStep.step
+
+    def spy(self, lr_factor=1.0):
+        factors.append(lr_factor)
+        return real_step(self, lr_factor)
+
+    monkeypatch.setattr(TopStep, "step", spy)
+    examples = one_token_examples(24)
+    task = Task("yn", "mc", examples[:16], [], examples[16:19])
+    base = dict(model="tiny-llama", method="mezo", steps=4, lr=1e-3, batch_size=4, top_lr=0.01)
+    for kind, want in [(dict(top_schedule="linear"), [1, 0.75, 0.5, 0.25]), (dict(schedule="cosine"),
+                       [1, (1 + 2 ** -0.5) / 2, 0.5, (1 - 2 ** -0.5) / 2]), ({}, [1, 1, 1, 1])]:
+        factors.clear()
+        model, scorer = _tiny()
+        train(FinetuneConfig(**base, **kind), model, scorer, task, progress=False)
+        assert factors == pytest.approx(want), kind
+    seen = []
+    monkeypatch.setattr("finetune.trainer.make_schedule", lambda opt, name, steps: seen.append(name) or
+                        torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0))
+    train(FinetuneConfig(**base, top_schedule="linear"), *_tiny(), task, progress=False)
+    assert seen == ["constant"]  # the ZO method's own schedule is untouched
+    monkeypatch.undo()
+
+    task = _jsonl(tmp_path, one_token_examples(40))
+    argv = ["finetune", "--model", "tiny-llama", "--task", task, "--steps", "6", "--lr", "1e-3", "--top-lr", "1e-2",
+            "--top-schedule", "linear", "--batch-size", "4", "--n-test", "8", "--snapshot-every", "3"]
+    out = _straight_and_resumed(tmp_path, monkeypatch, capsys, argv)
+    assert json.loads((out / "metrics.json").read_text())["config"]["top_schedule"] == "linear"
+    longer = [*argv[:argv.index("--steps") + 1], "8", *argv[argv.index("--steps") + 2:]]
+    kill_at_call(monkeypatch, 2 * 5)
+    with pytest.raises(SystemExit):
+        cli.main(longer + ["--out", str(tmp_path / "again")])
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert "linear schedule decays over 8 steps" in bad(capsys, [*argv, "--out", str(tmp_path / "again"), "--resume"])
 
 
 def test_the_top_step_refuses_what_it_cannot_serve(tmp_path, jsonl, capsys):
