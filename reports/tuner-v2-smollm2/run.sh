@@ -657,7 +657,7 @@ if [[ $stage == top-held-out || $stage == all ]]; then
   done
   python $R/top_held_out.py > $R/top-held-out/compare.md
 fi
-# 2026-12-06 (seventh session), 21:21, written before it runs: on city-continent the top-block step at a constant
+# 2026-12-06 (seventh session), 21:20, written before it runs: on city-continent the top-block step at a constant
 # 3e-4 ended below tuner v2 (seeds 0-1), its dev and test losses lowest at mid-run and rising after (section 19); the
 # screen above saw the same shape in its other arm (1e-4 on word-class blew up). A decaying top lr is the plain
 # remedy, and is chosen here on the META-TRAINING tasks alone: `--top-schedule linear` (the top step's lr falls to 0
