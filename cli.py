@@ -138,8 +138,8 @@ def _run_args() -> argparse.ArgumentParser:
                    "Adam at this lr (default off; with --tuner, the tuner's own top-block step, which --top-lr 0 turns "
                    "off; docs/methods.md, 'The top-block step')")
     g.add_argument("--top-schedule", default=d.top_schedule, choices=["constant", "linear", "cosine"],
-                   help="the top-block step's lr schedule (default: --schedule's), e.g. linear: its lr decays to 0 "
-                   "over the run while the ZO method's stays")
+                   help="the top-block step's lr schedule (default: the tuner's with --tuner and no --top-lr, else "
+                   "--schedule's), e.g. linear: its lr decays to 0 over the run while the ZO method's stays")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="data split, batches and noise (default %(default)s)")
     g.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"],
@@ -315,6 +315,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         passes += f", with the head step at lr {metrics['head_lr']:g}"
     if metrics["config"].get("top_lr"):
         passes += f", with the top-block step at lr {metrics['config']['top_lr']:g}"
+        if metrics["config"].get("top_schedule"):
+            passes += f" ({metrics['config']['top_schedule']} schedule)"
     from finetune.bench import calibrated_metric
 
     cal = calibrated_metric(metrics)

@@ -24,8 +24,9 @@ fingerprint and its hash; :func:`pertnn.blocks.adapter_config`);
 :mod:`finetune.head`, that fine-tuning with this tuner takes by default, or ``{"race": [x, y, ...]}``, the lrs
 of a head race, :class:`finetune.head.HeadRace`: :mod:`meta.head` chooses among them on the meta-training
 tasks); ``top`` (``null`` or absent: no top-block step; else ``{"lr": x}``, the Adam lr of the step on the last
-MLP, :mod:`finetune.top`, that fine-tuning with this tuner takes by default); ``recommended`` (the ``lr`` and ``eps``
-meta-training assumed); ``provenance`` (meta-training tasks,
+MLP, :mod:`finetune.top`, that fine-tuning with this tuner takes by default, and optionally ``"schedule"``, the lr
+schedule of that step: constant, linear or cosine; absent, the run's own ``--schedule``); ``recommended`` (the
+``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
 the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
 
@@ -33,7 +34,8 @@ What is task-specific (loss history, last scales, the policy's online mean direc
 is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
 :class:`finetune.zo.online.OnlineMean`). A file with a direction policy has ``format_version`` 2 (older
 readers refuse it rather than silently dropping the policy); one with a head step has 3, for the same reason,
-one with a head race 4, and one with a top-block step 5; one with none of these stays at 1.
+one with a head race 4, one with a top-block step 5, and one whose top-block step names its own schedule 6; one with
+none of these stays at 1.
 """
 from __future__ import annotations
 
@@ -50,15 +52,15 @@ from torch import nn
 from checkpoints.remote import resolve
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import sha256_tensors, strict_json
+from finetune.common.runs import SCHEDULES, sha256_tensors, strict_json
 from pertnn import FeatureConfig, PertNNBank, PertNNConfig, fingerprint, fingerprint_mismatch, model_blocks
 from pertnn.blocks import adapter_mismatch, adapter_text, trainable_tensors
 from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
 FORMAT = "zotune-tuner"
-FORMAT_VERSION = 5  # the newest format this reads (5: a top-block step; 4: a head race; 3: a head step; 2: a direction
-#                    policy; 1: PertNN)
+FORMAT_VERSION = 6  # the newest format this reads (6: a top-block step's own schedule; 5: a top-block step; 4: a head
+#                    race; 3: a head step; 2: a direction policy; 1: PertNN)
 HEAD_KEYS = ("lr", "race")  # what a tuner's head step holds: one of them
 BANK_TENSORS = ("W1", "b1", "W2", "b2")
 _REQUIRED = ("base_model", "blocks", "tied_groups", "fingerprint_sha256", "features", "pertnn", "provenance")
@@ -137,10 +139,13 @@ def _metadata_problem(meta: dict) -> str | None:
             return f"its head race is {race!r}, not two or more distinct positive lrs"
     top = meta.get("top")
     if top is not None:
-        if set(top) != {"lr"}:
-            return f"its top-block step must hold 'lr' alone (it holds {', '.join(sorted(top)) or 'nothing'})"
+        if "lr" not in top or not set(top) <= {"lr", "schedule"}:
+            return (f"its top-block step must hold 'lr', and optionally 'schedule' (it holds "
+                    f"{', '.join(sorted(top)) or 'nothing'})")
         if not (_lr_ok(top["lr"]) and top["lr"] > 0):
             return f"its top-block step's lr is {top['lr']!r}, not a finite number > 0"
+        if top.get("schedule", "constant") not in SCHEDULES:
+            return f"its top-block step's schedule is {top['schedule']!r}, not one of {', '.join(SCHEDULES)}"
     doc = meta.get("direction_policy")
     if doc is not None and not (isinstance(doc.get("config"), dict) and isinstance(doc.get("features", []), list)):
         return "metadata field 'direction_policy' needs a 'config' object and a 'features' list"
@@ -179,7 +184,8 @@ class Tuner:
     policy: DirectionPolicy | None = None
     adapter: dict | None = None  # the adapter the blocks belong to (pertnn.blocks.adapter_config); None: full model
     head: dict | None = None     # the head step fine-tuning takes by default ({"lr": x}); None: none (finetune/head.py)
-    top: dict | None = None      # the top-block step fine-tuning takes by default ({"lr": x}); None: none (top.py)
+    top: dict | None = None      # the top-block step fine-tuning takes by default ({"lr": x[, "schedule": s]}); None:
+                                 # none (finetune/top.py)
 
     # ------------------------------------------------------------------------------------ creation
     @classmethod
@@ -236,9 +242,19 @@ class Tuner:
         (0: none)."""
         return 0.0 if self.top is None else float(self.top["lr"])
 
-    def with_top(self, lr: float) -> "Tuner":
-        """The same tuner whose fine-tuning also takes the top-block step at Adam lr ``lr`` (0: none)."""
-        return replace(self, top=None if lr == 0 else {"lr": float(lr)})
+    @property
+    def top_schedule(self) -> str | None:
+        """The lr schedule of the top-block step fine-tuning with this tuner takes by default; None: the run's own
+        (``--schedule``)."""
+        return None if self.top is None else self.top.get("schedule")
+
+    def with_top(self, lr: float, schedule: str | None = None) -> "Tuner":
+        """The same tuner whose fine-tuning also takes the top-block step at Adam lr ``lr`` (0: none), under lr
+        schedule ``schedule`` (None: the run's own)."""
+        if schedule is not None and schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+        top = {"lr": float(lr)} | ({} if schedule is None else {"schedule": schedule})
+        return replace(self, top=None if lr == 0 else top)
 
     def with_head(self, lr: float) -> "Tuner":
         """The same tuner whose fine-tuning also takes the head step at Adam lr ``lr`` (0: no head step)."""
@@ -340,7 +356,8 @@ class Tuner:
             tensors.update({f"policy.{k}": getattr(self.policy, k).detach().to("cpu", torch.float32).contiguous()
                             for k in BANK_TENSORS})
         doc = self.metadata() | {"tensors_sha256": tensors_sha256(tensors)}
-        version = (5 if self.top is not None else 4 if len(self.head_lrs) > 1 else 3 if self.head is not None
+        version = (6 if self.top_schedule is not None else 5 if self.top is not None
+                   else 4 if len(self.head_lrs) > 1 else 3 if self.head is not None
                    else 2 if self.policy is not None else 1)
         meta = {"format": FORMAT, "format_version": str(version),
                 "zotune": strict_json(doc, separators=(",", ":"))}

@@ -111,7 +111,10 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
         *([] if tuner.top is None else [
             "This tuner also takes a top-block step (the last layer's MLP, Llama family), which `finetune --tuner` "
             "applies by itself; in your own loop, wrap each step in `top.watching(batch)` of "
-            "`finetune.top.TopStep(model, scorer, tuner.top_lr)` and call `top.step()` after it.", ""]),
+            "`finetune.top.TopStep(model, scorer, tuner.top_lr)` and call `top.step()` after it"
+            + ("." if tuner.top_schedule is None else
+               f" (`top.step(finetune.zo.optim.schedule_factor('{tuner.top_schedule}', t, T))` at step t + 1 of T: "
+               f"this tuner's top-block step decays on a {tuner.top_schedule} schedule)."), ""]),
         f"`{TUNER_FILE}` is a safetensors file (no pickled code); `python cli.py tuners inspect {TUNER_FILE}` "
         "prints its metadata and per-block scales.", "",
     ]

@@ -78,6 +78,7 @@ def top_text(tuner: Tuner) -> str:
         return "none (the last MLP is left to the ZO step)"
     text = (f"Adam at lr {tuner.top_lr:g} on the last layer's MLP, along its exact gradient at the scored position "
             "read off the forward passes (multiple choice, one-token options, Llama family, one process)")
+    text += f", its lr decaying on a {tuner.top_schedule} schedule" if tuner.top_schedule else ""
     sel = (tuner.provenance or {}).get("top_selection")
     if isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict):
         grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"

@@ -395,7 +395,9 @@ ARM_FREE_KEYS = ("seed", "threads", "device", "device_map")
 
 def _arm_label(m: dict) -> str:
     label = f"{m['method']} {m['config']['lr']:g}" + (f", head {m['head_lr']:g}" if m.get("head_lr") else "")
-    return label + (f", top {m['config']['top_lr']:g}" if m["config"].get("top_lr") else "")
+    top = m["config"].get("top_lr")
+    return label + (f", top {top:g}" + (f" {m['config']['top_schedule']}" if m["config"].get("top_schedule") else "")
+                    if top else "")
 
 
 def _pair_by_seed(arms: list[list[Path]], read: list[tuple[Path, dict]]) -> list[dict[int, dict]]:
@@ -684,6 +686,8 @@ def _merge_key(report: dict) -> dict:
     tuners = sorted({str(c["base"].get("tuner")) + ("" if c["base"].get("head_lr") is None else
                                                      f" with --head-lr {c['base']['head_lr']:g}")
                      + ("" if c["base"].get("top_lr") is None else f" with --top-lr {c['base']['top_lr']:g}")
+                     + ("" if c["base"].get("top_schedule") is None else
+                        f" with --top-schedule {c['base']['top_schedule']}")
                      for c in configs if "tuner" in c["methods"]})
     if base.get("head_lr") is None:
         base["head_lr"] = 0.0

@@ -71,7 +71,8 @@ class FinetuneConfig(RunConfig):
     head_race: list[float] | None = None  # ZO methods: race these head lrs on the same passes (finetune/head.py)
     top_lr: float | None = None        # ZO methods: Adam lr of the last MLP's exact step (0 = off; finetune/top.py);
                                        # None = the method's default: the tuner's for method tuner, else off
-    top_schedule: str | None = None    # the top-block step's lr schedule; None = the run's (--schedule)
+    top_schedule: str | None = None    # the top-block step's lr schedule; None = the tuner's for method tuner, else
+                                       # the run's (--schedule)
     eval_every: int = 0                # evaluate on the dev split every N steps (0 = never)
     n_dev: int = 100
     n_test: int = 200
@@ -289,7 +290,8 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
     now = asdict(cfg)
     snapshot.check(state, now, recorded_config({}), inputs, ignore=("steps", "eval_every", "threads"))
     saved_steps = state["config"].get("steps", now["steps"])
-    decaying = [s for s in (now["schedule"], top_schedule_of(cfg) if cfg.top_lr else "constant") if s != "constant"]
+    decaying = [s for s in (cfg.schedule, cfg.top_schedule or cfg.schedule if cfg.top_lr else "constant")
+                if s != "constant"]
     if saved_steps != now["steps"] and decaying:
         raise ZotuneError(f"cannot resume with steps={now['steps']}: the interrupted run's {decaying[0]} "
                           f"schedule decays over {saved_steps} steps; rerun with --steps {saved_steps} "
@@ -340,9 +342,13 @@ def top_lr_of(cfg: FinetuneConfig, tuner=None) -> float:
     return 0.0 if tuner is None else tuner.top_lr
 
 
-def top_schedule_of(cfg: FinetuneConfig) -> str:
-    """The lr schedule of the top-block step: ``--top-schedule`` when given, else the run's ``--schedule``."""
-    return cfg.top_schedule or cfg.schedule
+def top_schedule_of(cfg: FinetuneConfig, tuner=None) -> str | None:
+    """The top-block step's own lr schedule a run takes: ``--top-schedule`` when given, else the tuner's when the
+    run takes the tuner's step (method ``tuner`` without ``--top-lr``), else None: the run's ``--schedule``."""
+    if cfg.top_schedule is not None or cfg.top_lr is not None:
+        return cfg.top_schedule
+    tuner = run_tuner(cfg, tuner)
+    return None if tuner is None else tuner.top_schedule
 
 
 def recorded_config(config: dict) -> dict:
@@ -481,7 +487,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
            inputs: dict | None, tuner, calibrate: bool, dp, log) -> RunResult:
     inputs = inputs or {}
     tuner = run_tuner(cfg, tuner)
-    cfg = replace(cfg, top_lr=top_lr_of(cfg, tuner))  # the snapshot records the lr taken
+    cfg = replace(cfg, top_lr=top_lr_of(cfg, tuner), top_schedule=top_schedule_of(cfg, tuner))  # as taken (snapshot)
     opt = make_run_optimizer(cfg, model, tuner)
     sched = make_schedule(opt, cfg.schedule, cfg.steps)
     head, head_lrs = None, head_lrs_of(cfg, tuner)
@@ -541,7 +547,7 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
             if head is not None:
                 head.step(schedule_factor(cfg.schedule, step - 1, cfg.steps))  # the factor the ZO step used
             if top is not None:
-                top.step(schedule_factor(top_schedule_of(cfg), step - 1, cfg.steps))
+                top.step(schedule_factor(cfg.top_schedule or cfg.schedule, step - 1, cfg.steps))
             if log is not None:
                 log.record(step, opt, head)
             sched.step()
@@ -707,7 +713,8 @@ def finetune(cfg: FinetuneConfig, out: Path, save_model: bool = True, progress: 
         raise ZotuneError("--save-log does not support --method fo (a backpropagated update is not a list of "
                           "seeds and coefficients); drop --save-log")
     tuner = run_tuner(cfg, tuner)  # loaded once for the run (it may set the head step's and top-block step's lrs)
-    cfg = replace(cfg, top_lr=top_lr_of(cfg, tuner))  # recorded as taken, so that runs of one computation pair
+    # recorded as taken, so that runs of one computation pair
+    cfg = replace(cfg, top_lr=top_lr_of(cfg, tuner), top_schedule=top_schedule_of(cfg, tuner))
     if dp is not None and cfg.method == FO:
         raise ZotuneError(FO_NOT_PARALLEL)
     writer = dp is None or dp.main

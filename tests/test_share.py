@@ -311,7 +311,8 @@ def test_export_writes_the_tuner_and_a_model_card(tmp_path, llama, capsys):
     steps = Tuner.from_pretrained(tiny).with_head(3e-4).with_top(1e-3)  # the card says how to take each exact step
     text = hub.model_card(steps)
     assert "HeadStep(model, scorer, lr=tuner.head_lr)" in text and "TopStep(model, scorer, tuner.top_lr)" in text
-    assert "TopStep" not in hub.model_card(Tuner.from_pretrained(tiny))
+    assert "TopStep" not in hub.model_card(Tuner.from_pretrained(tiny)) and "schedule_factor" not in text
+    assert "schedule_factor('linear', t, T)" in hub.model_card(steps.with_top(1e-3, "linear"))
     (tmp_path / "bad.safetensors").write_bytes(b"not a tuner")
     one_line_error(capsys, ["tuners", "export", str(tmp_path / "bad.safetensors"), str(tmp_path / "hub3")])
     assert not (tmp_path / "hub3").exists() and not list(tmp_path.glob(".hub3*"))

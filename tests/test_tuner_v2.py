@@ -81,7 +81,7 @@ def test_a_head_race_is_format_4_round_trips_and_bad_races_are_refused(tmp_path,
         save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "zotune": json.dumps(doc)})
         with pytest.raises(ZotuneError, match=message):
             Tuner.from_pretrained(tmp_path / "bad.safetensors")
-    save_file(tensors, str(tmp_path / "new.safetensors"), metadata={**meta, "format_version": "6"})
+    save_file(tensors, str(tmp_path / "new.safetensors"), metadata={**meta, "format_version": "7"})
     with pytest.raises(ZotuneError, match="upgrade zotune"):
         Tuner.from_pretrained(tmp_path / "new.safetensors")
 
@@ -512,9 +512,19 @@ def test_a_top_step_is_format_5_round_trips_and_bad_top_metadata_is_refused(tmp_
     assert back.top_lr == 1e-3 and back.head_lr == 3e-4 and back.metadata() == json.loads(json.dumps(both.metadata()))
     with safe_open(str(tuner.with_head(3e-4).save_pretrained(tmp_path / "head.safetensors")), framework="pt") as f:
         assert f.metadata()["format_version"] == "3"  # no top step: the file stays readable by older zotune
+    assert both.top_schedule is None
+    linear = both.with_top(1e-3, "linear")  # a top step with its own schedule: format 6
+    with safe_open(str(linear.save_pretrained(tmp_path / "linear.safetensors")), framework="pt") as f:
+        assert f.metadata()["format_version"] == "6"
+        assert json.loads(f.metadata()["zotune"])["top"] == {"lr": 1e-3, "schedule": "linear"}
+    back = Tuner.from_pretrained(tmp_path / "linear.safetensors")
+    assert back.top_schedule == "linear" and back.top_lr == 1e-3 and back.with_top(0).top is None
+    with pytest.raises(ValueError, match="unknown schedule"):
+        both.with_top(1e-3, "steep")
     for top, message in [({"lr": -1}, "not a finite number > 0"), ({"lr": 0}, "not a finite number > 0"),
-                         ({"lr": "fast"}, "not a finite number > 0"), ({"lr": 1e-3, "betas": [0.9]}, "'lr' alone"),
-                         ({}, "'lr' alone"), ([1e-3], "expected dict")]:
+                         ({"lr": "fast"}, "not a finite number > 0"), ({"lr": 1e-3, "betas": [0.9]}, "optionally"),
+                         ({}, "optionally 'schedule'"), ([1e-3], "expected dict"),
+                         ({"lr": 1e-3, "schedule": "steep"}, "not one of constant, linear, cosine")]:
         bad_doc = dict(doc, top=top)
         save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "zotune": json.dumps(bad_doc)})
         with pytest.raises(ZotuneError, match=message):
@@ -547,6 +557,20 @@ def test_a_tuner_with_a_top_step_fine_tunes_as_mezo_with_top_lr_bit_for_bit(tmp_
                                                                                   "--top-lr", "3e-2")
     _same(other, mezo_other)
     assert tuned[0]["train_loss"] != mezo[0]["train_loss"] != other[0]["train_loss"]  # the step did act
+    # a tuner whose step names its own schedule (format 6): as `--top-schedule` with MeZO, recorded as taken;
+    # --top-lr replaces the tuner's step, schedule included, and --top-schedule overrides the tuner's schedule
+    linear = Tuner.from_pretrained(top).with_top(1e-2, "linear").save_pretrained(tmp_path / "linear.safetensors")
+    lin, mezo_lin = run("lin", "--tuner", str(linear)), run("ml", "--method", "mezo", "--top-lr", "1e-2",
+                                                            "--top-schedule", "linear")
+    assert lin[0]["config"]["top_schedule"] == mezo_lin[0]["config"]["top_schedule"] == "linear"
+    _same(lin, mezo_lin)
+    assert lin[0]["train_loss"] != tuned[0]["train_loss"]  # the decay did act
+    replaced = run("replaced", "--tuner", str(linear), "--top-lr", "3e-2")
+    assert replaced[0]["config"]["top_schedule"] is None
+    _same(replaced, mezo_other)
+    cosine, mezo_cos = run("cos", "--tuner", str(linear), "--top-schedule", "cosine"), run(
+        "mc", "--method", "mezo", "--top-lr", "1e-2", "--top-schedule", "cosine")
+    _same(cosine, mezo_cos)
 
 
 def test_a_tuners_top_step_is_refused_where_the_step_cannot_run(tmp_path, untrained, capsys):
@@ -574,7 +598,10 @@ def test_inspect_shows_the_top_step(tmp_path, untrained):
     text = inspect_text(tuner.save_pretrained(tmp_path / "top.safetensors"))
     line = next(x for x in text.splitlines() if x.startswith("top step"))
     assert "Adam at lr 0.0003 on the last layer's MLP" in line and "on t.jsonl (10 forward passes" in line
-    assert "0: 0.7000, 3e-4: 0.6000" in line
+    assert "0: 0.7000, 3e-4: 0.6000" in line and "schedule" not in line
+    text = inspect_text(tuner.with_top(3e-4, "linear").save_pretrained(tmp_path / "linear.safetensors"))
+    line = next(x for x in text.splitlines() if x.startswith("top step"))
+    assert "its lr decaying on a linear schedule" in line
 
 
 def test_a_snapshot_from_before_top_lr_existed_resumes(tmp_path, monkeypatch, capsys):

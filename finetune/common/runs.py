@@ -24,6 +24,7 @@ from finetune.common.errors import ZotuneError, first_line
 DTYPES = ("fp32", "bf16", "fp16")
 NOISES = ("auto", "table", "gaussian")
 DEVICE_MAPS = ("auto", "balanced", "sequential")
+SCHEDULES = ("constant", "linear", "cosine")  # lr schedules: a run's, and a tuner's top-block step's
 FP16_MAX = 65504.0
 
 

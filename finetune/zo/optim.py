@@ -24,6 +24,7 @@ from torch import nn
 
 from pertnn.features import StepHistory
 
+from finetune.common.runs import SCHEDULES
 from finetune.zo.online import OnlineMean, tuned_direction
 from finetune.zo.engine import Direction, ZOEngine
 
@@ -252,7 +253,6 @@ class TunedZO(ZOSGD):
 
 
 OPTIMIZERS = {"sgd": ZOSGD, "momentum": ZOSGD, "adam": ZOAdam}
-SCHEDULES = ("constant", "linear", "cosine")
 
 
 def make_optimizer(name: str, model: nn.Module, lr: float, eps: float, q: int = 1, seed: int = 0,
