@@ -465,6 +465,36 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
     print(f"head {head}{zo} (final dev loss by candidate: {grid}); wrote {out} (benches in {work})")
 
 
+def cmd_meta_train_top(args: argparse.Namespace) -> None:
+    from checkpoints import Tuner
+    from finetune.common.errors import ZotuneError
+    from finetune.data.models import name_for_id, set_threads
+    from meta.head import check_out
+    from meta.top import TopSearch, select_top_lr
+
+    out = check_out(Path(args.out))
+    work = Path(args.work) if args.work else out.with_name(f"{out.stem}.top-benches")
+    set_threads(args.threads)
+    tuner = Tuner.from_pretrained(args.tuner)
+    lr = args.lr if args.lr is not None else tuner.recommended.get("lr")
+    if lr is None:
+        raise ZotuneError("this tuner records no recommended lr; pass --lr (the fine-tuning lr the top-block step "
+                          "goes with)")
+    base = _config(args, method="tuner", tuner=args.tuner, model=args.model or name_for_id(tuner.base_model), lr=lr)
+    search = TopSearch(tasks=args.tasks, top_lrs=args.top_lrs, schedule=args.top_schedule, seeds=args.seeds,
+                       forwards=args.forwards, eval_points=args.eval_points)
+    try:
+        chosen = select_top_lr(base, search, work, out, tuner=tuner)
+    except KeyboardInterrupt:
+        _say(f"interrupted; the finished benches in {work} are kept: rerun the same command to continue")
+        raise SystemExit(130) from None
+    sel = chosen.provenance["top_selection"]
+    grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in sel["dev_loss"].items())
+    top = f"lr {chosen.top_lr:g}" + (f", {chosen.top_schedule} schedule" if chosen.top_schedule else "") \
+        if chosen.top is not None else "lr 0, no top-block step"
+    print(f"top-block step {top} (final dev loss by top lr: {grid}); wrote {out} (benches in {work})")
+
+
 def cmd_tuners_inspect(args: argparse.Namespace) -> None:
     from checkpoints.inspect import inspect_text
 
@@ -690,6 +720,41 @@ def parser() -> argparse.ArgumentParser:
     g = _hardware_args(p)
     g.add_argument("--autocast", default=None, choices=["bf16"], help="every forward pass under bf16 autocast")
     p.set_defaults(func=cmd_meta_train_head)
+
+    p = sub.add_parser("meta-train-top", help="choose a tuner's top-block step lr on meta-training tasks (short "
+                       "fine-tunes per lr) and write the tuner with it")
+    p.add_argument("--tuner", required=True, metavar="FILE",
+                   help="the tuner to extend, its head step included (e.g. the one meta-train-head wrote)")
+    p.add_argument("--model", default=None, help="base model (default: the tuner's)")
+    p.add_argument("--tasks", type=_task_list, required=True,
+                   help="comma-separated meta-training tasks (multiple choice, one-token options); never held-out ones")
+    p.add_argument("--top-lrs", type=_floats, default=[0, 1e-4, 3e-4, 1e-3],
+                   help="the top-block step's Adam lrs tried, comma-separated; 0 = no step, so that one is carried only "
+                   "if it beats the tuner without it (default 0,1e-4,3e-4,1e-3)")
+    p.add_argument("--top-schedule", default=None, choices=["constant", "linear", "cosine"],
+                   help="the step's own lr schedule for every candidate, carried in the tuner (format 6) (default: "
+                   "none, the run's --schedule)")
+    p.add_argument("--lr", action=_Finite, default=None,
+                   help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
+    p.add_argument("--seeds", type=_ints, default=[0],
+                   help="comma-separated seeds, one bench each per (task, top lr) (default 0)")
+    p.add_argument("--forwards", type=int, default=1000, help="forward passes per run (default %(default)s)")
+    p.add_argument("--eval-points", action=_Count, default=5, help="evaluations along each run (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
+    p.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
+    p.add_argument("--n-train", type=int, default=d.n_train, help="(default %(default)s)")
+    p.add_argument("--n-dev", type=int, default=d.n_dev, help="dev examples, which choose the lr (default %(default)s)")
+    p.add_argument("--n-test", type=int, default=d.n_test, help="(default %(default)s)")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
+    p.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
+    p.add_argument("--work", default=None, metavar="DIR",
+                   help="where the benches go, one per (task, top lr, seed); rerun the same command to continue after "
+                   "a kill, or with more --seeds/--tasks to widen a choice (default: <out stem>.top-benches beside "
+                   "--out)")
+    p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
+    g = _hardware_args(p)
+    g.add_argument("--autocast", default=None, choices=["bf16"], help="every forward pass under bf16 autocast")
+    p.set_defaults(func=cmd_meta_train_top)
 
     tuners = sub.add_parser("tuners", help="inspect, share and import tuner artifacts").add_subparsers(
         dest="tuners_command", required=True)

@@ -111,23 +111,32 @@ def final_dev_loss(run: dict) -> float:
     return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
 
 
-def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float | tuple, seed: int, work: Path,
-              tuner: Tuner, progress: bool = True) -> dict:
-    """The run of one (task, head lr or race, seed) bench at ``base.lr``: read when finished, resumed when
-    interrupted, else run."""
+def tuner_run(base: FinetuneConfig, seed: int, forwards: int, eval_points: int, folder: Path, tuner: Tuner,
+              progress: bool = True) -> dict:
+    """The one run of a bench of method ``tuner`` with ``base``'s options (its task, lr, head and top-block steps)
+    and ``seed``, in ``folder``: read when finished (refused in one line if it ran other options), resumed when
+    interrupted, else run. What :func:`select_head_lr` and :func:`meta.top.select_top_lr` choose by."""
     from finetune.bench import BenchConfig, bench, bench_spec
 
-    folder = bench_folder(work, task, head_lr, seed, lr=search.grid_lr(base.lr))
     done = folder / "bench.json"
-    head = dict(head_race=list(head_lr)) if isinstance(head_lr, tuple) else dict(head_lr=head_lr)
-    cfg = BenchConfig(base=replace(base, task=task, **head), methods=["tuner"],
-                      lrs={"tuner": [base.lr]}, seeds=[seed], forwards=search.forwards,
-                      eval_points=search.eval_points, select="dev")
+    cfg = BenchConfig(base=base, methods=["tuner"], lrs={"tuner": [base.lr]}, seeds=[seed], forwards=forwards,
+                      eval_points=eval_points, select="dev")
     if not done.exists():
         bench(cfg, folder, progress=progress, resume=work_dir(folder).exists(), tuner=tuner)
     report = json.loads(done.read_text())
     check_same_options(folder, report.get("config", {}), bench_spec(cfg))
     (run,) = report["runs"]
+    return run
+
+
+def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float | tuple, seed: int, work: Path,
+              tuner: Tuner, progress: bool = True) -> dict:
+    """The run of one (task, head lr or race, seed) bench at ``base.lr``: read when finished, resumed when
+    interrupted, else run."""
+    folder = bench_folder(work, task, head_lr, seed, lr=search.grid_lr(base.lr))
+    head = dict(head_race=list(head_lr)) if isinstance(head_lr, tuple) else dict(head_lr=head_lr)
+    run = tuner_run(replace(base, task=task, **head), seed, search.forwards, search.eval_points, folder, tuner,
+                    progress)
     if isinstance(head_lr, tuple) and "held_back" not in (run.get("head_race") or {}):
         raise ZotuneError(f"{folder} raced its head lrs by an older rule (a running loss on the training stream, not "
                           "the held-back examples of today's race): give this search its own --work, or move that "

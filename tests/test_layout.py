@@ -24,6 +24,8 @@ ALLOWED = {
     # the head step's lr is chosen by real fine-tuning runs: its inner loop is the bench (and nothing else of meta)
     "meta.head": ("meta", "finetune.zo", "finetune.data", "finetune.common", "checkpoints", "pertnn",
                   "finetune.trainer", "finetune.bench"),
+    "meta.top": ("meta", "finetune.zo", "finetune.data", "finetune.common", "checkpoints", "pertnn",
+                 "finetune.trainer", "finetune.bench"),  # the same, for the top-block step's lr
     "finetune": ("finetune", "checkpoints", "pertnn"),  # the fine-tune stage: trainer, bench (never meta)
 }
 

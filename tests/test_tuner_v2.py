@@ -621,3 +621,55 @@ def test_a_snapshot_from_before_top_lr_existed_resumes(tmp_path, monkeypatch, ca
     out = _straight_and_resumed(tmp_path, monkeypatch, capsys, argv, killed=as_before_top_lr)
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "straight", out))
     assert a["train_loss"] == b["train_loss"] and a["eval"] == b["eval"]
+
+
+def test_meta_train_top_writes_the_grids_argmin_of_final_dev_loss(tmp_path, untrained, capsys):
+    """meta-train-top: the tuner as given (its head step kept) plus the top lr whose benches end with the lowest final
+    dev loss, mean over seeds then tasks (recomputed here from the benches' files), under --top-schedule (format 6);
+    a finished bench is read again, not rerun; what it cannot start from is refused in one line."""
+    from meta.top import bench_folder as top_folder
+
+    task = _jsonl(tmp_path, one_token_examples(60))
+    head = Tuner.from_pretrained(untrained).with_head(1e-2).save_pretrained(tmp_path / "head.safetensors")
+    argv = ["meta-train-top", "--tuner", str(head), "--model", "tiny-llama", "--tasks", task, "--top-lrs", "0,3e-2",
+            "--top-schedule", "linear", "--lr", "1e-3", "--batch-size", "4", "--n-dev", "8", "--n-test", "8",
+            "--forwards", "12", "--eval-points", "2", "--seeds", "0,1", "--work", str(tmp_path / "work")]
+    assert cli.main(argv + ["--out", str(tmp_path / "top.safetensors")]) == 0
+    losses = {}
+    for lr in (0.0, 3e-2):
+        benches = [json.loads((top_folder(tmp_path / "work", task, lr, s, "linear") / "bench.json").read_text())
+                   for s in (0, 1)]
+        runs = [r for b in benches for r in b["runs"]]
+        assert [r["seed"] for r in runs] == [0, 1] and all(r["method"] == "tuner" and r["head_lr"] == 1e-2
+                                                           for r in runs)
+        assert all(b["config"]["base"]["top_lr"] == lr and b["config"]["base"]["top_schedule"] ==
+                   ("linear" if lr else None) for b in benches)
+        losses[lr] = sum(r["curve"][-1]["dev_loss"] for r in runs) / 2
+    assert losses[0.0] != losses[3e-2]  # the step did act
+    best = min(losses, key=losses.get)
+    top = Tuner.from_pretrained(tmp_path / "top.safetensors")
+    assert top.top_lr == best and top.head_lr == 1e-2
+    assert top.top_schedule == ("linear" if best else None)
+    sel = top.provenance["top_selection"]
+    assert sel["dev_loss"] == {"0": pytest.approx(losses[0.0]), "0.03": pytest.approx(losses[3e-2])}
+    assert sel["schedule"] == "linear" and sel["chosen"] == best
+    assert "top-block step" in capsys.readouterr().out
+    assert "already exists" in bad(capsys, argv + ["--out", str(tmp_path / "top.safetensors")])
+    from finetune import bench as bench_module
+
+    def no_bench(*a, **k):
+        raise AssertionError("a finished bench was rerun")
+
+    real = bench_module.bench
+    bench_module.bench = no_bench
+    try:
+        assert cli.main(argv + ["--out", str(tmp_path / "again.safetensors")]) == 0
+    finally:
+        bench_module.bench = real
+    assert Tuner.from_pretrained(tmp_path / "again.safetensors").top == top.top
+    with_top = Tuner.from_pretrained(head).with_top(1e-3).save_pretrained(tmp_path / "has-top.safetensors")
+    start = argv.index("--tuner") + 1
+    err = bad(capsys, [*argv[:start], str(with_top), *argv[start + 1:], "--out", str(tmp_path / "x.safetensors")])
+    assert "has a top-block step already" in err and not (tmp_path / "x.safetensors").exists()
+    assert "--top-lrs must be distinct" in bad(capsys, [*argv, "--top-lrs", "1e-3,1e-3", "--out",
+                                                        str(tmp_path / "y.safetensors")])

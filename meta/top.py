@@ -1,0 +1,114 @@
+"""The top-block part of a tuner: the lr (and schedule) of its top-block step, chosen on the meta-training tasks.
+
+A tuner can carry a top-block step (:mod:`finetune.top`): fine-tuning with it also moves the last layer's MLP along
+its exact gradient at the scored position, read off the ZO forward passes, with Adam. Like the head step's lr
+(:mod:`meta.head`), its lr belongs to the base model and the tuner, not to a target task, so it is chosen once, here,
+on the meta-training tasks, and carried to new tasks in the artifact (``top`` in its metadata: format 5, or 6 when the
+step names its own schedule).
+
+The choice is made by real fine-tuning runs: for every top lr of the grid, each meta-training task gets a bench of
+method ``tuner`` (the tuner as it is, its head step included, at its recommended lr) plus the top-block step at that
+lr, under ``schedule`` (None: the run's own), ``forwards`` forward passes per seed. The lr whose runs end with the
+lowest dev loss, averaged over seeds and then over tasks, goes into the artifact; a run that diverged counts as an
+infinite loss. A grid may hold 0 (no top-block step), so that the choice can also be "none": with 0 in the grid, a
+step is only carried if it beats the tuner without it. The test split is never read for the choice.
+
+Each (task, top lr, seed) bench lives in its own folder under ``work`` (:func:`bench_folder`) and resumes after a
+kill; finished benches are read, not rerun, so more ``seeds`` or ``tasks`` widen a choice without redoing it.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from checkpoints import Tuner
+from finetune.common.errors import ZotuneError
+from finetune.common.runs import SCHEDULES, RunLock, check_number, check_output, os_error, write_failed
+from finetune.trainer import FinetuneConfig
+from meta.head import check_out, final_dev_loss, tuner_run
+
+
+@dataclass
+class TopSearch:
+    """What the top-block step's lr is chosen on: tasks, grid, schedule, budget and seeds."""
+
+    tasks: list[str]
+    top_lrs: list[float]
+    schedule: str | None = None      # the step's own lr schedule for every candidate; None: the run's --schedule
+    seeds: list[int] = field(default_factory=lambda: [0])
+    forwards: int = 1000
+    eval_points: int = 5
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ZotuneError("give at least one meta-training task with --tasks")
+        if not self.top_lrs or len(set(self.top_lrs)) != len(self.top_lrs):
+            raise ZotuneError(f"--top-lrs must be distinct and not empty (got {self.top_lrs})")
+        for lr in self.top_lrs:
+            check_number("--top-lrs", lr, low=0)
+        if self.schedule not in (None, *SCHEDULES):
+            raise ZotuneError(f"unknown --top-schedule '{self.schedule}'; use one of {', '.join(SCHEDULES)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ZotuneError(f"--seeds must be distinct and not empty (got {self.seeds})")
+        check_number("--forwards", self.forwards, low=2, integer=True)
+
+
+def bench_folder(work: Path, task: str, top_lr: float, seed: int, schedule: str | None = None) -> Path:
+    """The bench of one (task, top lr, seed) under ``work``: ``<task>/top-lr-<lr>[-<schedule>]/seed-<seed>``."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", task).strip("-")
+    name = f"top-lr-{top_lr:g}" + (f"-{schedule}" if schedule and top_lr else "")
+    return Path(work) / slug / name / f"seed-{seed}"
+
+
+def select_top_lr(base: FinetuneConfig, search: TopSearch, work: Path, out: Path, tuner: Tuner | None = None,
+                  progress: bool = True) -> Tuner:
+    """Choose the top-block step's lr for the tuner ``base.tuner`` (method ``tuner``, at ``base.lr``, its head step
+    as it carries it) by the benches described in the module docstring, and write the tuner with that step to
+    ``out`` (a new ``.safetensors`` file, written atomically). Returns the new tuner."""
+    search.validate()
+    base = replace(base, method="tuner", top_lr=None, top_schedule=None)
+    if base.n_dev < 1:
+        raise ZotuneError("the top lr is chosen on the dev split: set --n-dev >= 1")
+    base.validate()
+    out = check_out(out)
+    tuner = tuner or Tuner.from_pretrained(base.tuner)
+    if tuner.adapter is not None:
+        raise ZotuneError("this tuner is for an adapter (--peft), which keeps the last MLP frozen: the top-block step "
+                          "does not apply to it")
+    if tuner.top is not None:
+        raise ZotuneError(f"{base.tuner} has a top-block step already (lr {tuner.top_lr:g}); start from a tuner "
+                          "without one, such as the one meta-train-head wrote")
+    with ExitStack() as stack:
+        stack.enter_context(RunLock(out))
+        check_output(out, kind="file")  # again, now that no other run can write it
+        losses: dict[str, float] = {}
+        for top_lr in search.top_lrs:
+            per_task = []
+            for task in search.tasks:
+                cfg = replace(base, task=task, top_lr=top_lr, top_schedule=search.schedule if top_lr else None)
+                runs = [tuner_run(cfg, seed, search.forwards, search.eval_points,
+                                  bench_folder(work, task, top_lr, seed, search.schedule), tuner, progress)
+                        for seed in search.seeds]
+                per_task.append(sum(final_dev_loss(r) for r in runs) / len(runs))
+            losses[f"{top_lr:g}"] = sum(per_task) / len(per_task)
+        best = min(search.top_lrs, key=lambda lr: losses[f"{lr:g}"])
+        if not math.isfinite(losses[f"{best:g}"]):
+            raise ZotuneError(f"every candidate of the grid diverged on {', '.join(search.tasks)}; try lower "
+                              f"--top-lrs or a lower --lr (now {base.lr:g})")
+        chosen = tuner.with_top(best, search.schedule)
+        chosen.provenance = {**tuner.provenance, "top_selection": {
+            "tasks": list(search.tasks), "forwards": search.forwards, "seeds": list(search.seeds), "lr": base.lr,
+            "schedule": search.schedule, "batch_size": base.batch_size, "autocast": base.autocast,
+            "dev_loss": {k: (v if math.isfinite(v) else "diverged") for k, v in losses.items()}, "chosen": best,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+        try:
+            chosen.save_pretrained(out)
+        except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
+            if (e := os_error(e)) is None:
+                raise
+            raise write_failed(out, e, "rerun the same command (the finished benches are kept)") from None
+    return chosen
