@@ -431,7 +431,8 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
     from checkpoints import Tuner
     from finetune.common.errors import ZotuneError
     from finetune.data.models import EMBEDDED, name_for_id, set_threads
-    from meta.head import HeadSearch, check_out, select_head_lr, untrained_tuner
+    from meta.head import HeadSearch, select_head_lr, untrained_tuner
+    from meta.selection import check_out
 
     out = check_out(Path(args.out))  # before an untrained tuner is written into the work folder
     work = Path(args.work) if args.work else out.with_name(f"{out.stem}.head-benches")
@@ -469,7 +470,7 @@ def cmd_meta_train_top(args: argparse.Namespace) -> None:
     from checkpoints import Tuner
     from finetune.common.errors import ZotuneError
     from finetune.data.models import name_for_id, set_threads
-    from meta.head import check_out
+    from meta.selection import check_out
     from meta.top import TopSearch, select_top_lr
 
     out = check_out(Path(args.out))
@@ -645,6 +646,19 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
                    help="compare a parameter checksum across ranks every N steps (default %(default)s; 0 = never)")
 
 
+def _selection_run_args(p: argparse.ArgumentParser, d) -> None:
+    """The options of the short fine-tunes that meta-train-head and meta-train-top choose by (``d``: the defaults)."""
+    p.add_argument("--forwards", type=int, default=1000, help="forward passes per run (default %(default)s)")
+    p.add_argument("--eval-points", action=_Count, default=5, help="evaluations along each run (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
+    p.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
+    p.add_argument("--n-train", type=int, default=d.n_train, help="(default %(default)s)")
+    p.add_argument("--n-dev", type=int, default=d.n_dev, help="dev examples, which choose the lr (default %(default)s)")
+    p.add_argument("--n-test", type=int, default=d.n_test, help="(default %(default)s)")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
+    p.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
+
+
 def parser() -> argparse.ArgumentParser:
     from finetune.trainer import DEFAULT_TASK, METHODS
 
@@ -703,15 +717,7 @@ def parser() -> argparse.ArgumentParser:
                    "benches, and the winning pair's lr becomes the tuner's recommended lr")
     p.add_argument("--seeds", type=_ints, default=[0],
                    help="comma-separated seeds, one bench each per (task, lr, head lr) (default 0)")
-    p.add_argument("--forwards", type=int, default=1000, help="forward passes per run (default %(default)s)")
-    p.add_argument("--eval-points", action=_Count, default=5, help="evaluations along each run (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
-    p.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
-    p.add_argument("--n-train", type=int, default=d.n_train, help="(default %(default)s)")
-    p.add_argument("--n-dev", type=int, default=d.n_dev, help="dev examples, which choose the lr (default %(default)s)")
-    p.add_argument("--n-test", type=int, default=d.n_test, help="(default %(default)s)")
-    p.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
-    p.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
+    _selection_run_args(p, d)
     p.add_argument("--work", default=None, metavar="DIR",
                    help="where the benches go, one per (task, [lr,] head lr, seed); rerun the same command to continue "
                    "after a kill, or with more --seeds/--tasks to widen a choice (finished benches are reused; "
@@ -738,15 +744,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
     p.add_argument("--seeds", type=_ints, default=[0],
                    help="comma-separated seeds, one bench each per (task, top lr) (default 0)")
-    p.add_argument("--forwards", type=int, default=1000, help="forward passes per run (default %(default)s)")
-    p.add_argument("--eval-points", action=_Count, default=5, help="evaluations along each run (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
-    p.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
-    p.add_argument("--n-train", type=int, default=d.n_train, help="(default %(default)s)")
-    p.add_argument("--n-dev", type=int, default=d.n_dev, help="dev examples, which choose the lr (default %(default)s)")
-    p.add_argument("--n-test", type=int, default=d.n_test, help="(default %(default)s)")
-    p.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
-    p.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
+    _selection_run_args(p, d)
     p.add_argument("--work", default=None, metavar="DIR",
                    help="where the benches go, one per (task, top lr, seed); rerun the same command to continue after "
                    "a kill, or with more --seeds/--tasks to widen a choice (default: <out stem>.top-benches beside "

@@ -26,17 +26,16 @@ are read, not rerun. One bench per seed means a choice can be widened later: the
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import re
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from checkpoints import Tuner
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import RunLock, check_number, check_output, os_error, write_failed
-from finetune.trainer import FinetuneConfig, work_dir
+from finetune.common.runs import check_number
+from finetune.trainer import FinetuneConfig
+from meta.selection import check_out, final_dev_loss, locked_output, tuner_run, write_tuner
 
 
 @dataclass
@@ -103,32 +102,6 @@ def bench_folder(work: Path, task: str, head_lr: float | tuple, seed: int, lr: f
     return Path(work) / slug / name / f"seed-{seed}"
 
 
-def final_dev_loss(run: dict) -> float:
-    """A bench run's final dev loss; infinite when it diverged or has none that is finite."""
-    if run.get("diverged") or not run.get("curve"):
-        return math.inf
-    loss = run["curve"][-1].get("dev_loss")
-    return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
-
-
-def tuner_run(base: FinetuneConfig, seed: int, forwards: int, eval_points: int, folder: Path, tuner: Tuner,
-              progress: bool = True) -> dict:
-    """The one run of a bench of method ``tuner`` with ``base``'s options (its task, lr, head and top-block steps)
-    and ``seed``, in ``folder``: read when finished (refused in one line if it ran other options), resumed when
-    interrupted, else run. What :func:`select_head_lr` and :func:`meta.top.select_top_lr` choose by."""
-    from finetune.bench import BenchConfig, bench, bench_spec
-
-    done = folder / "bench.json"
-    cfg = BenchConfig(base=base, methods=["tuner"], lrs={"tuner": [base.lr]}, seeds=[seed], forwards=forwards,
-                      eval_points=eval_points, select="dev")
-    if not done.exists():
-        bench(cfg, folder, progress=progress, resume=work_dir(folder).exists(), tuner=tuner)
-    report = json.loads(done.read_text())
-    check_same_options(folder, report.get("config", {}), bench_spec(cfg))
-    (run,) = report["runs"]
-    return run
-
-
 def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: float | tuple, seed: int, work: Path,
               tuner: Tuner, progress: bool = True) -> dict:
     """The run of one (task, head lr or race, seed) bench at ``base.lr``: read when finished, resumed when
@@ -142,44 +115,6 @@ def run_bench(base: FinetuneConfig, search: HeadSearch, task: str, head_lr: floa
                           "the held-back examples of today's race): give this search its own --work, or move that "
                           "folder away")
     return run
-
-
-_HARDWARE = ("threads", "device", "device_map")  # where a bench ran, not what it computed
-
-
-def check_same_options(folder: Path, stored: dict, now: dict) -> None:
-    """Refuse, in one line, a finished bench in ``--work`` that ran with other options than this search would
-    use (another --lr, --schedule, --tuner, budget...): its dev loss would be read as if it were this one's."""
-    def flat(spec: dict) -> dict:
-        base = {k: v for k, v in spec.get("base", {}).items() if k not in _HARDWARE}
-        return {**{k: v for k, v in spec.items() if k != "base"}, **base}
-
-    a, b = flat(stored), flat(now)
-    diff = [k for k in b if k in a and a[k] != b[k] and not (k == "tuner" and _same_file(a[k], b[k]))]
-    if diff:
-        k = diff[0]
-        raise ZotuneError(f"{folder} ran with {k}={a[k]!r}, not {b[k]!r}: give this search its own --work, or rerun "
-                          "with the options that bench used")
-
-
-def _same_file(then, now) -> bool:
-    """Whether the tuner a finished bench recorded is the one this search uses: the same bytes when both files
-    exist. A recorded file that is gone cannot be checked (a work folder moved or merged with its tuner) and is
-    taken as the same; a file that exists with other bytes is not."""
-    if then is None or now is None:
-        return False
-    then, now = Path(then), Path(now)
-    if not then.exists():
-        return True
-    return now.exists() and then.read_bytes() == now.read_bytes()
-
-
-def check_out(out: Path) -> Path:
-    """Refuse, before any work, an ``--out`` that is not a new ``.safetensors`` file; return it."""
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ZotuneError(f"--out must name a .safetensors file, got {out}")
-    return check_output(out, kind="file")
 
 
 def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Path, tuner: Tuner | None = None,
@@ -200,9 +135,7 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
     if tuner.head is not None:
         raise ZotuneError(f"{base.tuner} has a head step already ({tuner.head_text}); start from a tuner without "
                           "one, such as the one meta-train wrote")
-    with ExitStack() as stack:
-        stack.enter_context(RunLock(out))
-        check_output(out, kind="file")  # again, now that no other run can write it
+    with locked_output(out):
         losses: dict[str, float] = {}
         pairs = {}  # candidate name -> (ZO lr, head lr or race)
         for lr in (search.lrs or [base.lr]):
@@ -229,12 +162,7 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
             "dev_loss": {k: (v if math.isfinite(v) else "diverged") for k, v in losses.items()},
             "chosen": list(best) if isinstance(best, tuple) else best,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
-        try:
-            chosen.save_pretrained(out)
-        except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
-            if (e := os_error(e)) is None:
-                raise
-            raise write_failed(out, e, "rerun the same command (the finished benches are kept)") from None
+        write_tuner(chosen, out)
     return chosen
 
 

@@ -21,15 +21,14 @@ from __future__ import annotations
 import datetime
 import math
 import re
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from checkpoints import Tuner
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import SCHEDULES, RunLock, check_number, check_output, os_error, write_failed
+from finetune.common.runs import SCHEDULES, check_number
 from finetune.trainer import FinetuneConfig
-from meta.head import check_out, final_dev_loss, tuner_run
+from meta.selection import check_out, final_dev_loss, locked_output, tuner_run, write_tuner
 
 
 @dataclass
@@ -82,9 +81,7 @@ def select_top_lr(base: FinetuneConfig, search: TopSearch, work: Path, out: Path
     if tuner.top is not None:
         raise ZotuneError(f"{base.tuner} has a top-block step already (lr {tuner.top_lr:g}); start from a tuner "
                           "without one, such as the one meta-train-head wrote")
-    with ExitStack() as stack:
-        stack.enter_context(RunLock(out))
-        check_output(out, kind="file")  # again, now that no other run can write it
+    with locked_output(out):
         losses: dict[str, float] = {}
         for top_lr in search.top_lrs:
             per_task = []
@@ -105,10 +102,5 @@ def select_top_lr(base: FinetuneConfig, search: TopSearch, work: Path, out: Path
             "schedule": search.schedule, "batch_size": base.batch_size, "autocast": base.autocast,
             "dev_loss": {k: (v if math.isfinite(v) else "diverged") for k, v in losses.items()}, "chosen": best,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
-        try:
-            chosen.save_pretrained(out)
-        except Exception as e:  # noqa: BLE001 - only write errors are turned into one line
-            if (e := os_error(e)) is None:
-                raise
-            raise write_failed(out, e, "rerun the same command (the finished benches are kept)") from None
+        write_tuner(chosen, out)
     return chosen

@@ -26,6 +26,8 @@ ALLOWED = {
                   "finetune.trainer", "finetune.bench"),
     "meta.top": ("meta", "finetune.zo", "finetune.data", "finetune.common", "checkpoints", "pertnn",
                  "finetune.trainer", "finetune.bench"),  # the same, for the top-block step's lr
+    "meta.selection": ("meta", "finetune.zo", "finetune.data", "finetune.common", "checkpoints", "pertnn",
+                       "finetune.trainer", "finetune.bench"),  # the runs both choose by
     "finetune": ("finetune", "checkpoints", "pertnn"),  # the fine-tune stage: trainer, bench (never meta)
 }
 

@@ -214,8 +214,6 @@ def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, mon
     def no_bench(*a, **k):
         raise AssertionError("a finished bench was rerun")
 
-    import meta.head as head_module
-
     monkeypatch.setattr(bench_module, "bench", no_bench)
     assert cli.main(_select(tmp_path, task, "again.safetensors")) == 0
     assert Tuner.from_pretrained(tmp_path / "again.safetensors").head_lr == best
@@ -234,7 +232,9 @@ def test_meta_train_head_writes_the_grids_argmin_of_final_dev_loss(tmp_path, mon
     other = Tuner.for_model(model, "tiny-llama", seed=1).save_pretrained(tmp_path / "seed1.safetensors")
     err = bad(capsys, [*_select(tmp_path, task, "other.safetensors"), "--tuner", str(other)])
     assert "tuner=" in err and "give this search its own --work" in err
-    assert head_module.final_dev_loss({"diverged": "loss nan"}) == math.inf
+    from meta.selection import final_dev_loss
+
+    assert final_dev_loss({"diverged": "loss nan"}) == math.inf
 
 
 def test_meta_train_head_chooses_the_zo_lr_with_the_head_lr(tmp_path, monkeypatch, capsys):
