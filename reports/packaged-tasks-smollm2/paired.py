@@ -60,8 +60,20 @@ def read(task: str) -> dict[str, dict[int, dict]]:
 
 def start(m: dict) -> tuple:
     """What a run's test split looks like before training: its size, accuracy and loss, and calibration reference."""
-    return m["eval"]["n"], m["eval"]["before"], m["eval"]["loss_before"], json.dumps(m["calibration"]["test"],
-                                                                                     sort_keys=True)
+    return m["eval"]["n"], m["eval"]["before"], m["eval"]["loss_before"], m["calibration"]["test"]
+
+
+def same_start(a, b, rel: float = 1e-5) -> bool:
+    """Whether two :func:`start` records agree: exactly in what is not a float, within ``rel`` (relative) in what is.
+    Runs made on another CPU compute the same forward passes with differences of about 1e-7 (relative): the same
+    split, batches and noise seeds, not the same bits (reports/tuner-v2-smollm2, section 20)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= rel * max(abs(a), abs(b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(same_start(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_start(a[k], b[k], rel) for k in a)
+    return a == b
 
 
 def check(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None:
@@ -70,8 +82,8 @@ def check(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None
         if any(c != configs[0] for c in configs):
             sys.exit(f"{task}, {arm}: the runs differ in more than seed, threads and the task's name")
     for s in seeds:
-        starts = {start(arms[a][s]) for a in arms}
-        if len(starts) != 1:
+        first, *rest = [start(arms[a][s]) for a in arms]
+        if not all(same_start(first, other) for other in rest):
             sys.exit(f"{task}, seed {s}: the arms do not start from the same test split")
 
 

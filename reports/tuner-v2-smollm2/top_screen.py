@@ -39,7 +39,9 @@ def arms(task: str) -> dict[str, dict]:
             m = json.loads(path.read_text())
             out[name] = {**m["curve"][-1], "first": m["train_loss"][0]}
     firsts = {a: r["first"] for a, r in out.items()}
-    if len(set(firsts.values())) > 1:
+    # within 1e-5 (relative): section 20's runs ran on another CPU, whose forward passes differ from the earlier
+    # sessions' by about 1e-7 (the same split, batches and noise, not the same bits)
+    if max(firsts.values()) - min(firsts.values()) > 1e-5 * max(firsts.values()):
         sys.exit(f"{task}: the arms' first steps differ ({firsts}): not the same split, batches and noise")
     return out
 
