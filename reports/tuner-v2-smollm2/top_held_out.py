@@ -1,11 +1,12 @@
-"""Section 18's held-out runs: tuner v2 with the top-block step (``--top-lr 3e-4``) against tuner v2, FZOO and
-MeZO on the held-out packaged tasks, paired by seed.
+"""Sections 18-20's held-out runs: tuner v2 with the top-block step (``--top-lr 3e-4``; section 20: the step's lr
+decaying linearly, at the lr section 20's screen chose) against tuner v2, FZOO and MeZO on the held-out packaged tasks,
+paired by seed.
 
     python reports/tuner-v2-smollm2/top_held_out.py [> reports/tuner-v2-smollm2/top-held-out/compare.md]
 
 Reads ``top-held-out/<task>/tuner-v2-top-3e-4-s<seed>/metrics.json`` (stage top-held-out of run.sh; on the
-derivative checkpoint ``tuner-v2-top-s<seed>``, the shipped file's runs of stage top-derivative) and the other arms'
-runs from the packaged-tasks report (``reports/packaged-tasks-smollm2/runs``, the runs its ``paired.py`` reads).
+derivative checkpoint ``tuner-v2-top-s<seed>``, the shipped file's runs of stage top-derivative),
+``top-held-out/<task>/tuner-v2-top-<lr>-linear-s<seed>`` (stage top-decay-held-out) and the other arms' runs from the packaged-tasks report (``reports/packaged-tasks-smollm2/runs``, the runs its ``paired.py`` reads).
 Checks, with that script's own check, that every arm of a seed starts from the same test split (the same accuracy
 and loss before training and the same calibration reference) and that within an arm the runs differ only in seed,
 threads and the task's name; prints :func:`finetune.bench.paired_table` with tuner v2 first, then with FZOO first.
@@ -19,7 +20,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
 from finetune.bench import paired_table  # noqa: E402
+from top_screen import DECAY_LRS, TASKS as SCREEN_TASKS, arms as screen_arms, decay_verdict  # noqa: E402
 
 PACKAGED = HERE.parent / "packaged-tasks-smollm2" / "runs"
 # the checks of the packaged-tasks report's paired tables (loaded by path: this folder has a paired.py of its own)
@@ -32,13 +35,26 @@ DERIVATIVE = "vader-polarity-derivative"  # word polarity on the packaged-tasks 
 TASKS = ("vader-polarity", "city-country", "city-continent", "city-hemisphere", DERIVATIVE)
 
 
+def decay_lr() -> str | None:
+    """The top lr section 20's screen carried to the held-out tasks with a linear decay (read from its runs, not
+    typed in), or None when its rule carried none (or its runs have not all finished)."""
+    table = {t: screen_arms(t) for t in SCREEN_TASKS}
+    if not all(f"+ top {lr} linear" in table[t] for lr in DECAY_LRS for t in SCREEN_TASKS):
+        return None
+    best, wins = decay_verdict(table)
+    return best.split()[2] if wins else None
+
+
 def folders(task: str) -> dict[str, Path]:
     """Arm -> the folder of seed ``{}``; word polarity's MeZO and tuner v2 runs sit at the top of ``runs/``. On the
-    derivative checkpoint the step's arm is the shipped file ``smollm2-135m-v2-top`` itself (stage top-derivative)."""
+    derivative checkpoint the constant step's arm is the shipped file ``smollm2-135m-v2-top`` itself (stage
+    top-derivative)."""
     top = "" if task == "vader-polarity" else f"{task}/"
     step = TOP / task / ("tuner-v2-top-s{}" if task == DERIVATIVE else "tuner-v2-top-3e-4-s{}")
-    return {"tuner v2": PACKAGED / f"{top}tuner-v2-s{{}}", "tuner v2 + top 3e-4": step,
-            "FZOO": PACKAGED / task / "fzoo-3e-3-s{}", "MeZO": PACKAGED / f"{top}mezo-3e-5-s{{}}"}
+    out = {"tuner v2": PACKAGED / f"{top}tuner-v2-s{{}}", "tuner v2 + top 3e-4": step}
+    if (lr := decay_lr()) is not None:
+        out[f"tuner v2 + top {lr} linear"] = TOP / task / f"tuner-v2-top-{lr}-linear-s{{}}"
+    return out | {"FZOO": PACKAGED / task / "fzoo-3e-3-s{}", "MeZO": PACKAGED / f"{top}mezo-3e-5-s{{}}"}
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
@@ -52,25 +68,32 @@ def read(task: str) -> dict[str, dict[int, dict]]:
 def main() -> None:
     print("# The top-block step on the held-out packaged tasks, paired by seed\n")
     print("Written by `python reports/tuner-v2-smollm2/top_held_out.py`. Tuner v2 as shipped with and without "
-          "`--top-lr 3e-4` (on the derivative checkpoint: the shipped file smollm2-135m-v2-top, the same step), FZOO "
-          "3e-3 and MeZO 3e-5; 1000 passes (FZOO 999), batch 8, fp32.\n")
+          "`--top-lr 3e-4` (on the derivative checkpoint: the shipped file smollm2-135m-v2-top, the same step), "
+          + (f"with `--top-lr {lr} --top-schedule linear` (section 20), " if (lr := decay_lr()) else "")
+          + "FZOO 3e-3 and MeZO 3e-5; 1000 passes (FZOO 999), batch 8, fp32. Arms with fewer seeds than the others "
+          "get tables of their own, over their seeds.\n")
     for task in TASKS:
         print(f"## {task}\n")
         arms = read(task)
         missing = {a: sorted(set(SEEDS) - set(r)) for a, r in arms.items() if set(SEEDS) - set(r)}
         if missing:
             print(f"Not run (or not finished): {missing}.\n")
-        seeds = sorted(set.intersection(*(set(r) for r in arms.values())))
-        if len(seeds) < 2:
-            print("Fewer than two seeds with every arm: no paired table.\n")
-            continue
-        arms = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
-        packaged_paired.check(task, arms, seeds)
-        for first in ("tuner v2", "FZOO"):
-            order = [first] + [a for a in arms if a != first]
-            print(f"Arms: {', '.join(order)}.\n")
-            print(paired_table([arms[a] for a in order]))
-            print()
+        full = {a: r for a, r in arms.items() if set(SEEDS) <= set(r)}
+        partial = {a: r for a, r in arms.items() if a not in full and len(r) >= 2}
+        groups = [(full, sorted(SEEDS))] if len(full) >= 2 else []
+        groups += [({**{b: full[b] for b in full if b in ("tuner v2", "FZOO")}, a: r}, sorted(r))
+                   for a, r in partial.items()]
+        if not groups:
+            print("Fewer than two seeds with two arms: no paired table.\n")
+        for group, seeds in groups:
+            group = {a: {s: r[s] for s in seeds} for a, r in group.items()}
+            packaged_paired.check(task, group, seeds)
+            firsts = [a for a in ("tuner v2", "FZOO", "tuner v2 + top 3e-4") if a in group]
+            for first in firsts if any(a.endswith("linear") for a in group) else firsts[:2]:
+                order = [first] + [a for a in group if a != first]
+                print(f"Arms: {', '.join(order)}.\n")
+                print(paired_table([group[a] for a in order]))
+                print()
 
 
 if __name__ == "__main__":
