@@ -682,7 +682,8 @@ fi
 # held-out settings of stage top-held-out: tuner v2 plus `--top-lr 1e-3 --top-schedule linear`, three seeds each (the
 # same TS; on the derivative, word polarity on runs/derivative-python-docs, rebuilt here first by the packaged-tasks
 # report's own command), against the committed runs of tuner v2, the constant step, FZOO and MeZO. Order:
-# city-continent, city-country, word polarity, city-hemisphere, then the derivative; two runs at a time. This
+# city-continent, city-country, word polarity, city-hemisphere, then the derivative; two runs at a time (the
+# derivative checkpoint is built first, on one core, beside city-continent's seed 0 on the other). This
 # session's CPU is not the earlier sessions' (its forward passes differ from theirs by about 1e-7, relative): the new
 # runs share split, batches and noise seeds with the committed ones, not their bits.
 if [[ $stage == top-decay-held-out || $stage == all ]]; then
