@@ -461,16 +461,19 @@ def test_the_shipped_v2_tuner_is_mezo_scales_plus_the_head_lr_its_committed_benc
     assert v2.head_lr == float(min(losses, key=losses.get)) == sel["chosen"] and v2.recommended["lr"] == sel["lr"]
 
 
-def test_the_shipped_v2_top_tuner_is_v2_plus_the_top_lr_its_committed_screen_chose(tmp_path):
+@pytest.mark.parametrize("name", ["-top", "-top-linear"])
+def test_the_shipped_v2_top_tuners_are_v2_plus_the_top_step_their_committed_screens_chose(tmp_path, name):
     """smollm2-135m-v2-top is smollm2-135m-v2 (same bank, head step and recommended lr) plus the top lr whose mean final
     dev loss over the screen's committed runs is lowest, and below tuner v2's on both screened tasks (the rule of
-    run.sh); its recipe (make_top_tuner.py) writes it again, the same metadata and tensors."""
+    run.sh); -top-linear the same over section 20's arms too (constant and linearly decaying), whose pick must be a
+    linear one, carried with its schedule; their recipe (make_top_tuner.py) writes each again, the same metadata and
+    tensors."""
     import subprocess
     import sys
 
     root = cli.Path(cli.__file__).parent
     folder, report = root / "checkpoints/pretrained", root / "reports/tuner-v2-smollm2"
-    v2, top = (Tuner.from_pretrained(folder / f"smollm2-135m-v2{n}.safetensors") for n in ("", "-top"))
+    v2, top = (Tuner.from_pretrained(folder / f"smollm2-135m-v2{n}.safetensors") for n in ("", name))
     assert all(torch.equal(getattr(v2.bank, k), getattr(top.bank, k)) for k in ("W1", "b1", "W2", "b2"))
     assert (top.head, top.recommended, v2.top) == (v2.head, v2.recommended, None)
 
@@ -481,13 +484,17 @@ def test_the_shipped_v2_top_tuner_is_v2_plus_the_top_lr_its_committed_screen_cho
     bench = "head-select-packaged/packaged-word-class/head-lr-0.0003/seed-0/bench.json"  # tuner v2's run there
     alone = {"word-class": final_dev(report / bench),
              "noun-number": final_dev(report / "top-screen/noun-number/tuner-v2-s0/metrics.json")}
-    dev = {lr: {t: final_dev(report / f"top-screen/{t}/tuner-v2-top-{lr}-s0/metrics.json") for t in alone}
-           for lr in ("1e-4", "3e-4")}
-    best = min(dev, key=lambda lr: sum(dev[lr].values()))
-    assert top.top_lr == float(best) and all(dev[best][t] < alone[t] for t in alone)
+    decay = name.endswith("linear")
+    arms = ["1e-4", "3e-4"] + (["3e-4-linear", "1e-3-linear"] if decay else [])
+    dev = {arm: {t: final_dev(report / f"top-screen/{t}/tuner-v2-top-{arm}-s0/metrics.json") for t in alone}
+           for arm in arms}
+    best = min(dev, key=lambda arm: sum(dev[arm].values()))
+    assert top.top_lr == float(best.split("-linear")[0]) and all(dev[best][t] < alone[t] for t in alone)
+    assert top.top_schedule == ("linear" if decay else None) and best.endswith("linear") == decay
     out = tmp_path / "again.safetensors"
-    subprocess.run([sys.executable, str(report / "make_top_tuner.py"), str(out)], check=True, capture_output=True)
-    files = [out, folder / "smollm2-135m-v2-top.safetensors"]  # (safetensors orders its header's keys freely)
+    subprocess.run([sys.executable, str(report / "make_top_tuner.py"), *(["--decay"] if decay else []), str(out)],
+                   check=True, capture_output=True)
+    files = [out, folder / f"smollm2-135m-v2{name}.safetensors"]  # (safetensors orders its header's keys freely)
     metas = []
     for path in files:
         with safe_open(str(path), framework="pt") as f:
