@@ -63,10 +63,11 @@ def start(m: dict) -> tuple:
     return m["eval"]["n"], m["eval"]["before"], m["eval"]["loss_before"], m["calibration"]["test"]
 
 
-def same_start(a, b, rel: float = 1e-5) -> bool:
+def same_start(a, b, rel: float = 1e-4) -> bool:
     """Whether two :func:`start` records agree: exactly in what is not a float, within ``rel`` (relative) in what is.
     Runs made on another CPU compute the same forward passes with differences of about 1e-7 (relative): the same
-    split, batches and noise seeds, not the same bits (reports/tuner-v2-smollm2, section 20)."""
+    split, batches and noise seeds, not the same bits; the derivative checkpoint rebuilt there by the same command
+    starts 4e-5 (relative) away in test loss, the same accuracy (reports/tuner-v2-smollm2, section 20)."""
     if isinstance(a, float) and isinstance(b, float):
         return abs(a - b) <= rel * max(abs(a), abs(b))
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
