@@ -117,9 +117,10 @@ def test_two_ranks_with_the_head_step_match_one_process(tmp_path, head):
     """Batch mode with the head step (or a head race): each rank's passes see its shard (3 and 2 of 5 examples), the
     head's input and option logits are all-gathered, and every rank steps the rows as one process does. The ranks
     agree bit for bit after every step (--check-every 1). With one-token options the head's matrix product over 3
-    or 2 rows differs from the one over 5 in the last bit on our CPU (the premise test above is bit-exact for longer
-    options only), so the run is compared with one process to 1e-6, against head rows that move by about
-    1e-2 per step: a rank that stepped on its shard alone, or a mis-scaled gradient, is off by far more."""
+    or 2 rows differs from the one over 5 in the last bit on our CPUs (the premise test above is bit-exact for longer
+    options only), and Adam's normalised step carries that into the rows (about 1e-6 relative in the losses after
+    four steps on an AVX-512 CPU), so the run is compared with one process to 1e-5, against head rows that move by
+    about 1e-2 per step: a rank that stepped on its shard alone, or a mis-scaled gradient, is off by far more."""
     task = Path(_jsonl(tmp_path, one_token_examples(60)))
     one, two, mezo = tmp_path / "one", tmp_path / "two", tmp_path / "mezo"
     assert cli.main(base_args(task, one, *head)) == 0
@@ -129,11 +130,11 @@ def test_two_ranks_with_the_head_step_match_one_process(tmp_path, head):
     assert b["parallel"]["world_size"] == 2 and a["forwards"] == b["forwards"]
     assert a["head_lr"] == b["head_lr"] > 0 and (a.get("head_race") or {}).get("steps_active") == \
         (b.get("head_race") or {}).get("steps_active")
-    assert torch.allclose(torch.tensor(a["train_loss"]), torch.tensor(b["train_loss"]), rtol=1e-6, atol=0)
+    assert torch.allclose(torch.tensor(a["train_loss"]), torch.tensor(b["train_loss"]), rtol=1e-5, atol=0)
     assert cli.main(base_args(task, mezo)) == 0  # the same run without the head step
     wa, wb, wm = weights(one / "model"), weights(two / "model"), weights(mezo / "model")
     for k in wa:
-        assert (wa[k] - wb[k]).abs().max() <= 1e-6, k
+        assert (wa[k] - wb[k]).abs().max() <= 1e-5, k
     assert max((wa[k] - wm[k]).abs().max() for k in wa) > 1e-3  # the head step moved the rows
 
 
