@@ -320,3 +320,7 @@ done
 # as the lanes free up after the tuner-v2 report's city-hemisphere runs; seed 2 is dropped for time before it starts.
 # --- 20:23, a cut written before it takes effect: GV's seed 1 on city-continent is dropped for time before it starts
 # (city-country's has run and word polarity's is running); the test suite takes that core.
+# --- 2026-12-06 (seventh session), 23:18, written before it runs: GV's seed 2 on city-country and word polarity (as
+# above), two at a time, on this session's machine (its CPU computes the same passes with differences of about 1e-7
+# from the earlier sessions': the same splits, batches and noise seeds, not the same bits; tuner-v2 report, section
+# 20). GV's seeds 1 and 2 on city-continent stay cut for time.
