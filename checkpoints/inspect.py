@@ -18,18 +18,22 @@ def block_role(name: str) -> str:
 
 def provenance_text(tuner: Tuner) -> str:
     """One line saying where a tuner comes from (meta-training run, imported file, benchmark, or an untrained bank
-    given a head step), and where its head step's lr was chosen when it has one."""
+    given a head step), and where its head step's and top-block step's lrs were chosen when it has them."""
     prov = tuner.provenance or {}
     if not prov:
         return "no provenance recorded"
     sel = prov.get("head_selection")
     head = "" if not isinstance(sel, dict) else (
         f"; head step lr chosen on {', '.join(sel.get('tasks', [])) or '?'} by meta-train-head, {sel.get('date', '?')}")
+    top = prov.get("top_selection")
+    if isinstance(top, dict):  # by meta-train-top (dated), or by a report's screen (it names the report)
+        head += (f"; top-block step lr chosen on {', '.join(top.get('tasks', [])) or '?'} "
+                 + (f"by meta-train-top, {top['date']}" if "date" in top else f"({top.get('report', '?')})"))
     if "imported_from" in prov:
         src = prov["imported_from"]
         return (f"imported from the ZO Fine-tuner file {src.get('file', '?')} (run tag {src.get('run_tag', '?')}), "
                 f"{prov.get('date', '?')}" + head)
-    if set(prov) == {"head_selection"}:  # meta-train-head from an untrained tuner (which records nothing)
+    if not set(prov) - {"head_selection", "top_selection"}:  # from an untrained tuner (which records nothing)
         return "untrained bank (every scale 1: MeZO's step)" + head
     if "kind" in prov and "meta_tasks" not in prov:  # e.g. a static allocation written by a benchmark
         return str(prov["kind"]) + head

@@ -425,6 +425,12 @@ def test_model_card_and_provenance_line_of_a_v2_tuner(untrained):
         v2.provenance = {**prov, "head_selection": {"tasks": ["hotels"], "date": "d"}}
         line = provenance_text(v2)
         assert line.startswith(start) and line.endswith("; head step lr chosen on hotels by meta-train-head, d"), line
+    # a top-block step chosen on top of it: still an untrained bank, and where the top lr was chosen
+    for top, end in [({"tasks": ["wc"], "date": "e"}, "by meta-train-top, e"), ({"tasks": ["wc"], "report": "r 20"},
+                                                                             "(r 20)")]:
+        v2.provenance = {"head_selection": {"tasks": ["hotels"], "date": "d"}, "top_selection": top}
+        assert provenance_text(v2) == ("untrained bank (every scale 1: MeZO's step); head step lr chosen on hotels by "
+                                       f"meta-train-head, d; top-block step lr chosen on wc {end}")
 
 
 def test_a_second_bench_to_the_same_folder_is_refused_while_one_runs(tmp_path, capsys):
