@@ -324,3 +324,4 @@ done
 # above), two at a time, on this session's machine (its CPU computes the same passes with differences of about 1e-7
 # from the earlier sessions': the same splits, batches and noise seeds, not the same bits; tuner-v2 report, section
 # 20). GV's seeds 1 and 2 on city-continent stay cut for time.
+# --- 23:36, written before it runs: GV's seeds 1 and 2 on city-continent after all (as above), the two at once.
