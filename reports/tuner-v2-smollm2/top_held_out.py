@@ -6,7 +6,8 @@ paired by seed.
 
 Reads ``top-held-out/<task>/tuner-v2-top-3e-4-s<seed>/metrics.json`` (stage top-held-out of run.sh; on the
 derivative checkpoint ``tuner-v2-top-s<seed>``, the shipped file's runs of stage top-derivative),
-``top-held-out/<task>/tuner-v2-top-<lr>-linear-s<seed>`` (stage top-decay-held-out) and the other arms' runs from the packaged-tasks report (``reports/packaged-tasks-smollm2/runs``, the runs its ``paired.py`` reads).
+``top-held-out/<task>/tuner-v2-top-<lr>-linear-s<seed>`` (stage top-decay-held-out) and the other arms' runs from
+the packaged-tasks report (``reports/packaged-tasks-smollm2/runs``, the runs its ``paired.py`` reads).
 Checks, with that script's own check, that every arm of a seed starts from the same test split (the same accuracy
 and loss before training and the same calibration reference) and that within an arm the runs differ only in seed,
 threads and the task's name; prints :func:`finetune.bench.paired_table` with tuner v2 first, then with FZOO first.
@@ -45,36 +46,37 @@ def decay_lr() -> str | None:
     return best.split()[2] if wins else None
 
 
-def folders(task: str) -> dict[str, Path]:
+def folders(task: str, lr: str | None) -> dict[str, Path]:
     """Arm -> the folder of seed ``{}``; word polarity's MeZO and tuner v2 runs sit at the top of ``runs/``. On the
     derivative checkpoint the constant step's arm is the shipped file ``smollm2-135m-v2-top`` itself (stage
-    top-derivative)."""
+    top-derivative). ``lr``: section 20's decayed top lr (:func:`decay_lr`), whose arm joins when not None."""
     top = "" if task == "vader-polarity" else f"{task}/"
     step = TOP / task / ("tuner-v2-top-s{}" if task == DERIVATIVE else "tuner-v2-top-3e-4-s{}")
     out = {"tuner v2": PACKAGED / f"{top}tuner-v2-s{{}}", "tuner v2 + top 3e-4": step}
-    if (lr := decay_lr()) is not None:
+    if lr is not None:
         out[f"tuner v2 + top {lr} linear"] = TOP / task / f"tuner-v2-top-{lr}-linear-s{{}}"
     return out | {"FZOO": PACKAGED / task / "fzoo-3e-3-s{}", "MeZO": PACKAGED / f"{top}mezo-3e-5-s{{}}"}
 
 
-def read(task: str) -> dict[str, dict[int, dict]]:
+def read(task: str, lr: str | None) -> dict[str, dict[int, dict]]:
     arms = {}
-    for arm, pattern in folders(task).items():
+    for arm, pattern in folders(task, lr).items():
         paths = {s: Path(str(pattern).format(s)) / "metrics.json" for s in SEEDS}
         arms[arm] = {s: json.loads(p.read_text()) for s, p in paths.items() if p.is_file()}
     return arms
 
 
 def main() -> None:
+    lr = decay_lr()  # read from the screen's runs once
     print("# The top-block step on the held-out packaged tasks, paired by seed\n")
     print("Written by `python reports/tuner-v2-smollm2/top_held_out.py`. Tuner v2 as shipped with and without "
           "`--top-lr 3e-4` (on the derivative checkpoint: the shipped file smollm2-135m-v2-top, the same step), "
-          + (f"with `--top-lr {lr} --top-schedule linear` (section 20), " if (lr := decay_lr()) else "")
+          + (f"with `--top-lr {lr} --top-schedule linear` (section 20), " if lr else "")
           + "FZOO 3e-3 and MeZO 3e-5; 1000 passes (FZOO 999), batch 8, fp32. Arms with fewer seeds than the others "
           "get tables of their own, over their seeds.\n")
     for task in TASKS:
         print(f"## {task}\n")
-        arms = read(task)
+        arms = read(task, lr)
         missing = {a: sorted(set(SEEDS) - set(r)) for a, r in arms.items() if set(SEEDS) - set(r)}
         if missing:
             print(f"Not run (or not finished): {missing}.\n")
