@@ -26,38 +26,28 @@ V2 = ROOT / "checkpoints" / "pretrained" / "smollm2-135m-v2.safetensors"
 
 def main() -> None:
     args = sys.argv[1:]
-    if "--decay" in args:
+    decay = "--decay" in args
+    if decay:
         args.remove("--decay")
-        return decayed(Path(args[0]) if args else V2.with_name("smollm2-135m-v2-top-linear.safetensors"))
-    out = Path(args[0]) if args else V2.with_name("smollm2-135m-v2-top.safetensors")
+    name = "smollm2-135m-v2-top-linear.safetensors" if decay else "smollm2-135m-v2-top.safetensors"
+    out = Path(args[0]) if args else V2.with_name(name)
     table = {t: arms(t) for t in TASKS}
-    best, wins = verdict(table)
+    best, wins = (decay_verdict if decay else verdict)(table)
     if not wins:
-        sys.exit(f"top lr {best} does not beat tuner v2's final dev loss on every screened task: nothing to ship")
-    tuner = Tuner.from_pretrained(V2).with_top(float(best))
+        sys.exit(f"section 20's rule chose {best}, not a linear arm that beats tuner v2 on every task: nothing to ship"
+                 if decay else
+                 f"top lr {best} does not beat tuner v2's final dev loss on every screened task: nothing to ship")
+    arm = best if decay else f"+ top {best}"  # decay_verdict names the arm, verdict the lr
+    lr = arm.split()[2]
+    grid = {x: f"+ top {x}" for x in TOP_LRS} | ({f"{x} linear": f"+ top {x} linear" for x in DECAY_LRS} if decay
+                                                     else {})
+    tuner = Tuner.from_pretrained(V2).with_top(float(lr), "linear" if decay else None)
     tuner.provenance = {**tuner.provenance, "top_selection": {
         "tasks": [f"packaged:{t}" for t in TASKS], "forwards": 1000, "seeds": [0],
-        "dev_loss": {"0": mean_dev(table, "tuner v2"), **{lr: mean_dev(table, f"+ top {lr}") for lr in TOP_LRS}},
-        "report": "reports/tuner-v2-smollm2 section 18"}}
-    dev = mean_dev(table, f"+ top {best}")
-    print(f"top lr {best} (mean final dev loss {dev:.4f}); wrote {tuner.save_pretrained(out)}")
-
-
-
-def decayed(out: Path) -> None:
-    """Section 20: tuner v2 plus the top lr whose linear decay section 20's rule chose, refused unless it did."""
-    table = {t: arms(t) for t in TASKS}
-    best, wins = decay_verdict(table)
-    if not wins:
-        sys.exit(f"section 20's rule chose {best}, not a linear arm that beats tuner v2 on every task: nothing to ship")
-    lr = best.split()[2]
-    tuner = Tuner.from_pretrained(V2).with_top(float(lr), "linear")
-    tuner.provenance = {**tuner.provenance, "top_selection": {
-        "tasks": [f"packaged:{t}" for t in TASKS], "forwards": 1000, "seeds": [0],
-        "dev_loss": {"0": mean_dev(table, "tuner v2"), **{x: mean_dev(table, f"+ top {x}") for x in TOP_LRS},
-                     **{f"{x} linear": mean_dev(table, f"+ top {x} linear") for x in DECAY_LRS}},
-        "report": "reports/tuner-v2-smollm2 section 20"}}
-    print(f"top lr {lr}, linear (mean final dev loss {mean_dev(table, best):.4f}); wrote {tuner.save_pretrained(out)}")
+        "dev_loss": {"0": mean_dev(table, "tuner v2"), **{k: mean_dev(table, a) for k, a in grid.items()}},
+        "report": f"reports/tuner-v2-smollm2 section {20 if decay else 18}"}}
+    print(f"top lr {lr}{', linear' if decay else ''} (mean final dev loss {mean_dev(table, arm):.4f}); "
+          f"wrote {tuner.save_pretrained(out)}")
 
 
 if __name__ == "__main__":
