@@ -35,7 +35,7 @@ from checkpoints import Tuner
 from finetune.common.errors import ZotuneError
 from finetune.common.runs import check_number
 from finetune.trainer import FinetuneConfig
-from meta.selection import check_out, final_dev_loss, locked_output, tuner_run, write_tuner
+from meta.selection import checked_start, final_dev_loss, locked_output, tuner_run, write_tuner
 
 
 @dataclass
@@ -124,14 +124,7 @@ def select_head_lr(base: FinetuneConfig, search: HeadSearch, work: Path, out: Pa
     file, written atomically; an existing file is refused). Returns the new tuner."""
     search.validate()
     base = replace(base, method="tuner", head_lr=None, head_race=None)
-    if base.n_dev < 1:
-        raise ZotuneError("the head lr is chosen on the dev split: set --n-dev >= 1")
-    base.validate()
-    out = check_out(out)
-    tuner = tuner or Tuner.from_pretrained(base.tuner)
-    if tuner.adapter is not None:
-        raise ZotuneError("this tuner is for an adapter (--peft), which keeps the output head frozen: the head step "
-                          "does not apply to it")
+    out, tuner = checked_start(base, out, tuner, "head lr", "head step", "the output head")
     if tuner.head is not None:
         raise ZotuneError(f"{base.tuner} has a head step already ({tuner.head_text}); start from a tuner without "
                           "one, such as the one meta-train wrote")

@@ -80,6 +80,22 @@ def check_out(out: Path) -> Path:
     return check_output(out, kind="file")
 
 
+def checked_start(base: FinetuneConfig, out: Path, tuner: Tuner | None, lr: str, step: str,
+                  frozen: str) -> tuple[Path, Tuner]:
+    """Refuse, before any run, what a selection of the ``step``'s ``lr`` cannot start from: no dev split to choose
+    on, bad run options, an ``--out`` that is not a new ``.safetensors`` file, a tuner for an adapter (which keeps
+    ``frozen`` frozen). Returns ``out`` and the tuner (``tuner``, else read from ``base.tuner``)."""
+    if base.n_dev < 1:
+        raise ZotuneError(f"the {lr} is chosen on the dev split: set --n-dev >= 1")
+    base.validate()
+    out = check_out(out)
+    tuner = tuner or Tuner.from_pretrained(base.tuner)
+    if tuner.adapter is not None:
+        raise ZotuneError(f"this tuner is for an adapter (--peft), which keeps {frozen} frozen: the {step} does not "
+                          "apply to it")
+    return out, tuner
+
+
 @contextmanager
 def locked_output(out: Path) -> Iterator[None]:
     """Hold ``out`` for this selection (a second one writing it is refused) and refuse it, again, if it exists."""

@@ -28,7 +28,7 @@ from checkpoints import Tuner
 from finetune.common.errors import ZotuneError
 from finetune.common.runs import SCHEDULES, check_number
 from finetune.trainer import FinetuneConfig
-from meta.selection import check_out, final_dev_loss, locked_output, tuner_run, write_tuner
+from meta.selection import checked_start, final_dev_loss, locked_output, tuner_run, write_tuner
 
 
 @dataclass
@@ -70,14 +70,7 @@ def select_top_lr(base: FinetuneConfig, search: TopSearch, work: Path, out: Path
     ``out`` (a new ``.safetensors`` file, written atomically). Returns the new tuner."""
     search.validate()
     base = replace(base, method="tuner", top_lr=None, top_schedule=None)
-    if base.n_dev < 1:
-        raise ZotuneError("the top lr is chosen on the dev split: set --n-dev >= 1")
-    base.validate()
-    out = check_out(out)
-    tuner = tuner or Tuner.from_pretrained(base.tuner)
-    if tuner.adapter is not None:
-        raise ZotuneError("this tuner is for an adapter (--peft), which keeps the last MLP frozen: the top-block step "
-                          "does not apply to it")
+    out, tuner = checked_start(base, out, tuner, "top lr", "top-block step", "the last MLP")
     if tuner.top is not None:
         raise ZotuneError(f"{base.tuner} has a top-block step already (lr {tuner.top_lr:g}); start from a tuner "
                           "without one, such as the one meta-train-head wrote")
