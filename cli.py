@@ -646,8 +646,9 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
                    help="compare a parameter checksum across ranks every N steps (default %(default)s; 0 = never)")
 
 
-def _selection_run_args(p: argparse.ArgumentParser, d) -> None:
-    """The options of the short fine-tunes that meta-train-head and meta-train-top choose by (``d``: the defaults)."""
+def _selection_run_args(p: argparse.ArgumentParser, d, work: str) -> None:
+    """The options of the short fine-tunes that meta-train-head and meta-train-top choose by (``d``: the defaults),
+    then where their benches go (``work``: its help) and the tuner they write."""
     p.add_argument("--forwards", type=int, default=1000, help="forward passes per run (default %(default)s)")
     p.add_argument("--eval-points", action=_Count, default=5, help="evaluations along each run (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
@@ -657,6 +658,10 @@ def _selection_run_args(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--n-test", type=int, default=d.n_test, help="(default %(default)s)")
     p.add_argument("--max-length", type=int, default=d.max_length, help="(default %(default)s)")
     p.add_argument("--noise", default=d.noise, choices=["auto", "table", "gaussian"])
+    p.add_argument("--work", default=None, metavar="DIR", help=work)
+    p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
+    g = _hardware_args(p)
+    g.add_argument("--autocast", default=None, choices=["bf16"], help="every forward pass under bf16 autocast")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -717,14 +722,9 @@ def parser() -> argparse.ArgumentParser:
                    "benches, and the winning pair's lr becomes the tuner's recommended lr")
     p.add_argument("--seeds", type=_ints, default=[0],
                    help="comma-separated seeds, one bench each per (task, lr, head lr) (default 0)")
-    _selection_run_args(p, d)
-    p.add_argument("--work", default=None, metavar="DIR",
-                   help="where the benches go, one per (task, [lr,] head lr, seed); rerun the same command to continue "
-                   "after a kill, or with more --seeds/--tasks to widen a choice (finished benches are reused; "
-                   "default: <out stem>.head-benches beside --out)")
-    p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
-    g = _hardware_args(p)
-    g.add_argument("--autocast", default=None, choices=["bf16"], help="every forward pass under bf16 autocast")
+    _selection_run_args(p, d, work="where the benches go, one per (task, [lr,] head lr, seed); rerun the same command "
+                        "to continue after a kill, or with more --seeds/--tasks to widen a choice (finished benches are "
+                        "reused; default: <out stem>.head-benches beside --out)")
     p.set_defaults(func=cmd_meta_train_head)
 
     p = sub.add_parser("meta-train-top", help="choose a tuner's top-block step lr on meta-training tasks (short "
@@ -744,14 +744,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
     p.add_argument("--seeds", type=_ints, default=[0],
                    help="comma-separated seeds, one bench each per (task, top lr) (default 0)")
-    _selection_run_args(p, d)
-    p.add_argument("--work", default=None, metavar="DIR",
-                   help="where the benches go, one per (task, top lr, seed); rerun the same command to continue after "
-                   "a kill, or with more --seeds/--tasks to widen a choice (default: <out stem>.top-benches beside "
-                   "--out)")
-    p.add_argument("--out", required=True, help="the tuner file to write (.safetensors)")
-    g = _hardware_args(p)
-    g.add_argument("--autocast", default=None, choices=["bf16"], help="every forward pass under bf16 autocast")
+    _selection_run_args(p, d, work="where the benches go, one per (task, top lr, seed); rerun the same command to "
+                        "continue after a kill, or with more --seeds/--tasks to widen a choice (default: <out "
+                        "stem>.top-benches beside --out)")
     p.set_defaults(func=cmd_meta_train_top)
 
     tuners = sub.add_parser("tuners", help="inspect, share and import tuner artifacts").add_subparsers(
