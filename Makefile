@@ -27,8 +27,9 @@ fetch-model: setup
 
 # The main job: meta-train a tuner for the embedded SmolLM2-135M on two meta-training tasks of the packaged task
 # set (reports/packaged-tasks-smollm2), then fine-tune on a held-out task of that set (city-country: is the city of
-# X in country C?) with MeZO, with the tuner and with the shipped tuner v2 (MeZO's scales plus the head step), at
-# the same lr, seed and forward-pass budget, in fp32, and compare the three runs. (Until 2026-12-06 it ran on
+# X in country C?) with MeZO, with the tuner and with the recommended shipped tuner (MeZO's scales plus the head step
+# and a linearly decaying top-block step), at the same lr, seed and forward-pass budget, in fp32, and compare the
+# three runs. (Until 2026-12-06 it ran on
 # BIG-bench tasks, which the package index our machines use no longer serves.)
 COMMA      := ,
 META_TASKS := packaged:word-class,packaged:article
@@ -39,16 +40,17 @@ demo: fetch
 	$(PY) cli.py meta-train --tasks $(META_TASKS) --steps 10 --virtual-lr 3e-5 --out runs/demo/tuner.safetensors
 	$(PY) cli.py tuners inspect runs/demo/tuner.safetensors
 	@echo "fine-tuning with MeZO and the demo tuner in the background (runs/demo/mezo.log, runs/demo/tuner.log)" \
-	  "and with tuner v2 here: three runs of one thread on the two cores"
+	  "and with the recommended shipped tuner here: three runs of one thread on the two cores"
 	$(PY) cli.py finetune --method mezo $(DEMO_RUN) --threads 1 --out runs/demo/mezo > runs/demo/mezo.log 2>&1 & \
 	  mezo_pid=$$!; \
 	  $(PY) cli.py finetune --tuner runs/demo/tuner.safetensors $(DEMO_RUN) --threads 1 --out runs/demo/tuner \
 	  > runs/demo/tuner.log 2>&1 & tuner_pid=$$!; \
 	  trap 'kill $$mezo_pid $$tuner_pid 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
-	  $(PY) cli.py finetune --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors $(DEMO_RUN) --threads 1 \
-	  --out runs/demo/tuner-v2; v2=$$?; wait $$mezo_pid; mezo=$$?; wait $$tuner_pid; tuner=$$?; trap - EXIT; \
+	  $(PY) cli.py finetune --tuner checkpoints/pretrained/smollm2-135m-v2-top-linear.safetensors $(DEMO_RUN) \
+	  --threads 1 --out runs/demo/tuner-v2-top-linear; v2=$$?; \
+	  wait $$mezo_pid; mezo=$$?; wait $$tuner_pid; tuner=$$?; trap - EXIT; \
 	  tail -n 1 runs/demo/mezo.log; tail -n 1 runs/demo/tuner.log; test $$v2 = 0 && test $$mezo = 0 && test $$tuner = 0
-	$(PY) cli.py compare runs/demo/mezo runs/demo/tuner runs/demo/tuner-v2
+	$(PY) cli.py compare runs/demo/mezo runs/demo/tuner runs/demo/tuner-v2-top-linear
 
 test: fetch-model
 	$(PY) -m pytest -q
