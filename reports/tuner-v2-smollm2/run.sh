@@ -711,8 +711,8 @@ fi
 if [[ $stage == top-ship || $stage == all ]]; then
   python $R/make_top_tuner.py --decay
 fi
-# 00:10 on 2026-12-07, written before it runs (it starts once `make demo`, timed, has ended): meta-train-top, the command that makes such a file, run on SmolLM2 for
-# the first time (until now on tiny models only), on the screen's two META-TRAINING tasks and settings (batch 8,
+# 00:10 on 2026-12-07, written before it runs (it starts once `make demo`, timed, has ended): meta-train-top, the
+# command that makes such a file, run on SmolLM2 for the first time (until now on tiny models only), on the screen's two META-TRAINING tasks and settings (batch 8,
 # 1000 passes, evaluations at 250 and 500 steps, lr 3e-5, seed 0), with the grid widened above the screen's choice:
 # 0 (tuner v2), 3e-4, 1e-3 and 3e-3, all linear (1e-3 was the top of the screen's grid). Two processes share the
 # benches' folder (each half of the grid on both tasks), then one command with the whole grid reads the eight finished
