@@ -152,6 +152,8 @@ class FinetuneConfig(RunConfig):
             check_number("--top-lr", self.top_lr, low=0)
         if self.top_schedule not in (None, *SCHEDULES):
             raise ZotuneError(f"unknown --top-schedule '{self.top_schedule}'; use one of {', '.join(SCHEDULES)}")
+        if self.top_schedule is not None and not (self.top_lr or self.top_lr is None and self.method == "tuner"):
+            raise ZotuneError(no_top_step(self.top_schedule))  # a tuner's step is known once it is read
         if self.top_lr and self.method == FO:
             raise ZotuneError("--top-lr is for ZO methods; --method fo trains the last MLP by backpropagation already: "
                               "drop --top-lr")
@@ -344,11 +346,20 @@ def top_lr_of(cfg: FinetuneConfig, tuner=None) -> float:
 
 def top_schedule_of(cfg: FinetuneConfig, tuner=None) -> str | None:
     """The top-block step's own lr schedule a run takes: ``--top-schedule`` when given, else the tuner's when the
-    run takes the tuner's step (method ``tuner`` without ``--top-lr``), else None: the run's ``--schedule``."""
+    run takes the tuner's step (method ``tuner`` without ``--top-lr``), else None: the run's ``--schedule``. Refuses
+    a ``--top-schedule`` for a run that takes no top-block step (a tuner without one, or ``--top-lr 0``)."""
+    if cfg.top_schedule is not None and not top_lr_of(cfg, tuner):
+        raise ZotuneError(no_top_step(cfg.top_schedule))
     if cfg.top_schedule is not None or cfg.top_lr is not None:
         return cfg.top_schedule
     tuner = run_tuner(cfg, tuner)
     return None if tuner is None else tuner.top_schedule
+
+
+def no_top_step(schedule: str) -> str:
+    """The refusal of a ``--top-schedule`` given to a run that takes no top-block step (it would do nothing)."""
+    return (f"--top-schedule {schedule} schedules the top-block step, and this run takes none: add --top-lr (or use "
+            "a tuner that carries a top-block step), or drop --top-schedule")
 
 
 def recorded_config(config: dict) -> dict:

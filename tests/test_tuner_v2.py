@@ -603,6 +603,24 @@ def test_a_tuners_top_step_is_refused_where_the_step_cannot_run(tmp_path, untrai
                    dp=FakeGroup("batch"))
 
 
+def test_a_top_schedule_without_a_top_step_is_refused(tmp_path, untrained, capsys):
+    """--top-schedule with no top-block step to schedule (no --top-lr, --top-lr 0, a tuner without one; a bench whose
+    arms take none) is refused in one line before anything is written, instead of being recorded and ignored."""
+    task = _jsonl(tmp_path, one_token_examples(40))
+    top = Tuner.from_pretrained(untrained).with_top(1e-3).save_pretrained(tmp_path / "top.safetensors")
+    run = ["finetune", *BASE, "--task", task, "--steps", "1", "--top-schedule", "linear"]
+    for k, extra in enumerate([["--method", "mezo"], ["--method", "mezo", "--top-lr", "0"],
+                               ["--tuner", str(untrained)], ["--tuner", str(top), "--top-lr", "0"]]):
+        err = bad(capsys, [*run, *extra, "--out", str(tmp_path / f"o{k}")])
+        assert "--top-schedule linear schedules the top-block step, and this run takes none" in err, err
+        assert not (tmp_path / f"o{k}").exists()
+    err = bad(capsys, ["bench", *BASE, "--task", task, "--methods", "mezo,fzoo", "--forwards", "4", "--seeds", "0",
+                       "--top-schedule", "cosine", "--out", str(tmp_path / "b")])
+    assert "this run takes none" in err and not (tmp_path / "b").exists()
+    assert cli.main([*run, "--tuner", str(top), "--out", str(tmp_path / "ok")]) == 0  # the tuner's step: scheduled
+    assert json.loads((tmp_path / "ok/metrics.json").read_text())["config"]["top_schedule"] == "linear"
+
+
 def test_inspect_shows_the_top_step(tmp_path, untrained):
     assert "top step   none" in inspect_text(untrained)
     tuner = Tuner.from_pretrained(untrained).with_top(3e-4)
