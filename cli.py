@@ -89,6 +89,7 @@ def _hardware_args(p: argparse.ArgumentParser):
 
 def _run_args() -> argparse.ArgumentParser:
     """Arguments shared by every command that fine-tunes a model on a task."""
+    from finetune.common.runs import SCHEDULES
     from finetune.data.models import EMBEDDED
     from finetune.trainer import DEFAULT_TASK, FinetuneConfig
 
@@ -122,7 +123,9 @@ def _run_args() -> argparse.ArgumentParser:
                    help=f"learning rate (default {d.lr:g}; with --tuner, the lr the tuner recommends)")
     g.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
     g.add_argument("--q", type=int, default=None, help="SPSA directions averaged per step: mezo, nspsa, zo-adam, tuner (default: the method's)")
-    g.add_argument("--schedule", default=d.schedule, choices=["constant", "linear", "cosine"])
+    g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
+                   help="the lr schedule (default %(default)s); linear-warmup: rises over the first tenth of the "
+                   "steps, then falls linearly to 0")
     g.add_argument("--weight-decay", action=_Finite, default=d.weight_decay)
     g.add_argument("--head-lr", action=_Finite, default=d.head_lr,
                    help="ZO methods, multiple choice with one-token options: also step the output head's option rows "
@@ -137,7 +140,7 @@ def _run_args() -> argparse.ArgumentParser:
                    "layer's MLP along its exact gradient at the scored position, read off the forward passes, with "
                    "Adam at this lr (default off; with --tuner, the tuner's own top-block step, which --top-lr 0 turns "
                    "off; docs/methods.md, 'The top-block step')")
-    g.add_argument("--top-schedule", default=d.top_schedule, choices=["constant", "linear", "cosine"],
+    g.add_argument("--top-schedule", default=d.top_schedule, choices=SCHEDULES,
                    help="the top-block step's lr schedule (default: the tuner's with --tuner and no --top-lr, else "
                    "--schedule's), e.g. linear: its lr decays to 0 over the run while the ZO method's stays")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
@@ -665,6 +668,7 @@ def _selection_run_args(p: argparse.ArgumentParser, d, work: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from finetune.common.runs import SCHEDULES
     from finetune.trainer import DEFAULT_TASK, METHODS
 
     top = Parser(prog=_prog(), description="zotune: learned zeroth-order fine-tuning of LLMs.")
@@ -737,9 +741,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-lrs", type=_floats, default=[0, 1e-4, 3e-4, 1e-3],
                    help="the top-block step's Adam lrs tried, comma-separated; 0 = no step, so that one is carried only "
                    "if it beats the tuner without it (default 0,1e-4,3e-4,1e-3)")
-    p.add_argument("--top-schedule", default=None, choices=["constant", "linear", "cosine"],
-                   help="the step's own lr schedule for every candidate, carried in the tuner (format 6) (default: "
-                   "none, the run's --schedule)")
+    p.add_argument("--top-schedule", default=None, choices=SCHEDULES,
+                   help="the step's own lr schedule for every candidate, carried in the tuner (format 6; 7 for "
+                   "linear-warmup) (default: none, the run's --schedule)")
     p.add_argument("--lr", action=_Finite, default=None,
                    help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
     p.add_argument("--seeds", type=_ints, default=[0],

@@ -25,8 +25,8 @@ fingerprint and its hash; :func:`pertnn.blocks.adapter_config`);
 of a head race, :class:`finetune.head.HeadRace`: :mod:`meta.head` chooses among them on the meta-training
 tasks); ``top`` (``null`` or absent: no top-block step; else ``{"lr": x}``, the Adam lr of the step on the last
 MLP, :mod:`finetune.top`, that fine-tuning with this tuner takes by default, and optionally ``"schedule"``, the lr
-schedule of that step: constant, linear or cosine; absent, the run's own ``--schedule``); ``recommended`` (the
-``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
+schedule of that step: constant, linear, cosine or linear-warmup; absent, the run's own ``--schedule``);
+``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
 the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
 
@@ -34,8 +34,9 @@ What is task-specific (loss history, last scales, the policy's online mean direc
 is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
 :class:`finetune.zo.online.OnlineMean`). A file with a direction policy has ``format_version`` 2 (older
 readers refuse it rather than silently dropping the policy); one with a head step has 3, for the same reason,
-one with a head race 4, one with a top-block step 5, and one whose top-block step names its own schedule 6; one with
-none of these stays at 1.
+one with a head race 4, one with a top-block step 5, one whose top-block step names its own schedule 6, and 7 when
+that schedule is linear-warmup (added after format 6; a format-6 reader would refuse its name with a message that
+does not say to upgrade); one with none of these stays at 1.
 """
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
 FORMAT = "zotune-tuner"
-FORMAT_VERSION = 6  # the newest format this reads (6: a top-block step's own schedule; 5: a top-block step; 4: a head
-#                    race; 3: a head step; 2: a direction policy; 1: PertNN)
+FORMAT_VERSION = 7  # the newest format this reads (7: a top-block step on linear-warmup; 6: a top-block step's own
+#                    schedule; 5: a top-block step; 4: a head race; 3: a head step; 2: a direction policy; 1: PertNN)
+SCHEDULES_SINCE = {"linear-warmup": 7}  # a top-block step schedule newer than format 6: the format it needs
 HEAD_KEYS = ("lr", "race")  # what a tuner's head step holds: one of them
 BANK_TENSORS = ("W1", "b1", "W2", "b2")
 _REQUIRED = ("base_model", "blocks", "tied_groups", "fingerprint_sha256", "features", "pertnn", "provenance")
@@ -356,7 +358,8 @@ class Tuner:
             tensors.update({f"policy.{k}": getattr(self.policy, k).detach().to("cpu", torch.float32).contiguous()
                             for k in BANK_TENSORS})
         doc = self.metadata() | {"tensors_sha256": tensors_sha256(tensors)}
-        version = (6 if self.top_schedule is not None else 5 if self.top is not None
+        version = (SCHEDULES_SINCE.get(self.top_schedule, 6) if self.top_schedule is not None
+                   else 5 if self.top is not None
                    else 4 if len(self.head_lrs) > 1 else 3 if self.head is not None
                    else 2 if self.policy is not None else 1)
         meta = {"format": FORMAT, "format_version": str(version),

@@ -156,7 +156,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, jsonl, monkeypatch, cap
     assert not (tmp_path / ".resumed.partial").exists() and not (out / "snapshot.pt").exists()
 
 
-@pytest.mark.parametrize("schedule,extend_ok", [("linear", False), ("constant", True)])
+@pytest.mark.parametrize("schedule,extend_ok", [("linear", False), ("linear-warmup", False), ("constant", True)])
 def test_resuming_with_more_steps_needs_a_constant_schedule(tmp_path, jsonl, monkeypatch, capsys, schedule, extend_ok):
     argv = ["finetune", "--model", "tiny-llama", "--task", str(jsonl), "--lr", "1e-3", "--batch-size", "4",
             "--n-test", "8", "--checkpoint-every", "2", "--schedule", schedule, "--no-save-model",

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import cli
 from checkpoints import Tuner
+from checkpoints.artifact import FORMAT_VERSION
 from checkpoints.inspect import inspect_text
 from finetune.common.errors import ZotuneError
 from finetune.data.models import load_model
@@ -81,7 +82,7 @@ def test_a_head_race_is_format_4_round_trips_and_bad_races_are_refused(tmp_path,
         save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "zotune": json.dumps(doc)})
         with pytest.raises(ZotuneError, match=message):
             Tuner.from_pretrained(tmp_path / "bad.safetensors")
-    save_file(tensors, str(tmp_path / "new.safetensors"), metadata={**meta, "format_version": "7"})
+    save_file(tensors, str(tmp_path / "new.safetensors"), metadata={**meta, "format_version": str(FORMAT_VERSION + 1)})
     with pytest.raises(ZotuneError, match="upgrade zotune"):
         Tuner.from_pretrained(tmp_path / "new.safetensors")
 
@@ -532,6 +533,10 @@ def test_a_top_step_is_format_5_round_trips_and_bad_top_metadata_is_refused(tmp_
         assert json.loads(f.metadata()["zotune"])["top"] == {"lr": 1e-3, "schedule": "linear"}
     back = Tuner.from_pretrained(tmp_path / "linear.safetensors")
     assert back.top_schedule == "linear" and back.top_lr == 1e-3 and back.with_top(0).top is None
+    warm = both.with_top(1e-3, "linear-warmup")  # a schedule newer than format 6: format 7, refused by its readers
+    with safe_open(str(warm.save_pretrained(tmp_path / "warm.safetensors")), framework="pt") as f:
+        assert f.metadata()["format_version"] == "7"
+    assert Tuner.from_pretrained(tmp_path / "warm.safetensors").top_schedule == "linear-warmup"
     with pytest.raises(ValueError, match="unknown schedule"):
         both.with_top(1e-3, "steep")
     for top, message in [({"lr": -1}, "not a finite number > 0"), ({"lr": 0}, "not a finite number > 0"),

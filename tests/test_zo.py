@@ -201,6 +201,22 @@ def test_schedules():
         make_schedule(opt, "exponential", 3)
 
 
+@pytest.mark.parametrize("steps", [1, 4, 20, 25])
+def test_linear_warmup_rises_over_a_tenth_of_the_steps_then_falls_to_zero(steps):
+    """linear-warmup, written out by hand: W = max(1, round(T/10)) steps at lr·k/W (step k from 1), then lr·(1 - j/(T-W))
+    at the (j + 1)-th step after them, driven through make_schedule as a run does."""
+    warm = max(1, round(steps / 10))
+    want = [k / warm for k in range(1, warm + 1)] + [1 - j / (steps - warm) for j in range(steps - warm)]
+    opt = ZOSGD(Quadratic(), lr=2.0)
+    sched, lrs = make_schedule(opt, "linear-warmup", total_steps=steps), []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"] / 2.0)
+        opt.step(opt.engine.model)
+        sched.step()
+    assert len(want) == steps and lrs == pytest.approx(want, rel=1e-12)
+    assert max(lrs) == pytest.approx(1.0) and min(lrs) > 0
+
+
 def test_state_dict_round_trip_continues_identically():
     a, b = tiny_llama(), tiny_llama()
     opt_a = ZOSGD(a, lr=1e-3, eps=1e-2, momentum=0.9, seed=4)

@@ -24,7 +24,10 @@ from finetune.common.errors import ZotuneError, first_line
 DTYPES = ("fp32", "bf16", "fp16")
 NOISES = ("auto", "table", "gaussian")
 DEVICE_MAPS = ("auto", "balanced", "sequential")
-SCHEDULES = ("constant", "linear", "cosine")  # lr schedules: a run's, and a tuner's top-block step's
+# lr schedules: a run's, and a tuner's top-block step's (finetune.zo.optim.schedule_factor). linear-warmup: the lr rises
+# linearly over the first WARMUP_FRACTION of the steps, then falls linearly to 0.
+SCHEDULES = ("constant", "linear", "cosine", "linear-warmup")
+WARMUP_FRACTION = 0.1
 FP16_MAX = 65504.0
 
 

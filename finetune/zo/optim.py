@@ -24,7 +24,7 @@ from torch import nn
 
 from pertnn.features import StepHistory
 
-from finetune.common.runs import SCHEDULES
+from finetune.common.runs import SCHEDULES, WARMUP_FRACTION
 from finetune.zo.online import OnlineMean, tuned_direction
 from finetune.zo.engine import Direction, ZOEngine
 
@@ -268,12 +268,17 @@ def make_optimizer(name: str, model: nn.Module, lr: float, eps: float, q: int = 
 
 def schedule_factor(name: str, t: int, total_steps: int) -> float:
     """The factor schedule ``name`` puts on the learning rate after ``t`` steps of ``total_steps`` (T): 1
-    (constant), ``1 - t/T`` (linear) or ``(1 + cos(pi t/T)) / 2`` (cosine). Step ``k`` (from 1) uses ``t = k - 1``."""
+    (constant), ``1 - t/T`` (linear), ``(1 + cos(pi t/T)) / 2`` (cosine), or for linear-warmup, with
+    ``W = max(1, round(WARMUP_FRACTION * T))`` warm-up steps, ``(t + 1)/W`` while ``t < W`` and then
+    ``1 - (t - W)/(T - W)``. Step ``k`` (from 1) uses ``t = k - 1``."""
     total = max(1, total_steps)
     if name == "constant":
         return 1.0
     if name == "linear":
         return max(0.0, 1 - t / total)
+    if name == "linear-warmup":
+        warm = max(1, round(WARMUP_FRACTION * total))
+        return (t + 1) / warm if t < warm else max(0.0, 1 - (t - warm) / max(1, total - warm))
     if name == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
     raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
