@@ -712,7 +712,8 @@ if [[ $stage == top-ship || $stage == all ]]; then
   python $R/make_top_tuner.py --decay
 fi
 # 00:10 on 2026-12-07, written before it runs (it starts once `make demo`, timed, has ended): meta-train-top, the
-# command that makes such a file, run on SmolLM2 for the first time (until now on tiny models only), on the screen's two META-TRAINING tasks and settings (batch 8,
+# command that makes such a file, run on SmolLM2 for the first time (so far, on tiny models only),
+# on the screen's two META-TRAINING tasks and settings (batch 8,
 # 1000 passes, evaluations at 250 and 500 steps, lr 3e-5, seed 0), with the grid widened above the screen's choice:
 # 0 (tuner v2), 3e-4, 1e-3 and 3e-3, all linear (1e-3 was the top of the screen's grid). Two processes share the
 # benches' folder (each half of the grid on both tasks), then one command with the whole grid reads the eight finished
@@ -747,4 +748,31 @@ if [[ $stage == top-warmup-screen || $stage == all ]]; then
   wait
   python cli.py meta-train-top "${TOPCLI[@]}" --top-lrs 0,1e-3,3e-3 --top-schedule linear-warmup \
     --out $R/top-cli/v2-top-linear-warmup.safetensors
+fi
+# 00:27 on 2026-12-07, written before stage top-warmup-screen has run; runs only if that stage's rule passes: the file
+# it wrote (tuner v2 plus the warm-up step at its chosen lr) on the five held-out settings of stage top-decay-held-out,
+# three seeds each, paired with the committed runs there (same split, batches and noise seeds). Seed-major order (all
+# five settings' seed 0 first), two lanes taking every other job, so that a session that ends early leaves whole
+# seeds. The rule, fixed now, for which file the README recommends: this one replaces v2-top-linear if, on each of
+# the five settings, its mean accuracy over the three seeds is no lower and its mean test loss lower than
+# v2-top-linear's; otherwise v2-top-linear stays. No decision on fewer than three seeds.
+WARM=$R/top-cli/v2-top-linear-warmup.safetensors
+warm_run() {  # setting seed; a finished run is skipped, so that the stage can be run again after a kill
+  local task=$1 name=$1 model=()
+  if [[ $1 == derivative ]]; then
+    task=vader-polarity name=vader-polarity-derivative model=(--model runs/derivative-python-docs)
+  fi
+  local out=$R/top-held-out/$name/tuner-v2-top-linear-warmup-s$2
+  [[ -f $out/metrics.json ]] || python cli.py finetune --task packaged:$task "${model[@]}" "${TS[@]}" --tuner $WARM \
+    --seed $2 --out $out
+}
+if [[ $stage == top-warmup-held-out || $stage == all ]]; then
+  jobs=()
+  for seed in 0 1 2; do
+    for t in city-country city-continent vader-polarity city-hemisphere derivative; do jobs+=("$t $seed"); done
+  done
+  for lane in 0 1; do
+    (for ((i = lane; i < ${#jobs[@]}; i += 2)); do warm_run ${jobs[i]}; done) &
+  done
+  wait
 fi
