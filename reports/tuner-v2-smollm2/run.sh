@@ -749,7 +749,7 @@ if [[ $stage == top-warmup-screen || $stage == all ]]; then
   python cli.py meta-train-top "${TOPCLI[@]}" --top-lrs 0,1e-3,3e-3 --top-schedule linear-warmup \
     --out $R/top-cli/v2-top-linear-warmup.safetensors
 fi
-# 00:27 on 2026-12-07, written before stage top-warmup-screen has run; runs only if that stage's rule passes: the file
+# 00:26 on 2026-12-07, written before stage top-warmup-screen has run; runs only if that stage's rule passes: the file
 # it wrote (tuner v2 plus the warm-up step at its chosen lr) on the five held-out settings of stage top-decay-held-out,
 # three seeds each, paired with the committed runs there (same split, batches and noise seeds). Seed-major order (all
 # five settings' seed 0 first), two lanes taking every other job, so that a session that ends early leaves whole
