@@ -1,14 +1,16 @@
-"""Section 21: meta-train-top on SmolLM2 (stage top-cli) and the warm-up screen (stage top-warmup-screen).
+"""Section 21: meta-train-top on SmolLM2 (stage top-cli), the warm-up screen (stage top-warmup-screen) and the choice
+on three seeds (stage top-seeds).
 
     python reports/tuner-v2-smollm2/top_cli.py [> reports/tuner-v2-smollm2/top-cli/screen.md]
 
-Reads the benches meta-train-top left under ``top-cli/packaged-<task>/top-lr-<lr>[-<schedule>]/seed-0/bench.json``
-and the files it wrote (``top-cli/v2-top-linear[-warmup].safetensors``). Checks, fixed in run.sh before the runs:
-the benches of 0, 3e-4 and 1e-3 (linear) end with the final dev losses of section 20's screen (``top-screen/``, the
-same computation: within 1e-4 relative, this CPU's tolerance; each is printed with its difference); if the command chose 1e-3 linear, its file holds
-the shipped v2-top-linear file's tensors, lr and schedule. Prints every arm's final dev loss, test loss and accuracy
-and its early training loss (mean of the first 10 steps, largest of the first 20), and the warm-up rule: its chosen
-arm goes to the held-out settings only if its mean final dev loss is lower than that of the best linear arm.
+Reads the benches meta-train-top left under ``top-cli/packaged-<task>/top-lr-<lr>[-<schedule>]/seed-<n>/bench.json``
+and the files it wrote (``top-cli/v2-top-linear[-warmup|-3seeds].safetensors``). Checks, fixed in run.sh before the
+runs: the benches of 0, 3e-4 and 1e-3 (linear) end with the final dev losses of section 20's screen (``top-screen/``,
+the same computation: within 1e-4 relative, this CPU's tolerance; each is printed with its difference); if the
+command chose 1e-3 linear, its file holds the shipped v2-top-linear file's tensors, lr and schedule. Prints every
+arm's final dev loss, test loss and accuracy and its early training loss (mean of the first 10 steps, largest of the
+first 20); the warm-up rule (its chosen arm goes to the held-out settings only if its mean final dev loss is lower
+than that of the best linear arm); and the seeds 0-2 table of stage top-seeds with the command's choice on them.
 """
 from __future__ import annotations
 
@@ -32,11 +34,12 @@ ARMS = {  # arm -> (bench folder, the section 20 screen run it must repeat, or N
 }
 LINEAR = [a for a in ARMS if a.endswith(" linear")]
 WARMUP = [a for a in ARMS if a.endswith("warmup")]
+SEED_ARMS = ["tuner v2", "+ top 3e-4 linear", "+ top 1e-3 linear"]  # stage top-seeds: seeds 0-2
 SHIPPED = ROOT / "checkpoints" / "pretrained" / "smollm2-135m-v2-top-linear.safetensors"
 
 
-def run_of(task: str, folder: str) -> dict | None:
-    path = HERE / "top-cli" / f"packaged-{task}" / folder / "seed-0" / "bench.json"
+def run_of(task: str, folder: str, seed: int = 0) -> dict | None:
+    path = HERE / "top-cli" / f"packaged-{task}" / folder / f"seed-{seed}" / "bench.json"
     return json.loads(path.read_text())["runs"][0] if path.is_file() else None
 
 
@@ -120,6 +123,37 @@ def main() -> None:
               + ("lower, so it goes to the held-out settings." if goes else "not lower, so it stops here."))
     else:
         print("\nNot every linear and warm-up arm has finished: no warm-up verdict.")
+    seeds()
+
+
+def seeds() -> None:
+    """Stage top-seeds: the final dev loss of 0, 3e-4 and 1e-3 linear on seeds 0-2, meta-train-top's choice over
+    them (the mean over seeds, then tasks), and its file against the shipped one."""
+    dev = {arm: {t: [run_of(t, ARMS[arm][0], seed) for seed in (0, 1, 2)] for t in TASKS} for arm in SEED_ARMS}
+    print("\n## Seeds 0-2 (stage top-seeds): final dev loss\n")
+    print("| arm | " + " | ".join(f"{t} seed {s}" for t in TASKS for s in (0, 1, 2)) + " | mean |")
+    print("|---|" + "---|" * 7)
+    means = {}
+    for arm, per_task in dev.items():
+        cells = [f"{r['curve'][-1]['dev_loss']:.4f}" if r else "-" for t in TASKS for r in per_task[t]]
+        done = all(r for t in TASKS for r in per_task[t])
+        if done:
+            means[arm] = statistics.mean(statistics.mean(r["curve"][-1]["dev_loss"] for r in per_task[t])
+                                         for t in TASKS)
+        print(f"| {arm} | " + " | ".join(cells) + (f" | {means[arm]:.4f} |" if done else " | - |"))
+    if len(means) < len(SEED_ARMS):
+        print("\nNot every run has finished: no choice on three seeds.")
+        return
+    best = min(means, key=means.get)
+    path = HERE / "top-cli" / "v2-top-linear-3seeds.safetensors"
+    print(f"\nLowest mean over three seeds: `{best}` ({means[best]:.4f}).")
+    if path.is_file():
+        mine, doc = tensors(path)
+        shipped, ship_doc = tensors(SHIPPED)
+        same = mine.keys() == shipped.keys() and all(bool((mine[k] == shipped[k]).all()) for k in mine) \
+            and doc["top"] == ship_doc["top"] and doc["head"] == ship_doc["head"]
+        print(f"meta-train-top's file ({path.name}): top {doc['top']}; "
+              + ("the shipped v2-top-linear file's tensors and steps." if same else "not the shipped file's choice."))
 
 
 if __name__ == "__main__":
