@@ -203,8 +203,8 @@ def test_schedules():
 
 @pytest.mark.parametrize("steps", [1, 4, 20, 25])
 def test_linear_warmup_rises_over_a_tenth_of_the_steps_then_falls_to_zero(steps):
-    """linear-warmup, written out by hand: W = max(1, round(T/10)) steps at lr·k/W (step k from 1), then lr·(1 - j/(T-W))
-    at the (j + 1)-th step after them, driven through make_schedule as a run does."""
+    """linear-warmup, written out by hand: W = max(1, round(T/10)) steps at lr·k/W (step k from 1), then
+    lr·(1 - j/(T-W)) at the (j + 1)-th step after them, driven through make_schedule as a run does."""
     warm = max(1, round(steps / 10))
     want = [k / warm for k in range(1, warm + 1)] + [1 - j / (steps - warm) for j in range(steps - warm)]
     opt = ZOSGD(Quadratic(), lr=2.0)
