@@ -141,6 +141,21 @@ def seeds() -> None:
             means[arm] = statistics.mean(statistics.mean(r["curve"][-1]["dev_loss"] for r in per_task[t])
                                          for t in TASKS)
         print(f"| {arm} | " + " | ".join(cells) + (f" | {means[arm]:.4f} |" if done else " | - |"))
+    print("\nTest accuracy; the training loss's lowest 50-step mean and its last (a last well above the lowest is the "
+          "late rise of sections 19-21):\n")
+    print("| arm | " + " | ".join(f"{t} seed {s}" for t in TASKS for s in (0, 1, 2)) + " |")
+    print("|---|" + "---|" * 6)
+    for arm, per_task in dev.items():
+        cells = []
+        for t in TASKS:
+            for r in per_task[t]:
+                if r is None:
+                    cells.append("-")
+                    continue
+                loss = r["train_loss"]
+                means50 = [statistics.mean(loss[i:i + 50]) for i in range(0, len(loss), 50)]
+                cells.append(f"{r['curve'][-1]['test']:.3f}; {min(means50):.2f} / {means50[-1]:.2f}")
+        print(f"| {arm} | " + " | ".join(cells) + " |")
     if len(means) < len(SEED_ARMS):
         print("\nNot every run has finished: no choice on three seeds.")
         return
