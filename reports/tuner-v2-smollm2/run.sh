@@ -776,6 +776,8 @@ if [[ $stage == top-warmup-held-out || $stage == all ]]; then
   done
   wait
 fi
+# 01:25: stage top-warmup-screen's rule stopped the warm-up (0.5118 against 0.4558; top-cli/screen.md), so stage
+# top-warmup-held-out did not run; stage top-seeds ran instead (section 21).
 # 01:17 on 2026-12-07, written before stage top-warmup-screen has ended (its word-class runs were read, not its noun-
 # number ones): if that stage's rule stops the warm-up, this stage widens stage top-cli's choice to seeds 1 and 2
 # (section 20's screen and stage top-cli had seed 0 only), over 0, 3e-4 and 1e-3 linear (3e-3, behind both of those on
