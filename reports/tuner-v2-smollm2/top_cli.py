@@ -81,6 +81,14 @@ def tensors(path: Path) -> tuple[dict, dict]:
         return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["zotune"])
 
 
+def holds_shipped(mine: dict, doc: dict) -> bool:
+    """Whether a tuner file's tensors (``mine``) and metadata (``doc``) hold the shipped v2-top-linear file's
+    tensors, head step and top step."""
+    shipped, ship_doc = tensors(SHIPPED)
+    return (mine.keys() == shipped.keys() and all(bool((mine[k] == shipped[k]).all()) for k in mine)
+            and doc["top"] == ship_doc["top"] and doc["head"] == ship_doc["head"])
+
+
 def main() -> None:
     rows, checks = table()
     print("# meta-train-top on SmolLM2, and the warm-up screen (meta-training tasks, seed 0, 1000 passes)\n")
@@ -104,9 +112,7 @@ def main() -> None:
         top = doc["top"]
         line = f"\nmeta-train-top chose top lr {top['lr']:g} ({top.get('schedule')})"
         if top == {"lr": 1e-3, "schedule": "linear"}:
-            shipped, ship_doc = tensors(SHIPPED)
-            same = mine.keys() == shipped.keys() and all(bool((mine[k] == shipped[k]).all()) for k in mine)
-            if not same or ship_doc["top"] != top or ship_doc["head"] != doc["head"]:
+            if not holds_shipped(mine, doc):
                 sys.exit(f"{chosen.name} chose the shipped step but does not hold the shipped file's tensors/steps")
             line += (": the shipped v2-top-linear file's choice; its tensors, head step and top step are the "
                      "shipped file's.")
@@ -164,11 +170,9 @@ def seeds() -> None:
     print(f"\nLowest mean over three seeds: `{best}` ({means[best]:.4f}).")
     if path.is_file():
         mine, doc = tensors(path)
-        shipped, ship_doc = tensors(SHIPPED)
-        same = mine.keys() == shipped.keys() and all(bool((mine[k] == shipped[k]).all()) for k in mine) \
-            and doc["top"] == ship_doc["top"] and doc["head"] == ship_doc["head"]
         print(f"meta-train-top's file ({path.name}): top {doc['top']}; "
-              + ("the shipped v2-top-linear file's tensors and steps." if same else "not the shipped file's choice."))
+              + ("the shipped v2-top-linear file's tensors and steps." if holds_shipped(mine, doc)
+                 else "not the shipped file's choice."))
 
 
 if __name__ == "__main__":
