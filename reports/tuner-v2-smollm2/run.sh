@@ -797,3 +797,23 @@ if [[ $stage == top-seeds || $stage == all ]]; then
   python cli.py meta-train-top "${TOPCLI[@]}" --seeds 0,1,2 --top-lrs 0,3e-4,1e-3 \
     --out $R/top-cli/v2-top-linear-3seeds.safetensors
 fi
+# 03:02 on 2026-12-07, written before it runs. Which step drives the late rise of the training loss (section 21), and
+# does letting the ZO and head lrs decay with the top step's remove it? On the META-TRAINING task word-class only,
+# with stage top-cli's settings (a bench of method tuner, tuner v2 at lr 3e-5 plus the top step 1e-3 linear: the
+# shipped file's configuration), paired with the runs of stage top-seeds (same split, batches and noise seeds). Arms:
+#   decay    --schedule linear: the ZO lr and the head lr decay linearly to 0 as well (the top step's as shipped);
+#   no-zo    --lr-grid tuner=0: the ZO step moves nothing (its forward passes still feed the head and top steps);
+#   no-head  --head-lr 0: no head step.
+# Seed 1 (its rise: lowest 50-step mean 0.66 -> last 1.11) for all three, then decay on seed 2. Read: an arm whose
+# rise (last 50-step mean minus the lowest) is below 0.1 on seed 1 takes away what drives it. Two runs at a time.
+RISE=(--task packaged:word-class --methods tuner --tuner checkpoints/pretrained/smollm2-135m-v2.safetensors
+      --lr-grid tuner=3e-5 --top-lr 1e-3 --top-schedule linear --batch-size 8 --forwards 1000 --eval-points 2
+      --threads 1)
+if [[ $stage == rise || $stage == all ]]; then
+  python cli.py bench "${RISE[@]}" --seeds 1 --schedule linear --out $R/rise/decay-s1 &
+  python cli.py bench "${RISE[@]}" --seeds 1 --lr-grid tuner=0 --out $R/rise/no-zo-s1
+  wait
+  python cli.py bench "${RISE[@]}" --seeds 1 --head-lr 0 --out $R/rise/no-head-s1 &
+  python cli.py bench "${RISE[@]}" --seeds 2 --schedule linear --out $R/rise/decay-s2
+  wait
+fi
