@@ -797,7 +797,7 @@ if [[ $stage == top-seeds || $stage == all ]]; then
   python cli.py meta-train-top "${TOPCLI[@]}" --seeds 0,1,2 --top-lrs 0,3e-4,1e-3 \
     --out $R/top-cli/v2-top-linear-3seeds.safetensors
 fi
-# 03:02 on 2026-12-07, written before it runs. Which step drives the late rise of the training loss (section 21), and
+# 02:58 on 2026-12-07, written before it runs. Which step drives the late rise of the training loss (section 21), and
 # does letting the ZO and head lrs decay with the top step's remove it? On the META-TRAINING task word-class only,
 # with stage top-cli's settings (a bench of method tuner, tuner v2 at lr 3e-5 plus the top step 1e-3 linear: the
 # shipped file's configuration), paired with the runs of stage top-seeds (same split, batches and noise seeds). Arms:
