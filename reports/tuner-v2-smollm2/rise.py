@@ -1,0 +1,55 @@
+"""Section 22: which step drives the late rise of the training loss (stage rise), on the META-TRAINING task
+word-class.
+
+    python reports/tuner-v2-smollm2/rise.py [> reports/tuner-v2-smollm2/rise/rise.md]
+
+Reads the benches of stage rise (``rise/<arm>-s<seed>/bench.json``: the shipped file's configuration with the ZO and
+head lrs decaying (``decay``), with the ZO step moving nothing (``no-zo``) or without the head step (``no-head``)) and
+the paired runs of stage top-seeds (``top-cli/packaged-word-class/top-lr-<lr>[-linear]/seed-<n>/``: tuner v2 alone
+and the shipped configuration). Prints each run's final dev loss, test loss and accuracy, the training loss's 50-step
+means, and its rise: the last 50-step mean minus the lowest (the rule of run.sh: an arm whose rise on seed 1 is
+below 0.1 takes away what drives it).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TOP = HERE / "top-cli" / "packaged-word-class"
+ARMS = {  # arm -> bench folder for a seed
+    "tuner v2 (no top step)": lambda s: TOP / "top-lr-0" / f"seed-{s}",
+    "shipped (ZO, head constant; top 1e-3 linear)": lambda s: TOP / "top-lr-0.001-linear" / f"seed-{s}",
+    "decay (ZO, head, top all linear)": lambda s: HERE / "rise" / f"decay-s{s}",
+    "no-zo (ZO lr 0)": lambda s: HERE / "rise" / f"no-zo-s{s}",
+    "no-head (head lr 0)": lambda s: HERE / "rise" / f"no-head-s{s}",
+}
+
+
+def run_of(folder: Path) -> dict | None:
+    path = folder / "bench.json"
+    return json.loads(path.read_text())["runs"][0] if path.is_file() else None
+
+
+def means50(run: dict) -> list[float]:
+    loss = run["train_loss"]
+    return [statistics.mean(loss[i:i + 50]) for i in range(0, len(loss), 50)]
+
+
+def main() -> None:
+    print("| arm | seed | final dev loss | test loss | test acc. | lowest 50-step mean | last | rise | 50-step means |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for seed in (1, 2):
+        for arm, folder in ARMS.items():
+            run = run_of(folder(seed))
+            if run is None:
+                continue
+            m = means50(run)
+            last = run["curve"][-1]
+            print(f"| {arm} | {seed} | {last['dev_loss']:.4f} | {last['test_loss']:.4f} | {last['test']:.3f} | "
+                  f"{min(m):.2f} | {m[-1]:.2f} | {m[-1] - min(m):+.2f} | {' '.join(f'{v:.2f}' for v in m)} |")
+
+
+if __name__ == "__main__":
+    main()
