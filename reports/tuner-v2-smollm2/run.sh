@@ -817,7 +817,7 @@ if [[ $stage == rise || $stage == all ]]; then
   python cli.py bench "${RISE[@]}" --seeds 2 --schedule linear --out $R/rise/decay-s2
   wait
 fi
-# 03:17 on 2026-12-07, written before it runs (it starts once stage rise has ended), after reading stage rise's first
+# 03:13 on 2026-12-07, written before it runs (it starts once stage rise has ended), after reading stage rise's first
 # two runs (seed 1): with the ZO and head lrs decaying (decay) word-class seed 1 ends at dev loss 0.558 and test
 # accuracy 0.820 with no rise, and with the ZO step off (no-zo) at 0.561 / 0.840, also with none, against the shipped
 # configuration's 0.952 / 0.415 (rise +0.45): the ZO step at its constant lr drives the rise. Stage decay-screen runs
