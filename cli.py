@@ -123,9 +123,9 @@ def _run_args() -> argparse.ArgumentParser:
                    help=f"learning rate (default {d.lr:g}; with --tuner, the lr the tuner recommends)")
     g.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
     g.add_argument("--q", type=int, default=None, help="SPSA directions averaged per step: mezo, nspsa, zo-adam, tuner (default: the method's)")
-    g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
-                   help="the lr schedule (default %(default)s); linear-warmup: rises over the first tenth of the "
-                   "steps, then falls linearly to 0")
+    g.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help=f"the lr schedule (default {d.schedule}; with --tuner, the one the tuner recommends, if any); "
+                   "linear-warmup: rises over the first tenth of the steps, then falls linearly to 0")
     g.add_argument("--weight-decay", action=_Finite, default=d.weight_decay)
     g.add_argument("--head-lr", action=_Finite, default=d.head_lr,
                    help="ZO methods, multiple choice with one-token options: also step the output head's option rows "
@@ -230,14 +230,16 @@ def _config(args: argparse.Namespace, **overrides):
     values.update(overrides)
     if values.get("model") is None:
         values["model"] = EMBEDDED
-    if values.get("lr") is None:
-        values.pop("lr", None)
+    for k in ("lr", "schedule"):  # not given: the config's default
+        if values.get(k) is None:
+            values.pop(k, None)
     return FinetuneConfig(**values)
 
 
 def _load_tuner(args: argparse.Namespace):
     """With ``--tuner``: load and validate the artifact once for the run, and take from it the base model
-    unless ``--model`` names one (a derivative) and the lr it recommends unless ``--lr`` is given."""
+    unless ``--model`` names one (a derivative), the lr it recommends unless ``--lr`` is given, and the schedule it
+    recommends, if any, unless ``--schedule`` is given."""
     if args.tuner is None:
         return None
     from checkpoints import Tuner
@@ -258,6 +260,8 @@ def _load_tuner(args: argparse.Namespace):
         except ZotuneError as e:
             raise ZotuneError(f"{e}; pass --lr") from None
         args.lr = lr
+    if args.schedule is None:
+        args.schedule = tuner.schedule
     return tuner
 
 
@@ -454,7 +458,8 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
     if lr is None:
         raise ZotuneError("this tuner records no recommended lr; pass --lr (the fine-tuning lr the head step goes "
                           "with) or --lrs (a grid)")
-    base = _config(args, method="tuner", tuner=path, model=model, lr=lr)  # the run options, as finetune takes them
+    base = _config(args, method="tuner", tuner=path, model=model, lr=lr,  # the run options, as finetune takes them
+                   schedule=tuner.schedule)
     search = HeadSearch(tasks=args.tasks, head_lrs=args.head_lrs, race=args.race, seeds=args.seeds,
                         forwards=args.forwards, eval_points=args.eval_points, lrs=args.lrs)
     try:
@@ -484,7 +489,8 @@ def cmd_meta_train_top(args: argparse.Namespace) -> None:
     if lr is None:
         raise ZotuneError("this tuner records no recommended lr; pass --lr (the fine-tuning lr the top-block step "
                           "goes with)")
-    base = _config(args, method="tuner", tuner=args.tuner, model=args.model or name_for_id(tuner.base_model), lr=lr)
+    base = _config(args, method="tuner", tuner=args.tuner, model=args.model or name_for_id(tuner.base_model), lr=lr,
+                   schedule=args.schedule or tuner.schedule)
     search = TopSearch(tasks=args.tasks, top_lrs=args.top_lrs, schedule=args.top_schedule, seeds=args.seeds,
                        forwards=args.forwards, eval_points=args.eval_points)
     try:
@@ -496,6 +502,7 @@ def cmd_meta_train_top(args: argparse.Namespace) -> None:
     grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in sel["dev_loss"].items())
     top = f"lr {chosen.top_lr:g}" + (f", {chosen.top_schedule} schedule" if chosen.top_schedule else "") \
         if chosen.top is not None else "lr 0, no top-block step"
+    top += f"; runs under the {chosen.schedule} schedule" if chosen.schedule else ""
     print(f"top-block step {top} (final dev loss by top lr: {grid}); wrote {out} (benches in {work})")
 
 
@@ -746,6 +753,9 @@ def parser() -> argparse.ArgumentParser:
                    "linear-warmup) (default: none, the run's --schedule)")
     p.add_argument("--lr", action=_Finite, default=None,
                    help="the fine-tuning lr of the tuner's ZO step (default: the tuner's recommended lr)")
+    p.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="the lr schedule of the ZO and head steps in every candidate's runs, carried in the tuner as "
+                   "the schedule it recommends (format 8 unless constant) (default: the tuner's, else constant)")
     p.add_argument("--seeds", type=_ints, default=[0],
                    help="comma-separated seeds, one bench each per (task, top lr) (default 0)")
     _selection_run_args(p, d, work="where the benches go, one per (task, top lr, seed); rerun the same command to "

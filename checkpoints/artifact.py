@@ -26,7 +26,9 @@ of a head race, :class:`finetune.head.HeadRace`: :mod:`meta.head` chooses among 
 tasks); ``top`` (``null`` or absent: no top-block step; else ``{"lr": x}``, the Adam lr of the step on the last
 MLP, :mod:`finetune.top`, that fine-tuning with this tuner takes by default, and optionally ``"schedule"``, the lr
 schedule of that step: constant, linear, cosine or linear-warmup; absent, the run's own ``--schedule``);
-``recommended`` (the ``lr`` and ``eps`` meta-training assumed); ``provenance`` (meta-training tasks,
+``recommended`` (the ``lr`` and ``eps`` meta-training assumed, and optionally ``schedule``, the lr schedule
+fine-tuning takes by default for the ZO and head steps: constant, linear, cosine or linear-warmup; absent,
+constant); ``provenance`` (meta-training tasks,
 steps, seed, package version, date, and the meta-training config); and ``tensors_sha256``, the checksum of
 the tensor data (:func:`tensors_sha256`; optional, files written before it existed have none).
 
@@ -36,7 +38,7 @@ is never stored: a fine-tune run keeps it online (:class:`pertnn.StepHistory`,
 readers refuse it rather than silently dropping the policy); one with a head step has 3, for the same reason,
 one with a head race 4, one with a top-block step 5, one whose top-block step names its own schedule 6, and 7 when
 that schedule is linear-warmup (added after format 6; a format-6 reader would refuse its name with a message that
-does not say to upgrade); one with none of these stays at 1.
+does not say to upgrade), and 8 when it recommends a schedule; one with none of these stays at 1.
 """
 from __future__ import annotations
 
@@ -60,8 +62,10 @@ from pertnn.features import tensor_var_mean
 from pertnn.policy import N_POLICY_FEATURES, POLICY_FEATURE_NAMES, DirectionPolicy, PolicyConfig, policy_features
 
 FORMAT = "zotune-tuner"
-FORMAT_VERSION = 7  # the newest format this reads (7: a top-block step on linear-warmup; 6: a top-block step's own
-#                    schedule; 5: a top-block step; 4: a head race; 3: a head step; 2: a direction policy; 1: PertNN)
+FORMAT_VERSION = 8  # the newest format this reads (8: a recommended schedule; 7: a top-block step on linear-warmup;
+#                    6: a top-block step's own schedule; 5: a top-block step; 4: a head race; 3: a head step; 2: a
+#                    direction policy; 1: PertNN)
+SCHEDULE_FORMAT = 8  # a tuner that recommends an lr schedule (``recommended["schedule"]``)
 SCHEDULES_SINCE = {"linear-warmup": 7}  # a top-block step schedule newer than format 6: the format it needs
 HEAD_KEYS = ("lr", "race")  # what a tuner's head step holds: one of them
 BANK_TENSORS = ("W1", "b1", "W2", "b2")
@@ -126,6 +130,8 @@ def _metadata_problem(meta: dict) -> str | None:
     for k, v in meta.get("recommended", {}).items():
         if k in ("lr", "eps") and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
             return f"its recommended {k} is {type(v).__name__}, not a number"
+        if k == "schedule" and v not in SCHEDULES:
+            return f"its recommended schedule {v!r} is not one of {', '.join(SCHEDULES)}"
     head = meta.get("head")
     if head is not None:
         unknown = sorted(set(head) - set(HEAD_KEYS))
@@ -250,6 +256,19 @@ class Tuner:
         (``--schedule``)."""
         return None if self.top is None else self.top.get("schedule")
 
+    @property
+    def schedule(self) -> str | None:
+        """The lr schedule this tuner recommends for a fine-tuning run's ZO and head steps (``--schedule``, which the
+        top-block step follows unless it names its own); None: none recorded (constant)."""
+        return self.recommended.get("schedule")
+
+    def with_schedule(self, schedule: str | None) -> "Tuner":
+        """The same tuner recommending lr schedule ``schedule`` for fine-tuning (None or ``constant``: none)."""
+        if schedule not in (None, *SCHEDULES):
+            raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+        rest = {k: v for k, v in self.recommended.items() if k != "schedule"}
+        return replace(self, recommended=rest | ({} if schedule in (None, "constant") else {"schedule": schedule}))
+
     def with_top(self, lr: float, schedule: str | None = None) -> "Tuner":
         """The same tuner whose fine-tuning also takes the top-block step at Adam lr ``lr`` (0: none), under lr
         schedule ``schedule`` (None: the run's own)."""
@@ -358,7 +377,8 @@ class Tuner:
             tensors.update({f"policy.{k}": getattr(self.policy, k).detach().to("cpu", torch.float32).contiguous()
                             for k in BANK_TENSORS})
         doc = self.metadata() | {"tensors_sha256": tensors_sha256(tensors)}
-        version = (SCHEDULES_SINCE.get(self.top_schedule, 6) if self.top_schedule is not None
+        version = (SCHEDULE_FORMAT if self.schedule is not None
+                   else SCHEDULES_SINCE.get(self.top_schedule, 6) if self.top_schedule is not None
                    else 5 if self.top is not None
                    else 4 if len(self.head_lrs) > 1 else 3 if self.head is not None
                    else 2 if self.policy is not None else 1)

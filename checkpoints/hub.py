@@ -90,6 +90,7 @@ def model_card(tuner: Tuner, repo: str | None = None) -> str:
         "```bash",
         f"python cli.py tuners pull {repo_ref}",
         f"python cli.py finetune --tuner hf://{repo_ref} --task sst2 --lr {lr:g} --eps {eps:g}"
+        + (f" --schedule {tuner.schedule}" if tuner.schedule else "")
         + ("" if tuner.adapter is None else f" {adapter_flags(tuner.adapter)}") + " --out runs/sst2",
         "```", "",
         "or in Python, in your own loop:", "",

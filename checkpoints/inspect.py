@@ -92,6 +92,17 @@ def top_text(tuner: Tuner) -> str:
     return text
 
 
+def recommended_text(tuner: Tuner) -> str:
+    """One line on the fine-tuning settings a tuner recommends (``finetune --tuner`` takes them unless given)."""
+    rec = dict(tuner.recommended)
+    if not rec:
+        return "not recorded"
+    schedule = rec.pop("schedule", None)
+    text = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in rec.items())
+    return text + (f"; the ZO and head steps' lr decaying on a {schedule} schedule (--schedule)" if schedule else
+                   "; constant lr")
+
+
 def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
     """The report printed by ``python cli.py tuners inspect FILE``."""
     tuner = Tuner.from_pretrained(path)
@@ -109,7 +120,7 @@ def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
         f"adapter    {adapter_text(tuner.adapter)}",
         f"head step  {head_text(tuner)}",
         f"top step   {top_text(tuner)}",
-        f"recommended fine-tuning {tuner.recommended or 'not recorded'}",
+        f"recommended fine-tuning {recommended_text(tuner)}",
     ]
     if prov:
         lines.append(provenance_text(tuner))

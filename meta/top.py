@@ -7,8 +7,10 @@ on the meta-training tasks, and carried to new tasks in the artifact (``top`` in
 step names its own schedule).
 
 The choice is made by real fine-tuning runs: for every top lr of the grid, each meta-training task gets a bench of
-method ``tuner`` (the tuner as it is, its head step included, at its recommended lr) plus the top-block step at that
-lr, under ``schedule`` (None: the run's own), ``forwards`` forward passes per seed. The lr whose runs end with the
+method ``tuner`` (the tuner as it is, its head step included, at its recommended lr, under the run's lr schedule
+``base.schedule``) plus the top-block step at that lr, under ``schedule`` (None: the run's own), ``forwards`` forward
+passes per seed. The run's schedule (that of the ZO and head steps) goes into the artifact with the choice, as the
+schedule the tuner recommends (format 8 when it is not constant), since the choice was made under it. The lr whose runs end with the
 lowest dev loss, averaged over seeds and then over tasks, goes into the artifact; a run that diverged counts as an
 infinite loss. A grid may hold 0 (no top-block step), so that the choice can also be "none": with 0 in the grid, a
 step is only carried if it beats the tuner without it. The test split is never read for the choice.
@@ -56,11 +58,15 @@ class TopSearch:
         check_number("--forwards", self.forwards, low=2, integer=True)
 
 
-def bench_folder(work: Path, task: str, top_lr: float, seed: int, schedule: str | None = None) -> Path:
-    """The bench of one (task, top lr, seed) under ``work``: ``<task>/top-lr-<lr>[-<schedule>]/seed-<seed>``."""
+def bench_folder(work: Path, task: str, top_lr: float, seed: int, schedule: str | None = None,
+                 run_schedule: str = "constant") -> Path:
+    """The bench of one (task, top lr, seed) under ``work``: ``<task>/[schedule-<run schedule>/]top-lr-<lr>[-<schedule>]
+    /seed-<seed>``, ``schedule`` the step's own, ``run_schedule`` the ZO and head steps' (its folder only when it is
+    not constant)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", task).strip("-")
     name = f"top-lr-{top_lr:g}" + (f"-{schedule}" if schedule and top_lr else "")
-    return Path(work) / slug / name / f"seed-{seed}"
+    run = [] if run_schedule == "constant" else [f"schedule-{run_schedule}"]
+    return Path(work, slug, *run, name, f"seed-{seed}")
 
 
 def select_top_lr(base: FinetuneConfig, search: TopSearch, work: Path, out: Path, tuner: Tuner | None = None,
@@ -81,7 +87,8 @@ def select_top_lr(base: FinetuneConfig, search: TopSearch, work: Path, out: Path
             for task in search.tasks:
                 cfg = replace(base, task=task, top_lr=top_lr, top_schedule=search.schedule if top_lr else None)
                 runs = [tuner_run(cfg, seed, search.forwards, search.eval_points,
-                                  bench_folder(work, task, top_lr, seed, search.schedule), tuner, progress)
+                                  bench_folder(work, task, top_lr, seed, search.schedule, base.schedule), tuner,
+                                  progress)
                         for seed in search.seeds]
                 per_task.append(sum(final_dev_loss(r) for r in runs) / len(runs))
             losses[f"{top_lr:g}"] = sum(per_task) / len(per_task)
@@ -89,10 +96,10 @@ def select_top_lr(base: FinetuneConfig, search: TopSearch, work: Path, out: Path
         if not math.isfinite(losses[f"{best:g}"]):
             raise ZotuneError(f"every candidate of the grid diverged on {', '.join(search.tasks)}; try lower "
                               f"--top-lrs or a lower --lr (now {base.lr:g})")
-        chosen = tuner.with_top(best, search.schedule)
+        chosen = tuner.with_top(best, search.schedule).with_schedule(base.schedule)
         chosen.provenance = {**tuner.provenance, "top_selection": {
             "tasks": list(search.tasks), "forwards": search.forwards, "seeds": list(search.seeds), "lr": base.lr,
-            "schedule": search.schedule, "batch_size": base.batch_size, "autocast": base.autocast,
+            "schedule": search.schedule, "run_schedule": base.schedule, "batch_size": base.batch_size, "autocast": base.autocast,
             "dev_loss": {k: (v if math.isfinite(v) else "diverged") for k, v in losses.items()}, "chosen": best,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
         write_tuner(chosen, out)

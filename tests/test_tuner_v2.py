@@ -591,6 +591,100 @@ def test_a_tuner_with_a_top_step_fine_tunes_as_mezo_with_top_lr_bit_for_bit(tmp_
     _same(cosine, mezo_cos)
 
 
+def test_a_recommended_schedule_is_format_8_round_trips_and_a_bad_one_is_refused(tmp_path, untrained):
+    """A tuner that recommends an lr schedule for fine-tuning is format 8 (older readers refuse it in one line rather
+    than run it on a constant lr); constant is recorded as no recommendation; an unknown name is refused on load."""
+    tuner = Tuner.from_pretrained(untrained).with_head(3e-4).with_top(1e-3, "linear")
+    assert tuner.schedule is None and tuner.with_schedule("constant").recommended == tuner.recommended
+    linear = tuner.with_schedule("linear")
+    with safe_open(str(linear.save_pretrained(tmp_path / "linear.safetensors")), framework="pt") as f:
+        assert f.metadata()["format_version"] == "8"
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    back = Tuner.from_pretrained(tmp_path / "linear.safetensors")
+    assert back.schedule == "linear" and back.recommended == {**tuner.recommended, "schedule": "linear"}
+    assert back.with_schedule(None).schedule is None and back.with_schedule("constant").schedule is None
+    with safe_open(str(back.with_schedule(None).save_pretrained(tmp_path / "none.safetensors")), framework="pt") as f:
+        assert f.metadata()["format_version"] == "6"  # the top step's own schedule: as before
+    with pytest.raises(ValueError, match="unknown schedule"):
+        tuner.with_schedule("steep")
+    doc = json.loads(meta["zotune"])
+    doc["recommended"]["schedule"] = "steep"
+    save_file(tensors, str(tmp_path / "steep.safetensors"), metadata={**meta, "zotune": json.dumps(doc)})
+    with pytest.raises(ZotuneError, match="recommended schedule 'steep' is not one of constant, linear") as e:
+        Tuner.from_pretrained(tmp_path / "steep.safetensors")
+    assert "\n" not in str(e.value)
+
+
+def test_a_tuners_recommended_schedule_is_the_runs_unless_schedule_is_given(tmp_path, untrained, capsys):
+    """finetune and bench with a tuner that recommends a schedule run under it, exactly as the same tuner without the
+    recommendation given --schedule explicitly (the ZO, head and top steps all decay), and record it as taken; an
+    explicit --schedule overrides it."""
+    task = _jsonl(tmp_path, one_token_examples(60))
+    plain = Tuner.from_pretrained(untrained).with_head(1e-2).with_top(1e-2, "linear")
+    plain_path = plain.save_pretrained(tmp_path / "plain.safetensors")
+    rec = plain.with_schedule("linear").save_pretrained(tmp_path / "rec.safetensors")
+
+    def run(name, *extra):
+        out = tmp_path / name
+        assert cli.main(["finetune", *BASE, "--task", task, "--steps", "5", "--eval-every", "2", *extra,
+                         "--out", str(out)]) == 0
+        capsys.readouterr()
+        return json.loads((out / "metrics.json").read_text()), load_model(str(out / "model"))[0]
+
+    taken, given = run("rec", "--tuner", str(rec)), run("given", "--tuner", str(plain_path), "--schedule", "linear")
+    assert taken[0]["config"]["schedule"] == given[0]["config"]["schedule"] == "linear"
+    _same(taken, given)
+    constant, plain_run = run("constant", "--tuner", str(rec), "--schedule", "constant"), run("plain", "--tuner",
+                                                                                             str(plain_path))
+    assert constant[0]["config"]["schedule"] == plain_run[0]["config"]["schedule"] == "constant"
+    _same(constant, plain_run)
+    assert taken[0]["train_loss"] != constant[0]["train_loss"]  # the decay did act
+    bench_argv = ["bench", *BASE, "--task", task, "--methods", "tuner", "--forwards", "10", "--eval-points", "1"]
+    assert cli.main([*bench_argv, "--tuner", str(rec), "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    config = json.loads((tmp_path / "b" / "bench.json").read_text())["config"]["base"]
+    assert config["schedule"] == "linear"
+
+
+def test_meta_train_top_runs_and_carries_the_runs_schedule(tmp_path, untrained, capsys):
+    """meta-train-top --schedule runs every candidate under that schedule (benches in their own folders, beside those
+    of a constant-schedule search in the same --work) and writes it into the tuner as its recommended schedule; a
+    tuner that recommends one is searched under it."""
+    from meta.top import bench_folder as top_folder
+
+    task = _jsonl(tmp_path, one_token_examples(60))
+    head = Tuner.from_pretrained(untrained).with_head(1e-2).save_pretrained(tmp_path / "head.safetensors")
+    argv = ["meta-train-top", "--model", "tiny-llama", "--tasks", task, "--top-lrs", "0,3e-2", "--top-schedule",
+            "linear", "--lr", "1e-3", "--batch-size", "4", "--n-dev", "8", "--n-test", "8", "--forwards", "12",
+            "--eval-points", "2", "--work", str(tmp_path / "work")]
+    assert cli.main([*argv, "--tuner", str(head), "--out", str(tmp_path / "const.safetensors")]) == 0
+    assert cli.main([*argv, "--tuner", str(head), "--schedule", "linear", "--out", str(tmp_path / "lin.safetensors")]) == 0
+    assert "runs under the linear schedule" in capsys.readouterr().out
+    assert Tuner.from_pretrained(tmp_path / "const.safetensors").schedule is None
+    lin = Tuner.from_pretrained(tmp_path / "lin.safetensors")
+    assert lin.schedule == "linear" and lin.provenance["top_selection"]["run_schedule"] == "linear"
+    for lr in (0.0, 3e-2):
+        const_bench, lin_bench = (json.loads((top_folder(tmp_path / "work", task, lr, 0, "linear", s) / "bench.json")
+                                             .read_text()) for s in ("constant", "linear"))
+        assert (const_bench["config"]["base"]["schedule"], lin_bench["config"]["base"]["schedule"]) == ("constant",
+                                                                                                         "linear")
+        assert const_bench["runs"][0]["train_loss"] != lin_bench["runs"][0]["train_loss"]
+    assert top_folder(tmp_path / "work", task, 0.0, 0, None, "linear").parent.parent.name == "schedule-linear"
+    # a tuner that recommends a schedule: its search runs under it, and its file carries it on; so does meta-train-head
+    rec = Tuner.from_pretrained(head).with_schedule("linear").save_pretrained(tmp_path / "rec.safetensors")
+    argv[argv.index("--work") + 1] = str(tmp_path / "work2")
+    assert cli.main([*argv, "--tuner", str(rec), "--top-lrs", "3e-2", "--out", str(tmp_path / "again.safetensors")]) == 0
+    bench = json.loads((top_folder(tmp_path / "work2", task, 3e-2, 0, "linear", "linear") / "bench.json").read_text())
+    assert bench["config"]["base"]["schedule"] == "linear"
+    assert Tuner.from_pretrained(tmp_path / "again.safetensors").schedule == "linear"
+    bare = Tuner.from_pretrained(untrained).with_schedule("linear").save_pretrained(tmp_path / "bare.safetensors")
+    assert cli.main([*_select(tmp_path, task, "head-rec.safetensors"), "--tuner", str(bare), "--head-lrs", "2e-2",
+                     "--seeds", "0", "--work", str(tmp_path / "work3")]) == 0
+    bench = json.loads((bench_folder(tmp_path / "work3", task, 2e-2, 0) / "bench.json").read_text())
+    assert bench["config"]["base"]["schedule"] == "linear"
+    assert Tuner.from_pretrained(tmp_path / "head-rec.safetensors").schedule == "linear"
+
+
 def test_a_tuners_top_step_is_refused_where_the_step_cannot_run(tmp_path, untrained, capsys):
     """Taken from the tuner, the top-block step is refused in one line where --top-lr is (the message says how to
     turn it off), and the data-parallel check reads it from the tuner file the config names."""
@@ -629,6 +723,7 @@ def test_a_top_schedule_without_a_top_step_is_refused(tmp_path, untrained, capsy
 def test_inspect_shows_the_top_step(tmp_path, untrained):
     assert "top step   none" in inspect_text(untrained)
     tuner = Tuner.from_pretrained(untrained).with_top(3e-4)
+    tuner.recommended = {"lr": 3e-5, "eps": 1e-3}
     tuner.provenance = {"top_selection": {"tasks": ["t.jsonl"], "forwards": 10, "seeds": [0],
                                           "dev_loss": {"0": 0.7, "3e-4": 0.6}}}
     text = inspect_text(tuner.save_pretrained(tmp_path / "top.safetensors"))
@@ -638,6 +733,11 @@ def test_inspect_shows_the_top_step(tmp_path, untrained):
     text = inspect_text(tuner.with_top(3e-4, "linear").save_pretrained(tmp_path / "linear.safetensors"))
     line = next(x for x in text.splitlines() if x.startswith("top step"))
     assert "its lr decaying on a linear schedule" in line
+    rec = next(x for x in text.splitlines() if x.startswith("recommended fine-tuning"))
+    assert rec == "recommended fine-tuning lr 3e-05, eps 0.001; constant lr"
+    text = inspect_text(tuner.with_schedule("linear").save_pretrained(tmp_path / "rec.safetensors"))
+    rec = next(x for x in text.splitlines() if x.startswith("recommended fine-tuning"))
+    assert rec.endswith("the ZO and head steps' lr decaying on a linear schedule (--schedule)")
 
 
 def test_a_snapshot_from_before_top_lr_existed_resumes(tmp_path, monkeypatch, capsys):
