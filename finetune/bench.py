@@ -394,7 +394,9 @@ ARM_FREE_KEYS = ("seed", "threads", "device", "device_map")
 
 
 def _arm_label(m: dict) -> str:
-    label = f"{m['method']} {m['config']['lr']:g}" + (f", head {m['head_lr']:g}" if m.get("head_lr") else "")
+    schedule = m["config"].get("schedule", "constant")
+    label = (f"{m['method']} {m['config']['lr']:g}" + ("" if schedule == "constant" else f" {schedule}")
+             + (f", head {m['head_lr']:g}" if m.get("head_lr") else ""))
     top = m["config"].get("top_lr")
     return label + (f", top {top:g}" + (f" {m['config']['top_schedule']}" if m["config"].get("top_schedule") else "")
                     if top else "")

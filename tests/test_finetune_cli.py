@@ -379,3 +379,18 @@ def test_compare_labels_an_arm_by_its_top_block_step(tmp_path, capsys):
                      run("b1", 1, 3e-4)]) == 0
     labels = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| mezo")]
     assert labels == ["mezo 0.001", "mezo 0.001, top 0.0003"]
+
+
+def test_compare_labels_an_arm_by_its_schedule(tmp_path, capsys):
+    """Two arms that differ only in --schedule get different labels; a constant schedule is labelled as before."""
+    def run(name, seed, schedule):
+        folder = _finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)])
+        m = json.loads((folder / "metrics.json").read_text())
+        m["config"]["schedule"] = schedule
+        (folder / "metrics.json").write_text(json.dumps(m))
+        return str(folder)
+
+    assert cli.main(["compare", run("a0", 0, "constant"), run("a1", 1, "constant"), "--vs", run("b0", 0, "linear"),
+                     run("b1", 1, "linear")]) == 0
+    labels = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| mezo")]
+    assert labels == ["mezo 0.001", "mezo 0.001 linear"]
