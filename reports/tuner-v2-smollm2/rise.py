@@ -8,15 +8,20 @@ head lrs decaying (``decay``), with the ZO step moving nothing (``no-zo``) or wi
 the paired runs of stage top-seeds (``top-cli/packaged-word-class/top-lr-<lr>[-linear]/seed-<n>/``: tuner v2 alone
 and the shipped configuration). Prints each run's final dev loss, test loss and accuracy, the training loss's 50-step
 means, and its rise: the last 50-step mean minus the lowest (the rule of run.sh: an arm whose rise on seed 1 is
-below 0.1 takes away what drives it).
+below 0.1 takes away what drives it). Then stage decay-screen's table (the decay arm on both meta-training tasks,
+seeds 0-2, against the shipped configuration's runs of stage top-seeds) and its rule; with ``--verdict`` the exit
+status is 0 only if the rule sends decay to the held-out settings.
 """
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SEEDS = (0, 1, 2)
+SCREEN_TASKS = ("word-class", "noun-number")
 TOP = HERE / "top-cli" / "packaged-word-class"
 ARMS = {  # arm -> bench folder for a seed
     "tuner v2 (no top step)": lambda s: TOP / "top-lr-0" / f"seed-{s}",
@@ -51,5 +56,40 @@ def main() -> None:
                   f"{min(m):.2f} | {m[-1]:.2f} | {m[-1] - min(m):+.2f} | {' '.join(f'{v:.2f}' for v in m)} |")
 
 
+def screen_runs(task: str, arm: str) -> list[dict | None]:
+    """Seeds 0-2 of ``arm`` (``shipped`` or ``decay``) on a meta-training task."""
+    if arm == "shipped":
+        return [run_of(HERE / "top-cli" / f"packaged-{task}" / "top-lr-0.001-linear" / f"seed-{s}") for s in SEEDS]
+    stem = "decay" if task == "word-class" else f"decay-{task}"
+    return [run_of(HERE / "rise" / f"{stem}-s{s}") for s in SEEDS]
+
+
+def screen() -> bool | None:
+    """Stage decay-screen's table and rule: decay goes to the held-out settings if its mean final dev loss over the
+    six meta-training runs (means over seeds, then tasks) is below the shipped configuration's. None: not finished."""
+    print("\nStage decay-screen: final dev loss / test accuracy on the two meta-training tasks, seeds 0 / 1 / 2.\n")
+    print("| arm | " + " | ".join(f"{t} seed {s}" for t in SCREEN_TASKS for s in SEEDS) + " | mean dev loss |")
+    print("|---|" + "---|" * 7)
+    means = {}
+    for arm in ("shipped", "decay"):
+        runs = {t: screen_runs(t, arm) for t in SCREEN_TASKS}
+        cells = [f"{r['curve'][-1]['dev_loss']:.4f} / {r['curve'][-1]['test']:.3f}" if r else "-"
+                 for t in SCREEN_TASKS for r in runs[t]]
+        if all(r for t in SCREEN_TASKS for r in runs[t]):
+            means[arm] = statistics.mean(statistics.mean(r["curve"][-1]["dev_loss"] for r in runs[t])
+                                         for t in SCREEN_TASKS)
+        print(f"| {arm} | " + " | ".join(cells) + (f" | {means[arm]:.4f} |" if arm in means else " | - |"))
+    if len(means) < 2:
+        print("\nNot every run has finished: no verdict.")
+        return None
+    passes = means["decay"] < means["shipped"]
+    print(f"\nRule: decay's mean {means['decay']:.4f} against the shipped configuration's {means['shipped']:.4f}: "
+          + ("decay goes to the held-out settings." if passes else "decay stops here."))
+    return passes
+
+
 if __name__ == "__main__":
     main()
+    verdict = screen()
+    if "--verdict" in sys.argv:
+        sys.exit(0 if verdict else 1)

@@ -1,0 +1,80 @@
+"""Section 22's held-out runs (stage decay-held-out): the shipped configuration (tuner v2 plus the top-block step at
+1e-3, linear) with the ZO and head lrs decaying linearly as well (``--schedule linear``), against the shipped
+configuration, tuner v2, FZOO and MeZO on the five held-out settings, paired by seed.
+
+    python reports/tuner-v2-smollm2/decay_held_out.py [> reports/tuner-v2-smollm2/top-held-out/decay-compare.md]
+
+Reads ``top-held-out/<setting>/tuner-v2-top-1e-3-linear-decay-s<seed>/metrics.json`` and the other arms' runs as
+``top_held_out.py`` does (with that script's checks: the same test split for every arm of a seed; within an arm, runs
+that differ only in seed, threads and the task's name). Prints the paired tables with the shipped configuration
+first (the rule of run.sh: the decaying configuration replaces it as the recommended one if, on each of the five
+settings, its mean accuracy over the three seeds is no lower and its mean test loss lower), then with MeZO first
+(issue 17's targets: forwards to MeZO's final test loss, accuracy against MeZO's) and with FZOO first, and the rule's
+verdict.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+from finetune.bench import paired_table  # noqa: E402
+from top_held_out import SEEDS, TASKS, TOP, folders, packaged_paired  # noqa: E402
+
+SHIPPED, DECAY = "tuner v2 + top 1e-3 linear", "the same, ZO and head lrs decaying"
+
+
+def read(task: str) -> dict[str, dict[int, dict]]:
+    import json
+
+    pattern = {a: p for a, p in folders(task, "1e-3").items() if a != "tuner v2 + top 3e-4"}
+    pattern = {SHIPPED if a.endswith("linear") else a: p for a, p in pattern.items()}
+    pattern[DECAY] = TOP / task / "tuner-v2-top-1e-3-linear-decay-s{}"
+    arms = {}
+    for arm, p in pattern.items():
+        paths = {s: Path(str(p).format(s)) / "metrics.json" for s in SEEDS}
+        arms[arm] = {s: json.loads(q.read_text()) for s, q in paths.items() if q.is_file()}
+    return arms
+
+
+def main() -> None:
+    print("# The decaying configuration on the held-out packaged tasks, paired by seed\n")
+    print("Written by `python reports/tuner-v2-smollm2/decay_held_out.py`. The shipped configuration (tuner v2 plus "
+          "`--top-lr 1e-3 --top-schedule linear`) with `--schedule linear` (its ZO and head lrs decay linearly to 0 "
+          "as well), against the shipped configuration, tuner v2, FZOO 3e-3 and MeZO 3e-5; 1000 passes (FZOO 999), "
+          "batch 8, fp32. Only seeds where every arm finished are paired.\n")
+    verdict = {}
+    for task in TASKS:
+        print(f"## {task}\n")
+        arms = read(task)
+        seeds = sorted(set.intersection(*(set(r) for r in arms.values())))
+        if len(seeds) < 2:
+            print(f"Fewer than two seeds finished by every arm ({ {a: sorted(r) for a, r in arms.items()} }).\n")
+            continue
+        group = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
+        packaged_paired.check(task, group, seeds)
+        for first in (SHIPPED, "MeZO", "FZOO"):
+            order = [first] + [a for a in group if a != first]
+            print(f"Arms: {', '.join(order)}.\n")
+            print(paired_table([group[a] for a in order]))
+            print()
+        if seeds == list(SEEDS):
+            mean = {a: (statistics.fmean(group[a][s]["eval"]["after"] for s in seeds),
+                        statistics.fmean(group[a][s]["eval"]["loss_after"] for s in seeds)) for a in (SHIPPED, DECAY)}
+            verdict[task] = mean[DECAY][0] >= mean[SHIPPED][0] and mean[DECAY][1] < mean[SHIPPED][1]
+            print(f"Rule on {task}: accuracy {mean[DECAY][0]:.3f} against {mean[SHIPPED][0]:.3f}, test loss "
+                  f"{mean[DECAY][1]:.4f} against {mean[SHIPPED][1]:.4f}: "
+                  + ("passes" if verdict[task] else "fails") + ".\n")
+    if len(verdict) < len(TASKS):
+        print(f"The rule has three seeds on {len(verdict)} of {len(TASKS)} settings: no decision.")
+    else:
+        print("Verdict: the decaying configuration " + ("replaces" if all(verdict.values()) else "does not replace")
+              + " the shipped one as the recommended configuration (passes on "
+              + f"{sum(verdict.values())} of {len(TASKS)} settings).")
+
+
+if __name__ == "__main__":
+    main()
