@@ -18,7 +18,8 @@ def block_role(name: str) -> str:
 
 def provenance_text(tuner: Tuner) -> str:
     """One line saying where a tuner comes from (meta-training run, imported file, benchmark, or an untrained bank
-    given a head step), and where its head step's and top-block step's lrs were chosen when it has them."""
+    given a head step), and where its head step's and top-block step's lrs and its recommended schedule were chosen
+    when it has them."""
     prov = tuner.provenance or {}
     if not prov:
         return "no provenance recorded"
@@ -29,11 +30,14 @@ def provenance_text(tuner: Tuner) -> str:
     if isinstance(top, dict):  # by meta-train-top (dated), or by a report's screen (it names the report)
         head += (f"; top-block step lr chosen on {', '.join(top.get('tasks', [])) or '?'} "
                  + (f"by meta-train-top, {top['date']}" if "date" in top else f"({top.get('report', '?')})"))
+    schedule = prov.get("schedule_selection")
+    if isinstance(schedule, dict):  # by a report's screen (it names the report)
+        head += f"; schedule chosen on {', '.join(schedule.get('tasks', [])) or '?'} ({schedule.get('report', '?')})"
     if "imported_from" in prov:
         src = prov["imported_from"]
         return (f"imported from the ZO Fine-tuner file {src.get('file', '?')} (run tag {src.get('run_tag', '?')}), "
                 f"{prov.get('date', '?')}" + head)
-    if not set(prov) - {"head_selection", "top_selection"}:  # from an untrained tuner (which records nothing)
+    if not set(prov) - {"head_selection", "top_selection", "schedule_selection"}:  # from an untrained tuner
         return "untrained bank (every scale 1: MeZO's step)" + head
     if "kind" in prov and "meta_tasks" not in prov:  # e.g. a static allocation written by a benchmark
         return str(prov["kind"]) + head
@@ -99,8 +103,16 @@ def recommended_text(tuner: Tuner) -> str:
         return "not recorded"
     schedule = rec.pop("schedule", None)
     text = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in rec.items())
-    return text + (f"; the ZO and head steps' lr decaying on a {schedule} schedule (--schedule)" if schedule else
-                   "; constant lr")
+    if not schedule:
+        return text + "; constant lr"
+    text += f"; the ZO and head steps' lr decaying on a {schedule} schedule (--schedule)"
+    sel = (tuner.provenance or {}).get("schedule_selection")
+    if isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict):
+        grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"
+                         for k, v in sel["dev_loss"].items())
+        text += (f"; chosen by mean final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
+                 f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}): {grid}")
+    return text
 
 
 def inspect_text(path: str | Path, all_blocks: bool = False) -> str:

@@ -511,6 +511,57 @@ def test_the_shipped_v2_top_tuners_are_v2_plus_the_top_step_their_committed_scre
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_shipped_v2_all_linear_tuner_is_v2_top_linear_plus_the_schedule_its_screen_chose(tmp_path):
+    """smollm2-135m-v2-all-linear is smollm2-135m-v2-top-linear (same bank, head and top-block steps, recommended lr)
+    recommending the linear schedule for the run (format 8), because the committed runs of stage decay-screen, which
+    differ from the shipped configuration's runs only in --schedule, end with a lower mean final dev loss over the two
+    meta-training tasks' three seeds (the rule of run.sh; recomputed here from the benches' files); its recipe
+    (make_linear_tuner.py) writes it again, the same metadata and tensors."""
+    import subprocess
+    import sys
+
+    root = cli.Path(cli.__file__).parent
+    folder, report = root / "checkpoints/pretrained", root / "reports/tuner-v2-smollm2"
+    top, linear = (Tuner.from_pretrained(folder / f"smollm2-135m-v2-{n}.safetensors") for n in ("top-linear",
+                                                                                                   "all-linear"))
+    assert all(torch.equal(getattr(top.bank, k), getattr(linear.bank, k)) for k in ("W1", "b1", "W2", "b2"))
+    assert (linear.head, linear.top, top.schedule) == (top.head, top.top, None)
+    assert linear.recommended == {**top.recommended, "schedule": "linear"} and linear.schedule == "linear"
+
+    def bench(path):
+        doc = json.loads((report / path / "bench.json").read_text())
+        return doc["config"]["base"], doc["runs"][0]["curve"][-1]["dev_loss"]
+
+    means = {}
+    for arm in ("constant", "linear"):
+        per_task = []
+        for task in ("word-class", "noun-number"):
+            runs = []
+            for seed in (0, 1, 2):
+                shipped = bench(f"top-cli/packaged-{task}/top-lr-0.001-linear/seed-{seed}")
+                stem = "decay" if task == "word-class" else f"decay-{task}"
+                run = shipped if arm == "constant" else bench(f"rise/{stem}-s{seed}")
+                differ = {k for k in shipped[0] if shipped[0][k] != run[0].get(k)} - {"seed", "threads"}
+                assert differ == (set() if arm == "constant" else {"schedule"}), differ
+                assert run[0]["schedule"] == arm and run[0]["task"] == f"packaged:{task}"
+                runs.append(run[1])
+            per_task.append(sum(runs) / 3)
+        means[arm] = sum(per_task) / 2
+    assert means["linear"] < means["constant"]
+    sel = linear.provenance["schedule_selection"]
+    assert sel["dev_loss"] == pytest.approx(means) and sel["seeds"] == [0, 1, 2]
+    out = tmp_path / "again.safetensors"
+    subprocess.run([sys.executable, str(report / "make_linear_tuner.py"), str(out)], check=True, capture_output=True)
+    files = [out, folder / "smollm2-135m-v2-all-linear.safetensors"]
+    metas = []
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            metas.append({**f.metadata(), "zotune": json.loads(f.metadata()["zotune"])})
+    assert metas[0] == metas[1] and metas[0]["format_version"] == "8"
+    a, b = (load_file(str(p)) for p in files)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ------------------------------------------------------------------------------------ the top-block step (format 5)
 def test_a_top_step_is_format_5_round_trips_and_bad_top_metadata_is_refused(tmp_path, untrained):
     tuner = Tuner.from_pretrained(untrained)
@@ -738,6 +789,15 @@ def test_inspect_shows_the_top_step(tmp_path, untrained):
     text = inspect_text(tuner.with_schedule("linear").save_pretrained(tmp_path / "rec.safetensors"))
     rec = next(x for x in text.splitlines() if x.startswith("recommended fine-tuning"))
     assert rec.endswith("the ZO and head steps' lr decaying on a linear schedule (--schedule)")
+    chosen = tuner.with_schedule("linear")
+    chosen.provenance = {**tuner.provenance, "schedule_selection": {
+        "tasks": ["t.jsonl"], "forwards": 10, "seeds": [0, 1], "dev_loss": {"constant": 0.7, "linear": 0.6},
+        "report": "a report"}}
+    lines = inspect_text(chosen.save_pretrained(tmp_path / "chosen.safetensors")).splitlines()
+    rec = next(x for x in lines if x.startswith("recommended fine-tuning"))
+    assert rec.endswith("chosen by mean final dev loss on t.jsonl (10 forward passes, seeds [0, 1]): constant: 0.7000, "
+                        "linear: 0.6000")
+    assert any(x.startswith("untrained bank") and x.endswith("; schedule chosen on t.jsonl (a report)") for x in lines)
 
 
 def test_a_snapshot_from_before_top_lr_existed_resumes(tmp_path, monkeypatch, capsys):

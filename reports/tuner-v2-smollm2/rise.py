@@ -64,20 +64,28 @@ def screen_runs(task: str, arm: str) -> list[dict | None]:
     return [run_of(HERE / "rise" / f"{stem}-s{s}") for s in SEEDS]
 
 
+def screen_means() -> dict[str, float]:
+    """Arm (``shipped``, ``decay``) -> its mean final dev loss over the six meta-training runs of stage decay-screen
+    (means over seeds, then tasks), for the arms whose runs have all finished."""
+    means = {}
+    for arm in ("shipped", "decay"):
+        runs = {t: screen_runs(t, arm) for t in SCREEN_TASKS}
+        if all(r for t in SCREEN_TASKS for r in runs[t]):
+            means[arm] = statistics.mean(statistics.mean(r["curve"][-1]["dev_loss"] for r in runs[t])
+                                         for t in SCREEN_TASKS)
+    return means
+
+
 def screen() -> bool | None:
     """Stage decay-screen's table and rule: decay goes to the held-out settings if its mean final dev loss over the
     six meta-training runs (means over seeds, then tasks) is below the shipped configuration's. None: not finished."""
     print("\nStage decay-screen: final dev loss / test accuracy on the two meta-training tasks, seeds 0 / 1 / 2.\n")
     print("| arm | " + " | ".join(f"{t} seed {s}" for t in SCREEN_TASKS for s in SEEDS) + " | mean dev loss |")
     print("|---|" + "---|" * 7)
-    means = {}
+    means = screen_means()
     for arm in ("shipped", "decay"):
-        runs = {t: screen_runs(t, arm) for t in SCREEN_TASKS}
         cells = [f"{r['curve'][-1]['dev_loss']:.4f} / {r['curve'][-1]['test']:.3f}" if r else "-"
-                 for t in SCREEN_TASKS for r in runs[t]]
-        if all(r for t in SCREEN_TASKS for r in runs[t]):
-            means[arm] = statistics.mean(statistics.mean(r["curve"][-1]["dev_loss"] for r in runs[t])
-                                         for t in SCREEN_TASKS)
+                 for t in SCREEN_TASKS for r in screen_runs(t, arm)]
         print(f"| {arm} | " + " | ".join(cells) + (f" | {means[arm]:.4f} |" if arm in means else " | - |"))
     if len(means) < 2:
         print("\nNot every run has finished: no verdict.")
