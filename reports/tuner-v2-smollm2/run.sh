@@ -863,7 +863,7 @@ if [[ $stage == decay-held-out || $stage == all ]]; then
   done
   wait
 fi
-# 03:57 on 2026-12-07, written after it ran (at 03:55, once stage decay-screen's rule had passed; the file is a function
+# 03:53 on 2026-12-07, written after it ran (at 03:52, once stage decay-screen's rule had passed; the file is a function
 # of the committed benches, and test_tuner_v2 checks that this recipe writes it again): the fifth shipped file,
 # smollm2-135m-v2-all-linear, the v2-top-linear file that also recommends the linear schedule for the run (format 8),
 # with stage decay-screen's figures in its provenance. Which file the README recommends follows stage decay-held-out's
