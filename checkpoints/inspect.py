@@ -70,14 +70,29 @@ def head_text(tuner: Tuner) -> str:
                  "choice, one-token options)")
     sel = (tuner.provenance or {}).get("head_selection")
     if isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict):
-        grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"
-                         for k, v in sel["dev_loss"].items())
         lrs = sel.get("lrs")  # a grid of ZO lrs searched with the head lr (meta-train-head --lrs)
         lrs = ", ".join(map(str, lrs)) if isinstance(lrs, list) else lrs
         lr = f"lr {sel.get('lr', '?')}" if lrs is None else f"the ZO lr chosen with it from {lrs}: {sel.get('lr', '?')}"
         text += (f"; chosen by final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
-                 f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}, {lr}): {grid}")
+                 f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}, {lr}): "
+                 + _dev_losses(sel))
     return text
+
+
+def _dev_losses(sel: dict) -> str:
+    """A selection's final dev losses by candidate, as ``name: loss, ...``."""
+    return ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"
+                     for k, v in sel["dev_loss"].items())
+
+
+def _chosen(tuner: Tuner, key: str) -> str:
+    """``; chosen by mean final dev loss on ...`` for the selection ``key`` of the tuner's provenance (the top-block
+    step's lr, the recommended schedule), or nothing when it records none."""
+    sel = (tuner.provenance or {}).get(key)
+    if not (isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict)):
+        return ""
+    return (f"; chosen by mean final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
+            f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}): {_dev_losses(sel)}")
 
 
 def top_text(tuner: Tuner) -> str:
@@ -87,13 +102,7 @@ def top_text(tuner: Tuner) -> str:
     text = (f"Adam at lr {tuner.top_lr:g} on the last layer's MLP, along its exact gradient at the scored position "
             "read off the forward passes (multiple choice, one-token options, Llama family, one process)")
     text += f", its lr decaying on a {tuner.top_schedule} schedule" if tuner.top_schedule else ""
-    sel = (tuner.provenance or {}).get("top_selection")
-    if isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict):
-        grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"
-                         for k, v in sel["dev_loss"].items())
-        text += (f"; chosen by mean final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
-                 f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}): {grid}")
-    return text
+    return text + _chosen(tuner, "top_selection")
 
 
 def recommended_text(tuner: Tuner) -> str:
@@ -106,13 +115,7 @@ def recommended_text(tuner: Tuner) -> str:
     if not schedule:
         return text + "; constant lr"
     text += f"; the ZO and head steps' lr decaying on a {schedule} schedule (--schedule)"
-    sel = (tuner.provenance or {}).get("schedule_selection")
-    if isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict):
-        grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"
-                         for k, v in sel["dev_loss"].items())
-        text += (f"; chosen by mean final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
-                 f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}): {grid}")
-    return text
+    return text + _chosen(tuner, "schedule_selection")
 
 
 def inspect_text(path: str | Path, all_blocks: bool = False) -> str:
