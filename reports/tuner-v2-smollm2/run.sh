@@ -871,3 +871,26 @@ fi
 if [[ $stage == linear-ship || $stage == all ]]; then
   python $R/make_linear_tuner.py
 fi
+# 04:01 on 2026-12-07, written before it runs (it starts once stage decay-held-out has ended): does the ZO step add
+# anything beside the two exact steps once every lr decays? Stage rise's no-zo arm (ZO lr 0: the head and top steps
+# only, read off the same forward passes) ended level with the decaying configuration on word-class seed 1 (dev loss
+# 0.5608 against 0.5577). Stage no-zo-screen runs it, with every lr decaying as in stage decay-screen, on the other five
+# META-TRAINING runs (word-class seeds 0 and 2, noun-number seeds 0-2), two at a time, seed 0 first. Read, fixed now:
+# the mean final dev loss over the six runs against stage decay-screen's 0.3577; if it is not higher, the ZO step's
+# contribution beside the exact steps is not measurable on these tasks, and that is reported plainly; either way no
+# shipped file changes on this stage alone. (Its seed-1 run is stage rise's no-zo-s1, whose ZO and head lrs were
+# constant: with ZO lr 0 the ZO schedule moves nothing, but the head lr's does; so seed 1 is rerun here as well.)
+if [[ $stage == no-zo-screen || $stage == all ]]; then
+  python cli.py bench "${RISE[@]}" --seeds 0 --schedule linear --lr-grid tuner=0 --out $R/rise/no-zo-decay-s0 &
+  python cli.py bench "${RISE[@]}" --seeds 0 --schedule linear --lr-grid tuner=0 --task packaged:noun-number \
+    --out $R/rise/no-zo-decay-noun-number-s0
+  wait
+  python cli.py bench "${RISE[@]}" --seeds 1 --schedule linear --lr-grid tuner=0 --out $R/rise/no-zo-decay-s1 &
+  python cli.py bench "${RISE[@]}" --seeds 1 --schedule linear --lr-grid tuner=0 --task packaged:noun-number \
+    --out $R/rise/no-zo-decay-noun-number-s1
+  wait
+  python cli.py bench "${RISE[@]}" --seeds 2 --schedule linear --lr-grid tuner=0 --out $R/rise/no-zo-decay-s2 &
+  python cli.py bench "${RISE[@]}" --seeds 2 --schedule linear --lr-grid tuner=0 --task packaged:noun-number \
+    --out $R/rise/no-zo-decay-noun-number-s2
+  wait
+fi
