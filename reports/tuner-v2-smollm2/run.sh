@@ -871,7 +871,7 @@ fi
 if [[ $stage == linear-ship || $stage == all ]]; then
   python $R/make_linear_tuner.py
 fi
-# 04:01 on 2026-12-07, written before it runs (it starts once stage decay-held-out has ended): does the ZO step add
+# 04:00 on 2026-12-07, written before it runs (it starts once stage decay-held-out has ended): does the ZO step add
 # anything beside the two exact steps once every lr decays? Stage rise's no-zo arm (ZO lr 0: the head and top steps
 # only, read off the same forward passes) ended level with the decaying configuration on word-class seed 1 (dev loss
 # 0.5608 against 0.5577). Stage no-zo-screen runs it, with every lr decaying as in stage decay-screen, on the other five
