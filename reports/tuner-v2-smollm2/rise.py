@@ -9,8 +9,9 @@ the paired runs of stage top-seeds (``top-cli/packaged-word-class/top-lr-<lr>[-l
 and the shipped configuration). Prints each run's final dev loss, test loss and accuracy, the training loss's 50-step
 means, and its rise: the last 50-step mean minus the lowest (the rule of run.sh: an arm whose rise on seed 1 is
 below 0.1 takes away what drives it). Then stage decay-screen's table (the decay arm on both meta-training tasks,
-seeds 0-2, against the shipped configuration's runs of stage top-seeds) and its rule; with ``--verdict`` the exit
-status is 0 only if the rule sends decay to the held-out settings.
+seeds 0-2, against the shipped configuration's runs of stage top-seeds) and its rule, with stage no-zo-screen's arm
+(``rise/no-zo-decay[-<task>]-s<seed>``: ZO lr 0, every lr decaying) and its reading once it has run; with
+``--verdict`` the exit status is 0 only if the rule sends decay to the held-out settings.
 """
 from __future__ import annotations
 
@@ -56,19 +57,22 @@ def main() -> None:
                   f"{min(m):.2f} | {m[-1]:.2f} | {m[-1] - min(m):+.2f} | {' '.join(f'{v:.2f}' for v in m)} |")
 
 
+SCREEN_ARMS = ("shipped", "decay", "no-zo-decay")  # no-zo-decay: stage no-zo-screen (ZO lr 0, every lr decaying)
+
+
 def screen_runs(task: str, arm: str) -> list[dict | None]:
-    """Seeds 0-2 of ``arm`` (``shipped`` or ``decay``) on a meta-training task."""
+    """Seeds 0-2 of ``arm`` (one of :data:`SCREEN_ARMS`) on a meta-training task."""
     if arm == "shipped":
         return [run_of(HERE / "top-cli" / f"packaged-{task}" / "top-lr-0.001-linear" / f"seed-{s}") for s in SEEDS]
-    stem = "decay" if task == "word-class" else f"decay-{task}"
+    stem = arm if task == "word-class" else f"{arm}-{task}"
     return [run_of(HERE / "rise" / f"{stem}-s{s}") for s in SEEDS]
 
 
 def screen_means() -> dict[str, float]:
-    """Arm (``shipped``, ``decay``) -> its mean final dev loss over the six meta-training runs of stage decay-screen
-    (means over seeds, then tasks), for the arms whose runs have all finished."""
+    """Arm (:data:`SCREEN_ARMS`) -> its mean final dev loss over the six meta-training runs of stages decay-screen
+    and no-zo-screen (means over seeds, then tasks), for the arms whose runs have all finished."""
     means = {}
-    for arm in ("shipped", "decay"):
+    for arm in SCREEN_ARMS:
         runs = {t: screen_runs(t, arm) for t in SCREEN_TASKS}
         if all(r for t in SCREEN_TASKS for r in runs[t]):
             means[arm] = statistics.mean(statistics.mean(r["curve"][-1]["dev_loss"] for r in runs[t])
@@ -83,11 +87,16 @@ def screen() -> bool | None:
     print("| arm | " + " | ".join(f"{t} seed {s}" for t in SCREEN_TASKS for s in SEEDS) + " | mean dev loss |")
     print("|---|" + "---|" * 7)
     means = screen_means()
-    for arm in ("shipped", "decay"):
+    for arm in SCREEN_ARMS:
         cells = [f"{r['curve'][-1]['dev_loss']:.4f} / {r['curve'][-1]['test']:.3f}" if r else "-"
                  for t in SCREEN_TASKS for r in screen_runs(t, arm)]
         print(f"| {arm} | " + " | ".join(cells) + (f" | {means[arm]:.4f} |" if arm in means else " | - |"))
-    if len(means) < 2:
+    if "no-zo-decay" in means:
+        print(f"\nStage no-zo-screen: the exact steps alone, every lr decaying, {means['no-zo-decay']:.4f} against "
+              f"{means['decay']:.4f} with the ZO step: the ZO step's contribution beside them is "
+              + ("not measurable on these tasks." if means["no-zo-decay"] <= means["decay"] else
+                 f"{means['no-zo-decay'] - means['decay']:.4f} in mean final dev loss."))
+    if "decay" not in means:
         print("\nNot every run has finished: no verdict.")
         return None
     passes = means["decay"] < means["shipped"]
