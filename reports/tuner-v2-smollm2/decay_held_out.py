@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
-from finetune.bench import paired_table  # noqa: E402
+from finetune.bench import forwards_to_target, paired_bootstrap, paired_table  # noqa: E402
 from top_held_out import SEEDS, TASKS, TOP, folders, packaged_paired  # noqa: E402
 
 SHIPPED, DECAY = "tuner v2 + top 1e-3 linear", "the same, ZO and head lrs decaying"
@@ -40,13 +40,39 @@ def read(task: str) -> dict[str, dict[int, dict]]:
     return arms
 
 
+def summary(groups: dict[str, dict[str, dict[int, dict]]]) -> None:
+    """One row per setting with three seeds: every arm's mean accuracy, the decaying configuration's paired
+    differences from the shipped configuration and from FZOO (95% bootstrap intervals), and the forward passes each
+    of its seeds needs to reach MeZO's final test loss on the same seed."""
+    names = {"MeZO": "MeZO", "FZOO": "FZOO", "tuner v2": "tuner v2", SHIPPED: "v2-top-linear", DECAY: "all-linear"}
+    print("## Summary (three seeds per setting)\n")
+    print("| setting | " + " | ".join(names.values()) + " | Δ accuracy vs v2-top-linear | Δ test loss vs "
+          "v2-top-linear | Δ accuracy vs FZOO | all-linear: forwards to MeZO's final test loss |")
+    print("|---|" + "---|" * (len(names) + 4))
+
+    def diff(key, arm, other):
+        d = [arm[s]["eval"][key] - other[s]["eval"][key] for s in SEEDS]
+        lo, hi = paired_bootstrap(d)
+        fmt = ".3f" if key == "after" else ".4f"
+        return f"{statistics.fmean(d):+{fmt}} [{lo:+{fmt}}, {hi:+{fmt}}]"
+
+    for task, group in groups.items():
+        means = [f"{statistics.fmean(group[a][s]['eval']['after'] for s in SEEDS):.3f}" for a in names]
+        mine = group[DECAY]
+        reached = [forwards_to_target(mine[s], group["MeZO"][s]["eval"]["loss_after"]) for s in SEEDS]
+        print(f"| {task} | " + " | ".join(means) + f" | {diff('after', mine, group[SHIPPED])} | "
+              f"{diff('loss_after', mine, group[SHIPPED])} | {diff('after', mine, group['FZOO'])} | "
+              + ", ".join("–" if f is None else str(f) for f in reached) + " |")
+    print()
+
+
 def main() -> None:
     print("# The decaying configuration on the held-out packaged tasks, paired by seed\n")
     print("Written by `python reports/tuner-v2-smollm2/decay_held_out.py`. The shipped configuration (tuner v2 plus "
           "`--top-lr 1e-3 --top-schedule linear`) with `--schedule linear` (its ZO and head lrs decay linearly to 0 "
           "as well), against the shipped configuration, tuner v2, FZOO 3e-3 and MeZO 3e-5; 1000 passes (FZOO 999), "
           "batch 8, fp32. Only seeds where every arm finished are paired.\n")
-    verdict = {}
+    verdict, full = {}, {}
     for task in TASKS:
         print(f"## {task}\n")
         arms = read(task)
@@ -62,12 +88,15 @@ def main() -> None:
             print(paired_table([group[a] for a in order]))
             print()
         if seeds == list(SEEDS):
+            full[task] = group
             mean = {a: (statistics.fmean(group[a][s]["eval"]["after"] for s in seeds),
                         statistics.fmean(group[a][s]["eval"]["loss_after"] for s in seeds)) for a in (SHIPPED, DECAY)}
             verdict[task] = mean[DECAY][0] >= mean[SHIPPED][0] and mean[DECAY][1] < mean[SHIPPED][1]
             print(f"Rule on {task}: accuracy {mean[DECAY][0]:.3f} against {mean[SHIPPED][0]:.3f}, test loss "
                   f"{mean[DECAY][1]:.4f} against {mean[SHIPPED][1]:.4f}: "
                   + ("passes" if verdict[task] else "fails") + ".\n")
+    if full:
+        summary(full)
     if len(verdict) < len(TASKS):
         print(f"The rule has three seeds on {len(verdict)} of {len(TASKS)} settings: no decision.")
     else:
