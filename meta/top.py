@@ -10,10 +10,11 @@ The choice is made by real fine-tuning runs: for every top lr of the grid, each 
 method ``tuner`` (the tuner as it is, its head step included, at its recommended lr, under the run's lr schedule
 ``base.schedule``) plus the top-block step at that lr, under ``schedule`` (None: the run's own), ``forwards`` forward
 passes per seed. The run's schedule (that of the ZO and head steps) goes into the artifact with the choice, as the
-schedule the tuner recommends (format 8 when it is not constant), since the choice was made under it. The lr whose runs end with the
-lowest dev loss, averaged over seeds and then over tasks, goes into the artifact; a run that diverged counts as an
-infinite loss. A grid may hold 0 (no top-block step), so that the choice can also be "none": with 0 in the grid, a
-step is only carried if it beats the tuner without it. The test split is never read for the choice.
+schedule the tuner recommends (format 8 when it is not constant), since the choice was made under it. The lr whose
+runs end with the lowest dev loss, averaged over seeds and then over tasks, goes into the artifact; a run that
+diverged counts as an infinite loss. A grid may hold 0 (no top-block step), so that the choice can also be "none":
+with 0 in the grid, a step is only carried if it beats the tuner without it. The test split is never read for the
+choice.
 
 Each (task, top lr, seed) bench lives in its own folder under ``work`` (:func:`bench_folder`) and resumes after a
 kill; finished benches are read, not rerun, so more ``seeds`` or ``tasks`` widen a choice without redoing it.
@@ -99,7 +100,8 @@ def select_top_lr(base: FinetuneConfig, search: TopSearch, work: Path, out: Path
         chosen = tuner.with_top(best, search.schedule).with_schedule(base.schedule)
         chosen.provenance = {**tuner.provenance, "top_selection": {
             "tasks": list(search.tasks), "forwards": search.forwards, "seeds": list(search.seeds), "lr": base.lr,
-            "schedule": search.schedule, "run_schedule": base.schedule, "batch_size": base.batch_size, "autocast": base.autocast,
+            "schedule": search.schedule, "run_schedule": base.schedule, "batch_size": base.batch_size,
+            "autocast": base.autocast,
             "dev_loss": {k: (v if math.isfinite(v) else "diverged") for k, v in losses.items()}, "chosen": best,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
         write_tuner(chosen, out)

@@ -709,7 +709,8 @@ def test_meta_train_top_runs_and_carries_the_runs_schedule(tmp_path, untrained, 
             "linear", "--lr", "1e-3", "--batch-size", "4", "--n-dev", "8", "--n-test", "8", "--forwards", "12",
             "--eval-points", "2", "--work", str(tmp_path / "work")]
     assert cli.main([*argv, "--tuner", str(head), "--out", str(tmp_path / "const.safetensors")]) == 0
-    assert cli.main([*argv, "--tuner", str(head), "--schedule", "linear", "--out", str(tmp_path / "lin.safetensors")]) == 0
+    assert cli.main([*argv, "--tuner", str(head), "--schedule", "linear", "--out",
+                     str(tmp_path / "lin.safetensors")]) == 0
     assert "runs under the linear schedule" in capsys.readouterr().out
     assert Tuner.from_pretrained(tmp_path / "const.safetensors").schedule is None
     lin = Tuner.from_pretrained(tmp_path / "lin.safetensors")
@@ -724,7 +725,8 @@ def test_meta_train_top_runs_and_carries_the_runs_schedule(tmp_path, untrained, 
     # a tuner that recommends a schedule: its search runs under it, and its file carries it on; so does meta-train-head
     rec = Tuner.from_pretrained(head).with_schedule("linear").save_pretrained(tmp_path / "rec.safetensors")
     argv[argv.index("--work") + 1] = str(tmp_path / "work2")
-    assert cli.main([*argv, "--tuner", str(rec), "--top-lrs", "3e-2", "--out", str(tmp_path / "again.safetensors")]) == 0
+    assert cli.main([*argv, "--tuner", str(rec), "--top-lrs", "3e-2", "--out",
+                     str(tmp_path / "again.safetensors")]) == 0
     bench = json.loads((top_folder(tmp_path / "work2", task, 3e-2, 0, "linear", "linear") / "bench.json").read_text())
     assert bench["config"]["base"]["schedule"] == "linear"
     assert Tuner.from_pretrained(tmp_path / "again.safetensors").schedule == "linear"

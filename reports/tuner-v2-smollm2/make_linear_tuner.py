@@ -1,8 +1,8 @@
-"""Write the shipped smollm2-135m-v2-all-linear tuner (section 22): the recommended v2-top-linear file (tuner v2 plus the
-top-block step at 1e-3, its lr decaying linearly) that also recommends the linear schedule for the run, so that the ZO
-and head steps' lrs decay with the top step's (format 8), with stage decay-screen's figures in its provenance.
+"""Write the shipped smollm2-135m-v2-all-linear tuner (section 22): the v2-top-linear file (tuner v2 plus the top-block
+step at 1e-3, its lr decaying linearly) that also recommends the linear schedule for the run, so that the ZO and head
+steps' lrs decay with the top step's (format 8), with stage decay-screen's figures in its provenance.
 
-    python reports/tuner-v2-smollm2/make_linear_tuner.py [OUT]  # default: checkpoints/pretrained/smollm2-135m-v2-all-linear...
+    python reports/tuner-v2-smollm2/make_linear_tuner.py [OUT]  # default: checkpoints/pretrained/...-all-linear...
 
 The choice is read from stage decay-screen's runs (``rise.py``), not typed in: refused unless the decaying runs' mean
 final dev loss over the two meta-training tasks' three seeds is below the shipped configuration's (the rule fixed in
