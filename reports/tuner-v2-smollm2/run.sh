@@ -894,5 +894,5 @@ if [[ $stage == no-zo-screen || $stage == all ]]; then
     --out $R/rise/no-zo-decay-noun-number-s2
   wait
 fi
-# 05:01: stage no-zo-screen did not run this session (stage decay-held-out took until the session's end); it waits,
+# 05:00: stage no-zo-screen did not run this session (stage decay-held-out took until the session's end); it waits,
 # as written, for a later session.
