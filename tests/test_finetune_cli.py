@@ -239,14 +239,16 @@ def test_compare_refuses_what_it_cannot_compare(tmp_path, jsonl, capsys):
 
 
 def _finished(folder: Path, seed: int, accuracy: float, curve: list[tuple[int, float]], lr: float = 1e-3,
-              beyond: float = 0.0, method: str = "mezo") -> Path:
-    """A hand-made metrics.json: test accuracy at the end, and the test loss at each logged forward count."""
+              beyond: float = 0.0, method: str = "mezo", config: dict | None = None) -> Path:
+    """A hand-made metrics.json: test accuracy at the end, and the test loss at each logged forward count;
+    ``config``: more run options recorded (e.g. ``{"top_lr": 1e-3}``)."""
     folder.mkdir(parents=True)
     metrics = {"method": method, "head_lr": None, "task": "t.jsonl", "forwards": curve[-1][0],
                "eval": {"metric": "accuracy", "n": 8, "before": 0.5, "after": accuracy, "loss_before": curve[0][1],
                         "loss_after": curve[-1][1]},
                "curve": [{"step": f // 2, "forwards": f, "test_loss": loss} for f, loss in curve],
-               "gain": {"metric_beyond_calibration": beyond}, "config": {"seed": seed, "lr": lr, "threads": 1}}
+               "gain": {"metric_beyond_calibration": beyond},
+               "config": {"seed": seed, "lr": lr, "threads": 1, **(config or {})}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
 
@@ -350,12 +352,8 @@ def test_compare_reads_an_option_newer_than_a_run_as_its_default(tmp_path, capsy
     """A run recorded before --top-lr existed ran without the step: it pairs in one arm with a run that recorded
     --top-lr 0, not with one that took the step."""
     def run(name, seed, top_lr=None):
-        folder = _finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)])
-        if top_lr is not None:
-            m = json.loads((folder / "metrics.json").read_text())
-            m["config"]["top_lr"] = top_lr
-            (folder / "metrics.json").write_text(json.dumps(m))
-        return str(folder)
+        config = None if top_lr is None else {"top_lr": top_lr}
+        return str(_finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)], config=config))
 
     old, off, on = run("old", 0), run("off", 1, 0.0), run("on", 1, 1e-3)
     b0, b1 = run("b0", 0), run("b1", 1)
@@ -369,11 +367,7 @@ def test_compare_labels_an_arm_by_its_top_block_step(tmp_path, capsys):
     """Two arms that differ only in --top-lr get different labels (they read alike before 2026-12-06, sixth
     session); an arm without the step is labelled as before."""
     def run(name, seed, top_lr):
-        folder = _finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)])
-        m = json.loads((folder / "metrics.json").read_text())
-        m["config"]["top_lr"] = top_lr
-        (folder / "metrics.json").write_text(json.dumps(m))
-        return str(folder)
+        return str(_finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)], config={"top_lr": top_lr}))
 
     assert cli.main(["compare", run("a0", 0, 0.0), run("a1", 1, 0.0), "--vs", run("b0", 0, 3e-4),
                      run("b1", 1, 3e-4)]) == 0
@@ -384,11 +378,7 @@ def test_compare_labels_an_arm_by_its_top_block_step(tmp_path, capsys):
 def test_compare_labels_an_arm_by_its_schedule(tmp_path, capsys):
     """Two arms that differ only in --schedule get different labels; a constant schedule is labelled as before."""
     def run(name, seed, schedule):
-        folder = _finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)])
-        m = json.loads((folder / "metrics.json").read_text())
-        m["config"]["schedule"] = schedule
-        (folder / "metrics.json").write_text(json.dumps(m))
-        return str(folder)
+        return str(_finished(tmp_path / name, seed, 0.5, [(0, 1.0), (2, 0.9)], config={"schedule": schedule}))
 
     assert cli.main(["compare", run("a0", 0, "constant"), run("a1", 1, "constant"), "--vs", run("b0", 0, "linear"),
                      run("b1", 1, "linear")]) == 0
