@@ -22,22 +22,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 from finetune.bench import forwards_to_target, paired_bootstrap, paired_table  # noqa: E402
-from top_held_out import SEEDS, TASKS, TOP, folders, packaged_paired  # noqa: E402
+from top_held_out import SEEDS, TASKS, TOP, folders, load, packaged_paired  # noqa: E402
 
 SHIPPED, DECAY = "tuner v2 + top 1e-3 linear", "the same, ZO and head lrs decaying"
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
-    import json
-
     pattern = {a: p for a, p in folders(task, "1e-3").items() if a != "tuner v2 + top 3e-4"}
     pattern = {SHIPPED if a.endswith("linear") else a: p for a, p in pattern.items()}
     pattern[DECAY] = TOP / task / "tuner-v2-top-1e-3-linear-decay-s{}"
-    arms = {}
-    for arm, p in pattern.items():
-        paths = {s: Path(str(p).format(s)) / "metrics.json" for s in SEEDS}
-        arms[arm] = {s: json.loads(q.read_text()) for s, q in paths.items() if q.is_file()}
-    return arms
+    return load(pattern)
 
 
 def summary(groups: dict[str, dict[str, dict[int, dict]]]) -> None:

@@ -59,8 +59,13 @@ def folders(task: str, lr: str | None) -> dict[str, Path]:
 
 
 def read(task: str, lr: str | None) -> dict[str, dict[int, dict]]:
+    return load(folders(task, lr))
+
+
+def load(patterns: dict[str, Path]) -> dict[str, dict[int, dict]]:
+    """Arm -> seed -> metrics of the finished runs, from each arm's folder pattern (``{}``: the seed)."""
     arms = {}
-    for arm, pattern in folders(task, lr).items():
+    for arm, pattern in patterns.items():
         paths = {s: Path(str(pattern).format(s)) / "metrics.json" for s in SEEDS}
         arms[arm] = {s: json.loads(p.read_text()) for s, p in paths.items() if p.is_file()}
     return arms
