@@ -896,4 +896,4 @@ if [[ $stage == no-zo-screen || $stage == all ]]; then
 fi
 # 05:00: stage no-zo-screen did not run this session (stage decay-held-out took until the session's end); it waits,
 # as written, for a later session.
-# 05:48 on 2026-12-07: stage no-zo-screen starts now, as written above (nothing in it changed).
+# 05:46 on 2026-12-07: stage no-zo-screen starts now, as written above (nothing in it changed).
