@@ -1,0 +1,125 @@
+"""Section 23's held-out runs (stage baselines-decay of run.sh): MeZO (3e-5) and FZOO (3e-3) with their lrs decaying
+linearly (``--schedule linear``) on the five held-out settings, against their constant runs, and the two tuner
+configurations against each baseline at the schedule its dev loss chose, paired by seed.
+
+    python reports/tuner-v2-smollm2/baselines_decay.py [> reports/tuner-v2-smollm2/top-held-out/baselines-decay.md]
+
+Reads ``top-held-out/<setting>/{fzoo-3e-3,mezo-3e-5}-linear-s<seed>/metrics.json`` and the other arms' runs as
+``top_held_out.py`` and ``decay_held_out.py`` do, with their checks (the same test split for every arm of a seed;
+within an arm, runs that differ only in seed, threads and the task's name). The rule of run.sh, fixed before the
+runs: on each setting a baseline's schedule is the one with the lower mean final DEV loss over the seeds both of its
+schedules have; no test figure enters the choice. Then the tuners (v2-top-linear, the recommended file, and
+all-linear) are compared with FZOO at its chosen schedule: "no worse" on a setting means a mean test accuracy no
+lower and a mean test loss no higher over the seeds every arm has.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+from decay_held_out import DECAY, SHIPPED  # noqa: E402
+from decay_held_out import read as read_decay  # noqa: E402
+from finetune.bench import final_value, paired_bootstrap, paired_table  # noqa: E402
+from top_held_out import SEEDS, TASKS, TOP, load, packaged_paired  # noqa: E402
+
+BASELINES = {"FZOO": "fzoo-3e-3", "MeZO": "mezo-3e-5"}
+TUNERS = {SHIPPED: "v2-top-linear", DECAY: "all-linear"}  # section 22's labels -> these
+
+
+def read(task: str) -> dict[str, dict[int, dict]]:
+    """Arm -> seed -> metrics: the tuners and the constant baselines of section 22, and each baseline's linear arm."""
+    arms = {TUNERS.get(a, a): r for a, r in read_decay(task).items() if a in (*TUNERS, *BASELINES)}
+    return arms | load({f"{b} linear": TOP / task / f"{stem}-linear-s{{}}" for b, stem in BASELINES.items()})
+
+
+def mean_of(runs: dict[int, dict], seeds: list[int], value) -> float:
+    return statistics.fmean(value(runs[s]) for s in seeds)
+
+
+def dev(run: dict) -> float:
+    return final_value(run, "dev_loss")
+
+
+def choose(arms: dict[str, dict[int, dict]], baseline: str) -> tuple[str | None, str]:
+    """The arm (``baseline`` or ``baseline linear``) with the lower mean final dev loss over the seeds both have, and
+    the figures in words; None when no seed has both."""
+    constant, linear = arms[baseline], arms[f"{baseline} linear"]
+    seeds = sorted(set(constant) & set(linear))
+    if not seeds:
+        return None, "its linear arm has not run"
+    c, l = mean_of(constant, seeds, dev), mean_of(linear, seeds, dev)
+    pick = f"{baseline} linear" if l < c else baseline
+    return pick, f"final dev loss constant {c:.4f}, linear {l:.4f} (seeds {', '.join(map(str, seeds))}) → {'linear' if l < c else 'constant'}"
+
+
+def against(tuner: dict[int, dict], base: dict[int, dict], seeds: list[int]) -> tuple[str, bool]:
+    """The tuner's paired differences from a baseline (accuracy, test loss; 95% bootstrap intervals) and whether it
+    is no worse (mean accuracy no lower, mean test loss no higher)."""
+    cells, mean = [], {}
+    for key, fmt in (("after", ".3f"), ("loss_after", ".4f")):
+        d = [tuner[s]["eval"][key] - base[s]["eval"][key] for s in seeds]
+        mean[key] = statistics.fmean(d)
+        ci = paired_bootstrap(d)
+        cells.append(f"{mean[key]:+{fmt}}" + (f" [{ci[0]:+{fmt}}, {ci[1]:+{fmt}}]" if ci else ""))
+    return "; ".join(cells), mean["after"] >= 0 and mean["loss_after"] <= 0
+
+
+def main() -> None:
+    print("# The baselines with a decaying lr on the held-out packaged tasks, paired by seed\n")
+    print("Written by `python reports/tuner-v2-smollm2/baselines_decay.py`. MeZO 3e-5 (1000 passes) and FZOO 3e-3 "
+          "(999 passes) at a constant lr and with `--schedule linear`; each baseline's schedule chosen on its mean "
+          "final dev loss; v2-top-linear (tuner v2 plus `--top-lr 1e-3 --top-schedule linear`, the recommended file) "
+          "and all-linear (the same with `--schedule linear`) against FZOO at its chosen schedule. Batch 8, fp32.\n")
+    rows = []
+    for task in TASKS:
+        print(f"## {task}\n")
+        arms = read(task)
+        picks = {b: choose(arms, b) for b in BASELINES}
+        for b, (_, words) in picks.items():
+            print(f"- {b}: {words}.")
+        print()
+        print("| arm | " + " | ".join(f"seed {s}: dev loss / test loss / accuracy" for s in SEEDS) + " |")
+        print("|---|" + "---|" * len(SEEDS))
+        for a, runs in arms.items():
+            print(f"| {a} | " + " | ".join(
+                f"{dev(runs[s]):.4f} / {runs[s]['eval']['loss_after']:.4f} / {runs[s]['eval']['after']:.3f}"
+                if s in runs else "–" for s in SEEDS) + " |")
+        print()
+        seeds = sorted(arms["FZOO linear"])
+        group = {a: {s: r[s] for s in seeds} for a, r in arms.items() if set(seeds) <= set(r)}
+        if len(seeds) >= 2:  # the arms that have every seed FZOO's linear arm has
+            packaged_paired.check(task, group, seeds)
+            order = ["FZOO linear"] + [a for a in group if a != "FZOO linear"]
+            print(f"Arms: {', '.join(order)}.\n")
+            print(paired_table([group[a] for a in order]))
+            print()
+        fzoo = picks["FZOO"][0]
+        tuners = list(TUNERS.values())
+        both = sorted(set(arms[fzoo]) & set.intersection(*(set(arms[t]) for t in tuners))) if fzoo else []
+        if len(both) >= 2:
+            cells = [against(arms[t], arms[fzoo], both) for t in tuners]
+            rows.append((task, fzoo, both, cells,
+                         {a: mean_of(arms[a], both, lambda r: r["eval"]["after"]) for a in (fzoo, *tuners)}))
+    if not rows:
+        print("Fewer than two seeds of FZOO at its chosen schedule on every setting: no summary.")
+        return
+    print("## Summary: the tuners against FZOO at its chosen schedule\n")
+    print("| setting | FZOO's schedule | seeds | FZOO accuracy | " + " | ".join(
+        f"{n} accuracy | {n} − FZOO: accuracy; test loss | {n} no worse?" for n in TUNERS.values()) + " |")
+    print("|---|---|---|---|" + "---|---|---|" * len(TUNERS))
+    for task, fzoo, seeds, cells, acc in rows:
+        print(f"| {task} | {'linear' if fzoo.endswith('linear') else 'constant'} | {', '.join(map(str, seeds))} | "
+              f"{acc[fzoo]:.3f} | " + " | ".join(f"{acc[t]:.3f} | {c} | {'yes' if ok else 'no'}"
+                                                  for t, (c, ok) in zip(TUNERS.values(), cells)) + " |")
+    print()
+    for i, name in enumerate(TUNERS.values()):
+        ok = sum(row[3][i][1] for row in rows)
+        print(f"- {name}: no worse than FZOO at its chosen schedule on {ok} of {len(rows)} settings.")
+
+
+if __name__ == "__main__":
+    main()
