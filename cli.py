@@ -330,6 +330,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     reference = "" if cal is None else f" (fitting only the label prior gives {cal:.4f})"
     print(f"{ev['metric']} on {ev['n']} test examples: {ev['before']:.4f} -> {ev['after']:.4f}{reference}; "
           f"{passes}; wrote {args.out}")
+    from finetune.common.runs import late_rise
+
+    if (rise := late_rise(metrics["train_loss"])) is not None:
+        print(rise.note())
 
 
 def _data_parallel(args: argparse.Namespace):

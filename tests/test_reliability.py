@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import random
 import stat
@@ -31,6 +32,7 @@ import finetune.trainer as trainer_module
 from checkpoints import Tuner, hub
 from checkpoints.pth_import import read_pth
 from finetune.common.errors import ZotuneError
+from finetune.common.runs import LateRise, late_rise
 from finetune.data.models import load_model
 from finetune.data.scoring import TaskScorer
 from meta.train import MetaConfig, MetaTrainer, meta_train
@@ -331,6 +333,67 @@ def test_a_runaway_training_loss_stops_the_run_while_a_large_steady_one_does_not
 def test_fp16_overflow_is_one_line(tmp_path, mc, capsys, flags, message):
     err = one_line(capsys, C(mc, "--steps", "1", "--dtype", "fp16", *flags, "--out", str(tmp_path / "o")))
     assert message in err and "--lr" in err and not (tmp_path / "o").exists()
+
+
+def _windows(means: list[float], w: int) -> list[float]:
+    """Ten windows of ``w`` steps, each at its mean (a staircase: the step-to-step noise is the jumps only)."""
+    return [m for m in means for _ in range(w)]
+
+
+def test_late_rise_by_its_formula():
+    """The rule written out: ten windows of w = n // 10 (the last 10 w steps), the lowest not the last, and the last
+    window above the lowest by more than a quarter of the fall, a fifth of the lowest and five noise widths."""
+    means = [1.0, 0.8, 0.6, 0.5, 0.55, 0.6, 0.7, 0.8, 0.85, 0.9]
+    got = late_rise([7.0, 7.0, 7.0] + _windows(means, 10))  # 103 steps: w = 10, the first 3 steps are left out
+    assert got == LateRise(lowest=0.5, lowest_steps=(34, 43), last=pytest.approx(0.9), window=10)
+    assert "0.500 over steps 34-43, 0.900 over the last 10" in got.note() and "--schedule linear" in got.note()
+    # each threshold on its own: a rise of 0.1 is under a quarter of a fall of 0.5 ...
+    assert late_rise(_windows([1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.6], 10)) is None
+    # ... 0.1 is above a quarter of a fall of 0.2, under a fifth of 0.8 ...
+    assert late_rise(_windows([1.0, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.9], 10)) is None
+    # ... and the same staircase with a rise of 0.3 is one, unless the steps are noisy enough to hide it
+    stairs = _windows([1.0, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 1.1], 10)
+    assert late_rise(stairs) is not None
+    jitter = [x + (0.2 if i % 2 else -0.2) for i, x in enumerate(stairs)]  # sigma 0.28: 5 sigma / sqrt 10 = 0.45
+    assert late_rise(jitter) is None
+    # the lowest window last, a short run, a non-finite loss: no note
+    assert late_rise(_windows([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1], 10)) is None
+    assert late_rise(_windows(means, 4)) is None  # 40 steps
+    assert late_rise([None] + _windows(means, 10)) is None
+
+
+@pytest.mark.parametrize("steps", [111, 500])
+def test_late_rise_is_not_noted_for_noise_around_a_falling_or_flat_loss(steps):
+    """Runs of FZOO's and MeZO's lengths here, batch-like noise (sd 0.3 at a loss near 0.7) around a loss that falls
+    then stays flat: a note on at most two of 1000 seeds (1 at 111 steps, 0 at 500; with four noise widths instead
+    of five, 7 and 3)."""
+    notes = 0
+    for seed in range(1000):
+        rng = random.Random(seed)
+        curve = [0.7 + 0.5 * math.exp(-5 * t / steps) for t in range(steps)]
+        notes += late_rise([max(0.0, c + rng.gauss(0, 0.3)) for c in curve]) is not None
+    assert notes <= 2
+
+
+def test_finetune_notes_a_late_rise_of_the_training_loss(tmp_path, mc, capsys, monkeypatch):
+    """A run whose training loss is tripled from its 41st step on (of 60) ends with the note; the same run with the
+    loss tripled throughout ends without it (the note reads the run's own curve)."""
+    real_loss, calls = TaskScorer.loss, {"n": 0}
+
+    def scaled(factor_from):
+        def loss(self, model, examples):
+            calls["n"] += 1
+            return real_loss(self, model, examples) * factor_from(calls["n"])
+        return loss
+
+    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 3.0 if n > 80 else 1.0))  # MeZO: two passes a step
+    assert cli.main(C(mc, "--steps", "60", "--no-save-model", "--out", str(tmp_path / "rise"))) == 0
+    out = capsys.readouterr().out
+    assert "note: the training loss rose late in the run" in out and "over the last 6" in out
+    calls["n"] = 0
+    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 3.0))
+    assert cli.main(C(mc, "--steps", "60", "--no-save-model", "--out", str(tmp_path / "steady"))) == 0
+    assert "rose late" not in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------- 4. concurrent runs

@@ -1,5 +1,5 @@
 """What the fine-tune and meta-train stages share about a run: checked numbers, the output check, the run
-lock, input fingerprints, resumable snapshots, the divergence guard and strict JSON.
+lock, input fingerprints, resumable snapshots, the divergence guard (and the late-rise note) and strict JSON.
 
 See ``docs/reliability.md`` for the promises these make.
 """
@@ -281,6 +281,48 @@ class DivergenceGuard:
         if recent > self.ratio * max(start, 1.0):
             raise Diverged(f"the run diverged: the training loss grew from {start:.3g} (mean of the first {w} "
                            f"steps) to {recent:.3g} (the last {w}) by step {step}; {hint}")
+
+
+@dataclass(frozen=True)
+class LateRise:
+    """A finished run's training loss rose again after its lowest point (:func:`late_rise`): the mean over its
+    lowest tenth (steps ``lowest_steps``, counted from 1) and over its last ``window`` steps."""
+    lowest: float
+    lowest_steps: tuple[int, int]
+    last: float
+    window: int
+
+    def note(self) -> str:
+        a, b = self.lowest_steps
+        return (f"note: the training loss rose late in the run (mean {self.lowest:.3f} over steps {a}-{b}, "
+                f"{self.last:.3f} over the last {self.window}); the lr may be too high for a run this long: "
+                "try --schedule linear or a lower --lr")
+
+
+def late_rise(losses: list[float], min_steps: int = 50) -> LateRise | None:
+    """Whether a finished run's training loss rose again late in the run, well beyond its noise: a rise the
+    divergence guard (100x) lets through, and one that a decaying lr or a lower one usually removes.
+
+    The last ``10 w`` steps (``w = len(losses) // 10``) are cut into ten windows of ``w``. With ``m_0`` the
+    first window's mean, ``m_lo`` the lowest and ``m_last`` the last's, the loss rose late when the lowest window
+    is not the last and ``m_last - m_lo`` exceeds each of: a quarter of the fall ``m_0 - m_lo``, a fifth of
+    ``m_lo``, and five times the noise of a window's mean, ``sigma / sqrt(w)`` (``sigma``: the standard
+    deviation of those steps' step-to-step differences over sqrt 2, the per-step noise, which a slow trend barely
+    touches). None for runs shorter than ``min_steps`` or with a non-finite loss (``None`` in a ``metrics.json``)."""
+    n = len(losses)
+    if n < max(min_steps, 10) or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in losses):
+        return None
+    w = n // 10
+    start = n - 10 * w
+    means = [sum(losses[start + i * w:start + (i + 1) * w]) / w for i in range(10)]
+    low = min(range(10), key=means.__getitem__)
+    diffs = [b - a for a, b in zip(losses[start:], losses[start + 1:])]
+    mean_diff = sum(diffs) / len(diffs)
+    sigma = math.sqrt(sum((d - mean_diff) ** 2 for d in diffs) / len(diffs) / 2)
+    rise = means[-1] - means[low]
+    if low == 9 or rise <= max(0.25 * (means[0] - means[low]), 0.2 * means[low], 5 * sigma / math.sqrt(w)):
+        return None
+    return LateRise(means[low], (start + low * w + 1, start + (low + 1) * w), means[-1], w)
 
 
 # ------------------------------------------------------------------------------------------- snapshots
