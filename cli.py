@@ -440,6 +440,7 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
 
 def cmd_meta_train_head(args: argparse.Namespace) -> None:
     from checkpoints import Tuner
+    from checkpoints.inspect import dev_losses_text
     from finetune.common.errors import ZotuneError
     from finetune.data.models import EMBEDDED, name_for_id, set_threads
     from meta.head import HeadSearch, select_head_lr, untrained_tuner
@@ -472,7 +473,7 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
         _say(f"interrupted; the finished benches in {work} are kept: rerun the same command to continue")
         raise SystemExit(130) from None
     sel = chosen.provenance["head_selection"]
-    grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in sel["dev_loss"].items())
+    grid = dev_losses_text(sel)
     head = chosen.head_text if chosen.head is not None else "lr 0, no head step"
     zo = f"; recommended lr {sel['lr']:g}" if "lrs" in sel else ""
     print(f"head {head}{zo} (final dev loss by candidate: {grid}); wrote {out} (benches in {work})")
@@ -480,6 +481,7 @@ def cmd_meta_train_head(args: argparse.Namespace) -> None:
 
 def cmd_meta_train_top(args: argparse.Namespace) -> None:
     from checkpoints import Tuner
+    from checkpoints.inspect import dev_losses_text
     from finetune.common.errors import ZotuneError
     from finetune.data.models import name_for_id, set_threads
     from meta.selection import check_out
@@ -503,7 +505,7 @@ def cmd_meta_train_top(args: argparse.Namespace) -> None:
         _say(f"interrupted; the finished benches in {work} are kept: rerun the same command to continue")
         raise SystemExit(130) from None
     sel = chosen.provenance["top_selection"]
-    grid = ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in sel["dev_loss"].items())
+    grid = dev_losses_text(sel)
     top = f"lr {chosen.top_lr:g}" + (f", {chosen.top_schedule} schedule" if chosen.top_schedule else "") \
         if chosen.top is not None else "lr 0, no top-block step"
     top += f"; runs under the {chosen.schedule} schedule" if chosen.schedule else ""

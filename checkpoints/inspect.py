@@ -75,12 +75,13 @@ def head_text(tuner: Tuner) -> str:
         lr = f"lr {sel.get('lr', '?')}" if lrs is None else f"the ZO lr chosen with it from {lrs}: {sel.get('lr', '?')}"
         text += (f"; chosen by final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
                  f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}, {lr}): "
-                 + _dev_losses(sel))
+                 + dev_losses_text(sel))
     return text
 
 
-def _dev_losses(sel: dict) -> str:
-    """A selection's final dev losses by candidate, as ``name: loss, ...``."""
+def dev_losses_text(sel: dict) -> str:
+    """A selection's final dev losses by candidate, as ``name: loss, ...`` (a run that diverged: its word); what
+    ``tuners inspect`` and the ``meta-train-head`` / ``meta-train-top`` commands print."""
     return ", ".join(f"{k}: {v:.4f}" if isinstance(v, (int, float)) else f"{k}: {v}"
                      for k, v in sel["dev_loss"].items())
 
@@ -92,7 +93,7 @@ def _chosen(tuner: Tuner, key: str) -> str:
     if not (isinstance(sel, dict) and isinstance(sel.get("dev_loss"), dict)):
         return ""
     return (f"; chosen by mean final dev loss on {', '.join(sel.get('tasks', [])) or '?'} "
-            f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}): {_dev_losses(sel)}")
+            f"({sel.get('forwards', '?')} forward passes, seeds {sel.get('seeds', '?')}): {dev_losses_text(sel)}")
 
 
 def top_text(tuner: Tuner) -> str:
