@@ -402,6 +402,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         if r.get("best"):
             print(f"{r['method']:>8}  lr {r['lr']:<8g} final loss {r['final_loss']:.4f}  "
                   f"eval {r['eval_before']:.3f} -> {r['eval_after']:.3f}")
+    from finetune.bench import late_rises
+
+    if rose := late_rises(rows):
+        print(f"note: the training loss rose late in some runs ({'; '.join(rose)}); such an lr may be too high for a "
+              "run this long: try --schedule linear or a lower lr (bench.md)")
     print(f"wrote {args.out}/bench.json, bench.md and bench.png")
 
 

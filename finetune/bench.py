@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finetune.common.atomic import atomic_file
 from finetune.common.errors import ZotuneError
-from finetune.common.runs import Diverged, RunLock, Snapshot, check_output, strict_json
+from finetune.common.runs import Diverged, RunLock, Snapshot, check_output, late_rise, strict_json
 from finetune.data.adapters import load_snapshot_weights, snapshot_weights
 from finetune.data.models import model_id
 from finetune.trainer import (FO, NO_Q_METHODS, FinetuneConfig, compute_precision, prepare, recorded_config,
@@ -141,10 +141,18 @@ def final_value(run: dict, key: str) -> float | None:
     return curve[-1].get(key)
 
 
+def late_rises(rows: list[dict]) -> list[str]:
+    """The summary rows' runs whose training loss rose late, one ``mezo lr 3e-05, seeds 1, 2`` per (method, lr)."""
+    return [f"{r['method']} lr {r['lr']:g}, seed{'s' if len(r['late_rise_seeds']) > 1 else ''} "
+            f"{', '.join(map(str, r['late_rise_seeds']))}"
+            for r in sorted(rows, key=lambda r: (r["method"], r["lr"])) if r.get("late_rise_seeds")]
+
+
 def summarise(runs: list[dict], select: str = "train", calibration: dict | None = None) -> list[dict]:
     """One row per (method, lr): means and sample standard deviations over seeds; ``best`` marks each method's
     selected learning rate, the lowest final dev loss (``select="dev"``) or final training loss
-    (``"train"``; the test split plays no part in the choice)."""
+    (``"train"``; the test split plays no part in the choice). ``late_rise_seeds``: the seeds whose training loss
+    rose late (:func:`~finetune.common.runs.late_rise`), when there are any."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["method"], r["lr"]), []).append(r)
@@ -169,6 +177,9 @@ def summarise(runs: list[dict], select: str = "train", calibration: dict | None 
                 row[name], row[name + "_std"] = statistics.fmean(values), std(values)
         if all(r.get("seconds") is not None and r.get("forwards") for r in rs):
             row["seconds_per_forward"] = statistics.fmean(r["seconds"] / r["forwards"] for r in rs)
+        rose = [r.get("seed", 0) for r in rs if late_rise(r["train_loss"]) is not None]
+        if rose:  # finetune's late-rise note, per seed (docs/reliability.md)
+            row["late_rise_seeds"] = rose
         row["gain"] = row["eval_after"] - row["eval_before"]
         if calibration is not None:
             cal = calibration["test"]["after"]
@@ -280,6 +291,10 @@ def markdown(rows: list[dict], metric: str, title: str, comparison: list[dict] |
                   f"{calibration['n_train']} training examples, frozen model): test loss "
                   f"{t['before']['loss']:.4f} -> {t['after']['loss']:.4f}, {metric} "
                   f"{t['before']['accuracy']:.3f} -> {t['after']['accuracy']:.3f}."]
+    if rose := late_rises(rows):
+        lines += ["", f"**The training loss rose late** ({'; '.join(rose)}): it fell, then climbed back well beyond "
+                  "its noise in the last part of the run (finetune's note; docs/reliability.md). Such an lr may be "
+                  "too high for a run this long: a decaying schedule or a lower lr usually removes the rise."]
     gone = sorted({r["method"] for r in rows} - {r["method"] for r in rows if r.get("best")})
     if gone:
         lines += ["", f"**Every lr diverged** for {', '.join(gone)}: no lr is selected and no comparison is made. "

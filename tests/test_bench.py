@@ -76,6 +76,50 @@ def test_forwards_to_target_and_selection_on_dev_not_test():
     assert cmp["fo"]["loss_diff"] == pytest.approx(((0.6 - 0.8) + (0.92 - 0.9)) / 2)
 
 
+def test_the_summary_and_bench_md_name_the_runs_whose_training_loss_rose_late():
+    """A staircase that falls from 1.0 to 0.5 and climbs back to 0.9 (late_rise's own test has the rule) on seed 1
+    and lr 1e-3 only: that row carries the seed, bench.md says so in one paragraph, the other rows carry nothing."""
+    from finetune.bench import late_rises, markdown
+
+    rise = [m for m in (1.0, 0.8, 0.6, 0.5, 0.55, 0.6, 0.7, 0.8, 0.85, 0.9) for _ in range(10)]
+    fall = [m for m in (1.0, 0.8, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5) for _ in range(10)]
+    runs = [_run("mezo", lr, seed, [1.0, 0.5], dev=0.6) for lr in (1e-3, 1e-4) for seed in (0, 1)]
+    for r in runs:
+        r["train_loss"] = rise if (r["lr"], r["seed"]) == (1e-3, 1) else fall
+    rows = summarise(runs, "dev")
+    assert {r["lr"]: r.get("late_rise_seeds") for r in rows} == {1e-3: [1], 1e-4: None}
+    assert late_rises(rows) == ["mezo lr 0.001, seed 1"]
+    md = markdown(rows, "accuracy", "t")
+    assert md.count("**The training loss rose late** (mezo lr 0.001, seed 1)") == 1
+    for r in runs:
+        r["train_loss"] = fall
+    assert late_rises(summarise(runs, "dev")) == [] and "rose late" not in markdown(summarise(runs, "dev"), "a", "t")
+
+
+def test_bench_notes_a_late_rise_of_the_training_loss(tmp_path, jsonl, capsys, monkeypatch):
+    """Through the command: the training loss tripled from the 81st scored batch on (step 41 of MeZO's 60) gives the
+    note; tripled throughout, none."""
+    real_loss, calls = TaskScorer.loss, {"n": 0}
+
+    def scaled(factor_from):
+        def loss(self, model, examples):
+            calls["n"] += 1
+            return real_loss(self, model, examples) * factor_from(calls["n"])
+        return loss
+
+    argv = ["bench", "--model", "tiny-llama", "--task", str(jsonl), "--methods", "mezo", "--lr-grid", "mezo=1e-3",
+            "--seeds", "0", "--forwards", "120", "--batch-size", "4", "--n-test", "4", "--n-dev", "4",
+            "--eval-points", "1"]
+    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 3.0 if n > 80 else 1.0))
+    assert cli.main(argv + ["--out", str(tmp_path / "rise")]) == 0
+    assert "note: the training loss rose late in some runs (mezo lr 0.001, seed 0)" in capsys.readouterr().out
+    assert "**The training loss rose late** (mezo lr 0.001, seed 0)" in (tmp_path / "rise" / "bench.md").read_text()
+    calls["n"] = 0
+    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 3.0))
+    assert cli.main(argv + ["--out", str(tmp_path / "steady")]) == 0
+    assert "rose late" not in capsys.readouterr().out + (tmp_path / "steady" / "bench.md").read_text()
+
+
 def test_every_method_sees_the_same_batches_under_one_seed(tmp_path, jsonl, monkeypatch):
     real, seen = trainer.batches, []
 
