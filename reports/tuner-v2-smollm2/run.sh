@@ -958,3 +958,23 @@ if [[ $stage == no-zo-held-out || $stage == all ]]; then
   done
   wait
 fi
+# 06:44 on 2026-12-07, a change written before it takes effect: the first two runs of stage baselines-decay took 14-15
+# minutes each (the machine was shared with tests), so its 15 runs would fill the rest of this session and stage
+# no-zo-held-out would not start. Both questions are worth more with one seed each than one of them with three. So the
+# two lanes of stage baselines-decay are stopped once their runs now in progress (FZOO seed 0 on vader-polarity and
+# city-hemisphere) have ended (their runs finish and are kept), and stage held-out-queue takes over: both stages' jobs
+# seed by seed, FZOO's then the ZO-less arm's for seed 0, then seed 1, then seed 2, two lanes taking every other job.
+# Finished runs are skipped; the rules of the two stages are unchanged.
+if [[ $stage == held-out-queue || $stage == all ]]; then
+  jobs=()
+  for seed in 0 1 2; do
+    for t in city-country city-continent vader-polarity city-hemisphere derivative; do
+      jobs+=("base_run fzoo $seed $t")
+    done
+    for t in city-country city-continent vader-polarity city-hemisphere derivative; do jobs+=("nozo_run $t $seed"); done
+  done
+  for lane in 0 1; do
+    (for ((i = lane; i < ${#jobs[@]}; i += 2)); do ${jobs[i]}; done) &
+  done
+  wait
+fi
