@@ -156,6 +156,22 @@ def kill_at_call(monkeypatch, n):
     return real_loss
 
 
+def scale_loss(monkeypatch, factor_from):
+    """Make the n-th training loss evaluation (from 1, counted afresh at each call of this function) return the real
+    loss times ``factor_from(n)``: a loss that runs away, or climbs back late, with the weights untouched."""
+    from finetune.data.scoring import TaskScorer
+
+    real_loss = getattr(TaskScorer.loss, "real_loss", TaskScorer.loss)  # the unpatched one, when patched before
+    calls = {"n": 0}
+
+    def loss(self, model, examples):
+        calls["n"] += 1
+        return real_loss(self, model, examples) * factor_from(calls["n"])
+
+    loss.real_loss = real_loss
+    monkeypatch.setattr(TaskScorer, "loss", loss)
+
+
 def kill_meta_at(monkeypatch, step):
     """Make meta-training raise KeyboardInterrupt when it would take meta step ``step + 1``; return the real
     ``MetaTrainer.advance``."""

@@ -7,7 +7,7 @@ from fractions import Fraction
 import pytest
 
 import cli
-from reference import bad, kill_at_call
+from reference import bad, kill_at_call, scale_loss
 import finetune.trainer as trainer
 from finetune.bench import compare, forwards_to_target, paired_bootstrap, quantile, summarise
 from finetune.data.scoring import TaskScorer
@@ -99,23 +99,14 @@ def test_the_summary_and_bench_md_name_the_runs_whose_training_loss_rose_late():
 def test_bench_notes_a_late_rise_of_the_training_loss(tmp_path, jsonl, capsys, monkeypatch):
     """Through the command: the training loss tripled from the 81st scored batch on (step 41 of MeZO's 60) gives the
     note; tripled throughout, none."""
-    real_loss, calls = TaskScorer.loss, {"n": 0}
-
-    def scaled(factor_from):
-        def loss(self, model, examples):
-            calls["n"] += 1
-            return real_loss(self, model, examples) * factor_from(calls["n"])
-        return loss
-
     argv = ["bench", "--model", "tiny-llama", "--task", str(jsonl), "--methods", "mezo", "--lr-grid", "mezo=1e-3",
             "--seeds", "0", "--forwards", "120", "--batch-size", "4", "--n-test", "4", "--n-dev", "4",
             "--eval-points", "1"]
-    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 3.0 if n > 80 else 1.0))
+    scale_loss(monkeypatch, lambda n: 3.0 if n > 80 else 1.0)
     assert cli.main(argv + ["--out", str(tmp_path / "rise")]) == 0
     assert "note: the training loss rose late in some runs (mezo lr 0.001, seed 0)" in capsys.readouterr().out
     assert "**The training loss rose late** (mezo lr 0.001, seed 0)" in (tmp_path / "rise" / "bench.md").read_text()
-    calls["n"] = 0
-    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 3.0))
+    scale_loss(monkeypatch, lambda n: 3.0)
     assert cli.main(argv + ["--out", str(tmp_path / "steady")]) == 0
     assert "rose late" not in capsys.readouterr().out + (tmp_path / "steady" / "bench.md").read_text()
 

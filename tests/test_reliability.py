@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import cli
-from reference import kill_at_call, kill_meta_at
+from reference import kill_at_call, kill_meta_at, scale_loss
 import finetune.bench as bench_module
 import finetune.trainer as trainer_module
 from checkpoints import Tuner, hub
@@ -310,21 +310,12 @@ def test_divergence_after_a_snapshot_says_how_to_start_over(tmp_path, mc, capsys
 def test_a_runaway_training_loss_stops_the_run_while_a_large_steady_one_does_not(tmp_path, mc, capsys, monkeypatch):
     # The loss runs away with the weights finite and bounded (the weight-norm guard sees nothing): from the
     # 21st scored batch on (step 11 of MeZO's 2 passes a step), 1000x the real loss.
-    real_loss, calls = TaskScorer.loss, {"n": 0}
-
-    def scaled(factor_from):
-        def loss(self, model, examples):
-            calls["n"] += 1
-            return real_loss(self, model, examples) * factor_from(calls["n"])
-        return loss
-
-    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 1000.0 if n > 20 else 1.0))
+    scale_loss(monkeypatch, lambda n: 1000.0 if n > 20 else 1.0)
     err = one_line(capsys, C(mc, "--steps", "30", "--out", str(tmp_path / "o")))
     assert "diverged" in err and "training loss grew" in err and "by step 20" in err and "lower --lr" in err
     assert not (tmp_path / "o").exists()
     # the same 1000x from the first step is no runaway: the reference is the run's own start
-    calls["n"] = 0
-    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 1000.0))
+    scale_loss(monkeypatch, lambda n: 1000.0)
     assert cli.main(C(mc, "--steps", "30", "--no-save-model", "--out", str(tmp_path / "steady"))) == 0
 
 
@@ -378,20 +369,11 @@ def test_late_rise_is_not_noted_for_noise_around_a_falling_or_flat_loss(steps):
 def test_finetune_notes_a_late_rise_of_the_training_loss(tmp_path, mc, capsys, monkeypatch):
     """A run whose training loss is tripled from its 41st step on (of 60) ends with the note; the same run with the
     loss tripled throughout ends without it (the note reads the run's own curve)."""
-    real_loss, calls = TaskScorer.loss, {"n": 0}
-
-    def scaled(factor_from):
-        def loss(self, model, examples):
-            calls["n"] += 1
-            return real_loss(self, model, examples) * factor_from(calls["n"])
-        return loss
-
-    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 3.0 if n > 80 else 1.0))  # MeZO: two passes a step
+    scale_loss(monkeypatch, lambda n: 3.0 if n > 80 else 1.0)  # MeZO: two passes a step
     assert cli.main(C(mc, "--steps", "60", "--no-save-model", "--out", str(tmp_path / "rise"))) == 0
     out = capsys.readouterr().out
     assert "note: the training loss rose late in the run" in out and "over the last 6" in out
-    calls["n"] = 0
-    monkeypatch.setattr(TaskScorer, "loss", scaled(lambda n: 3.0))
+    scale_loss(monkeypatch, lambda n: 3.0)
     assert cli.main(C(mc, "--steps", "60", "--no-save-model", "--out", str(tmp_path / "steady"))) == 0
     assert "rose late" not in capsys.readouterr().out
 
