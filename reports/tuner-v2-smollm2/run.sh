@@ -978,3 +978,7 @@ if [[ $stage == held-out-queue || $stage == all ]]; then
   done
   wait
 fi
+# 07:25 on 2026-12-07: for the session's end, stage held-out-queue's lanes are stopped once its 16th job (the ZO-less
+# arm's seed 1 on city-country) has started; that job and FZOO's seed 1 on the derivative finish and are kept. The
+# rest of the queue (the ZO-less arm's seeds 1 and 2 on the other settings, FZOO's seed 2, MeZO's decaying screen)
+# waits for a later session: rerun stage held-out-queue, which skips the finished runs.
