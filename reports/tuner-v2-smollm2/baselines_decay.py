@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 from decay_held_out import DECAY, SHIPPED  # noqa: E402
 from decay_held_out import read as read_decay  # noqa: E402
 from finetune.bench import final_value, paired_bootstrap, paired_table  # noqa: E402
-from top_held_out import SEEDS, TASKS, TOP, load, packaged_paired  # noqa: E402
+from top_held_out import TASKS, TOP, load, packaged_paired, seed_table  # noqa: E402
 
 BASELINES = {"FZOO": "fzoo-3e-3", "MeZO": "mezo-3e-5"}
 TUNERS = {SHIPPED: "v2-top-linear", DECAY: "all-linear"}  # section 22's labels -> these
@@ -82,13 +82,7 @@ def main() -> None:
         for b, (_, words) in picks.items():
             print(f"- {b}: {words}.")
         print()
-        print("| arm | " + " | ".join(f"seed {s}: dev loss / test loss / accuracy" for s in SEEDS) + " |")
-        print("|---|" + "---|" * len(SEEDS))
-        for a, runs in arms.items():
-            print(f"| {a} | " + " | ".join(
-                f"{dev(runs[s]):.4f} / {runs[s]['eval']['loss_after']:.4f} / {runs[s]['eval']['after']:.3f}"
-                if s in runs else "–" for s in SEEDS) + " |")
-        print()
+        print(seed_table(arms))
         seeds = sorted(arms["FZOO linear"])
         group = {a: {s: r[s] for s in seeds} for a, r in arms.items() if set(seeds) <= set(r)}
         if len(seeds) >= 2:  # the arms that have every seed FZOO's linear arm has

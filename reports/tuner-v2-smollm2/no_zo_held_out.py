@@ -22,19 +22,19 @@ sys.path.insert(0, str(HERE))
 from decay_held_out import DECAY  # noqa: E402
 from decay_held_out import read as read_decay  # noqa: E402
 from finetune.bench import paired_bootstrap, paired_table  # noqa: E402
-from top_held_out import TASKS, TOP, load, packaged_paired  # noqa: E402
+from top_held_out import TASKS, TOP, load, packaged_paired, seed_table  # noqa: E402
 
-NO_ZO = "all-linear, ZO lr 0"
+ALL, NO_ZO = "all-linear", "all-linear, ZO lr 0"
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
-    arms = {a: r for a, r in read_decay(task).items() if a in (DECAY, "FZOO", "MeZO")}
+    arms = {ALL if a == DECAY else a: r for a, r in read_decay(task).items() if a in (DECAY, "FZOO", "MeZO")}
     return arms | load({NO_ZO: TOP / task / "tuner-v2-top-1e-3-linear-decay-no-zo-s{}"})
 
 
 def difference(arms: dict[str, dict[int, dict]], seeds: list[int], key: str) -> tuple[float, tuple | None]:
     """The mean over ``seeds`` of the ZO-less arm minus all-linear in ``eval[key]``, and its 95% interval."""
-    d = [arms[NO_ZO][s]["eval"][key] - arms[DECAY][s]["eval"][key] for s in seeds]
+    d = [arms[NO_ZO][s]["eval"][key] - arms[ALL][s]["eval"][key] for s in seeds]
     return statistics.fmean(d), paired_bootstrap(d)
 
 
@@ -48,6 +48,7 @@ def main() -> None:
     for task in TASKS:
         print(f"## {task}\n")
         arms = read(task)
+        print(seed_table(arms))
         seeds = sorted(set.intersection(*(set(r) for r in arms.values())))
         if not seeds:
             print(f"No seed finished by every arm ({ {a: sorted(r) for a, r in arms.items()} }).\n")
@@ -55,7 +56,7 @@ def main() -> None:
         group = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
         packaged_paired.check(task, group, seeds)
         if len(seeds) >= 2:
-            order = [DECAY] + [a for a in group if a != DECAY]
+            order = [ALL] + [a for a in group if a != ALL]
             print(f"Arms: {', '.join(order)}.\n")
             print(paired_table([group[a] for a in order]))
             print()

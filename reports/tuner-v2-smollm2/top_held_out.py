@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
-from finetune.bench import paired_table  # noqa: E402
+from finetune.bench import final_value, paired_table  # noqa: E402
 from top_screen import DECAY_LRS, TASKS as SCREEN_TASKS, arms as screen_arms, decay_verdict  # noqa: E402
 
 PACKAGED = HERE.parent / "packaged-tasks-smollm2" / "runs"
@@ -69,6 +69,17 @@ def load(patterns: dict[str, Path]) -> dict[str, dict[int, dict]]:
         paths = {s: Path(str(pattern).format(s)) / "metrics.json" for s in SEEDS}
         arms[arm] = {s: json.loads(p.read_text()) for s, p in paths.items() if p.is_file()}
     return arms
+
+
+def seed_table(arms: dict[str, dict[int, dict]]) -> str:
+    """Every arm's final dev loss, test loss and test accuracy, seed by seed (``–``: not run), as Markdown."""
+    lines = ["| arm | " + " | ".join(f"seed {s}: dev loss / test loss / accuracy" for s in SEEDS) + " |",
+             "|---|" + "---|" * len(SEEDS)]
+    for arm, runs in arms.items():
+        lines.append(f"| {arm} | " + " | ".join(
+            f"{final_value(runs[s], 'dev_loss'):.4f} / {runs[s]['eval']['loss_after']:.4f} / "
+            f"{runs[s]['eval']['after']:.3f}" if s in runs else "–" for s in SEEDS) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
