@@ -982,3 +982,7 @@ fi
 # arm's seed 1 on city-country) has started; that job and FZOO's seed 1 on the derivative finish and are kept. The
 # rest of the queue (the ZO-less arm's seeds 1 and 2 on the other settings, FZOO's seed 2, MeZO's decaying screen)
 # waits for a later session: rerun stage held-out-queue, which skips the finished runs.
+# 07:52 on 2026-12-07, written before it takes effect: the session has time for one more pair of runs after the fresh-clone
+# test run that is going now. The queue's 17th and 18th jobs (the ZO-less arm's seed 1 on city-continent and
+# vader-polarity) run then, on their own (`nozo_run city-continent 1`, `nozo_run vader-polarity 1`, as stage
+# held-out-queue would run them), and the queue stops again.
