@@ -51,9 +51,11 @@ def choose(arms: dict[str, dict[int, dict]], baseline: str) -> tuple[str | None,
     seeds = sorted(set(constant) & set(linear))
     if not seeds:
         return None, "its linear arm has not run"
-    c, l = mean_of(constant, seeds, dev), mean_of(linear, seeds, dev)
-    pick = f"{baseline} linear" if l < c else baseline
-    return pick, f"final dev loss constant {c:.4f}, linear {l:.4f} (seeds {', '.join(map(str, seeds))}) → {'linear' if l < c else 'constant'}"
+    const_dev, lin_dev = mean_of(constant, seeds, dev), mean_of(linear, seeds, dev)
+    won = lin_dev < const_dev
+    return (f"{baseline} linear" if won else baseline,
+            f"final dev loss constant {const_dev:.4f}, linear {lin_dev:.4f} (seeds {', '.join(map(str, seeds))}) → "
+            + ("linear" if won else "constant"))
 
 
 def against(tuner: dict[int, dict], base: dict[int, dict], seeds: list[int]) -> tuple[str, bool]:
