@@ -62,7 +62,8 @@ def main() -> None:
             print()
         rows.append((task, seeds, difference(group, seeds, "after"), difference(group, seeds, "loss_after")))
     print("## Summary: ZO lr 0 minus all-linear\n")
-    print("| setting | seeds | Δ accuracy [95% CI] | Δ test loss [95% CI] | the ZO step ahead (an interval excluding 0) |")
+    print("| setting | seeds | Δ accuracy [95% CI] | Δ test loss [95% CI] | "
+          "the ZO step ahead (an interval excluding 0) |")
     print("|---|---|---|---|---|")
     for task, seeds, (da, ca), (dl, cl) in rows:
         ahead = (ca is not None and ca[1] < 0) or (cl is not None and cl[0] > 0)
