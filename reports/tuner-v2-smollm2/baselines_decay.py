@@ -21,13 +21,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
-from decay_held_out import DECAY, SHIPPED  # noqa: E402
+from decay_held_out import SHORT  # noqa: E402
 from decay_held_out import read as read_decay  # noqa: E402
-from finetune.bench import final_value, paired_bootstrap, paired_table  # noqa: E402
-from top_held_out import TASKS, TOP, load, packaged_paired, seed_table  # noqa: E402
+from finetune.bench import final_value, paired_table  # noqa: E402
+from top_held_out import TASKS, TOP, diff_text, load, packaged_paired, paired_diff, seed_table  # noqa: E402
 
 BASELINES = {"FZOO": "fzoo-3e-3", "MeZO": "mezo-3e-5"}
-TUNERS = {SHIPPED: "v2-top-linear", DECAY: "all-linear"}  # section 22's labels -> these
+TUNERS = SHORT  # section 22's labels -> these
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
@@ -61,13 +61,9 @@ def choose(arms: dict[str, dict[int, dict]], baseline: str) -> tuple[str | None,
 def against(tuner: dict[int, dict], base: dict[int, dict], seeds: list[int]) -> tuple[str, bool]:
     """The tuner's paired differences from a baseline (accuracy, test loss; 95% bootstrap intervals) and whether it
     is no worse (mean accuracy no lower, mean test loss no higher)."""
-    cells, mean = [], {}
-    for key, fmt in (("after", ".3f"), ("loss_after", ".4f")):
-        d = [tuner[s]["eval"][key] - base[s]["eval"][key] for s in seeds]
-        mean[key] = statistics.fmean(d)
-        ci = paired_bootstrap(d)
-        cells.append(f"{mean[key]:+{fmt}}" + (f" [{ci[0]:+{fmt}}, {ci[1]:+{fmt}}]" if ci else ""))
-    return "; ".join(cells), mean["after"] >= 0 and mean["loss_after"] <= 0
+    diffs = {key: paired_diff(tuner, base, seeds, key) for key in ("after", "loss_after")}
+    return ("; ".join(diff_text(*d, key) for key, d in diffs.items()),
+            diffs["after"][0] >= 0 and diffs["loss_after"][0] <= 0)
 
 
 def main() -> None:

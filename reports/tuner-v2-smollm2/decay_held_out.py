@@ -21,10 +21,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
-from finetune.bench import forwards_to_target, paired_bootstrap, paired_table  # noqa: E402
-from top_held_out import SEEDS, TASKS, TOP, folders, load, packaged_paired  # noqa: E402
+from finetune.bench import forwards_to_target, paired_table  # noqa: E402
+from top_held_out import SEEDS, TASKS, TOP, diff_text, folders, load, packaged_paired, paired_diff  # noqa: E402
 
 SHIPPED, DECAY = "tuner v2 + top 1e-3 linear", "the same, ZO and head lrs decaying"
+SHORT = {SHIPPED: "v2-top-linear", DECAY: "all-linear"}  # the names the summaries and the README use
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
@@ -38,17 +39,14 @@ def summary(groups: dict[str, dict[str, dict[int, dict]]]) -> None:
     """One row per setting with three seeds: every arm's mean accuracy, the decaying configuration's paired
     differences from the shipped configuration and from FZOO (95% bootstrap intervals), and the forward passes each
     of its seeds needs to reach MeZO's final test loss on the same seed."""
-    names = {"MeZO": "MeZO", "FZOO": "FZOO", "tuner v2": "tuner v2", SHIPPED: "v2-top-linear", DECAY: "all-linear"}
+    names = {"MeZO": "MeZO", "FZOO": "FZOO", "tuner v2": "tuner v2", **SHORT}
     print("## Summary (three seeds per setting)\n")
     print("| setting | " + " | ".join(names.values()) + " | Δ accuracy vs v2-top-linear | Δ test loss vs "
           "v2-top-linear | Δ accuracy vs FZOO | all-linear: forwards to MeZO's final test loss |")
     print("|---|" + "---|" * (len(names) + 4))
 
     def diff(key, arm, other):
-        d = [arm[s]["eval"][key] - other[s]["eval"][key] for s in SEEDS]
-        lo, hi = paired_bootstrap(d)
-        fmt = ".3f" if key == "after" else ".4f"
-        return f"{statistics.fmean(d):+{fmt}} [{lo:+{fmt}}, {hi:+{fmt}}]"
+        return diff_text(*paired_diff(arm, other, list(SEEDS), key), key)
 
     for task, group in groups.items():
         means = [f"{statistics.fmean(group[a][s]['eval']['after'] for s in SEEDS):.3f}" for a in names]

@@ -12,30 +12,24 @@ seeds); the ZO step is ahead on a setting only where an interval in its favour e
 """
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
-from decay_held_out import DECAY  # noqa: E402
+from decay_held_out import DECAY, SHORT  # noqa: E402
 from decay_held_out import read as read_decay  # noqa: E402
-from finetune.bench import paired_bootstrap, paired_table  # noqa: E402
-from top_held_out import TASKS, TOP, load, packaged_paired, seed_table  # noqa: E402
+from finetune.bench import paired_table  # noqa: E402
+from top_held_out import TASKS, TOP, diff_text, load, packaged_paired, paired_diff, seed_table  # noqa: E402
 
-ALL, NO_ZO = "all-linear", "all-linear, ZO lr 0"
+ALL = SHORT[DECAY]
+NO_ZO = f"{ALL}, ZO lr 0"
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
     arms = {ALL if a == DECAY else a: r for a, r in read_decay(task).items() if a in (DECAY, "FZOO", "MeZO")}
     return arms | load({NO_ZO: TOP / task / "tuner-v2-top-1e-3-linear-decay-no-zo-s{}"})
-
-
-def difference(arms: dict[str, dict[int, dict]], seeds: list[int], key: str) -> tuple[float, tuple | None]:
-    """The mean over ``seeds`` of the ZO-less arm minus all-linear in ``eval[key]``, and its 95% interval."""
-    d = [arms[NO_ZO][s]["eval"][key] - arms[ALL][s]["eval"][key] for s in seeds]
-    return statistics.fmean(d), paired_bootstrap(d)
 
 
 def main() -> None:
@@ -60,16 +54,16 @@ def main() -> None:
             print(f"Arms: {', '.join(order)}.\n")
             print(paired_table([group[a] for a in order]))
             print()
-        rows.append((task, seeds, difference(group, seeds, "after"), difference(group, seeds, "loss_after")))
+        rows.append((task, seeds, *(paired_diff(group[NO_ZO], group[ALL], seeds, key)
+                                    for key in ("after", "loss_after"))))
     print("## Summary: ZO lr 0 minus all-linear\n")
     print("| setting | seeds | Δ accuracy [95% CI] | Δ test loss [95% CI] | "
           "the ZO step ahead (an interval excluding 0) |")
     print("|---|---|---|---|---|")
     for task, seeds, (da, ca), (dl, cl) in rows:
         ahead = (ca is not None and ca[1] < 0) or (cl is not None and cl[0] > 0)
-        fa = f"{da:+.3f}" + (f" [{ca[0]:+.3f}, {ca[1]:+.3f}]" if ca else "")
-        fl = f"{dl:+.4f}" + (f" [{cl[0]:+.4f}, {cl[1]:+.4f}]" if cl else "")
-        print(f"| {task} | {', '.join(map(str, seeds))} | {fa} | {fl} | "
+        print(f"| {task} | {', '.join(map(str, seeds))} | {diff_text(da, ca, 'after')} | "
+              f"{diff_text(dl, cl, 'loss_after')} | "
               + ("yes" if ahead else "no" if ca else "one seed: no interval") + " |")
 
 

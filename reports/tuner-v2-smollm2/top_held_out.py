@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
-from finetune.bench import final_value, paired_table  # noqa: E402
+from finetune.bench import final_value, paired_bootstrap, paired_table  # noqa: E402
 from top_screen import DECAY_LRS, TASKS as SCREEN_TASKS, arms as screen_arms, decay_verdict  # noqa: E402
 
 PACKAGED = HERE.parent / "packaged-tasks-smollm2" / "runs"
@@ -69,6 +70,19 @@ def load(patterns: dict[str, Path]) -> dict[str, dict[int, dict]]:
         paths = {s: Path(str(pattern).format(s)) / "metrics.json" for s in SEEDS}
         arms[arm] = {s: json.loads(p.read_text()) for s, p in paths.items() if p.is_file()}
     return arms
+
+
+def paired_diff(arm: dict[int, dict], other: dict[int, dict], seeds: list[int], key: str) -> tuple[float, tuple | None]:
+    """The mean over ``seeds`` of ``arm`` minus ``other`` in ``eval[key]`` (``after``: the test metric; ``loss_after``:
+    the test loss), and its 95% bootstrap interval over the seeds (None below two)."""
+    d = [arm[s]["eval"][key] - other[s]["eval"][key] for s in seeds]
+    return statistics.fmean(d), paired_bootstrap(d)
+
+
+def diff_text(mean: float, ci: tuple | None, key: str) -> str:
+    """``+0.033 [+0.010, +0.055]``: a :func:`paired_diff`, accuracy to 3 places, a loss to 4."""
+    fmt = ".3f" if key == "after" else ".4f"
+    return f"{mean:+{fmt}}" + (f" [{ci[0]:+{fmt}}, {ci[1]:+{fmt}}]" if ci else "")
 
 
 def seed_table(arms: dict[str, dict[int, dict]]) -> str:
