@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,9 +317,7 @@ def late_rise(losses: list[float], min_steps: int = 50) -> LateRise | None:
     start = n - 10 * w
     means = [sum(losses[start + i * w:start + (i + 1) * w]) / w for i in range(10)]
     low = min(range(10), key=means.__getitem__)
-    diffs = [b - a for a, b in zip(losses[start:], losses[start + 1:])]
-    mean_diff = sum(diffs) / len(diffs)
-    sigma = math.sqrt(sum((d - mean_diff) ** 2 for d in diffs) / len(diffs) / 2)
+    sigma = statistics.pstdev([b - a for a, b in zip(losses[start:], losses[start + 1:])]) / math.sqrt(2)
     rise = means[-1] - means[low]
     if low == 9 or rise <= max(0.25 * (means[0] - means[low]), 0.2 * means[low], 5 * sigma / math.sqrt(w)):
         return None
