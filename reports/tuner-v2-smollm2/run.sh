@@ -986,3 +986,7 @@ fi
 # test run that is going now. The queue's 17th and 18th jobs (the ZO-less arm's seed 1 on city-continent and
 # vader-polarity) run then, on their own (`nozo_run city-continent 1`, `nozo_run vader-polarity 1`, as stage
 # held-out-queue would run them), and the queue stops again.
+# 08:36 on 2026-12-07 (a new session), written before it takes effect: stage held-out-queue is run again as it stands
+# (`bash reports/tuner-v2-smollm2/run.sh held-out-queue`); it skips the 18 finished runs and runs the other 12 (the
+# ZO-less arm's seed 1 on city-hemisphere and the derivative, then FZOO's decaying seed 2 and the ZO-less arm's seed 2
+# on all five settings), two lanes. The rules of stages baselines-decay and no-zo-held-out are unchanged.
