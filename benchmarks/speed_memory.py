@@ -129,7 +129,8 @@ def method_speed(args) -> None:
 
     from finetune.trainer import METHODS, FinetuneConfig, make_run_optimizer
 
-    zo = [m for m in METHODS if m not in ("tuner", "fo")]  # fo backpropagates: not a ZO step to time here
+    # fo backpropagates, and exact's step is one plain forward pass: neither is a ZO step to time here
+    zo = [m for m in METHODS if m not in ("tuner", "fo", "exact")]
     names = zo if args.method == "all" else args.method.split(",")
     unknown = [m for m in names if m not in zo]
     if unknown:

@@ -34,7 +34,7 @@ from finetune.common.errors import ZotuneError
 from finetune.common.runs import Diverged, RunLock, Snapshot, check_output, late_rise, strict_json
 from finetune.data.adapters import load_snapshot_weights, snapshot_weights
 from finetune.data.models import model_id
-from finetune.trainer import (FO, NO_Q_METHODS, FinetuneConfig, compute_precision, prepare, recorded_config,
+from finetune.trainer import (EXACT, FO, NO_Q_METHODS, FinetuneConfig, compute_precision, prepare, recorded_config,
                               run_inputs, train, work_dir)
 
 REFERENCE = "mezo"  # the method every other one is compared with
@@ -61,6 +61,9 @@ class BenchConfig:
             raise ZotuneError("need --eval-points >= 0 and at least one bootstrap resample")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ZotuneError(f"--seeds must be distinct and not empty (got {self.seeds})")
+        if len(self.lrs.get(EXACT) or []) > 1:
+            raise ZotuneError("--lr-grid exact: method exact takes no ZO lr (its steps run at --head-lr and --top-lr); "
+                              "drop exact from --lr-grid")
         if self.select == "dev" and self.base.n_dev < 1:
             raise ZotuneError("--select-on dev needs a dev split: set --n-dev >= 1, or use --select-on train")
 
@@ -71,7 +74,7 @@ class BenchConfig:
             for lr in self.lrs.get(method) or [self.base.lr]:
                 for seed in self.seeds:
                     cfg = replace(self.base, method=method, lr=lr, seed=seed)
-                    if method in NO_Q_METHODS or method == FO:  # --q is for the methods that average directions
+                    if method in (*NO_Q_METHODS, FO, EXACT):  # --q is for the methods that average directions
                         cfg.q = None
                     cfg.validate()
                     cfg.steps = self.forwards // cfg.forwards_per_step

@@ -22,7 +22,8 @@ from finetune.data.adapters import AdapterSpec, apply_peft, load_snapshot_weight
 from finetune.data.models import EMBEDDED, load_model, model_id, set_threads
 from finetune.head import HeadRace, HeadStep, head_tokens, option_token_ids
 from finetune.top import TopStep
-from finetune.zo.optim import SCHEDULES, TunedZO, ZOOptimizer, make_optimizer, make_schedule, schedule_factor
+from finetune.zo.optim import (SCHEDULES, PlainPass, TunedZO, ZOOptimizer, make_optimizer, make_schedule,
+                               schedule_factor)
 from finetune.data.scoring import TaskScorer
 from finetune.data.batches import batches
 from finetune.data.tasks import Example, Task, TaskColumns, example_rows, load_task
@@ -44,8 +45,10 @@ METHODS: dict[str, tuple[str | None, int]] = {
     "fzoo": (None, 1),      # --fzoo-n one-sided Rademacher directions, step normalised by the losses' spread
     "hizoo": (None, 1),     # perturbation scaled by a diagonal-Hessian EMA (one extra forward pass)
     "fo": (None, 1),        # first-order reference: backpropagation, --optimizer adam (AdamW, default)/sgd/momentum
+    "exact": (None, 1),     # no ZO step: one forward pass at theta per step, read by the head and top-block steps
 }
 FO = "fo"  # the one method with a backward pass (finetune/fo.py); not inference-level memory
+EXACT = "exact"  # the head and top-block steps alone, from one plain forward pass per step (optim.PlainPass)
 CANDIDATE_METHODS = ("gv", "greedy")  # take --candidates
 POOL_METHODS = (*CANDIDATE_METHODS, "ldsd")  # choose among a pool of directions: --q does not apply
 FO_NOT_PARALLEL = ("--method fo does not run data-parallel (its gradients are not all-reduced across ranks); "
@@ -192,6 +195,23 @@ class FinetuneConfig(RunConfig):
                 "a full-model run always writes the full model; drop --merge"))
         self.task_columns()  # a contradictory column mapping fails here, before anything is loaded
         self._validate_baselines()
+        self._validate_exact()
+
+    def _validate_exact(self) -> None:
+        if self.method != EXACT:
+            return
+        if not (self.head_lr or self.head_race or self.top_lr):
+            raise ZotuneError("--method exact trains only with the head step or the top-block step: add --head-lr "
+                              "and/or --top-lr (docs/methods.md, 'The exact steps alone')")
+        if self.q is not None:
+            raise ZotuneError("--q does not apply to --method exact (no ZO directions: one plain forward pass per "
+                              "step); drop --q")
+        if self.weight_decay:
+            raise ZotuneError("--weight-decay applies to ZO updates, and --method exact makes none; drop "
+                              "--weight-decay")
+        if self.optimizer is not None:
+            raise ZotuneError(f"--method exact makes no ZO update (the head and top-block steps use Adam); drop "
+                              f"--optimizer {self.optimizer}")
 
     def _validate_baselines(self) -> None:
         if self.method in BASELINE_METHODS and self.q is not None:
@@ -238,8 +258,8 @@ class FinetuneConfig(RunConfig):
             return self.fzoo_n + 1  # N one-sided directions and the unperturbed loss
         if self.method == "hizoo":
             return 3  # the unperturbed loss and +- along the scaled direction
-        if self.method == FO:
-            return 1  # one forward pass with autograd, then one backward pass (backwards_per_step)
+        if self.method in (FO, EXACT):
+            return 1  # fo: one forward pass with autograd, then one backward pass (backwards_per_step)
         return 2 * self.directions
 
     @property
@@ -402,6 +422,8 @@ def make_run_optimizer(cfg: FinetuneConfig, model, tuner=None) -> ZOOptimizer:
             raise
     kw = dict(lr=cfg.lr, eps=cfg.eps, q=cfg.directions, seed=cfg.seed, weight_decay=cfg.weight_decay,
               noise=cfg.noise)
+    if cfg.method == EXACT:
+        return PlainPass(model, **kw)
     if cfg.method == "tuner":
         momentum = 0.9 if cfg.optimizer == "momentum" else 0.0
         return TunedZO(model, run_tuner(cfg, tuner), momentum=momentum, **kw)
@@ -510,6 +532,8 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
         # dp is None or in batch mode here: check_parallel refused a head step in directions mode
         head = HeadStep(model, scorer, head_lr, dp=dp) if len(head_lrs) == 1 else \
             HeadRace(model, scorer, head_lrs, dp=dp)
+    if log is not None and cfg.method == EXACT:
+        raise ZotuneError("--save-log records ZO updates, and --method exact makes none; drop --save-log")
     top, top_lr = None, cfg.top_lr
     if top_lr:
         if log is not None:

@@ -381,12 +381,13 @@ def test_zero_lr_leaves_every_parameter_bit_identical():
                                                     ("greedy", {}, 5), ("ldsd", {}, 5), ("ldsd", {"ldsd_k": 2}, 3),
                                                     ("mezo", {}, 2), ("nspsa", {}, 8), ("zo-adam", {}, 2),
                                                     ("sparse-mezo", {}, 2), ("lozo", {}, 2), ("bcd", {}, 2),
-                                                    ("fzoo", {}, 9), ("fzoo", {"fzoo_n": 3}, 4), ("hizoo", {}, 3)])
+                                                    ("fzoo", {}, 9), ("fzoo", {"fzoo_n": 3}, 4), ("hizoo", {}, 3),
+                                                    ("exact", {"top_lr": 1e-3}, 1)])
 def test_forwards_per_step_is_what_a_step_spends(method, flags, per_step):
     cfg = FinetuneConfig(model="tiny-llama", method=method, **flags)
     cfg.validate()
     assert cfg.forwards_per_step == per_step
-    if method in (*METHODS, *BASELINE_METHODS):
+    if method in (*METHODS, *BASELINE_METHODS, "exact"):
         from finetune.trainer import make_run_optimizer
 
         model, _ = load_model("tiny-llama")

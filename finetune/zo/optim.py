@@ -127,6 +127,20 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.engine.forwards = zo["forwards"]
 
 
+class PlainPass(ZOOptimizer):
+    """No ZO step (method ``exact``): each step is one counted forward pass at ``theta``, and nothing is updated.
+
+    What trains is whatever watches the pass: the head step and the top-block step (``finetune/head.py``,
+    ``finetune/top.py``) take their exact gradients from it. At equal forward passes such a run sees twice the
+    batches of a two-point method. ``lr``, ``eps`` and ``q`` are kept for the interface and not used. No state.
+    """
+
+    @torch.no_grad()
+    def zo_step(self, closure: Callable[[], torch.Tensor], scales=None) -> dict:
+        self.applied = None
+        return {"loss": self.engine.loss(closure)}
+
+
 class ZOSGD(ZOOptimizer):
     """ZO-SGD: MeZO when ``momentum == 0`` and ``q == 1`` (no state, inference memory);
     heavy-ball momentum ``buf = momentum * buf + ghat; theta -= lr * buf`` otherwise."""
