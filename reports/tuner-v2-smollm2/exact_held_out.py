@@ -1,0 +1,87 @@
+"""Section 24's held-out runs of stage exact-held-out: `--method exact` (no ZO step; each step one plain forward pass
+at theta, from which all-linear's head and top-block steps take their exact gradients; 1000 steps at 1000 passes)
+against all-linear, all-linear with ZO lr 0, FZOO at the schedule its dev loss chose (section 23) and MeZO on the five
+held-out settings, paired by seed.
+
+    python reports/tuner-v2-smollm2/exact_held_out.py [> reports/tuner-v2-smollm2/top-held-out/exact-compare.md]
+
+Reads ``top-held-out/<setting>/exact-3e-4-1e-3-linear-s<seed>/metrics.json`` and the other arms' runs as
+``no_zo_held_out.py`` and ``baselines_decay.py`` do, with the packaged-tasks report's checks (the same test split for
+every arm of a seed; within an arm, runs that differ only in seed, threads and the task's name). The reading of
+run.sh, fixed before the runs: per setting, the paired differences of exact from all-linear in test accuracy and test
+loss (95% bootstrap intervals over the seeds); the ZO step pays for its passes if all-linear is ahead in accuracy with
+an interval excluding zero on at least three of the five settings.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+from baselines_decay import choose  # noqa: E402
+from finetune.bench import paired_table  # noqa: E402
+from no_zo_held_out import ALL, NO_ZO  # noqa: E402
+from no_zo_held_out import read as read_no_zo  # noqa: E402
+from top_held_out import TASKS, TOP, diff_text, load, packaged_paired, paired_diff, seed_table  # noqa: E402
+
+EXACT = "exact (head 3e-4, top 1e-3, linear)"
+NEEDED = 3  # settings where all-linear must be ahead for the ZO step to pay (run.sh's rule)
+
+
+def read(task: str) -> tuple[dict[str, dict[int, dict]], str]:
+    """Arm -> seed -> metrics (FZOO at its chosen schedule only), and the choice of FZOO's schedule in words."""
+    arms = read_no_zo(task) | load({"FZOO linear": TOP / task / "fzoo-3e-3-linear-s{}",
+                                    EXACT: TOP / task / "exact-3e-4-1e-3-linear-s{}"})
+    chosen, why = choose(arms, "FZOO")
+    drop = {"FZOO", "FZOO linear"} - {chosen}
+    return {a: r for a, r in arms.items() if a not in drop}, why
+
+
+def main() -> None:
+    print("# The exact steps alone at equal forward passes on the held-out packaged tasks, paired by seed\n")
+    print("Written by `python reports/tuner-v2-smollm2/exact_held_out.py`. `--method exact --head-lr 3e-4 --top-lr 1e-3 "
+          "--top-schedule linear --schedule linear --steps 1000` (no ZO step: one plain forward pass a step, 1000 "
+          "passes) against all-linear (tuner v2 plus `--top-lr 1e-3 --top-schedule linear --schedule linear`, 500 "
+          "two-point steps), all-linear with `--lr 0`, FZOO 3e-3 at the schedule its final dev loss chose (999 "
+          "passes) and MeZO 3e-5; batch 8, fp32. Only seeds where every arm finished are paired.\n")
+    rows = []
+    for task in TASKS:
+        print(f"## {task}\n")
+        arms, why = read(task)
+        print(f"FZOO's schedule: {why}.\n")
+        print(seed_table(arms))
+        seeds = sorted(set.intersection(*(set(r) for r in arms.values() if r)))
+        missing = [a for a, r in arms.items() if not set(seeds) <= set(r) or not r]
+        if not seeds or EXACT in missing:
+            print(f"No seed finished by every arm ({ {a: sorted(r) for a, r in arms.items()} }).\n")
+            continue
+        group = {a: {s: r[s] for s in seeds} for a, r in arms.items() if a not in missing}
+        packaged_paired.check(task, group, seeds)
+        if len(seeds) >= 2:
+            order = [EXACT] + [a for a in group if a != EXACT]
+            print(f"Arms: {', '.join(order)}.\n")
+            print(paired_table([group[a] for a in order]))
+            print()
+        fzoo = next(a for a in group if a.startswith("FZOO"))
+        rows.append((task, seeds, *(paired_diff(group[EXACT], group[other], seeds, key)
+                                    for other in (ALL, NO_ZO, fzoo) for key in ("after", "loss_after"))))
+    print("## Summary: exact minus each arm\n")
+    print("| setting | seeds | Δ accuracy vs all-linear [95% CI] | Δ test loss vs all-linear | Δ accuracy vs ZO lr 0 | "
+          "Δ test loss vs ZO lr 0 | Δ accuracy vs FZOO (chosen schedule) | Δ test loss vs FZOO | all-linear ahead "
+          "(accuracy interval below 0) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    ahead = 0
+    for task, seeds, *diffs in rows:
+        ca = diffs[0][1]
+        ahead += ca is not None and ca[1] < 0
+        cells = [diff_text(m, ci, key) for (m, ci), key in zip(diffs, ("after", "loss_after") * 3)]
+        print(f"| {task} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " | "
+              + ("yes" if ca is not None and ca[1] < 0 else "no" if ca else "one seed: no interval") + " |")
+    print(f"\nAll-linear ahead in accuracy (an interval excluding zero) on {ahead} of {len(TASKS)} settings; "
+          f"run.sh's rule: the ZO step pays for its passes at {NEEDED} or more.")
+
+
+if __name__ == "__main__":
+    main()
