@@ -17,9 +17,14 @@ batch size instead), mixed precision (``fp16``/``bf16``: load the model in half 
 fp32 master copy), activation (gradient) checkpointing (there is no backward pass), DeepSpeed and FSDP. ``max_grad_norm``
 has no effect (there are no gradients to clip), and no ``grad_norm`` is logged. Forward passes run in eval mode
 (no dropout), as in MeZO, so that the + and - passes see the same function.
+
+After ``train()``, ``trainer.late_rise`` says whether the training loss of the steps that call took rose again late,
+well beyond its noise (:func:`finetune.common.runs.late_rise`, the rule ``cli.py finetune`` applies), and a warning
+on the ``finetune.hf_trainer`` logger says so in one line; nothing in the run is stopped or changed.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +32,10 @@ import torch
 from transformers import Trainer
 
 from finetune.common.errors import ZotuneError
+from finetune.common.runs import LateRise, late_rise
 from finetune.zo.optim import OPTIMIZERS, TunedZO, ZOOptimizer, make_optimizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -139,6 +147,17 @@ class ZOTrainer(Trainer):
             raise ZotuneError("ZOTrainer builds its own ZO optimizer: drop optimizer_cls_and_kwargs, use zo_args")
         super().__init__(*args, **kwargs)
         self._check_supported()
+        self.zo_losses: list[float] = []  # the training loss of every ZO step of the last train() call
+        self.late_rise: LateRise | None = None
+
+    def train(self, *args, **kwargs):
+        """The Trainer's ``train``; then, where the steps' training loss rose late, ``late_rise`` and a warning."""
+        self.zo_losses, self.late_rise = [], None
+        out = super().train(*args, **kwargs)
+        self.late_rise = late_rise(self.zo_losses)
+        if self.late_rise is not None and self.is_world_process_zero():
+            logger.warning(self.late_rise.note("try lr_scheduler_type='linear' or a lower learning_rate"))
+        return out
 
     def _check_supported(self) -> None:
         args = self.args
@@ -204,6 +223,7 @@ class ZOTrainer(Trainer):
             return loss.mean() if loss.dim() else loss
 
         loss = zo.step(closure)
+        self.zo_losses.append(loss)
         return torch.tensor(loss, device=self.args.device)
 
     # there are no gradients: nothing to clip, no gradient norm to log

@@ -212,3 +212,37 @@ def test_a_tuner_with_an_exact_step_is_refused_not_dropped(tiny, tmp_path, step)
     with pytest.raises(ZotuneError, match=f"with_{step}"):
         ZOTrainer(**args, zo_args=ZOArguments(tuner=tuner)).train()
     ZOTrainer(**args, zo_args=ZOArguments(tuner=getattr(tuner, f"with_{step}")(0))).train()  # the bank alone runs
+
+
+class Scaled(ZOTrainer):
+    """The Trainer's loss times ``factor(step)`` (step counted from 1): a loss that climbs back late, or does not."""
+
+    factor = staticmethod(lambda step: 1.0)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return loss * self.factor(self.state.global_step + 1)
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_a_late_climb_of_the_training_loss_gets_a_warning(tiny, tmp_path, caplog, late):
+    """lr 0 (the weights stay), 60 steps; the loss tripled from step 41 on: late_rise and one warning line naming the
+    Trainer's own settings; tripled from the first step: neither (the rule of cli.py finetune's note)."""
+    from finetune.common.runs import late_rise
+
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    trainer = Scaled(model=model, args=training_args(tmp_path, max_steps=60, learning_rate=0.0),
+                     train_dataset=lm_dataset(tok, 12), data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    trainer.factor = (lambda step: 3.0 if step > 40 else 1.0) if late else (lambda step: 3.0)
+    with caplog.at_level("WARNING", logger="finetune.hf_trainer"):
+        trainer.train()
+    assert len(trainer.zo_losses) == 60
+    assert trainer.zo_losses == pytest.approx([e["loss"] for e in trainer.state.log_history if "loss" in e], rel=1e-6)
+    warned = [r.getMessage() for r in caplog.records if r.name == "finetune.hf_trainer"]
+    if late:
+        assert trainer.late_rise == late_rise(trainer.zo_losses) and trainer.late_rise is not None
+        assert trainer.late_rise.last > 2 * trainer.late_rise.lowest
+        assert len(warned) == 1 and "rose late" in warned[0] and "lr_scheduler_type='linear'" in warned[0], warned
+        assert "--schedule" not in warned[0]
+    else:
+        assert trainer.late_rise is None and warned == []

@@ -293,11 +293,11 @@ class LateRise:
     last: float
     window: int
 
-    def note(self) -> str:
+    def note(self, remedy: str = "try --schedule linear or a lower --lr") -> str:
+        """One line for the user; ``remedy``: what to change, in the words of the interface they ran."""
         a, b = self.lowest_steps
         return (f"note: the training loss rose late in the run (mean {self.lowest:.3f} over steps {a}-{b}, "
-                f"{self.last:.3f} over the last {self.window}); the lr may be too high for a run this long: "
-                "try --schedule linear or a lower --lr")
+                f"{self.last:.3f} over the last {self.window}); the lr may be too high for a run this long: {remedy}")
 
 
 def late_rise(losses: list[float], min_steps: int = 50) -> LateRise | None:
