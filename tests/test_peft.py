@@ -141,10 +141,10 @@ def test_base_weights_come_back_bit_for_bit(name, kind):
             assert torch.equal(p, frozen[n]), n
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "exact"])
 def test_every_method_moves_only_the_adapter(method):
     """Every --method on a LoRA model: the LoRA tensors move, nothing frozen is ever changed (also inside
-    the perturbed passes)."""
+    the perturbed passes). Not exact, whose optimizer moves nothing by design (tests/test_exact.py)."""
     model = adapted("tiny-qwen2", "lora")
     frozen = frozen_of(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
