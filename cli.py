@@ -292,9 +292,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.tuner is not None:
         from finetune.common.errors import ZotuneError
 
-        if args.method not in ("mezo", "tuner"):
-            raise ZotuneError(f"--tuner drives its own method; drop --method {args.method} or --tuner")
-        args.method = "tuner"
+        if args.method not in ("mezo", "tuner", "exact"):
+            raise ZotuneError(f"--tuner drives its own method (or, with --method exact, gives its exact steps' lrs); "
+                              f"drop --method {args.method} or --tuner")
+        if args.method != "exact":
+            args.method = "tuner"
     _check_method_flags(args, [args.method])
     _check_peft_flags(args)
     tuner = _load_tuner(args)
@@ -712,7 +714,7 @@ def parser() -> argparse.ArgumentParser:
     _parallel_args(p)
     p.add_argument("--tuner", default=None, metavar="FILE|hf://OWNER/NAME",
                    help="a tuner artifact (.safetensors path, or hf://owner/name[/file] on the Hugging Face Hub): "
-                        "fine-tune with it (method 'tuner')")
+                        "fine-tune with it (method 'tuner'; with --method exact, its head and top-block steps alone)")
     p.add_argument("--merge", action="store_true",
                    help="with --peft lora or norms: write the merged full model to out/model instead of the adapter")
     p.set_defaults(func=cmd_finetune)

@@ -70,16 +70,17 @@ class FinetuneConfig(RunConfig):
     schedule: str = "constant"
     weight_decay: float = 0.0
     head_lr: float | None = None       # ZO methods: Adam lr of the head step's option rows (0 = off; finetune/head.py);
-                                       # None = the method's default: the tuner's for method tuner, else off
+                                       # None = the method's default: the tuner's (methods tuner, exact), else off
     head_race: list[float] | None = None  # ZO methods: race these head lrs on the same passes (finetune/head.py)
     top_lr: float | None = None        # ZO methods: Adam lr of the last MLP's exact step (0 = off; finetune/top.py);
-                                       # None = the method's default: the tuner's for method tuner, else off
-    top_schedule: str | None = None    # the top-block step's lr schedule; None = the tuner's for method tuner, else
+                                       # None = the method's default: the tuner's (methods tuner, exact), else off
+    top_schedule: str | None = None    # the top-block step's lr schedule; None = the tuner's (as head_lr), else
                                        # the run's (--schedule)
     eval_every: int = 0                # evaluate on the dev split every N steps (0 = never)
     n_dev: int = 100
     n_test: int = 200
-    tuner: str | None = None           # a tuner artifact (.safetensors), used by method "tuner"
+    tuner: str | None = None           # a tuner artifact (.safetensors), used by method "tuner"; method "exact"
+                                       # takes its head and top-block steps from it
     candidates: int = 4                # candidate directions per step (methods gv, greedy)
     ldsd_k: int = 4                    # candidate directions per step (method ldsd)
     ldsd_lr: float = 0.1               # learning rate of the LDSD policy mean
@@ -155,7 +156,7 @@ class FinetuneConfig(RunConfig):
             check_number("--top-lr", self.top_lr, low=0)
         if self.top_schedule not in (None, *SCHEDULES):
             raise ZotuneError(f"unknown --top-schedule '{self.top_schedule}'; use one of {', '.join(SCHEDULES)}")
-        if self.top_schedule is not None and not (self.top_lr or self.top_lr is None and self.method == "tuner"):
+        if self.top_schedule is not None and not (self.top_lr or self.top_lr is None and self.takes_tuner_steps):
             raise ZotuneError(no_top_step(self.top_schedule))  # a tuner's step is known once it is read
         if self.top_lr and self.method == FO:
             raise ZotuneError("--top-lr is for ZO methods; --method fo trains the last MLP by backpropagation already: "
@@ -200,9 +201,9 @@ class FinetuneConfig(RunConfig):
     def _validate_exact(self) -> None:
         if self.method != EXACT:
             return
-        if not (self.head_lr or self.head_race or self.top_lr):
+        if not (self.head_lr or self.head_race or self.top_lr or self.tuner):
             raise ZotuneError("--method exact trains only with the head step or the top-block step: add --head-lr "
-                              "and/or --top-lr (docs/methods.md, 'The exact steps alone')")
+                              "and/or --top-lr, or --tuner (its steps) (docs/methods.md, 'The exact steps alone')")
         if self.q is not None:
             raise ZotuneError("--q does not apply to --method exact (no ZO directions: one plain forward pass per "
                               "step); drop --q")
@@ -236,6 +237,11 @@ class FinetuneConfig(RunConfig):
         if not 0 < self.hizoo_alpha < 1:
             raise ZotuneError(f"--hizoo-alpha must be in (0, 1) (got {self.hizoo_alpha}); 0 never updates the "
                               "Hessian, which is MeZO with a wasted forward pass")
+
+    @property
+    def takes_tuner_steps(self) -> bool:
+        """Whether the run takes its head and top-block steps from a tuner file (method tuner, or exact with one)."""
+        return self.method == "tuner" or self.method == EXACT and self.tuner is not None
 
     @property
     def directions(self) -> int:
@@ -335,9 +341,9 @@ def restore(snapshot: Snapshot, cfg: FinetuneConfig, model, opt, sched, inputs: 
 
 
 def run_tuner(cfg: FinetuneConfig, tuner=None):
-    """The loaded artifact a run of method ``tuner`` uses (``tuner``, else read from ``cfg.tuner``); None for the
-    other methods."""
-    if cfg.method != "tuner":
+    """The loaded artifact a run of method ``tuner`` uses, or a run of method ``exact`` takes its steps from
+    (``tuner``, else read from ``cfg.tuner``); None for the other methods and for exact without a tuner."""
+    if not cfg.takes_tuner_steps:
         return None
     from checkpoints import Tuner
 
@@ -346,7 +352,7 @@ def run_tuner(cfg: FinetuneConfig, tuner=None):
 
 def head_lrs_of(cfg: FinetuneConfig, tuner=None) -> list[float]:
     """The head lrs a run takes (none, one for a head step, several for a race): ``--head-race``'s (ascending), else
-    ``--head-lr`` when given (0: none), else the tuner's (method ``tuner``), else none."""
+    ``--head-lr`` when given (0: none), else the tuner's (method ``tuner``, or ``exact`` with one), else none."""
     if cfg.head_race:
         return sorted(cfg.head_race)
     if cfg.head_lr is not None:
@@ -356,8 +362,8 @@ def head_lrs_of(cfg: FinetuneConfig, tuner=None) -> list[float]:
 
 
 def top_lr_of(cfg: FinetuneConfig, tuner=None) -> float:
-    """The top-block step's lr a run takes (0: none): ``--top-lr`` when given, else the tuner's (method ``tuner``),
-    else 0."""
+    """The top-block step's lr a run takes (0: none): ``--top-lr`` when given, else the tuner's (method ``tuner``, or
+    ``exact`` with one), else 0."""
     if cfg.top_lr is not None:
         return cfg.top_lr
     tuner = run_tuner(cfg, tuner)
@@ -366,8 +372,9 @@ def top_lr_of(cfg: FinetuneConfig, tuner=None) -> float:
 
 def top_schedule_of(cfg: FinetuneConfig, tuner=None) -> str | None:
     """The top-block step's own lr schedule a run takes: ``--top-schedule`` when given, else the tuner's when the
-    run takes the tuner's step (method ``tuner`` without ``--top-lr``), else None: the run's ``--schedule``. Refuses
-    a ``--top-schedule`` for a run that takes no top-block step (a tuner without one, or ``--top-lr 0``)."""
+    run takes the tuner's step (method ``tuner``, or ``exact`` with one, without ``--top-lr``), else None: the run's
+    ``--schedule``. Refuses a ``--top-schedule`` for a run that takes no top-block step (a tuner without one, or
+    ``--top-lr 0``)."""
     if cfg.top_schedule is not None and not top_lr_of(cfg, tuner):
         raise ZotuneError(no_top_step(cfg.top_schedule))
     if cfg.top_schedule is not None or cfg.top_lr is not None:
@@ -535,6 +542,9 @@ def _train(cfg: FinetuneConfig, model, scorer: TaskScorer, task: Task, progress:
     if log is not None and cfg.method == EXACT:
         raise ZotuneError("--save-log records ZO updates, and --method exact makes none; drop --save-log")
     top, top_lr = None, cfg.top_lr
+    if cfg.method == EXACT and not (head_lrs or top_lr):  # a tuner without either step, or both turned off
+        raise ZotuneError("--method exact trains only with the head step or the top-block step, and this run takes "
+                          "neither: add --head-lr and/or --top-lr")
     if top_lr:
         if log is not None:
             raise ZotuneError("--save-log does not record the top-block step (--top-lr, or a tuner's) yet; drop "

@@ -103,3 +103,30 @@ def test_exact_runs_from_the_cli_and_records_one_pass_per_step(tmp_path, capsys)
                      "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert (m["forwards"], m["config"]["method"], len(m["train_loss"])) == (6, "exact", 6)
+
+
+def test_exact_takes_its_steps_from_a_tuner_file(tmp_path, capsys):
+    """`--tuner FILE --method exact` runs the file's head and top-block steps, with their schedules and the schedule
+    the file recommends, as the same lrs and schedules given by hand do (bit for bit); a file that carries neither
+    step, or both turned off, is refused in one line and nothing is written."""
+    from checkpoints import Tuner
+    from finetune.data.models import load_model
+
+    model, _ = load_model("tiny-llama")
+    plain = Tuner.for_model(model, "tiny-llama")
+    steps = plain.with_head(3e-3).with_top(1e-2, "linear").with_schedule("linear")
+    path, bare = steps.save_pretrained(tmp_path / "steps.safetensors"), plain.save_pretrained(tmp_path / "b.safetensors")
+    yn = _jsonl(tmp_path, one_token_examples(40))
+    base = ["finetune", "--model", "tiny-llama", "--task", yn, "--method", "exact", "--steps", "6", "--batch-size", "4",
+            "--n-test", "8", "--no-save-model"]
+    assert cli.main([*base, "--tuner", str(path), "--out", str(tmp_path / "file")]) == 0
+    assert cli.main([*base, "--head-lr", "3e-3", "--top-lr", "1e-2", "--top-schedule", "linear", "--schedule", "linear",
+                     "--out", str(tmp_path / "hand")]) == 0
+    a, b = (json.loads((tmp_path / k / "metrics.json").read_text()) for k in ("file", "hand"))
+    assert a["train_loss"] == b["train_loss"] and a["eval"] == b["eval"] and a["forwards"] == 6
+    assert a["config"]["method"] == "exact" and a["config"]["schedule"] == "linear"
+    assert a["head_lr"] == 3e-3 and a["config"]["top_lr"] == 1e-2 and a["config"]["top_schedule"] == "linear"
+    for k, extra in enumerate([["--tuner", str(bare)], ["--tuner", str(path), "--head-lr", "0", "--top-lr", "0"]]):
+        out = tmp_path / f"refused{k}"
+        assert "takes neither" in bad(capsys, [*base, *extra, "--out", str(out)])
+        assert not out.exists()
