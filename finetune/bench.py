@@ -413,7 +413,8 @@ ARM_FREE_KEYS = ("seed", "threads", "device", "device_map")
 
 def _arm_label(m: dict) -> str:
     schedule = m["config"].get("schedule", "constant")
-    label = (f"{m['method']} {m['config']['lr']:g}" + ("" if schedule == "constant" else f" {schedule}")
+    lr = "" if m["method"] == EXACT else f" {m['config']['lr']:g}"  # exact takes no ZO lr
+    label = (f"{m['method']}{lr}" + ("" if schedule == "constant" else f" {schedule}")
              + (f", head {m['head_lr']:g}" if m.get("head_lr") else ""))
     top = m["config"].get("top_lr")
     return label + (f", top {top:g}" + (f" {m['config']['top_schedule']}" if m["config"].get("top_schedule") else "")

@@ -76,6 +76,15 @@ def test_bench_gives_exact_one_step_per_forward_pass():
     assert [(c.method, c.steps) for c in runs] == [("mezo", 5), ("exact", 10)]
 
 
+def test_an_exact_arm_is_labelled_without_a_zo_lr():
+    from finetune.bench import _arm_label
+
+    m = {"method": "exact", "head_lr": 3e-4, "config": {"lr": 1e-6, "schedule": "linear", "top_lr": 1e-3,
+                                                         "top_schedule": "linear"}}
+    assert _arm_label(m) == "exact linear, head 0.0003, top 0.001 linear"
+    assert _arm_label({**m, "method": "tuner"}) == "tuner 1e-06 linear, head 0.0003, top 0.001 linear"
+
+
 def test_exact_refuses_what_it_cannot_use(tmp_path, capsys):
     yn = _jsonl(tmp_path, one_token_examples(24))
     base = ["finetune", "--model", "tiny-llama", "--task", yn, "--method", "exact", "--steps", "2", "--batch-size",
