@@ -21,10 +21,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 from baselines_decay import choose  # noqa: E402
-from finetune.bench import paired_table  # noqa: E402
 from no_zo_held_out import ALL, NO_ZO  # noqa: E402
 from no_zo_held_out import read as read_no_zo  # noqa: E402
-from top_held_out import TASKS, TOP, diff_text, load, packaged_paired, paired_diff, seed_table  # noqa: E402
+from top_held_out import (TASKS, TOP, common_seeds_table, diff_text, load, packaged_paired, paired_diff,  # noqa: E402
+                           seed_table)
 
 EXACT = "exact (head 3e-4, top 1e-3, linear)"
 NEEDED = 3  # settings where all-linear must be ahead for the ZO step to pay (run.sh's rule)
@@ -52,18 +52,8 @@ def main() -> None:
         arms, why = read(task)
         print(f"FZOO's schedule: {why}.\n")
         print(seed_table(arms))
-        seeds = sorted(set.intersection(*(set(r) for r in arms.values() if r)))
-        missing = [a for a, r in arms.items() if not set(seeds) <= set(r) or not r]
-        if not seeds or EXACT in missing:
-            print(f"No seed finished by every arm ({ {a: sorted(r) for a, r in arms.items()} }).\n")
+        if common_seeds_table(task, arms, EXACT) is None:
             continue
-        group = {a: {s: r[s] for s in seeds} for a, r in arms.items() if a not in missing}
-        packaged_paired.check(task, group, seeds)
-        if len(seeds) >= 2:
-            order = [EXACT] + [a for a in group if a != EXACT]
-            print(f"Arms: {', '.join(order)}.\n")
-            print(paired_table([group[a] for a in order]))
-            print()
         fzoo = next(a for a in arms if a.startswith("FZOO"))
         pairs = {other: sorted(set(arms[EXACT]) & set(arms[other])) for other in (ALL, NO_ZO, fzoo)}
         for other, both in pairs.items():

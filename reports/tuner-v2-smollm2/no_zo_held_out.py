@@ -20,8 +20,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 from decay_held_out import DECAY, SHORT  # noqa: E402
 from decay_held_out import read as read_decay  # noqa: E402
-from finetune.bench import paired_table  # noqa: E402
-from top_held_out import TASKS, TOP, diff_text, load, packaged_paired, paired_diff, seed_table  # noqa: E402
+from top_held_out import TASKS, TOP, common_seeds_table, diff_text, load, paired_diff, seed_table  # noqa: E402
 
 ALL = SHORT[DECAY]
 NO_ZO = f"{ALL}, ZO lr 0"
@@ -43,17 +42,10 @@ def main() -> None:
         print(f"## {task}\n")
         arms = read(task)
         print(seed_table(arms))
-        seeds = sorted(set.intersection(*(set(r) for r in arms.values())))
-        if not seeds:
-            print(f"No seed finished by every arm ({ {a: sorted(r) for a, r in arms.items()} }).\n")
+        group = common_seeds_table(task, arms, ALL)
+        if group is None:
             continue
-        group = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
-        packaged_paired.check(task, group, seeds)
-        if len(seeds) >= 2:
-            order = [ALL] + [a for a in group if a != ALL]
-            print(f"Arms: {', '.join(order)}.\n")
-            print(paired_table([group[a] for a in order]))
-            print()
+        seeds = sorted(group[ALL])
         rows.append((task, seeds, *(paired_diff(group[NO_ZO], group[ALL], seeds, key)
                                     for key in ("after", "loss_after"))))
     print("## Summary: ZO lr 0 minus all-linear\n")

@@ -96,6 +96,24 @@ def seed_table(arms: dict[str, dict[int, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def common_seeds_table(task: str, arms: dict[str, dict[int, dict]], first: str) -> dict[str, dict[int, dict]] | None:
+    """Print :func:`finetune.bench.paired_table` of the arms with runs, over the seeds all of them finished, ``first``
+    first, after the packaged-tasks report's checks (the table only from two seeds); return those arms' runs of those
+    seeds, or None (and say so) when ``first`` has none of them."""
+    seeds = sorted(set.intersection(*(set(r) for r in arms.values() if r)))
+    if not seeds or not arms[first]:
+        print(f"No seed finished by every arm ({ {a: sorted(r) for a, r in arms.items()} }).\n")
+        return None
+    group = {a: {s: r[s] for s in seeds} for a, r in arms.items() if r}
+    packaged_paired.check(task, group, seeds)
+    if len(seeds) >= 2:
+        order = [first] + [a for a in group if a != first]
+        print(f"Arms: {', '.join(order)}.\n")
+        print(paired_table([group[a] for a in order]))
+        print()
+    return group
+
+
 def main() -> None:
     lr = decay_lr()  # read from the screen's runs once
     print("# The top-block step on the held-out packaged tasks, paired by seed\n")
