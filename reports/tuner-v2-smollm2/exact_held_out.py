@@ -41,8 +41,8 @@ def read(task: str) -> tuple[dict[str, dict[int, dict]], str]:
 
 def main() -> None:
     print("# The exact steps alone at equal forward passes on the held-out packaged tasks, paired by seed\n")
-    print("Written by `python reports/tuner-v2-smollm2/exact_held_out.py`. `--method exact --head-lr 3e-4 --top-lr 1e-3 "
-          "--top-schedule linear --schedule linear --steps 1000` (no ZO step: one plain forward pass a step, 1000 "
+    print("Written by `python reports/tuner-v2-smollm2/exact_held_out.py`. `--method exact --head-lr 3e-4 --top-lr "
+          "1e-3 --top-schedule linear --schedule linear --steps 1000` (no ZO step: one plain forward pass a step, 1000 "
           "passes) against all-linear (tuner v2 plus `--top-lr 1e-3 --top-schedule linear --schedule linear`, 500 "
           "two-point steps), all-linear with `--lr 0`, FZOO 3e-3 at the schedule its final dev loss chose (999 "
           "passes) and MeZO 3e-5; batch 8, fp32. Only seeds where every arm finished are paired.\n")
