@@ -14,6 +14,7 @@ an interval excluding zero on at least three of the five settings.
 """
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 from baselines_decay import choose  # noqa: E402
+from finetune.bench import final_value  # noqa: E402
+from finetune.common.runs import late_rise  # noqa: E402
 from no_zo_held_out import ALL, NO_ZO  # noqa: E402
 from no_zo_held_out import read as read_no_zo  # noqa: E402
 from top_held_out import (TASKS, TOP, common_seeds_table, diff_text, load, packaged_paired, paired_diff,  # noqa: E402
@@ -39,6 +42,24 @@ def read(task: str) -> tuple[dict[str, dict[int, dict]], str]:
     return {a: r for a, r in arms.items() if a not in drop}, why
 
 
+def fit_table(fits: list[tuple[str, dict[str, dict[int, dict]]]]) -> str:
+    """Per setting and arm, means over the arm's seeds: accuracy, the training loss over the last tenth of the steps,
+    the final dev and test losses, and the seeds whose training loss rose late (:func:`late_rise`), as Markdown."""
+    lines = ["| setting | arm | seeds | accuracy | training loss, last tenth of the steps | final dev loss | "
+             "test loss | late rises |", "|---|---|---|---|---|---|---|---|"]
+    for task, arms in fits:
+        for arm, runs in arms.items():
+            ms = [runs[s] for s in sorted(runs)]
+            tail = [statistics.fmean(m["train_loss"][-(len(m["train_loss"]) // 10):]) for m in ms]
+            rises = [s for s in sorted(runs) if late_rise(runs[s]["train_loss"]) is not None]
+            lines.append(f"| {task} | {arm} | {', '.join(map(str, sorted(runs)))} | "
+                         f"{statistics.fmean(m['eval']['after'] for m in ms):.3f} | {statistics.fmean(tail):.3f} | "
+                         f"{statistics.fmean(final_value(m, 'dev_loss') for m in ms):.3f} | "
+                         f"{statistics.fmean(m['eval']['loss_after'] for m in ms):.3f} | "
+                         f"{', '.join(map(str, rises)) or 'none'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     print("# The exact steps alone at equal forward passes on the held-out packaged tasks, paired by seed\n")
     print("Written by `python reports/tuner-v2-smollm2/exact_held_out.py`. `--method exact --head-lr 3e-4 --top-lr "
@@ -46,7 +67,7 @@ def main() -> None:
           "passes) against all-linear (tuner v2 plus `--top-lr 1e-3 --top-schedule linear --schedule linear`, 500 "
           "two-point steps), all-linear with `--lr 0`, FZOO 3e-3 at the schedule its final dev loss chose (999 "
           "passes) and MeZO 3e-5; batch 8, fp32. Only seeds where every arm finished are paired.\n")
-    rows = []
+    rows, fits = [], []
     for task in TASKS:
         print(f"## {task}\n")
         arms, why = read(task)
@@ -58,6 +79,7 @@ def main() -> None:
         pairs = {other: sorted(set(arms[EXACT]) & set(arms[other])) for other in (ALL, NO_ZO, fzoo)}
         for other, both in pairs.items():
             packaged_paired.check(task, {EXACT: arms[EXACT], other: arms[other]}, both)
+        fits.append((task, {a: arms[a] for a in (EXACT, ALL)}))
         rows.append((task, pairs, *(paired_diff(arms[EXACT], arms[other], pairs[other], key)
                                     for other in (ALL, NO_ZO, fzoo) for key in ("after", "loss_after"))))
     print("## Summary: exact minus each arm\n")
@@ -76,6 +98,8 @@ def main() -> None:
               + ("yes" if ca is not None and ca[1] < 0 else "no" if ca else "one seed: no interval") + " |")
     print(f"\nAll-linear ahead in accuracy (an interval excluding zero) on {ahead} of {len(TASKS)} settings; "
           f"run.sh's rule: the ZO step pays for its passes at {NEEDED} or more.")
+    print("\n## How closely each arm fits its training set\n")
+    print(fit_table(fits))
 
 
 if __name__ == "__main__":
