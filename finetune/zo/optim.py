@@ -137,8 +137,7 @@ class PlainPass(ZOOptimizer):
 
     @torch.no_grad()
     def zo_step(self, closure: Callable[[], torch.Tensor], scales=None) -> dict:
-        self.applied = None
-        return {"loss": self.engine.loss(closure)}
+        return {"loss": self.engine.loss(closure)}  # ``applied`` stays None: nothing is updated
 
 
 class ZOSGD(ZOOptimizer):
