@@ -33,12 +33,13 @@ EXACT = "exact (head 3e-4, top 1e-3, linear)"
 NEEDED = 3  # settings where all-linear must be ahead for the ZO step to pay (run.sh's rule)
 
 
-def read(task: str) -> tuple[dict[str, dict[int, dict]], str]:
-    """Arm -> seed -> metrics (FZOO at its chosen schedule only), and the choice of FZOO's schedule in words."""
+def read(task: str, chosen: bool = True) -> tuple[dict[str, dict[int, dict]], str]:
+    """Arm -> seed -> metrics (FZOO at its chosen schedule only; with ``chosen=False`` both of FZOO's schedules), and
+    the choice of FZOO's schedule in words."""
     arms = read_no_zo(task) | load({"FZOO linear": TOP / task / "fzoo-3e-3-linear-s{}",
                                     EXACT: TOP / task / "exact-3e-4-1e-3-linear-s{}"})
-    chosen, why = choose(arms, "FZOO")
-    drop = {"FZOO", "FZOO linear"} - {chosen}
+    pick, why = choose(arms, "FZOO")
+    drop = {"FZOO", "FZOO linear"} - {pick} if chosen else set()
     return {a: r for a, r in arms.items() if a not in drop}, why
 
 

@@ -1041,3 +1041,56 @@ if [[ $stage == final-queue || $stage == all ]]; then
   done
   wait
 fi
+# Stage fzoo-lr-held-out, written before it runs (11:16 on 2026-12-07, a new session): FZOO, the best baseline, at
+# an lr of its own. Every FZOO run on the held-out settings used 3e-3, carried from the baselines report; on
+# city-country's seed 0 its dev loss preferred 1e-3 (packaged-tasks report), so "ahead of the best baseline" has not
+# been checked against FZOO at its own lr. The rule, fixed now (fzoo_lr_held_out.py's docstring): seed 0 screens a
+# grid of factors of about 3 (1e-4 ... 3e-2) at a constant lr, starting at 1e-3 beside the carried 3e-3 and extended
+# one neighbour at a time until the lr with the lowest final DEV loss has a worse neighbour on each side; where that
+# choice is not 3e-3, seeds 1 and 2 run at it; FZOO's configuration on a setting is then the lowest mean final dev loss
+# over seeds 0-2 among 3e-3 constant, 3e-3 linear (section 23) and the chosen lr; no test figure enters any choice.
+# The reading: each tuner arm (v2-top-linear, the recommended file; all-linear; exact) against that configuration,
+# paired by seed, with "no worse" (mean accuracy no lower, mean test loss no higher) setting by setting; where a claim
+# of the report or the README ("ahead of FZOO on all five") no longer holds, they say so. Two lanes: the five seed-0
+# screens (each a chain of one to three runs), then the seed-1 and seed-2 runs, seed-major. A run that stops on
+# divergence leaves a DIVERGED file with its error (it counts as worse than any finished lr); finished runs are
+# skipped, so the stage can be run again after a kill. No shipped file changes on this stage.
+fzoo_lr_run() {  # setting lr seed
+  local task=$1 model=() out=$R/top-held-out/$1/fzoo-$2-s$3 err
+  if [[ $1 == vader-polarity-derivative ]]; then task=vader-polarity model=(--model runs/derivative-python-docs); fi
+  [[ -f $out/metrics.json || -f $out/DIVERGED || -f reports/packaged-tasks-smollm2/runs/$1/fzoo-$2-s$3/metrics.json ]] \
+    && return 0
+  err=$(mktemp)
+  if ! python cli.py finetune --task packaged:$task "${model[@]}" --batch-size 8 --threads 1 --eval-every 250 \
+      --no-save-model --method fzoo --lr $2 --steps 111 --seed $3 --out $out 2> $err; then
+    cat $err >&2
+    if grep -q 'diverged' $err; then mkdir -p $out && tail -1 $err > $out/DIVERGED; fi
+  fi
+  rm -f $err
+}
+fzoo_lr_screen() {  # setting: seed 0, bracketed on dev loss
+  local lr
+  while lr=$(python $R/fzoo_lr_held_out.py next $1) && [[ -n $lr ]]; do
+    fzoo_lr_run $1 $lr 0
+    [[ -f $R/top-held-out/$1/fzoo-$lr-s0/metrics.json || -f $R/top-held-out/$1/fzoo-$lr-s0/DIVERGED ]] || return 1
+  done
+}
+FZOO_SETTINGS=(city-continent city-country vader-polarity city-hemisphere vader-polarity-derivative)
+if [[ $stage == fzoo-lr-held-out || $stage == all ]]; then
+  for lane in 0 1; do
+    (for ((i = lane; i < 5; i += 2)); do fzoo_lr_screen ${FZOO_SETTINGS[i]}; done) &
+  done
+  wait
+  jobs=()
+  for seed in 1 2; do
+    for t in "${FZOO_SETTINGS[@]}"; do
+      lr=$(python $R/fzoo_lr_held_out.py choice $t)
+      [[ -n $lr && $lr != 3e-3 ]] && jobs+=("$t $lr $seed")
+    done
+  done
+  for lane in 0 1; do
+    (for ((i = lane; i < ${#jobs[@]}; i += 2)); do fzoo_lr_run ${jobs[i]}; done) &
+  done
+  wait
+  python $R/fzoo_lr_held_out.py > $R/top-held-out/fzoo-lr-compare.md
+fi
