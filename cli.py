@@ -297,6 +297,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                               f"drop --method {args.method} or --tuner")
         if args.method != "exact":
             args.method = "tuner"
+    if args.method == "exact" and args.lr is not None:  # a user who means the exact steps' lr would train nothing
+        from finetune.common.errors import ZotuneError
+
+        raise ZotuneError("--lr is the ZO step's lr, and --method exact makes no ZO step; drop --lr (the exact steps "
+                          "take --head-lr and --top-lr)")
     _check_method_flags(args, [args.method])
     _check_peft_flags(args)
     tuner = _load_tuner(args)

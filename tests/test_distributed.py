@@ -112,22 +112,29 @@ def test_two_ranks_tuner_run_matches_one_process_bit_for_bit(tmp_path, jsonl):
     assert_same_run(one, two)
 
 
-@pytest.mark.parametrize("head", [["--head-lr", "1e-2"], ["--head-race", "1e-3,1e-1"]], ids=["head-lr", "head-race"])
+@pytest.mark.parametrize("head", [["--head-lr", "1e-2"], ["--head-race", "1e-3,1e-1"],
+                                  ["--method", "exact", "--head-lr", "1e-2"]], ids=["head-lr", "head-race", "exact"])
 def test_two_ranks_with_the_head_step_match_one_process(tmp_path, head):
-    """Batch mode with the head step (or a head race): each rank's passes see its shard (3 and 2 of 5 examples), the
-    head's input and option logits are all-gathered, and every rank steps the rows as one process does. The ranks
-    agree bit for bit after every step (--check-every 1). With one-token options the head's matrix product over 3
-    or 2 rows differs from the one over 5 in the last bit on our CPUs (the premise test above is bit-exact for longer
-    options only), and Adam's normalised step carries that into the rows (about 1e-6 relative in the losses after
-    four steps on an AVX-512 CPU), so the run is compared with one process to 1e-5, against head rows that move by
-    about 1e-2 per step: a rank that stepped on its shard alone, or a mis-scaled gradient, is off by far more."""
+    """Batch mode with the head step (or a head race, or the head step alone: --method exact): each rank's passes see
+    its shard (3 and 2 of 5 examples), the head's input and option logits are all-gathered, and every rank steps the
+    rows as one process does. The ranks agree bit for bit after every step (--check-every 1). With one-token options
+    the head's matrix product over 3 or 2 rows differs from the one over 5 in the last bit on our CPUs (the premise
+    test above is bit-exact for longer options only), and Adam's normalised step carries that into the rows (about
+    1e-6 relative in the losses after four steps on an AVX-512 CPU), so the run is compared with one process to 1e-5,
+    against head rows that move by about 1e-2 per step: a rank that stepped on its shard alone, or a mis-scaled
+    gradient, is off by far more."""
     task = Path(_jsonl(tmp_path, one_token_examples(60)))
     one, two, mezo = tmp_path / "one", tmp_path / "two", tmp_path / "mezo"
-    assert cli.main(base_args(task, one, *head)) == 0
-    run = torchrun(["cli.py", *base_args(task, two, *head, "--check-every", "1")])
+
+    def args(out: Path, *extra: str) -> list[str]:  # --method exact takes no --lr (it makes no ZO step)
+        a = base_args(task, out, *extra)
+        return [x for i, x in enumerate(a) if "exact" not in extra or "--lr" not in a[i - 1:i + 1]]
+
+    assert cli.main(args(one, *head)) == 0
+    run = torchrun(["cli.py", *args(two, *head, "--check-every", "1")])
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = (json.loads((x / "metrics.json").read_text()) for x in (one, two))
-    assert b["parallel"]["world_size"] == 2 and a["forwards"] == b["forwards"]
+    assert b["parallel"]["world_size"] == 2 and a["forwards"] == b["forwards"] == (4 if "exact" in head else 8)
     assert a["head_lr"] == b["head_lr"] > 0 and (a.get("head_race") or {}).get("steps_active") == \
         (b.get("head_race") or {}).get("steps_active")
     assert torch.allclose(torch.tensor(a["train_loss"]), torch.tensor(b["train_loss"]), rtol=1e-5, atol=0)

@@ -92,7 +92,8 @@ def test_exact_refuses_what_it_cannot_use(tmp_path, capsys):
     cases = [([], "add --head-lr"), (["--head-lr", "0"], "add --head-lr"), (["--top-lr", "1e-3", "--q", "2"], "--q"),
              (["--top-lr", "1e-3", "--optimizer", "adam"], "--optimizer"),
              (["--top-lr", "1e-3", "--weight-decay", "0.1"], "--weight-decay"),
-             (["--head-lr", "1e-3", "--save-log"], "--save-log")]
+             (["--head-lr", "1e-3", "--save-log"], "--save-log"),
+             (["--head-lr", "1e-3", "--lr", "1e-3"], "drop --lr")]
     for k, (args, words) in enumerate(cases):
         out = tmp_path / f"o{k}"
         err = bad(capsys, [*base, *args, "--out", str(out)])
