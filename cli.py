@@ -120,7 +120,8 @@ def _run_args() -> argparse.ArgumentParser:
                    help="ZO methods: the update rule applied to the estimate (default sgd, i.e. MeZO); --method fo: "
                    "adam = AdamW (default), sgd, momentum = SGD with momentum 0.9")
     g.add_argument("--lr", action=_Finite, default=None,
-                   help=f"learning rate (default {d.lr:g}; with --tuner, the lr the tuner recommends)")
+                   help=f"learning rate (default {d.lr:g}; with --tuner, the lr the tuner recommends; not for "
+                   "--method exact, which takes --head-lr and --top-lr)")
     g.add_argument("--eps", action=_Finite, default=d.eps, help="perturbation size (default %(default)g)")
     g.add_argument("--q", type=int, default=None, help="SPSA directions averaged per step: mezo, nspsa, zo-adam, tuner (default: the method's)")
     g.add_argument("--schedule", default=None, choices=SCHEDULES,
