@@ -406,12 +406,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
             _say("interrupted; the finished runs are kept: rerun the same command with --resume to continue")
             raise SystemExit(130) from None
         raise
+    from finetune.bench import late_rises, lr_text
+
     for r in sorted(rows, key=lambda r: r["method"]):
         if r.get("best"):
-            print(f"{r['method']:>8}  lr {r['lr']:<8g} final loss {r['final_loss']:.4f}  "
-                  f"eval {r['eval_before']:.3f} -> {r['eval_after']:.3f}")
-    from finetune.bench import late_rises
-
+            print(f"{r['method']:>8}  {lr_text(r['method'], r['lr'], 'lr ') or 'no ZO lr':<11} final loss "
+                  f"{r['final_loss']:.4f}  eval {r['eval_before']:.3f} -> {r['eval_after']:.3f}")
     if rose := late_rises(rows):
         print(f"note: the training loss rose late in some runs ({'; '.join(rose)}); such an lr may be too high for a "
               "run this long: try --schedule linear or a lower lr (bench.md)")

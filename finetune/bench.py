@@ -146,8 +146,8 @@ def final_value(run: dict, key: str) -> float | None:
 
 def late_rises(rows: list[dict]) -> list[str]:
     """The summary rows' runs whose training loss rose late, one ``mezo lr 3e-05, seeds 1, 2`` per (method, lr)."""
-    return [f"{r['method']} lr {r['lr']:g}, seed{'s' if len(r['late_rise_seeds']) > 1 else ''} "
-            f"{', '.join(map(str, r['late_rise_seeds']))}"
+    return [f"{r['method']}{lr_text(r['method'], r['lr'], ' lr ')}, "
+            f"seed{'s' if len(r['late_rise_seeds']) > 1 else ''} {', '.join(map(str, r['late_rise_seeds']))}"
             for r in sorted(rows, key=lambda r: (r["method"], r["lr"])) if r.get("late_rise_seeds")]
 
 
@@ -411,9 +411,14 @@ def compare_runs(arms: list[list[Path]], resamples: int = 10000, seed: int = 0) 
 ARM_FREE_KEYS = ("seed", "threads", "device", "device_map")
 
 
+def lr_text(method: str, lr: float, sep: str = " ") -> str:
+    """`` 0.001`` (``sep`` between), or nothing for method exact, which takes no ZO lr."""
+    return "" if method == EXACT else f"{sep}{lr:g}"
+
+
 def _arm_label(m: dict) -> str:
     schedule = m["config"].get("schedule", "constant")
-    lr = "" if m["method"] == EXACT else f" {m['config']['lr']:g}"  # exact takes no ZO lr
+    lr = lr_text(m["method"], m["config"]["lr"])
     label = (f"{m['method']}{lr}" + ("" if schedule == "constant" else f" {schedule}")
              + (f", head {m['head_lr']:g}" if m.get("head_lr") else ""))
     top = m["config"].get("top_lr")
@@ -655,7 +660,8 @@ def bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = Fal
                         runs.append(json.loads(path.read_text()))
                         bar.advance(job)
                         continue
-                    bar.update(job, description=f"{run_cfg.method} lr={run_cfg.lr:g} seed={run_cfg.seed}")
+                    bar.update(job, description=f"{run_cfg.method}{lr_text(run_cfg.method, run_cfg.lr, ' lr=')} "
+                                                        f"seed={run_cfg.seed}")
                     load_snapshot_weights(model, pristine)
                     snapshot = Snapshot(work / "snapshot.pt", snapshot_every,
                                         restart_hint=f"delete {work} to start the bench over")

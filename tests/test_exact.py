@@ -76,13 +76,23 @@ def test_bench_gives_exact_one_step_per_forward_pass():
     assert [(c.method, c.steps) for c in runs] == [("mezo", 5), ("exact", 10)]
 
 
-def test_an_exact_arm_is_labelled_without_a_zo_lr():
-    from finetune.bench import _arm_label
+def test_an_exact_arm_is_labelled_without_a_zo_lr(tmp_path, capsys):
+    """In tables, in late-rise notes and in what bench prints, an exact arm shows no ZO lr (it takes none)."""
+    from finetune.bench import _arm_label, late_rises
 
     m = {"method": "exact", "head_lr": 3e-4, "config": {"lr": 1e-6, "schedule": "linear", "top_lr": 1e-3,
                                                          "top_schedule": "linear"}}
     assert _arm_label(m) == "exact linear, head 0.0003, top 0.001 linear"
     assert _arm_label({**m, "method": "tuner"}) == "tuner 1e-06 linear, head 0.0003, top 0.001 linear"
+    rows = [{"method": "exact", "lr": 1e-6, "late_rise_seeds": [1, 2]}, {"method": "mezo", "lr": 3e-5,
+                                                                          "late_rise_seeds": [0]}]
+    assert late_rises(rows) == ["exact, seeds 1, 2", "mezo lr 3e-05, seed 0"]
+    yn = _jsonl(tmp_path, one_token_examples(40))
+    assert cli.main(["bench", "--model", "tiny-llama", "--task", yn, "--methods", "mezo,exact", "--top-lr", "1e-3",
+                     "--lr-grid", "mezo=1e-3", "--forwards", "4", "--seeds", "0", "--eval-points", "0", "--batch-size",
+                     "4", "--n-test", "4", "--n-dev", "4", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "   exact  no ZO lr    final loss" in out and "    mezo  lr 0.001    final loss" in out, out
 
 
 def test_exact_refuses_what_it_cannot_use(tmp_path, capsys):
