@@ -378,6 +378,19 @@ def test_finetune_notes_a_late_rise_of_the_training_loss(tmp_path, mc, capsys, m
     assert "rose late" not in capsys.readouterr().out
 
 
+def test_docs_late_rise_python_example_runs(capsys):
+    """docs/python-api.md's late-rise example, its loop's losses a staircase that falls and climbs back: it prints the
+    note with its own remedy; on a loss that keeps falling it prints nothing."""
+    text = (ROOT / "docs" / "python-api.md").read_text()
+    code = text.split("comes from one function", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert "losses = []" in code
+    rising, falling = [1.0, 0.8, 0.6, 0.5, 0.55, 0.6, 0.7, 0.8, 0.85, 0.9], [1.0 - i / 20 for i in range(10)]
+    for means, noted in ((rising, True), (falling, False)):
+        exec(compile(code.replace("losses = []", f"losses = {_windows(means, 10)!r}"), "python-api.md", "exec"), {})
+        out = capsys.readouterr().out
+        assert ("note: the training loss rose late" in out and out.rstrip().endswith("a lower lr")) if noted else not out
+
+
 # ------------------------------------------------------------------------- 4. concurrent runs
 def start_and_wait(argv: list[str], ready: Path, timeout: float = 90) -> subprocess.Popen:
     """Start ``python cli.py argv`` and wait until ``ready`` exists (the run has started working)."""
