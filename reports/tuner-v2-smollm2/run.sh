@@ -1139,3 +1139,59 @@ print(f"\nexact's choice by mean final dev loss: top lr {best}"
       + (" (all-linear's; nothing more runs)" if best == "1e-3" else " (not all-linear's 1e-3)"))
 PY
 fi
+# 11:41 on 2026-12-07, a change written before it takes effect: FZOO's runs take about 12 minutes each here, and
+# stage fzoo-lr-held-out's fixed lanes leave one lane idle while the other screens three settings, then wait for both
+# before any seed-1 or seed-2 run. Stage fzoo-lr-queue replaces its scheduling (not its rule, runs or reading): two
+# lanes take jobs from one queue, every seed-0 screen step first (setting by setting), then the seed-1 and seed-2 runs
+# of every setting whose screen has ended with a choice other than 3e-3; a job is claimed by an atomic mkdir, so no two
+# lanes run the same one. Stage fzoo-lr-held-out's lanes are stopped now; the two runs in progress (city-hemisphere 3e-4
+# and word polarity 1e-3, seed 0: 11:41) finish and are kept, and the queue starts once both have ended. Stage
+# exact-lr-screen waits until the queue has ended (it was to start after stage fzoo-lr-held-out).
+fzoo_lr_claim() {  # prints "setting lr seed" of the next job and claims it; returns 1 when none can start now
+  local t lr s C=$R/top-held-out/.claims
+  for t in "${FZOO_SETTINGS[@]}"; do
+    lr=$(python $R/fzoo_lr_held_out.py next $t)
+    [[ -n $lr ]] && mkdir $C/$t@$lr@0 2>/dev/null && { echo "$t $lr 0"; return 0; }
+  done
+  for s in 1 2; do
+    for t in "${FZOO_SETTINGS[@]}"; do
+      lr=$(python $R/fzoo_lr_held_out.py choice $t)
+      [[ -n $lr && $lr != 3e-3 ]] && mkdir $C/$t@$lr@$s 2>/dev/null && { echo "$t $lr $s"; return 0; }
+    done
+  done
+  return 1
+}
+fzoo_lr_pending() {  # whether a claimed job is still running (it may open new jobs: a screen step, a choice)
+  local c t lr s
+  for c in $R/top-held-out/.claims/*@*; do
+    [[ -d $c && ! -f $c/FAILED ]] || continue
+    IFS=@ read -r t lr s <<< "${c##*/}"
+    [[ -f $R/top-held-out/$t/fzoo-$lr-s$s/metrics.json || -f $R/top-held-out/$t/fzoo-$lr-s$s/DIVERGED ]] || return 0
+  done
+  return 1
+}
+fzoo_lr_lane() {  # take jobs until none is left; wait while another lane's job may open more
+  local job out
+  while true; do
+    if job=$(fzoo_lr_claim); then
+      fzoo_lr_run $job || true
+      set -- $job
+      out=$R/top-held-out/$1/fzoo-$2-s$3
+      [[ -f $out/metrics.json || -f $out/DIVERGED ]] || touch "$R/top-held-out/.claims/$1@$2@$3/FAILED"
+    elif fzoo_lr_pending; then
+      sleep 30
+    else
+      return 0
+    fi
+  done
+}
+if [[ $stage == fzoo-lr-queue || $stage == all ]]; then
+  rm -rf $R/top-held-out/.claims && mkdir -p $R/top-held-out/.claims  # a killed queue's claims are stale
+  for lane in 0 1; do
+    fzoo_lr_lane &
+    sleep 5
+  done
+  wait
+  rm -rf $R/top-held-out/.claims
+  python $R/fzoo_lr_held_out.py > $R/top-held-out/fzoo-lr-compare.md
+fi
