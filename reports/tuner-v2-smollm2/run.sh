@@ -1195,3 +1195,31 @@ if [[ $stage == fzoo-lr-queue || $stage == all ]]; then
   rm -rf $R/top-held-out/.claims
   python $R/fzoo_lr_held_out.py > $R/top-held-out/fzoo-lr-compare.md
 fi
+# Stage exact-head-screen, written before it runs (13:31 on 2026-12-07): the other half of exact's own lrs. Stage
+# exact-lr-screen chose the top lr (1e-3) at head lr 3e-4; this runs head lr 1e-3 at top lr 1e-3 on the same two
+# meta-training tasks, seed 0, everything else as there. The reading, fixed now: if its mean final dev loss over the
+# two tasks is higher than head lr 3e-4's (0.3018), 3e-4 has a worse lr above it (below it, 1e-4 is not run this
+# session); if lower, exact's head lr is open and goes to a later stage. No shipped file changes on this stage.
+if [[ $stage == exact-head-screen || $stage == all ]]; then
+  for t in word-class noun-number; do
+    out=$R/rise/exact-head-1e-3-top-1e-3-$t-s0
+    [[ -f $out/bench.json ]] || python cli.py bench "${EXACT_META[@]/3e-4/1e-3}" --task packaged:$t --top-lr 1e-3 \
+      --out $out &
+  done
+  wait
+  python - <<'PY' | tee $R/rise/exact-head-lr.md
+import json
+R = "reports/tuner-v2-smollm2/rise"
+def dev(path):
+    (r,) = json.load(open(f"{path}/bench.json"))["runs"]
+    return r["curve"][-1]["dev_loss"]
+old = [dev(f"{R}/exact-top-1e-3-s0"), dev(f"{R}/exact-top-1e-3-noun-number-s0")]
+new = [dev(f"{R}/exact-head-1e-3-top-1e-3-{t}-s0") for t in ("word-class", "noun-number")]
+print("# The exact steps' head lr on the meta-training tasks (stage exact-head-screen of run.sh), seed 0, top lr 1e-3\n")
+print("| head lr | word-class: final dev loss | noun-number: final dev loss | mean |\n|---|---|---|---|")
+for lr, d in (("3e-4", old), ("1e-3", new)):
+    print(f"| {lr} | {d[0]:.4f} | {d[1]:.4f} | {sum(d) / 2:.4f} |")
+print("\n" + ("head lr 3e-4 has a worse lr above it (1e-4 below it: not run)" if sum(new) > sum(old)
+              else "head lr 1e-3 is lower: exact's head lr is open"))
+PY
+fi
