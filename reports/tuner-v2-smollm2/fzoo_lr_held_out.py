@@ -63,9 +63,10 @@ def dev(run: dict) -> float:
     return math.inf if "diverged" in run else final_value(run, "dev_loss")
 
 
-def screen(task: str) -> tuple[str | None, str | None]:
-    """(the seed-0 lr to run next, the seed-0 choice): one of them is None. Step 1 of the rule."""
-    seed0 = {lr: dev(r[0]) for lr, r in constant_runs(task).items() if 0 in r}
+def screen(grid: dict[str, dict[int, dict]]) -> tuple[str | None, str | None]:
+    """(the seed-0 lr to run next, the seed-0 choice) from a setting's :func:`constant_runs`: one of them is None.
+    Step 1 of the rule."""
+    seed0 = {lr: dev(r[0]) for lr, r in grid.items() if 0 in r}
     for lr in (CARRIED, FIRST):
         if lr not in seed0:
             return lr, None
@@ -77,14 +78,13 @@ def screen(task: str) -> tuple[str | None, str | None]:
     return None, best
 
 
-def fzoo_arms(task: str) -> dict[str, dict[int, dict]]:
-    """FZOO's three candidate configurations (step 3), named as the tables show them; the chosen lr's arm only where
-    the seed-0 choice is made and is not the carried lr."""
-    arms, _ = read_exact(task, chosen=False)
+def fzoo_arms(arms: dict[str, dict[int, dict]], grid: dict[str, dict[int, dict]], best: str) -> dict[str, dict]:
+    """FZOO's three candidate configurations (step 3), named as the tables show them, from ``read_exact``'s arms
+    (both schedules) and the constant-lr ``grid``; the seed-0 choice ``best`` has an arm of its own unless it is the
+    carried lr."""
     out = {"FZOO 3e-3": arms["FZOO"], "FZOO 3e-3 linear": arms["FZOO linear"]}
-    _, best = screen(task)
-    if best is not None and best != CARRIED:
-        out[f"FZOO {best}"] = constant_runs(task)[best]
+    if best != CARRIED:
+        out[f"FZOO {best}"] = grid[best]
     return out
 
 
@@ -99,7 +99,7 @@ def choose(fzoo: dict[str, dict[int, dict]]) -> tuple[str | None, str]:
 
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] in ("next", "choice"):
-        print(screen(sys.argv[2])[sys.argv[1] == "choice"] or "")
+        print(screen(constant_runs(sys.argv[2]))[sys.argv[1] == "choice"] or "")
         return
     print("# FZOO at an lr of its own on the held-out packaged tasks, and the tuners against it, paired by seed\n")
     print("Written by `python reports/tuner-v2-smollm2/fzoo_lr_held_out.py`. FZOO (N = 8, 111 steps, 999 passes) at a "
@@ -113,19 +113,20 @@ def main() -> None:
         print("Seed 0, constant lr: " + ", ".join(
             f"{lr} " + ("diverged" if "diverged" in r[0] else f"dev {dev(r[0]):.4f}")
             for lr, r in grid.items() if 0 in r) + ".")
-        nxt, best = screen(task)
+        nxt, best = screen(grid)
         if best is None:
             print(f"Not bracketed yet (next: {nxt}).\n")
             continue
         print(f"Seed-0 choice: {best}.\n")
-        fzoo = fzoo_arms(task)
+        arms = read_exact(task, chosen=False)[0]
+        fzoo = fzoo_arms(arms, grid, best)
         pick, why = choose(fzoo)
         print(f"FZOO's configuration: {why}.\n")
         for a, r in fzoo.items():  # a diverged run counts in the choice (above), not in the tables
             if bad := sorted(s for s in r if "diverged" in r[s]):
                 print(f"{a} diverged on seed(s) {', '.join(map(str, bad))}: {r[bad[0]]['diverged']}\n")
                 fzoo[a] = {s: m for s, m in r.items() if s not in bad}
-        arms = read_exact(task, chosen=False)[0] | {SHORT[SHIPPED]: read_decay(task)[SHIPPED]}
+        arms[SHORT[SHIPPED]] = read_decay(task)[SHIPPED]
         arms = {a: arms[a] for a in TUNERS} | fzoo
         print(seed_table(arms))
         if pick is None:
