@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finetune.data.models import load_model, set_threads  # noqa: E402
 from finetune.zo.baselines import HiZOO, SparseMeZO  # noqa: E402
-from finetune.zo.engine import Direction, InverseSqrt  # noqa: E402
+from finetune.zo.engine import Direction  # noqa: E402
 from finetune.zo.optim import ZOSGD  # noqa: E402
 set_threads(1)
 model, _ = load_model("smollm2-135m")
@@ -24,9 +24,7 @@ opts = {"mezo": ZOSGD(model, lr=1e-12, eps=1e-3), "sparse-mezo": SparseMeZO(mode
 def direction(name, opt, seed, c=1.0):
     if name == "mezo":
         return Direction([(seed, c)])
-    if name == "sparse-mezo":
-        return Direction([(seed, c)], multipliers=opt.multipliers)
-    return Direction([(seed, c)], multipliers=[InverseSqrt(h) for h in opt.hessians()])
+    return Direction([(seed, c)], multipliers=opt.multipliers)
 @torch.no_grad()
 def write_all(opt, d, alpha):
     e = opt.engine

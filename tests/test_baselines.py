@@ -14,7 +14,7 @@ import cli
 from finetune.data.models import TINY, load_model
 from finetune.trainer import BASELINE_METHODS, FinetuneConfig, make_run_optimizer
 from finetune.zo.baselines import FZOO, LOZO, BlockCoordinateZO, HiZOO, SparseMeZO, make_baseline
-from finetune.zo.engine import BelowMagnitude, Direction, Elementwise, InverseSqrt, ZOEngine
+from finetune.zo.engine import BelowMagnitude, Direction, Elementwise, ZOEngine
 from finetune.zo.noise import (GaussianNoise, LowRankNoise, NoiseTable, RademacherNoise, RademacherTable,
                                rademacher_like)
 from finetune.zo.optim import ZOSGD
@@ -140,7 +140,7 @@ def direction_kinds(engine, gen):
         "rademacher": (Direction([(11, 0.7), (12, -1.3)], noise=rad),
                        [0.7 * materialise(rad, engine, 11, i) - 1.3 * materialise(rad, engine, 12, i)
                         for i in range(n)]),
-        "inverse-sqrt": (Direction([(11, 0.7), (12, -1.3)], multipliers=[InverseSqrt(x) for x in h]),
+        "inverse-sqrt": (Direction([(11, 0.7), (12, -1.3)], multipliers=[Elementwise(x.rsqrt()) for x in h]),
                          [x.rsqrt() * (0.7 * engine.unit_noise(11, i) - 1.3 * engine.unit_noise(12, i))
                           for i, x in enumerate(h)]),
         "elementwise": (Direction(11, multipliers=[Elementwise(scale)] + [None] * (n - 1)),
@@ -485,7 +485,32 @@ def test_state_dict_round_trip_continues_identically(method):
         assert torch.equal(v, w), k
     assert opt_a.engine.forwards == opt_b.engine.forwards == (5 if method == "lozo" else 4) * cfg.forwards_per_step
     if method == "hizoo":
-        assert all(torch.equal(h, k) for h, k in zip(opt_a.hessians(), opt_b.hessians()))
+        assert all(torch.equal(h, k) for h, k in zip(opt_a.scalings(), opt_b.scalings()))
+
+
+def test_hizoo_state_saved_with_h_loads_as_its_inverse_square_root():
+    """HiZOO's state is s = H^{-1/2} since 2026-12-07; a state saved before, with H under "hizoo_h", loads as
+    s = H^{-1/2} (within an ulp of the saved run's s) and the run goes on along the same steps."""
+    a, _ = load_model("tiny-llama")
+    x = ids(3)
+    cfg = FinetuneConfig(model="tiny-llama", method="hizoo", lr=1e-3, eps=EPS, seed=4, hizoo_alpha=0.05)
+    opt_a = make_run_optimizer(cfg, a)
+    for _ in range(2):
+        opt_a.step(lambda: a(input_ids=x, labels=x).loss)
+    state = copy.deepcopy(opt_a.state_dict())
+    for entry in state["state"].values():
+        entry["hizoo_h"] = entry.pop("hizoo_s").double().pow(-2).float()  # as the old code stored it
+    b = copy.deepcopy(a)
+    opt_b = make_run_optimizer(cfg, b)
+    opt_b.load_state_dict(state)
+    for s_a, s_b in zip(opt_a.scalings(), opt_b.scalings()):
+        torch.testing.assert_close(s_b, s_a, rtol=3e-7, atol=0)
+        assert not torch.equal(s_a, torch.ones_like(s_a))
+    opt_a.step(lambda: a(input_ids=x, labels=x).loss)
+    opt_b.step(lambda: b(input_ids=x, labels=x).loss)
+    assert opt_b.last["projected_grad"] == pytest.approx(opt_a.last["projected_grad"], rel=1e-4)
+    for v, w in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(w, v, rtol=0, atol=1e-6)
 
 
 def test_zero_lr_leaves_every_parameter_bit_identical():
@@ -554,16 +579,35 @@ def test_direction_times_keeps_the_noise_kind_and_multipliers():
 # --- the chunked writes of masks and scalings ---------------------------------------------------------------
 
 
+class _Counted:
+    """The fused kernels' module with a count of each function's calls."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, {}
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return getattr(self.module, name)(*args)
+        return call
+
+
 @pytest.mark.parametrize("method", ["sparse-mezo", "sparse-mezo-wd", "hizoo"])
 @pytest.mark.parametrize("chunk", [None, 1 << 9, 1000])
-def test_chunked_masked_and_scaled_writes_equal_the_general_path_bit_for_bit(method, chunk, monkeypatch):
-    """With table noise, Sparse-MeZO's mask and HiZOO's H^{-1/2} are written one table chunk at a time (the mask
-    as 1/0 floats times z, H's factor from a per-step table): every loss, weight and H of three steps, and the
-    perturbed logits of a two-seed direction, equal bit for bit those of the general path (a bool mask and
-    ``torch.where``, z materialised per block). Chunks of 1000 cut head segments and rows mid-way."""
+def test_chunked_and_fused_writes_equal_the_general_path_bit_for_bit(method, chunk, monkeypatch):
+    """With table noise, Sparse-MeZO's mask and HiZOO's H^{-1/2} are written one table chunk at a time, by the
+    fused CPU loops (finetune/zo/kernels.cpp: the masked add in one pass, HiZOO's update and its scaling's step in
+    one) or by eager ops (the mask as 1/0 floats times z, the scaling's factor from a per-step table): every
+    loss, weight and scaling of three steps, and the perturbed logits of a two-seed direction, equal bit for bit
+    those of the general path (a bool mask and ``torch.where``, z materialised per block). Chunks of 1000 cut
+    head segments and rows mid-way. The fused loops really run (their calls are counted)."""
+    from finetune.zo import kernels
     from finetune.zo.engine import ZOEngine as Engine
 
-    def run(sliced):
+    assert kernels.load() is not None, kernels.why_not()  # a C++ compiler is part of our machines
+    counted = _Counted(kernels.load())
+
+    def run(mode):
         model, _ = load_model("tiny-llama")
         x = ids()
         if method.startswith("sparse"):
@@ -573,29 +617,87 @@ def test_chunked_masked_and_scaled_writes_equal_the_general_path_bit_for_bit(met
             opt = HiZOO(model, lr=1e-2, eps=1e-2, alpha=0.05, seed=3)
         if chunk is not None:
             opt.engine.noise = NoiseTable(size=1 << 14, chunk=chunk)
+        opt.engine.fused = mode == "fused"
         records, logits = [], []
         with monkeypatch.context() as m:
-            if not sliced:
+            m.setattr(kernels, "load", lambda: counted)
+            if mode == "general":
                 m.setattr(Engine, "_write_sliced", lambda *a, **k: False)
                 m.setattr(HiZOO, "_apply_sliced", staticmethod(lambda *a, **k: False))
             for _ in range(3):
                 opt.step(lambda: model(input_ids=x, labels=x).loss)
                 records.append(dict(opt.last))
-                mult = opt.multipliers if method.startswith("sparse") else [InverseSqrt(h) for h in opt.hessians()]
                 with torch.inference_mode(), opt.engine.perturbed(Direction([(5, 0.7), (6, -1.3)],
-                                                                            multipliers=mult), 0.3):
+                                                                            multipliers=opt.multipliers), 0.3):
                     logits.append(model(input_ids=x).logits.clone())
-        extra = [h.clone() for h in opt.hessians()] if method == "hizoo" else opt.masks()
+        extra = [s.clone() for s in opt.scalings()] if method == "hizoo" else opt.masks()
         return records, logits, [p.detach().clone() for p in model.parameters()], extra
 
-    fast, general = run(True), run(False)
-    assert fast[0] == general[0]
-    for a, b in zip(fast[1] + fast[2], general[1] + general[2]):
-        assert torch.equal(a.view(torch.int32), b.view(torch.int32))  # also the sign of zeros
-    for a, b in zip(fast[3], general[3]):
-        assert (a is None and b is None) or torch.equal(a, b)
+    general = run("general")
+    assert not counted.calls
+    for mode in ("chunked", "fused"):
+        fast = run(mode)
+        assert bool(counted.calls) == (mode == "fused")
+        assert fast[0] == general[0]
+        for a, b in zip(fast[1] + fast[2], general[1] + general[2]):
+            assert torch.equal(a.view(torch.int32), b.view(torch.int32))  # also the sign of zeros
+        for a, b in zip(fast[3], general[3]):
+            assert (a is None and b is None) or torch.equal(a.view(torch.int32), b.view(torch.int32))
+    assert set(counted.calls) == {"scaled_update" if method == "hizoo" else "below_magnitude_add"}
     moved = sum((p != q).sum().item() for p, q in zip(fast[2], load_model("tiny-llama")[0].parameters()))
     assert moved > 0
+
+
+def test_the_kernels_probe_refuses_a_loop_one_bit_off_and_the_engine_keeps_the_eager_path(monkeypatch, capsys):
+    """A loop that differs from the eager ops by one ulp anywhere fails the probe run at load time; load() then
+    returns None, says why once on stderr (one line), is not tried again, and Sparse-MeZO's steps take the eager
+    path with the same numbers. A failed build (no compiler) does the same, and ZOTUNE_FUSED_KERNELS=0 skips the
+    build without a word."""
+    from finetune.zo import kernels
+
+    real, build = kernels.load(), kernels._build
+    assert real is not None and kernels._probe(real) == ""
+
+    class OneUlpOff:
+        def below_magnitude_add(self, theta, z, out, alpha, threshold):
+            real.below_magnitude_add(theta, z, out, alpha, threshold)
+            out.view(torch.int32)[-1] += 1
+
+        def scaled_update(self, *args):
+            real.scaled_update(*args)
+
+    assert "masked add" in kernels._probe(OneUlpOff())
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_build", lambda: (False, kernels._probe(OneUlpOff()) + " on this CPU"))
+    assert kernels.load() is None
+    monkeypatch.setattr(kernels, "_build", lambda: pytest.fail("tried twice"))
+    assert kernels.load() is None  # once per process
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zotune: fused CPU kernels unavailable (its masked add differs") and "\n" not in err
+
+    def steps(fused):
+        model, _ = load_model("tiny-llama")
+        opt, x = SparseMeZO(model, lr=3e-2, eps=1e-2, sparsity=0.5, seed=3), ids()
+        opt.engine.fused = fused
+        for _ in range(2):
+            opt.step(lambda: model(input_ids=x, labels=x).loss)
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(steps(True), steps(False)):
+        assert torch.equal(a, b)
+
+    def no_compiler(*a, **k):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", no_compiler)
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_build", build)
+    assert kernels.load() is None and "Ninja is required" in kernels.why_not()
+    assert "fused CPU kernels unavailable (the build failed: RuntimeError: Ninja" in capsys.readouterr().err
+    monkeypatch.setenv("ZOTUNE_FUSED_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_module", None)
+    assert kernels.load() is None and kernels.why_not() == ""
+    assert "fused" not in capsys.readouterr().err
 
 
 def test_a_mask_that_keeps_no_entry_is_written_the_general_way():

@@ -12,7 +12,7 @@ sparse-mezo   ``1[|theta| <= h_b] * z`` (matrices), ``z`` (vectors)  2          
 lozo          ``U V^T`` per matrix (V per window), ``z`` (vectors)   2                 a step counter
 bcd           ``z`` on a random subset of layers, 0 elsewhere        2                 none
 fzoo          N one-sided Rademacher ``u_i``, + the unperturbed loss N + 1             none
-hizoo         ``H^{-1/2} * z``, H a diagonal-Hessian EMA             3                 H: one fp32 tensor per parameter
+hizoo         ``H^{-1/2} * z``, H a diagonal-Hessian EMA             3                 H^{-1/2}: fp32, per parameter
 ============  =====================================================  ================  =========================
 
 ``docs/methods.md`` explains each method, its defaults and the public code's pitfalls these avoid.
@@ -26,7 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from finetune.zo.engine import BelowMagnitude, Direction, InverseSqrt
+from finetune.zo.engine import BelowMagnitude, Direction, Elementwise
+from finetune.zo.kernels import fusable
 from finetune.zo.noise import GaussianNoise, LowRankNoise, keyed_seed, rademacher_like
 from finetune.zo.optim import ZOOptimizer
 
@@ -86,6 +87,7 @@ class SparseMeZO(ZOOptimizer):
         _one_direction("Sparse-MeZO", kw)
         super().__init__(model, lr, eps, sparsity=sparsity, **kw)
         self.thresholds = magnitude_thresholds(self.engine.params, sparsity)
+        self.engine.prepare_fused_kernels()
 
     @property
     def multipliers(self) -> list[BelowMagnitude | None]:
@@ -339,15 +341,19 @@ class FZOO(ZOOptimizer):
 class HiZOO(ZOOptimizer):
     """HiZOO (Zhao et al., arXiv 2402.15173): MeZO with the perturbation scaled by a diagonal-Hessian estimate.
 
-    State: ``H``, one fp32 tensor per parameter (``+4 bytes`` per parameter, also for bf16/fp16 models:
-    the EMA's increments are far below a half-precision ulp), initialised to ones. Per step, on one batch:
-    ``l_0 = L(theta)``; ``u = H^{-1/2} z`` (z the seeded noise); ``l+- = L(theta +- eps u)``;
-    ``g = (l+ - l-) / (2 eps)``; ``theta -= lr g u`` with the same ``H`` that the two passes used (the public
+    Per step, on one batch: ``l_0 = L(theta)``; ``u = H^{-1/2} z`` (z the seeded noise); ``l+- = L(theta +- eps
+    u)``; ``g = (l+ - l-) / (2 eps)``; ``theta -= lr g u`` with the same ``H`` that the two passes used (the public
     code updates H first); then, with ``Delta = l+ + l- - 2 l_0``,
     ``H <- (1 - alpha) H + alpha |Delta| H |z^2 - 1| / (2 eps^2)`` (the paper's Eq. 8-9, whose
     ``E[Delta H (z^2 - 1)] / (2 eps^2)`` is the Hessian's diagonal; the public code drops the ``-1``). H is
     then positive for ever. ``alpha`` must be > 0: the public scripts' default 0 keeps ``H = 1``, MeZO with a
     wasted pass. The record's loss is ``l_0``. 3 forward passes per step.
+
+    State: the scaling ``s = H^{-1/2}`` itself, one fp32 tensor per parameter (``+4 bytes`` per parameter, also
+    for bf16/fp16 models: the EMA's increments are far below a half-precision ulp), initialised to ones. Its
+    update is ``s <- s f^{-1/2}`` with ``f = (1 - alpha) + c |z^2 - 1|`` the factor above, the same rule as H's:
+    storing s rather than H saves an inverse square root of every entry at each of the step's writes. H is
+    :meth:`hessians` (``s^-2``). A state saved with H (before 2026-12-07) loads as ``s = H^{-1/2}``.
     """
 
     def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3, alpha: float = 1e-6, **kw):
@@ -355,21 +361,32 @@ class HiZOO(ZOOptimizer):
             raise ValueError("HiZOO's Hessian smoothing alpha must be in (0, 1); 0 would be MeZO with a wasted pass")
         _one_direction("HiZOO", kw)
         super().__init__(model, lr, eps, hizoo_alpha=alpha, **kw)
+        self.engine.prepare_fused_kernels()
 
-    def hessians(self) -> list[torch.Tensor]:
-        """H, one fp32 tensor per block (ones on first use)."""
+    def scalings(self) -> list[torch.Tensor]:
+        """``s = H^{-1/2}``, one fp32 tensor per block (ones on first use): the state itself."""
         out = []
         for p in self.param_groups[0]["params"]:
             state = self.state[p]
-            if "hizoo_h" not in state:
-                state["hizoo_h"] = torch.ones(p.shape, dtype=torch.float32, device=p.device)
-            out.append(state["hizoo_h"])
+            if "hizoo_h" in state:  # a state saved with H
+                state["hizoo_s"] = state.pop("hizoo_h").rsqrt()
+            if "hizoo_s" not in state:
+                state["hizoo_s"] = torch.ones(p.shape, dtype=torch.float32, device=p.device)
+            out.append(state["hizoo_s"])
         return out
+
+    def hessians(self) -> list[torch.Tensor]:
+        """H, one fp32 tensor per block (``s^-2``, computed)."""
+        return [s.square().reciprocal_() for s in self.scalings()]
+
+    @property
+    def multipliers(self) -> list[Elementwise]:
+        """The step's noise multipliers: ``H^{-1/2}``, the stored scalings."""
+        return [Elementwise(s) for s in self.scalings()]
 
     @torch.no_grad()
     def zo_step(self, closure: Callable[[], torch.Tensor]) -> dict:  # type: ignore[override]
-        group = self.param_groups[0]
-        mult = [InverseSqrt(h) for h in self.hessians()]
+        group, mult = self.param_groups[0], self.multipliers
         l0 = self.engine.loss(closure)
         seed = self.draw_seed()
         g, plus, minus = self.engine.spsa(closure, Direction(seed, multipliers=mult), group["eps"])
@@ -379,50 +396,63 @@ class HiZOO(ZOOptimizer):
                             seed=seed, hessian_delta=delta)  # (_apply runs only if l_0 and g are finite)
 
     def _apply(self, group: dict, estimate: Direction) -> None:
-        """``theta -= lr g H^{-1/2} z``, then the EMA of H, from one materialised z per block part (the engine's
+        """``theta -= lr g s z``, then ``s *= f^{-1/2}``, from one materialised z per block part (the engine's
         update along ``estimate`` would materialise z a second time)."""
         seed, g, delta = self._pending
         lr, alpha, eps = group["lr"], group["hizoo_alpha"], group["eps"]
         c = alpha * abs(delta) / (2 * eps**2) if math.isfinite(delta) else None
         noise = self.engine.noise
-        factors: dict = {}  # per dtype: the H factor of every table entry (the same numbers, computed once)
-        for i, (h, p) in enumerate(zip(self.hessians(), group["params"])):
+        factors: dict = {}  # per dtype: s's factor of every table entry (the same numbers, computed once)
+        fused = self.engine.fused_kernels()
+        for i, (s, p) in enumerate(zip(self.scalings(), group["params"])):
             numel = p.numel()
-            if self._apply_sliced(noise, i, p, h, seed, lr * g, c, alpha, factors):
+            if self._apply_sliced(noise, i, p, s, seed, lr * g, c, alpha, factors, fused):
                 continue
             # table noise: one table chunk at a time, so z and the temporaries stay small and in cache
             step = numel if isinstance(noise, GaussianNoise) else getattr(noise, "chunk", numel)
-            flat_p, flat_h = p.data.view(-1), h.view(-1)
+            flat_p, flat_s = p.data.view(-1), s.view(-1)
             for at in range(0, numel, step):
-                ps, hs = flat_p[at: at + step], flat_h[at: at + step]
+                ps, ss = flat_p[at: at + step], flat_s[at: at + step]
                 z = torch.zeros_like(ps)  # the z of the two passes
                 noise.add(z, seed, i, 1.0, out=z, at=at, numel=numel)
                 if lr * g != 0.0:
-                    ps.addcmul_(z, hs.rsqrt().to(p.dtype), value=-lr * g)  # the H of the two passes
+                    ps.addcmul_(z, ss.to(p.dtype), value=-lr * g)  # the s of the two passes
                 if c is not None:
-                    hs.mul_(z.float().square_().sub_(1).abs_().mul_(c).add_(1 - alpha))
+                    ss.mul_(_scaling_factor(z, c, alpha))
 
     @staticmethod
-    def _apply_sliced(noise, i: int, p: torch.Tensor, h: torch.Tensor, seed: int, step: float, c: float | None,
-                      alpha: float, factors: dict) -> bool:
+    def _apply_sliced(noise, i: int, p: torch.Tensor, s: torch.Tensor, seed: int, step: float, c: float | None,
+                      alpha: float, factors: dict, fused=None) -> bool:
         """:meth:`_apply` on block i with table noise (``z = sign * table[off:]`` per table chunk), bit for bit:
-        the update is the same ``addcmul`` with the table's values; the H factor ``(1 - alpha) + c |z^2 - 1|``
-        depends on z only through the table entry (``sign^2 = 1``), so it is computed once per step for the
-        whole table (a table-sized temporary, 16 MiB by default) with the same operations, and each chunk of H
-        is multiplied by its slice. Returns False, with nothing done, for other noise kinds."""
+        the update is the same ``addcmul`` with the table's values; s's factor ``f^{-1/2}`` depends on z only
+        through the table entry (``sign^2 = 1``), so it is computed once per step for the whole table (a
+        table-sized temporary, 16 MiB by default) with the same operations, and each chunk of s is multiplied by
+        its slice; with ``fused`` (:func:`finetune.zo.kernels.load`'s loops) the update and the multiply are one
+        pass. Returns False, with nothing done, for other noise kinds."""
         if not hasattr(noise, "slices") or not p.is_contiguous():
             return False
         table = noise.table(p.device, p.dtype)
         if c is not None and p.dtype not in factors:
-            factors[p.dtype] = table.float().square().sub_(1).abs_().mul_(c).add_(1 - alpha)
-        flat_p, flat_h = p.data.view(-1), h.view(-1)
+            factors[p.dtype] = _scaling_factor(table, c, alpha)
+        flat_p, flat_s = p.data.view(-1), s.view(-1)
+        both = fused is not None and step != 0.0 and c is not None and fusable(flat_p, flat_s, table)
         for lo, hi, sign, off in noise.slices(seed, i, p.numel()):
-            hs = flat_h[lo:hi]
-            if step != 0.0:  # the H of the two passes
-                flat_p[lo:hi].addcmul_(table[off:off + hi - lo], hs.rsqrt().to(p.dtype), value=sign * -step)
+            ss = flat_s[lo:hi]
+            if both:
+                fused.scaled_update(flat_p[lo:hi], table[off:off + hi - lo], ss, factors[p.dtype][off:off + hi - lo],
+                                    sign * -step)
+                continue
+            if step != 0.0:  # the s of the two passes
+                flat_p[lo:hi].addcmul_(table[off:off + hi - lo], ss.to(p.dtype), value=sign * -step)
             if c is not None:
-                hs.mul_(factors[p.dtype][off:off + hi - lo])
+                ss.mul_(factors[p.dtype][off:off + hi - lo])
         return True
+
+
+def _scaling_factor(z: torch.Tensor, c: float, alpha: float) -> torch.Tensor:
+    """HiZOO's step of ``s = H^{-1/2}``: ``f^{-1/2}`` with ``f = (1 - alpha) + c |z^2 - 1|`` (fp32), an
+    elementwise function of z, so a table's entries give the same numbers as z materialised from them."""
+    return z.float().square().sub_(1).abs_().mul_(c).add_(1 - alpha).rsqrt_()
 
 
 def make_baseline(method: str, model: nn.Module, lr: float, eps: float, seed: int = 0, weight_decay: float = 0.0,

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finetune.zo import kernels
+from finetune.zo.kernels import fusable
 from finetune.zo.noise import GaussianNoise, NoiseTable, make_noise
 from pertnn.blocks import trainable_tensors
 
@@ -74,6 +76,20 @@ class Multiplier(abc.ABC):
         """``out = of(theta, take)`` as values of ``out``'s dtype (a mask: 1 and 0)."""
         out.copy_(self.of(theta, take))
 
+    def values(self, theta: torch.Tensor, take: Callable[[torch.Tensor], torch.Tensor],
+               out: torch.Tensor) -> torch.Tensor:
+        """The multiplier's values as :meth:`write` gives them: written into ``out``, or a stored tensor's view
+        of the same numbers (no copy)."""
+        self.write(theta, take, out)
+        return out
+
+    def fused_add(self, loops, theta: torch.Tensor, take: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
+                  alpha: float, src: torch.Tensor, out: torch.Tensor) -> bool:
+        """``out = src + alpha * of(theta, take) * z`` in one pass of a fused loop (``loops``: the module that
+        :func:`finetune.zo.kernels.load` returns), the numbers of the chunked write bit for bit; False, with nothing
+        written, where there is none."""
+        return False
+
 
 @dataclass(frozen=True, eq=False)
 class Elementwise(Multiplier):
@@ -83,6 +99,10 @@ class Elementwise(Multiplier):
 
     def of(self, theta, take):
         return take(self.tensor).to(theta.dtype)
+
+    def values(self, theta, take, out):
+        part = take(self.tensor)
+        return part if part.dtype == out.dtype and part.is_contiguous() else super().values(theta, take, out)
 
 
 @dataclass(frozen=True)
@@ -103,21 +123,11 @@ class BelowMagnitude(Multiplier):
     def write(self, theta, take, out):
         torch.le(torch.abs(theta, out=out), self.threshold, out=out)  # no bool tensor: bool kernels are slow
 
-
-@dataclass(frozen=True, eq=False)
-class InverseSqrt(Multiplier):
-    """``tensor ** -1/2`` of a stored positive block-shaped tensor (HiZOO's ``H_b^{-1/2}``)."""
-
-    tensor: torch.Tensor
-
-    def of(self, theta, take):
-        return take(self.tensor).rsqrt().to(theta.dtype)
-
-    def write(self, theta, take, out):
-        if out.dtype == self.tensor.dtype:
-            torch.rsqrt(take(self.tensor), out=out)
-        else:
-            out.copy_(self.of(theta, take))
+    def fused_add(self, loops, theta, take, z, alpha, src, out):
+        if src.data_ptr() != theta.data_ptr() or not fusable(theta, z, out):
+            return False
+        loops.below_magnitude_add(theta, z, out, alpha, self.threshold)
+        return True
 
 
 @dataclass(frozen=True)
@@ -170,11 +180,13 @@ class ZOEngine:
     """Seeded perturbations and updates along :class:`Direction` s over the parameter blocks of one model.
 
     ``forwards`` counts the loss evaluations made through :meth:`loss`, so that methods can be compared
-    at an equal number of forward passes.
+    at an equal number of forward passes. ``fused`` lets a multiplied direction's table-noise writes use the
+    fused CPU loops of :mod:`finetune.zo.kernels` where they load (the same numbers; False keeps the eager ops).
     """
 
-    def __init__(self, model: nn.Module, noise: str = "auto"):
+    def __init__(self, model: nn.Module, noise: str = "auto", fused: bool = True):
         self.model = model
+        self.fused = fused
         self.blocks = trainable_tensors(model)
         if not self.blocks:
             raise ValueError("the model has no trainable parameters")
@@ -379,6 +391,17 @@ class ZOEngine:
         if src is not out:
             out.copy_(src)
 
+    def fused_kernels(self):
+        """The fused CPU loops (:func:`finetune.zo.kernels.load`) if :attr:`fused` and they load, else None."""
+        return kernels.load() if self.fused else None
+
+    def prepare_fused_kernels(self) -> None:
+        """Load the fused loops now (compiling them the first time, ~30 s) if this engine's writes can use them:
+        table noise and a float32 CPU block. Optimizers that use them call this when built, so the compile
+        happens before a run starts, not inside its first forward pass."""
+        if self.fused and hasattr(self.noise, "slices") and any(fusable(p) for _, p in self.blocks):
+            self.fused_kernels()
+
     def _write_sliced(self, src: torch.Tensor, theta: torch.Tensor, d: _Resolved, index: int, a: float,
                       mult: Multiplier, out: torch.Tensor, at: int = 0) -> bool:
         """``out = src + a * m_index * sum_j c_j z_index(seed_j)`` with table noise, one table chunk at a time,
@@ -404,10 +427,16 @@ class ZOEngine:
         longest = min(n, d.noise.chunk)
         m_buf = torch.empty(longest, dtype=src.dtype, device=src.device)
         z_buf = torch.empty_like(m_buf) if mult.mask else None
+        fused = self.fused_kernels() if len(d.terms) == 1 else None
         for k, (lo, hi, _, _) in enumerate(pieces[0]):
             part, dst, m = flat_src[lo:hi], flat_out[lo:hi], m_buf[: hi - lo]
             take = (lambda t, lo=at + lo, hi=at + hi: t.reshape(-1)[lo:hi])
-            mult.write(flat_theta[lo:hi], take, m)  # before this piece is written
+            if fused is not None:  # one pass instead of the multiplier's write, the multiply and the add
+                _, _, sign, off = pieces[0][k]
+                z = table[off: off + hi - lo]
+                if mult.fused_add(fused, flat_theta[lo:hi], take, z, sign * (a * d.terms[0][1]), part, dst):
+                    continue
+            m = mult.values(flat_theta[lo:hi], take, m)  # before this piece is written
             if mult.mask:
                 for (_, c), p in zip(d.terms, pieces):
                     _, _, sign, off = p[k]
