@@ -1,4 +1,4 @@
-"""The part of a step that differs between MeZO, Sparse-MeZO and HiZOO: one write of every block's perturbed
+"""The part of a step that differs between MeZO, Sparse-MeZO, HiZOO and LOZO: one write of every block's perturbed
 values (as the forward hooks write them: whole blocks, an output head a few rows at a time) and one update,
 on SmolLM2-135M with table noise and 1 thread, minimum of 3 repeats after a warm-up::
 
@@ -14,16 +14,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finetune.data.models import load_model, set_threads  # noqa: E402
-from finetune.zo.baselines import HiZOO, SparseMeZO  # noqa: E402
+from finetune.zo.baselines import LOZO, HiZOO, SparseMeZO  # noqa: E402
 from finetune.zo.engine import Direction  # noqa: E402
 from finetune.zo.optim import ZOSGD  # noqa: E402
 set_threads(1)
 model, _ = load_model("smollm2-135m")
 opts = {"mezo": ZOSGD(model, lr=1e-12, eps=1e-3), "sparse-mezo": SparseMeZO(model, lr=1e-12, eps=1e-3),
-        "hizoo": HiZOO(model, lr=1e-12, eps=1e-3)}
+        "hizoo": HiZOO(model, lr=1e-12, eps=1e-3), "lozo": LOZO(model, lr=1e-12, eps=1e-3)}
 def direction(name, opt, seed, c=1.0):
     if name == "mezo":
         return Direction([(seed, c)])
+    if name == "lozo":
+        return Direction([(seed, c)], noise=opt.noise())
     return Direction([(seed, c)], multipliers=opt.multipliers)
 @torch.no_grad()
 def write_all(opt, d, alpha):
@@ -47,8 +49,8 @@ def write_all(opt, d, alpha):
 @torch.no_grad()
 def update(name, opt, seed):
     g = 0.5
-    if name == "mezo":
-        opt.engine.update_(Direction([(seed, g)]), -1e-12)
+    if name in ("mezo", "lozo"):
+        opt.engine.update_(direction(name, opt, seed, g), -1e-12)
     elif name == "sparse-mezo":
         opt._apply(opt.param_groups[0], Direction([(seed, g)], multipliers=opt.multipliers))
     else:

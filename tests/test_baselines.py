@@ -118,6 +118,35 @@ def test_low_rank_noise_has_the_rank_and_keeps_v_for_its_window():
     assert abs(z.square().mean().item() - 3) < 0.5
 
 
+@pytest.mark.parametrize("rank", [1, 3])
+def test_low_rank_noise_writes_segments_and_strided_blocks_as_the_explicit_product(rank):
+    """``add`` on flat segments of a block (from mid-row, across rows, to the end; with a chunk small enough that
+    the eager product goes a few rows at a time), on a whole block and into a transposed (strided) output equals
+    ``theta + alpha * U V^T`` built with a matrix product (to rounding); the fused loop and the eager ops give the
+    same numbers bit for bit."""
+    from finetune.zo import kernels
+
+    base = NoiseTable(size=1 << 12, chunk=1 << 6)
+    theta = torch.randn(37, 29) * 0.02
+    for loops in (None, kernels.load()):
+        noise = LowRankNoise(base, [(37, 29)], rank=rank, window_seed=5, loops=loops)
+        u, v = noise.factors(9, 0)
+        want = (theta + 0.3 * (u.double() @ v.double().T).float()).reshape(-1)
+        whole = torch.empty_like(theta)
+        noise.add(theta, 9, 0, 0.3, out=whole)
+        torch.testing.assert_close(whole.reshape(-1), want, rtol=0, atol=1e-6)
+        for at, count in ((0, 10), (13, 100), (29, 29), (1000, 73)):
+            seg = theta.reshape(-1)[at: at + count].clone()
+            noise.add(seg, 9, 0, 0.3, out=seg, at=at, numel=theta.numel())
+            assert torch.equal(seg, whole.reshape(-1)[at: at + count])
+        strided = torch.empty(29, 37).T
+        noise.add(theta, 9, 0, 0.3, out=strided)
+        assert torch.equal(strided, whole)
+        if loops is None:
+            eager = whole
+    assert torch.equal(whole, eager)
+
+
 # --- the engine: directions with their own noise and multipliers ------------------------------------------
 
 
@@ -646,6 +675,41 @@ def test_chunked_and_fused_writes_equal_the_general_path_bit_for_bit(method, chu
     assert set(counted.calls) == {"scaled_update" if method == "hizoo" else "below_magnitude_add"}
     moved = sum((p != q).sum().item() for p, q in zip(fast[2], load_model("tiny-llama")[0].parameters()))
     assert moved > 0
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
+def test_lozo_fused_low_rank_writes_equal_the_eager_ones_bit_for_bit(name, monkeypatch):
+    """LOZO's writes of U V^T (perturbed copies, a large head a few rows at a time, embedding rows, the update)
+    in the fused loop and in eager ops (the product a few rows at a time, summed in the same fixed order) give
+    the same losses, weights and perturbed logits of a two-seed direction, bit for bit, over three steps that
+    cross a V window; the fused loop really runs (its calls are counted)."""
+    from finetune.zo import kernels
+
+    counted = _Counted(kernels.load())
+
+    def run(fused):
+        model, _ = load_model(name)
+        x = ids()
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "load", lambda: counted)
+            opt = LOZO(model, lr=3e-2, eps=1e-2, rank=2, interval=2, seed=3)
+            opt.engine.fused = fused
+            records, logits = [], []
+            for _ in range(3):
+                opt.step(lambda: model(input_ids=x, labels=x).loss)
+                records.append(dict(opt.last))
+                with torch.inference_mode(), opt.engine.perturbed(Direction([(5, 0.7), (6, -1.3)],
+                                                                            noise=opt.noise()), 0.3):
+                    logits.append(model(input_ids=x).logits.clone())
+        return records, logits + [p.detach().clone() for p in model.parameters()]
+
+    eager = run(False)
+    assert not counted.calls
+    fused = run(True)
+    assert set(counted.calls) == {"low_rank_add"}
+    assert fused[0] == eager[0]
+    for a, b in zip(fused[1], eager[1]):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
 
 
 def test_the_kernels_probe_refuses_a_loop_one_bit_off_and_the_engine_keeps_the_eager_path(monkeypatch, capsys):

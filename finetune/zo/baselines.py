@@ -158,6 +158,7 @@ class LOZO(ZOOptimizer):
         super().__init__(model, lr, eps, seed=seed, lozo_rank=rank, lozo_interval=interval, **kw)
         self.base_seed, self.t = int(seed), 0
         self._noise: LowRankNoise | None = None
+        self.engine.prepare_fused_kernels(table=False)
 
     def window_seed(self, window: int) -> int:
         return keyed_seed(self.base_seed, window, _WINDOW)
@@ -168,7 +169,8 @@ class LOZO(ZOOptimizer):
         seed = self.window_seed(self.t // group["lozo_interval"])
         if self._noise is None or self._noise.window_seed != seed:
             shapes = [p.shape for p in self.engine.params]
-            self._noise = LowRankNoise(self.engine.noise, shapes, group["lozo_rank"], seed)
+            self._noise = LowRankNoise(self.engine.noise, shapes, group["lozo_rank"], seed,
+                                       loops=self.engine.fused_kernels())
         return self._noise
 
     @torch.no_grad()
@@ -351,7 +353,7 @@ class HiZOO(ZOOptimizer):
 
     State: the scaling ``s = H^{-1/2}`` itself, one fp32 tensor per parameter (``+4 bytes`` per parameter, also
     for bf16/fp16 models: the EMA's increments are far below a half-precision ulp), initialised to ones. Its
-    update is ``s <- s f^{-1/2}`` with ``f = (1 - alpha) + c |z^2 - 1|`` the factor above, the same rule as H's:
+    update is ``s <- s f^{-1/2}`` with ``f = (1 - alpha) + alpha |Delta| |z^2 - 1| / (2 eps^2)``, H's rule:
     storing s rather than H saves an inverse square root of every entry at each of the step's writes. H is
     :meth:`hessians` (``s^-2``). A state saved with H (before 2026-12-07) loads as ``s = H^{-1/2}``.
     """

@@ -180,8 +180,9 @@ class ZOEngine:
     """Seeded perturbations and updates along :class:`Direction` s over the parameter blocks of one model.
 
     ``forwards`` counts the loss evaluations made through :meth:`loss`, so that methods can be compared
-    at an equal number of forward passes. ``fused`` lets a multiplied direction's table-noise writes use the
-    fused CPU loops of :mod:`finetune.zo.kernels` where they load (the same numbers; False keeps the eager ops).
+    at an equal number of forward passes. ``fused`` lets the baselines' writes (a multiplied direction's table
+    noise, LOZO's low-rank noise) use the fused CPU loops of :mod:`finetune.zo.kernels` where they load (the same
+    numbers; False keeps the eager ops).
     """
 
     def __init__(self, model: nn.Module, noise: str = "auto", fused: bool = True):
@@ -395,11 +396,11 @@ class ZOEngine:
         """The fused CPU loops (:func:`finetune.zo.kernels.load`) if :attr:`fused` and they load, else None."""
         return kernels.load() if self.fused else None
 
-    def prepare_fused_kernels(self) -> None:
+    def prepare_fused_kernels(self, table: bool = True) -> None:
         """Load the fused loops now (compiling them the first time, ~30 s) if this engine's writes can use them:
-        table noise and a float32 CPU block. Optimizers that use them call this when built, so the compile
-        happens before a run starts, not inside its first forward pass."""
-        if self.fused and hasattr(self.noise, "slices") and any(fusable(p) for _, p in self.blocks):
+        a float32 CPU block, and table noise if ``table``. Optimizers that use them call this when built, so the
+        compile happens before a run starts, not inside its first forward pass."""
+        if self.fused and (hasattr(self.noise, "slices") or not table) and any(fusable(p) for _, p in self.blocks):
             self.fused_kernels()
 
     def _write_sliced(self, src: torch.Tensor, theta: torch.Tensor, d: _Resolved, index: int, a: float,

@@ -1,13 +1,14 @@
-"""Fused CPU loops for Sparse-MeZO's and HiZOO's table-noise writes (``kernels.cpp``, compiled on first use).
+"""Fused CPU loops for the baselines' writes: Sparse-MeZO, HiZOO, LOZO (``kernels.cpp``, compiled on first use).
 
 With table noise the engine writes a perturbation one table chunk at a time. MeZO's write is one pass over a
 chunk (``theta + a * z``); Sparse-MeZO's mask adds three more (``abs``, a comparison, a multiply), HiZOO's update
-one (its scaling's own step), and on a CPU each costs about as much as MeZO's add. The loops
-here make each write one pass, so the two methods' steps cost about what MeZO's does (docs/methods.md, "Speed").
+one (its scaling's own step), LOZO's low-rank noise a product per rank, and on a CPU each pass costs about as much
+as MeZO's add. The loops here make each write one pass, so these methods' steps cost about what MeZO's does
+(docs/methods.md, "Speed").
 
 They are an optimisation only, with the same numbers as the eager path, bit for bit: on first use the source is
 compiled with torch's C++ extension loader (a C++ compiler and ninja are needed; the build is cached per CPU
-under torch's extension directory, about 30 s once), and a probe then runs every loop against the eager
+under torch's extension directory, ``TORCH_EXTENSIONS_DIR`` if set; about 30 s once), and a probe then runs every loop against the eager
 operations it replaces on this machine. If the compiler is missing, the build fails or the probe finds one
 differing bit, the engine keeps the eager path, and says so once on stderr. Set ``ZOTUNE_FUSED_KERNELS=0`` to
 skip the build. Only contiguous float32 CPU tensors are fused; anything else takes the eager path.
@@ -61,6 +62,14 @@ def _probe(module) -> str:
         if not (torch.equal(torch.addcmul(theta, z, h, value=value).view(torch.int32), got_t.view(torch.int32))
                 and torch.equal((h * factor).view(torch.int32), got_s.view(torch.int32))):
             return "its scaled update differs from the eager addcmul and multiply"
+        for r, at in ((1, 0), (2, 5), (3, 1)):  # a segment from the middle of a row, to the block's end
+            u, vt = torch.randn(n // 7 + 2, r, generator=gen), torch.randn(r, 7, generator=gen)
+            part = torch.randn(u.shape[0] * 7 - at, generator=gen) * 0.02
+            want = torch.add(part, low_rank_product(u, vt).view(-1)[at:], alpha=a)
+            got = part.clone()
+            module.low_rank_add(got, u, vt, got, a, at)
+            if not torch.equal(want.view(torch.int32), got.view(torch.int32)):
+                return "its low-rank add differs from the eager product and add"
     return ""
 
 
@@ -72,8 +81,8 @@ def load():
             if _module is None:
                 _module, _why = _build()
                 if _module is False and _why:
-                    print(f"zotune: fused CPU kernels unavailable ({_why}); Sparse-MeZO and HiZOO use the eager "
-                          "path (the same numbers, slower)", file=sys.stderr)
+                    print(f"zotune: fused CPU kernels unavailable ({_why}); Sparse-MeZO, HiZOO and LOZO use the "
+                          "eager path (the same numbers, slower)", file=sys.stderr)
     return _module or None
 
 
@@ -88,9 +97,9 @@ def _build():
     try:
         from torch.utils.cpp_extension import get_default_build_root, load as load_extension
         name = f"zotune_kernels_{_cpu_key()}"
-        build = Path(get_default_build_root()) / name
+        build = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
         if not list(build.glob(f"{name}*.so")) + list(build.glob(f"{name}*.pyd")):
-            print("zotune: compiling the fused CPU kernels for Sparse-MeZO and HiZOO (once per machine, ~30 s)",
+            print("zotune: compiling the fused CPU kernels for Sparse-MeZO, HiZOO and LOZO (once per machine, ~30 s)",
                   file=sys.stderr)
         build.mkdir(parents=True, exist_ok=True)
         module = load_extension(name, [str(_SOURCE)], extra_cflags=["-O3", "-march=native"],
@@ -99,6 +108,17 @@ def _build():
         return False, f"the build failed: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e) else ''}"
     why = _probe(module)
     return (False, why + " on this CPU") if why else (module, "")
+
+
+def low_rank_product(u: torch.Tensor, vt: torch.Tensor) -> torch.Tensor:
+    """``u @ vt`` (``u``: rows x r, ``vt``: r x n) with each entry summed in a fixed order: ``u[:, 0] vt[0]``, then
+    one fused multiply-add per further rank (``addcmul``): the eager form of the loop ``low_rank_add``, and LOZO's
+    noise (:class:`~finetune.zo.noise.LowRankNoise`). A BLAS product's order depends on the library, the CPU and
+    the number of rows."""
+    out = torch.outer(u[:, 0], vt[0])
+    for k in range(1, u.shape[1]):
+        out.addcmul_(u[:, k: k + 1], vt[k: k + 1])
+    return out
 
 
 def fusable(*tensors: torch.Tensor) -> bool:

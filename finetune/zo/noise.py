@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from finetune.zo.kernels import fusable, low_rank_product
+
 SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, block) pairs over generator seeds
 
 
@@ -192,22 +194,24 @@ class LowRankNoise:
     variance ``rank`` (the public code's scale: not divided by ``rank``).
 
     One object serves one window: its V is fixed, and a step's U is drawn once and kept until the next seed
-    (a step replays its seed three times), so nothing of size m x n is ever stored: ``add`` writes
-    ``U V^T`` with one matrix product (or the rows of a segment that it touches).
+    (a step replays its seed three times), so nothing of size m x n is ever stored: ``add`` writes ``U V^T``
+    a few rows at a time (or the rows of a segment that it touches), each entry summed in a fixed order
+    (:func:`low_rank_product`), or in one fused pass with ``loops`` (the module :func:`finetune.zo.kernels.load`
+    returns; the same numbers) for float32 CPU tensors.
     """
 
     name = "lowrank"
     U, V = 1, 2  # purposes of keyed_seed
 
-    def __init__(self, base, shapes, rank: int, window_seed: int):
+    def __init__(self, base, shapes, rank: int, window_seed: int, loops=None):
         if rank < 1:
             raise ValueError("the rank of low-rank noise must be at least 1")
-        self.base, self.rank, self.window_seed = base, int(rank), int(window_seed)
+        self.base, self.rank, self.window_seed, self.loops = base, int(rank), int(window_seed), loops
         self.shapes = [tuple(int(x) for x in s) for s in shapes]
         self.chunk = getattr(base, "chunk", 1 << 18)
         self._u_seed: int | None = None
         self._u: dict[tuple, torch.Tensor] = {}
-        self._v: dict[tuple, torch.Tensor] = {}
+        self._v: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def matrix(self, index: int) -> tuple[int, int] | None:
         """``(m, n)`` of block ``index`` seen as a matrix, or None for a vector (plain noise)."""
@@ -216,6 +220,11 @@ class LowRankNoise:
 
     def factors(self, seed: int, index: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U, V)`` of block ``index`` at ``seed`` (this window's V)."""
+        u, (v, _) = self._factors(seed, index, device, dtype)
+        return u, v
+
+    def _factors(self, seed, index, device, dtype):
+        """``U`` and ``(V, V^T contiguous)``, cached."""
         m, n = self.matrix(index)
         device = torch.device("cpu" if device is None else device)
         if seed != self._u_seed:
@@ -226,7 +235,8 @@ class LowRankNoise:
             self._u[key] = torch.randn(m, self.rank, generator=gen, device=device, dtype=dtype)
         if key not in self._v:
             gen = torch.Generator(device=device).manual_seed(keyed_seed(self.window_seed, index, self.V))
-            self._v[key] = torch.randn(n, self.rank, generator=gen, device=device, dtype=dtype)
+            v = torch.randn(n, self.rank, generator=gen, device=device, dtype=dtype)
+            self._v[key] = (v, v.T.contiguous())
         return self._u[key], self._v[key]
 
     def add(self, tensor: torch.Tensor, seed: int, index: int, alpha: float, out: torch.Tensor,
@@ -236,16 +246,20 @@ class LowRankNoise:
         if mn is None:
             return self.base.add(tensor, seed, index, alpha, out=out, at=at, numel=numel)
         m, n = mn
-        u, v = self.factors(seed, index, tensor.device, tensor.dtype)
-        count = tensor.numel()
-        if at == 0 and count == m * n and out.is_contiguous():
-            if out is not tensor:
-                out.copy_(tensor)
-            out.view(m, n).addmm_(u, v.T, alpha=alpha)
-        else:  # the rows the segment touches
-            r0, r1 = at // n, (at + count - 1) // n + 1
-            part = (u[r0:r1] @ v.T).view(-1)[at - r0 * n: at - r0 * n + count]
-            torch.add(tensor, part.view(tensor.shape), alpha=alpha, out=out)
+        u, (_, vt) = self._factors(seed, index, tensor.device, tensor.dtype)
+        if self.loops is not None and fusable(tensor, out, u):
+            return self.loops.low_rank_add(tensor.view(-1), u, vt, out.view(-1), alpha, at)
+        if not out.is_contiguous():  # (a strided parameter) through a contiguous copy
+            flat = tensor.contiguous().clone()
+            self.add(flat, seed, index, alpha, out=flat, at=at)
+            out.copy_(flat.view(out.shape))
+            return
+        src, dst, count = tensor.reshape(-1), out.view(-1), tensor.numel()
+        rows = max(1, self.chunk // n)  # the product a few rows at a time: a temporary of about one table chunk
+        for r0 in range(at // n, (at + count - 1) // n + 1, rows):
+            lo, hi = max(at, r0 * n), min(at + count, (r0 + rows) * n)
+            part = low_rank_product(u[r0: r0 + rows], vt).view(-1)[lo - r0 * n: hi - r0 * n]
+            torch.add(src[lo - at: hi - at], part, alpha=alpha, out=dst[lo - at: hi - at])
 
     def dot(self, tensor: torch.Tensor, seed: int, index: int) -> torch.Tensor:
         mn = self.matrix(index)
@@ -255,8 +269,8 @@ class LowRankNoise:
         return (u * (tensor.reshape(mn) @ v)).sum()
 
     def rows(self, like: torch.Tensor, seed: int, index: int, ids: torch.Tensor) -> torch.Tensor:
-        u, v = self.factors(seed, index, like.device, like.dtype)
-        return F.embedding(ids.to(like.device), u) @ v.T
+        u, (_, vt) = self._factors(seed, index, like.device, like.dtype)
+        return low_rank_product(F.embedding(ids.to(like.device).reshape(-1), u), vt).view(*ids.shape, -1)
 
 
 def make_noise(kind: str, device: torch.device) -> GaussianNoise | NoiseTable:
