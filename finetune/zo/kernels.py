@@ -8,8 +8,8 @@ as MeZO's add. The loops here make each write one pass, so these methods' steps 
 
 They are an optimisation only, with the same numbers as the eager path, bit for bit: on first use the source is
 compiled with torch's C++ extension loader (a C++ compiler and ninja are needed; the build is cached per CPU
-under torch's extension directory, ``TORCH_EXTENSIONS_DIR`` if set; about 30 s once), and a probe then runs every loop against the eager
-operations it replaces on this machine. If the compiler is missing, the build fails or the probe finds one
+under torch's extension directory, ``TORCH_EXTENSIONS_DIR`` if set; about 30 s once), and a probe then runs every
+loop against the eager operations it replaces on this machine. If the compiler is missing, the build fails or the probe finds one
 differing bit, the engine keeps the eager path, and says so once on stderr. Set ``ZOTUNE_FUSED_KERNELS=0`` to
 skip the build. Only contiguous float32 CPU tensors are fused; anything else takes the eager path.
 """
