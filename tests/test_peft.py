@@ -384,8 +384,9 @@ def test_model_card_shows_the_adapter_and_its_flags():
 @pytest.mark.parametrize("name", TINY)
 def test_generation_tasks_see_the_adapter(name, kind):
     """Evaluation of generation tasks (batched, left-padded model.generate) gives each prompt's greedy
-    continuation computed token by token on the adapted model, one unpadded prompt at a time. (transformers'
-    cached generate drops peft's prefix, so the scorer generates without the cache for prefix tuning.)"""
+    continuation computed token by token on the adapted model, one unpadded prompt at a time. (Before peft 0.22
+    transformers' cached generate dropped peft's prefix, so the scorer generates without the cache for prefix
+    tuning there; from 0.22 on, with it: CI's fresh install gets the newest peft, a developer's may be older.)"""
     from finetune.data.tasks import Example
 
     model, tokenizer = load_model(name)
