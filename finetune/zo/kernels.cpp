@@ -1,10 +1,10 @@
-// Fused CPU loops for the baselines' table-noise writes, loaded and checked by finetune/zo/kernels.py.
+// Fused CPU loops for the baselines' writes (Sparse-MeZO, HiZOO, LOZO), loaded and checked by finetune/zo/kernels.py.
 //
-// Each function is one pass over a table chunk of one block that the eager path makes in two to four
-// (abs, compare, multiply, add; addcmul, multiply). They compute the eager path's numbers bit for bit:
-// the eager add with an alpha and addcmul are one fused multiply-add on CPUs with FMA, and kernels.py uses
-// these loops only after a probe has matched them against the eager operations on this machine. All tensors are
-// contiguous float32 CPU tensors of one length (checked); an output may be the same tensor as an input.
+// Each function is one pass over a part of one block that the eager path makes in two to four (abs, compare,
+// multiply, add; addcmul, multiply; an outer product, addcmul per further rank, add). They compute the eager path's
+// numbers bit for bit: the eager add with an alpha and addcmul are one fused multiply-add on CPUs with FMA, and
+// kernels.py uses these loops only after a probe has matched them against the eager operations on this machine. All
+// tensors are contiguous float32 CPU tensors (checked); an output may be the same tensor as an input.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
