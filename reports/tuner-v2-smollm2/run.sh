@@ -1301,3 +1301,7 @@ if [[ $stage == exact-head-held-out || $stage == all ]]; then
   done
   wait
 fi
+# 16:33 on 2026-12-07, a change written before it takes effect: the session ends at 16:53, before stage
+# exact-head-held-out can finish; its lanes are stopped after the two seed-2 runs in progress (city-country,
+# city-continent), which finish and are kept. The other three seed-2 runs are for a later session: run the stage again
+# (finished runs are skipped). Its rule and reading are unchanged.
