@@ -19,10 +19,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
-from exact_held_out import EXACT, NEEDED  # noqa: E402
+from exact_held_out import EXACT, summary_rows  # noqa: E402
 from exact_held_out import read as read_exact  # noqa: E402
 from no_zo_held_out import ALL  # noqa: E402
-from top_held_out import TASKS, TOP, diff_text, load, packaged_paired, paired_diff, seed_table  # noqa: E402
+from top_held_out import TASKS, TOP, load, packaged_paired, paired_diff, seed_table  # noqa: E402
 
 OWN = "exact (head 1e-3, top 1e-3, linear)"
 
@@ -56,16 +56,7 @@ def main() -> None:
           "at 3e-4 | Δ test loss vs exact at 3e-4 | Δ accuracy vs FZOO (chosen schedule) | Δ test loss vs FZOO | "
           "all-linear ahead (accuracy interval below 0) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    ahead = 0
-    for task, pairs, *diffs in rows:
-        ca = diffs[0][1]
-        ahead += ca is not None and ca[1] < 0
-        cells = [diff_text(m, ci, key) for (m, ci), key in zip(diffs, ("after", "loss_after") * 3)]
-        seeds = " / ".join(",".join(map(str, s)) for s in pairs.values())
-        print(f"| {task} | {seeds} | " + " | ".join(cells) + " | "
-              + ("yes" if ca is not None and ca[1] < 0 else "no" if ca else "one seed: no interval") + " |")
-    print(f"\nAll-linear ahead in accuracy (an interval excluding zero) on {ahead} of {len(TASKS)} settings; "
-          f"run.sh's rule: the ZO step pays for its passes at {NEEDED} or more.")
+    summary_rows(rows)
 
 
 if __name__ == "__main__":

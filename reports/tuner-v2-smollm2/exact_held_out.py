@@ -61,6 +61,22 @@ def fit_table(fits: list[tuple[str, dict[str, dict[int, dict]]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_rows(rows: list) -> None:
+    """Print the summary's rows (setting, seeds per pair, the paired differences in accuracy and test loss against
+    three arms, the first of them all-linear, and whether all-linear is ahead), then the count that run.sh's rule
+    reads."""
+    ahead = 0
+    for task, pairs, *diffs in rows:
+        ca = diffs[0][1]
+        ahead += ca is not None and ca[1] < 0
+        cells = [diff_text(m, ci, key) for (m, ci), key in zip(diffs, ("after", "loss_after") * 3)]
+        seeds = " / ".join(",".join(map(str, s)) for s in pairs.values())
+        print(f"| {task} | {seeds} | " + " | ".join(cells) + " | "
+              + ("yes" if ca is not None and ca[1] < 0 else "no" if ca else "one seed: no interval") + " |")
+    print(f"\nAll-linear ahead in accuracy (an interval excluding zero) on {ahead} of {len(TASKS)} settings; "
+          f"run.sh's rule: the ZO step pays for its passes at {NEEDED} or more.")
+
+
 def main() -> None:
     print("# The exact steps alone at equal forward passes on the held-out packaged tasks, paired by seed\n")
     print("Written by `python reports/tuner-v2-smollm2/exact_held_out.py`. `--method exact --head-lr 3e-4 --top-lr "
@@ -89,16 +105,7 @@ def main() -> None:
           "Δ test loss vs ZO lr 0 | Δ accuracy vs FZOO (chosen schedule) | Δ test loss vs FZOO | all-linear ahead "
           "(accuracy interval below 0) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    ahead = 0
-    for task, pairs, *diffs in rows:
-        ca = diffs[0][1]
-        ahead += ca is not None and ca[1] < 0
-        cells = [diff_text(m, ci, key) for (m, ci), key in zip(diffs, ("after", "loss_after") * 3)]
-        seeds = " / ".join(",".join(map(str, s)) for s in pairs.values())
-        print(f"| {task} | {seeds} | " + " | ".join(cells) + " | "
-              + ("yes" if ca is not None and ca[1] < 0 else "no" if ca else "one seed: no interval") + " |")
-    print(f"\nAll-linear ahead in accuracy (an interval excluding zero) on {ahead} of {len(TASKS)} settings; "
-          f"run.sh's rule: the ZO step pays for its passes at {NEEDED} or more.")
+    summary_rows(rows)
     print("\n## How closely each arm fits its training set\n")
     print(fit_table(fits))
 
