@@ -1305,3 +1305,33 @@ fi
 # exact-head-held-out can finish; its lanes are stopped after the two seed-2 runs in progress (city-country,
 # city-continent), which finish and are kept. The other three seed-2 runs are for a later session: run the stage again
 # (finished runs are skipped). Its rule and reading are unchanged.
+# 16:52 on 2026-12-07 (a new session): stage exact-head-held-out is run again as it stands; it skips the twelve
+# finished runs and runs the other three seed-2 runs (vader-polarity, city-hemisphere, derivative), two lanes.
+# two_lanes JOB...: each JOB a command line (word-split), run in two lanes taking every other job, seed-major when the
+# jobs are given so; for the stages from here on.
+two_lanes() {
+  local jobs=("$@") lane i
+  for lane in 0 1; do
+    (for ((i = lane; i < ${#jobs[@]}; i += 2)); do ${jobs[i]}; done) &
+  done
+  wait
+}
+# Stage mezo-decay, written before it runs (17:05 on 2026-12-07; it starts when stage exact-head-held-out's runs have
+# ended): the MeZO jobs of stage baselines-decay, which moved to a later session at 06:23 and never ran: MeZO 3e-5
+# with `--schedule linear` on the five held-out settings, seeds 0-2 (not just seed 0: the session has the time),
+# seed-major, two lanes, paired by seed with the constant MeZO runs (same split, batches and noise seeds). The rule is
+# stage baselines-decay's, unchanged: on each setting MeZO's schedule is the one with the lower mean final DEV loss
+# over the seeds both schedules have. Then issue 17's MeZO targets are read again against MeZO at that schedule, for
+# both tuner files (v2-top-linear, the recommended one, and all-linear), over the seeds every arm has: forward passes
+# to reach MeZO's final test loss at most 667 (2/3 of MeZO's 1000) on at least 80% of (setting, seed) pairs, and a
+# mean test accuracy and a gain beyond the calibration reference no lower than MeZO's, setting by setting. The report
+# says where MeZO's chosen schedule changes a target's outcome. No shipped file changes on this stage.
+if [[ $stage == mezo-decay || $stage == all ]]; then
+  jobs=()
+  for seed in 0 1 2; do
+    for t in city-country city-continent vader-polarity city-hemisphere derivative; do
+      jobs+=("base_run mezo $seed $t")
+    done
+  done
+  two_lanes "${jobs[@]}"
+fi
