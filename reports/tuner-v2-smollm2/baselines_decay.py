@@ -10,7 +10,10 @@ within an arm, runs that differ only in seed, threads and the task's name). The 
 runs: on each setting a baseline's schedule is the one with the lower mean final DEV loss over the seeds both of its
 schedules have; no test figure enters the choice. Then the tuners (v2-top-linear, the recommended file, and
 all-linear) are compared with FZOO at its chosen schedule: "no worse" on a setting means a mean test accuracy no
-lower and a mean test loss no higher over the seeds every arm has.
+lower and a mean test loss no higher over the seeds every arm has. Stage mezo-decay's reading (written before its runs)
+follows: issue 17's MeZO targets against MeZO at its chosen schedule, for both tuners: the forward passes each
+(setting, seed) needs to reach MeZO's final test loss on the same seed (target: at most 2/3 of MeZO's 1000 on at least
+80% of the pairs), and per setting the mean test accuracy and gain beyond the calibration reference against MeZO's.
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 from decay_held_out import SHORT  # noqa: E402
 from decay_held_out import read as read_decay  # noqa: E402
-from finetune.bench import final_value, paired_table  # noqa: E402
+from finetune.bench import final_value, forwards_to_target, paired_table  # noqa: E402
 from top_held_out import TASKS, TOP, diff_text, load, packaged_paired, paired_diff, seed_table  # noqa: E402
 
 BASELINES = {"FZOO": "fzoo-3e-3", "MeZO": "mezo-3e-5"}
+MEZO_PASSES, TARGET_SHARE = 1000, 0.8  # issue 17: reach MeZO's final test loss in <= 2/3 of its passes on 80% of pairs
 TUNERS = SHORT  # section 22's labels -> these
 
 
@@ -111,6 +115,50 @@ def main() -> None:
     for i, name in enumerate(TUNERS.values()):
         ok = sum(row[3][i][1] for row in rows)
         print(f"- {name}: no worse than FZOO at its chosen schedule on {ok} of {len(rows)} settings.")
+    print()
+    mezo_targets({task: read(task) for task in TASKS})
+
+
+def beyond(run: dict) -> float:
+    return run["gain"]["metric_beyond_calibration"]
+
+
+def mezo_targets(tables: dict[str, dict[str, dict[int, dict]]]) -> None:
+    """Issue 17's MeZO targets for both tuners against MeZO at the schedule its dev loss chose, per setting over the
+    seeds every arm has: forward passes to MeZO's final test loss on the same seed, and mean accuracy and gain beyond
+    the calibration reference (each tuner's against MeZO's); then the share of (setting, seed) pairs within 2/3 of
+    MeZO's passes."""
+    limit = MEZO_PASSES * 2 / 3
+    print("## Summary: issue 17's MeZO targets against MeZO at its chosen schedule\n")
+    print("| setting | MeZO's schedule | seeds | MeZO accuracy / beyond calibration | " + " | ".join(
+        f"{n}: forwards to MeZO's final test loss | {n} accuracy / beyond calibration" for n in TUNERS.values())
+        + " |")
+    print("|---|---|---|---|" + "---|---|" * len(TUNERS))
+    reached = {n: [] for n in TUNERS.values()}
+    for task, arms in tables.items():
+        mezo = choose(arms, "MeZO")[0]
+        seeds = sorted(set(arms[mezo]) & set.intersection(*(set(arms[n]) for n in TUNERS.values()))) if mezo else []
+        if len(seeds) < 2:
+            print(f"| {task} | not chosen: fewer than two seeds of both schedules |" + " |" * (2 + 2 * len(TUNERS)))
+            continue
+        cells = []
+        for name in TUNERS.values():
+            passes = [forwards_to_target(arms[name][s], arms[mezo][s]["eval"]["loss_after"]) for s in seeds]
+            reached[name] += passes
+            cells.append(", ".join("–" if f is None else str(f) for f in passes) + " | "
+                         f"{mean_of(arms[name], seeds, lambda r: r['eval']['after']):.3f} / "
+                         f"{mean_of(arms[name], seeds, beyond):+.3f}")
+        schedule = "linear" if mezo.endswith("linear") else "constant"
+        print(f"| {task} | {schedule} | {', '.join(map(str, seeds))} | "
+              f"{mean_of(arms[mezo], seeds, lambda r: r['eval']['after']):.3f} / "
+              f"{mean_of(arms[mezo], seeds, beyond):+.3f} | " + " | ".join(cells) + " |")
+    print()
+    for name, passes in reached.items():
+        if passes:
+            within = sum(f is not None and f <= limit for f in passes)
+            print(f"- {name}: MeZO's final test loss within 2/3 of its {MEZO_PASSES} passes on {within} of "
+                  f"{len(passes)} (setting, seed) pairs ({within / len(passes):.0%}; target {TARGET_SHARE:.0%}): "
+                  + ("met" if within >= TARGET_SHARE * len(passes) else "missed") + ".")
 
 
 if __name__ == "__main__":
