@@ -1316,7 +1316,7 @@ two_lanes() {
   done
   wait
 }
-# Stage mezo-decay, written before it runs (17:05 on 2026-12-07; it starts when stage exact-head-held-out's runs have
+# Stage mezo-decay, written before it runs (16:53 on 2026-12-07; it starts when stage exact-head-held-out's runs have
 # ended): the MeZO jobs of stage baselines-decay, which moved to a later session at 06:23 and never ran: MeZO 3e-5
 # with `--schedule linear` on the five held-out settings, seeds 0-2 (not just seed 0: the session has the time),
 # seed-major, two lanes, paired by seed with the constant MeZO runs (same split, batches and noise seeds). The rule is
