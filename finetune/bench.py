@@ -61,7 +61,7 @@ class BenchConfig:
             raise ZotuneError("need --eval-points >= 0 and at least one bootstrap resample")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ZotuneError(f"--seeds must be distinct and not empty (got {self.seeds})")
-        if len(self.lrs.get(EXACT) or []) > 1:
+        if EXACT in self.lrs:  # even one value: it would be accepted and change nothing
             raise ZotuneError("--lr-grid exact: method exact takes no ZO lr (its steps run at --head-lr and --top-lr); "
                               "drop exact from --lr-grid")
         if self.select == "dev" and self.base.n_dev < 1:

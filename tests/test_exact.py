@@ -109,10 +109,11 @@ def test_exact_refuses_what_it_cannot_use(tmp_path, capsys):
         err = bad(capsys, [*base, *args, "--out", str(out)])
         assert words in err, err
         assert not out.exists()
-    out = tmp_path / "bench"
-    err = bad(capsys, ["bench", "--model", "tiny-llama", "--task", yn, "--methods", "mezo,exact", "--top-lr", "1e-3",
-                       "--lr-grid", "exact=1e-3,1e-2", "--forwards", "4", "--out", str(out)])
-    assert "--lr-grid exact" in err and not out.exists()
+    for k, grid in enumerate(("exact=1e-3,1e-2", "exact=1e-3")):  # one value too: it would move nothing
+        out = tmp_path / f"bench{k}"
+        err = bad(capsys, ["bench", "--model", "tiny-llama", "--task", yn, "--methods", "mezo,exact", "--top-lr",
+                           "1e-3", "--lr-grid", grid, "--forwards", "4", "--out", str(out)])
+        assert "--lr-grid exact" in err and not out.exists()
 
 
 def test_exact_runs_from_the_cli_and_records_one_pass_per_step(tmp_path, capsys):
