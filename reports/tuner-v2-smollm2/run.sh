@@ -1318,15 +1318,16 @@ two_lanes() {
 }
 # Stage mezo-decay, written before it runs (16:53 on 2026-12-07; it starts when stage exact-head-held-out's runs have
 # ended): the MeZO jobs of stage baselines-decay, which moved to a later session at 06:23 and never ran: MeZO 3e-5
-# with `--schedule linear` on the five held-out settings, seeds 0 and 1 (16:57, before it started: not 0-2, so that the
-# session has time for a stage of the packaged-tasks report; `MEZO_DECAY_SEEDS="0 1 2"` adds seed 2, finished runs
+# with `--schedule linear` on the five held-out settings, seeds 0 and 1 (16:57, before it started: not 0-2, so that
+# the session has time for a stage of the packaged-tasks report; `MEZO_DECAY_SEEDS="0 1 2"` adds seed 2, finished runs
 # are skipped), seed-major, two lanes, paired by seed with the constant MeZO runs (same split, batches and noise
-# seeds). The rule is stage baselines-decay's, unchanged: on each setting MeZO's schedule is the one with the lower mean final DEV loss
-# over the seeds both schedules have. Then issue 17's MeZO targets are read again against MeZO at that schedule, for
-# both tuner files (v2-top-linear, the recommended one, and all-linear), over the seeds every arm has: forward passes
-# to reach MeZO's final test loss at most 667 (2/3 of MeZO's 1000) on at least 80% of (setting, seed) pairs, and a
-# mean test accuracy and a gain beyond the calibration reference no lower than MeZO's, setting by setting. The report
-# says where MeZO's chosen schedule changes a target's outcome. No shipped file changes on this stage.
+# seeds). The rule is stage baselines-decay's, unchanged: on each setting MeZO's schedule is the one with the lower
+# mean final DEV loss over the seeds both schedules have. Then issue 17's MeZO targets are read again against MeZO at
+# that schedule, for both tuner files (v2-top-linear, the recommended one, and all-linear), over the seeds every arm
+# has: forward passes to reach MeZO's final test loss at most 667 (2/3 of MeZO's 1000) on at least 80% of (setting,
+# seed) pairs, and a mean test accuracy and a gain beyond the calibration reference no lower than MeZO's, setting by
+# setting. The report says where MeZO's chosen schedule changes a target's outcome. No shipped file changes on this
+# stage.
 if [[ $stage == mezo-decay || $stage == all ]]; then
   jobs=()
   for seed in ${MEZO_DECAY_SEEDS:-0 1}; do
