@@ -17,6 +17,7 @@ reference), and within an arm the runs differ only in seed, threads and the task
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -29,6 +30,10 @@ SEEDS = (0, 1, 2)
 BASE = (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"))
 MORE = (("n-SPSA", "nspsa-1e-4"), ("GV", "gv-3e-5"))  # run on seed 0 first, seeds 1-2 later (README)
 V2 = (("tuner v2", "tuner-v2"),)
+# city-country only: the other ZO methods of issue 13 (seed 0 first, seeds 1-2 on 2026-12-07) and the fo reference
+REST = (("Sparse-MeZO", "sparse-mezo-3e-5"), ("LOZO", "lozo-1e-5"), ("BCD", "bcd-3e-4"), ("HiZOO", "hizoo-3e-5"),
+        ("ZO-Adam", "zo-adam-1e-3"), ("Greedy", "greedy-1e-5"), ("LDSD", "ldsd-1e-5"))
+NOT_ZO = {"fo", "tuner v2"}  # the arms that are not ZO baselines
 
 
 def _arms(folder: str, arms) -> dict[str, str]:
@@ -37,7 +42,7 @@ def _arms(folder: str, arms) -> dict[str, str]:
 
 ARMS = {  # setting -> arm -> the folder of seed s, as a format string
     "vader-polarity": {"MeZO": "mezo-3e-5-s{}", **_arms("vader-polarity", BASE[1:] + MORE), "tuner v2": "tuner-v2-s{}"},
-    "city-country": _arms("city-country", BASE + MORE + V2),
+    "city-country": _arms("city-country", BASE + MORE + REST + (("fo", "fo-1e-5"),) + V2),
     "city-continent": _arms("city-continent", BASE + MORE + V2),
     "city-hemisphere": _arms("city-hemisphere", BASE + V2),
     # word polarity on a derivative checkpoint of the base model (benchmarks/make_derivative.py, python-docs)
@@ -101,6 +106,7 @@ def main() -> None:
         full = {a: r for a, r in arms.items() if set(SEEDS) <= set(r)}
         if len(full) >= 2:  # arms with fewer seeds than these get tables of their own, so the others keep all seeds
             tables(task, full, sorted(SEEDS))
+            best_baseline(full)
             for arm, runs in arms.items():
                 if arm not in full:
                     print(f"{arm} ran seeds {sorted(runs)} only: its tables, over those seeds.\n")
@@ -111,6 +117,20 @@ def main() -> None:
             print("Fewer than two arms with two seeds in common: no paired table.\n")
             continue
         tables(task, arms, seeds)
+
+
+def best_baseline(arms: dict[str, dict[int, dict]]) -> None:
+    """The ZO baselines with every seed, best first: mean test accuracy, ties broken by the lower mean test loss (the
+    rule written in run.sh before city-country's seeds of 2026-12-07)."""
+    zo = {a: r for a, r in arms.items() if a not in NOT_ZO}
+    if len(zo) < 2:
+        return
+    means = {a: (statistics.fmean(r[s]["eval"]["after"] for s in SEEDS),
+                 statistics.fmean(r[s]["eval"]["loss_after"] for s in SEEDS)) for a, r in zo.items()}
+    order = sorted(means, key=lambda a: (-means[a][0], means[a][1]))
+    print(f"ZO baselines with seeds {', '.join(map(str, SEEDS))}, by mean test accuracy (test loss): "
+          + "; ".join(f"{a} {means[a][0]:.3f} ({means[a][1]:.4f})" for a in order)
+          + f". Best: {order[0]}.\n")
 
 
 def tables(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None:
@@ -124,6 +144,7 @@ def tables(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> Non
         print(f"Arms: {', '.join(order)}.\n")
         print(paired_table([arms[a] for a in order]))
         print()
+
 
 if __name__ == "__main__":
     main()
