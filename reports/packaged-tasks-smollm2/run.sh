@@ -351,7 +351,7 @@ for lane in 0 1; do
   (for ((i = lane; i < ${#cc_jobs[@]}; i += 2)); do cc_seed ${cc_jobs[i]}; done) &
 done
 wait
-# --- 17:50, a cut written before it takes effect: the block above starts at about 18:07 (the tuner-v2 report's MeZO
+# --- 17:48, a cut written before it takes effect: the block above starts at about 18:07 (the tuner-v2 report's MeZO
 # runs took 9-14 minutes each) and would end at about 19:27, after this session's time for writing it up. So the
 # last job of each lane, seed 2 of Greedy and of LDSD (both behind MeZO on seed 0), is dropped before the block
 # starts: it runs with `cc_jobs=("${cc_jobs[@]:0:12}")` before the lanes. Those two runs are for a later session
