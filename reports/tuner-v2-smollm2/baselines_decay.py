@@ -48,6 +48,14 @@ def dev(run: dict) -> float:
     return final_value(run, "dev_loss")
 
 
+def accuracy(run: dict) -> float:
+    return run["eval"]["after"]
+
+
+def beyond(run: dict) -> float:
+    return run["gain"]["metric_beyond_calibration"]
+
+
 def choose(arms: dict[str, dict[int, dict]], baseline: str) -> tuple[str | None, str]:
     """The arm (``baseline`` or ``baseline linear``) with the lower mean final dev loss over the seeds both have, and
     the figures in words; None when no seed has both."""
@@ -76,10 +84,10 @@ def main() -> None:
           "(999 passes) at a constant lr and with `--schedule linear`; each baseline's schedule chosen on its mean "
           "final dev loss; v2-top-linear (tuner v2 plus `--top-lr 1e-3 --top-schedule linear`, the recommended file) "
           "and all-linear (the same with `--schedule linear`) against FZOO at its chosen schedule. Batch 8, fp32.\n")
-    rows = []
+    rows, tables = [], {}
     for task in TASKS:
         print(f"## {task}\n")
-        arms = read(task)
+        arms = tables[task] = read(task)
         picks = {b: choose(arms, b) for b in BASELINES}
         for b, (_, words) in picks.items():
             print(f"- {b}: {words}.")
@@ -99,7 +107,7 @@ def main() -> None:
         if len(both) >= 2:
             cells = [against(arms[t], arms[fzoo], both) for t in tuners]
             rows.append((task, fzoo, both, cells,
-                         {a: mean_of(arms[a], both, lambda r: r["eval"]["after"]) for a in (fzoo, *tuners)}))
+                         {a: mean_of(arms[a], both, accuracy) for a in (fzoo, *tuners)}))
     if not rows:
         print("Fewer than two seeds of FZOO at its chosen schedule on every setting: no summary.")
         return
@@ -116,11 +124,7 @@ def main() -> None:
         ok = sum(row[3][i][1] for row in rows)
         print(f"- {name}: no worse than FZOO at its chosen schedule on {ok} of {len(rows)} settings.")
     print()
-    mezo_targets({task: read(task) for task in TASKS})
-
-
-def beyond(run: dict) -> float:
-    return run["gain"]["metric_beyond_calibration"]
+    mezo_targets(tables)
 
 
 def mezo_targets(tables: dict[str, dict[str, dict[int, dict]]]) -> None:
@@ -146,11 +150,11 @@ def mezo_targets(tables: dict[str, dict[str, dict[int, dict]]]) -> None:
             passes = [forwards_to_target(arms[name][s], arms[mezo][s]["eval"]["loss_after"]) for s in seeds]
             reached[name] += passes
             cells.append(", ".join("–" if f is None else str(f) for f in passes) + " | "
-                         f"{mean_of(arms[name], seeds, lambda r: r['eval']['after']):.3f} / "
+                         f"{mean_of(arms[name], seeds, accuracy):.3f} / "
                          f"{mean_of(arms[name], seeds, beyond):+.3f}")
         schedule = "linear" if mezo.endswith("linear") else "constant"
         print(f"| {task} | {schedule} | {', '.join(map(str, seeds))} | "
-              f"{mean_of(arms[mezo], seeds, lambda r: r['eval']['after']):.3f} / "
+              f"{mean_of(arms[mezo], seeds, accuracy):.3f} / "
               f"{mean_of(arms[mezo], seeds, beyond):+.3f} | " + " | ".join(cells) + " |")
     print()
     for name, passes in reached.items():
