@@ -107,7 +107,9 @@ def main() -> None:
         full = {a: r for a, r in arms.items() if set(SEEDS) <= set(r)}
         if len(full) >= 2:  # arms with fewer seeds than these get tables of their own, so the others keep all seeds
             tables(task, full, sorted(SEEDS))
-            best_baseline(full)
+            best = best_baseline(full)
+            if best not in (None, "MeZO", "FZOO"):  # the tables with the best baseline first as well
+                tables(task, full, sorted(SEEDS), firsts=(best,))
             for arm, runs in arms.items():
                 if arm not in full:
                     print(f"{arm} ran seeds {sorted(runs)} only: its tables, over those seeds.\n")
@@ -120,27 +122,31 @@ def main() -> None:
         tables(task, arms, seeds)
 
 
-def best_baseline(arms: dict[str, dict[int, dict]]) -> None:
-    """The ZO baselines with every seed, best first: mean test accuracy, ties broken by the lower mean test loss (the
-    rule written in run.sh before city-country's seeds of 2026-12-07)."""
+def best_baseline(arms: dict[str, dict[int, dict]]) -> str | None:
+    """Prints the ZO baselines with every seed, best first: mean test accuracy, ties broken by the lower mean test
+    loss (the rule written in run.sh before city-country's seeds of 2026-12-07); returns the best (None: fewer than
+    two)."""
     zo = {a: r for a, r in arms.items() if a not in NOT_ZO}
     if len(zo) < 2:
-        return
+        return None
     means = {a: (statistics.fmean(r[s]["eval"]["after"] for s in SEEDS),
                  statistics.fmean(r[s]["eval"]["loss_after"] for s in SEEDS)) for a, r in zo.items()}
     order = sorted(means, key=lambda a: (-means[a][0], means[a][1]))
     print(f"ZO baselines with seeds {', '.join(map(str, SEEDS))}, by mean test accuracy (test loss): "
           + "; ".join(f"{a} {means[a][0]:.3f} ({means[a][1]:.4f})" for a in order)
           + f". Best: {order[0]}.\n")
+    return order[0]
 
 
-def tables(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None:
-    """The paired tables of ``arms`` over ``seeds`` (checked first): MeZO first, then FZOO first."""
+def tables(task: str, arms: dict[str, dict[int, dict]], seeds: list[int], firsts=("MeZO", "FZOO")) -> None:
+    """The paired tables of ``arms`` over ``seeds`` (checked first), one with each of ``firsts`` first (the arms
+    listed before it in ``ARMS`` left out)."""
     arms = {a: {s: r[s] for s in seeds} for a, r in arms.items()}
     check(task, arms, seeds)
-    for first in ("MeZO", "FZOO"):
-        order = [a for a in ARMS[task] if a in arms and not (first == "FZOO" and a == "MeZO")]
-        if order[0] != first or len(order) < 2:
+    for first in firsts:
+        listed = [a for a in ARMS[task] if a in arms]
+        order = listed[listed.index(first):] if first in listed else []
+        if len(order) < 2:
             continue
         print(f"Arms: {', '.join(order)}.\n")
         print(paired_table([arms[a] for a in order]))
