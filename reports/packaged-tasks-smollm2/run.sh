@@ -356,3 +356,5 @@ wait
 # last job of each lane, seed 2 of Greedy and of LDSD (both behind MeZO on seed 0), is dropped before the block
 # starts: it runs with `cc_jobs=("${cc_jobs[@]:0:12}")` before the lanes. Those two runs are for a later session
 # (run the block as written: finished runs are skipped); its reading is unchanged and is taken over the seeds in.
+# --- 19:20, written before it runs: the block ended at 19:18, earlier than the 17:48 cut assumed, so the two cut
+# runs (seed 2 of Greedy and of LDSD on city-country, as the block would run them) run now, side by side.
