@@ -4,8 +4,8 @@
 
 For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as shipped (and on the first three tasks
 n-SPSA, 1e-4, q = 4, and GV, 3e-5, where they have two seeds or more; an arm with fewer seeds than the others gets
-tables of its own, over its seeds, beside MeZO and FZOO; on city-country every other ZO method of issue 13 and fo as
-well), seeds 0-2, and the same three arms on word polarity on a derivative checkpoint (``vader-polarity-derivative``),
+tables of its own, over its seeds, beside MeZO and FZOO; on the first three tasks every other ZO method of issue 13
+and fo as well), seeds 0-2, and the same three arms on word polarity on a derivative checkpoint (``vader-polarity-derivative``),
 from ``runs/`` (each run's ``metrics.json``); printed with :func:`finetune.bench.paired_table`, the table of ``cli.py
 compare --vs``: MeZO first, then FZOO first. ``cli.py compare`` itself refuses these runs as runs of different tasks,
 because the first runs read a JSONL file with the task's rows and the later ones the ``packaged:<name>`` spec (the
@@ -31,9 +31,15 @@ SEEDS = (0, 1, 2)
 BASE = (("MeZO", "mezo-3e-5"), ("FZOO", "fzoo-3e-3"))
 MORE = (("n-SPSA", "nspsa-1e-4"), ("GV", "gv-3e-5"))  # run on seed 0 first, seeds 1-2 later (README)
 V2 = (("tuner v2", "tuner-v2"),)
-# city-country only: the other ZO methods of issue 13 (seed 0 first, seeds 1-2 on 2026-12-07) and the fo reference
-REST = (("Sparse-MeZO", "sparse-mezo-3e-5"), ("LOZO", "lozo-1e-5"), ("BCD", "bcd-3e-4"), ("HiZOO", "hizoo-3e-5"),
-        ("ZO-Adam", "zo-adam-1e-3"), ("Greedy", "greedy-1e-5"), ("LDSD", "ldsd-1e-5"))
+
+
+def rest(hizoo_lr: str) -> tuple:
+    """The other ZO methods of issue 13 on the first three tasks (seed 0 first, seeds 1-2 on 2026-12-07) and the fo
+    reference; HiZOO at the lr its seed-0 dev loss preferred on the task."""
+    return (("Sparse-MeZO", "sparse-mezo-3e-5"), ("LOZO", "lozo-1e-5"), ("BCD", "bcd-3e-4"),
+            ("HiZOO", f"hizoo-{hizoo_lr}"), ("ZO-Adam", "zo-adam-1e-3"), ("Greedy", "greedy-1e-5"),
+            ("LDSD", "ldsd-1e-5"), ("fo", "fo-1e-5"))
+
 NOT_ZO = {"fo", "tuner v2"}  # the arms that are not ZO baselines
 
 
@@ -41,10 +47,13 @@ def _arms(folder: str, arms) -> dict[str, str]:
     return {a: f"{folder}/{d}-s{{}}" for a, d in arms}
 
 
-ARMS = {  # setting -> arm -> the folder of seed s, as a format string
-    "vader-polarity": {"MeZO": "mezo-3e-5-s{}", **_arms("vader-polarity", BASE[1:] + MORE), "tuner v2": "tuner-v2-s{}"},
-    "city-country": _arms("city-country", BASE + MORE + REST + (("fo", "fo-1e-5"),) + V2),
-    "city-continent": _arms("city-continent", BASE + MORE + V2),
+ARMS = {  # setting -> arm -> the folder of seed s, as a format string (or, where the seeds' folders differ, by seed)
+    # word polarity's first runs (2026-12-05) are at the top of runs/: MeZO's and tuner v2's seeds, fo's seed 0
+    "vader-polarity": {"MeZO": "mezo-3e-5-s{}", **_arms("vader-polarity", BASE[1:] + MORE + rest("1e-4")),
+                       "fo": {0: "fo-1e-5-s0", 1: "vader-polarity/fo-1e-5-s1", 2: "vader-polarity/fo-1e-5-s2"},
+                       "tuner v2": "tuner-v2-s{}"},
+    "city-country": _arms("city-country", BASE + MORE + rest("3e-5") + V2),
+    "city-continent": _arms("city-continent", BASE + MORE + rest("3e-5") + V2),
     "city-hemisphere": _arms("city-hemisphere", BASE + V2),
     # word polarity on a derivative checkpoint of the base model (benchmarks/make_derivative.py, python-docs)
     "vader-polarity-derivative": _arms("vader-polarity-derivative", BASE + V2),
@@ -57,7 +66,7 @@ def read(task: str) -> dict[str, dict[int, dict]]:
     for arm, pattern in ARMS[task].items():
         runs = {}
         for s in SEEDS:
-            path = RUNS / pattern.format(s) / "metrics.json"
+            path = RUNS / (pattern[s] if isinstance(pattern, dict) else pattern.format(s)) / "metrics.json"
             if path.is_file():
                 runs[s] = json.loads(path.read_text())
         arms[arm] = runs
@@ -95,7 +104,7 @@ def check(task: str, arms: dict[str, dict[int, dict]], seeds: list[int]) -> None
 
 
 def main() -> None:
-    print("# Held-out packaged tasks: MeZO, FZOO and tuner v2 (and n-SPSA and GV where they ran), paired by seed\n")
+    print("# Held-out packaged tasks: MeZO, FZOO, tuner v2 and the other arms where they ran, paired by seed\n")
     print("Written by `python reports/packaged-tasks-smollm2/paired.py` from `runs/`.\n")
     for task in ARMS:
         print(f"## {task}\n")
