@@ -396,3 +396,5 @@ wait
 # only Greedy and LDSD, behind MeZO on word polarity and on city-country, lack a third seed there. The lanes
 # already running hold the 21:55 cut, so if they drop those two jobs, the two run by the same function as soon as
 # the lanes end, side by side, with this cut. The reading is unchanged.
+# --- 21:38, written before it takes effect: "as soon as the lanes end" above means as soon as a core is free (fewer
+# than two fine-tunes running), one job at a time, each started only before 22:02.
