@@ -398,3 +398,9 @@ wait
 # the lanes end, side by side, with this cut. The reading is unchanged.
 # --- 21:38, written before it takes effect: "as soon as the lanes end" above means as soon as a core is free (fewer
 # than two fine-tunes running), one job at a time, each started only before 22:02.
+# --- 21:56, written before it takes effect, replacing the 21:28 and 21:38 additions (nothing of them has run): on
+# city-continent's seeds 0-1 (read at 21:55), Greedy (0.732), LOZO (0.732) and LDSD (0.742) are within 1.3 points of
+# FZOO's 0.745 on the same seeds, so their seed 2 can change the rule's ranking there (LOZO's is running); HiZOO's
+# (0.705) and ZO-Adam's (0.645) cannot reach FZOO's three-seed mean (0.732) with any seed 2 below 0.79. So Greedy's
+# and LDSD's seed 2 on city-continent (as the block would run them) run instead, side by side as soon as a core is
+# free, each started only before 22:10; HiZOO's and ZO-Adam's seed 2 there are not run this session.
