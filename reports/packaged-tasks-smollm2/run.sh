@@ -404,3 +404,8 @@ wait
 # (0.705) and ZO-Adam's (0.645) cannot reach FZOO's three-seed mean (0.732) with any seed 2 below 0.79. So Greedy's
 # and LDSD's seed 2 on city-continent (as the block would run them) run instead, side by side as soon as a core is
 # free, each started only before 22:10; HiZOO's and ZO-Adam's seed 2 there are not run this session.
+# --- 22:16, after the fact, for whoever reruns this block: the two runs of 21:56 were `ho_seed city-continent greedy
+# 1e-5 200 100 2` and `ho_seed city-continent ldsd 1e-5 200 100 2`, started at 21:59 and 22:00 with the cut at 22:10;
+# HiZOO's and ZO-Adam's seed 2 on city-continent were dropped (the block's log: "dropped for time"). The cuts are
+# clock times of 2026-12-07: on another day, delete the cut line of `ho_seed` to run what is missing (finished runs
+# are skipped).
