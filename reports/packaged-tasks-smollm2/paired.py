@@ -6,8 +6,9 @@ For each held-out task, the arms MeZO (3e-5), FZOO (3e-3, N = 8) and tuner v2 as
 n-SPSA, 1e-4, q = 4, and GV, 3e-5, where they have two seeds or more; an arm with fewer seeds than the others gets
 tables of its own, over its seeds, beside MeZO and FZOO; on the first three tasks every other ZO method of issue 13
 and fo as well), seeds 0-2, and the same three arms on word polarity on a derivative checkpoint
-(``vader-polarity-derivative``), from ``runs/`` (each run's ``metrics.json``); printed with :func:`finetune.bench.paired_table`, the table of ``cli.py
-compare --vs``: MeZO first, then FZOO first. ``cli.py compare`` itself refuses these runs as runs of different tasks,
+(``vader-polarity-derivative``), from ``runs/`` (each run's ``metrics.json``); printed with
+:func:`finetune.bench.paired_table`, the table of ``cli.py compare --vs``: MeZO first, then FZOO first. ``cli.py
+compare`` itself refuses these runs as runs of different tasks,
 because the first runs read a JSONL file with the task's rows and the later ones the ``packaged:<name>`` spec (the
 same rows and splits: tests/test_packaged_tasks.py checks that a spec and its rows' file split alike). So this script
 checks what the spec would have: every run of one seed starts from the same test split (the same test accuracy and
