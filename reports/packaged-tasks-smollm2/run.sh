@@ -409,3 +409,6 @@ wait
 # HiZOO's and ZO-Adam's seed 2 on city-continent were dropped (the block's log: "dropped for time"). The cuts are
 # clock times of 2026-12-07: on another day, delete the cut line of `ho_seed` to run what is missing (finished runs
 # are skipped).
+# --- 22:16, written before they run: the lanes are free, so HiZOO's and ZO-Adam's seed 2 on city-continent (as the
+# block would run them) run now after all, side by side (`ho_seed` with its cut line deleted). Nothing in the reading
+# changes; if either ends after this session's time, it is left for the next (finished runs are skipped).
