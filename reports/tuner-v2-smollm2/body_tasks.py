@@ -1,0 +1,96 @@
+"""Section 29's runs (stage body-tasks of run.sh): all-linear, the exact steps alone at their own lrs, MeZO, FZOO and
+fo on the two held-out packaged tasks where no ZO method learned and fo did (syllables, county-state), paired by seed.
+
+    python reports/tuner-v2-smollm2/body_tasks.py [> reports/tuner-v2-smollm2/top-held-out/body-compare.md]
+
+Reads ``top-held-out/<task>/{tuner-v2-top-1e-3-linear-decay,exact-1e-3-1e-3-linear}-s<seed>/metrics.json`` and the
+packaged-tasks report's ``runs/<task>/{mezo-3e-5,fzoo-3e-3,fo-1e-5}-s<seed>``, with that report's check (every arm of
+a seed starts from the same test split). The reading of run.sh, fixed before the runs, per task over the seeds every
+arm has: (1) the body must change if fo is ahead of exact in test accuracy with a 95% interval excluding zero; (2) the
+ZO step pays if all-linear is ahead of exact in test accuracy with an interval excluding zero; (3) issue 17's targets
+against MeZO and the better of MeZO and FZOO, reported as they come out.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+from finetune.bench import forwards_to_target  # noqa: E402
+from top_held_out import PACKAGED, TOP, common_seeds_table, diff_text, load, paired_diff, seed_table  # noqa: E402
+
+TASKS = ("syllables", "county-state")
+ALL, EXACT = "all-linear", "exact (head 1e-3, top 1e-3, linear)"
+
+
+def read(task: str) -> dict[str, dict[int, dict]]:
+    return load({ALL: TOP / task / "tuner-v2-top-1e-3-linear-decay-s{}",
+                 EXACT: TOP / task / "exact-1e-3-1e-3-linear-s{}",
+                 "MeZO": PACKAGED / task / "mezo-3e-5-s{}",
+                 "FZOO": PACKAGED / task / "fzoo-3e-3-s{}",
+                 "fo (AdamW 1e-5, 100 steps)": PACKAGED / task / "fo-1e-5-s{}"})
+
+
+def accuracy(runs: dict[int, dict], seeds: list[int]) -> float:
+    return statistics.fmean(runs[s]["eval"]["after"] for s in seeds)
+
+
+def beyond(runs: dict[int, dict], seeds: list[int]) -> float:
+    """The mean gain in test accuracy beyond the calibration reference."""
+    return statistics.fmean(runs[s]["gain"]["metric_beyond_calibration"] for s in seeds)
+
+
+def ahead(mean: float, ci: tuple | None) -> bool:
+    """Whether a paired difference is positive with a 95% interval excluding zero."""
+    return ci is not None and ci[0] > 0
+
+
+def reading(task: str, arms: dict[str, dict[int, dict]]) -> None:
+    """Print run.sh's three readings over the seeds every arm has."""
+    seeds = sorted(set.intersection(*(set(r) for r in arms.values())))
+    if len(seeds) < 2:
+        print(f"Fewer than two seeds finished by every arm: no reading ({ {a: sorted(r) for a, r in arms.items()} }).\n")
+        return
+    fo = next(a for a in arms if a.startswith("fo"))
+    start = statistics.fmean(arms[ALL][s]["eval"]["before"] for s in seeds)
+    means = ", ".join(f"{a} {accuracy(r, seeds):.3f}" for a, r in arms.items())
+    print(f"Seeds {seeds}; mean test accuracy: start {start:.3f}, {means}.\n")
+    body = paired_diff(arms[fo], arms[EXACT], seeds, "after")
+    pays = paired_diff(arms[ALL], arms[EXACT], seeds, "after")
+    print(f"1. fo minus exact, accuracy: {diff_text(*body, 'after')}: the body must change: "
+          f"{'yes' if ahead(*body) else 'not shown'}.")
+    print(f"2. all-linear minus exact, accuracy: {diff_text(*pays, 'after')} (test loss "
+          f"{diff_text(*paired_diff(arms[ALL], arms[EXACT], seeds, 'loss_after'), 'loss_after')}): the ZO step pays: "
+          f"{'yes' if ahead(*pays) else 'no'}.")
+    best = max(("MeZO", "FZOO"), key=lambda a: accuracy(arms[a], seeds))
+    print(f"3. Issue 17's targets (the better baseline by mean accuracy: {best}):")
+    for arm in (ALL, EXACT):
+        reached = [forwards_to_target(arms[arm][s], arms["MeZO"][s]["eval"]["loss_after"]) for s in seeds]
+        print(f"   - {arm}: passes to MeZO's final test loss {', '.join('–' if r is None else str(r) for r in reached)}"
+              f"; accuracy minus MeZO {diff_text(*paired_diff(arms[arm], arms['MeZO'], seeds, 'after'), 'after')}, "
+              f"gain beyond the reference {beyond(arms[arm], seeds):+.3f} against MeZO's "
+              f"{beyond(arms['MeZO'], seeds):+.3f}; accuracy minus {best} "
+              f"{diff_text(*paired_diff(arms[arm], arms[best], seeds, 'after'), 'after')}.")
+    print()
+
+
+def main() -> None:
+    print("# Two held-out tasks where the ZO methods learned nothing: syllables and county-state, paired by seed\n")
+    print("Written by `python reports/tuner-v2-smollm2/body_tasks.py`. all-linear (tuner v2 plus `--top-lr 1e-3 "
+          "--top-schedule linear --schedule linear`, 500 two-point steps), exact (`--method exact --head-lr 1e-3 "
+          "--top-lr 1e-3 --top-schedule linear --schedule linear`, 1000 one-pass steps), MeZO 3e-5 (1000 passes), "
+          "FZOO 3e-3 (999 passes) and fo (AdamW 1e-5, 100 steps: 100 forward and 100 backward passes); batch 8, "
+          "fp32, 200 test examples. Cells: final dev loss / test loss / test accuracy.\n")
+    for task in TASKS:
+        print(f"## {task}\n")
+        arms = read(task)
+        print(seed_table(arms))
+        if common_seeds_table(task, arms, EXACT) is not None:
+            reading(task, arms)
+
+
+if __name__ == "__main__":
+    main()
