@@ -1379,3 +1379,7 @@ if [[ $stage == body-tasks || $stage == all ]]; then
   done
   two_lanes "${jobs[@]}"
 fi
+# 23:36 on 2026-12-07, written before it takes effect: when stage body-tasks has ended, stage mezo-decay runs again as
+# written with MEZO_DECAY_SEEDS="0 1 2" (it skips the ten finished runs: MeZO linear's seed 2 on the five held-out
+# settings, two lanes), if it can start before 00:25; otherwise it waits for a later session. Its rule and reading
+# are unchanged (section 28, now over the three seeds both of MeZO's schedules have).
