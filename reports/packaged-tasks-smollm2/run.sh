@@ -412,3 +412,7 @@ wait
 # --- 22:16, written before they run: the lanes are free, so HiZOO's and ZO-Adam's seed 2 on city-continent (as the
 # block would run them) run now after all, side by side (`ho_seed` with its cut line deleted). Nothing in the reading
 # changes; if either ends after this session's time, it is left for the next (finished runs are skipped).
+# --- 2026-12-07 22:45 (a new session), for whoever reads this log: the runs of MeZO 3e-5 (seeds 1, 2), fo 1e-5 for
+# 100 steps (seeds 1, 2) and FZOO 3e-3 (seeds 0-2 on county-state, 1-2 on syllables) in runs/syllables and
+# runs/county-state were made by stage body-tasks of reports/tuner-v2-smollm2/run.sh (its function `body_base_run`,
+# this file's `screen` settings), with that stage's reading; they fill the two tasks' screen to three seeds.

@@ -6,7 +6,7 @@ Reads each run's ``metrics.json`` under ``runs/`` (``runs/<task>/<arm>-s<seed>/`
 ``runs/<arm>-s<seed>/``). A row: test accuracy before and after, the raw gain and the gain beyond the calibration
 reference (per-option log-prior offsets fitted on the training split), the final test and dev losses, and the
 forward passes. The runs of one task and seed must start from the same test split (the same accuracy and loss
-before training, to the last bit, and the same calibration reference), which is checked: some runs read the task's
+before training, and the same calibration reference, within paired.py's tolerance), which is checked: some runs read the task's
 JSONL rows and others the ``packaged:<name>`` spec, so their task names differ (see paired.py).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from paired import RUNS, start  # noqa: E402  (the same-split check of paired.py)
+from paired import RUNS, same_start, start  # noqa: E402  (the same-split check of paired.py)
 
 TASKS = ("vader-polarity", "city-country", "city-continent", "county-state", "syllables", "city-hemisphere",
          "word-class", "article", "rhymes", "subjectivity", "noun-number")
@@ -35,7 +35,8 @@ def runs_of(task: str, seed: int) -> dict[str, dict]:
 def same_split_runs(task: str, seed: int) -> dict[str, dict]:
     """:func:`runs_of`, checked: every run of the task and seed starts from the same test split (else exit)."""
     runs = runs_of(task, seed)
-    if len({start(m) for m in runs.values()}) > 1:
+    starts = [start(m) for m in runs.values()]
+    if any(not same_start(starts[0], s) for s in starts[1:]):
         sys.exit(f"{task}, seed {seed}: the runs do not start from the same test split")
     return runs
 
