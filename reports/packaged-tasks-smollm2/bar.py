@@ -25,8 +25,8 @@ FO = "fo-1e-5"
 ZO = ("mezo-3e-5", "fzoo-3e-3")
 BAR = {"fo": 10.0, "zo": 5.0}  # accuracy points, raw and beyond the reference
 TASKS = {"vader-polarity": "held out", "city-country": "held out", "city-continent": "held out",
-         "city-hemisphere": "held out", "word-class": "meta-training", "article": "meta-training",
-         "noun-number": "meta-training"}
+         "city-hemisphere": "held out", "syllables": "held out", "county-state": "held out",
+         "word-class": "meta-training", "article": "meta-training", "noun-number": "meta-training"}
 
 
 def gains(runs: dict[int, dict[str, dict]], arm: str) -> dict[int, tuple[float, float]]:
