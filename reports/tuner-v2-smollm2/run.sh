@@ -1383,7 +1383,7 @@ fi
 # written with MEZO_DECAY_SEEDS="0 1 2" (it skips the ten finished runs: MeZO linear's seed 2 on the five held-out
 # settings, two lanes), if it can start before 00:25; otherwise it waits for a later session. Its rule and reading
 # are unchanged (section 28, now over the three seeds both of MeZO's schedules have).
-# Stage body-no-zo, written before it runs (00:40 on 2026-12-08): section 29 found all-linear's test loss lower than
+# Stage body-no-zo, written before it runs (00:37 on 2026-12-08): section 29 found all-linear's test loss lower than
 # exact's on every seed of county-state (-0.097 [-0.132, -0.039]) with accuracy level, and could not say whether the
 # ZO step or exact's faster head step (1000 updates at 1e-3 against 500 at 3e-4) makes that difference. All-linear
 # with ZO lr 0 (nozo_run: the same head and top-block steps off the same forward passes, the ZO step moving nothing)
