@@ -8,7 +8,9 @@ packaged-tasks report's ``runs/<task>/{mezo-3e-5,fzoo-3e-3,fo-1e-5}-s<seed>``, w
 a seed starts from the same test split). The reading of run.sh, fixed before the runs, per task over the seeds every
 arm has: (1) the body must change if fo is ahead of exact in test accuracy with a 95% interval excluding zero; (2) the
 ZO step pays if all-linear is ahead of exact in test accuracy with an interval excluding zero; (3) issue 17's targets
-against MeZO and the better of MeZO and FZOO, reported as they come out.
+against MeZO and the better of MeZO and FZOO, reported as they come out. Stage body-no-zo adds all-linear with ZO lr 0
+on county-state (``tuner-v2-top-1e-3-linear-decay-no-zo-s<seed>``): the ZO step lowers the test loss if ZO lr 0 minus
+all-linear is above zero with an interval excluding zero.
 """
 from __future__ import annotations
 
@@ -24,11 +26,14 @@ from top_held_out import PACKAGED, TOP, common_seeds_table, diff_text, load, pai
 
 TASKS = ("syllables", "county-state")
 ALL, EXACT = "all-linear", "exact (head 1e-3, top 1e-3, linear)"
+NO_ZO = "all-linear, ZO lr 0"  # stage body-no-zo, county-state only
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
+    no_zo = {NO_ZO: TOP / task / "tuner-v2-top-1e-3-linear-decay-no-zo-s{}"} if task == "county-state" else {}
     return load({ALL: TOP / task / "tuner-v2-top-1e-3-linear-decay-s{}",
                  EXACT: TOP / task / "exact-1e-3-1e-3-linear-s{}",
+                 **no_zo,
                  "MeZO": PACKAGED / task / "mezo-3e-5-s{}",
                  "FZOO": PACKAGED / task / "fzoo-3e-3-s{}",
                  "fo (AdamW 1e-5, 100 steps)": PACKAGED / task / "fo-1e-5-s{}"})
@@ -49,10 +54,12 @@ def ahead(mean: float, ci: tuple | None) -> bool:
 
 
 def reading(task: str, arms: dict[str, dict[int, dict]]) -> None:
-    """Print run.sh's three readings over the seeds every arm has."""
+    """Print run.sh's three readings (and stage body-no-zo's, where it ran) over the seeds every arm has."""
+    arms = {a: r for a, r in arms.items() if r}
     seeds = sorted(set.intersection(*(set(r) for r in arms.values())))
     if len(seeds) < 2:
-        print(f"Fewer than two seeds finished by every arm: no reading ({ {a: sorted(r) for a, r in arms.items()} }).\n")
+        finished = {a: sorted(r) for a, r in arms.items()}
+        print(f"Fewer than two seeds finished by every arm: no reading ({finished}).\n")
         return
     fo = next(a for a in arms if a.startswith("fo"))
     start = statistics.fmean(arms[ALL][s]["eval"]["before"] for s in seeds)
@@ -65,6 +72,11 @@ def reading(task: str, arms: dict[str, dict[int, dict]]) -> None:
     print(f"2. all-linear minus exact, accuracy: {diff_text(*pays, 'after')} (test loss "
           f"{diff_text(*paired_diff(arms[ALL], arms[EXACT], seeds, 'loss_after'), 'loss_after')}): the ZO step pays: "
           f"{'yes' if ahead(*pays) else 'no'}.")
+    if NO_ZO in arms:
+        loss = paired_diff(arms[NO_ZO], arms[ALL], seeds, "loss_after")
+        print(f"   Stage body-no-zo: ZO lr 0 minus all-linear, test loss {diff_text(*loss, 'loss_after')}, accuracy "
+              f"{diff_text(*paired_diff(arms[NO_ZO], arms[ALL], seeds, 'after'), 'after')}: the ZO step lowers the "
+              f"test loss: {'yes' if ahead(*loss) else 'not shown (the gap is the exact head step)'}.")
     best = max(("MeZO", "FZOO"), key=lambda a: accuracy(arms[a], seeds))
     mezo = arms["MeZO"]
     worse = [s for s in seeds if mezo[s]["eval"]["loss_after"] >= mezo[s]["eval"]["loss_before"]]
@@ -75,7 +87,8 @@ def reading(task: str, arms: dict[str, dict[int, dict]]) -> None:
         reached = [forwards_to_target(arms[arm][s], mezo[s]["eval"]["loss_after"]) for s in seeds]
         other = "" if best == "MeZO" else (
             f"; accuracy minus {best} {diff_text(*paired_diff(arms[arm], arms[best], seeds, 'after'), 'after')}")
-        print(f"   - {arm}: passes to MeZO's final test loss {', '.join('–' if r is None else str(r) for r in reached)}"
+        passes = ", ".join("–" if r is None else str(r) for r in reached)
+        print(f"   - {arm}: passes to MeZO's final test loss {passes}"
               f"; accuracy minus MeZO {diff_text(*paired_diff(arms[arm], mezo, seeds, 'after'), 'after')}, "
               f"gain beyond the reference {beyond(arms[arm], seeds):+.3f} against MeZO's "
               f"{beyond(mezo, seeds):+.3f}{other}.")

@@ -1394,3 +1394,5 @@ fi
 if [[ $stage == body-no-zo || $stage == all ]]; then
   two_lanes "nozo_run county-state 0" "nozo_run county-state 1" "nozo_run county-state 2"
 fi
+# After the fact (00:38 on 2026-12-08): stage body-tasks ended at 00:36, after the 00:25 of the 23:36 note, so stage
+# mezo-decay's seed 2 did not start; it waits for a later session (`MEZO_DECAY_SEEDS="0 1 2"`, as written).
