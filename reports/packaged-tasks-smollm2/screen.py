@@ -6,8 +6,8 @@ Reads each run's ``metrics.json`` under ``runs/`` (``runs/<task>/<arm>-s<seed>/`
 ``runs/<arm>-s<seed>/``). A row: test accuracy before and after, the raw gain and the gain beyond the calibration
 reference (per-option log-prior offsets fitted on the training split), the final test and dev losses, and the
 forward passes. The runs of one task and seed must start from the same test split (the same accuracy and loss
-before training, and the same calibration reference, within paired.py's tolerance), which is checked: some runs read the task's
-JSONL rows and others the ``packaged:<name>`` spec, so their task names differ (see paired.py).
+before training, and the same calibration reference, within paired.py's tolerance), which is checked: some runs
+read the task's JSONL rows and others the ``packaged:<name>`` spec, so their task names differ (see paired.py).
 """
 from __future__ import annotations
 
