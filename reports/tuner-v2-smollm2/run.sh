@@ -1396,3 +1396,25 @@ if [[ $stage == body-no-zo || $stage == all ]]; then
 fi
 # After the fact (00:38 on 2026-12-08): stage body-tasks ended at 00:36, after the 00:25 of the 23:36 note, so stage
 # mezo-decay's seed 2 did not start; it waits for a later session (`MEZO_DECAY_SEEDS="0 1 2"`, as written).
+# Stage body-recommended, written before it runs (00:40 on 2026-12-08): section 29 ran all-linear and exact on
+# syllables and county-state, not the recommended file (v2-top-linear: tuner v2 plus `--top-lr 1e-3 --top-schedule
+# linear`, the ZO and head lrs constant). Its runs there, seeds 0-2, seed-major (both tasks' seed 0 first), each job
+# started when fewer than two fine-tunes are running (stage body-no-zo's third run holds one core), none started after
+# 01:05 (the session ends at 01:41). Reported as they come out, beside section 29's arms (paired by seed, over the
+# seeds it finished); no rule reads them and no shipped file changes.
+rec_run() {  # task seed
+  local out=$R/top-held-out/$1/tuner-v2-top-1e-3-linear-s$2
+  [[ -f $out/metrics.json ]] || python cli.py finetune --task packaged:$1 "${TS[@]}" --top-lr 1e-3 \
+    --top-schedule linear --seed $2 --out $out
+}
+if [[ $stage == body-recommended || $stage == all ]]; then
+  for seed in 0 1 2; do
+    for t in syllables county-state; do
+      while (( $(pgrep -fc "cli.py finetune") >= 2 )); do sleep 15; done
+      (( $(date +%s) < $(date -d '2026-12-08 01:05' +%s) )) || { echo "dropped for time: $t $seed"; continue; }
+      rec_run $t $seed &
+      sleep 30
+    done
+  done
+  wait
+fi
