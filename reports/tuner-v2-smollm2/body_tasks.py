@@ -10,7 +10,8 @@ arm has: (1) the body must change if fo is ahead of exact in test accuracy with 
 ZO step pays if all-linear is ahead of exact in test accuracy with an interval excluding zero; (3) issue 17's targets
 against MeZO and the better of MeZO and FZOO, reported as they come out. Stage body-no-zo adds all-linear with ZO lr 0
 on county-state (``tuner-v2-top-1e-3-linear-decay-no-zo-s<seed>``): the ZO step lowers the test loss if ZO lr 0 minus
-all-linear is above zero with an interval excluding zero.
+all-linear is above zero with an interval excluding zero. Stage body-recommended adds the recommended file
+(``tuner-v2-top-1e-3-linear-s<seed>``), paired with the others over the seeds it finished; no rule reads it.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from top_held_out import PACKAGED, TOP, common_seeds_table, diff_text, load, pai
 TASKS = ("syllables", "county-state")
 ALL, EXACT = "all-linear", "exact (head 1e-3, top 1e-3, linear)"
 NO_ZO = "all-linear, ZO lr 0"  # stage body-no-zo, county-state only
+REC = "v2-top-linear (the recommended file)"  # stage body-recommended: no rule reads it
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
@@ -108,6 +110,12 @@ def main() -> None:
         print(seed_table(arms))
         if common_seeds_table(task, arms, EXACT) is not None:
             reading(task, arms)
+        rec = load({REC: TOP / task / "tuner-v2-top-1e-3-linear-s{}"})
+        if rec[REC]:
+            print(f"### {task}: the recommended file (stage body-recommended), over the seeds it finished\n")
+            others = {a: arms[a] for a in (ALL, EXACT, "MeZO", "FZOO")}
+            print(seed_table(rec))
+            common_seeds_table(task, rec | others, REC)
 
 
 if __name__ == "__main__":
