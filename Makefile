@@ -28,8 +28,8 @@ fetch-model: setup
 # The main job: meta-train a tuner for the embedded SmolLM2-135M on two meta-training tasks of the packaged task
 # set (reports/packaged-tasks-smollm2), then fine-tune on a held-out task of that set (city-country: is the city of
 # X in country C?) with MeZO, with the tuner and with the recommended shipped tuner (MeZO's scales plus the head step
-# and a linearly decaying top-block step), at the same lr, seed and forward-pass budget, in fp32, and compare the
-# three runs. (Until 2026-12-06 it ran on
+# and a top-block step, every lr decaying linearly), at the same lr, seed and forward-pass budget, in fp32, and
+# compare the three runs. (Until 2026-12-06 it ran on
 # BIG-bench tasks, which the package index our machines use no longer serves.)
 COMMA      := ,
 META_TASKS := packaged:word-class,packaged:article
@@ -46,11 +46,11 @@ demo: fetch
 	  $(PY) cli.py finetune --tuner runs/demo/tuner.safetensors $(DEMO_RUN) --threads 1 --out runs/demo/tuner \
 	  > runs/demo/tuner.log 2>&1 & tuner_pid=$$!; \
 	  trap 'kill $$mezo_pid $$tuner_pid 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
-	  $(PY) cli.py finetune --tuner checkpoints/pretrained/smollm2-135m-v2-top-linear.safetensors $(DEMO_RUN) \
-	  --threads 1 --out runs/demo/tuner-v2-top-linear; v2=$$?; \
+	  $(PY) cli.py finetune --tuner checkpoints/pretrained/smollm2-135m-v2-all-linear.safetensors $(DEMO_RUN) \
+	  --threads 1 --out runs/demo/tuner-v2-all-linear; v2=$$?; \
 	  wait $$mezo_pid; mezo=$$?; wait $$tuner_pid; tuner=$$?; trap - EXIT; \
 	  tail -n 1 runs/demo/mezo.log; tail -n 1 runs/demo/tuner.log; test $$v2 = 0 && test $$mezo = 0 && test $$tuner = 0
-	$(PY) cli.py compare runs/demo/mezo runs/demo/tuner runs/demo/tuner-v2-top-linear
+	$(PY) cli.py compare runs/demo/mezo runs/demo/tuner runs/demo/tuner-v2-all-linear
 
 test: fetch-model
 	$(PY) -m pytest -q
