@@ -1426,3 +1426,7 @@ fi
 # all-linear (smollm2-135m-v2-all-linear), whatever the other seeds of this stage show; v2-top-linear stays shipped,
 # with this divergence stated. `make demo` keeps running v2-top-linear until it is rerun with all-linear (a later
 # session: its report holds v2-top-linear's runs).
+# 01:09 on 2026-12-08, written before it takes effect: stage body-recommended's county-state seed 1 (started 01:0x,
+# before the cut) is stopped and discarded, so that `time make demo` with all-linear (reports/demo-smollm2, planned at
+# 01:03) has the two cores; the stage has syllables seeds 0-1 and county-state seed 0. Finished runs are skipped if it
+# is run again.
