@@ -28,7 +28,7 @@ from top_held_out import PACKAGED, TOP, common_seeds_table, diff_text, load, pai
 TASKS = ("syllables", "county-state")
 ALL, EXACT = "all-linear", "exact (head 1e-3, top 1e-3, linear)"
 NO_ZO = "all-linear, ZO lr 0"  # stage body-no-zo, county-state only
-REC = "v2-top-linear (the recommended file)"  # stage body-recommended: no rule reads it
+REC = "v2-top-linear (recommended until 2026-12-08)"  # stage body-recommended: no rule reads it
 
 
 def read(task: str) -> dict[str, dict[int, dict]]:
@@ -112,7 +112,7 @@ def main() -> None:
             reading(task, arms)
         rec = load({REC: TOP / task / "tuner-v2-top-1e-3-linear-s{}"})
         if rec[REC]:
-            print(f"### {task}: the recommended file (stage body-recommended), over the seeds it finished\n")
+            print(f"### {task}: v2-top-linear (stage body-recommended), over the seeds it finished\n")
             others = {a: arms[a] for a in (ALL, EXACT, "MeZO", "FZOO")}
             print(seed_table(rec))
             common_seeds_table(task, rec | others, REC)
