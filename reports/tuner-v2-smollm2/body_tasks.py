@@ -10,8 +10,9 @@ arm has: (1) the body must change if fo is ahead of exact in test accuracy with 
 ZO step pays if all-linear is ahead of exact in test accuracy with an interval excluding zero; (3) issue 17's targets
 against MeZO and the better of MeZO and FZOO, reported as they come out. Stage body-no-zo adds all-linear with ZO lr 0
 on county-state (``tuner-v2-top-1e-3-linear-decay-no-zo-s<seed>``): the ZO step lowers the test loss if ZO lr 0 minus
-all-linear is above zero with an interval excluding zero. Stage body-recommended adds the recommended file
-(``tuner-v2-top-1e-3-linear-s<seed>``), paired with the others over the seeds it finished; no rule reads it.
+all-linear is above zero with an interval excluding zero. Stage body-recommended adds v2-top-linear, the recommended
+file until 2026-12-08 (``tuner-v2-top-1e-3-linear-s<seed>``), paired with the others over the seeds it finished; no
+rule reads it.
 """
 from __future__ import annotations
 
