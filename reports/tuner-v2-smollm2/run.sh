@@ -1430,3 +1430,6 @@ fi
 # before the cut) is stopped and discarded, so that `time make demo` with all-linear (reports/demo-smollm2, planned at
 # 01:03) has the two cores; the stage has syllables seeds 0-1 and county-state seed 0. Finished runs are skipped if it
 # is run again.
+# After the fact (01:20 on 2026-12-08): `make demo` was switched to all-linear and rerun this session after all
+# (planned at 01:03 in reports/demo-smollm2; 9 min 32 s, 0.440 -> 0.775), not in a later session as the 01:02 note
+# said. Syllables' seed 1 of stage body-recommended diverged as well (section 29).
