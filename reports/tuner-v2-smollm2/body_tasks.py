@@ -23,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
+from baselines_decay import accuracy, beyond, mean_of  # noqa: E402
 from finetune.bench import forwards_to_target  # noqa: E402
 from top_held_out import PACKAGED, TOP, common_seeds_table, diff_text, load, paired_diff, seed_table  # noqa: E402
 
@@ -42,15 +43,6 @@ def read(task: str) -> dict[str, dict[int, dict]]:
                  "fo (AdamW 1e-5, 100 steps)": PACKAGED / task / "fo-1e-5-s{}"})
 
 
-def accuracy(runs: dict[int, dict], seeds: list[int]) -> float:
-    return statistics.fmean(runs[s]["eval"]["after"] for s in seeds)
-
-
-def beyond(runs: dict[int, dict], seeds: list[int]) -> float:
-    """The mean gain in test accuracy beyond the calibration reference."""
-    return statistics.fmean(runs[s]["gain"]["metric_beyond_calibration"] for s in seeds)
-
-
 def ahead(mean: float, ci: tuple | None) -> bool:
     """Whether a paired difference is positive with a 95% interval excluding zero."""
     return ci is not None and ci[0] > 0
@@ -66,7 +58,7 @@ def reading(task: str, arms: dict[str, dict[int, dict]]) -> None:
         return
     fo = next(a for a in arms if a.startswith("fo"))
     start = statistics.fmean(arms[ALL][s]["eval"]["before"] for s in seeds)
-    means = ", ".join(f"{a} {accuracy(r, seeds):.3f}" for a, r in arms.items())
+    means = ", ".join(f"{a} {mean_of(r, seeds, accuracy):.3f}" for a, r in arms.items())
     print(f"Seeds {seeds}; mean test accuracy: start {start:.3f}, {means}.\n")
     body = paired_diff(arms[fo], arms[EXACT], seeds, "after")
     pays = paired_diff(arms[ALL], arms[EXACT], seeds, "after")
@@ -80,7 +72,7 @@ def reading(task: str, arms: dict[str, dict[int, dict]]) -> None:
         print(f"   Stage body-no-zo: ZO lr 0 minus all-linear, test loss {diff_text(*loss, 'loss_after')}, accuracy "
               f"{diff_text(*paired_diff(arms[NO_ZO], arms[ALL], seeds, 'after'), 'after')}: the ZO step lowers the "
               f"test loss: {'yes' if ahead(*loss) else 'not shown (the gap is the exact head step)'}.")
-    best = max(("MeZO", "FZOO"), key=lambda a: accuracy(arms[a], seeds))
+    best = max(("MeZO", "FZOO"), key=lambda a: mean_of(arms[a], seeds, accuracy))
     mezo = arms["MeZO"]
     worse = [s for s in seeds if mezo[s]["eval"]["loss_after"] >= mezo[s]["eval"]["loss_before"]]
     print(f"3. Issue 17's targets (the better baseline by mean accuracy: {best}). "
@@ -93,8 +85,8 @@ def reading(task: str, arms: dict[str, dict[int, dict]]) -> None:
         passes = ", ".join("–" if r is None else str(r) for r in reached)
         print(f"   - {arm}: passes to MeZO's final test loss {passes}"
               f"; accuracy minus MeZO {diff_text(*paired_diff(arms[arm], mezo, seeds, 'after'), 'after')}, "
-              f"gain beyond the reference {beyond(arms[arm], seeds):+.3f} against MeZO's "
-              f"{beyond(mezo, seeds):+.3f}{other}.")
+              f"gain beyond the reference {mean_of(arms[arm], seeds, beyond):+.3f} against MeZO's "
+              f"{mean_of(mezo, seeds, beyond):+.3f}{other}.")
     print()
 
 
